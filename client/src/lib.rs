@@ -1,0 +1,705 @@
+//! natter-client: the async client SDK, and the `natter` terminal client built on
+//! it (`cli`).
+//!
+//! The SDK is the only way tests, the load generator and the admin CLI talk to
+//! natterd. It speaks the protocol of spec/protocol.md over QUIC: a control
+//! stream for pipelined requests, and a server-opened feed stream for events.
+
+pub mod cli;
+mod trust;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use natter_proto::limits::{DEFAULT_MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use natter_proto::wire::{
+    self, client_frame, feed_event, feed_frame, request::Body, response, server_frame,
+};
+use natter_proto::{encode_frame, ErrorCode, FrameDecoder, FrameError};
+use tokio::sync::{mpsc, oneshot};
+
+pub use natter_proto::wire as proto;
+pub use trust::{Trust, TrustError};
+
+/// How to reach and trust a server.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub server: SocketAddr,
+    /// The TLS server name (checked against the certificate with `Trust::Ca`).
+    pub server_name: String,
+    pub trust: Trust,
+    /// Sent in `Hello`, e.g. "natter-cli/0.1.0".
+    pub client_name: String,
+    /// Resume this session on connect.
+    pub session_token: Option<String>,
+    /// Largest frame we send or accept before the server tells us its limit.
+    pub max_frame_bytes: usize,
+    /// Interval of QUIC keep-alives (so idle connections stay open).
+    pub keep_alive: Duration,
+    /// How long connecting and the Hello exchange may take.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(server: SocketAddr, trust: Trust) -> Self {
+        Self {
+            server,
+            server_name: match server.ip() {
+                ip if ip.is_unspecified() => "localhost".into(),
+                ip => ip.to_string(),
+            },
+            trust,
+            client_name: format!("natter-sdk/{}", env!("CARGO_PKG_VERSION")),
+            session_token: None,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            keep_alive: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What can go wrong, from the caller's side.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a typed error.
+    #[error("{code}: {message}")]
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: u32,
+    },
+    /// The connection is closed (by the server with `code`, or lost).
+    #[error("connection closed{}: {reason}", code.map(|c| format!(" ({c})")).unwrap_or_default())]
+    Closed {
+        code: Option<ErrorCode>,
+        reason: String,
+    },
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The server sent something the protocol does not allow.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The wire error code, for server errors and server-initiated closes.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Closed { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    fn from_wire(e: wire::Error) -> Self {
+        ClientError::Server {
+            code: ErrorCode(e.code),
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+
+    fn from_connection(e: &quinn::ConnectionError) -> Self {
+        match e {
+            quinn::ConnectionError::ApplicationClosed(close) => ClientError::Closed {
+                code: u32::try_from(close.error_code.into_inner())
+                    .ok()
+                    .map(ErrorCode),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            other => ClientError::Closed {
+                code: None,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// One item of the event feed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedItem {
+    Message {
+        cursor: u64,
+        message: wire::Message,
+    },
+    ConversationStarted {
+        cursor: u64,
+        conversation: wire::Conversation,
+    },
+    /// The backlog asked for by `sync` is delivered; live events follow.
+    CaughtUp {
+        cursor: u64,
+    },
+}
+
+impl FeedItem {
+    /// The cursor to save and pass to the next `sync`.
+    pub fn cursor(&self) -> u64 {
+        match self {
+            FeedItem::Message { cursor, .. }
+            | FeedItem::ConversationStarted { cursor, .. }
+            | FeedItem::CaughtUp { cursor } => *cursor,
+        }
+    }
+}
+
+/// The event feed of a connection. Ends (`None`) when the connection does.
+pub struct Feed {
+    rx: mpsc::Receiver<Result<FeedItem, ClientError>>,
+}
+
+impl Feed {
+    /// The next item; an `Err` is followed by the end of the feed.
+    pub async fn next(&mut self) -> Option<Result<FeedItem, ClientError>> {
+        self.rx.recv().await
+    }
+}
+
+/// A signed-in identity as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub device_id: String,
+    pub email: String,
+    pub display_name: String,
+}
+
+impl From<wire::Identity> for Identity {
+    fn from(i: wire::Identity) -> Self {
+        Self {
+            user_id: i.user_id,
+            device_id: i.device_id,
+            email: i.email,
+            display_name: i.display_name,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<response::Result, ClientError>>>>>;
+
+/// A connection to natterd. Requests may be issued concurrently from many
+/// tasks (`&self`); they are pipelined on the control stream.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    out: mpsc::Sender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+    max_frame_bytes: usize,
+    welcome: wire::Welcome,
+    identity: Mutex<Option<Identity>>,
+    connection_errors: tokio::sync::Mutex<mpsc::Receiver<wire::Error>>,
+}
+
+impl Client {
+    /// Connects, performs the Hello exchange, and resumes `config.session_token`
+    /// if set.
+    ///
+    /// # Errors
+    /// `Connect` (unreachable, TLS/pin mismatch, timeout), or `Server` when the
+    /// Hello is refused (e.g. `SESSION_INVALID`, `UNSUPPORTED_VERSION`).
+    pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if config.server.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .expect("valid");
+        let endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        Self::connect_with(endpoint, config).await
+    }
+
+    /// Like [`Client::connect`] on an existing endpoint (one UDP socket can carry
+    /// many connections; the load generator spreads them over several).
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub async fn connect_with(
+        endpoint: quinn::Endpoint,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
+        tokio::time::timeout(
+            config.connect_timeout,
+            Self::connect_inner(endpoint, config),
+        )
+        .await
+        .map_err(|_| ClientError::Connect("timed out".into()))?
+    }
+
+    async fn connect_inner(
+        endpoint: quinn::Endpoint,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let tls = config
+            .trust
+            .rustls_config()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(config.keep_alive));
+        quic.transport_config(Arc::new(transport));
+        let conn = endpoint
+            .connect_with(quic, config.server, &config.server_name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::from_connection(&e))?;
+        let hello = wire::ClientFrame {
+            kind: Some(client_frame::Kind::Hello(wire::Hello {
+                min_version: MIN_PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+                client_name: config.client_name.clone(),
+                session_token: config.session_token.clone().unwrap_or_default(),
+            })),
+        };
+        let frame = encode_frame(&hello, config.max_frame_bytes)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        send.write_all(&frame)
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let mut decoder = FrameDecoder::new(config.max_frame_bytes);
+        let welcome = match read_server_frame(&mut recv, &mut decoder, &conn).await? {
+            Some(server_frame::Kind::Welcome(w)) => w,
+            Some(server_frame::Kind::Error(e)) => return Err(ClientError::from_wire(e)),
+            Some(server_frame::Kind::Response(_)) => {
+                return Err(ClientError::Protocol("response before Welcome".into()))
+            }
+            None => {
+                return Err(ClientError::Protocol(
+                    "control stream ended before Welcome".into(),
+                ))
+            }
+        };
+        let max_frame_bytes = (welcome.max_frame_bytes as usize).max(1024);
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (out, out_rx) = mpsc::channel::<Bytes>(256);
+        let (err_tx, err_rx) = mpsc::channel(16);
+        tokio::spawn(write_loop(send, out_rx));
+        tokio::spawn(read_loop(
+            recv,
+            decoder,
+            conn.clone(),
+            pending.clone(),
+            err_tx,
+        ));
+        Ok(Self {
+            endpoint,
+            conn,
+            out,
+            pending,
+            next_id: AtomicU64::new(1),
+            max_frame_bytes,
+            identity: Mutex::new(welcome.identity.clone().map(Identity::from)),
+            welcome,
+            connection_errors: tokio::sync::Mutex::new(err_rx),
+        })
+    }
+
+    /// The server's `Welcome`.
+    pub fn welcome(&self) -> &wire::Welcome {
+        &self.welcome
+    }
+
+    /// Who this connection is signed in as.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.lock().expect("identity lock").clone()
+    }
+
+    /// Sends one request and waits for its answer.
+    ///
+    /// # Errors
+    /// `Server` for an error answer; `Closed` when the connection ends first.
+    pub async fn request(&self, body: Body) -> Result<response::Result, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = wire::ClientFrame {
+            kind: Some(client_frame::Kind::Request(wire::Request {
+                id,
+                body: Some(body),
+            })),
+        };
+        let bytes = encode_frame(&frame, self.max_frame_bytes).map_err(|e| match e {
+            FrameError::TooLarge { len, max } => ClientError::Server {
+                code: ErrorCode::FRAME_TOO_LARGE,
+                message: format!("request of {len} bytes exceeds the server's limit of {max}"),
+                retry_after_ms: 0,
+            },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        if self.out.send(bytes).await.is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(self.closed_error());
+        }
+        match rx.await {
+            Ok(Ok(response::Result::Error(e))) => Err(ClientError::from_wire(e)),
+            Ok(result) => result,
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    fn closed_error(&self) -> ClientError {
+        match self.conn.close_reason() {
+            Some(e) => ClientError::from_connection(&e),
+            None => ClientError::Closed {
+                code: None,
+                reason: "control stream closed".into(),
+            },
+        }
+    }
+
+    /// Writes raw bytes on the control stream, bypassing the codec. For protocol
+    /// conformance tests (malformed and oversized frames); never needed otherwise.
+    ///
+    /// # Errors
+    /// `Closed` when the connection is gone.
+    pub async fn send_raw_control_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.out
+            .send(Bytes::copy_from_slice(bytes))
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
+    /// The next connection-level error the server reported (one not tied to a
+    /// request, e.g. `MALFORMED_FRAME`). `None` once the connection is gone.
+    pub async fn next_connection_error(&self) -> Option<ClientError> {
+        self.connection_errors
+            .lock()
+            .await
+            .recv()
+            .await
+            .map(ClientError::from_wire)
+    }
+
+    /// Waits until the connection is closed, and says why.
+    pub async fn closed(&self) -> ClientError {
+        ClientError::from_connection(&self.conn.closed().await)
+    }
+
+    /// Closes the connection politely and waits for the close to be sent.
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Creates an account (does not sign in).
+    ///
+    /// # Errors
+    /// `EMAIL_TAKEN`, `INVALID_EMAIL`, `WEAK_PASSWORD`, `INVALID_ARGUMENT`.
+    pub async fn signup(
+        &self,
+        email: &str,
+        password: &str,
+        display_name: &str,
+    ) -> Result<String, ClientError> {
+        let body = Body::Signup(wire::Signup {
+            email: email.into(),
+            password: password.into(),
+            display_name: display_name.into(),
+        });
+        match self.request(body).await? {
+            response::Result::Signup(ok) => Ok(ok.user_id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs this connection in as a new device; returns the session token to
+    /// save for later connections.
+    ///
+    /// # Errors
+    /// `INVALID_CREDENTIALS`, `ALREADY_AUTHENTICATED`.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        device_name: &str,
+    ) -> Result<(String, Identity), ClientError> {
+        let body = Body::Login(wire::Login {
+            email: email.into(),
+            password: password.into(),
+            device_name: device_name.into(),
+        });
+        match self.request(body).await? {
+            response::Result::Login(ok) => {
+                let identity: Identity = ok
+                    .identity
+                    .ok_or_else(|| ClientError::Protocol("LoginOk without identity".into()))?
+                    .into();
+                *self.identity.lock().expect("identity lock") = Some(identity.clone());
+                Ok((ok.session_token, identity))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Revokes this connection's session (on every connection using it).
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        match self.request(Body::Logout(wire::Logout {})).await? {
+            response::Result::Logout(_) => {
+                *self.identity.lock().expect("identity lock") = None;
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Opens (or finds) the direct conversation with `peer_email`.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `INVALID_ARGUMENT` (yourself), `UNAUTHENTICATED`.
+    pub async fn open_direct(&self, peer_email: &str) -> Result<wire::Conversation, ClientError> {
+        match self
+            .request(Body::OpenDirect(wire::OpenDirect {
+                peer_email: peer_email.into(),
+            }))
+            .await?
+        {
+            response::Result::Conversation(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends a text message; answers once it is durable. Retrying with the same
+    /// `client_msg_id` returns the original sequence number.
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `NOT_FOUND`, `TEXT_TOO_LONG`, `EMPTY_MESSAGE`, …
+    pub async fn send_text(
+        &self,
+        conversation_id: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<wire::Sent, ClientError> {
+        let body = Body::SendMessage(wire::SendMessage {
+            conversation_id: conversation_id.into(),
+            client_msg_id: client_msg_id.into(),
+            content: Some(wire::Content {
+                body: Some(wire::content::Body::Text(wire::Text { body: text.into() })),
+            }),
+        });
+        match self.request(body).await? {
+            response::Result::Sent(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of history (see `GetHistory` in the spec).
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `NOT_FOUND`, `INVALID_ARGUMENT`.
+    pub async fn history(&self, req: wire::GetHistory) -> Result<wire::HistoryPage, ClientError> {
+        match self.request(Body::GetHistory(req)).await? {
+            response::Result::History(h) => Ok(h),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The caller's conversations, most recent activity first.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn conversations(&self, limit: u32) -> Result<Vec<wire::Conversation>, ClientError> {
+        match self
+            .request(Body::ListConversations(wire::ListConversations { limit }))
+            .await?
+        {
+            response::Result::Conversations(c) => Ok(c.conversations),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Starts the event feed: every event after `since` (a cursor from an
+    /// earlier feed), then live events. `None` means from now on.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`, or `INVALID_ARGUMENT` when already started.
+    pub async fn sync(&self, since: Option<u64>) -> Result<(Feed, u64), ClientError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let conn = self.conn.clone();
+        let max = self.max_frame_bytes;
+        // Accept the server-opened stream concurrently with the request.
+        let accept = tokio::spawn(async move { conn.accept_uni().await });
+        let head = match self.request(Body::Sync(wire::Sync { since })).await {
+            Ok(response::Result::Sync(ok)) => ok.head,
+            Ok(other) => {
+                accept.abort();
+                return Err(unexpected(&other));
+            }
+            Err(e) => {
+                accept.abort();
+                return Err(e);
+            }
+        };
+        let recv = match accept.await {
+            Ok(Ok(recv)) => recv,
+            Ok(Err(e)) => return Err(ClientError::from_connection(&e)),
+            Err(e) => return Err(ClientError::Protocol(format!("feed accept task: {e}"))),
+        };
+        tokio::spawn(feed_loop(
+            recv,
+            FrameDecoder::new(max),
+            self.conn.clone(),
+            tx,
+        ));
+        Ok((Feed { rx }, head))
+    }
+}
+
+fn unexpected(result: &response::Result) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {result:?}"))
+}
+
+async fn read_server_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+    conn: &quinn::Connection,
+) -> Result<Option<server_frame::Kind>, ClientError> {
+    loop {
+        match decoder.next_message::<wire::ServerFrame>() {
+            Ok(Some(frame)) => match frame.kind {
+                Some(kind) => return Ok(Some(kind)),
+                None => continue, // a frame kind from a newer server: skip it
+            },
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                return Err(match conn.close_reason() {
+                    Some(e) => ClientError::from_connection(&e),
+                    None => ClientError::Closed {
+                        code: None,
+                        reason: "control stream reset".into(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    conn: quinn::Connection,
+    pending: Pending,
+    errors: mpsc::Sender<wire::Error>,
+) {
+    let end = loop {
+        match read_server_frame(&mut recv, &mut decoder, &conn).await {
+            Ok(Some(server_frame::Kind::Response(r))) => {
+                let waiter = pending.lock().expect("pending lock").remove(&r.id);
+                if let Some(waiter) = waiter {
+                    let result = r
+                        .result
+                        .ok_or_else(|| ClientError::Protocol("response without result".into()));
+                    let _ = waiter.send(result);
+                }
+            }
+            Ok(Some(server_frame::Kind::Error(e))) => {
+                // Full means nobody is reading them; dropping is fine then.
+                let _ = errors.try_send(e);
+            }
+            Ok(Some(server_frame::Kind::Welcome(_))) => {
+                break ClientError::Protocol("Welcome sent twice".into());
+            }
+            Ok(None) => {
+                break ClientError::Closed {
+                    code: None,
+                    reason: "server ended the control stream".into(),
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    // The connection's close reason, when there is one, says more.
+    let end = tokio::time::timeout(Duration::from_millis(200), conn.closed())
+        .await
+        .map(|e| ClientError::from_connection(&e))
+        .unwrap_or(end);
+    for (_, waiter) in pending.lock().expect("pending lock").drain() {
+        let _ = waiter.send(Err(end.clone()));
+    }
+}
+
+async fn feed_loop(
+    mut recv: quinn::RecvStream,
+    mut decoder: FrameDecoder,
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Result<FeedItem, ClientError>>,
+) {
+    loop {
+        loop {
+            let frame = match decoder.next_message::<wire::FeedFrame>() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(ClientError::Protocol(e.to_string()))).await;
+                    return;
+                }
+            };
+            let item = match frame.kind {
+                Some(feed_frame::Kind::CaughtUp(c)) => FeedItem::CaughtUp { cursor: c.cursor },
+                Some(feed_frame::Kind::Event(ev)) => match ev.kind {
+                    Some(feed_event::Kind::Message(message)) => FeedItem::Message {
+                        cursor: ev.cursor,
+                        message,
+                    },
+                    Some(feed_event::Kind::ConversationStarted(conversation)) => {
+                        FeedItem::ConversationStarted {
+                            cursor: ev.cursor,
+                            conversation,
+                        }
+                    }
+                    None => continue, // an event kind from a newer server
+                },
+                None => continue,
+            };
+            if tx.send(Ok(item)).await.is_err() {
+                return; // nobody listens any more
+            }
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            Ok(None) => return,
+            Err(_) => {
+                let e = ClientError::from_connection(&conn.closed().await);
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Configuration: defaults, then a TOML file, then `NATTER_*` environment
+//! variables, then command-line flags (the binary applies those).
+//!
+//! An environment variable maps to a key by its name: `NATTER_LISTEN` sets
+//! `listen`, `NATTER_AUTH_ARGON2_MEMORY_KIB` sets `argon2_memory_kib` in the
+//! `[auth]` table (`NATTER_<TABLE>_<KEY>` for the tables below). Values are read as
+//! TOML (numbers, booleans, arrays), else as strings. `NATTER_LOG` is not a
+//! configuration key: it is the log filter (e.g. `info`, `natter_server=debug`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::Argon2Config;
+
+/// Everything natterd can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, certificates and other state live.
+    pub data_dir: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Name sent in `Welcome`.
+    pub server_name: String,
+    /// Most simultaneous connections; further ones are refused.
+    pub max_connections: usize,
+    /// Largest frame accepted from a client, in bytes.
+    pub max_frame_bytes: usize,
+    /// A connection with no traffic for this long is closed (clients keep alive).
+    pub idle_timeout_ms: u64,
+    /// How long shutdown waits for connections to drain.
+    pub shutdown_grace_ms: u64,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Unset: a self-signed certificate is
+    /// generated in `<data_dir>/tls/` on first start.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the generated certificate.
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub argon2_memory_kib: Option<u32>,
+    pub argon2_iterations: Option<u32>,
+    pub argon2_parallelism: Option<u32>,
+}
+
+impl AuthConfig {
+    pub fn argon2(&self) -> Argon2Config {
+        let d = Argon2Config::default();
+        Argon2Config {
+            memory_kib: self.argon2_memory_kib.unwrap_or(d.memory_kib),
+            iterations: self.argon2_iterations.unwrap_or(d.iterations),
+            parallelism: self.argon2_parallelism.unwrap_or(d.parallelism),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"sqlite"` (embedded, the default).
+    pub backend: String,
+    /// Read-only connections for queries.
+    pub readers: usize,
+    /// Most appends per group commit.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: "sqlite".into(),
+            readers: 4,
+            max_batch: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Events queued per connection before it is marked out of date and resyncs
+    /// from the log instead.
+    pub outbound_queue: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            outbound_queue: 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./natter-data"),
+            listen: SocketAddr::from(([0, 0, 0, 0], natter_proto::DEFAULT_PORT)),
+            server_name: "natterd".into(),
+            max_connections: 10_000,
+            max_frame_bytes: natter_proto::limits::DEFAULT_MAX_FRAME_BYTES,
+            idle_timeout_ms: 30_000,
+            shutdown_grace_ms: 5_000,
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            store: StoreConfig::default(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+const TABLES: &[&str] = &["tls", "auth", "store", "delivery"];
+/// `NATTER_*` variables that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["LOG"];
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `NATTER_*` variables from `env`.
+    ///
+    /// # Errors
+    /// Unreadable file, bad TOML, unknown keys, wrong types.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("NATTER_") else {
+                continue;
+            };
+            if NOT_CONFIG.contains(&rest) {
+                continue;
+            }
+            let rest = rest.to_ascii_lowercase();
+            let value = parse_env_value(&value);
+            match TABLES.iter().find(|t| rest.starts_with(&format!("{t}_"))) {
+                Some(table) => {
+                    let key = rest[table.len() + 1..].to_owned();
+                    let entry = root
+                        .entry(table.to_string())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    match entry {
+                        toml::Value::Table(t) => {
+                            t.insert(key, value);
+                        }
+                        _ => return Err(ConfigError::Invalid(format!("{table} must be a table"))),
+                    }
+                }
+                None => {
+                    root.insert(rest, value);
+                }
+            }
+        }
+        let config: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.store.backend != "sqlite" {
+            return Err(ConfigError::Invalid(format!(
+                "store.backend {:?} is not available in this build (available: \"sqlite\")",
+                self.store.backend
+            )));
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key go together".into(),
+            ));
+        }
+        if self.delivery.outbound_queue == 0 {
+            return Err(ConfigError::Invalid(
+                "delivery.outbound_queue must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // `x = <raw>` parses numbers, booleans and arrays; anything else is a string.
+    format!("x = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("x"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.listen.port(), 7443);
+        assert_eq!(c.data_dir, PathBuf::from("./natter-data"));
+        assert_eq!(c.store.backend, "sqlite");
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nmax_connections = 5\n[auth]\nargon2_iterations = 3\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("NATTER_MAX_CONNECTIONS", "7"),
+                ("NATTER_AUTH_ARGON2_MEMORY_KIB", "1024"),
+                ("NATTER_DATA_DIR", "/tmp/x y"),
+                ("OTHER", "ignored"),
+                ("NATTER_LOG", "debug"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.auth.argon2().iterations, 3);
+        assert_eq!(c.auth.argon2().memory_kib, 1024);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x y"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::load(None, env(&[("NATTER_NO_SUCH_KEY", "1")])).is_err());
+        assert!(Config::load(None, env(&[("NATTER_MAX_CONNECTIONS", "lots")])).is_err());
+        assert!(Config::load(None, env(&[("NATTER_STORE_BACKEND", "oracle")])).is_err());
+        assert!(Config::load(None, env(&[("NATTER_TLS_CERT", "/x.pem")])).is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! natter-server: the library behind `natterd`.
+//!
+//! Data flows one way: `transport` (quinn, one task per connection) → `session`
+//! (authenticated state, dispatch) → `domain` (pure rules) → `store` (log + read
+//! models) → `projection` (router fan-out) → back to `transport` for delivery.
+//! `auth`, `tls` and `config` are siblings. See ARCHITECTURE.md.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod projection;
+pub mod session;
+pub mod store;
+pub mod tls;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::sqlite::{SqliteConfig, SqliteStore};
+use crate::store::Store;
+
+/// Why natterd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("auth: {0}")]
+    Auth(#[from] auth::AuthError),
+    #[error("transport: {0}")]
+    Transport(#[from] transport::TransportError),
+}
+
+/// A started natterd: serving until [`RunningServer::shutdown`].
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    fingerprint: String,
+    cert_path: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound UDP address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `sha256:<hex>` of the server certificate, for clients to pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The PEM chain served (leaf first).
+    pub fn cert_path(&self) -> &PathBuf {
+        &self.cert_path
+    }
+
+    /// A token that triggers graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, drains connections, flushes the log, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server has stopped (after its shutdown token fired).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts natterd with `config` on the current tokio runtime.
+///
+/// # Errors
+/// When the data directory, certificate, store or socket cannot be set up.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let identity = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => tls::load(cert, key)?,
+        _ => tls::load_or_generate(&data_dir.join("tls"), &config.tls.names)?,
+    };
+    let fingerprint = identity.fingerprint();
+    let cert_path = identity.cert_path.clone();
+
+    let mut sqlite = SqliteConfig::in_dir(data_dir);
+    sqlite.readers = config.store.readers;
+    sqlite.max_batch = config.store.max_batch;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&sqlite)?);
+    let hasher = auth::PasswordHasherArgon2::new(config.auth.argon2())?;
+
+    let shutdown = CancellationToken::new();
+    let router = projection::router::Router::spawn(store.clone(), shutdown.clone());
+    let service = session::Service::new(
+        store.clone(),
+        hasher,
+        router,
+        session::ServiceConfig {
+            server_name: config.server_name.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            outbound_queue: config.delivery.outbound_queue,
+        },
+    );
+    let transport_config = transport::TransportConfig {
+        max_connections: config.max_connections,
+        max_frame_bytes: config.max_frame_bytes,
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+    };
+    let endpoint = transport::endpoint(identity, config.listen, &transport_config)?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(transport::TransportError::Bind)?;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        transport::serve(endpoint.clone(), service, transport_config, token, grace).await;
+        // Every connection is closed: flush and close the log.
+        store.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        tracing::info!("natterd stopped");
+    });
+    Ok(RunningServer {
+        local_addr,
+        fingerprint,
+        cert_path,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,264 @@
+//! The router: follows the log's committed batches and hands each event to the
+//! outbound queue of every connected session of every member it concerns.
+//!
+//! Queues are bounded. When one is full the session is not allowed to grow
+//! memory: it is marked out of date and re-reads from the log from its cursor
+//! (nothing is lost, the log has everything). The router also closes connections
+//! whose session was revoked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{ConversationId, Event, TokenHash, UserId};
+use crate::store::{RecordedEvent, Store};
+
+/// Set when a session's queue overflowed (or the router itself lagged): the
+/// session must resync from the log.
+#[derive(Default)]
+pub struct LagFlag {
+    lagged: AtomicBool,
+    notify: Notify,
+}
+
+impl LagFlag {
+    fn mark(&self) {
+        self.lagged.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+    /// Clears the flag, returning whether it was set.
+    pub fn take(&self) -> bool {
+        self.lagged.swap(false, Ordering::AcqRel)
+    }
+    /// Waits until marked (returns at once if a mark is pending).
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// One authenticated connection as the router sees it.
+pub struct Subscriber {
+    id: u64,
+    user: UserId,
+    token_hash: TokenHash,
+    feed: OnceLock<mpsc::Sender<Arc<RecordedEvent>>>,
+    lag: Arc<LagFlag>,
+    /// Cancelled when the session is revoked.
+    revoked: CancellationToken,
+}
+
+/// Keeps a connection registered; unregisters on drop.
+pub struct Registration {
+    router: Arc<Router>,
+    sub: Arc<Subscriber>,
+}
+
+impl Registration {
+    /// Cancelled when the session this connection uses is revoked elsewhere.
+    pub fn revoked(&self) -> CancellationToken {
+        self.sub.revoked.clone()
+    }
+
+    /// Starts live delivery into a queue of `capacity` events. Once per
+    /// registration; `None` if already attached.
+    pub fn attach_feed(
+        &self,
+        capacity: usize,
+    ) -> Option<(mpsc::Receiver<Arc<RecordedEvent>>, Arc<LagFlag>)> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.sub.feed.set(tx).ok()?;
+        Some((rx, self.sub.lag.clone()))
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sessions = self.router.sessions.lock().expect("router lock");
+        if let Some(list) = sessions.get_mut(&self.sub.user) {
+            list.retain(|s| s.id != self.sub.id);
+            if list.is_empty() {
+                sessions.remove(&self.sub.user);
+            }
+        }
+    }
+}
+
+/// Fan-out of committed events to connected sessions.
+pub struct Router {
+    store: Arc<dyn Store>,
+    sessions: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
+    members: Mutex<HashMap<ConversationId, Arc<[UserId]>>>,
+    next_id: AtomicU64,
+}
+
+/// Members cached per conversation before the cache is cleared (bounds memory).
+const MEMBER_CACHE_MAX: usize = 100_000;
+
+impl Router {
+    /// Creates the router and starts following the store's commits.
+    pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
+        let router = Arc::new(Self {
+            sessions: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            store: store.clone(),
+        });
+        let rx = store.subscribe();
+        tokio::spawn(router.clone().run(rx, shutdown));
+        router
+    }
+
+    /// Registers an authenticated connection.
+    pub fn register(self: &Arc<Self>, user: UserId, token_hash: TokenHash) -> Registration {
+        let sub = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user,
+            token_hash,
+            feed: OnceLock::new(),
+            lag: Arc::new(LagFlag::default()),
+            revoked: CancellationToken::new(),
+        });
+        self.sessions
+            .lock()
+            .expect("router lock")
+            .entry(user)
+            .or_default()
+            .push(sub.clone());
+        Registration {
+            router: self.clone(),
+            sub,
+        }
+    }
+
+    /// Number of registered connections.
+    pub fn connected(&self) -> usize {
+        self.sessions
+            .lock()
+            .expect("router lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut rx: broadcast::Receiver<crate::store::CommittedBatch>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                b = rx.recv() => b,
+            };
+            match batch {
+                Ok(batch) => {
+                    for ev in batch.iter() {
+                        self.route(ev).await;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        skipped_batches = n,
+                        "router lagged; every session resyncs from the log"
+                    );
+                    for sub in self
+                        .sessions
+                        .lock()
+                        .expect("router lock")
+                        .values()
+                        .flatten()
+                    {
+                        sub.lag.mark();
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    }
+
+    async fn route(&self, rec: &RecordedEvent) {
+        let recipients: Arc<[UserId]> = match &rec.event {
+            Event::DirectConversationStarted {
+                conversation_id,
+                members,
+                ..
+            } => {
+                let members: Arc<[UserId]> = Arc::from(members.as_slice());
+                self.cache_members(*conversation_id, members.clone());
+                members
+            }
+            Event::MessageSent(m) => match self.members_of(m.conversation_id).await {
+                Some(members) => members,
+                None => return,
+            },
+            Event::SessionRevoked {
+                user_id,
+                token_hash,
+                ..
+            } => {
+                if let Some(list) = self.sessions.lock().expect("router lock").get(user_id) {
+                    for sub in list.iter().filter(|s| s.token_hash == *token_hash) {
+                        sub.revoked.cancel();
+                    }
+                }
+                return;
+            }
+            Event::UserRegistered(_) | Event::EmailClaimed { .. } | Event::SessionStarted(_) => {
+                return
+            }
+        };
+        let shared = Arc::new(rec.clone());
+        let sessions = self.sessions.lock().expect("router lock");
+        for user in recipients.iter() {
+            for sub in sessions.get(user).into_iter().flatten() {
+                let Some(tx) = sub.feed.get() else { continue };
+                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(shared.clone()) {
+                    sub.lag.mark();
+                }
+            }
+        }
+    }
+
+    fn cache_members(&self, conv: ConversationId, members: Arc<[UserId]>) {
+        let mut cache = self.members.lock().expect("members lock");
+        if cache.len() >= MEMBER_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(conv, members);
+    }
+
+    async fn members_of(&self, conv: ConversationId) -> Option<Arc<[UserId]>> {
+        if let Some(m) = self.members.lock().expect("members lock").get(&conv) {
+            return Some(m.clone());
+        }
+        match self.store.conversation(conv).await {
+            Ok(Some(state)) => {
+                let members: Arc<[UserId]> = state.members.into();
+                self.cache_members(conv, members.clone());
+                Some(members)
+            }
+            Ok(None) => {
+                tracing::error!(%conv, "message for a conversation missing from the read model");
+                None
+            }
+            Err(e) => {
+                // Sessions in this conversation miss the live event; mark them all
+                // so they resync from the log rather than lose it.
+                tracing::error!(%conv, error = %e, "member lookup failed; resyncing every session");
+                for sub in self
+                    .sessions
+                    .lock()
+                    .expect("router lock")
+                    .values()
+                    .flatten()
+                {
+                    sub.lag.mark();
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Domain and store records → wire messages, by hand (the edge).
+
+use natter_proto::wire;
+
+use super::{Identity, UserInfo};
+use crate::domain::{
+    conversation::ConversationKind, conversation::ConversationState, Content, MessageSent, UserId,
+};
+use crate::store::MessageRecord;
+
+pub fn identity(id: &Identity) -> wire::Identity {
+    wire::Identity {
+        user_id: id.user_id.to_string(),
+        device_id: id.device_id.to_string(),
+        email: id.email.to_string(),
+        display_name: id.display_name.clone(),
+    }
+}
+
+pub fn member(user: UserId, info: &UserInfo) -> wire::Member {
+    wire::Member {
+        user_id: user.to_string(),
+        email: info.email.to_string(),
+        display_name: info.display_name.clone(),
+    }
+}
+
+pub fn content(c: &Content) -> wire::Content {
+    match c {
+        Content::Text(body) => wire::Content {
+            body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })),
+        },
+    }
+}
+
+pub fn message_record(m: &MessageRecord, sender: &UserInfo) -> wire::Message {
+    wire::Message {
+        conversation_id: m.conversation_id.to_string(),
+        seq: m.seq.0,
+        sender_user_id: m.sender_user_id.to_string(),
+        sender_device_id: m.sender_device_id.to_string(),
+        client_msg_id: m.client_msg_id.as_str().to_owned(),
+        content: Some(content(&m.content)),
+        sent_at_ms: m.at.0,
+        sender_email: sender.email.to_string(),
+    }
+}
+
+pub fn message_event(m: &MessageSent, seq: u64, sender: &UserInfo) -> wire::Message {
+    wire::Message {
+        conversation_id: m.conversation_id.to_string(),
+        seq,
+        sender_user_id: m.sender_user_id.to_string(),
+        sender_device_id: m.sender_device_id.to_string(),
+        client_msg_id: m.client_msg_id.as_str().to_owned(),
+        content: Some(content(&m.content)),
+        sent_at_ms: m.at.0,
+        sender_email: sender.email.to_string(),
+    }
+}
+
+pub fn conversation(
+    state: &ConversationState,
+    members: Vec<wire::Member>,
+    last_message: Option<wire::Message>,
+) -> wire::Conversation {
+    wire::Conversation {
+        conversation_id: state.id.to_string(),
+        kind: match state.kind {
+            ConversationKind::Direct => wire::ConversationKind::Direct as i32,
+        },
+        members,
+        last_message,
+        created_at_ms: state.created_at.0,
+    }
+}

@@ -1,0 +1,280 @@
+//! The event log and the read models, behind traits; one module per backend.
+//!
+//! Only this module knows SQL. The log is the source of truth: streams with
+//! expected-version appends, plus a global position that subscribers follow. Read
+//! models are projections of the log, updated in the same transaction as the
+//! append (so a query never sees an event without its projection) and rebuilt by
+//! replaying the log.
+
+pub mod codec;
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::domain::{
+    conversation::{ConversationKind, ConversationState},
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
+};
+
+/// Global position of an event in the log: strictly increasing in commit order.
+/// Clients see it as their (opaque) feed cursor.
+pub type Position = u64;
+
+/// The name of a stream: `user:<id>`, `email:<address>`, `conv:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamName(String);
+
+impl StreamName {
+    pub fn user(id: UserId) -> Self {
+        Self(format!("user:{id}"))
+    }
+    pub fn email(email: &Email) -> Self {
+        Self(format!("email:{email}"))
+    }
+    pub fn conversation(id: ConversationId) -> Self {
+        Self(format!("conv:{id}"))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Wraps a name read back from the log.
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What the writer expects the stream's version to be before the append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version is.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (number of events in it).
+    Exact(u64),
+}
+
+/// One event to append, with its id. Ids make appends idempotent: appending an
+/// event whose id is already in the log stores nothing and reports the original.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub event: Event,
+}
+
+impl NewEvent {
+    /// An event with a fresh random id (no idempotency wanted or needed).
+    pub fn fresh(event: Event) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event,
+        }
+    }
+}
+
+/// Events for one stream, appended together.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream: StreamName,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub position: Position,
+    pub stream: StreamName,
+    /// 1-based version within the stream; for `conv:` streams this is the `Seq`.
+    pub version: u64,
+    pub id: Uuid,
+    pub recorded_at: Millis,
+    pub event: Event,
+}
+
+/// The result of a successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Every event was new and is now durable, in append order.
+    Appended(Vec<RecordedEvent>),
+    /// An event with one of these ids was already stored; nothing new was
+    /// written. Carries the stored originals.
+    AlreadyStored(Vec<RecordedEvent>),
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream}: expected version {expected:?}, found {actual}")]
+    WrongExpectedVersion {
+        stream: StreamName,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A failure of the storage itself: not the caller's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored event at position {position} cannot be decoded: {reason}")]
+    Corrupt { position: Position, reason: String },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A registered account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user_id: UserId,
+    pub email: Email,
+    pub display_name: String,
+    pub password_hash: String,
+    pub created_at: Millis,
+}
+
+/// A session (one per device login).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub device_name: String,
+    pub revoked: bool,
+}
+
+/// A stored message, as the messages read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+    pub position: Position,
+    pub sender_user_id: UserId,
+    pub sender_device_id: DeviceId,
+    pub client_msg_id: ClientMsgId,
+    pub content: Content,
+    pub at: Millis,
+}
+
+/// One entry of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub state: ConversationState,
+    pub last_message: Option<MessageRecord>,
+    pub last_activity: Millis,
+}
+
+/// Which page of history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPage {
+    /// The newest `limit` messages.
+    Latest { limit: u32 },
+    /// Up to `limit` messages with seq < `seq`, the closest ones.
+    Before { seq: Seq, limit: u32 },
+    /// Up to `limit` messages with seq > `seq`, the closest ones.
+    After { seq: Seq, limit: u32 },
+}
+
+/// Counts for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub events: u64,
+    pub users: u64,
+    pub conversations: u64,
+    pub messages: u64,
+    pub head: Position,
+}
+
+/// Committed events, in commit order, as the writer publishes them.
+pub type CommittedBatch = Arc<[RecordedEvent]>;
+
+/// The log and its read models. One implementation per backend; every
+/// implementation passes the same conformance tests.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends to one or more streams atomically and durably: when this returns
+    /// `Ok`, the events survive a crash. Appends from concurrent callers are
+    /// group-committed.
+    ///
+    /// # Errors
+    /// `WrongExpectedVersion` when a stream's version does not match (nothing is
+    /// written); `Store` when the storage failed.
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError>;
+
+    /// Events of the whole log with position > `after`, ascending, at most `limit`.
+    async fn read_all(&self, after: Position, limit: u32)
+        -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Events of one stream with version > `after`, ascending, at most `limit`.
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The newest committed position (0 for an empty log).
+    async fn head(&self) -> Result<Position, StoreError>;
+
+    /// Committed batches from now on. A receiver that lags gets `Lagged` and must
+    /// re-read from the log by position.
+    fn subscribe(&self) -> broadcast::Receiver<CommittedBatch>;
+
+    /// Events that concern `user` (their conversations' events) with position >
+    /// `after`, ascending, at most `limit`.
+    async fn feed(
+        &self,
+        user: UserId,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
+    async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
+    async fn session_by_token(
+        &self,
+        token_hash: TokenHash,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+    async fn conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, StoreError>;
+    /// The user's conversations, most recent activity first.
+    async fn conversations_for_user(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// A page of messages, ascending by seq, and whether more exist beyond it.
+    async fn messages(
+        &self,
+        id: ConversationId,
+        page: HistoryPage,
+    ) -> Result<(Vec<MessageRecord>, bool), StoreError>;
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Stops accepting appends, commits what is queued, and closes.
+    async fn shutdown(&self);
+}
+
+/// Kind of a conversation as stored in the read model.
+pub(crate) fn kind_to_str(kind: ConversationKind) -> &'static str {
+    match kind {
+        ConversationKind::Direct => "direct",
+    }
+}

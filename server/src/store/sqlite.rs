@@ -1,0 +1,885 @@
+//! The embedded backend: SQLite (bundled) in the data directory, WAL mode.
+//!
+//! One writer thread owns the only writing connection and group-commits: it
+//! takes every append that is queued, runs each in its own savepoint (so one
+//! conflict does not fail its neighbours) and commits them in one transaction
+//! with `synchronous=FULL`, i.e. one fsync for the batch. Replies go out only
+//! after that commit. A small pool of read-only connections serves queries on
+//! tokio's blocking pool. Read models are updated in the append's transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+use super::{
+    codec, kind_to_str, AppendError, AppendOutcome, CommittedBatch, ConversationSummary,
+    ExpectedVersion, HistoryPage, MessageRecord, Position, RecordedEvent, SessionRecord, Store,
+    StoreError, StoreStats, StreamAppend, StreamName, UserRecord,
+};
+use crate::domain::{
+    conversation::{ConversationKind, ConversationState},
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
+};
+
+/// Versioned migrations, applied in order at start-up. Never edit a shipped one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// How the embedded store is set up.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file (created if missing).
+    pub path: PathBuf,
+    /// Read-only connections serving queries.
+    pub readers: usize,
+    /// Most appends committed in one transaction.
+    pub max_batch: usize,
+    /// Appends that may wait for the writer; callers wait (backpressure) beyond it.
+    pub queue: usize,
+}
+
+impl SqliteConfig {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            path: dir.join("natter.db"),
+            readers: 4,
+            max_batch: 1024,
+            queue: 8192,
+        }
+    }
+}
+
+struct WriteJob {
+    appends: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+struct ReaderPool {
+    conns: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReaderPool>,
+    committed: broadcast::Sender<CommittedBatch>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        db_err(e)
+    }
+}
+
+impl From<rusqlite::Error> for AppendError {
+    fn from(e: rusqlite::Error) -> Self {
+        AppendError::Store(db_err(e))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, applies pending migrations and
+    /// starts the writer thread.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub fn open(config: &SqliteConfig) -> Result<Self, StoreError> {
+        if let Some(dir) = config.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut conn = Connection::open(&config.path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!(
+                "could not enable WAL mode (got {mode})"
+            )));
+        }
+        // FULL: in WAL mode, every commit fsyncs the WAL before returning.
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
+        )?;
+        migrate(&mut conn)?;
+
+        let (committed, _) = broadcast::channel(1024);
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let publish = committed.clone();
+        let max_batch = config.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("natter-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, publish, max_batch))?;
+        let readers = open_readers(&config.path, config.readers)?;
+        Ok(Self {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers,
+            committed,
+        })
+    }
+
+    /// Opens an existing database for queries only (operator tools). Appends
+    /// fail with `Closed`; no migration runs.
+    ///
+    /// # Errors
+    /// When the file is missing or not a natter database.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            )));
+        }
+        let readers = open_readers(path, 1)?;
+        let (committed, _) = broadcast::channel(1);
+        Ok(Self {
+            writer: Mutex::new(None),
+            writer_thread: Mutex::new(None),
+            readers,
+            committed,
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let permit: OwnedSemaphorePermit = pool
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let conn = pool
+                .conns
+                .lock()
+                .expect("reader pool lock")
+                .pop()
+                .expect("a permit guarantees a connection");
+            let result = f(&conn);
+            pool.conns.lock().expect("reader pool lock").push(conn);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("reader task failed: {e}")))?
+    }
+}
+
+fn open_readers(path: &Path, n: usize) -> Result<Arc<ReaderPool>, StoreError> {
+    let n = n.max(1);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+        conns.push(conn);
+    }
+    Ok(Arc::new(ReaderPool {
+        conns: Mutex::new(conns),
+        permits: Arc::new(Semaphore::new(n)),
+    }))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::Database(format!(
+            "database schema version {current} is newer than this natterd knows ({known}); upgrade natterd"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
+            params![version, now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied sqlite migration");
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriteJob>,
+    publish: broadcast::Sender<CommittedBatch>,
+    max_batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        // Group commit sized by load: take whatever else is already waiting.
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut jobs, &publish);
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: &mut Vec<WriteJob>,
+    publish: &broadcast::Sender<CommittedBatch>,
+) {
+    let recorded_at = Millis(now_ms() as u64);
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            for job in jobs.drain(..) {
+                let _ = job
+                    .reply
+                    .send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+            }
+            return;
+        }
+    };
+    let mut tx = tx;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs.iter() {
+        let result = match tx.savepoint() {
+            Ok(mut sp) => {
+                let r = append_in_tx(&sp, &job.appends, recorded_at);
+                match r {
+                    Ok(outcome) => sp.commit().map(|()| outcome).map_err(AppendError::from),
+                    Err(e) => {
+                        // Undo this job only; its neighbours still commit.
+                        let _ = sp.rollback();
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
+        results.push(result);
+    }
+    if let Err(e) = tx.commit() {
+        tracing::error!(error = %e, "sqlite group commit failed; appends in the batch are not stored");
+        let msg = e.to_string();
+        for job in jobs.drain(..) {
+            let _ = job
+                .reply
+                .send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+        }
+        return;
+    }
+    let mut batch = Vec::new();
+    for r in &results {
+        if let Ok(AppendOutcome::Appended(events)) = r {
+            batch.extend(events.iter().cloned());
+        }
+    }
+    for (job, result) in jobs.drain(..).zip(results) {
+        let _ = job.reply.send(result);
+    }
+    if !batch.is_empty() {
+        // No subscriber is fine: the log has everything.
+        let _ = publish.send(batch.into());
+    }
+}
+
+fn append_in_tx(
+    conn: &Connection,
+    appends: &[StreamAppend],
+    recorded_at: Millis,
+) -> Result<AppendOutcome, AppendError> {
+    let mut existing = Vec::new();
+    {
+        let mut by_id = conn.prepare_cached(&format!("{SELECT_EVENT} WHERE event_id = ?1"))?;
+        for e in appends.iter().flat_map(|a| a.events.iter()) {
+            if let Some(rec) = by_id
+                .query_row([e.id.as_bytes().as_slice()], row_to_event)
+                .optional()?
+            {
+                existing.push(rec?);
+            }
+        }
+    }
+    if !existing.is_empty() {
+        return Ok(AppendOutcome::AlreadyStored(existing));
+    }
+    let mut recorded = Vec::new();
+    for append in appends {
+        let stream = append.stream.as_str();
+        let current: u64 = conn
+            .prepare_cached("SELECT version FROM streams WHERE stream = ?1")?
+            .query_row([stream], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map_or(0, |v| v as u64);
+        let ok = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        };
+        if !ok {
+            return Err(AppendError::WrongExpectedVersion {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual: current,
+            });
+        }
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO events (stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut version = current;
+        for new in &append.events {
+            version += 1;
+            let (ty, schema, payload) = codec::encode(&new.event);
+            insert.execute(params![
+                stream,
+                version as i64,
+                new.id.as_bytes().as_slice(),
+                ty,
+                schema,
+                payload,
+                recorded_at.0 as i64
+            ])?;
+            let rec = RecordedEvent {
+                position: conn.last_insert_rowid() as u64,
+                stream: append.stream.clone(),
+                version,
+                id: new.id,
+                recorded_at,
+                event: new.event.clone(),
+            };
+            project(conn, &rec)?;
+            recorded.push(rec);
+        }
+        conn.prepare_cached(
+            "INSERT INTO streams (stream, version) VALUES (?1, ?2)
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+        )?
+        .execute(params![stream, version as i64])?;
+    }
+    Ok(AppendOutcome::Appended(recorded))
+}
+
+/// Updates the read models for one recorded event. Runs inside the append's
+/// transaction, and again for every event when the read models are rebuilt.
+fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error> {
+    match &rec.event {
+        Event::UserRegistered(u) => {
+            conn.prepare_cached(
+                "INSERT INTO users (user_id, email, display_name, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![u.user_id.to_string(), u.email.as_str(), u.display_name, u.password_hash, u.at.0 as i64])?;
+        }
+        Event::EmailClaimed { .. } => {}
+        Event::SessionStarted(s) => {
+            conn.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                s.token_hash.0.as_slice(),
+                s.user_id.to_string(),
+                s.device_id.to_string(),
+                s.device_name,
+                s.at.0 as i64
+            ])?;
+        }
+        Event::SessionRevoked { token_hash, at, .. } => {
+            conn.prepare_cached(
+                "UPDATE sessions SET revoked_at_ms = ?2 WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
+            )?
+            .execute(params![token_hash.0.as_slice(), at.0 as i64])?;
+        }
+        Event::DirectConversationStarted {
+            conversation_id,
+            members,
+            at,
+        } => {
+            let conv = conversation_id.to_string();
+            conn.prepare_cached(
+                "INSERT INTO conversations (conversation_id, kind, created_at_ms, last_seq, last_position, last_activity_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
+            )?
+            .execute(params![
+                conv,
+                kind_to_str(ConversationKind::Direct),
+                at.0 as i64,
+                rec.version as i64,
+                rec.position as i64
+            ])?;
+            let mut add = conn.prepare_cached(
+                "INSERT INTO members (conversation_id, user_id, ordinal) VALUES (?1, ?2, ?3)",
+            )?;
+            for (i, m) in members.iter().enumerate() {
+                add.execute(params![conv, m.to_string(), i as i64])?;
+            }
+            add_to_feeds(conn, &conv, rec.position)?;
+        }
+        Event::MessageSent(m) => {
+            let conv = m.conversation_id.to_string();
+            let Content::Text(text) = &m.content;
+            conn.prepare_cached(
+                "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                                       content_kind, text, sent_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'text', ?7, ?8)",
+            )?
+            .execute(params![
+                conv,
+                rec.version as i64,
+                rec.position as i64,
+                m.sender_user_id.to_string(),
+                m.sender_device_id.to_string(),
+                m.client_msg_id.as_str(),
+                text,
+                m.at.0 as i64
+            ])?;
+            conn.prepare_cached(
+                "UPDATE conversations SET last_seq = ?2, last_position = ?3, last_activity_ms = MAX(last_activity_ms, ?4)
+                 WHERE conversation_id = ?1",
+            )?
+            .execute(params![conv, rec.version as i64, rec.position as i64, m.at.0 as i64])?;
+            add_to_feeds(conn, &conv, rec.position)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_to_feeds(conn: &Connection, conv: &str, position: Position) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached("INSERT INTO feed (user_id, position) SELECT user_id, ?2 FROM members WHERE conversation_id = ?1")?
+        .execute(params![conv, position as i64])?;
+    Ok(())
+}
+
+const SELECT_EVENT: &str =
+    "SELECT position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms FROM events";
+
+/// Maps a row of `SELECT_EVENT`; the inner result is a decoding failure.
+fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, StoreError>> {
+    let position = row.get::<_, i64>(0)? as u64;
+    let stream: String = row.get(1)?;
+    let version = row.get::<_, i64>(2)? as u64;
+    let id_bytes: Vec<u8> = row.get(3)?;
+    let ty: String = row.get(4)?;
+    let schema = row.get::<_, i64>(5)? as u32;
+    let payload: Vec<u8> = row.get(6)?;
+    let recorded_at = Millis(row.get::<_, i64>(7)? as u64);
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let id = match Uuid::from_slice(&id_bytes) {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(corrupt(e.to_string()))),
+    };
+    Ok(codec::decode(&ty, schema, &payload)
+        .map_err(corrupt)
+        .map(|event| RecordedEvent {
+            position,
+            stream: StreamName::from_stored(stream),
+            version,
+            id,
+            recorded_at,
+            event,
+        }))
+}
+
+fn collect_events(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = stmt.query_map(params, row_to_event)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::try_parse(s).map_err(|e| StoreError::Database(format!("bad id {s:?} in read model: {e}")))
+}
+
+fn load_members(conn: &Connection, conv: &str) -> Result<Vec<UserId>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY ordinal",
+    )?;
+    let ids = stmt.query_map([conv], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(UserId(parse_uuid(&id?)?));
+    }
+    Ok(out)
+}
+
+fn load_conversation(
+    conn: &Connection,
+    conv: &str,
+) -> Result<Option<ConversationState>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT kind, created_at_ms FROM conversations WHERE conversation_id = ?1")?
+        .query_row([conv], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    let Some((kind, created)) = row else {
+        return Ok(None);
+    };
+    let kind = match kind.as_str() {
+        "direct" => ConversationKind::Direct,
+        other => {
+            return Err(StoreError::Database(format!(
+                "unknown conversation kind {other:?}"
+            )))
+        }
+    };
+    Ok(Some(ConversationState {
+        id: ConversationId(parse_uuid(conv)?),
+        kind,
+        members: load_members(conn, conv)?,
+        created_at: Millis(created as u64),
+    }))
+}
+
+const SELECT_MESSAGE: &str =
+    "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                                     content_kind, text, sent_at_ms FROM messages";
+
+fn row_to_message(row: &Row<'_>) -> rusqlite::Result<Result<MessageRecord, StoreError>> {
+    let conv: String = row.get(0)?;
+    let seq = row.get::<_, i64>(1)? as u64;
+    let position = row.get::<_, i64>(2)? as u64;
+    let sender: String = row.get(3)?;
+    let device: String = row.get(4)?;
+    let client_msg_id: String = row.get(5)?;
+    let kind: String = row.get(6)?;
+    let text: Option<String> = row.get(7)?;
+    let at = row.get::<_, i64>(8)? as u64;
+    Ok((|| {
+        let content = match (kind.as_str(), text) {
+            ("text", Some(t)) => Content::Text(t),
+            (k, _) => {
+                return Err(StoreError::Database(format!(
+                    "unknown message content kind {k:?}"
+                )))
+            }
+        };
+        Ok(MessageRecord {
+            conversation_id: ConversationId(parse_uuid(&conv)?),
+            seq: Seq(seq),
+            position,
+            sender_user_id: UserId(parse_uuid(&sender)?),
+            sender_device_id: DeviceId(parse_uuid(&device)?),
+            client_msg_id: ClientMsgId::parse(&client_msg_id)
+                .map_err(|e| StoreError::Database(format!("stored client_msg_id: {e}")))?,
+            content,
+            at: Millis(at),
+        })
+    })())
+}
+
+fn collect_messages(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<MessageRecord>, StoreError> {
+    let rows = stmt.query_map(params, row_to_message)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r??);
+    }
+    Ok(out)
+}
+
+fn row_to_user(row: &Row<'_>) -> rusqlite::Result<(String, String, String, String, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn user_record(
+    (id, email, name, hash, created): (String, String, String, String, i64),
+) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        user_id: UserId(parse_uuid(&id)?),
+        email: Email::from_normalized(email),
+        display_name: name,
+        password_hash: hash,
+        created_at: Millis(created as u64),
+    })
+}
+
+const SELECT_USER: &str =
+    "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
+        let writer = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriteJob { appends, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_EVENT} WHERE position > ?1 ORDER BY position LIMIT ?2"
+            ))?;
+            collect_events(&mut stmt, params![after as i64, limit])
+        })
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.as_str().to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_EVENT} WHERE stream = ?1 AND version > ?2 ORDER BY version LIMIT ?3"
+            ))?;
+            collect_events(&mut stmt, params![stream, after as i64, limit])
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        self.read(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
+        self.committed.subscribe()
+    }
+
+    async fn feed(
+        &self,
+        user: UserId,
+        after: Position,
+        limit: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
+                        e.recorded_at_ms
+                 FROM feed f JOIN events e ON e.position = f.position
+                 WHERE f.user_id = ?1 AND f.position > ?2 ORDER BY f.position LIMIT ?3",
+            )?;
+            collect_events(&mut stmt, params![user.to_string(), after as i64, limit])
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
+        let email = email.as_str().to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{SELECT_USER} WHERE email = ?1"))?
+                .query_row([email], row_to_user)
+                .optional()?
+                .map(user_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("{SELECT_USER} WHERE user_id = ?1"))?
+                .query_row([user.to_string()], row_to_user)
+                .optional()?
+                .map(user_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn session_by_token(
+        &self,
+        token_hash: TokenHash,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = ?1",
+                )?
+                .query_row([token_hash.0.as_slice()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
+                })
+                .optional()?;
+            row.map(|(user, device, name, revoked)| {
+                Ok(SessionRecord {
+                    user_id: UserId(parse_uuid(&user)?),
+                    device_id: DeviceId(parse_uuid(&device)?),
+                    device_name: name,
+                    revoked,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn conversation(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, StoreError> {
+        self.read(move |c| load_conversation(c, &id.to_string()))
+            .await
+    }
+
+    async fn conversations_for_user(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT c.conversation_id, c.last_activity_ms FROM members m
+                 JOIN conversations c ON c.conversation_id = m.conversation_id
+                 WHERE m.user_id = ?1 ORDER BY c.last_position DESC LIMIT ?2",
+            )?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map(params![user.to_string(), limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut last = c.prepare_cached(&format!(
+                "{SELECT_MESSAGE} WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1"
+            ))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (conv, activity) in rows {
+                let state = load_conversation(c, &conv)?.ok_or_else(|| {
+                    StoreError::Database(format!("member row for missing conversation {conv}"))
+                })?;
+                let last_message = collect_messages(&mut last, [&conv])?.pop();
+                out.push(ConversationSummary {
+                    state,
+                    last_message,
+                    last_activity: Millis(activity as u64),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        id: ConversationId,
+        page: HistoryPage,
+    ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
+        self.read(move |c| {
+            let conv = id.to_string();
+            let (sql, bound, limit, descending) = match page {
+                HistoryPage::Latest { limit } => (
+                    "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC",
+                    0,
+                    limit,
+                    true,
+                ),
+                HistoryPage::Before { seq, limit } => (
+                    "WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC",
+                    seq.0,
+                    limit,
+                    true,
+                ),
+                HistoryPage::After { seq, limit } => (
+                    "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC",
+                    seq.0,
+                    limit,
+                    false,
+                ),
+            };
+            let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} {sql} LIMIT ?3"))?;
+            let mut msgs =
+                collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1])?;
+            let has_more = msgs.len() > limit as usize;
+            msgs.truncate(limit as usize);
+            if descending {
+                msgs.reverse();
+            }
+            Ok((msgs, has_more))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read(|c| {
+            let count = |sql: &str| -> Result<u64, StoreError> {
+                Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            };
+            Ok(StoreStats {
+                events: count("SELECT COUNT(*) FROM events")?,
+                users: count("SELECT COUNT(*) FROM users")?,
+                conversations: count("SELECT COUNT(*) FROM conversations")?,
+                messages: count("SELECT COUNT(*) FROM messages")?,
+                head: count("SELECT COALESCE(MAX(position), 0) FROM events")?,
+            })
+        })
+        .await
+    }
+
+    async fn shutdown(&self) {
+        // Dropping the sender lets the writer finish what is queued and stop.
+        self.writer.lock().expect("writer lock").take();
+        let thread = self
+            .writer_thread
+            .lock()
+            .expect("writer thread lock")
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! QUIC transport: the quinn endpoint, the accept loop (with a connection cap),
+//! and one task per connection that frames the control stream and writes the
+//! event feed. The only server module that knows quinn.
+//!
+//! Never interprets requests: decoded frames go to `session`, answers come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use natter_proto::codec::{encode_frame, encode_frame_into};
+use natter_proto::limits::MAX_IN_FLIGHT_REQUESTS;
+use natter_proto::wire::{self, client_frame, response, server_frame};
+use natter_proto::{ErrorCode, FrameDecoder, FrameError};
+use quinn::VarInt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::session::{FeedSource, Service, Session, WireError};
+use crate::tls::TlsIdentity;
+
+/// How the transport behaves.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+}
+
+/// A client must send `Hello` this soon after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    #[error("cannot bind: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// Builds the QUIC endpoint: TLS 1.3 only, ALPN `natter/1`.
+///
+/// # Errors
+/// Invalid certificate/key, or the address cannot be bound.
+pub fn endpoint(
+    identity: TlsIdentity,
+    listen: std::net::SocketAddr,
+    config: &TransportConfig,
+) -> Result<quinn::Endpoint, TransportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)?;
+    tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .map_err(|_| TransportError::Quic("idle timeout too large".into()))?,
+        ))
+        // The control stream, plus media transfers later.
+        .max_concurrent_bidi_streams(VarInt::from_u32(16))
+        // Clients open no unidirectional streams.
+        .max_concurrent_uni_streams(VarInt::from_u32(0));
+    server.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(server, listen)?)
+}
+
+/// Accepts connections until `shutdown`, then waits for them to drain.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    service: Arc<Service>,
+    config: TransportConfig,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let cap = Arc::new(Semaphore::new(config.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), cap = config.max_connections, "connection refused: at the connection cap");
+            incoming.refuse();
+            continue;
+        };
+        let (service, config, shutdown) = (service.clone(), config.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    Connection {
+                        conn,
+                        service,
+                        config,
+                        shutdown,
+                    }
+                    .run()
+                    .await
+                }
+                Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
+            }
+            drop(permit);
+        });
+    }
+    // Stop accepting: new handshakes are refused from here on.
+    endpoint.set_server_config(None);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "connections did not drain in time; closing them"
+        );
+    }
+    endpoint.close(
+        VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0),
+        b"shutting down",
+    );
+}
+
+/// Why a connection ends.
+enum End {
+    /// The peer closed or vanished; nothing to say.
+    Gone,
+    /// We close with this code and message.
+    Close(ErrorCode, String),
+    /// Shutdown or a clean end of the control stream.
+    Done,
+}
+
+struct Connection {
+    conn: quinn::Connection,
+    service: Arc<Service>,
+    config: TransportConfig,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self) {
+        let remote = self.conn.remote_address();
+        let end = self.serve().await;
+        match end {
+            End::Gone => tracing::debug!(%remote, "connection ended by peer"),
+            End::Done => {
+                let code = if self.shutdown.is_cancelled() {
+                    ErrorCode::SHUTTING_DOWN.0
+                } else {
+                    0
+                };
+                self.conn.close(VarInt::from_u32(code), b"bye");
+            }
+            End::Close(code, msg) => {
+                tracing::debug!(%remote, code = code.0, reason = %msg, "closing connection");
+                self.conn.close(VarInt::from_u32(code.0), msg.as_bytes());
+            }
+        }
+    }
+
+    async fn serve(&self) -> End {
+        let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, self.conn.accept_bi())
+            .await
+        {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(_)) => return End::Gone,
+            Err(_) => return End::Close(ErrorCode::PROTOCOL_VIOLATION, "no control stream".into()),
+        };
+        let mut decoder = FrameDecoder::new(self.config.max_frame_bytes);
+        let (out, out_rx) = mpsc::channel::<wire::ServerFrame>(MAX_IN_FLIGHT_REQUESTS * 2);
+        let writer = tokio::spawn(control_writer(send, out_rx, self.config.max_frame_bytes));
+
+        let hello =
+            match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, &mut decoder)).await {
+                Ok(Ok(Some(wire::ClientFrame {
+                    kind: Some(client_frame::Kind::Hello(h)),
+                }))) => h,
+                Ok(Ok(Some(_))) => {
+                    return self
+                        .fail(
+                            out,
+                            writer,
+                            ErrorCode::PROTOCOL_VIOLATION,
+                            "the first frame must be Hello",
+                        )
+                        .await
+                }
+                Ok(Ok(None)) | Ok(Err(ReadError::Gone)) => return End::Gone,
+                Ok(Err(ReadError::Frame(e))) => return self.frame_error(out, writer, e).await,
+                Err(_) => {
+                    return self
+                        .fail(
+                            out,
+                            writer,
+                            ErrorCode::PROTOCOL_VIOLATION,
+                            "no Hello in time",
+                        )
+                        .await
+                }
+            };
+        let (welcome, mut session) = match self.service.hello(&hello).await {
+            Ok(ok) => ok,
+            Err(e) => return self.fail(out, writer, e.code, &e.message).await,
+        };
+        tracing::debug!(remote = %self.conn.remote_address(), client = %hello.client_name, "hello");
+        let _ = out
+            .send(server_frame(server_frame::Kind::Welcome(welcome)))
+            .await;
+
+        let inflight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
+        let mut tasks = JoinSet::new();
+        // Ends the feed task with the connection (or with shutdown, its parent).
+        let feed_stop = self.shutdown.child_token();
+        let mut feed_task = None;
+        let end = loop {
+            let revoked = session.revoked();
+            let frame = tokio::select! {
+                () = self.shutdown.cancelled() => break End::Done,
+                () = async { match &revoked { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                    break End::Close(ErrorCode::SESSION_INVALID, "session revoked".into());
+                }
+                f = read_frame(&mut recv, &mut decoder) => f,
+            };
+            let request = match frame {
+                Ok(Some(wire::ClientFrame {
+                    kind: Some(client_frame::Kind::Request(r)),
+                })) => r,
+                Ok(Some(wire::ClientFrame {
+                    kind: Some(client_frame::Kind::Hello(_)),
+                })) => {
+                    break End::Close(ErrorCode::PROTOCOL_VIOLATION, "Hello sent twice".into());
+                }
+                Ok(Some(wire::ClientFrame { kind: None })) => {
+                    let e = WireError::new(ErrorCode::MALFORMED_FRAME, "frame has no known kind");
+                    let _ = out
+                        .send(server_frame(server_frame::Kind::Error(e.to_wire())))
+                        .await;
+                    continue;
+                }
+                Ok(None) => break End::Done,
+                Err(ReadError::Gone) => break End::Gone,
+                Err(ReadError::Frame(FrameError::Malformed(m))) => {
+                    // Framing is intact: report and go on with the next frame.
+                    let e =
+                        WireError::new(ErrorCode::MALFORMED_FRAME, format!("malformed frame: {m}"));
+                    let _ = out
+                        .send(server_frame(server_frame::Kind::Error(e.to_wire())))
+                        .await;
+                    continue;
+                }
+                Err(ReadError::Frame(e)) => {
+                    drain(&mut tasks).await;
+                    feed_stop.cancel();
+                    return self.frame_error(out, writer, e).await;
+                }
+            };
+            let id = request.id;
+            let Some(body) = request.body else {
+                let e = WireError::new(ErrorCode::INVALID_ARGUMENT, "request has no (known) body");
+                let _ = out
+                    .send(respond(id, response::Result::Error(e.to_wire())))
+                    .await;
+                continue;
+            };
+            if Session::is_stateful(&body) {
+                let handled = session.handle_stateful(body).await;
+                let _ = out.send(respond(id, handled.reply)).await;
+                if let Some(feed) = handled.feed {
+                    feed_task = Some(tokio::spawn(run_feed(
+                        self.conn.clone(),
+                        feed,
+                        feed_stop.clone(),
+                    )));
+                }
+            } else {
+                // Backpressure: past the in-flight limit we stop reading.
+                let Ok(permit) = inflight.clone().acquire_owned().await else {
+                    break End::Done;
+                };
+                let (service, identity, out) = (
+                    self.service.clone(),
+                    session.identity().cloned(),
+                    out.clone(),
+                );
+                tasks.spawn(async move {
+                    let reply = service.handle(identity, body).await;
+                    let _ = out.send(respond(id, reply)).await;
+                    drop(permit);
+                });
+            }
+        };
+        // Drain: in-flight requests finish and are answered before we close.
+        drain(&mut tasks).await;
+        feed_stop.cancel();
+        if let Some(feed) = feed_task {
+            let _ = feed.await;
+        }
+        drop(out);
+        let _ = writer.await;
+        end
+    }
+
+    async fn frame_error(
+        &self,
+        out: mpsc::Sender<wire::ServerFrame>,
+        writer: tokio::task::JoinHandle<()>,
+        e: FrameError,
+    ) -> End {
+        let code = match e {
+            FrameError::TooLarge { .. } => ErrorCode::FRAME_TOO_LARGE,
+            FrameError::BadLength | FrameError::Malformed(_) => ErrorCode::MALFORMED_FRAME,
+        };
+        self.fail(out, writer, code, &e.to_string()).await
+    }
+
+    /// Sends a connection-level error, flushes it, and asks for the close.
+    async fn fail(
+        &self,
+        out: mpsc::Sender<wire::ServerFrame>,
+        writer: tokio::task::JoinHandle<()>,
+        code: ErrorCode,
+        message: &str,
+    ) -> End {
+        let e = WireError::new(code, message);
+        let _ = out
+            .send(server_frame(server_frame::Kind::Error(e.to_wire())))
+            .await;
+        drop(out);
+        let _ = writer.await;
+        End::Close(code, message.to_owned())
+    }
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
+}
+
+fn server_frame(kind: server_frame::Kind) -> wire::ServerFrame {
+    wire::ServerFrame { kind: Some(kind) }
+}
+
+fn respond(id: u64, result: response::Result) -> wire::ServerFrame {
+    server_frame(server_frame::Kind::Response(wire::Response {
+        id,
+        result: Some(result),
+    }))
+}
+
+enum ReadError {
+    Gone,
+    Frame(FrameError),
+}
+
+/// Reads the next client frame; `Ok(None)` when the client finished the stream.
+/// Cancel-safe: bytes read stay in `decoder` if the future is dropped.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<wire::ClientFrame>, ReadError> {
+    loop {
+        if let Some(frame) = decoder
+            .next_message::<wire::ClientFrame>()
+            .map_err(ReadError::Frame)?
+        {
+            return Ok(Some(frame));
+        }
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => decoder.extend(&chunk.bytes),
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(ReadError::Gone),
+        }
+    }
+}
+
+/// Writes control-stream frames, batching whatever is queued into one write.
+async fn control_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<wire::ServerFrame>,
+    max_frame_bytes: usize,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            append_bounded(&mut buf, &frame, max_frame_bytes);
+            if buf.len() < 256 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Appends a frame, replacing a response too large for the peer with an error
+/// answer to the same request (the request is still answered).
+fn append_bounded(buf: &mut BytesMut, frame: &wire::ServerFrame, max_frame_bytes: usize) {
+    match encode_frame(frame, max_frame_bytes) {
+        Ok(bytes) => buf.extend_from_slice(&bytes),
+        Err(e) => {
+            tracing::error!(error = %e, "response exceeds the frame limit");
+            let id = match &frame.kind {
+                Some(server_frame::Kind::Response(r)) => r.id,
+                _ => 0,
+            };
+            let err = WireError::new(ErrorCode::INTERNAL, "response too large");
+            encode_frame_into(&respond(id, response::Result::Error(err.to_wire())), buf);
+        }
+    }
+}
+
+async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: CancellationToken) {
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = conn.closed() => return,
+            b = source.next_batch() => b,
+        };
+        match batch {
+            Ok(Some(frames)) => {
+                buf.clear();
+                for f in &frames {
+                    encode_frame_into(f, &mut buf);
+                }
+                if send.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(code = e.code.0, "feed stopped: {}", e.message);
+                conn.close(VarInt::from_u32(e.code.0), e.message.as_bytes());
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+}

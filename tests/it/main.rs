@@ -1,0 +1,14 @@
+//! natter's one integration test binary: every test starts real servers (see
+//! the harness in `natter_tests`) and talks to them through the client SDK.
+
+mod auth;
+mod crash;
+mod dm;
+mod protocol;
+
+use std::path::PathBuf;
+
+/// The natterd binary built with these tests.
+pub fn natterd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_natterd-under-test"))
+}

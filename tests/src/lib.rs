@@ -1,0 +1,244 @@
+//! The harness of natter's integration tests: real natterd servers on
+//! 127.0.0.1:0 with their own temporary data directories, in-process or as child
+//! processes, and helpers to make signed-in clients. Nothing is shared between
+//! tests, so they run in parallel.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use natter_client::{Client, ClientConfig, Feed, FeedItem, Trust};
+use natter_server::config::Config;
+use natter_server::RunningServer;
+
+/// A password that passes the policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Cheap argon2 parameters: tests exercise the real hashing path, just faster.
+fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::load(None, Vec::new()).expect("default config");
+    config.data_dir = data_dir.to_owned();
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.auth.argon2_memory_kib = Some(256);
+    config.auth.argon2_iterations = Some(1);
+    config.shutdown_grace_ms = 2_000;
+    config
+}
+
+/// Environment for a natterd child process: the same cheap hashing.
+pub const CHILD_ENV: &[(&str, &str)] = &[
+    ("NATTER_AUTH_ARGON2_MEMORY_KIB", "256"),
+    ("NATTER_AUTH_ARGON2_ITERATIONS", "1"),
+    ("NATTER_LOG", "warn"),
+];
+
+/// natterd running inside the test process.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test config adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let server = natter_server::start(config).await.expect("natterd starts");
+        Self {
+            addr: server.local_addr(),
+            fingerprint: server.fingerprint().to_owned(),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr, Trust::pin(&self.fingerprint).expect("pin"))
+    }
+
+    /// A connected, signed-out client.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.client_config())
+            .await
+            .expect("connect")
+    }
+
+    /// Signs `email` up and returns a signed-in client plus its session token.
+    pub async fn new_user(&self, email: &str) -> (Client, String) {
+        let c = self.client().await;
+        c.signup(email, PASSWORD, "").await.expect("signup");
+        let (token, _) = c.login(email, PASSWORD, "device-1").await.expect("login");
+        (c, token)
+    }
+
+    /// Another device of an existing user: a fresh login.
+    pub async fn new_device(&self, email: &str, device: &str) -> (Client, String) {
+        let c = self.client().await;
+        let (token, _) = c.login(email, PASSWORD, device).await.expect("login");
+        (c, token)
+    }
+
+    /// A connection resuming `token`.
+    pub async fn resume(&self, token: &str) -> Client {
+        let mut config = self.client_config();
+        config.session_token = Some(token.to_owned());
+        Client::connect(&config).await.expect("resume")
+    }
+
+    /// Graceful stop; the data directory stays until the value is dropped.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    /// Stops gracefully and starts again on the same data directory and port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut config = test_config(self.dir.path());
+        config.listen = self.addr;
+        let server = natter_server::start(config)
+            .await
+            .expect("natterd restarts");
+        assert_eq!(
+            server.fingerprint(),
+            self.fingerprint,
+            "the certificate is kept across restarts"
+        );
+        self.server = Some(server);
+    }
+}
+
+/// natterd as a child process (for crash tests), killed on drop.
+pub struct ChildServer {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl ChildServer {
+    /// Starts `natterd --data-dir DIR --listen ADDR` and waits for its
+    /// "natterd listening on ADDR fingerprint FP" line.
+    /// `natterd` is the binary (the test target passes its
+    /// `CARGO_BIN_EXE_natterd-under-test`, which only test targets can see).
+    pub fn spawn(natterd: &Path, data_dir: &Path, listen: SocketAddr) -> Self {
+        let mut cmd = Command::new(natterd);
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen.to_string());
+        for (k, v) in CHILD_ENV {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn natterd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read natterd's first line");
+        let (addr, fingerprint) =
+            parse_listening_line(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            addr,
+            fingerprint,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr, Trust::pin(&self.fingerprint).expect("pin"))
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill natterd");
+        self.child.wait().expect("reap natterd");
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM)");
+        self.child.wait().expect("wait natterd")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses "natterd listening on ADDR fingerprint FP".
+pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, String)> {
+    let rest = line.trim().strip_prefix("natterd listening on ")?;
+    let (addr, fp) = rest.split_once(" fingerprint ")?;
+    Some((addr.parse().ok()?, fp.to_owned()))
+}
+
+/// Reads feed items until `pred` says stop, failing after `timeout` (a
+/// deadline on the wait for an event, not a sleep).
+pub async fn feed_until(
+    feed: &mut Feed,
+    timeout: Duration,
+    mut pred: impl FnMut(&FeedItem) -> bool,
+) -> Vec<FeedItem> {
+    let mut items = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let item = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("feed: no matching event in {timeout:?}; got {items:#?}"))
+            .expect("feed ended")
+            .expect("feed error");
+        let stop = pred(&item);
+        items.push(item);
+        if stop {
+            return items;
+        }
+    }
+}
+
+/// The texts of the message items, in order.
+pub fn texts(items: &[FeedItem]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            FeedItem::Message { message, .. } => match message.content.as_ref()?.body.as_ref()? {
+                natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
+            },
+            _ => None,
+        })
+        .collect()
+}
