@@ -7,6 +7,8 @@
 pub mod codec;
 pub mod error_code;
 pub mod limits;
+#[cfg(test)]
+mod vectors;
 
 pub use codec::{encode_frame, FrameDecoder, FrameError};
 pub use error_code::ErrorCode;

@@ -2,6 +2,7 @@
 //! the harness in `natter_tests`) and talks to them through the client SDK.
 
 mod auth;
+mod cli;
 mod crash;
 mod dm;
 mod protocol;

@@ -1,1 +1,8 @@
-fn main() {}
+//! natter: the terminal client. See `natter --help`.
+
+fn main() {
+    if let Err(e) = natter_client::cli::main_entry() {
+        eprintln!("natter: {e:#}");
+        std::process::exit(1);
+    }
+}

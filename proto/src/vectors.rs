@@ -1,0 +1,344 @@
+//! The spec's test vectors (spec/vectors/frames.txt): each encoded frame must
+//! decode to the message built here and re-encode to the same bytes.
+//!
+//! To regenerate the file after an intentional change:
+//! `NATTER_WRITE_VECTORS=1 cargo test -p natter-proto vectors`.
+
+use prost::Message as ProstMessage;
+
+use crate::codec::{encode_frame, FrameDecoder};
+use crate::wire::*;
+
+const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../spec/vectors/frames.txt");
+
+enum Frame {
+    Client(ClientFrame),
+    Server(ServerFrame),
+    Feed(FeedFrame),
+}
+
+impl Frame {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Frame::Client(_) => "ClientFrame",
+            Frame::Server(_) => "ServerFrame",
+            Frame::Feed(_) => "FeedFrame",
+        }
+    }
+    fn encode(&self) -> Vec<u8> {
+        let max = crate::limits::DEFAULT_MAX_FRAME_BYTES;
+        match self {
+            Frame::Client(m) => encode_frame(m, max),
+            Frame::Server(m) => encode_frame(m, max),
+            Frame::Feed(m) => encode_frame(m, max),
+        }
+        .expect("vectors are small")
+        .to_vec()
+    }
+}
+
+fn req(id: u64, body: request::Body) -> Frame {
+    Frame::Client(ClientFrame { kind: Some(client_frame::Kind::Request(Request { id, body: Some(body) })) })
+}
+
+fn resp(id: u64, result: response::Result) -> Frame {
+    Frame::Server(ServerFrame { kind: Some(server_frame::Kind::Response(Response { id, result: Some(result) })) })
+}
+
+fn text(body: &str) -> Option<Content> {
+    Some(Content { body: Some(content::Body::Text(Text { body: body.into() })) })
+}
+
+const CONV: &str = "0f5e2a64-3c1d-5b8e-9a47-2d6c1e8b4f90";
+const ALICE: &str = "6a1f0c2e-8d4b-4e7a-9c3f-1b2d3e4f5a6b";
+const BOB: &str = "7b2e1d3f-9e5c-4f8b-8d40-2c3e4f5a6b7c";
+const DEVICE: &str = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
+
+fn message() -> Message {
+    Message {
+        conversation_id: CONV.into(),
+        seq: 2,
+        sender_user_id: ALICE.into(),
+        sender_device_id: DEVICE.into(),
+        client_msg_id: "c-0001".into(),
+        content: text("hello bob"),
+        sent_at_ms: 1_795_000_000_000,
+        sender_email: "alice@example.org".into(),
+    }
+}
+
+/// (name, meaning, frame) for every vector.
+fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
+    vec![
+        (
+            "hello_anonymous",
+            "Hello for versions 1..=1 from natter-cli/0.1.0, not signed in",
+            Frame::Client(ClientFrame {
+                kind: Some(client_frame::Kind::Hello(Hello {
+                    min_version: 1,
+                    max_version: 1,
+                    client_name: "natter-cli/0.1.0".into(),
+                    session_token: String::new(),
+                })),
+            }),
+        ),
+        (
+            "hello_resume",
+            "Hello resuming a session token",
+            Frame::Client(ClientFrame {
+                kind: Some(client_frame::Kind::Hello(Hello {
+                    min_version: 1,
+                    max_version: 1,
+                    client_name: "natter-cli/0.1.0".into(),
+                    session_token: "q0QmS2a8o5m3m6hE0a9m3Q4lYV7aQ1b2c3d4e5f6g7h".into(),
+                })),
+            }),
+        ),
+        (
+            "request_signup",
+            "Request 1: Signup alice@example.org with display name Alice",
+            req(
+                1,
+                request::Body::Signup(Signup {
+                    email: "alice@example.org".into(),
+                    password: "correct horse battery staple".into(),
+                    display_name: "Alice".into(),
+                }),
+            ),
+        ),
+        (
+            "request_login",
+            "Request 2: Login from device \"laptop\"",
+            req(
+                2,
+                request::Body::Login(Login {
+                    email: "alice@example.org".into(),
+                    password: "correct horse battery staple".into(),
+                    device_name: "laptop".into(),
+                }),
+            ),
+        ),
+        ("request_logout", "Request 9: Logout (an empty message)", req(9, request::Body::Logout(Logout {}))),
+        (
+            "request_open_direct",
+            "Request 3: OpenDirect with bob@example.org",
+            req(3, request::Body::OpenDirect(OpenDirect { peer_email: "bob@example.org".into() })),
+        ),
+        (
+            "request_send_text",
+            "Request 4: SendMessage \"hello bob\" with client_msg_id c-0001",
+            req(
+                4,
+                request::Body::SendMessage(SendMessage {
+                    conversation_id: CONV.into(),
+                    client_msg_id: "c-0001".into(),
+                    content: text("hello bob"),
+                }),
+            ),
+        ),
+        (
+            "request_history_before",
+            "Request 5: GetHistory, 20 messages before seq 100",
+            req(
+                5,
+                request::Body::GetHistory(GetHistory {
+                    conversation_id: CONV.into(),
+                    before_seq: 100,
+                    after_seq: 0,
+                    limit: 20,
+                }),
+            ),
+        ),
+        (
+            "request_sync_since",
+            "Request 6: Sync since cursor 42",
+            req(6, request::Body::Sync(Sync { since: Some(42) })),
+        ),
+        (
+            "request_sync_since_zero",
+            "Request 7: Sync since cursor 0 (everything); an explicit zero is on the wire",
+            req(7, request::Body::Sync(Sync { since: Some(0) })),
+        ),
+        ("request_sync_now", "Request 8: Sync from now on (since absent)", req(8, request::Body::Sync(Sync { since: None }))),
+        (
+            "welcome_signed_in",
+            "Welcome: version 1, 1 MiB frames, resumed as alice",
+            Frame::Server(ServerFrame {
+                kind: Some(server_frame::Kind::Welcome(Welcome {
+                    version: 1,
+                    server_name: "natterd".into(),
+                    max_frame_bytes: 1_048_576,
+                    identity: Some(Identity {
+                        user_id: ALICE.into(),
+                        device_id: DEVICE.into(),
+                        email: "alice@example.org".into(),
+                        display_name: "Alice".into(),
+                    }),
+                })),
+            }),
+        ),
+        (
+            "response_sent",
+            "Response 4: Sent, seq 2, not a duplicate",
+            resp(4, response::Result::Sent(Sent { seq: 2, sent_at_ms: 1_795_000_000_000, duplicate: false })),
+        ),
+        (
+            "response_sent_duplicate",
+            "Response 4: Sent for a retried client_msg_id: the original seq 2",
+            resp(4, response::Result::Sent(Sent { seq: 2, sent_at_ms: 1_795_000_000_000, duplicate: true })),
+        ),
+        (
+            "response_error_not_a_member",
+            "Response 4: Error NOT_A_MEMBER (401)",
+            resp(
+                4,
+                response::Result::Error(Error {
+                    code: 401,
+                    message: "not a member of this conversation".into(),
+                    retry_after_ms: 0,
+                }),
+            ),
+        ),
+        (
+            "connection_error_malformed",
+            "Connection-level Error MALFORMED_FRAME (100), not tied to a request",
+            Frame::Server(ServerFrame {
+                kind: Some(server_frame::Kind::Error(Error {
+                    code: 100,
+                    message: "malformed frame".into(),
+                    retry_after_ms: 0,
+                })),
+            }),
+        ),
+        (
+            "feed_conversation_started",
+            "Feed: cursor 41, direct conversation between alice and bob started",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 41,
+                    kind: Some(feed_event::Kind::ConversationStarted(Conversation {
+                        conversation_id: CONV.into(),
+                        kind: ConversationKind::Direct as i32,
+                        members: vec![
+                            Member { user_id: ALICE.into(), email: "alice@example.org".into(), display_name: "Alice".into() },
+                            Member { user_id: BOB.into(), email: "bob@example.org".into(), display_name: "bob".into() },
+                        ],
+                        last_message: None,
+                        created_at_ms: 1_794_999_999_000,
+                    })),
+                })),
+            }),
+        ),
+        (
+            "feed_message",
+            "Feed: cursor 43, alice's message seq 2 \"hello bob\"",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 43,
+                    kind: Some(feed_event::Kind::Message(message())),
+                })),
+            }),
+        ),
+        (
+            "feed_caught_up",
+            "Feed: backlog delivered up to cursor 43",
+            Frame::Feed(FeedFrame { kind: Some(feed_frame::Kind::CaughtUp(CaughtUp { cursor: 43 })) }),
+        ),
+    ]
+}
+
+fn render() -> String {
+    let mut out = String::from(
+        "# natter protocol test vectors: whole frames (varint length prefix + protobuf body).\n\
+         # Each must decode to the described message and re-encode to the same bytes.\n\
+         # Format: spec/protocol.md, \"Test vectors\". Generated by proto/src/vectors.rs.\n",
+    );
+    for (name, meaning, frame) in vectors() {
+        out.push_str(&format!(
+            "\nname: {name}\ntype: {}\nmeaning: {meaning}\nhex: {}\n",
+            frame.type_name(),
+            hex::encode(frame.encode())
+        ));
+    }
+    out
+}
+
+struct Block {
+    name: String,
+    ty: String,
+    hex: String,
+}
+
+fn parse(text: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut cur: Option<Block> = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        if line.is_empty() {
+            blocks.extend(cur.take());
+            continue;
+        }
+        let (key, value) = line.split_once(": ").unwrap_or_else(|| panic!("bad vector line {line:?}"));
+        let b = cur.get_or_insert_with(|| Block { name: String::new(), ty: String::new(), hex: String::new() });
+        match key {
+            "name" => b.name = value.to_owned(),
+            "type" => b.ty = value.to_owned(),
+            "hex" => b.hex = value.to_owned(),
+            "meaning" => {}
+            other => panic!("unknown vector key {other:?}"),
+        }
+    }
+    blocks.extend(cur);
+    blocks
+}
+
+fn decode_as<M: ProstMessage + Default + PartialEq + std::fmt::Debug>(bytes: &[u8], expected: &M) {
+    let mut d = FrameDecoder::new(crate::limits::DEFAULT_MAX_FRAME_BYTES);
+    d.extend(bytes);
+    let got: M = d.next_message().expect("decodes").expect("one whole frame");
+    assert_eq!(d.buffered(), 0, "exactly one frame");
+    assert_eq!(&got, expected);
+    let mut again = Vec::new();
+    prost::encoding::encode_varint(got.encoded_len() as u64, &mut again);
+    got.encode(&mut again).unwrap();
+    assert_eq!(again, bytes, "re-encodes byte for byte");
+}
+
+#[test]
+fn spec_vectors_decode_and_reencode_byte_for_byte() {
+    if std::env::var_os("NATTER_WRITE_VECTORS").is_some() {
+        std::fs::write(PATH, render()).expect("write vectors");
+    }
+    let text = std::fs::read_to_string(PATH).expect("spec/vectors/frames.txt");
+    let blocks = parse(&text);
+    let expected = vectors();
+    assert!(blocks.len() >= 12, "the spec promises at least 12 vectors");
+    assert_eq!(
+        blocks.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        expected.iter().map(|v| v.0).collect::<Vec<_>>(),
+        "file and code list the same vectors"
+    );
+    for (block, (name, _, frame)) in blocks.iter().zip(&expected) {
+        let bytes = hex::decode(&block.hex).unwrap_or_else(|e| panic!("{name}: bad hex: {e}"));
+        assert_eq!(block.ty, frame.type_name(), "{name}");
+        match frame {
+            Frame::Client(m) => decode_as(&bytes, m),
+            Frame::Server(m) => decode_as(&bytes, m),
+            Frame::Feed(m) => decode_as(&bytes, m),
+        }
+    }
+}
+
+#[test]
+fn vectors_split_anywhere_still_decode() {
+    // Partial frames are not errors: feed every vector in two pieces at every cut.
+    for (name, _, frame) in vectors() {
+        let bytes = frame.encode();
+        for cut in 0..bytes.len() {
+            let mut d = FrameDecoder::new(1 << 20);
+            d.extend(&bytes[..cut]);
+            assert_eq!(d.next_frame().unwrap(), None, "{name} cut at {cut}");
+            d.extend(&bytes[cut..]);
+            assert!(d.next_frame().unwrap().is_some(), "{name}");
+        }
+    }
+}

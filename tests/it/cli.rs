@@ -1,0 +1,111 @@
+//! The README's "try it": two people chatting with the `natter` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use natter_tests::{TestServer, PASSWORD};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+fn natter() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test"))
+}
+
+fn cmd(server: &TestServer, profile: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(natter());
+    c.arg("--profile").arg(profile);
+    c.arg("--server").arg(server.addr().to_string()).arg("--pin").arg(server.fingerprint());
+    c.args(args);
+    c.kill_on_drop(true);
+    c
+}
+
+/// Runs a command to completion with `stdin`, returning stdout; panics on failure.
+async fn run(mut c: Command, stdin: &str) -> String {
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn natter");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("natter finishes").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "natter failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test]
+async fn two_people_chat_with_the_cli() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = format!("{PASSWORD}\n");
+
+    let out = run(cmd(&server, &alice, &["signup", "--email", "alice@example.org", "--password-stdin"]), &pw).await;
+    assert!(out.contains("signed in as alice@example.org"), "{out}");
+    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--name", "Bob", "--password-stdin"]), &pw)
+        .await;
+
+    // Bob listens; Alice sends; Bob's listener prints it as JSON and exits.
+    let mut listen = cmd(&server, &bob, &["listen", "--json", "--count", "2"]);
+    listen.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut listener = listen.spawn().unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+
+    let out = run(cmd(&server, &alice, &["send", "bob@example.org", "hi bob"]), "").await;
+    assert!(out.starts_with("sent #2 to bob@example.org"), "{out}");
+    run(cmd(&server, &alice, &["send", "bob@example.org", "second"]), "").await;
+
+    let mut seen = Vec::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("listen prints").unwrap() {
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+        seen.push(v);
+    }
+    let status = listener.wait().await.unwrap();
+    assert!(status.success());
+    let messages: Vec<&serde_json::Value> = seen.iter().filter(|v| v["type"] == "message").collect();
+    assert_eq!(messages.len(), 2, "{seen:?}");
+    assert_eq!(messages[0]["text"], "hi bob");
+    assert_eq!(messages[0]["sender"], "alice@example.org");
+    assert_eq!(messages[1]["text"], "second");
+
+    // A second listen resumes from the saved cursor: only the new message.
+    run(cmd(&server, &alice, &["send", "bob@example.org", "third"]), "").await;
+    let out = run(cmd(&server, &bob, &["listen", "--json", "--count", "1"]), "").await;
+    let v: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let texts: Vec<&serde_json::Value> = v.iter().filter(|v| v["type"] == "message").map(|v| &v["text"]).collect();
+    assert_eq!(texts, vec!["third"]);
+
+    let history = run(cmd(&server, &bob, &["history", "alice@example.org"]), "").await;
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    assert!(lines[0].ends_with("#2 alice@example.org: hi bob"), "{history}");
+    let convs = run(cmd(&server, &bob, &["conversations"]), "").await;
+    assert!(convs.starts_with("alice@example.org"), "{convs}");
+    assert!(convs.contains("third"), "{convs}");
+
+    // Logout; afterwards the CLI says to log in.
+    run(cmd(&server, &bob, &["logout"]), "").await;
+    let mut c = cmd(&server, &bob, &["conversations"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = c.output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed in"));
+    // The profile holding the token is private.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(alice.join("profile.toml")).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn cli_without_trust_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(natter())
+        .arg("--profile")
+        .arg(dir.path())
+        .args(["signup", "--email", "x@example.org", "--password-stdin"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pin"), "{err}");
+}
