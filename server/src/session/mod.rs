@@ -391,20 +391,26 @@ impl Session {
         let identity = self.require_identity()?.clone();
         // Unregister first: the revocation closes the *other* connections of
         // this session, not this one, which just becomes signed out.
-        self.signed_in = None;
+        let previous = self.signed_in.take();
         let event = crate::domain::Event::SessionRevoked {
             user_id: identity.user_id,
             token_hash: identity.token_hash,
             at: self.service.now(),
         };
-        self.service
+        let result = self
+            .service
             .store
             .append(vec![StreamAppend {
                 stream: StreamName::user(identity.user_id),
                 expected: ExpectedVersion::Any,
                 events: vec![NewEvent::fresh(event)],
             }])
-            .await?;
+            .await;
+        if let Err(e) = result {
+            // Not revoked: the connection stays signed in.
+            self.signed_in = previous;
+            return Err(e.into());
+        }
         Ok(Reply::Logout(wire::LogoutOk {}))
     }
 
@@ -513,9 +519,8 @@ impl Service {
             Ok(email) => self.store.user_by_email(&email).await?,
             Err(_) => None,
         };
-        if req.password.len() > natter_proto::limits::MAX_PASSWORD_BYTES {
-            return Err(wrong());
-        }
+        // Checked before the password, so this answer says nothing about it.
+        account::check_name("device_name", req.device_name.trim())?;
         let hasher = self.hasher.clone();
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;

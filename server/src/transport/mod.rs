@@ -31,6 +31,8 @@ pub struct TransportConfig {
 
 /// A client must send `Hello` this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent handshakes completed only to refuse a connection with a code.
+const REFUSAL_HANDSHAKES: usize = 64;
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -87,6 +89,8 @@ pub async fn serve(
     grace: Duration,
 ) {
     let cap = Arc::new(Semaphore::new(config.max_connections));
+    // Handshakes done only to tell a client "too many connections" are bounded too.
+    let refusals = Arc::new(Semaphore::new(REFUSAL_HANDSHAKES));
     let tracker = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
@@ -98,7 +102,20 @@ pub async fn serve(
         };
         let Ok(permit) = cap.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), cap = config.max_connections, "connection refused: at the connection cap");
-            incoming.refuse();
+            match refusals.clone().try_acquire_owned() {
+                // Complete the handshake to give a typed reason…
+                Ok(refusal) => {
+                    tracker.spawn(async move {
+                        if let Ok(conn) = incoming.await {
+                            let code = ErrorCode::TOO_MANY_CONNECTIONS;
+                            conn.close(VarInt::from_u32(code.0), b"the server is at its connection cap");
+                        }
+                        drop(refusal);
+                    });
+                }
+                // …unless even that is overloaded: refuse at the QUIC level.
+                Err(_) => incoming.refuse(),
+            }
             continue;
         };
         let (service, config, shutdown) = (service.clone(), config.clone(), shutdown.clone());
