@@ -272,9 +272,8 @@ impl Cli {
     async fn history(&mut self, email: &str, limit: u32) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
         let conv = client.open_direct(email).await?;
-        let page = client
-            .history(GetHistory { conversation_id: conv.conversation_id, limit, ..Default::default() })
-            .await?;
+        let page =
+            client.history(GetHistory { conversation_id: conv.conversation_id, limit, ..Default::default() }).await?;
         for m in &page.messages {
             println!("{}", format_message(m));
         }

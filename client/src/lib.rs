@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use natter_proto::limits::{DEFAULT_MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use natter_proto::wire::{
-    self, client_frame, feed_event, feed_frame, request::Body, response, server_frame,
-};
+use natter_proto::wire::{self, client_frame, feed_event, feed_frame, request::Body, response, server_frame};
 use natter_proto::{encode_frame, ErrorCode, FrameDecoder, FrameError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,17 +65,10 @@ impl ClientConfig {
 pub enum ClientError {
     /// The server answered with a typed error.
     #[error("{code}: {message}")]
-    Server {
-        code: ErrorCode,
-        message: String,
-        retry_after_ms: u32,
-    },
+    Server { code: ErrorCode, message: String, retry_after_ms: u32 },
     /// The connection is closed (by the server with `code`, or lost).
     #[error("connection closed{}: {reason}", code.map(|c| format!(" ({c})")).unwrap_or_default())]
-    Closed {
-        code: Option<ErrorCode>,
-        reason: String,
-    },
+    Closed { code: Option<ErrorCode>, reason: String },
     #[error("cannot connect: {0}")]
     Connect(String),
     /// The server sent something the protocol does not allow.
@@ -96,25 +87,16 @@ impl ClientError {
     }
 
     fn from_wire(e: wire::Error) -> Self {
-        ClientError::Server {
-            code: ErrorCode(e.code),
-            message: e.message,
-            retry_after_ms: e.retry_after_ms,
-        }
+        ClientError::Server { code: ErrorCode(e.code), message: e.message, retry_after_ms: e.retry_after_ms }
     }
 
     fn from_connection(e: &quinn::ConnectionError) -> Self {
         match e {
             quinn::ConnectionError::ApplicationClosed(close) => ClientError::Closed {
-                code: u32::try_from(close.error_code.into_inner())
-                    .ok()
-                    .map(ErrorCode),
+                code: u32::try_from(close.error_code.into_inner()).ok().map(ErrorCode),
                 reason: String::from_utf8_lossy(&close.reason).into_owned(),
             },
-            other => ClientError::Closed {
-                code: None,
-                reason: other.to_string(),
-            },
+            other => ClientError::Closed { code: None, reason: other.to_string() },
         }
     }
 }
@@ -170,12 +152,7 @@ pub struct Identity {
 
 impl From<wire::Identity> for Identity {
     fn from(i: wire::Identity) -> Self {
-        Self {
-            user_id: i.user_id,
-            device_id: i.device_id,
-            email: i.email,
-            display_name: i.display_name,
-        }
+        Self { user_id: i.user_id, device_id: i.device_id, email: i.email, display_name: i.display_name }
     }
 }
 
@@ -203,15 +180,8 @@ impl Client {
     /// `Connect` (unreachable, TLS/pin mismatch, timeout), or `Server` when the
     /// Hello is refused (e.g. `SESSION_INVALID`, `UNSUPPORTED_VERSION`).
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if config.server.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .expect("valid");
-        let endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let bind: SocketAddr = if config.server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         Self::connect_with(endpoint, config).await
     }
 
@@ -220,28 +190,16 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::connect`].
-    pub async fn connect_with(
-        endpoint: quinn::Endpoint,
-        config: &ClientConfig,
-    ) -> Result<Self, ClientError> {
-        tokio::time::timeout(
-            config.connect_timeout,
-            Self::connect_inner(endpoint, config),
-        )
-        .await
-        .map_err(|_| ClientError::Connect("timed out".into()))?
+    pub async fn connect_with(endpoint: quinn::Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+        tokio::time::timeout(config.connect_timeout, Self::connect_inner(endpoint, config))
+            .await
+            .map_err(|_| ClientError::Connect("timed out".into()))?
     }
 
-    async fn connect_inner(
-        endpoint: quinn::Endpoint,
-        config: &ClientConfig,
-    ) -> Result<Self, ClientError> {
-        let tls = config
-            .trust
-            .rustls_config()
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+    async fn connect_inner(endpoint: quinn::Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+        let tls = config.trust.rustls_config().map_err(|e| ClientError::Connect(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(config.keep_alive));
@@ -251,10 +209,7 @@ impl Client {
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ClientError::from_connection(&e))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::from_connection(&e))?;
         let hello = wire::ClientFrame {
             kind: Some(client_frame::Kind::Hello(wire::Hello {
                 min_version: MIN_PROTOCOL_VERSION,
@@ -263,11 +218,8 @@ impl Client {
                 session_token: config.session_token.clone().unwrap_or_default(),
             })),
         };
-        let frame = encode_frame(&hello, config.max_frame_bytes)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        send.write_all(&frame)
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let frame = encode_frame(&hello, config.max_frame_bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        send.write_all(&frame).await.map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut decoder = FrameDecoder::new(config.max_frame_bytes);
         let welcome = match read_server_frame(&mut recv, &mut decoder, &conn).await? {
             Some(server_frame::Kind::Welcome(w)) => w,
@@ -275,24 +227,14 @@ impl Client {
             Some(server_frame::Kind::Response(_)) => {
                 return Err(ClientError::Protocol("response before Welcome".into()))
             }
-            None => {
-                return Err(ClientError::Protocol(
-                    "control stream ended before Welcome".into(),
-                ))
-            }
+            None => return Err(ClientError::Protocol("control stream ended before Welcome".into())),
         };
         let max_frame_bytes = (welcome.max_frame_bytes as usize).max(1024);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (out, out_rx) = mpsc::channel::<Bytes>(256);
         let (err_tx, err_rx) = mpsc::channel(16);
         tokio::spawn(write_loop(send, out_rx));
-        tokio::spawn(read_loop(
-            recv,
-            decoder,
-            conn.clone(),
-            pending.clone(),
-            err_tx,
-        ));
+        tokio::spawn(read_loop(recv, decoder, conn.clone(), pending.clone(), err_tx));
         Ok(Self {
             endpoint,
             conn,
@@ -322,12 +264,8 @@ impl Client {
     /// `Server` for an error answer; `Closed` when the connection ends first.
     pub async fn request(&self, body: Body) -> Result<response::Result, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::ClientFrame {
-            kind: Some(client_frame::Kind::Request(wire::Request {
-                id,
-                body: Some(body),
-            })),
-        };
+        let frame =
+            wire::ClientFrame { kind: Some(client_frame::Kind::Request(wire::Request { id, body: Some(body) })) };
         let bytes = encode_frame(&frame, self.max_frame_bytes).map_err(|e| match e {
             FrameError::TooLarge { len, max } => ClientError::Server {
                 code: ErrorCode::FRAME_TOO_LARGE,
@@ -352,10 +290,7 @@ impl Client {
     fn closed_error(&self) -> ClientError {
         match self.conn.close_reason() {
             Some(e) => ClientError::from_connection(&e),
-            None => ClientError::Closed {
-                code: None,
-                reason: "control stream closed".into(),
-            },
+            None => ClientError::Closed { code: None, reason: "control stream closed".into() },
         }
     }
 
@@ -365,21 +300,13 @@ impl Client {
     /// # Errors
     /// `Closed` when the connection is gone.
     pub async fn send_raw_control_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.out
-            .send(Bytes::copy_from_slice(bytes))
-            .await
-            .map_err(|_| self.closed_error())
+        self.out.send(Bytes::copy_from_slice(bytes)).await.map_err(|_| self.closed_error())
     }
 
     /// The next connection-level error the server reported (one not tied to a
     /// request, e.g. `MALFORMED_FRAME`). `None` once the connection is gone.
     pub async fn next_connection_error(&self) -> Option<ClientError> {
-        self.connection_errors
-            .lock()
-            .await
-            .recv()
-            .await
-            .map(ClientError::from_wire)
+        self.connection_errors.lock().await.recv().await.map(ClientError::from_wire)
     }
 
     /// Waits until the connection is closed, and says why.
@@ -397,12 +324,7 @@ impl Client {
     ///
     /// # Errors
     /// `EMAIL_TAKEN`, `INVALID_EMAIL`, `WEAK_PASSWORD`, `INVALID_ARGUMENT`.
-    pub async fn signup(
-        &self,
-        email: &str,
-        password: &str,
-        display_name: &str,
-    ) -> Result<String, ClientError> {
+    pub async fn signup(&self, email: &str, password: &str, display_name: &str) -> Result<String, ClientError> {
         let body = Body::Signup(wire::Signup {
             email: email.into(),
             password: password.into(),
@@ -432,10 +354,8 @@ impl Client {
         });
         match self.request(body).await? {
             response::Result::Login(ok) => {
-                let identity: Identity = ok
-                    .identity
-                    .ok_or_else(|| ClientError::Protocol("LoginOk without identity".into()))?
-                    .into();
+                let identity: Identity =
+                    ok.identity.ok_or_else(|| ClientError::Protocol("LoginOk without identity".into()))?.into();
                 *self.identity.lock().expect("identity lock") = Some(identity.clone());
                 Ok((ok.session_token, identity))
             }
@@ -462,12 +382,7 @@ impl Client {
     /// # Errors
     /// `NOT_FOUND`, `INVALID_ARGUMENT` (yourself), `UNAUTHENTICATED`.
     pub async fn open_direct(&self, peer_email: &str) -> Result<wire::Conversation, ClientError> {
-        match self
-            .request(Body::OpenDirect(wire::OpenDirect {
-                peer_email: peer_email.into(),
-            }))
-            .await?
-        {
+        match self.request(Body::OpenDirect(wire::OpenDirect { peer_email: peer_email.into() })).await? {
             response::Result::Conversation(c) => Ok(c),
             other => Err(unexpected(&other)),
         }
@@ -487,9 +402,7 @@ impl Client {
         let body = Body::SendMessage(wire::SendMessage {
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
-            content: Some(wire::Content {
-                body: Some(wire::content::Body::Text(wire::Text { body: text.into() })),
-            }),
+            content: Some(wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: text.into() })) }),
         });
         match self.request(body).await? {
             response::Result::Sent(s) => Ok(s),
@@ -513,10 +426,7 @@ impl Client {
     /// # Errors
     /// `UNAUTHENTICATED`.
     pub async fn conversations(&self, limit: u32) -> Result<Vec<wire::Conversation>, ClientError> {
-        match self
-            .request(Body::ListConversations(wire::ListConversations { limit }))
-            .await?
-        {
+        match self.request(Body::ListConversations(wire::ListConversations { limit })).await? {
             response::Result::Conversations(c) => Ok(c.conversations),
             other => Err(unexpected(&other)),
         }
@@ -549,12 +459,7 @@ impl Client {
             Ok(Err(e)) => return Err(ClientError::from_connection(&e)),
             Err(e) => return Err(ClientError::Protocol(format!("feed accept task: {e}"))),
         };
-        tokio::spawn(feed_loop(
-            recv,
-            FrameDecoder::new(max),
-            self.conn.clone(),
-            tx,
-        ));
+        tokio::spawn(feed_loop(recv, FrameDecoder::new(max), self.conn.clone(), tx));
         Ok((Feed { rx }, head))
     }
 }
@@ -583,10 +488,7 @@ async fn read_server_frame(
             Err(_) => {
                 return Err(match conn.close_reason() {
                     Some(e) => ClientError::from_connection(&e),
-                    None => ClientError::Closed {
-                        code: None,
-                        reason: "control stream reset".into(),
-                    },
+                    None => ClientError::Closed { code: None, reason: "control stream reset".into() },
                 })
             }
         }
@@ -623,9 +525,7 @@ async fn read_loop(
             Ok(Some(server_frame::Kind::Response(r))) => {
                 let waiter = pending.lock().expect("pending lock").remove(&r.id);
                 if let Some(waiter) = waiter {
-                    let result = r
-                        .result
-                        .ok_or_else(|| ClientError::Protocol("response without result".into()));
+                    let result = r.result.ok_or_else(|| ClientError::Protocol("response without result".into()));
                     let _ = waiter.send(result);
                 }
             }
@@ -636,12 +536,7 @@ async fn read_loop(
             Ok(Some(server_frame::Kind::Welcome(_))) => {
                 break ClientError::Protocol("Welcome sent twice".into());
             }
-            Ok(None) => {
-                break ClientError::Closed {
-                    code: None,
-                    reason: "server ended the control stream".into(),
-                }
-            }
+            Ok(None) => break ClientError::Closed { code: None, reason: "server ended the control stream".into() },
             Err(e) => break e,
         }
     };
@@ -674,15 +569,9 @@ async fn feed_loop(
             let item = match frame.kind {
                 Some(feed_frame::Kind::CaughtUp(c)) => FeedItem::CaughtUp { cursor: c.cursor },
                 Some(feed_frame::Kind::Event(ev)) => match ev.kind {
-                    Some(feed_event::Kind::Message(message)) => FeedItem::Message {
-                        cursor: ev.cursor,
-                        message,
-                    },
+                    Some(feed_event::Kind::Message(message)) => FeedItem::Message { cursor: ev.cursor, message },
                     Some(feed_event::Kind::ConversationStarted(conversation)) => {
-                        FeedItem::ConversationStarted {
-                            cursor: ev.cursor,
-                            conversation,
-                        }
+                        FeedItem::ConversationStarted { cursor: ev.cursor, conversation }
                     }
                     None => continue, // an event kind from a newer server
                 },

@@ -35,15 +35,9 @@ impl Trust {
     /// # Errors
     /// `BadPin` when it is not 32 bytes of hex.
     pub fn pin(s: &str) -> Result<Self, TrustError> {
-        let hex_part = s
-            .trim()
-            .strip_prefix("sha256:")
-            .unwrap_or(s.trim())
-            .replace(':', "");
+        let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim()).replace(':', "");
         let bytes = hex::decode(hex_part).map_err(|_| TrustError::BadPin)?;
-        <[u8; 32]>::try_from(bytes)
-            .map(Trust::Pin)
-            .map_err(|_| TrustError::BadPin)
+        <[u8; 32]>::try_from(bytes).map(Trust::Pin).map_err(|_| TrustError::BadPin)
     }
 
     /// Reads a PEM CA bundle.
@@ -77,10 +71,7 @@ impl Trust {
         let mut config = match self {
             Trust::Pin(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                    pin: *pin,
-                    provider,
-                }))
+                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider }))
                 .with_no_client_auth(),
             Trust::Ca(certs) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -116,9 +107,7 @@ impl ServerCertVerifier for PinVerifier {
         if digest == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
         }
     }
 
@@ -128,12 +117,7 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -142,18 +126,11 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -164,16 +141,10 @@ mod tests {
     #[test]
     fn pins_parse() {
         let hex = "ab".repeat(32);
-        assert_eq!(
-            Trust::pin(&format!("sha256:{hex}")).unwrap(),
-            Trust::Pin([0xab; 32])
-        );
+        assert_eq!(Trust::pin(&format!("sha256:{hex}")).unwrap(), Trust::Pin([0xab; 32]));
         assert_eq!(Trust::pin(&hex).unwrap(), Trust::Pin([0xab; 32]));
         assert!(Trust::pin("sha256:abcd").is_err());
         assert!(Trust::pin("sha256:zz").is_err());
-        assert_eq!(
-            Trust::Pin([0xab; 32]).pin_string().unwrap(),
-            format!("sha256:{hex}")
-        );
+        assert_eq!(Trust::Pin([0xab; 32]).pin_string().unwrap(), format!("sha256:{hex}"));
     }
 }

@@ -73,7 +73,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let report = seq_send(&config, messages, warmup, Duration::from_secs(max_seconds), size).await?;
             print!("{}", report.table());
             if let Some(path) = args.json {
-                std::fs::write(&path, report.json().to_string()).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, report.json().to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }

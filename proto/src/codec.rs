@@ -36,10 +36,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that refuses frames longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self {
-            buf: BytesMut::with_capacity(4096),
-            max_frame_bytes,
-        }
+        Self { buf: BytesMut::with_capacity(4096), max_frame_bytes }
     }
 
     /// The buffer to append received bytes to.
@@ -67,10 +64,7 @@ impl FrameDecoder {
             return Ok(None);
         };
         if len > self.max_frame_bytes as u64 {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_frame_bytes });
         }
         let len = len as usize;
         if self.buf.len() < prefix + len {
@@ -110,15 +104,11 @@ pub fn decode_body<M: Message + Default>(body: &[u8]) -> Result<M, FrameError> {
 pub fn encode_frame<M: Message>(msg: &M, max_frame_bytes: usize) -> Result<Bytes, FrameError> {
     let len = msg.encoded_len();
     if len > max_frame_bytes {
-        return Err(FrameError::TooLarge {
-            len: len as u64,
-            max: max_frame_bytes,
-        });
+        return Err(FrameError::TooLarge { len: len as u64, max: max_frame_bytes });
     }
     let mut out = BytesMut::with_capacity(len + MAX_VARINT_BYTES);
     prost::encoding::encode_varint(len as u64, &mut out);
-    msg.encode(&mut out)
-        .expect("buffer has the capacity encoded_len asked for");
+    msg.encode(&mut out).expect("buffer has the capacity encoded_len asked for");
     Ok(out.freeze())
 }
 
@@ -196,13 +186,7 @@ mod tests {
         let mut prefix = BytesMut::new();
         prost::encoding::encode_varint(1 << 30, &mut prefix);
         d.extend(&prefix);
-        assert_eq!(
-            d.next_frame(),
-            Err(FrameError::TooLarge {
-                len: 1 << 30,
-                max: 100
-            })
-        );
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge { len: 1 << 30, max: 100 }));
         // Nothing was reserved for the announced body.
         assert!(d.buf.capacity() < 1 << 20);
     }
@@ -213,10 +197,7 @@ mod tests {
         d.extend(&[3, 1, 2, 3]);
         assert_eq!(d.next_frame().unwrap().unwrap().as_ref(), &[1, 2, 3]);
         d.extend(&[4, 1, 2, 3, 4]);
-        assert!(matches!(
-            d.next_frame(),
-            Err(FrameError::TooLarge { len: 4, .. })
-        ));
+        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { len: 4, .. })));
     }
 
     #[test]
@@ -244,18 +225,12 @@ mod tests {
         // Field 1, wire type 2 (length-delimited) with a length running past the end.
         d.extend(&[2, 0x0a, 0x05]);
         d.extend(&encode_frame(&hello(), 100).unwrap());
-        assert!(matches!(
-            d.next_message::<ClientFrame>(),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(d.next_message::<ClientFrame>(), Err(FrameError::Malformed(_))));
         assert_eq!(d.next_message::<ClientFrame>().unwrap(), Some(hello()));
     }
 
     #[test]
     fn encoding_refuses_oversized_messages() {
-        assert!(matches!(
-            encode_frame(&hello(), 3),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(encode_frame(&hello(), 3), Err(FrameError::TooLarge { .. })));
     }
 }

@@ -54,18 +54,12 @@ impl ErrorCode {
     /// The constant's name, e.g. `"NOT_FOUND"`, or `None` for a code this build
     /// does not know (a newer server may send new codes).
     pub fn name(self) -> Option<&'static str> {
-        Self::ALL
-            .iter()
-            .find(|(c, _, _)| *c == self)
-            .map(|(_, n, _)| *n)
+        Self::ALL.iter().find(|(c, _, _)| *c == self).map(|(_, n, _)| *n)
     }
 
     /// A one-sentence description for people.
     pub fn description(self) -> Option<&'static str> {
-        Self::ALL
-            .iter()
-            .find(|(c, _, _)| *c == self)
-            .map(|(_, _, d)| *d)
+        Self::ALL.iter().find(|(c, _, _)| *c == self).map(|(_, _, d)| *d)
     }
 }
 
@@ -100,10 +94,7 @@ mod tests {
         let spec = include_str!("../../spec/protocol.md");
         for (code, name, _) in ErrorCode::ALL {
             let row = format!("| {} | `{}` |", code.0, name);
-            assert!(
-                spec.contains(&row),
-                "spec/protocol.md lacks the row {row:?}"
-            );
+            assert!(spec.contains(&row), "spec/protocol.md lacks the row {row:?}");
         }
         let rows = spec
             .lines()
@@ -112,11 +103,7 @@ mod tests {
                 cells.len() > 3 && cells[1].parse::<u32>().is_ok() && cells[2].starts_with('`')
             })
             .count();
-        assert_eq!(
-            rows,
-            ErrorCode::ALL.len(),
-            "spec/protocol.md has extra error rows"
-        );
+        assert_eq!(rows, ErrorCode::ALL.len(), "spec/protocol.md has extra error rows");
     }
 
     #[test]

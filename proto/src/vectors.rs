@@ -159,7 +159,11 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             "Request 7: Sync since cursor 0 (everything); an explicit zero is on the wire",
             req(7, request::Body::Sync(Sync { since: Some(0) })),
         ),
-        ("request_sync_now", "Request 8: Sync from now on (since absent)", req(8, request::Body::Sync(Sync { since: None }))),
+        (
+            "request_sync_now",
+            "Request 8: Sync from now on (since absent)",
+            req(8, request::Body::Sync(Sync { since: None })),
+        ),
         (
             "welcome_signed_in",
             "Welcome: version 1, 1 MiB frames, resumed as alice",
@@ -220,7 +224,11 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                         conversation_id: CONV.into(),
                         kind: ConversationKind::Direct as i32,
                         members: vec![
-                            Member { user_id: ALICE.into(), email: "alice@example.org".into(), display_name: "Alice".into() },
+                            Member {
+                                user_id: ALICE.into(),
+                                email: "alice@example.org".into(),
+                                display_name: "Alice".into(),
+                            },
                             Member { user_id: BOB.into(), email: "bob@example.org".into(), display_name: "bob".into() },
                         ],
                         last_message: None,

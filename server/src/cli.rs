@@ -38,17 +38,14 @@ pub fn main_entry() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut config =
-        Config::load(args.config.as_deref(), std::env::vars()).context("loading configuration")?;
+    let mut config = Config::load(args.config.as_deref(), std::env::vars()).context("loading configuration")?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(config))
 }
 
@@ -56,11 +53,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let server = crate::start(config).await.context("starting natterd")?;
     // The one line operators and scripts read.
-    println!(
-        "natterd listening on {} fingerprint {}",
-        server.local_addr(),
-        server.fingerprint()
-    );
+    println!("natterd listening on {} fingerprint {}", server.local_addr(), server.fingerprint());
     tracing::info!(data_dir = %data_dir.display(), cert = %server.cert_path().display(), "serving");
     let token = server.shutdown_token();
     tokio::spawn(async move {

@@ -81,11 +81,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            backend: "sqlite".into(),
-            readers: 4,
-            max_batch: 1024,
-        }
+        Self { backend: "sqlite".into(), readers: 4, max_batch: 1024 }
     }
 }
 
@@ -99,9 +95,7 @@ pub struct DeliveryConfig {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        Self {
-            outbound_queue: 1024,
-        }
+        Self { outbound_queue: 1024 }
     }
 }
 
@@ -126,10 +120,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -143,18 +134,12 @@ impl Config {
     ///
     /// # Errors
     /// Unreadable file, bad TOML, unknown keys, wrong types.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut root = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
@@ -170,9 +155,7 @@ impl Config {
             match TABLES.iter().find(|t| rest.starts_with(&format!("{t}_"))) {
                 Some(table) => {
                     let key = rest[table.len() + 1..].to_owned();
-                    let entry = root
-                        .entry(table.to_string())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let entry = root.entry(table.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                     match entry {
                         toml::Value::Table(t) => {
                             t.insert(key, value);
@@ -185,9 +168,8 @@ impl Config {
                 }
             }
         }
-        let config: Config = toml::Value::Table(root)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let config: Config =
+            toml::Value::Table(root).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -200,24 +182,16 @@ impl Config {
             )));
         }
         if self.max_frame_bytes < 1024 {
-            return Err(ConfigError::Invalid(
-                "max_frame_bytes must be at least 1024".into(),
-            ));
+            return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024".into()));
         }
         if self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "max_connections must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(ConfigError::Invalid(
-                "tls.cert and tls.key go together".into(),
-            ));
+            return Err(ConfigError::Invalid("tls.cert and tls.key go together".into()));
         }
         if self.delivery.outbound_queue == 0 {
-            return Err(ConfigError::Invalid(
-                "delivery.outbound_queue must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("delivery.outbound_queue must be at least 1".into()));
         }
         Ok(())
     }
@@ -237,10 +211,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -255,11 +226,8 @@ mod tests {
     fn file_then_env_overrides() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("natter.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9000\"\nmax_connections = 5\n[auth]\nargon2_iterations = 3\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_connections = 5\n[auth]\nargon2_iterations = 3\n")
+            .unwrap();
         let c = Config::load(
             Some(&path),
             env(&[

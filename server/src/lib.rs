@@ -30,10 +30,7 @@ use crate::store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("store: {0}")]
@@ -92,10 +89,7 @@ impl RunningServer {
 /// When the data directory, certificate, store or socket cannot be set up.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
     let identity = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_generate(&data_dir.join("tls"), &config.tls.names)?,
@@ -127,9 +121,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
     };
     let endpoint = transport::endpoint(identity, config.listen, &transport_config)?;
-    let local_addr = endpoint
-        .local_addr()
-        .map_err(transport::TransportError::Bind)?;
+    let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -139,11 +131,5 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         tracing::info!("natterd stopped");
     });
-    Ok(RunningServer {
-        local_addr,
-        fingerprint,
-        cert_path,
-        shutdown,
-        task,
-    })
+    Ok(RunningServer { local_addr, fingerprint, cert_path, shutdown, task })
 }

@@ -6,9 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -37,10 +35,7 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Pem { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
@@ -48,10 +43,7 @@ pub enum TlsError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| TlsError::Io { path: path.to_owned(), source }
 }
 
 /// Loads a PEM chain and key.
@@ -59,10 +51,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// # Errors
 /// Unreadable files, no certificate, no key.
 pub fn load(cert: &Path, key: &Path) -> Result<TlsIdentity, TlsError> {
-    let pem_err = |path: &Path, reason: String| TlsError::Pem {
-        path: path.to_owned(),
-        reason,
-    };
+    let pem_err = |path: &Path, reason: String| TlsError::Pem { path: path.to_owned(), reason };
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| pem_err(cert, e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
@@ -71,11 +60,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<TlsIdentity, TlsError> {
         return Err(pem_err(cert, "no certificate in file".into()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
-    Ok(TlsIdentity {
-        chain,
-        key: key_der,
-        cert_path: cert.to_owned(),
-    })
+    Ok(TlsIdentity { chain, key: key_der, cert_path: cert.to_owned() })
 }
 
 /// Loads `<dir>/cert.pem` + `<dir>/key.pem`, generating them first if absent.
@@ -94,18 +79,12 @@ pub fn load_or_generate(dir: &Path, extra_names: &[String]) -> Result<TlsIdentit
 fn generate(dir: &Path, extra_names: &[String]) -> Result<(), TlsError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "natterd local CA");
+    ca_params.distinguished_name.push(DnType::CommonName, "natterd local CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
         let host = host.trim();
         if !host.is_empty() {
@@ -115,9 +94,7 @@ fn generate(dir: &Path, extra_names: &[String]) -> Result<(), TlsError> {
     names.extend(extra_names.iter().cloned());
     names.dedup();
     let mut leaf_params = CertificateParams::new(names)?;
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "natterd");
+    leaf_params.distinguished_name.push(DnType::CommonName, "natterd");
     let leaf_key = KeyPair::generate()?;
     let leaf = leaf_params.signed_by(&leaf_key, &ca)?;
 
@@ -163,10 +140,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(tls.join("key.pem"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(tls.join("key.pem")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(tls.join("ca.pem").exists());

@@ -26,7 +26,10 @@ async fn run(mut c: Command, stdin: &str) -> String {
     c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn natter");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("natter finishes").unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("natter finishes")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "natter failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -41,8 +44,7 @@ async fn two_people_chat_with_the_cli() {
 
     let out = run(cmd(&server, &alice, &["signup", "--email", "alice@example.org", "--password-stdin"]), &pw).await;
     assert!(out.contains("signed in as alice@example.org"), "{out}");
-    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--name", "Bob", "--password-stdin"]), &pw)
-        .await;
+    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--name", "Bob", "--password-stdin"]), &pw).await;
 
     // Bob listens; Alice sends; Bob's listener prints it as JSON and exits.
     let mut listen = cmd(&server, &bob, &["listen", "--json", "--count", "2"]);
@@ -55,7 +57,9 @@ async fn two_people_chat_with_the_cli() {
     run(cmd(&server, &alice, &["send", "bob@example.org", "second"]), "").await;
 
     let mut seen = Vec::new();
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("listen prints").unwrap() {
+    while let Some(line) =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("listen prints").unwrap()
+    {
         let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
         seen.push(v);
     }

@@ -20,14 +20,8 @@ async fn every_acknowledged_message_survives_kill_9() {
     let mut server = ChildServer::spawn(&crate::natterd(), dir.path(), addr);
 
     let alice = Client::connect(&server.client_config()).await.unwrap();
-    alice
-        .signup("alice@example.org", PASSWORD, "")
-        .await
-        .unwrap();
-    let (token, _) = alice
-        .login("alice@example.org", PASSWORD, "d")
-        .await
-        .unwrap();
+    alice.signup("alice@example.org", PASSWORD, "").await.unwrap();
+    let (token, _) = alice.login("alice@example.org", PASSWORD, "d").await.unwrap();
     let bob = Client::connect(&server.client_config()).await.unwrap();
     bob.signup("bob@example.org", PASSWORD, "").await.unwrap();
     let conv = alice.open_direct("bob@example.org").await.unwrap();
@@ -36,25 +30,15 @@ async fn every_acknowledged_message_survives_kill_9() {
     // the moment the last acknowledgement arrives.
     let sends = (0..300).map(|i| {
         let (alice, id) = (&alice, &conv.conversation_id);
-        async move {
-            alice
-                .send_text(id, &format!("k{i}"), &format!("durable {i}"))
-                .await
-        }
+        async move { alice.send_text(id, &format!("k{i}"), &format!("durable {i}")).await }
     });
-    let acked: Vec<u64> = futures::future::join_all(sends)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().seq)
-        .collect();
+    let acked: Vec<u64> = futures::future::join_all(sends).await.into_iter().map(|r| r.unwrap().seq).collect();
     server.kill9();
 
     let server = ChildServer::spawn(&crate::natterd(), dir.path(), addr);
     let mut config = server.client_config();
     config.session_token = Some(token);
-    let alice = Client::connect(&config)
-        .await
-        .expect("the session survived too");
+    let alice = Client::connect(&config).await.expect("the session survived too");
     let mut stored = Vec::new();
     let mut before = 0;
     loop {
@@ -76,10 +60,7 @@ async fn every_acknowledged_message_survives_kill_9() {
     stored.sort_unstable();
     let mut acked_sorted = acked.clone();
     acked_sorted.sort_unstable();
-    assert_eq!(
-        stored, acked_sorted,
-        "every acknowledged message, nothing else"
-    );
+    assert_eq!(stored, acked_sorted, "every acknowledged message, nothing else");
 }
 
 #[tokio::test]
@@ -91,15 +72,9 @@ async fn sigterm_shuts_down_gracefully_with_exit_zero() {
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     // The open connection was told why it closed.
-    assert_eq!(
-        c.closed().await.code(),
-        Some(natter_proto::ErrorCode::SHUTTING_DOWN)
-    );
+    assert_eq!(c.closed().await.code(), Some(natter_proto::ErrorCode::SHUTTING_DOWN));
     // The key file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("tls/key.pem"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(dir.path().join("tls/key.pem")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }

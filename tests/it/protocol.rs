@@ -11,10 +11,7 @@ async fn malformed_protobuf_gets_a_typed_error_and_the_connection_goes_on() {
     let server = TestServer::start().await;
     let (alice, _) = server.new_user("alice@example.org").await;
     // A well-framed body that is not a valid protobuf message.
-    alice
-        .send_raw_control_bytes(&[3, 0x0a, 0x7f, 0x01])
-        .await
-        .unwrap();
+    alice.send_raw_control_bytes(&[3, 0x0a, 0x7f, 0x01]).await.unwrap();
     let e = alice.next_connection_error().await.expect("an error frame");
     assert_eq!(e.code(), Some(ErrorCode::MALFORMED_FRAME), "{e}");
     // Framing was intact, so the same connection keeps working.
@@ -36,15 +33,9 @@ async fn oversized_frame_is_refused_before_reading_it_and_others_are_unaffected(
     bytes.push(len as u8);
     bytes.extend_from_slice(&[0u8; 16]);
     attacker.send_raw_control_bytes(&bytes).await.unwrap();
-    let e = attacker
-        .next_connection_error()
-        .await
-        .expect("an error frame");
+    let e = attacker.next_connection_error().await.expect("an error frame");
     assert_eq!(e.code(), Some(ErrorCode::FRAME_TOO_LARGE), "{e}");
-    assert_eq!(
-        attacker.closed().await.code(),
-        Some(ErrorCode::FRAME_TOO_LARGE)
-    );
+    assert_eq!(attacker.closed().await.code(), Some(ErrorCode::FRAME_TOO_LARGE));
     // Everybody else is served as before.
     bystander.conversations(1).await.unwrap();
     server.new_user("newcomer@example.org").await;
@@ -56,10 +47,7 @@ async fn a_request_too_large_for_the_server_is_refused_by_the_sdk_with_a_typed_e
     let (alice, _) = server.new_user("alice@example.org").await;
     server.new_user("bob@example.org").await;
     let conv = alice.open_direct("bob@example.org").await.unwrap();
-    let e = alice
-        .send_text(&conv.conversation_id, "big", &"z".repeat(8000))
-        .await
-        .unwrap_err();
+    let e = alice.send_text(&conv.conversation_id, "big", &"z".repeat(8000)).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::FRAME_TOO_LARGE));
 }
 
@@ -80,9 +68,7 @@ async fn unsupported_version_is_refused_with_a_typed_error() {
         })),
     };
     // A second Hello on an established connection is a protocol violation.
-    c.send_raw_control_bytes(&encode_frame(&hello, 1024).unwrap())
-        .await
-        .unwrap();
+    c.send_raw_control_bytes(&encode_frame(&hello, 1024).unwrap()).await.unwrap();
     assert_eq!(c.closed().await.code(), Some(ErrorCode::PROTOCOL_VIOLATION));
 }
 
@@ -91,15 +77,10 @@ async fn a_wrong_pin_is_refused_and_the_ca_file_is_accepted() {
     let server = TestServer::start().await;
     let mut config = server.client_config();
     config.trust = Trust::Pin([0u8; 32]);
-    assert!(matches!(
-        Client::connect(&config).await,
-        Err(natter_client::ClientError::Connect(_))
-    ));
+    assert!(matches!(Client::connect(&config).await, Err(natter_client::ClientError::Connect(_))));
 
     config.trust = Trust::ca_file(&server.data_dir().join("tls/ca.pem")).unwrap();
-    let c = Client::connect(&config)
-        .await
-        .expect("CA-verified connect to 127.0.0.1");
+    let c = Client::connect(&config).await.expect("CA-verified connect to 127.0.0.1");
     assert!(c.welcome().max_frame_bytes >= 1024);
     // The CA verifies the name too.
     config.server_name = "not-the-server.example".into();
@@ -122,10 +103,7 @@ async fn connection_cap_refuses_extra_connections() {
     let b = server.client().await;
     let mut config = server.client_config();
     config.connect_timeout = std::time::Duration::from_secs(3);
-    assert!(
-        Client::connect(&config).await.is_err(),
-        "third connection refused"
-    );
+    assert!(Client::connect(&config).await.is_err(), "third connection refused");
     drop(a);
     drop(b);
 }

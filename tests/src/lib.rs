@@ -28,11 +28,8 @@ fn test_config(data_dir: &Path) -> Config {
 }
 
 /// Environment for a natterd child process: the same cheap hashing.
-pub const CHILD_ENV: &[(&str, &str)] = &[
-    ("NATTER_AUTH_ARGON2_MEMORY_KIB", "256"),
-    ("NATTER_AUTH_ARGON2_ITERATIONS", "1"),
-    ("NATTER_LOG", "warn"),
-];
+pub const CHILD_ENV: &[(&str, &str)] =
+    &[("NATTER_AUTH_ARGON2_MEMORY_KIB", "256"), ("NATTER_AUTH_ARGON2_ITERATIONS", "1"), ("NATTER_LOG", "warn")];
 
 /// natterd running inside the test process.
 pub struct TestServer {
@@ -53,12 +50,7 @@ impl TestServer {
         let mut config = test_config(dir.path());
         tweak(&mut config);
         let server = natter_server::start(config).await.expect("natterd starts");
-        Self {
-            addr: server.local_addr(),
-            fingerprint: server.fingerprint().to_owned(),
-            server: Some(server),
-            dir,
-        }
+        Self { addr: server.local_addr(), fingerprint: server.fingerprint().to_owned(), server: Some(server), dir }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -79,9 +71,7 @@ impl TestServer {
 
     /// A connected, signed-out client.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.client_config())
-            .await
-            .expect("connect")
+        Client::connect(&self.client_config()).await.expect("connect")
     }
 
     /// Signs `email` up and returns a signed-in client plus its session token.
@@ -118,14 +108,8 @@ impl TestServer {
         self.stop().await;
         let mut config = test_config(self.dir.path());
         config.listen = self.addr;
-        let server = natter_server::start(config)
-            .await
-            .expect("natterd restarts");
-        assert_eq!(
-            server.fingerprint(),
-            self.fingerprint,
-            "the certificate is kept across restarts"
-        );
+        let server = natter_server::start(config).await.expect("natterd restarts");
+        assert_eq!(server.fingerprint(), self.fingerprint, "the certificate is kept across restarts");
         self.server = Some(server);
     }
 }
@@ -144,30 +128,17 @@ impl ChildServer {
     /// `CARGO_BIN_EXE_natterd-under-test`, which only test targets can see).
     pub fn spawn(natterd: &Path, data_dir: &Path, listen: SocketAddr) -> Self {
         let mut cmd = Command::new(natterd);
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(listen.to_string());
+        cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg(listen.to_string());
         for (k, v) in CHILD_ENV {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn natterd");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn natterd");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read natterd's first line");
+        BufReader::new(stdout).read_line(&mut line).expect("read natterd's first line");
         let (addr, fingerprint) =
             parse_listening_line(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self {
-            child,
-            addr,
-            fingerprint,
-        }
+        Self { child, addr, fingerprint }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -209,11 +180,7 @@ pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, String)> {
 
 /// Reads feed items until `pred` says stop, failing after `timeout` (a
 /// deadline on the wait for an event, not a sleep).
-pub async fn feed_until(
-    feed: &mut Feed,
-    timeout: Duration,
-    mut pred: impl FnMut(&FeedItem) -> bool,
-) -> Vec<FeedItem> {
+pub async fn feed_until(feed: &mut Feed, timeout: Duration, mut pred: impl FnMut(&FeedItem) -> bool) -> Vec<FeedItem> {
     let mut items = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -3,9 +3,7 @@
 //! Hashing is CPU-heavy, so callers run it on the blocking pool. A token is 32
 //! random bytes (base64url); only its SHA-256 is ever stored.
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use rand::RngCore;
@@ -26,11 +24,7 @@ pub struct Argon2Config {
 impl Default for Argon2Config {
     /// OWASP's recommended minimum for argon2id: 19 MiB, 2 iterations, 1 lane.
     fn default() -> Self {
-        Self {
-            memory_kib: 19 * 1024,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 }
     }
 }
 
@@ -55,18 +49,10 @@ impl PasswordHasherArgon2 {
     /// # Errors
     /// When the parameters are out of argon2's range.
     pub fn new(config: Argon2Config) -> Result<Self, AuthError> {
-        let params = Params::new(
-            config.memory_kib,
-            config.iterations,
-            config.parallelism,
-            None,
-        )
-        .map_err(|e| AuthError::Params(e.to_string()))?;
+        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| AuthError::Params(e.to_string()))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut me = Self {
-            argon,
-            decoy: String::new(),
-        };
+        let mut me = Self { argon, decoy: String::new() };
         let mut random = [0u8; 24];
         rand::rng().fill_bytes(&mut random);
         me.decoy = me.hash(&hex::encode(random))?;
@@ -90,10 +76,7 @@ impl PasswordHasherArgon2 {
         let Ok(parsed) = PasswordHash::new(target) else {
             return false;
         };
-        let ok = self
-            .argon
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok();
+        let ok = self.argon.verify_password(password.as_bytes(), &parsed).is_ok();
         ok && stored.is_some()
     }
 }
@@ -117,12 +100,7 @@ mod tests {
     use super::*;
 
     fn cheap() -> PasswordHasherArgon2 {
-        PasswordHasherArgon2::new(Argon2Config {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        })
-        .unwrap()
+        PasswordHasherArgon2::new(Argon2Config { memory_kib: 64, iterations: 1, parallelism: 1 }).unwrap()
     }
 
     #[test]

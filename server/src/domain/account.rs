@@ -1,8 +1,6 @@
 //! Account rules: sign-up validation, the password policy, sessions.
 
-use super::{
-    DeviceId, Email, Event, Millis, Rejection, SessionStarted, TokenHash, UserId, UserRegistered,
-};
+use super::{DeviceId, Email, Event, Millis, Rejection, SessionStarted, TokenHash, UserId, UserRegistered};
 use natter_proto::limits::{MAX_NAME_BYTES, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 
 /// A validated sign-up request, before the password is hashed.
@@ -17,29 +15,17 @@ pub struct Signup {
 ///
 /// # Errors
 /// `InvalidEmail`, `WeakPassword` or `InvalidArgument`.
-pub fn validate_signup(
-    email: &str,
-    password: &str,
-    display_name: &str,
-) -> Result<Signup, Rejection> {
+pub fn validate_signup(email: &str, password: &str, display_name: &str) -> Result<Signup, Rejection> {
     let email = Email::parse(email)?;
     check_password(password, &email)?;
     let display_name = display_name.trim();
     let display_name = if display_name.is_empty() {
-        email
-            .as_str()
-            .split('@')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
+        email.as_str().split('@').next().unwrap_or_default().to_owned()
     } else {
         display_name.to_owned()
     };
     check_name("display_name", &display_name)?;
-    Ok(Signup {
-        email,
-        display_name,
-    })
+    Ok(Signup { email, display_name })
 }
 
 /// The password policy: at least `MIN_PASSWORD_CHARS` characters, at most
@@ -63,9 +49,7 @@ pub fn check_password(password: &str, email: &Email) -> Result<(), Rejection> {
     let mut chars = password.chars();
     let first = chars.next();
     if chars.all(|c| Some(c) == first) {
-        return Err(Rejection::WeakPassword(
-            "must not be one repeated character",
-        ));
+        return Err(Rejection::WeakPassword("must not be one repeated character"));
     }
     Ok(())
 }
@@ -76,28 +60,17 @@ pub fn check_password(password: &str, email: &Email) -> Result<(), Rejection> {
 /// `InvalidArgument` when too long or containing control characters.
 pub fn check_name(field: &'static str, name: &str) -> Result<(), Rejection> {
     if name.len() > MAX_NAME_BYTES {
-        return Err(Rejection::InvalidArgument {
-            field,
-            reason: "longer than 64 bytes",
-        });
+        return Err(Rejection::InvalidArgument { field, reason: "longer than 64 bytes" });
     }
     if name.chars().any(char::is_control) {
-        return Err(Rejection::InvalidArgument {
-            field,
-            reason: "contains control characters",
-        });
+        return Err(Rejection::InvalidArgument { field, reason: "contains control characters" });
     }
     Ok(())
 }
 
 /// The events of a new account: the email claim (its own stream, appended with
 /// "no stream expected" so an address is claimed once) and the registration.
-pub fn register(
-    signup: Signup,
-    user_id: UserId,
-    password_hash: String,
-    at: Millis,
-) -> (Event, Event) {
+pub fn register(signup: Signup, user_id: UserId, password_hash: String, at: Millis) -> (Event, Event) {
     let claim = Event::EmailClaimed { user_id, at };
     let registered = Event::UserRegistered(UserRegistered {
         user_id,
@@ -122,11 +95,7 @@ pub fn start_session(
 ) -> Result<Event, Rejection> {
     let device_name = device_name.trim();
     check_name("device_name", device_name)?;
-    let device_name = if device_name.is_empty() {
-        "unnamed device"
-    } else {
-        device_name
-    };
+    let device_name = if device_name.is_empty() { "unnamed device" } else { device_name };
     Ok(Event::SessionStarted(SessionStarted {
         user_id,
         device_id,
@@ -151,19 +120,14 @@ mod tests {
     #[test]
     fn password_policy() {
         let email = Email::parse("carol@example.org").unwrap();
-        assert_eq!(
-            check_password("short", &email),
-            Err(Rejection::WeakPassword("shorter than 10 characters"))
-        );
+        assert_eq!(check_password("short", &email), Err(Rejection::WeakPassword("shorter than 10 characters")));
         assert_eq!(
             check_password("Carol@Example.org", &email),
             Err(Rejection::WeakPassword("must not be the email address"))
         );
         assert_eq!(
             check_password("aaaaaaaaaaaa", &email),
-            Err(Rejection::WeakPassword(
-                "must not be one repeated character"
-            ))
+            Err(Rejection::WeakPassword("must not be one repeated character"))
         );
         assert!(check_password(&"x".repeat(2000), &email).is_err());
         assert!(check_password("ten chars!", &email).is_ok());
@@ -176,13 +140,7 @@ mod tests {
         let s = validate_signup("d@example.org", "a fine passphrase", "Dee").unwrap();
         let uid = UserId(Uuid::from_u128(7));
         let (claim, reg) = register(s, uid, "$argon2id$…".into(), Millis(5));
-        assert_eq!(
-            claim,
-            Event::EmailClaimed {
-                user_id: uid,
-                at: Millis(5)
-            }
-        );
+        assert_eq!(claim, Event::EmailClaimed { user_id: uid, at: Millis(5) });
         match reg {
             Event::UserRegistered(r) => {
                 assert_eq!(r.email.as_str(), "d@example.org");

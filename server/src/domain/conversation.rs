@@ -3,9 +3,7 @@
 //! `ConversationState` is folded from the conversation's stream with [`apply`];
 //! `decide_*` functions check a command against it.
 
-use super::{
-    ClientMsgId, Content, ConversationId, DeviceId, Event, MessageSent, Millis, Rejection, UserId,
-};
+use super::{ClientMsgId, Content, ConversationId, DeviceId, Event, MessageSent, Millis, Rejection, UserId};
 use natter_proto::limits::MAX_TEXT_BYTES;
 
 /// What kind of conversation this is.
@@ -32,11 +30,7 @@ impl ConversationState {
 /// Folds one event of the conversation's stream into its state.
 pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<ConversationState> {
     match event {
-        Event::DirectConversationStarted {
-            conversation_id,
-            members,
-            at,
-        } => Some(ConversationState {
+        Event::DirectConversationStarted { conversation_id, members, at } => Some(ConversationState {
             id: *conversation_id,
             kind: ConversationKind::Direct,
             members: members.to_vec(),
@@ -84,11 +78,7 @@ pub struct SendCommand {
 ///
 /// # Errors
 /// `NotAMember`, `EmptyMessage`, `TextTooLong`.
-pub fn decide_send(
-    state: &ConversationState,
-    cmd: SendCommand,
-    at: Millis,
-) -> Result<Event, Rejection> {
+pub fn decide_send(state: &ConversationState, cmd: SendCommand, at: Millis) -> Result<Event, Rejection> {
     if !state.is_member(cmd.sender) {
         return Err(Rejection::NotAMember);
     }
@@ -98,10 +88,7 @@ pub fn decide_send(
                 return Err(Rejection::EmptyMessage);
             }
             if text.len() > MAX_TEXT_BYTES {
-                return Err(Rejection::TextTooLong {
-                    len: text.len(),
-                    max: MAX_TEXT_BYTES,
-                });
+                return Err(Rejection::TextTooLong { len: text.len(), max: MAX_TEXT_BYTES });
             }
         }
     }
@@ -125,10 +112,7 @@ mod tests {
     }
 
     fn given(events: &[Event]) -> ConversationState {
-        events
-            .iter()
-            .fold(None, apply)
-            .expect("conversation exists")
+        events.iter().fold(None, apply).expect("conversation exists")
     }
 
     fn started(a: UserId, b: UserId) -> Event {
@@ -155,18 +139,12 @@ mod tests {
     #[test]
     fn given_an_existing_direct_when_opening_again_then_nothing_new() {
         let state = given(&[started(user(1), user(2))]);
-        assert_eq!(
-            decide_open_direct(Some(&state), user(2), user(1), Millis(3)),
-            Ok(None)
-        );
+        assert_eq!(decide_open_direct(Some(&state), user(2), user(1), Millis(3)), Ok(None));
     }
 
     #[test]
     fn direct_with_self_is_rejected() {
-        assert_eq!(
-            decide_open_direct(None, user(1), user(1), Millis(0)),
-            Err(Rejection::DirectWithSelf)
-        );
+        assert_eq!(decide_open_direct(None, user(1), user(1), Millis(0)), Err(Rejection::DirectWithSelf));
     }
 
     #[test]
@@ -186,32 +164,18 @@ mod tests {
     #[test]
     fn given_a_direct_when_a_stranger_sends_then_not_a_member() {
         let state = given(&[started(user(1), user(2))]);
-        assert_eq!(
-            decide_send(&state, send(user(3), "hi"), Millis(0)),
-            Err(Rejection::NotAMember)
-        );
+        assert_eq!(decide_send(&state, send(user(3), "hi"), Millis(0)), Err(Rejection::NotAMember));
     }
 
     #[test]
     fn empty_and_oversized_text_are_rejected() {
         let state = given(&[started(user(1), user(2))]);
-        assert_eq!(
-            decide_send(&state, send(user(1), "  \n"), Millis(0)),
-            Err(Rejection::EmptyMessage)
-        );
+        assert_eq!(decide_send(&state, send(user(1), "  \n"), Millis(0)), Err(Rejection::EmptyMessage));
         let big = "x".repeat(MAX_TEXT_BYTES + 1);
         assert_eq!(
             decide_send(&state, send(user(1), &big), Millis(0)),
-            Err(Rejection::TextTooLong {
-                len: MAX_TEXT_BYTES + 1,
-                max: MAX_TEXT_BYTES
-            })
+            Err(Rejection::TextTooLong { len: MAX_TEXT_BYTES + 1, max: MAX_TEXT_BYTES })
         );
-        assert!(decide_send(
-            &state,
-            send(user(1), &"x".repeat(MAX_TEXT_BYTES)),
-            Millis(0)
-        )
-        .is_ok());
+        assert!(decide_send(&state, send(user(1), &"x".repeat(MAX_TEXT_BYTES)), Millis(0)).is_ok());
     }
 }

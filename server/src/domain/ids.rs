@@ -86,22 +86,13 @@ impl ClientMsgId {
     pub fn parse(s: &str) -> Result<Self, Rejection> {
         const FIELD: &str = "client_msg_id";
         if s.is_empty() {
-            return Err(Rejection::InvalidArgument {
-                field: FIELD,
-                reason: "must not be empty",
-            });
+            return Err(Rejection::InvalidArgument { field: FIELD, reason: "must not be empty" });
         }
         if s.len() > MAX_CLIENT_MSG_ID_BYTES {
-            return Err(Rejection::InvalidArgument {
-                field: FIELD,
-                reason: "longer than 64 bytes",
-            });
+            return Err(Rejection::InvalidArgument { field: FIELD, reason: "longer than 64 bytes" });
         }
         if s.chars().any(char::is_control) {
-            return Err(Rejection::InvalidArgument {
-                field: FIELD,
-                reason: "contains control characters",
-            });
+            return Err(Rejection::InvalidArgument { field: FIELD, reason: "contains control characters" });
         }
         Ok(Self(s.to_owned()))
     }
@@ -191,24 +182,12 @@ mod tests {
 
     #[test]
     fn email_is_normalized() {
-        assert_eq!(
-            Email::parse("  Alice@Example.COM ").unwrap().as_str(),
-            "alice@example.com"
-        );
+        assert_eq!(Email::parse("  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
     }
 
     #[test]
     fn bad_emails_are_rejected() {
-        for bad in [
-            "",
-            "alice",
-            "@example.com",
-            "alice@",
-            "alice@example",
-            "a@b@c.com",
-            "al ice@x.com",
-            "a@x..com",
-        ] {
+        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a@b@c.com", "al ice@x.com", "a@x..com"] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Email::parse(&format!("{}@x.com", "a".repeat(300))).is_err());

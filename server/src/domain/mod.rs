@@ -24,10 +24,7 @@ pub enum Rejection {
     #[error("password rejected: {0}")]
     WeakPassword(&'static str),
     #[error("{field}: {reason}")]
-    InvalidArgument {
-        field: &'static str,
-        reason: &'static str,
-    },
+    InvalidArgument { field: &'static str, reason: &'static str },
     #[error("message text is {len} bytes; the maximum is {max}")]
     TextTooLong { len: usize, max: usize },
     #[error("message has no content")]
@@ -42,21 +39,10 @@ pub enum Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     UserRegistered(UserRegistered),
-    EmailClaimed {
-        user_id: UserId,
-        at: Millis,
-    },
+    EmailClaimed { user_id: UserId, at: Millis },
     SessionStarted(SessionStarted),
-    SessionRevoked {
-        user_id: UserId,
-        token_hash: TokenHash,
-        at: Millis,
-    },
-    DirectConversationStarted {
-        conversation_id: ConversationId,
-        members: [UserId; 2],
-        at: Millis,
-    },
+    SessionRevoked { user_id: UserId, token_hash: TokenHash, at: Millis },
+    DirectConversationStarted { conversation_id: ConversationId, members: [UserId; 2], at: Millis },
     MessageSent(MessageSent),
 }
 
@@ -113,9 +99,7 @@ impl Event {
     /// The conversation this event belongs to, if any.
     pub fn conversation_id(&self) -> Option<ConversationId> {
         match self {
-            Event::DirectConversationStarted {
-                conversation_id, ..
-            } => Some(*conversation_id),
+            Event::DirectConversationStarted { conversation_id, .. } => Some(*conversation_id),
             Event::MessageSent(m) => Some(m.conversation_id),
             _ => None,
         }

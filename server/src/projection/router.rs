@@ -64,10 +64,7 @@ impl Registration {
 
     /// Starts live delivery into a queue of `capacity` events. Once per
     /// registration; `None` if already attached.
-    pub fn attach_feed(
-        &self,
-        capacity: usize,
-    ) -> Option<(mpsc::Receiver<Arc<RecordedEvent>>, Arc<LagFlag>)> {
+    pub fn attach_feed(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<RecordedEvent>>, Arc<LagFlag>)> {
         let (tx, rx) = mpsc::channel(capacity);
         self.sub.feed.set(tx).ok()?;
         Some((rx, self.sub.lag.clone()))
@@ -121,26 +118,13 @@ impl Router {
             lag: Arc::new(LagFlag::default()),
             revoked: CancellationToken::new(),
         });
-        self.sessions
-            .lock()
-            .expect("router lock")
-            .entry(user)
-            .or_default()
-            .push(sub.clone());
-        Registration {
-            router: self.clone(),
-            sub,
-        }
+        self.sessions.lock().expect("router lock").entry(user).or_default().push(sub.clone());
+        Registration { router: self.clone(), sub }
     }
 
     /// Number of registered connections.
     pub fn connected(&self) -> usize {
-        self.sessions
-            .lock()
-            .expect("router lock")
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.sessions.lock().expect("router lock").values().map(Vec::len).sum()
     }
 
     async fn run(
@@ -160,17 +144,8 @@ impl Router {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        skipped_batches = n,
-                        "router lagged; every session resyncs from the log"
-                    );
-                    for sub in self
-                        .sessions
-                        .lock()
-                        .expect("router lock")
-                        .values()
-                        .flatten()
-                    {
+                    tracing::warn!(skipped_batches = n, "router lagged; every session resyncs from the log");
+                    for sub in self.sessions.lock().expect("router lock").values().flatten() {
                         sub.lag.mark();
                     }
                 }
@@ -181,11 +156,7 @@ impl Router {
 
     async fn route(&self, rec: &RecordedEvent) {
         let recipients: Arc<[UserId]> = match &rec.event {
-            Event::DirectConversationStarted {
-                conversation_id,
-                members,
-                ..
-            } => {
+            Event::DirectConversationStarted { conversation_id, members, .. } => {
                 let members: Arc<[UserId]> = Arc::from(members.as_slice());
                 self.cache_members(*conversation_id, members.clone());
                 members
@@ -194,11 +165,7 @@ impl Router {
                 Some(members) => members,
                 None => return,
             },
-            Event::SessionRevoked {
-                user_id,
-                token_hash,
-                ..
-            } => {
+            Event::SessionRevoked { user_id, token_hash, .. } => {
                 if let Some(list) = self.sessions.lock().expect("router lock").get(user_id) {
                     for sub in list.iter().filter(|s| s.token_hash == *token_hash) {
                         sub.revoked.cancel();
@@ -206,9 +173,7 @@ impl Router {
                 }
                 return;
             }
-            Event::UserRegistered(_) | Event::EmailClaimed { .. } | Event::SessionStarted(_) => {
-                return
-            }
+            Event::UserRegistered(_) | Event::EmailClaimed { .. } | Event::SessionStarted(_) => return,
         };
         let shared = Arc::new(rec.clone());
         let sessions = self.sessions.lock().expect("router lock");
@@ -248,13 +213,7 @@ impl Router {
                 // Sessions in this conversation miss the live event; mark them all
                 // so they resync from the log rather than lose it.
                 tracing::error!(%conv, error = %e, "member lookup failed; resyncing every session");
-                for sub in self
-                    .sessions
-                    .lock()
-                    .expect("router lock")
-                    .values()
-                    .flatten()
-                {
+                for sub in self.sessions.lock().expect("router lock").values().flatten() {
                     sub.lag.mark();
                 }
                 None

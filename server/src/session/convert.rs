@@ -3,9 +3,7 @@
 use natter_proto::wire;
 
 use super::{Identity, UserInfo};
-use crate::domain::{
-    conversation::ConversationKind, conversation::ConversationState, Content, MessageSent, UserId,
-};
+use crate::domain::{conversation::ConversationKind, conversation::ConversationState, Content, MessageSent, UserId};
 use crate::store::MessageRecord;
 
 pub fn identity(id: &Identity) -> wire::Identity {
@@ -18,18 +16,14 @@ pub fn identity(id: &Identity) -> wire::Identity {
 }
 
 pub fn member(user: UserId, info: &UserInfo) -> wire::Member {
-    wire::Member {
-        user_id: user.to_string(),
-        email: info.email.to_string(),
-        display_name: info.display_name.clone(),
-    }
+    wire::Member { user_id: user.to_string(), email: info.email.to_string(), display_name: info.display_name.clone() }
 }
 
 pub fn content(c: &Content) -> wire::Content {
     match c {
-        Content::Text(body) => wire::Content {
-            body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })),
-        },
+        Content::Text(body) => {
+            wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })) }
+        }
     }
 }
 

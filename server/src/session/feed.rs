@@ -37,15 +37,7 @@ impl FeedSource {
         rx: mpsc::Receiver<Arc<RecordedEvent>>,
         lag: Arc<LagFlag>,
     ) -> Self {
-        Self {
-            service,
-            user,
-            last: since,
-            rx,
-            lag,
-            reading_log: true,
-            caught_up_sent: false,
-        }
+        Self { service, user, last: since, rx, lag, reading_log: true, caught_up_sent: false }
     }
 
     /// The next frames to write, in order. Waits for live events when there is
@@ -62,11 +54,7 @@ impl FeedSource {
                 self.reading_log = true;
             }
             if self.reading_log {
-                let events = self
-                    .service
-                    .store()
-                    .feed(self.user, self.last, BATCH as u32)
-                    .await?;
+                let events = self.service.store().feed(self.user, self.last, BATCH as u32).await?;
                 if !events.is_empty() {
                     return self.frames(events.iter()).await.map(Some);
                 }
@@ -74,9 +62,7 @@ impl FeedSource {
                 if !self.caught_up_sent {
                     self.caught_up_sent = true;
                     return Ok(Some(vec![wire::FeedFrame {
-                        kind: Some(feed_frame::Kind::CaughtUp(wire::CaughtUp {
-                            cursor: self.last,
-                        })),
+                        kind: Some(feed_frame::Kind::CaughtUp(wire::CaughtUp { cursor: self.last })),
                     }]));
                 }
                 continue;
@@ -115,10 +101,7 @@ impl FeedSource {
             self.last = rec.position;
             if let Some(kind) = self.to_wire(rec).await? {
                 out.push(wire::FeedFrame {
-                    kind: Some(feed_frame::Kind::Event(wire::FeedEvent {
-                        cursor: rec.position,
-                        kind: Some(kind),
-                    })),
+                    kind: Some(feed_frame::Kind::Event(wire::FeedEvent { cursor: rec.position, kind: Some(kind) })),
                 });
             }
         }
@@ -129,15 +112,10 @@ impl FeedSource {
         Ok(match &rec.event {
             Event::MessageSent(m) => {
                 let sender = self.service.user_info(m.sender_user_id).await?;
-                Some(feed_event::Kind::Message(convert::message_event(
-                    m,
-                    rec.version,
-                    &sender,
-                )))
+                Some(feed_event::Kind::Message(convert::message_event(m, rec.version, &sender)))
             }
             Event::DirectConversationStarted { .. } => {
-                let state =
-                    conversation::apply(None, &rec.event).expect("a start event creates the state");
+                let state = conversation::apply(None, &rec.event).expect("a start event creates the state");
                 let wire = self.service.conversation_to_wire(&state, None).await?;
                 Some(feed_event::Kind::ConversationStarted(wire))
             }

@@ -21,13 +21,11 @@ use crate::auth::{hash_token, new_session_token, PasswordHasherArgon2};
 use crate::domain::{
     account,
     conversation::{self, ConversationState, SendCommand},
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Millis, Rejection, Seq, TokenHash,
-    UserId,
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Millis, Rejection, Seq, TokenHash, UserId,
 };
 use crate::projection::router::{Registration, Router};
 use crate::store::{
-    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Store, StoreError,
-    StreamAppend, StreamName,
+    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Store, StoreError, StreamAppend, StreamName,
 };
 
 pub use feed::FeedSource;
@@ -79,17 +77,10 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
     pub fn to_wire(&self) -> wire::Error {
-        wire::Error {
-            code: self.code.0,
-            message: self.message.clone(),
-            retry_after_ms: 0,
-        }
+        wire::Error { code: self.code.0, message: self.message.clone(), retry_after_ms: 0 }
     }
 }
 
@@ -98,9 +89,7 @@ impl From<Rejection> for WireError {
         let code = match r {
             Rejection::InvalidEmail(_) => ErrorCode::INVALID_EMAIL,
             Rejection::WeakPassword(_) => ErrorCode::WEAK_PASSWORD,
-            Rejection::InvalidArgument { .. } | Rejection::DirectWithSelf => {
-                ErrorCode::INVALID_ARGUMENT
-            }
+            Rejection::InvalidArgument { .. } | Rejection::DirectWithSelf => ErrorCode::INVALID_ARGUMENT,
             Rejection::TextTooLong { .. } => ErrorCode::TEXT_TOO_LONG,
             Rejection::EmptyMessage => ErrorCode::EMPTY_MESSAGE,
             Rejection::NotAMember => ErrorCode::NOT_A_MEMBER,
@@ -179,21 +168,14 @@ impl Service {
 
     /// The clock, read at the edge and passed into the domain.
     fn now(&self) -> Millis {
-        Millis(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        )
+        Millis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
     }
 
     /// Answers `Hello`: negotiates the version and resumes a session token.
     ///
     /// # Errors
     /// `UNSUPPORTED_VERSION` or `SESSION_INVALID`; the transport then closes.
-    pub async fn hello(
-        self: &Arc<Self>,
-        hello: &wire::Hello,
-    ) -> Result<(wire::Welcome, Session), WireError> {
+    pub async fn hello(self: &Arc<Self>, hello: &wire::Hello) -> Result<(wire::Welcome, Session), WireError> {
         let (min, max) = (hello.min_version, hello.max_version);
         let ours = natter_proto::limits::PROTOCOL_VERSION;
         let oldest = natter_proto::limits::MIN_PROTOCOL_VERSION;
@@ -204,19 +186,12 @@ impl Service {
             ));
         }
         let version = max.min(ours);
-        let mut session = Session {
-            service: self.clone(),
-            signed_in: None,
-            feed_started: false,
-        };
+        let mut session = Session { service: self.clone(), signed_in: None, feed_started: false };
         if !hello.session_token.is_empty() {
             let hash = hash_token(&hello.session_token);
             let record = self.store.session_by_token(hash).await?;
             let Some(record) = record.filter(|r| !r.revoked) else {
-                return Err(WireError::new(
-                    ErrorCode::SESSION_INVALID,
-                    "session token is unknown or revoked",
-                ));
+                return Err(WireError::new(ErrorCode::SESSION_INVALID, "session token is unknown or revoked"));
             };
             let info = self.user_info(record.user_id).await?;
             session.sign_in(Identity {
@@ -240,13 +215,12 @@ impl Service {
         if let Some(info) = self.users.lock().expect("users lock").get(&user) {
             return Ok(info.clone());
         }
-        let record = self.store.user_by_id(user).await?.ok_or_else(|| {
-            StoreError::Database(format!("user {user} referenced but not in the read model"))
-        })?;
-        let info = Arc::new(UserInfo {
-            email: record.email,
-            display_name: record.display_name,
-        });
+        let record = self
+            .store
+            .user_by_id(user)
+            .await?
+            .ok_or_else(|| StoreError::Database(format!("user {user} referenced but not in the read model")))?;
+        let info = Arc::new(UserInfo { email: record.email, display_name: record.display_name });
         let mut users = self.users.lock().expect("users lock");
         if users.len() >= CACHE_MAX {
             users.clear();
@@ -255,16 +229,8 @@ impl Service {
         Ok(info)
     }
 
-    async fn conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<Arc<ConversationState>>, StoreError> {
-        if let Some(c) = self
-            .conversations
-            .lock()
-            .expect("conversations lock")
-            .get(&id)
-        {
+    async fn conversation(&self, id: ConversationId) -> Result<Option<Arc<ConversationState>>, StoreError> {
+        if let Some(c) = self.conversations.lock().expect("conversations lock").get(&id) {
             return Ok(Some(c.clone()));
         }
         let Some(state) = self.store.conversation(id).await? else {
@@ -281,16 +247,10 @@ impl Service {
     }
 
     /// A conversation the caller is a member of.
-    async fn member_conversation(
-        &self,
-        me: UserId,
-        raw_id: &str,
-    ) -> Result<Arc<ConversationState>, WireError> {
+    async fn member_conversation(&self, me: UserId, raw_id: &str) -> Result<Arc<ConversationState>, WireError> {
         let id = ConversationId::parse(raw_id)?;
-        let state = self
-            .conversation(id)
-            .await?
-            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
+        let state =
+            self.conversation(id).await?.ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
         if !state.is_member(me) {
             return Err(Rejection::NotAMember.into());
         }
@@ -308,10 +268,7 @@ impl Service {
             members.push(convert::member(*m, &info));
         }
         let last_message = match last {
-            Some(msg) => Some(convert::message_record(
-                msg,
-                &*self.user_info(msg.sender_user_id).await?,
-            )),
+            Some(msg) => Some(convert::message_record(msg, &*self.user_info(msg.sender_user_id).await?)),
             None => None,
         };
         Ok(convert::conversation(state, members, last_message))
@@ -330,25 +287,18 @@ impl Session {
     }
 
     fn sign_in(&mut self, identity: Identity) {
-        let reg = self
-            .service
-            .router
-            .register(identity.user_id, identity.token_hash);
+        let reg = self.service.router.register(identity.user_id, identity.token_hash);
         self.signed_in = Some((identity, reg));
     }
 
     fn require_identity(&self) -> Result<&Identity, WireError> {
-        self.identity()
-            .ok_or_else(|| WireError::new(ErrorCode::UNAUTHENTICATED, "sign in first"))
+        self.identity().ok_or_else(|| WireError::new(ErrorCode::UNAUTHENTICATED, "sign in first"))
     }
 
     /// Whether `body` changes this session's state, so it must run alone
     /// (in order with the requests around it) rather than concurrently.
     pub fn is_stateful(body: &Body) -> bool {
-        matches!(
-            body,
-            Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_)
-        )
+        matches!(body, Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_))
     }
 
     /// Handles a request that changes session state (see [`Session::is_stateful`]).
@@ -358,31 +308,18 @@ impl Session {
             Body::Login(req) => self.login(req).await.map(Handled::from),
             Body::Logout(_) => self.logout().await.map(Handled::from),
             Body::Sync(req) => self.sync(req).await,
-            other => {
-                return Handled::from(
-                    self.service
-                        .clone()
-                        .handle(self.identity().cloned(), other)
-                        .await,
-                )
-            }
+            other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
         };
         result.unwrap_or_else(|e| Handled::from(Reply::Error(e.to_wire())))
     }
 
     async fn login(&mut self, req: wire::Login) -> Result<Reply, WireError> {
         if self.signed_in.is_some() {
-            return Err(WireError::new(
-                ErrorCode::ALREADY_AUTHENTICATED,
-                "this connection is already signed in",
-            ));
+            return Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in"));
         }
         let identity = self.service.login(req).await?;
         let (token, identity) = identity;
-        let reply = Reply::Login(wire::LoginOk {
-            session_token: token,
-            identity: Some(convert::identity(&identity)),
-        });
+        let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
         self.sign_in(identity);
         Ok(reply)
     }
@@ -417,15 +354,9 @@ impl Session {
     async fn sync(&mut self, req: wire::Sync) -> Result<Handled, WireError> {
         let identity = self.require_identity()?.clone();
         if self.feed_started {
-            return Err(invalid(
-                "sync",
-                "the feed is already running on this connection; reconnect to restart it",
-            ));
+            return Err(invalid("sync", "the feed is already running on this connection; reconnect to restart it"));
         }
-        let (_, registration) = self
-            .signed_in
-            .as_ref()
-            .expect("identity implies registration");
+        let (_, registration) = self.signed_in.as_ref().expect("identity implies registration");
         let (rx, lag) = registration
             .attach_feed(self.service.config.outbound_queue)
             .ok_or_else(|| invalid("sync", "the feed is already running on this connection"))?;
@@ -434,10 +365,7 @@ impl Session {
         let since = req.since.unwrap_or(head).min(head);
         self.feed_started = true;
         let source = FeedSource::new(self.service.clone(), identity.user_id, since, rx, lag);
-        Ok(Handled {
-            reply: Reply::Sync(wire::SyncOk { head }),
-            feed: Some(source),
-        })
+        Ok(Handled { reply: Reply::Sync(wire::SyncOk { head }), feed: Some(source) })
     }
 }
 
@@ -463,10 +391,7 @@ impl Service {
         let signup = account::validate_signup(&req.email, &req.password, &req.display_name)?;
         // A cheap early answer; the email stream's expected version is the guarantee.
         if self.store.user_by_email(&signup.email).await?.is_some() {
-            return Err(WireError::new(
-                ErrorCode::EMAIL_TAKEN,
-                "an account with this email exists",
-            ));
+            return Err(WireError::new(ErrorCode::EMAIL_TAKEN, "an account with this email exists"));
         }
         let hasher = self.hasher.clone();
         let password = req.password;
@@ -496,24 +421,16 @@ impl Service {
             ])
             .await;
         match result {
-            Ok(_) => Ok(Reply::Signup(wire::SignupOk {
-                user_id: user_id.to_string(),
-            })),
-            Err(AppendError::WrongExpectedVersion { .. }) => Err(WireError::new(
-                ErrorCode::EMAIL_TAKEN,
-                "an account with this email exists",
-            )),
+            Ok(_) => Ok(Reply::Signup(wire::SignupOk { user_id: user_id.to_string() })),
+            Err(AppendError::WrongExpectedVersion { .. }) => {
+                Err(WireError::new(ErrorCode::EMAIL_TAKEN, "an account with this email exists"))
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn login(&self, req: wire::Login) -> Result<(String, Identity), WireError> {
-        let wrong = || {
-            WireError::new(
-                ErrorCode::INVALID_CREDENTIALS,
-                "unknown email or wrong password",
-            )
-        };
+        let wrong = || WireError::new(ErrorCode::INVALID_CREDENTIALS, "unknown email or wrong password");
         // A malformed email is just another unknown account: same answer, same cost.
         let user = match Email::parse(&req.email) {
             Ok(email) => self.store.user_by_email(&email).await?,
@@ -532,13 +449,7 @@ impl Service {
         };
         let (token, token_hash) = new_session_token();
         let device_id = DeviceId(Uuid::new_v4());
-        let event = account::start_session(
-            user.user_id,
-            device_id,
-            &req.device_name,
-            token_hash,
-            self.now(),
-        )?;
+        let event = account::start_session(user.user_id, device_id, &req.device_name, token_hash, self.now())?;
         self.store
             .append(vec![StreamAppend {
                 stream: StreamName::user(user.user_id),
@@ -564,21 +475,14 @@ impl Service {
             .store
             .user_by_email(&peer_email)
             .await?
-            .ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::NOT_FOUND,
-                    format!("no user with email {peer_email}"),
-                )
-            })?;
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no user with email {peer_email}")))?;
         if peer.user_id == me.user_id {
             return Err(Rejection::DirectWithSelf.into());
         }
         let id = ConversationId::direct(me.user_id, peer.user_id);
         let existing = self.conversation(id).await?;
         let now = self.now();
-        if let Some(event) =
-            conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, now)?
-        {
+        if let Some(event) = conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, now)? {
             let result = self
                 .store
                 .append(vec![StreamAppend {
@@ -593,49 +497,28 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         }
-        let state = self
-            .conversation(id)
-            .await?
-            .ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "conversation vanished"))?;
-        let (last, _) = self
-            .store
-            .messages(id, HistoryPage::Latest { limit: 1 })
-            .await?;
-        Ok(Reply::Conversation(
-            self.conversation_to_wire(&state, last.last()).await?,
-        ))
+        let state =
+            self.conversation(id).await?.ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "conversation vanished"))?;
+        let (last, _) = self.store.messages(id, HistoryPage::Latest { limit: 1 }).await?;
+        Ok(Reply::Conversation(self.conversation_to_wire(&state, last.last()).await?))
     }
 
-    async fn send_message(
-        &self,
-        me: &Identity,
-        req: wire::SendMessage,
-    ) -> Result<Reply, WireError> {
+    async fn send_message(&self, me: &Identity, req: wire::SendMessage) -> Result<Reply, WireError> {
         let client_msg_id = ClientMsgId::parse(&req.client_msg_id)?;
         let content = match req.content.and_then(|c| c.body) {
             Some(wire::content::Body::Text(t)) => Content::Text(t.body),
             None => return Err(Rejection::EmptyMessage.into()),
         };
-        let state = self
-            .member_conversation(me.user_id, &req.conversation_id)
-            .await?;
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
         let event_id = client_msg_id.event_id(state.id, me.user_id);
-        let cmd = SendCommand {
-            sender: me.user_id,
-            device: me.device_id,
-            client_msg_id,
-            content,
-        };
+        let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
         let event = conversation::decide_send(&state, cmd, self.now())?;
         let outcome = self
             .store
             .append(vec![StreamAppend {
                 stream: StreamName::conversation(state.id),
                 expected: ExpectedVersion::Any,
-                events: vec![NewEvent {
-                    id: event_id,
-                    event,
-                }],
+                events: vec![NewEvent { id: event_id, event }],
             }])
             .await?;
         let (rec, duplicate) = match outcome {
@@ -646,17 +529,11 @@ impl Service {
             crate::domain::Event::MessageSent(m) => m.at.0,
             _ => rec.recorded_at.0,
         };
-        Ok(Reply::Sent(wire::Sent {
-            seq: rec.version,
-            sent_at_ms: sent_at,
-            duplicate,
-        }))
+        Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
     }
 
     async fn history(&self, me: &Identity, req: wire::GetHistory) -> Result<Reply, WireError> {
-        let state = self
-            .member_conversation(me.user_id, &req.conversation_id)
-            .await?;
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
         let limit = match req.limit {
             0 => DEFAULT_HISTORY_LIMIT,
             n => n.min(MAX_HISTORY_LIMIT),
@@ -665,32 +542,17 @@ impl Service {
             (0, 0) => HistoryPage::Latest { limit },
             (b, 0) => HistoryPage::Before { seq: Seq(b), limit },
             (0, a) => HistoryPage::After { seq: Seq(a), limit },
-            _ => {
-                return Err(invalid(
-                    "get_history",
-                    "set at most one of before_seq and after_seq",
-                ))
-            }
+            _ => return Err(invalid("get_history", "set at most one of before_seq and after_seq")),
         };
         let (messages, has_more) = self.store.messages(state.id, page).await?;
         let mut out = Vec::with_capacity(messages.len());
         for m in &messages {
-            out.push(convert::message_record(
-                m,
-                &*self.user_info(m.sender_user_id).await?,
-            ));
+            out.push(convert::message_record(m, &*self.user_info(m.sender_user_id).await?));
         }
-        Ok(Reply::History(wire::HistoryPage {
-            messages: out,
-            has_more,
-        }))
+        Ok(Reply::History(wire::HistoryPage { messages: out, has_more }))
     }
 
-    async fn list_conversations(
-        &self,
-        me: &Identity,
-        req: wire::ListConversations,
-    ) -> Result<Reply, WireError> {
+    async fn list_conversations(&self, me: &Identity, req: wire::ListConversations) -> Result<Reply, WireError> {
         let limit = match req.limit {
             0 => 100,
             n => n.min(MAX_CONVERSATION_LIST_LIMIT),
@@ -698,13 +560,8 @@ impl Service {
         let summaries = self.store.conversations_for_user(me.user_id, limit).await?;
         let mut out = Vec::with_capacity(summaries.len());
         for s in &summaries {
-            out.push(
-                self.conversation_to_wire(&s.state, s.last_message.as_ref())
-                    .await?,
-            );
+            out.push(self.conversation_to_wire(&s.state, s.last_message.as_ref()).await?);
         }
-        Ok(Reply::Conversations(wire::ConversationList {
-            conversations: out,
-        }))
+        Ok(Reply::Conversations(wire::ConversationList { conversations: out }))
     }
 }

@@ -8,8 +8,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::domain::{
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis,
-    SessionStarted, TokenHash, UserId, UserRegistered,
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, SessionStarted, TokenHash,
+    UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -27,11 +27,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: e.at.0,
         }
         .encode_to_vec(),
-        Event::EmailClaimed { user_id, at } => pb::EmailClaimed {
-            user_id: user_id.to_string(),
-            at_ms: at.0,
+        Event::EmailClaimed { user_id, at } => {
+            pb::EmailClaimed { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
         }
-        .encode_to_vec(),
         Event::SessionStarted(e) => pb::SessionStarted {
             user_id: e.user_id.to_string(),
             device_id: e.device_id.to_string(),
@@ -40,21 +38,11 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: e.at.0,
         }
         .encode_to_vec(),
-        Event::SessionRevoked {
-            user_id,
-            token_hash,
-            at,
-        } => pb::SessionRevoked {
-            user_id: user_id.to_string(),
-            token_hash: token_hash.0.to_vec(),
-            at_ms: at.0,
+        Event::SessionRevoked { user_id, token_hash, at } => {
+            pb::SessionRevoked { user_id: user_id.to_string(), token_hash: token_hash.0.to_vec(), at_ms: at.0 }
+                .encode_to_vec()
         }
-        .encode_to_vec(),
-        Event::DirectConversationStarted {
-            conversation_id,
-            members,
-            at,
-        } => pb::DirectConversationStarted {
+        Event::DirectConversationStarted { conversation_id, members, at } => pb::DirectConversationStarted {
             conversation_id: conversation_id.to_string(),
             member_user_ids: members.iter().map(ToString::to_string).collect(),
             at_ms: at.0,
@@ -75,11 +63,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
 
 fn encode_content(content: &Content) -> pb::MessageContent {
     match content {
-        Content::Text(body) => pb::MessageContent {
-            body: Some(pb::message_content::Body::Text(pb::TextContent {
-                body: body.clone(),
-            })),
-        },
+        Content::Text(body) => {
+            pb::MessageContent { body: Some(pb::message_content::Body::Text(pb::TextContent { body: body.clone() })) }
+        }
     }
 }
 
@@ -90,9 +76,7 @@ fn encode_content(content: &Content) -> pb::MessageContent {
 /// invalid identifiers. The caller turns it into `StoreError::Corrupt`.
 pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Event, String> {
     if schema_version != CURRENT_SCHEMA_VERSION {
-        return Err(format!(
-            "{type_name} has unknown schema version {schema_version}"
-        ));
+        return Err(format!("{type_name} has unknown schema version {schema_version}"));
     }
     let bad = |e: prost::DecodeError| format!("{type_name}: {e}");
     Ok(match type_name {
@@ -108,10 +92,7 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
         }
         "EmailClaimed" => {
             let e = pb::EmailClaimed::decode(payload).map_err(bad)?;
-            Event::EmailClaimed {
-                user_id: UserId(uuid(&e.user_id)?),
-                at: Millis(e.at_ms),
-            }
+            Event::EmailClaimed { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
         }
         "SessionStarted" => {
             let e = pb::SessionStarted::decode(payload).map_err(bad)?;
@@ -166,9 +147,7 @@ fn uuid(s: &str) -> Result<Uuid, String> {
 }
 
 fn token_hash(bytes: &[u8]) -> Result<TokenHash, String> {
-    <[u8; 32]>::try_from(bytes)
-        .map(TokenHash)
-        .map_err(|_| "token hash is not 32 bytes".to_owned())
+    <[u8; 32]>::try_from(bytes).map(TokenHash).map_err(|_| "token hash is not 32 bytes".to_owned())
 }
 
 #[cfg(test)]
@@ -187,10 +166,7 @@ mod tests {
                 password_hash: "$argon2id$v=19$…".into(),
                 at: Millis(1),
             }),
-            Event::EmailClaimed {
-                user_id: u,
-                at: Millis(2),
-            },
+            Event::EmailClaimed { user_id: u, at: Millis(2) },
             Event::SessionStarted(SessionStarted {
                 user_id: u,
                 device_id: DeviceId(Uuid::from_u128(3)),
@@ -198,16 +174,8 @@ mod tests {
                 token_hash: TokenHash([7; 32]),
                 at: Millis(3),
             }),
-            Event::SessionRevoked {
-                user_id: u,
-                token_hash: TokenHash([7; 32]),
-                at: Millis(4),
-            },
-            Event::DirectConversationStarted {
-                conversation_id: conv,
-                members: [u, v],
-                at: Millis(5),
-            },
+            Event::SessionRevoked { user_id: u, token_hash: TokenHash([7; 32]), at: Millis(4) },
+            Event::DirectConversationStarted { conversation_id: conv, members: [u, v], at: Millis(5) },
             Event::MessageSent(MessageSent {
                 conversation_id: conv,
                 sender_user_id: v,
@@ -230,12 +198,8 @@ mod tests {
     #[test]
     fn unknown_versions_and_types_are_errors_not_panics() {
         let (ty, _, bytes) = encode(&samples()[0]);
-        assert!(decode(ty, 99, &bytes)
-            .unwrap_err()
-            .contains("unknown schema version"));
-        assert!(decode("Nope", 1, &bytes)
-            .unwrap_err()
-            .contains("unknown event type"));
+        assert!(decode(ty, 99, &bytes).unwrap_err().contains("unknown schema version"));
+        assert!(decode("Nope", 1, &bytes).unwrap_err().contains("unknown event type"));
         assert!(decode("MessageSent", 1, &[0xff, 0xff]).is_err());
     }
 }

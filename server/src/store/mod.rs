@@ -76,10 +76,7 @@ pub struct NewEvent {
 impl NewEvent {
     /// An event with a fresh random id (no idempotency wanted or needed).
     pub fn fresh(event: Event) -> Self {
-        Self {
-            id: Uuid::new_v4(),
-            event,
-        }
+        Self { id: Uuid::new_v4(), event }
     }
 }
 
@@ -117,11 +114,7 @@ pub enum AppendOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("stream {stream}: expected version {expected:?}, found {actual}")]
-    WrongExpectedVersion {
-        stream: StreamName,
-        expected: ExpectedVersion,
-        actual: u64,
-    },
+    WrongExpectedVersion { stream: StreamName, expected: ExpectedVersion, actual: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -217,16 +210,10 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError>;
 
     /// Events of the whole log with position > `after`, ascending, at most `limit`.
-    async fn read_all(&self, after: Position, limit: u32)
-        -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Events of one stream with version > `after`, ascending, at most `limit`.
-    async fn read_stream(
-        &self,
-        stream: &StreamName,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_stream(&self, stream: &StreamName, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The newest committed position (0 for an empty log).
     async fn head(&self) -> Result<Position, StoreError>;
@@ -237,35 +224,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events that concern `user` (their conversations' events) with position >
     /// `after`, ascending, at most `limit`.
-    async fn feed(
-        &self,
-        user: UserId,
-        after: Position,
-        limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn feed(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError>;
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
-    async fn session_by_token(
-        &self,
-        token_hash: TokenHash,
-    ) -> Result<Option<SessionRecord>, StoreError>;
-    async fn conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<ConversationState>, StoreError>;
+    async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError>;
     /// The user's conversations, most recent activity first.
-    async fn conversations_for_user(
-        &self,
-        user: UserId,
-        limit: u32,
-    ) -> Result<Vec<ConversationSummary>, StoreError>;
+    async fn conversations_for_user(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError>;
     /// A page of messages, ascending by seq, and whether more exist beyond it.
-    async fn messages(
-        &self,
-        id: ConversationId,
-        page: HistoryPage,
-    ) -> Result<(Vec<MessageRecord>, bool), StoreError>;
+    async fn messages(&self, id: ConversationId, page: HistoryPage) -> Result<(Vec<MessageRecord>, bool), StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
     /// Stops accepting appends, commits what is queued, and closes.

@@ -18,9 +18,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    codec, kind_to_str, AppendError, AppendOutcome, CommittedBatch, ConversationSummary,
-    ExpectedVersion, HistoryPage, MessageRecord, Position, RecordedEvent, SessionRecord, Store,
-    StoreError, StoreStats, StreamAppend, StreamName, UserRecord,
+    codec, kind_to_str, AppendError, AppendOutcome, CommittedBatch, ConversationSummary, ExpectedVersion, HistoryPage,
+    MessageRecord, Position, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName,
+    UserRecord,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState},
@@ -45,12 +45,7 @@ pub struct SqliteConfig {
 
 impl SqliteConfig {
     pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            path: dir.join("natter.db"),
-            readers: 4,
-            max_batch: 1024,
-            queue: 8192,
-        }
+        Self { path: dir.join("natter.db"), readers: 4, max_batch: 1024, queue: 8192 }
     }
 }
 
@@ -101,14 +96,10 @@ impl SqliteStore {
         let mut conn = Connection::open(&config.path)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(format!(
-                "could not enable WAL mode (got {mode})"
-            )));
+            return Err(StoreError::Database(format!("could not enable WAL mode (got {mode})")));
         }
         // FULL: in WAL mode, every commit fsyncs the WAL before returning.
-        conn.execute_batch(
-            "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
-        )?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;")?;
         migrate(&mut conn)?;
 
         let (committed, _) = broadcast::channel(1024);
@@ -119,12 +110,7 @@ impl SqliteStore {
             .name("natter-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, publish, max_batch))?;
         let readers = open_readers(&config.path, config.readers)?;
-        Ok(Self {
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(thread)),
-            readers,
-            committed,
-        })
+        Ok(Self { writer: Mutex::new(Some(tx)), writer_thread: Mutex::new(Some(thread)), readers, committed })
     }
 
     /// Opens an existing database for queries only (operator tools). Appends
@@ -141,12 +127,7 @@ impl SqliteStore {
         }
         let readers = open_readers(path, 1)?;
         let (committed, _) = broadcast::channel(1);
-        Ok(Self {
-            writer: Mutex::new(None),
-            writer_thread: Mutex::new(None),
-            readers,
-            committed,
-        })
+        Ok(Self { writer: Mutex::new(None), writer_thread: Mutex::new(None), readers, committed })
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -155,19 +136,10 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.readers.clone();
-        let permit: OwnedSemaphorePermit = pool
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let permit: OwnedSemaphorePermit =
+            pool.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
-            let conn = pool
-                .conns
-                .lock()
-                .expect("reader pool lock")
-                .pop()
-                .expect("a permit guarantees a connection");
+            let conn = pool.conns.lock().expect("reader pool lock").pop().expect("a permit guarantees a connection");
             let result = f(&conn);
             pool.conns.lock().expect("reader pool lock").push(conn);
             drop(permit);
@@ -184,28 +156,19 @@ fn open_readers(path: &Path, n: usize) -> Result<Arc<ReaderPool>, StoreError> {
     for _ in 0..n {
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.execute_batch("PRAGMA busy_timeout=5000;")?;
         conns.push(conn);
     }
-    Ok(Arc::new(ReaderPool {
-        conns: Mutex::new(conns),
-        permits: Arc::new(Semaphore::new(n)),
-    }))
+    Ok(Arc::new(ReaderPool { conns: Mutex::new(conns), permits: Arc::new(Semaphore::new(n)) }))
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)",
     )?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |r| r.get(0),
-    )?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > known {
         return Err(StoreError::Database(format!(
@@ -226,9 +189,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn writer_loop(
@@ -252,20 +213,14 @@ fn writer_loop(
     tracing::debug!("sqlite writer stopped");
 }
 
-fn commit_batch(
-    conn: &mut Connection,
-    jobs: &mut Vec<WriteJob>,
-    publish: &broadcast::Sender<CommittedBatch>,
-) {
+fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broadcast::Sender<CommittedBatch>) {
     let recorded_at = Millis(now_ms() as u64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let msg = e.to_string();
             for job in jobs.drain(..) {
-                let _ = job
-                    .reply
-                    .send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+                let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
             }
             return;
         }
@@ -293,9 +248,7 @@ fn commit_batch(
         tracing::error!(error = %e, "sqlite group commit failed; appends in the batch are not stored");
         let msg = e.to_string();
         for job in jobs.drain(..) {
-            let _ = job
-                .reply
-                .send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+            let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
         }
         return;
     }
@@ -323,10 +276,7 @@ fn append_in_tx(
     {
         let mut by_id = conn.prepare_cached(&format!("{SELECT_EVENT} WHERE event_id = ?1"))?;
         for e in appends.iter().flat_map(|a| a.events.iter()) {
-            if let Some(rec) = by_id
-                .query_row([e.id.as_bytes().as_slice()], row_to_event)
-                .optional()?
-            {
+            if let Some(rec) = by_id.query_row([e.id.as_bytes().as_slice()], row_to_event).optional()? {
                 existing.push(rec?);
             }
         }
@@ -420,11 +370,7 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
             )?
             .execute(params![token_hash.0.as_slice(), at.0 as i64])?;
         }
-        Event::DirectConversationStarted {
-            conversation_id,
-            members,
-            at,
-        } => {
+        Event::DirectConversationStarted { conversation_id, members, at } => {
             let conv = conversation_id.to_string();
             conn.prepare_cached(
                 "INSERT INTO conversations (conversation_id, kind, created_at_ms, last_seq, last_position, last_activity_ms)
@@ -437,9 +383,8 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
                 rec.version as i64,
                 rec.position as i64
             ])?;
-            let mut add = conn.prepare_cached(
-                "INSERT INTO members (conversation_id, user_id, ordinal) VALUES (?1, ?2, ?3)",
-            )?;
+            let mut add =
+                conn.prepare_cached("INSERT INTO members (conversation_id, user_id, ordinal) VALUES (?1, ?2, ?3)")?;
             for (i, m) in members.iter().enumerate() {
                 add.execute(params![conv, m.to_string(), i as i64])?;
             }
@@ -475,8 +420,10 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
 }
 
 fn add_to_feeds(conn: &Connection, conv: &str, position: Position) -> Result<(), rusqlite::Error> {
-    conn.prepare_cached("INSERT INTO feed (user_id, position) SELECT user_id, ?2 FROM members WHERE conversation_id = ?1")?
-        .execute(params![conv, position as i64])?;
+    conn.prepare_cached(
+        "INSERT INTO feed (user_id, position) SELECT user_id, ?2 FROM members WHERE conversation_id = ?1",
+    )?
+    .execute(params![conv, position as i64])?;
     Ok(())
 }
 
@@ -498,16 +445,14 @@ fn row_to_event(row: &Row<'_>) -> rusqlite::Result<Result<RecordedEvent, StoreEr
         Ok(id) => id,
         Err(e) => return Ok(Err(corrupt(e.to_string()))),
     };
-    Ok(codec::decode(&ty, schema, &payload)
-        .map_err(corrupt)
-        .map(|event| RecordedEvent {
-            position,
-            stream: StreamName::from_stored(stream),
-            version,
-            id,
-            recorded_at,
-            event,
-        }))
+    Ok(codec::decode(&ty, schema, &payload).map_err(corrupt).map(|event| RecordedEvent {
+        position,
+        stream: StreamName::from_stored(stream),
+        version,
+        id,
+        recorded_at,
+        event,
+    }))
 }
 
 fn collect_events(
@@ -527,9 +472,7 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
 }
 
 fn load_members(conn: &Connection, conv: &str) -> Result<Vec<UserId>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY ordinal",
-    )?;
+    let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY ordinal")?;
     let ids = stmt.query_map([conv], |r| r.get::<_, String>(0))?;
     let mut out = Vec::new();
     for id in ids {
@@ -538,26 +481,17 @@ fn load_members(conn: &Connection, conv: &str) -> Result<Vec<UserId>, StoreError
     Ok(out)
 }
 
-fn load_conversation(
-    conn: &Connection,
-    conv: &str,
-) -> Result<Option<ConversationState>, StoreError> {
+fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<ConversationState>, StoreError> {
     let row = conn
         .prepare_cached("SELECT kind, created_at_ms FROM conversations WHERE conversation_id = ?1")?
-        .query_row([conv], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })
+        .query_row([conv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .optional()?;
     let Some((kind, created)) = row else {
         return Ok(None);
     };
     let kind = match kind.as_str() {
         "direct" => ConversationKind::Direct,
-        other => {
-            return Err(StoreError::Database(format!(
-                "unknown conversation kind {other:?}"
-            )))
-        }
+        other => return Err(StoreError::Database(format!("unknown conversation kind {other:?}"))),
     };
     Ok(Some(ConversationState {
         id: ConversationId(parse_uuid(conv)?),
@@ -567,8 +501,7 @@ fn load_conversation(
     }))
 }
 
-const SELECT_MESSAGE: &str =
-    "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+const SELECT_MESSAGE: &str = "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
                                      content_kind, text, sent_at_ms FROM messages";
 
 fn row_to_message(row: &Row<'_>) -> rusqlite::Result<Result<MessageRecord, StoreError>> {
@@ -584,11 +517,7 @@ fn row_to_message(row: &Row<'_>) -> rusqlite::Result<Result<MessageRecord, Store
     Ok((|| {
         let content = match (kind.as_str(), text) {
             ("text", Some(t)) => Content::Text(t),
-            (k, _) => {
-                return Err(StoreError::Database(format!(
-                    "unknown message content kind {k:?}"
-                )))
-            }
+            (k, _) => return Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
         };
         Ok(MessageRecord {
             conversation_id: ConversationId(parse_uuid(&conv)?),
@@ -617,13 +546,7 @@ fn collect_messages(
 }
 
 fn row_to_user(row: &Row<'_>) -> rusqlite::Result<(String, String, String, String, i64)> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-    ))
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
 }
 
 fn user_record(
@@ -638,46 +561,27 @@ fn user_record(
     })
 }
 
-const SELECT_USER: &str =
-    "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
+const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
-        let writer = self
-            .writer
-            .lock()
-            .expect("writer lock")
-            .clone()
-            .ok_or(StoreError::Closed)?;
+        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        writer
-            .send(WriteJob { appends, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        writer.send(WriteJob { appends, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read_all(
-        &self,
-        after: Position,
-        limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "{SELECT_EVENT} WHERE position > ?1 ORDER BY position LIMIT ?2"
-            ))?;
+            let mut stmt =
+                c.prepare_cached(&format!("{SELECT_EVENT} WHERE position > ?1 ORDER BY position LIMIT ?2"))?;
             collect_events(&mut stmt, params![after as i64, limit])
         })
         .await
     }
 
-    async fn read_stream(
-        &self,
-        stream: &StreamName,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn read_stream(&self, stream: &StreamName, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream = stream.as_str().to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -690,11 +594,7 @@ impl Store for SqliteStore {
 
     async fn head(&self) -> Result<Position, StoreError> {
         self.read(|c| {
-            Ok(
-                c.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                    r.get::<_, i64>(0)
-                })? as u64,
-            )
+            Ok(c.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
         })
         .await
     }
@@ -703,12 +603,7 @@ impl Store for SqliteStore {
         self.committed.subscribe()
     }
 
-    async fn feed(
-        &self,
-        user: UserId,
-        after: Position,
-        limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    async fn feed(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
@@ -744,10 +639,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn session_by_token(
-        &self,
-        token_hash: TokenHash,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError> {
         self.read(move |c| {
             let row = c
                 .prepare_cached(
@@ -770,19 +662,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn conversation(
-        &self,
-        id: ConversationId,
-    ) -> Result<Option<ConversationState>, StoreError> {
-        self.read(move |c| load_conversation(c, &id.to_string()))
-            .await
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
+        self.read(move |c| load_conversation(c, &id.to_string())).await
     }
 
-    async fn conversations_for_user(
-        &self,
-        user: UserId,
-        limit: u32,
-    ) -> Result<Vec<ConversationSummary>, StoreError> {
+    async fn conversations_for_user(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT c.conversation_id, c.last_activity_ms FROM members m
@@ -790,60 +674,38 @@ impl Store for SqliteStore {
                  WHERE m.user_id = ?1 ORDER BY c.last_position DESC LIMIT ?2",
             )?;
             let rows: Vec<(String, i64)> = stmt
-                .query_map(params![user.to_string(), limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
+                .query_map(params![user.to_string(), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            let mut last = c.prepare_cached(&format!(
-                "{SELECT_MESSAGE} WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1"
-            ))?;
+            let mut last =
+                c.prepare_cached(&format!("{SELECT_MESSAGE} WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1"))?;
             let mut out = Vec::with_capacity(rows.len());
             for (conv, activity) in rows {
-                let state = load_conversation(c, &conv)?.ok_or_else(|| {
-                    StoreError::Database(format!("member row for missing conversation {conv}"))
-                })?;
+                let state = load_conversation(c, &conv)?
+                    .ok_or_else(|| StoreError::Database(format!("member row for missing conversation {conv}")))?;
                 let last_message = collect_messages(&mut last, [&conv])?.pop();
-                out.push(ConversationSummary {
-                    state,
-                    last_message,
-                    last_activity: Millis(activity as u64),
-                });
+                out.push(ConversationSummary { state, last_message, last_activity: Millis(activity as u64) });
             }
             Ok(out)
         })
         .await
     }
 
-    async fn messages(
-        &self,
-        id: ConversationId,
-        page: HistoryPage,
-    ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
+    async fn messages(&self, id: ConversationId, page: HistoryPage) -> Result<(Vec<MessageRecord>, bool), StoreError> {
         self.read(move |c| {
             let conv = id.to_string();
             let (sql, bound, limit, descending) = match page {
-                HistoryPage::Latest { limit } => (
-                    "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC",
-                    0,
-                    limit,
-                    true,
-                ),
-                HistoryPage::Before { seq, limit } => (
-                    "WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC",
-                    seq.0,
-                    limit,
-                    true,
-                ),
-                HistoryPage::After { seq, limit } => (
-                    "WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC",
-                    seq.0,
-                    limit,
-                    false,
-                ),
+                HistoryPage::Latest { limit } => {
+                    ("WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC", 0, limit, true)
+                }
+                HistoryPage::Before { seq, limit } => {
+                    ("WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC", seq.0, limit, true)
+                }
+                HistoryPage::After { seq, limit } => {
+                    ("WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC", seq.0, limit, false)
+                }
             };
             let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} {sql} LIMIT ?3"))?;
-            let mut msgs =
-                collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1])?;
+            let mut msgs = collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1])?;
             let has_more = msgs.len() > limit as usize;
             msgs.truncate(limit as usize);
             if descending {
@@ -856,9 +718,8 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|c| {
-            let count = |sql: &str| -> Result<u64, StoreError> {
-                Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-            };
+            let count =
+                |sql: &str| -> Result<u64, StoreError> { Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
             Ok(StoreStats {
                 events: count("SELECT COUNT(*) FROM events")?,
                 users: count("SELECT COUNT(*) FROM users")?,
@@ -873,11 +734,7 @@ impl Store for SqliteStore {
     async fn shutdown(&self) {
         // Dropping the sender lets the writer finish what is queued and stop.
         self.writer.lock().expect("writer lock").take();
-        let thread = self
-            .writer_thread
-            .lock()
-            .expect("writer thread lock")
-            .take();
+        let thread = self.writer_thread.lock().expect("writer thread lock").take();
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }

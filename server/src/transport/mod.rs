@@ -61,16 +61,13 @@ pub fn endpoint(
         .with_no_client_auth()
         .with_single_cert(identity.chain, identity.key)?;
     tls.alpn_protocols = vec![natter_proto::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TransportError::Quic(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(
-            config
-                .idle_timeout
-                .try_into()
-                .map_err(|_| TransportError::Quic("idle timeout too large".into()))?,
+            config.idle_timeout.try_into().map_err(|_| TransportError::Quic("idle timeout too large".into()))?,
         ))
         // The control stream, plus media transfers later.
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
@@ -122,16 +119,7 @@ pub async fn serve(
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => {
-                    Connection {
-                        conn,
-                        service,
-                        config,
-                        shutdown,
-                    }
-                    .run()
-                    .await
-                }
+                Ok(conn) => Connection { conn, service, config, shutdown }.run().await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
             drop(permit);
@@ -141,15 +129,9 @@ pub async fn serve(
     endpoint.set_server_config(None);
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            grace_ms = grace.as_millis() as u64,
-            "connections did not drain in time; closing them"
-        );
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "connections did not drain in time; closing them");
     }
-    endpoint.close(
-        VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0),
-        b"shutting down",
-    );
+    endpoint.close(VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0), b"shutting down");
 }
 
 /// Why a connection ends.
@@ -176,11 +158,7 @@ impl Connection {
         match end {
             End::Gone => tracing::debug!(%remote, "connection ended by peer"),
             End::Done => {
-                let code = if self.shutdown.is_cancelled() {
-                    ErrorCode::SHUTTING_DOWN.0
-                } else {
-                    0
-                };
+                let code = if self.shutdown.is_cancelled() { ErrorCode::SHUTTING_DOWN.0 } else { 0 };
                 self.conn.close(VarInt::from_u32(code), b"bye");
             }
             End::Close(code, msg) => {
@@ -191,9 +169,7 @@ impl Connection {
     }
 
     async fn serve(&self) -> End {
-        let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, self.conn.accept_bi())
-            .await
-        {
+        let (send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, self.conn.accept_bi()).await {
             Ok(Ok(streams)) => streams,
             Ok(Err(_)) => return End::Gone,
             Err(_) => return End::Close(ErrorCode::PROTOCOL_VIOLATION, "no control stream".into()),
@@ -202,42 +178,21 @@ impl Connection {
         let (out, out_rx) = mpsc::channel::<wire::ServerFrame>(MAX_IN_FLIGHT_REQUESTS * 2);
         let writer = tokio::spawn(control_writer(send, out_rx, self.config.max_frame_bytes));
 
-        let hello =
-            match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, &mut decoder)).await {
-                Ok(Ok(Some(wire::ClientFrame {
-                    kind: Some(client_frame::Kind::Hello(h)),
-                }))) => h,
-                Ok(Ok(Some(_))) => {
-                    return self
-                        .fail(
-                            out,
-                            writer,
-                            ErrorCode::PROTOCOL_VIOLATION,
-                            "the first frame must be Hello",
-                        )
-                        .await
-                }
-                Ok(Ok(None)) | Ok(Err(ReadError::Gone)) => return End::Gone,
-                Ok(Err(ReadError::Frame(e))) => return self.frame_error(out, writer, e).await,
-                Err(_) => {
-                    return self
-                        .fail(
-                            out,
-                            writer,
-                            ErrorCode::PROTOCOL_VIOLATION,
-                            "no Hello in time",
-                        )
-                        .await
-                }
-            };
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut recv, &mut decoder)).await {
+            Ok(Ok(Some(wire::ClientFrame { kind: Some(client_frame::Kind::Hello(h)) }))) => h,
+            Ok(Ok(Some(_))) => {
+                return self.fail(out, writer, ErrorCode::PROTOCOL_VIOLATION, "the first frame must be Hello").await
+            }
+            Ok(Ok(None)) | Ok(Err(ReadError::Gone)) => return End::Gone,
+            Ok(Err(ReadError::Frame(e))) => return self.frame_error(out, writer, e).await,
+            Err(_) => return self.fail(out, writer, ErrorCode::PROTOCOL_VIOLATION, "no Hello in time").await,
+        };
         let (welcome, mut session) = match self.service.hello(&hello).await {
             Ok(ok) => ok,
             Err(e) => return self.fail(out, writer, e.code, &e.message).await,
         };
         tracing::debug!(remote = %self.conn.remote_address(), client = %hello.client_name, "hello");
-        let _ = out
-            .send(server_frame(server_frame::Kind::Welcome(welcome)))
-            .await;
+        let _ = out.send(server_frame(server_frame::Kind::Welcome(welcome))).await;
 
         let inflight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
         let mut tasks = JoinSet::new();
@@ -254,30 +209,21 @@ impl Connection {
                 f = read_frame(&mut recv, &mut decoder) => f,
             };
             let request = match frame {
-                Ok(Some(wire::ClientFrame {
-                    kind: Some(client_frame::Kind::Request(r)),
-                })) => r,
-                Ok(Some(wire::ClientFrame {
-                    kind: Some(client_frame::Kind::Hello(_)),
-                })) => {
+                Ok(Some(wire::ClientFrame { kind: Some(client_frame::Kind::Request(r)) })) => r,
+                Ok(Some(wire::ClientFrame { kind: Some(client_frame::Kind::Hello(_)) })) => {
                     break End::Close(ErrorCode::PROTOCOL_VIOLATION, "Hello sent twice".into());
                 }
                 Ok(Some(wire::ClientFrame { kind: None })) => {
                     let e = WireError::new(ErrorCode::MALFORMED_FRAME, "frame has no known kind");
-                    let _ = out
-                        .send(server_frame(server_frame::Kind::Error(e.to_wire())))
-                        .await;
+                    let _ = out.send(server_frame(server_frame::Kind::Error(e.to_wire()))).await;
                     continue;
                 }
                 Ok(None) => break End::Done,
                 Err(ReadError::Gone) => break End::Gone,
                 Err(ReadError::Frame(FrameError::Malformed(m))) => {
                     // Framing is intact: report and go on with the next frame.
-                    let e =
-                        WireError::new(ErrorCode::MALFORMED_FRAME, format!("malformed frame: {m}"));
-                    let _ = out
-                        .send(server_frame(server_frame::Kind::Error(e.to_wire())))
-                        .await;
+                    let e = WireError::new(ErrorCode::MALFORMED_FRAME, format!("malformed frame: {m}"));
+                    let _ = out.send(server_frame(server_frame::Kind::Error(e.to_wire()))).await;
                     continue;
                 }
                 Err(ReadError::Frame(e)) => {
@@ -289,31 +235,21 @@ impl Connection {
             let id = request.id;
             let Some(body) = request.body else {
                 let e = WireError::new(ErrorCode::INVALID_ARGUMENT, "request has no (known) body");
-                let _ = out
-                    .send(respond(id, response::Result::Error(e.to_wire())))
-                    .await;
+                let _ = out.send(respond(id, response::Result::Error(e.to_wire()))).await;
                 continue;
             };
             if Session::is_stateful(&body) {
                 let handled = session.handle_stateful(body).await;
                 let _ = out.send(respond(id, handled.reply)).await;
                 if let Some(feed) = handled.feed {
-                    feed_task = Some(tokio::spawn(run_feed(
-                        self.conn.clone(),
-                        feed,
-                        feed_stop.clone(),
-                    )));
+                    feed_task = Some(tokio::spawn(run_feed(self.conn.clone(), feed, feed_stop.clone())));
                 }
             } else {
                 // Backpressure: past the in-flight limit we stop reading.
                 let Ok(permit) = inflight.clone().acquire_owned().await else {
                     break End::Done;
                 };
-                let (service, identity, out) = (
-                    self.service.clone(),
-                    session.identity().cloned(),
-                    out.clone(),
-                );
+                let (service, identity, out) = (self.service.clone(), session.identity().cloned(), out.clone());
                 tasks.spawn(async move {
                     let reply = service.handle(identity, body).await;
                     let _ = out.send(respond(id, reply)).await;
@@ -354,9 +290,7 @@ impl Connection {
         message: &str,
     ) -> End {
         let e = WireError::new(code, message);
-        let _ = out
-            .send(server_frame(server_frame::Kind::Error(e.to_wire())))
-            .await;
+        let _ = out.send(server_frame(server_frame::Kind::Error(e.to_wire()))).await;
         drop(out);
         let _ = writer.await;
         End::Close(code, message.to_owned())
@@ -372,10 +306,7 @@ fn server_frame(kind: server_frame::Kind) -> wire::ServerFrame {
 }
 
 fn respond(id: u64, result: response::Result) -> wire::ServerFrame {
-    server_frame(server_frame::Kind::Response(wire::Response {
-        id,
-        result: Some(result),
-    }))
+    server_frame(server_frame::Kind::Response(wire::Response { id, result: Some(result) }))
 }
 
 enum ReadError {
@@ -390,10 +321,7 @@ async fn read_frame(
     decoder: &mut FrameDecoder,
 ) -> Result<Option<wire::ClientFrame>, ReadError> {
     loop {
-        if let Some(frame) = decoder
-            .next_message::<wire::ClientFrame>()
-            .map_err(ReadError::Frame)?
-        {
+        if let Some(frame) = decoder.next_message::<wire::ClientFrame>().map_err(ReadError::Frame)? {
             return Ok(Some(frame));
         }
         match recv.read_chunk(READ_CHUNK, true).await {
