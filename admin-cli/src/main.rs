@@ -1,14 +1,8 @@
-//! natter-admin: the operator's command line.
-//!
-//! `stats` reads a data directory directly (read-only; safe while natterd runs).
-//! Commands that change a running deployment go through the client SDK.
+//! natter-admin: the operator's command line. See `natter-admin --help`.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
-use natter_server::store::Store;
 
 /// natter-admin: operate a natter deployment.
 #[derive(Debug, Parser)]
@@ -35,24 +29,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.command {
-        Command::Stats { data_dir, json } => runtime.block_on(async {
-            let path = SqliteConfig::in_dir(&data_dir).path;
-            let store = SqliteStore::open_read_only(&path)
-                .with_context(|| format!("opening {} (is this a natterd data directory?)", data_dir.display()))?;
-            let s = store.stats().await?;
-            if json {
-                println!(
-                    "{{\"events\":{},\"users\":{},\"conversations\":{},\"messages\":{},\"head\":{}}}",
-                    s.events, s.users, s.conversations, s.messages, s.head
-                );
-            } else {
-                println!("events         {}", s.events);
-                println!("users          {}", s.users);
-                println!("conversations  {}", s.conversations);
-                println!("messages       {}", s.messages);
-                println!("log head       {}", s.head);
-            }
+        Command::Stats { data_dir, json } => {
+            let stats = runtime.block_on(natter_admin::stats(&data_dir))?;
+            print!("{}", natter_admin::render_stats(&stats, json));
             Ok(())
-        }),
+        }
     }
 }

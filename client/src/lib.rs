@@ -229,7 +229,9 @@ impl Client {
             }
             None => return Err(ClientError::Protocol("control stream ended before Welcome".into())),
         };
+        // Frames in both directions are bounded by the server's announced limit.
         let max_frame_bytes = (welcome.max_frame_bytes as usize).max(1024);
+        decoder.set_max_frame_bytes(max_frame_bytes.max(config.max_frame_bytes));
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (out, out_rx) = mpsc::channel::<Bytes>(256);
         let (err_tx, err_rx) = mpsc::channel(16);

@@ -163,14 +163,17 @@ async fn seq_send(
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(u64::MAX);
     let receiver = tokio::spawn(async move {
         let mut arrivals = std::collections::HashMap::new();
+        let mut newest = 0;
         loop {
-            let last = *done_rx.borrow();
-            if arrivals.keys().any(|s| *s >= last) {
+            if newest >= *done_rx.borrow() {
                 break;
             }
             tokio::select! {
                 item = feed.next() => match item {
-                    Some(Ok(FeedItem::Message { message, .. })) => { arrivals.insert(message.seq, Instant::now()); }
+                    Some(Ok(FeedItem::Message { message, .. })) => {
+                        newest = newest.max(message.seq);
+                        arrivals.insert(message.seq, Instant::now());
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Err(anyhow::Error::from(e)),
                     None => bail!("the recipient's feed ended"),

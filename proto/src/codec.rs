@@ -49,6 +49,11 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Changes the limit, e.g. once the peer announced its own.
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// Bytes received but not yet consumed as a frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()

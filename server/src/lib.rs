@@ -89,7 +89,16 @@ impl RunningServer {
 /// When the data directory, certificate, store or socket cannot be set up.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+    let dir_err = |source| StartError::DataDir { path: data_dir.clone(), source };
+    if !data_dir.exists() {
+        // It will hold password hashes and keys: owner only.
+        std::fs::create_dir_all(data_dir).map_err(dir_err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
+        }
+    }
     let identity = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_generate(&data_dir.join("tls"), &config.tls.names)?,

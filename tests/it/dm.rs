@@ -295,3 +295,45 @@ async fn messages_survive_a_graceful_restart() {
     let page = alice.history(GetHistory { conversation_id: conv.conversation_id, ..Default::default() }).await.unwrap();
     assert_eq!(page.messages.len(), 1);
 }
+
+#[tokio::test]
+async fn history_and_conversation_pages_stay_within_the_frame_limit() {
+    let server = TestServer::start_with(|c| c.max_frame_bytes = 4096).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let conv = alice.open_direct("bob@example.org").await.unwrap();
+    let big = "b".repeat(1000);
+    let mut seqs = Vec::new();
+    for i in 0..10 {
+        seqs.push(alice.send_text(&conv.conversation_id, &format!("b{i}"), &big).await.unwrap().seq);
+    }
+    let id = conv.conversation_id.clone();
+    let page =
+        alice.history(GetHistory { conversation_id: id.clone(), limit: 10, ..Default::default() }).await.unwrap();
+    let got: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert!(!got.is_empty() && got.len() < 10, "{got:?}");
+    assert_eq!(got, seqs[10 - got.len()..].to_vec(), "the newest ones");
+    assert!(page.has_more);
+    // Paging on from there reaches every message.
+    let mut all = got.clone();
+    let mut before = got[0];
+    loop {
+        let p = alice
+            .history(GetHistory { conversation_id: id.clone(), before_seq: before, limit: 10, ..Default::default() })
+            .await
+            .unwrap();
+        all.extend(p.messages.iter().map(|m| m.seq));
+        if !p.has_more {
+            break;
+        }
+        before = p.messages[0].seq;
+    }
+    all.sort_unstable();
+    assert_eq!(all, seqs);
+    let after = alice
+        .history(GetHistory { conversation_id: id, after_seq: seqs[0], limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(after.messages[0].seq, seqs[1], "after pages keep the oldest ones");
+    assert!(after.has_more);
+}

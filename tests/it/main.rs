@@ -1,6 +1,7 @@
 //! natter's one integration test binary: every test starts real servers (see
 //! the harness in `natter_tests`) and talks to them through the client SDK.
 
+mod admin;
 mod auth;
 mod cli;
 mod crash;

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use natter_proto::limits::{DEFAULT_HISTORY_LIMIT, MAX_CONVERSATION_LIST_LIMIT, MAX_HISTORY_LIMIT};
 use natter_proto::wire::{self, request::Body, response::Result as Reply};
 use natter_proto::ErrorCode;
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -164,6 +165,11 @@ impl Service {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// Bytes a response body may use: the frame limit less room for the envelope.
+    fn frame_budget(&self) -> usize {
+        self.config.max_frame_bytes.saturating_sub(256)
     }
 
     /// The clock, read at the edge and passed into the domain.
@@ -544,10 +550,21 @@ impl Service {
             (0, a) => HistoryPage::After { seq: Seq(a), limit },
             _ => return Err(invalid("get_history", "set at most one of before_seq and after_seq")),
         };
-        let (messages, has_more) = self.store.messages(state.id, page).await?;
+        let (messages, mut has_more) = self.store.messages(state.id, page).await?;
         let mut out = Vec::with_capacity(messages.len());
         for m in &messages {
             out.push(convert::message_record(m, &*self.user_info(m.sender_user_id).await?));
+        }
+        // Keep the page within one frame, dropping the messages farthest from the anchor.
+        let budget = self.frame_budget();
+        let mut size: usize = out.iter().map(|m| m.encoded_len() + 4).sum();
+        while size > budget && !out.is_empty() {
+            let dropped = match page {
+                HistoryPage::After { .. } => out.pop(),
+                HistoryPage::Latest { .. } | HistoryPage::Before { .. } => Some(out.remove(0)),
+            };
+            size -= dropped.map_or(0, |m| m.encoded_len() + 4);
+            has_more = true;
         }
         Ok(Reply::History(wire::HistoryPage { messages: out, has_more }))
     }
@@ -557,11 +574,22 @@ impl Service {
             0 => 100,
             n => n.min(MAX_CONVERSATION_LIST_LIMIT),
         };
-        let summaries = self.store.conversations_for_user(me.user_id, limit).await?;
+        // One more than asked tells whether more exist.
+        let mut summaries = self.store.conversations_for_user(me.user_id, limit + 1).await?;
+        let mut has_more = summaries.len() > limit as usize;
+        summaries.truncate(limit as usize);
+        let budget = self.frame_budget();
+        let mut size = 0;
         let mut out = Vec::with_capacity(summaries.len());
         for s in &summaries {
-            out.push(self.conversation_to_wire(&s.state, s.last_message.as_ref()).await?);
+            let conv = self.conversation_to_wire(&s.state, s.last_message.as_ref()).await?;
+            size += conv.encoded_len() + 4;
+            if size > budget {
+                has_more = true;
+                break;
+            }
+            out.push(conv);
         }
-        Ok(Reply::Conversations(wire::ConversationList { conversations: out }))
+        Ok(Reply::Conversations(wire::ConversationList { conversations: out, has_more }))
     }
 }
