@@ -113,3 +113,39 @@ async fn cli_without_trust_says_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pin"), "{err}");
 }
+
+#[tokio::test]
+async fn listen_reconnects_after_a_server_restart_and_misses_nothing() {
+    let mut server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = format!("{PASSWORD}\n");
+    run(cmd(&server, &alice, &["signup", "--email", "alice@example.org", "--password-stdin"]), &pw).await;
+    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--password-stdin"]), &pw).await;
+
+    let mut listen = cmd(&server, &bob, &["listen", "--json", "--count", "3"]);
+    listen.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut listener = listen.spawn().unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let mut next_message = async || loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("listen prints in time")
+            .unwrap()
+            .expect("listen still running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "message" {
+            return v["text"].as_str().unwrap().to_owned();
+        }
+    };
+
+    run(cmd(&server, &alice, &["send", "bob@example.org", "before restart"]), "").await;
+    assert_eq!(next_message().await, "before restart");
+    server.restart().await;
+    // Sent while the listener may still be reconnecting: delivered from the log.
+    run(cmd(&server, &alice, &["send", "bob@example.org", "after restart 1"]), "").await;
+    run(cmd(&server, &alice, &["send", "bob@example.org", "after restart 2"]), "").await;
+    assert_eq!(next_message().await, "after restart 1");
+    assert_eq!(next_message().await, "after restart 2");
+    assert!(listener.wait().await.unwrap().success());
+}
