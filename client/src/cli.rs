@@ -60,21 +60,28 @@ enum Command {
     },
     /// Sign out (revokes this device's session).
     Logout,
-    /// Send a direct message.
+    /// Send a message: to a person (their email) or a group (its name or id).
     Send {
-        /// The recipient's email.
-        email: String,
+        /// An email (direct message), a group name or a conversation id.
+        to: String,
         /// The message text.
         text: String,
     },
-    /// Show the history of the direct conversation with EMAIL.
+    /// Show the history of a conversation (email, group name or id).
     History {
-        email: String,
+        conversation: String,
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
-    /// List your conversations, most recent first.
+    /// List your conversations, most recent first, with unread counts.
     Conversations,
+    /// Mark a conversation read up to its newest message.
+    Read { conversation: String },
+    /// Who received and read message SEQ of a conversation.
+    Receipts { conversation: String, seq: u64 },
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Print events as they arrive; resumes from the saved cursor after a
     /// reconnect, so nothing is missed or shown twice.
     Listen {
@@ -85,6 +92,28 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group with you as its owner.
+    Create {
+        name: String,
+        /// Members' emails.
+        emails: Vec<String>,
+    },
+    /// Add members (owners and admins).
+    Add { group: String, emails: Vec<String> },
+    /// Remove a member (whose role is below yours).
+    Remove { group: String, email: String },
+    /// Leave a group.
+    Leave { group: String },
+    /// Rename a group (owners and admins).
+    Rename { group: String, name: String },
+    /// Change a member's role: member, admin or owner.
+    Role { group: String, email: String, role: String },
+    /// Show a group's members and roles.
+    Show { group: String },
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -161,9 +190,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Signup { email, name, password_stdin } => cli.signup(&email, &name, password_stdin).await,
         Command::Login { email, password_stdin, device } => cli.login(&email, password_stdin, device).await,
         Command::Logout => cli.logout().await,
-        Command::Send { email, text } => cli.send(&email, &text).await,
-        Command::History { email, limit } => cli.history(&email, limit).await,
+        Command::Send { to, text } => cli.send(&to, &text).await,
+        Command::History { conversation, limit } => cli.history(&conversation, limit).await,
         Command::Conversations => cli.conversations().await,
+        Command::Read { conversation } => cli.read(&conversation).await,
+        Command::Receipts { conversation, seq } => cli.receipts(&conversation, seq).await,
+        Command::Group(g) => cli.group(g).await,
         Command::Listen { json, count } => cli.listen(json, count).await,
     }
 }
@@ -258,27 +290,31 @@ impl Cli {
         Ok(())
     }
 
-    async fn send(&mut self, email: &str, text: &str) -> anyhow::Result<()> {
+    async fn send(&mut self, to: &str, text: &str) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
-        let conv = client.open_direct(email).await?;
+        let conv = resolve(&client, to).await?;
         let id = uuid::Uuid::new_v4().to_string();
         let sent = client.send_text(&conv.conversation_id, &id, text).await?;
-        self.profile.save(&self.dir)?;
-        println!("sent #{} to {email}", sent.seq);
+        println!("sent #{} to {}", sent.seq, title(&conv, &self.me()));
         client.close().await;
         Ok(())
     }
 
-    async fn history(&mut self, email: &str, limit: u32) -> anyhow::Result<()> {
+    fn me(&self) -> String {
+        self.profile.email.clone().unwrap_or_default()
+    }
+
+    async fn history(&mut self, target: &str, limit: u32) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
-        let conv = client.open_direct(email).await?;
-        let page =
-            client.history(GetHistory { conversation_id: conv.conversation_id, limit, ..Default::default() }).await?;
+        let conv = resolve(&client, target).await?;
+        let page = client
+            .history(GetHistory { conversation_id: conv.conversation_id.clone(), limit, ..Default::default() })
+            .await?;
         for m in &page.messages {
             println!("{}", format_message(m));
         }
         if page.messages.is_empty() {
-            println!("(no messages with {email} yet)");
+            println!("(no messages in {} yet)", title(&conv, &self.me()));
         }
         client.close().await;
         Ok(())
@@ -286,15 +322,99 @@ impl Cli {
 
     async fn conversations(&mut self) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
-        let me = client.identity().map(|i| i.email).unwrap_or_default();
+        let me = self.me();
         let list = client.conversations(100).await?;
         if list.is_empty() {
             println!("(no conversations yet: `natter send EMAIL TEXT` starts one)");
         }
         for c in &list {
-            let peers: Vec<&str> = c.members.iter().map(|m| m.email.as_str()).filter(|e| *e != me).collect();
             let last = c.last_message.as_ref().map(format_message).unwrap_or_else(|| "(no messages)".into());
-            println!("{}  {}", peers.join(", "), last);
+            let unread = if c.unread > 0 { format!(" ({} unread)", c.unread) } else { String::new() };
+            let gone = if c.active { "" } else { " (left)" };
+            println!("{}{unread}{gone}  {last}", title(c, &me));
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn read(&mut self, target: &str) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target).await?;
+        let upto = client.mark_read(&conv.conversation_id, conv.last_seq).await?;
+        println!("{} read up to #{upto}", title(&conv, &self.me()));
+        client.close().await;
+        Ok(())
+    }
+
+    async fn receipts(&mut self, target: &str, seq: u64) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target).await?;
+        let r = client.receipts(&conv.conversation_id, seq).await?;
+        let status = match proto::ReceiptStatus::try_from(r.status) {
+            Ok(proto::ReceiptStatus::Read) => "read",
+            Ok(proto::ReceiptStatus::Delivered) => "delivered",
+            _ => "sent",
+        };
+        println!(
+            "#{seq}: {status}; delivered to {} of {}; read by {} of {}",
+            r.delivered_count,
+            r.member_count,
+            r.read_by.len(),
+            r.member_count
+        );
+        for m in &r.read_by {
+            println!("  read by {}", m.email);
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn group(&mut self, cmd: GroupCommand) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let me = self.me();
+        let shown = match cmd {
+            GroupCommand::Create { name, emails } => {
+                let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                Some(client.create_group(&name, &emails).await?)
+            }
+            GroupCommand::Add { group, emails } => {
+                let conv = resolve(&client, &group).await?;
+                let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
+                Some(client.add_members(&conv.conversation_id, &emails).await?)
+            }
+            GroupCommand::Remove { group, email } => {
+                let conv = resolve(&client, &group).await?;
+                let user = member_id(&conv, &email)?;
+                Some(client.remove_member(&conv.conversation_id, &user).await?)
+            }
+            GroupCommand::Leave { group } => {
+                let conv = resolve(&client, &group).await?;
+                client.leave(&conv.conversation_id).await?;
+                println!("left {}", title(&conv, &me));
+                None
+            }
+            GroupCommand::Rename { group, name } => {
+                let conv = resolve(&client, &group).await?;
+                Some(client.rename_group(&conv.conversation_id, &name).await?)
+            }
+            GroupCommand::Role { group, email, role } => {
+                let conv = resolve(&client, &group).await?;
+                let user = member_id(&conv, &email)?;
+                let role = match role.to_ascii_lowercase().as_str() {
+                    "member" => proto::Role::Member,
+                    "admin" => proto::Role::Admin,
+                    "owner" => proto::Role::Owner,
+                    other => bail!("unknown role {other:?}: use member, admin or owner"),
+                };
+                Some(client.set_role(&conv.conversation_id, &user, role).await?)
+            }
+            GroupCommand::Show { group } => Some(resolve(&client, &group).await?),
+        };
+        if let Some(conv) = shown {
+            println!("{} [{}]", title(&conv, &me), conv.conversation_id);
+            for m in &conv.members {
+                println!("  {} ({})", m.email, role_name(m.role));
+            }
         }
         client.close().await;
         Ok(())
@@ -389,12 +509,89 @@ fn format_message(m: &proto::Message) -> String {
     format!("[{}] #{} {}: {}", clock(m.sent_at_ms), m.seq, m.sender_email, text_of(m))
 }
 
+/// Finds a conversation by the peer's email (direct), a group name, or an id.
+async fn resolve(client: &Client, target: &str) -> anyhow::Result<proto::Conversation> {
+    if target.contains('@') {
+        return Ok(client.open_direct(target).await?);
+    }
+    if uuid::Uuid::try_parse(target).is_ok() {
+        return Ok(client.get_conversation(target).await?);
+    }
+    let mut found = Vec::new();
+    let mut before = 0;
+    loop {
+        let page = client.conversation_page(500, before).await?;
+        found.extend(page.conversations.iter().filter(|c| c.active && c.name.eq_ignore_ascii_case(target)).cloned());
+        match page.conversations.last() {
+            Some(last) if page.has_more => before = last.activity,
+            _ => break,
+        }
+    }
+    match found.len() {
+        0 => bail!("no group named {target:?} (use an email for a direct conversation)"),
+        1 => Ok(client.get_conversation(&found[0].conversation_id).await?),
+        _ => {
+            let ids: Vec<&str> = found.iter().map(|c| c.conversation_id.as_str()).collect();
+            bail!("several groups are named {target:?}; use one of their ids: {}", ids.join(", "))
+        }
+    }
+}
+
+fn member_id(conv: &proto::Conversation, email: &str) -> anyhow::Result<String> {
+    let email = email.trim().to_lowercase();
+    conv.members
+        .iter()
+        .find(|m| m.email == email)
+        .map(|m| m.user_id.clone())
+        .with_context(|| format!("{email} is not a member of {}", conv.name))
+}
+
+fn role_name(role: i32) -> &'static str {
+    match proto::Role::try_from(role) {
+        Ok(proto::Role::Owner) => "owner",
+        Ok(proto::Role::Admin) => "admin",
+        _ => "member",
+    }
+}
+
+/// A group's name, or the other members' emails.
+fn title(c: &proto::Conversation, me: &str) -> String {
+    if c.kind == proto::ConversationKind::Group as i32 {
+        format!("'{}'", c.name)
+    } else {
+        let peers: Vec<&str> = c.members.iter().map(|m| m.email.as_str()).filter(|e| *e != me).collect();
+        peers.join(", ")
+    }
+}
+
 fn human_line(item: &FeedItem, me: &str) -> Option<String> {
+    use proto::group_event::Change;
     match item {
         FeedItem::Message { message, .. } => Some(format_message(message)),
         FeedItem::ConversationStarted { conversation, .. } => {
-            let peers: Vec<&str> = conversation.members.iter().map(|m| m.email.as_str()).filter(|e| *e != me).collect();
-            Some(format!("* new conversation with {}", peers.join(", ")))
+            Some(format!("* new conversation with {}", title(conversation, me)))
+        }
+        FeedItem::Group { event, .. } => {
+            let what = match event.change.as_ref()? {
+                Change::Created(c) => format!("group {} created with {} members", title(c, me), c.members.len()),
+                Change::MembersAdded(a) => {
+                    let who: Vec<&str> = a.members.iter().map(|m| m.email.as_str()).collect();
+                    format!("{} added", who.join(", "))
+                }
+                Change::MemberRemoved(m) => format!("{} removed", m.email),
+                Change::MemberLeft(m) => format!("{} left", m.email),
+                Change::RoleChanged(m) => format!("{} is now {}", m.email, role_name(m.role)),
+                Change::Renamed(name) => format!("renamed to '{name}'"),
+            };
+            Some(format!("* #{} {what} [{}]", event.seq, event.conversation_id))
+        }
+        FeedItem::Receipt { receipt, .. } => {
+            let (what, seq) = if receipt.read_up_to > 0 {
+                ("read", receipt.read_up_to)
+            } else {
+                ("received", receipt.delivered_up_to)
+            };
+            Some(format!("* {} {what} up to #{seq} [{}]", receipt.user_id, receipt.conversation_id))
         }
         FeedItem::CaughtUp { .. } => None,
     }
@@ -418,6 +615,32 @@ fn json_line(item: &FeedItem) -> Option<String> {
             "cursor": cursor,
             "conversation_id": conversation.conversation_id,
             "members": conversation.members.iter().map(|m| m.email.clone()).collect::<Vec<_>>(),
+        }),
+        FeedItem::Group { cursor, event } => {
+            use proto::group_event::Change;
+            let (change, detail) = match event.change.as_ref()? {
+                Change::Created(c) => (
+                    "created",
+                    serde_json::json!({"name": c.name, "members": c.members.iter().map(|m| m.email.clone()).collect::<Vec<_>>()}),
+                ),
+                Change::MembersAdded(a) => {
+                    ("members_added", serde_json::json!(a.members.iter().map(|m| m.email.clone()).collect::<Vec<_>>()))
+                }
+                Change::MemberRemoved(m) => ("member_removed", serde_json::json!(m.email)),
+                Change::MemberLeft(m) => ("member_left", serde_json::json!(m.email)),
+                Change::RoleChanged(m) => {
+                    ("role_changed", serde_json::json!({"member": m.email, "role": role_name(m.role)}))
+                }
+                Change::Renamed(name) => ("renamed", serde_json::json!(name)),
+            };
+            serde_json::json!({
+                "type": "group", "cursor": cursor, "conversation_id": event.conversation_id, "seq": event.seq,
+                "actor_user_id": event.actor_user_id, "change": change, "detail": detail,
+            })
+        }
+        FeedItem::Receipt { cursor, receipt } => serde_json::json!({
+            "type": "receipt", "cursor": cursor, "conversation_id": receipt.conversation_id,
+            "user_id": receipt.user_id, "delivered_up_to": receipt.delivered_up_to, "read_up_to": receipt.read_up_to,
         }),
         FeedItem::CaughtUp { cursor } => serde_json::json!({ "type": "caught_up", "cursor": cursor }),
     };

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use natter_proto::limits::{DEFAULT_MAX_FRAME_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use natter_proto::wire::{self, client_frame, feed_event, feed_frame, request::Body, response, server_frame};
 use natter_proto::{encode_frame, ErrorCode, FrameDecoder, FrameError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use natter_proto::wire as proto;
 pub use trust::{Trust, TrustError};
@@ -112,6 +112,16 @@ pub enum FeedItem {
         cursor: u64,
         conversation: wire::Conversation,
     },
+    /// A change to a group (it has a seq in the conversation's order).
+    Group {
+        cursor: u64,
+        event: wire::GroupEvent,
+    },
+    /// A member's delivered or read watermark moved forward.
+    Receipt {
+        cursor: u64,
+        receipt: wire::Receipt,
+    },
     /// The backlog asked for by `sync` is delivered; live events follow.
     CaughtUp {
         cursor: u64,
@@ -124,20 +134,38 @@ impl FeedItem {
         match self {
             FeedItem::Message { cursor, .. }
             | FeedItem::ConversationStarted { cursor, .. }
+            | FeedItem::Group { cursor, .. }
+            | FeedItem::Receipt { cursor, .. }
             | FeedItem::CaughtUp { cursor } => *cursor,
         }
     }
 }
 
 /// The event feed of a connection. Ends (`None`) when the connection does.
+///
+/// Items are acknowledged to the server as they are taken with [`Feed::next`]
+/// (the server turns that into delivered receipts); acknowledgements are
+/// coalesced, never one request per item.
 pub struct Feed {
     rx: mpsc::Receiver<Result<FeedItem, ClientError>>,
+    acks: watch::Sender<u64>,
 }
 
 impl Feed {
     /// The next item; an `Err` is followed by the end of the feed.
     pub async fn next(&mut self) -> Option<Result<FeedItem, ClientError>> {
-        self.rx.recv().await
+        let item = self.rx.recv().await;
+        if let Some(Ok(i)) = &item {
+            let cursor = i.cursor();
+            self.acks.send_if_modified(|c| {
+                let newer = cursor > *c;
+                if newer {
+                    *c = cursor;
+                }
+                newer
+            });
+        }
+        item
     }
 }
 
@@ -163,9 +191,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<response::Result, C
 pub struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    out: mpsc::Sender<Bytes>,
-    pending: Pending,
-    next_id: AtomicU64,
+    requests: Arc<Requests>,
     max_frame_bytes: usize,
     welcome: wire::Welcome,
     identity: Mutex<Option<Identity>>,
@@ -237,12 +263,11 @@ impl Client {
         let (err_tx, err_rx) = mpsc::channel(16);
         tokio::spawn(write_loop(send, out_rx));
         tokio::spawn(read_loop(recv, decoder, conn.clone(), pending.clone(), err_tx));
+        let requests = Requests { out, pending, next_id: AtomicU64::new(1), max_frame_bytes, conn: conn.clone() };
         Ok(Self {
             endpoint,
+            requests: Arc::new(requests),
             conn,
-            out,
-            pending,
-            next_id: AtomicU64::new(1),
             max_frame_bytes,
             identity: Mutex::new(welcome.identity.clone().map(Identity::from)),
             welcome,
@@ -265,35 +290,11 @@ impl Client {
     /// # Errors
     /// `Server` for an error answer; `Closed` when the connection ends first.
     pub async fn request(&self, body: Body) -> Result<response::Result, ClientError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame =
-            wire::ClientFrame { kind: Some(client_frame::Kind::Request(wire::Request { id, body: Some(body) })) };
-        let bytes = encode_frame(&frame, self.max_frame_bytes).map_err(|e| match e {
-            FrameError::TooLarge { len, max } => ClientError::Server {
-                code: ErrorCode::FRAME_TOO_LARGE,
-                message: format!("request of {len} bytes exceeds the server's limit of {max}"),
-                retry_after_ms: 0,
-            },
-            other => ClientError::Protocol(other.to_string()),
-        })?;
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id, tx);
-        if self.out.send(bytes).await.is_err() {
-            self.pending.lock().expect("pending lock").remove(&id);
-            return Err(self.closed_error());
-        }
-        match rx.await {
-            Ok(Ok(response::Result::Error(e))) => Err(ClientError::from_wire(e)),
-            Ok(result) => result,
-            Err(_) => Err(self.closed_error()),
-        }
+        self.requests.request(body).await
     }
 
     fn closed_error(&self) -> ClientError {
-        match self.conn.close_reason() {
-            Some(e) => ClientError::from_connection(&e),
-            None => ClientError::Closed { code: None, reason: "control stream closed".into() },
-        }
+        self.requests.closed_error()
     }
 
     /// Writes raw bytes on the control stream, bypassing the codec. For protocol
@@ -302,7 +303,7 @@ impl Client {
     /// # Errors
     /// `Closed` when the connection is gone.
     pub async fn send_raw_control_bytes(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.out.send(Bytes::copy_from_slice(bytes)).await.map_err(|_| self.closed_error())
+        self.requests.out.send(Bytes::copy_from_slice(bytes)).await.map_err(|_| self.closed_error())
     }
 
     /// The next connection-level error the server reported (one not tied to a
@@ -428,8 +429,137 @@ impl Client {
     /// # Errors
     /// `UNAUTHENTICATED`.
     pub async fn conversations(&self, limit: u32) -> Result<Vec<wire::Conversation>, ClientError> {
-        match self.request(Body::ListConversations(wire::ListConversations { limit })).await? {
+        match self.request(Body::ListConversations(wire::ListConversations { limit, before_activity: 0 })).await? {
             response::Result::Conversations(c) => Ok(c.conversations),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of the conversation list (see `ListConversations`).
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn conversation_page(
+        &self,
+        limit: u32,
+        before_activity: u64,
+    ) -> Result<wire::ConversationList, ClientError> {
+        match self.request(Body::ListConversations(wire::ListConversations { limit, before_activity })).await? {
+            response::Result::Conversations(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn group_request(&self, body: Body) -> Result<wire::Conversation, ClientError> {
+        match self.request(body).await? {
+            response::Result::Group(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates a group owned by the caller with these members.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (an unknown email), `GROUP_FULL`, `INVALID_ARGUMENT`.
+    pub async fn create_group(&self, name: &str, member_emails: &[&str]) -> Result<wire::Conversation, ClientError> {
+        let member_emails = member_emails.iter().map(|e| e.to_string()).collect();
+        self.group_request(Body::CreateGroup(wire::CreateGroup { name: name.into(), member_emails })).await
+    }
+
+    /// Adds members (owners and admins).
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_A_MEMBER`, `NOT_FOUND`, `GROUP_FULL`.
+    pub async fn add_members(&self, conversation_id: &str, emails: &[&str]) -> Result<wire::Conversation, ClientError> {
+        let emails = emails.iter().map(|e| e.to_string()).collect();
+        self.group_request(Body::AddMembers(wire::AddMembers { conversation_id: conversation_id.into(), emails })).await
+    }
+
+    /// Removes a member whose role is below the caller's.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_A_MEMBER`, `INVALID_ARGUMENT`.
+    pub async fn remove_member(&self, conversation_id: &str, user_id: &str) -> Result<wire::Conversation, ClientError> {
+        let req = wire::RemoveMember { conversation_id: conversation_id.into(), user_id: user_id.into() };
+        self.group_request(Body::RemoveMember(req)).await
+    }
+
+    /// Leaves a group; returns the seq of the leave (the last one still readable).
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `INVALID_ARGUMENT` (not a group).
+    pub async fn leave(&self, conversation_id: &str) -> Result<u64, ClientError> {
+        match self.request(Body::Leave(wire::LeaveConversation { conversation_id: conversation_id.into() })).await? {
+            response::Result::Leave(ok) => Ok(ok.seq),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Changes a member's role.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_A_MEMBER`, `INVALID_ARGUMENT`.
+    pub async fn set_role(
+        &self,
+        conversation_id: &str,
+        user_id: &str,
+        role: wire::Role,
+    ) -> Result<wire::Conversation, ClientError> {
+        let req = wire::SetRole { conversation_id: conversation_id.into(), user_id: user_id.into(), role: role as i32 };
+        self.group_request(Body::SetRole(req)).await
+    }
+
+    /// Renames a group (owners and admins).
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_A_MEMBER`, `INVALID_ARGUMENT`.
+    pub async fn rename_group(&self, conversation_id: &str, name: &str) -> Result<wire::Conversation, ClientError> {
+        let req = wire::RenameGroup { conversation_id: conversation_id.into(), name: name.into() };
+        self.group_request(Body::RenameGroup(req)).await
+    }
+
+    /// A conversation the caller belongs to, with members and roles.
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `NOT_FOUND`.
+    pub async fn get_conversation(&self, conversation_id: &str) -> Result<wire::Conversation, ClientError> {
+        self.group_request(Body::GetConversation(wire::GetConversation { conversation_id: conversation_id.into() }))
+            .await
+    }
+
+    /// Marks the conversation read up to `seq`; returns the read watermark
+    /// (unchanged when `seq` is not ahead of it).
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `NOT_FOUND`.
+    pub async fn mark_read(&self, conversation_id: &str, seq: u64) -> Result<u64, ClientError> {
+        match self.request(Body::MarkRead(wire::MarkRead { conversation_id: conversation_id.into(), seq })).await? {
+            response::Result::Read(ok) => Ok(ok.read_up_to),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Acknowledges feed events up to `cursor` ([`Feed::next`] does this itself).
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` when no feed runs.
+    pub async fn ack_feed(&self, cursor: u64) -> Result<(), ClientError> {
+        match self.request(Body::AckFeed(wire::AckFeed { cursor })).await? {
+            response::Result::Ack(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Who received and read the message `seq`.
+    ///
+    /// # Errors
+    /// `NOT_A_MEMBER`, `NOT_FOUND`.
+    pub async fn receipts(&self, conversation_id: &str, seq: u64) -> Result<wire::Receipts, ClientError> {
+        match self
+            .request(Body::GetReceipts(wire::GetReceipts { conversation_id: conversation_id.into(), seq }))
+            .await?
+        {
+            response::Result::Receipts(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
@@ -462,7 +592,64 @@ impl Client {
             Err(e) => return Err(ClientError::Protocol(format!("feed accept task: {e}"))),
         };
         tokio::spawn(feed_loop(recv, FrameDecoder::new(max), self.conn.clone(), tx));
-        Ok((Feed { rx }, head))
+        let (acks, acked) = watch::channel(since.unwrap_or(head));
+        tokio::spawn(ack_loop(self.requests.clone(), acked));
+        Ok((Feed { rx, acks }, head))
+    }
+}
+
+/// The request side of the control stream, shared with background tasks (the
+/// feed's acknowledgements).
+struct Requests {
+    out: mpsc::Sender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+    max_frame_bytes: usize,
+    conn: quinn::Connection,
+}
+
+impl Requests {
+    async fn request(&self, body: Body) -> Result<response::Result, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame =
+            wire::ClientFrame { kind: Some(client_frame::Kind::Request(wire::Request { id, body: Some(body) })) };
+        let bytes = encode_frame(&frame, self.max_frame_bytes).map_err(|e| match e {
+            FrameError::TooLarge { len, max } => ClientError::Server {
+                code: ErrorCode::FRAME_TOO_LARGE,
+                message: format!("request of {len} bytes exceeds the server's limit of {max}"),
+                retry_after_ms: 0,
+            },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(id, tx);
+        if self.out.send(bytes).await.is_err() {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(self.closed_error());
+        }
+        match rx.await {
+            Ok(Ok(response::Result::Error(e))) => Err(ClientError::from_wire(e)),
+            Ok(result) => result,
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    fn closed_error(&self) -> ClientError {
+        match self.conn.close_reason() {
+            Some(e) => ClientError::from_connection(&e),
+            None => ClientError::Closed { code: None, reason: "control stream closed".into() },
+        }
+    }
+}
+
+/// Sends the newest acknowledged cursor whenever it changes (a burst of
+/// acknowledgements becomes one request).
+async fn ack_loop(requests: Arc<Requests>, mut acked: watch::Receiver<u64>) {
+    while acked.changed().await.is_ok() {
+        let cursor = *acked.borrow_and_update();
+        if requests.request(Body::AckFeed(wire::AckFeed { cursor })).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -575,6 +762,8 @@ async fn feed_loop(
                     Some(feed_event::Kind::ConversationStarted(conversation)) => {
                         FeedItem::ConversationStarted { cursor: ev.cursor, conversation }
                     }
+                    Some(feed_event::Kind::Group(event)) => FeedItem::Group { cursor: ev.cursor, event },
+                    Some(feed_event::Kind::Receipt(receipt)) => FeedItem::Receipt { cursor: ev.cursor, receipt },
                     None => continue, // an event kind from a newer server
                 },
                 None => continue,

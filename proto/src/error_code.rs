@@ -43,6 +43,8 @@ codes! {
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";
     CONFLICT = 402, "A concurrent change won; retry the request.";
+    FORBIDDEN = 403, "Your role in this conversation does not allow this.";
+    GROUP_FULL = 404, "The group has reached its member limit.";
     // 5xx: server side
     RATE_LIMITED = 500, "Too many requests; retry after retry_after_ms.";
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";

@@ -26,6 +26,13 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 /// Maximum size of any other identifier in a request, in bytes.
 pub const MAX_ID_BYTES: usize = 64;
 
+/// Default member limit of a group (natterd's `max_group_members`).
+pub const DEFAULT_MAX_GROUP_MEMBERS: usize = 1000;
+/// Maximum size of a group name, in bytes.
+pub const MAX_GROUP_NAME_BYTES: usize = 128;
+/// Most emails in one CreateGroup or AddMembers request.
+pub const MAX_EMAILS_PER_REQUEST: usize = 256;
+
 /// History page size when the request asks for 0.
 pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// Largest history page.

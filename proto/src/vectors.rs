@@ -228,11 +228,18 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                                 user_id: ALICE.into(),
                                 email: "alice@example.org".into(),
                                 display_name: "Alice".into(),
+                                ..Default::default()
                             },
-                            Member { user_id: BOB.into(), email: "bob@example.org".into(), display_name: "bob".into() },
+                            Member {
+                                user_id: BOB.into(),
+                                email: "bob@example.org".into(),
+                                display_name: "bob".into(),
+                                ..Default::default()
+                            },
                         ],
                         last_message: None,
                         created_at_ms: 1_794_999_999_000,
+                        ..Default::default()
                     })),
                 })),
             }),
@@ -244,6 +251,61 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                 kind: Some(feed_frame::Kind::Event(FeedEvent {
                     cursor: 43,
                     kind: Some(feed_event::Kind::Message(message())),
+                })),
+            }),
+        ),
+        (
+            "request_create_group",
+            "Request 10: CreateGroup \"team\" with bob and carol",
+            req(
+                10,
+                request::Body::CreateGroup(CreateGroup {
+                    name: "team".into(),
+                    member_emails: vec!["bob@example.org".into(), "carol@example.org".into()],
+                }),
+            ),
+        ),
+        (
+            "request_mark_read",
+            "Request 11: MarkRead up to seq 7",
+            req(11, request::Body::MarkRead(MarkRead { conversation_id: CONV.into(), seq: 7 })),
+        ),
+        ("request_ack_feed", "Request 12: AckFeed up to cursor 43", req(12, request::Body::AckFeed(AckFeed { cursor: 43 }))),
+        (
+            "feed_group_member_added",
+            "Feed: cursor 50, seq 3 of the group: alice added bob as a member",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 50,
+                    kind: Some(feed_event::Kind::Group(GroupEvent {
+                        conversation_id: CONV.into(),
+                        seq: 3,
+                        actor_user_id: ALICE.into(),
+                        at_ms: 1_795_000_000_500,
+                        change: Some(group_event::Change::MembersAdded(MembersAdded {
+                            members: vec![Member {
+                                user_id: BOB.into(),
+                                email: "bob@example.org".into(),
+                                display_name: "bob".into(),
+                                role: Role::Member as i32,
+                            }],
+                        })),
+                    })),
+                })),
+            }),
+        ),
+        (
+            "feed_receipt_read",
+            "Feed: cursor 51, bob read the conversation up to seq 2",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 51,
+                    kind: Some(feed_event::Kind::Receipt(Receipt {
+                        conversation_id: CONV.into(),
+                        user_id: BOB.into(),
+                        delivered_up_to: 0,
+                        read_up_to: 2,
+                    })),
                 })),
             }),
         ),

@@ -32,6 +32,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace_ms: u64,
+    /// Most members a group may have.
+    pub max_group_members: usize,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
@@ -109,6 +111,7 @@ impl Default for Config {
             max_frame_bytes: natter_proto::limits::DEFAULT_MAX_FRAME_BYTES,
             idle_timeout_ms: 30_000,
             shutdown_grace_ms: 5_000,
+            max_group_members: natter_proto::limits::DEFAULT_MAX_GROUP_MEMBERS,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
@@ -189,6 +192,9 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid("tls.cert and tls.key go together".into()));
+        }
+        if self.max_group_members < 2 {
+            return Err(ConfigError::Invalid("max_group_members must be at least 2".into()));
         }
         if self.delivery.outbound_queue == 0 {
             return Err(ConfigError::Invalid("delivery.outbound_queue must be at least 1".into()));

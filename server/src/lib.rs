@@ -122,6 +122,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             server_name: config.server_name.clone(),
             max_frame_bytes: config.max_frame_bytes,
             outbound_queue: config.delivery.outbound_queue,
+            max_group_members: config.max_group_members,
         },
     );
     let transport_config = transport::TransportConfig {

@@ -6,7 +6,9 @@ mod auth;
 mod cli;
 mod crash;
 mod dm;
+mod groups;
 mod protocol;
+mod receipts;
 
 use std::path::PathBuf;
 

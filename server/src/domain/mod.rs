@@ -33,17 +33,93 @@ pub enum Rejection {
     NotAMember,
     #[error("cannot open a direct conversation with yourself")]
     DirectWithSelf,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the group would have {would_have} members; the limit is {max}")]
+    GroupFull { would_have: usize, max: usize },
+    #[error("this is not a group")]
+    NotAGroup,
 }
 
 /// Everything that can be recorded in the log, as the domain sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     UserRegistered(UserRegistered),
-    EmailClaimed { user_id: UserId, at: Millis },
+    EmailClaimed {
+        user_id: UserId,
+        at: Millis,
+    },
     SessionStarted(SessionStarted),
-    SessionRevoked { user_id: UserId, token_hash: TokenHash, at: Millis },
-    DirectConversationStarted { conversation_id: ConversationId, members: [UserId; 2], at: Millis },
+    SessionRevoked {
+        user_id: UserId,
+        token_hash: TokenHash,
+        at: Millis,
+    },
+    DirectConversationStarted {
+        conversation_id: ConversationId,
+        members: [UserId; 2],
+        at: Millis,
+    },
     MessageSent(MessageSent),
+    GroupCreated {
+        conversation_id: ConversationId,
+        name: String,
+        creator: UserId,
+        members: Vec<(UserId, Role)>,
+        at: Millis,
+    },
+    MembersAdded {
+        conversation_id: ConversationId,
+        actor: UserId,
+        members: Vec<(UserId, Role)>,
+        at: Millis,
+    },
+    MemberRemoved {
+        conversation_id: ConversationId,
+        actor: UserId,
+        user: UserId,
+        at: Millis,
+    },
+    MemberLeft {
+        conversation_id: ConversationId,
+        user: UserId,
+        at: Millis,
+    },
+    /// `actor: None` when the server handed ownership over (last owner left).
+    RoleChanged {
+        conversation_id: ConversationId,
+        actor: Option<UserId>,
+        user: UserId,
+        role: Role,
+        at: Millis,
+    },
+    GroupRenamed {
+        conversation_id: ConversationId,
+        actor: UserId,
+        name: String,
+        at: Millis,
+    },
+    DeliveredUpTo {
+        conversation_id: ConversationId,
+        user: UserId,
+        device: DeviceId,
+        seq: Seq,
+        at: Millis,
+    },
+    ReadUpTo {
+        conversation_id: ConversationId,
+        user: UserId,
+        seq: Seq,
+        at: Millis,
+    },
+}
+
+/// A member's role in a group, in increasing power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,15 +169,34 @@ impl Event {
             Event::SessionRevoked { .. } => "SessionRevoked",
             Event::DirectConversationStarted { .. } => "DirectConversationStarted",
             Event::MessageSent(_) => "MessageSent",
+            Event::GroupCreated { .. } => "GroupCreated",
+            Event::MembersAdded { .. } => "MembersAdded",
+            Event::MemberRemoved { .. } => "MemberRemoved",
+            Event::MemberLeft { .. } => "MemberLeft",
+            Event::RoleChanged { .. } => "RoleChanged",
+            Event::GroupRenamed { .. } => "GroupRenamed",
+            Event::DeliveredUpTo { .. } => "DeliveredUpTo",
+            Event::ReadUpTo { .. } => "ReadUpTo",
         }
     }
 
     /// The conversation this event belongs to, if any.
     pub fn conversation_id(&self) -> Option<ConversationId> {
         match self {
-            Event::DirectConversationStarted { conversation_id, .. } => Some(*conversation_id),
+            Event::DirectConversationStarted { conversation_id, .. }
+            | Event::GroupCreated { conversation_id, .. }
+            | Event::MembersAdded { conversation_id, .. }
+            | Event::MemberRemoved { conversation_id, .. }
+            | Event::MemberLeft { conversation_id, .. }
+            | Event::RoleChanged { conversation_id, .. }
+            | Event::GroupRenamed { conversation_id, .. }
+            | Event::DeliveredUpTo { conversation_id, .. }
+            | Event::ReadUpTo { conversation_id, .. } => Some(*conversation_id),
             Event::MessageSent(m) => Some(m.conversation_id),
-            _ => None,
+            Event::UserRegistered(_)
+            | Event::EmailClaimed { .. }
+            | Event::SessionStarted(_)
+            | Event::SessionRevoked { .. } => None,
         }
     }
 }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ConversationId, Event, TokenHash, UserId};
-use crate::store::{RecordedEvent, Store};
+use crate::domain::{Event, TokenHash, UserId};
+use crate::store::{CommittedEvent, RecordedEvent, Store};
 
 /// Set when a session's queue overflowed (or the router itself lagged): the
 /// session must resync from the log.
@@ -85,24 +85,14 @@ impl Drop for Registration {
 
 /// Fan-out of committed events to connected sessions.
 pub struct Router {
-    store: Arc<dyn Store>,
     sessions: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
-    members: Mutex<HashMap<ConversationId, Arc<[UserId]>>>,
     next_id: AtomicU64,
 }
-
-/// Members cached per conversation before the cache is cleared (bounds memory).
-const MEMBER_CACHE_MAX: usize = 100_000;
 
 impl Router {
     /// Creates the router and starts following the store's commits.
     pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
-        let router = Arc::new(Self {
-            sessions: Mutex::new(HashMap::new()),
-            members: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            store: store.clone(),
-        });
+        let router = Arc::new(Self { sessions: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
         let rx = store.subscribe();
         tokio::spawn(router.clone().run(rx, shutdown));
         router
@@ -140,7 +130,7 @@ impl Router {
             match batch {
                 Ok(batch) => {
                     for ev in batch.iter() {
-                        self.route(ev).await;
+                        self.route(ev);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -154,69 +144,29 @@ impl Router {
         }
     }
 
-    async fn route(&self, rec: &RecordedEvent) {
-        let recipients: Arc<[UserId]> = match &rec.event {
-            Event::DirectConversationStarted { conversation_id, members, .. } => {
-                let members: Arc<[UserId]> = Arc::from(members.as_slice());
-                self.cache_members(*conversation_id, members.clone());
-                members
-            }
-            Event::MessageSent(m) => match self.members_of(m.conversation_id).await {
-                Some(members) => members,
-                None => return,
-            },
-            Event::SessionRevoked { user_id, token_hash, .. } => {
-                if let Some(list) = self.sessions.lock().expect("router lock").get(user_id) {
-                    for sub in list.iter().filter(|s| s.token_hash == *token_hash) {
-                        sub.revoked.cancel();
-                    }
+    fn route(&self, committed: &CommittedEvent) {
+        let rec = &committed.event;
+        if let Event::SessionRevoked { user_id, token_hash, .. } = &rec.event {
+            if let Some(list) = self.sessions.lock().expect("router lock").get(user_id) {
+                for sub in list.iter().filter(|s| s.token_hash == *token_hash) {
+                    sub.revoked.cancel();
                 }
-                return;
             }
-            Event::UserRegistered(_) | Event::EmailClaimed { .. } | Event::SessionStarted(_) => return,
-        };
+            return;
+        }
+        if committed.audience.is_empty() {
+            return;
+        }
+        // The audience was fixed when the event committed (the members at that
+        // moment), so a membership change racing this event cannot misroute it.
         let shared = Arc::new(rec.clone());
         let sessions = self.sessions.lock().expect("router lock");
-        for user in recipients.iter() {
+        for user in &committed.audience {
             for sub in sessions.get(user).into_iter().flatten() {
                 let Some(tx) = sub.feed.get() else { continue };
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(shared.clone()) {
                     sub.lag.mark();
                 }
-            }
-        }
-    }
-
-    fn cache_members(&self, conv: ConversationId, members: Arc<[UserId]>) {
-        let mut cache = self.members.lock().expect("members lock");
-        if cache.len() >= MEMBER_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(conv, members);
-    }
-
-    async fn members_of(&self, conv: ConversationId) -> Option<Arc<[UserId]>> {
-        if let Some(m) = self.members.lock().expect("members lock").get(&conv) {
-            return Some(m.clone());
-        }
-        match self.store.conversation(conv).await {
-            Ok(Some(state)) => {
-                let members: Arc<[UserId]> = state.members.into();
-                self.cache_members(conv, members.clone());
-                Some(members)
-            }
-            Ok(None) => {
-                tracing::error!(%conv, "message for a conversation missing from the read model");
-                None
-            }
-            Err(e) => {
-                // Sessions in this conversation miss the live event; mark them all
-                // so they resync from the log rather than lose it.
-                tracing::error!(%conv, error = %e, "member lookup failed; resyncing every session");
-                for sub in self.sessions.lock().expect("router lock").values().flatten() {
-                    sub.lag.mark();
-                }
-                None
             }
         }
     }

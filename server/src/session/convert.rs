@@ -3,7 +3,9 @@
 use natter_proto::wire;
 
 use super::{Identity, UserInfo};
-use crate::domain::{conversation::ConversationKind, conversation::ConversationState, Content, MessageSent, UserId};
+use crate::domain::{
+    conversation::ConversationKind, conversation::ConversationState, Content, MessageSent, Role, UserId,
+};
 use crate::store::MessageRecord;
 
 pub fn identity(id: &Identity) -> wire::Identity {
@@ -15,8 +17,22 @@ pub fn identity(id: &Identity) -> wire::Identity {
     }
 }
 
-pub fn member(user: UserId, info: &UserInfo) -> wire::Member {
-    wire::Member { user_id: user.to_string(), email: info.email.to_string(), display_name: info.display_name.clone() }
+pub fn role(role: Role) -> wire::Role {
+    match role {
+        Role::Member => wire::Role::Member,
+        Role::Admin => wire::Role::Admin,
+        Role::Owner => wire::Role::Owner,
+    }
+}
+
+/// A member as shown to clients; `role` only for groups.
+pub fn member(user: UserId, r: Option<Role>, info: &UserInfo) -> wire::Member {
+    wire::Member {
+        user_id: user.to_string(),
+        email: info.email.to_string(),
+        display_name: info.display_name.clone(),
+        role: r.map_or(wire::Role::Unspecified, role) as i32,
+    }
 }
 
 pub fn content(c: &Content) -> wire::Content {
@@ -62,9 +78,16 @@ pub fn conversation(
         conversation_id: state.id.to_string(),
         kind: match state.kind {
             ConversationKind::Direct => wire::ConversationKind::Direct as i32,
+            ConversationKind::Group => wire::ConversationKind::Group as i32,
         },
         members,
         last_message,
         created_at_ms: state.created_at.0,
+        name: state.name.clone().unwrap_or_default(),
+        unread: 0,
+        last_seq: state.version.0,
+        activity: 0,
+        read_up_to: 0,
+        active: true,
     }
 }

@@ -3,15 +3,17 @@
 //! order, each exactly once. When the live queue overflowed, the feed falls back
 //! to reading the log from its cursor until it has caught up again.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use natter_proto::wire::{self, feed_event, feed_frame};
-use tokio::sync::mpsc;
+use natter_proto::wire::{self, feed_event, feed_frame, group_event};
+use tokio::sync::{mpsc, watch};
 
-use super::{convert, Service, WireError};
-use crate::domain::{conversation, Event, UserId};
+use super::{convert, Identity, Service, WireError};
+use crate::domain::{conversation, ConversationId, Event, Seq, UserId};
 use crate::projection::router::LagFlag;
-use crate::store::{Position, RecordedEvent};
+use crate::store::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamName};
 
 /// Most events read from the log (or drained from the queue) per batch.
 const BATCH: usize = 256;
@@ -27,6 +29,7 @@ pub struct FeedSource {
     /// Reading from the log rather than the live queue.
     reading_log: bool,
     caught_up_sent: bool,
+    delivered: DeliveryTracker,
 }
 
 impl FeedSource {
@@ -36,8 +39,9 @@ impl FeedSource {
         since: Position,
         rx: mpsc::Receiver<Arc<RecordedEvent>>,
         lag: Arc<LagFlag>,
+        delivered: DeliveryTracker,
     ) -> Self {
-        Self { service, user, last: since, rx, lag, reading_log: true, caught_up_sent: false }
+        Self { service, user, last: since, rx, lag, reading_log: true, caught_up_sent: false, delivered }
     }
 
     /// The next frames to write, in order. Waits for live events when there is
@@ -99,6 +103,9 @@ impl FeedSource {
                 continue;
             }
             self.last = rec.position;
+            if let Some(conv) = rec.event.conversation_id().filter(|_| rec.stream.is_conversation()) {
+                self.delivered.record(rec.position, conv, Seq(rec.version));
+            }
             if let Some(kind) = self.to_wire(rec).await? {
                 out.push(wire::FeedFrame {
                     kind: Some(feed_frame::Kind::Event(wire::FeedEvent { cursor: rec.position, kind: Some(kind) })),
@@ -109,20 +116,151 @@ impl FeedSource {
     }
 
     async fn to_wire(&self, rec: &RecordedEvent) -> Result<Option<feed_event::Kind>, WireError> {
+        let svc = &self.service;
+        let member = |user: UserId, role| async move {
+            let info = svc.user_info(user).await?;
+            Ok::<_, WireError>(convert::member(user, role, &info))
+        };
+        let group = |conv: ConversationId, actor: Option<UserId>, at: crate::domain::Millis, change| {
+            feed_event::Kind::Group(wire::GroupEvent {
+                conversation_id: conv.to_string(),
+                seq: rec.version,
+                actor_user_id: actor.map(|a| a.to_string()).unwrap_or_default(),
+                at_ms: at.0,
+                change: Some(change),
+            })
+        };
         Ok(match &rec.event {
             Event::MessageSent(m) => {
-                let sender = self.service.user_info(m.sender_user_id).await?;
+                let sender = svc.user_info(m.sender_user_id).await?;
                 Some(feed_event::Kind::Message(convert::message_event(m, rec.version, &sender)))
             }
             Event::DirectConversationStarted { .. } => {
                 let state = conversation::apply(None, &rec.event).expect("a start event creates the state");
-                let wire = self.service.conversation_to_wire(&state, None).await?;
-                Some(feed_event::Kind::ConversationStarted(wire))
+                Some(feed_event::Kind::ConversationStarted(svc.conversation_to_wire(&state, None).await?))
             }
+            Event::GroupCreated { conversation_id, creator, at, .. } => {
+                let state = conversation::apply(None, &rec.event).expect("a start event creates the state");
+                let snapshot = svc.conversation_to_wire(&state, None).await?;
+                Some(group(*conversation_id, Some(*creator), *at, group_event::Change::Created(snapshot)))
+            }
+            Event::MembersAdded { conversation_id, actor, members, at } => {
+                let mut added = Vec::with_capacity(members.len());
+                for (u, r) in members {
+                    added.push(member(*u, Some(*r)).await?);
+                }
+                let change = group_event::Change::MembersAdded(wire::MembersAdded { members: added });
+                Some(group(*conversation_id, Some(*actor), *at, change))
+            }
+            Event::MemberRemoved { conversation_id, actor, user, at } => {
+                let change = group_event::Change::MemberRemoved(member(*user, None).await?);
+                Some(group(*conversation_id, Some(*actor), *at, change))
+            }
+            Event::MemberLeft { conversation_id, user, at } => {
+                let change = group_event::Change::MemberLeft(member(*user, None).await?);
+                Some(group(*conversation_id, Some(*user), *at, change))
+            }
+            Event::RoleChanged { conversation_id, actor, user, role, at } => {
+                let change = group_event::Change::RoleChanged(member(*user, Some(*role)).await?);
+                Some(group(*conversation_id, *actor, *at, change))
+            }
+            Event::GroupRenamed { conversation_id, actor, name, at } => {
+                Some(group(*conversation_id, Some(*actor), *at, group_event::Change::Renamed(name.clone())))
+            }
+            Event::DeliveredUpTo { conversation_id, user, seq, .. } => Some(feed_event::Kind::Receipt(wire::Receipt {
+                conversation_id: conversation_id.to_string(),
+                user_id: user.to_string(),
+                delivered_up_to: seq.0,
+                read_up_to: 0,
+            })),
+            Event::ReadUpTo { conversation_id, user, seq, .. } => Some(feed_event::Kind::Receipt(wire::Receipt {
+                conversation_id: conversation_id.to_string(),
+                user_id: user.to_string(),
+                delivered_up_to: 0,
+                read_up_to: seq.0,
+            })),
             Event::UserRegistered(_)
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
             | Event::SessionRevoked { .. } => None,
         })
+    }
+}
+
+/// Conversation events handed out on a feed and not yet acknowledged: cursor →
+/// (conversation, seq). Bounded: the oldest are forgotten first (a later ack
+/// covers their conversation anyway as long as something newer is pending).
+#[derive(Clone, Default)]
+pub struct DeliveryTracker {
+    pending: Arc<Mutex<VecDeque<(Position, ConversationId, Seq)>>>,
+}
+
+/// Unacknowledged feed events remembered per connection.
+const TRACKED_MAX: usize = 4096;
+/// How long acks are gathered before they become receipts.
+const ACK_COALESCE: Duration = Duration::from_millis(100);
+
+impl DeliveryTracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn record(&self, position: Position, conv: ConversationId, seq: Seq) {
+        let mut pending = self.pending.lock().expect("tracker lock");
+        if pending.len() >= TRACKED_MAX {
+            pending.pop_front();
+        }
+        pending.push_back((position, conv, seq));
+    }
+
+    /// Removes everything up to `cursor`: the highest seq per conversation.
+    fn acknowledge(&self, cursor: Position) -> HashMap<ConversationId, Seq> {
+        let mut pending = self.pending.lock().expect("tracker lock");
+        let mut out: HashMap<ConversationId, Seq> = HashMap::new();
+        while pending.front().is_some_and(|(p, _, _)| *p <= cursor) {
+            let (_, conv, seq) = pending.pop_front().expect("checked");
+            let e = out.entry(conv).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        out
+    }
+}
+
+/// Turns a connection's feed acknowledgements into delivered receipts: waits for
+/// an ack, gathers the burst, and appends one `DeliveredUpTo` per conversation
+/// whose watermark moves forward. Ends with the connection's session.
+pub async fn deliver_receipts(
+    service: Arc<Service>,
+    me: Identity,
+    tracker: DeliveryTracker,
+    mut acked: watch::Receiver<Position>,
+) {
+    while acked.changed().await.is_ok() {
+        tokio::time::sleep(ACK_COALESCE).await;
+        let cursor = *acked.borrow_and_update();
+        let received = tracker.acknowledge(cursor);
+        let mut appends = Vec::new();
+        for (conv, seq) in received {
+            let current = match service.store().device_delivered(conv, me.device_id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivered receipts skipped");
+                    continue;
+                }
+            };
+            let now = service.now();
+            if let Some(event) = conversation::decide_delivered(conv, me.user_id, me.device_id, current, seq, now) {
+                appends.push(StreamAppend::new(
+                    StreamName::receipts(conv),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::fresh(event)],
+                ));
+            }
+        }
+        if !appends.is_empty() {
+            if let Err(e) = service.store().append(appends).await {
+                tracing::warn!(error = %e, "delivered receipts not stored");
+            }
+        }
     }
 }

@@ -6,27 +6,29 @@
 
 mod convert;
 pub mod feed;
+mod groups;
+mod messaging;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use natter_proto::limits::{DEFAULT_HISTORY_LIMIT, MAX_CONVERSATION_LIST_LIMIT, MAX_HISTORY_LIMIT};
 use natter_proto::wire::{self, request::Body, response::Result as Reply};
 use natter_proto::ErrorCode;
-use prost::Message as _;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_session_token, PasswordHasherArgon2};
 use crate::domain::{
     account,
-    conversation::{self, ConversationState, SendCommand},
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Millis, Rejection, Seq, TokenHash, UserId,
+    conversation::{ConversationKind, ConversationState},
+    ConversationId, DeviceId, Email, Millis, Rejection, TokenHash, UserId,
 };
 use crate::projection::router::{Registration, Router};
 use crate::store::{
-    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Store, StoreError, StreamAppend, StreamName,
+    AppendError, ConversationSummary, ExpectedVersion, Membership, NewEvent, Position, Store, StoreError, StreamAppend,
+    StreamName,
 };
 
 pub use feed::FeedSource;
@@ -37,6 +39,7 @@ pub struct ServiceConfig {
     pub server_name: String,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    pub max_group_members: usize,
 }
 
 /// Shared state of all sessions.
@@ -94,6 +97,9 @@ impl From<Rejection> for WireError {
             Rejection::TextTooLong { .. } => ErrorCode::TEXT_TOO_LONG,
             Rejection::EmptyMessage => ErrorCode::EMPTY_MESSAGE,
             Rejection::NotAMember => ErrorCode::NOT_A_MEMBER,
+            Rejection::Forbidden(_) => ErrorCode::FORBIDDEN,
+            Rejection::GroupFull { .. } => ErrorCode::GROUP_FULL,
+            Rejection::NotAGroup => ErrorCode::INVALID_ARGUMENT,
         };
         Self::new(code, r.to_string())
     }
@@ -113,6 +119,7 @@ impl From<AppendError> for WireError {
             AppendError::WrongExpectedVersion { .. } => {
                 Self::new(ErrorCode::CONFLICT, "a concurrent change won; retry")
             }
+            AppendError::PreconditionFailed(_) => Rejection::NotAMember.into(),
             AppendError::Store(e) => e.into(),
         }
     }
@@ -127,6 +134,8 @@ pub struct Session {
     service: Arc<Service>,
     signed_in: Option<(Identity, Registration)>,
     feed_started: bool,
+    /// Feed acknowledgements, for the delivered-receipt task (set once the feed runs).
+    acks: Option<watch::Sender<Position>>,
 }
 
 /// What handling a request produced besides its answer.
@@ -192,7 +201,7 @@ impl Service {
             ));
         }
         let version = max.min(ours);
-        let mut session = Session { service: self.clone(), signed_in: None, feed_started: false };
+        let mut session = Session { service: self.clone(), signed_in: None, feed_started: false, acks: None };
         if !hello.session_token.is_empty() {
             let hash = hash_token(&hello.session_token);
             let record = self.store.session_by_token(hash).await?;
@@ -239,20 +248,21 @@ impl Service {
         if let Some(c) = self.conversations.lock().expect("conversations lock").get(&id) {
             return Ok(Some(c.clone()));
         }
-        let Some(state) = self.store.conversation(id).await? else {
-            return Ok(None);
-        };
+        let Some(state) = self.store.conversation(id).await? else { return Ok(None) };
         let state = Arc::new(state);
-        // Direct conversations never change membership, so caching is exact.
-        let mut cache = self.conversations.lock().expect("conversations lock");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
+        // Direct conversations never change, so caching them is exact; groups are
+        // read fresh (and sends are guarded in the store anyway).
+        if state.kind == ConversationKind::Direct {
+            let mut cache = self.conversations.lock().expect("conversations lock");
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(id, state.clone());
         }
-        cache.insert(id, state.clone());
         Ok(Some(state))
     }
 
-    /// A conversation the caller is a member of.
+    /// A conversation the caller is a current member of.
     async fn member_conversation(&self, me: UserId, raw_id: &str) -> Result<Arc<ConversationState>, WireError> {
         let id = ConversationId::parse(raw_id)?;
         let state =
@@ -263,21 +273,50 @@ impl Service {
         Ok(state)
     }
 
+    /// What the caller may read of a conversation: everything (`None`) as a
+    /// member, up to their leaving as a former member.
+    async fn readable_upto(&self, me: UserId, id: ConversationId) -> Result<Option<crate::domain::Seq>, WireError> {
+        match self.store.membership(id, me).await? {
+            Some(Membership::Active(_)) => Ok(None),
+            Some(Membership::Former { left_at }) => Ok(Some(left_at)),
+            None => match self.conversation(id).await? {
+                Some(_) => Err(Rejection::NotAMember.into()),
+                None => Err(WireError::new(ErrorCode::NOT_FOUND, "no such conversation")),
+            },
+        }
+    }
+
+    /// The wire form of a conversation, with the caller's list details when known.
     async fn conversation_to_wire(
         &self,
         state: &ConversationState,
-        last: Option<&crate::store::MessageRecord>,
+        summary: Option<&ConversationSummary>,
     ) -> Result<wire::Conversation, WireError> {
+        let active = summary.is_none_or(|s| s.left_at.is_none());
+        let group = state.kind == ConversationKind::Group;
         let mut members = Vec::with_capacity(state.members.len());
-        for m in &state.members {
-            let info = self.user_info(*m).await?;
-            members.push(convert::member(*m, &info));
+        // Former members do not learn who is in the group now.
+        if active {
+            for m in &state.members {
+                let info = self.user_info(m.user).await?;
+                members.push(convert::member(m.user, group.then_some(m.role), &info));
+            }
         }
-        let last_message = match last {
+        let last_message = match summary.and_then(|s| s.last_message.as_ref()) {
             Some(msg) => Some(convert::message_record(msg, &*self.user_info(msg.sender_user_id).await?)),
             None => None,
         };
-        Ok(convert::conversation(state, members, last_message))
+        let mut wire = convert::conversation(state, members, last_message);
+        wire.active = active;
+        if let Some(s) = summary {
+            wire.unread = s.unread;
+            wire.read_up_to = s.read_up_to.0;
+            wire.activity = s.activity;
+            if let Some(left) = s.left_at {
+                wire.last_seq = left.0;
+            }
+        }
+        Ok(wire)
     }
 }
 
@@ -304,7 +343,7 @@ impl Session {
     /// Whether `body` changes this session's state, so it must run alone
     /// (in order with the requests around it) rather than concurrently.
     pub fn is_stateful(body: &Body) -> bool {
-        matches!(body, Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_))
+        matches!(body, Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_))
     }
 
     /// Handles a request that changes session state (see [`Session::is_stateful`]).
@@ -314,6 +353,7 @@ impl Session {
             Body::Login(req) => self.login(req).await.map(Handled::from),
             Body::Logout(_) => self.logout().await.map(Handled::from),
             Body::Sync(req) => self.sync(req).await,
+            Body::AckFeed(req) => self.ack(req).map(Handled::from),
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
         };
         result.unwrap_or_else(|e| Handled::from(Reply::Error(e.to_wire())))
@@ -335,6 +375,7 @@ impl Session {
         // Unregister first: the revocation closes the *other* connections of
         // this session, not this one, which just becomes signed out.
         let previous = self.signed_in.take();
+        self.acks = None;
         let event = crate::domain::Event::SessionRevoked {
             user_id: identity.user_id,
             token_hash: identity.token_hash,
@@ -343,11 +384,11 @@ impl Session {
         let result = self
             .service
             .store
-            .append(vec![StreamAppend {
-                stream: StreamName::user(identity.user_id),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent::fresh(event)],
-            }])
+            .append(vec![StreamAppend::new(
+                StreamName::user(identity.user_id),
+                ExpectedVersion::Any,
+                vec![NewEvent::fresh(event)],
+            )])
             .await;
         if let Err(e) = result {
             // Not revoked: the connection stays signed in.
@@ -370,8 +411,28 @@ impl Session {
         let head = self.service.store.head().await?;
         let since = req.since.unwrap_or(head).min(head);
         self.feed_started = true;
-        let source = FeedSource::new(self.service.clone(), identity.user_id, since, rx, lag);
+        let tracker = feed::DeliveryTracker::new();
+        let (acks, acked) = watch::channel(0);
+        self.acks = Some(acks);
+        tokio::spawn(feed::deliver_receipts(self.service.clone(), identity.clone(), tracker.clone(), acked));
+        let source = FeedSource::new(self.service.clone(), identity.user_id, since, rx, lag, tracker);
         Ok(Handled { reply: Reply::Sync(wire::SyncOk { head }), feed: Some(source) })
+    }
+}
+
+impl Session {
+    fn ack(&mut self, req: wire::AckFeed) -> Result<Reply, WireError> {
+        self.require_identity()?;
+        let acks = self.acks.as_ref().ok_or_else(|| invalid("ack_feed", "no feed runs on this connection"))?;
+        // A watch keeps only the newest value: a burst of acks coalesces here.
+        acks.send_if_modified(|cur| {
+            let newer = req.cursor > *cur;
+            if newer {
+                *cur = req.cursor;
+            }
+            newer
+        });
+        Ok(Reply::Ack(wire::AckOk {}))
     }
 }
 
@@ -385,7 +446,16 @@ impl Service {
                 Body::SendMessage(req) => self.send_message(&me, req).await,
                 Body::GetHistory(req) => self.history(&me, req).await,
                 Body::ListConversations(req) => self.list_conversations(&me, req).await,
-                Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) => {
+                Body::GetConversation(req) => self.get_conversation(&me, req).await,
+                Body::MarkRead(req) => self.mark_read(&me, req).await,
+                Body::GetReceipts(req) => self.get_receipts(&me, req).await,
+                Body::CreateGroup(req) => self.create_group(&me, req).await,
+                Body::AddMembers(req) => self.add_members(&me, req).await,
+                Body::RemoveMember(req) => self.remove_member(&me, req).await,
+                Body::Leave(req) => self.leave(&me, req).await,
+                Body::SetRole(req) => self.set_role(&me, req).await,
+                Body::RenameGroup(req) => self.rename_group(&me, req).await,
+                Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_) => {
                     unreachable!("stateful requests go through Session::handle_stateful")
                 }
             },
@@ -414,16 +484,12 @@ impl Service {
         let result = self
             .store
             .append(vec![
-                StreamAppend {
-                    stream: email_stream,
-                    expected: ExpectedVersion::NoStream,
-                    events: vec![NewEvent::fresh(claim)],
-                },
-                StreamAppend {
-                    stream: StreamName::user(user_id),
-                    expected: ExpectedVersion::NoStream,
-                    events: vec![NewEvent::fresh(registered)],
-                },
+                StreamAppend::new(email_stream, ExpectedVersion::NoStream, vec![NewEvent::fresh(claim)]),
+                StreamAppend::new(
+                    StreamName::user(user_id),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::fresh(registered)],
+                ),
             ])
             .await;
         match result {
@@ -457,11 +523,11 @@ impl Service {
         let device_id = DeviceId(Uuid::new_v4());
         let event = account::start_session(user.user_id, device_id, &req.device_name, token_hash, self.now())?;
         self.store
-            .append(vec![StreamAppend {
-                stream: StreamName::user(user.user_id),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent::fresh(event)],
-            }])
+            .append(vec![StreamAppend::new(
+                StreamName::user(user.user_id),
+                ExpectedVersion::Any,
+                vec![NewEvent::fresh(event)],
+            )])
             .await?;
         Ok((
             token,
@@ -473,123 +539,5 @@ impl Service {
                 display_name: user.display_name,
             },
         ))
-    }
-
-    async fn open_direct(&self, me: &Identity, req: wire::OpenDirect) -> Result<Reply, WireError> {
-        let peer_email = Email::parse(&req.peer_email)?;
-        let peer = self
-            .store
-            .user_by_email(&peer_email)
-            .await?
-            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no user with email {peer_email}")))?;
-        if peer.user_id == me.user_id {
-            return Err(Rejection::DirectWithSelf.into());
-        }
-        let id = ConversationId::direct(me.user_id, peer.user_id);
-        let existing = self.conversation(id).await?;
-        let now = self.now();
-        if let Some(event) = conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, now)? {
-            let result = self
-                .store
-                .append(vec![StreamAppend {
-                    stream: StreamName::conversation(id),
-                    expected: ExpectedVersion::NoStream,
-                    events: vec![NewEvent::fresh(event)],
-                }])
-                .await;
-            match result {
-                // Lost a race with the peer opening it at the same moment: fine.
-                Ok(_) | Err(AppendError::WrongExpectedVersion { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let state =
-            self.conversation(id).await?.ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "conversation vanished"))?;
-        let (last, _) = self.store.messages(id, HistoryPage::Latest { limit: 1 }).await?;
-        Ok(Reply::Conversation(self.conversation_to_wire(&state, last.last()).await?))
-    }
-
-    async fn send_message(&self, me: &Identity, req: wire::SendMessage) -> Result<Reply, WireError> {
-        let client_msg_id = ClientMsgId::parse(&req.client_msg_id)?;
-        let content = match req.content.and_then(|c| c.body) {
-            Some(wire::content::Body::Text(t)) => Content::Text(t.body),
-            None => return Err(Rejection::EmptyMessage.into()),
-        };
-        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
-        let event_id = client_msg_id.event_id(state.id, me.user_id);
-        let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
-        let event = conversation::decide_send(&state, cmd, self.now())?;
-        let outcome = self
-            .store
-            .append(vec![StreamAppend {
-                stream: StreamName::conversation(state.id),
-                expected: ExpectedVersion::Any,
-                events: vec![NewEvent { id: event_id, event }],
-            }])
-            .await?;
-        let (rec, duplicate) = match outcome {
-            AppendOutcome::Appended(mut v) => (v.remove(0), false),
-            AppendOutcome::AlreadyStored(mut v) => (v.remove(0), true),
-        };
-        let sent_at = match &rec.event {
-            crate::domain::Event::MessageSent(m) => m.at.0,
-            _ => rec.recorded_at.0,
-        };
-        Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
-    }
-
-    async fn history(&self, me: &Identity, req: wire::GetHistory) -> Result<Reply, WireError> {
-        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
-        let limit = match req.limit {
-            0 => DEFAULT_HISTORY_LIMIT,
-            n => n.min(MAX_HISTORY_LIMIT),
-        };
-        let page = match (req.before_seq, req.after_seq) {
-            (0, 0) => HistoryPage::Latest { limit },
-            (b, 0) => HistoryPage::Before { seq: Seq(b), limit },
-            (0, a) => HistoryPage::After { seq: Seq(a), limit },
-            _ => return Err(invalid("get_history", "set at most one of before_seq and after_seq")),
-        };
-        let (messages, mut has_more) = self.store.messages(state.id, page).await?;
-        let mut out = Vec::with_capacity(messages.len());
-        for m in &messages {
-            out.push(convert::message_record(m, &*self.user_info(m.sender_user_id).await?));
-        }
-        // Keep the page within one frame, dropping the messages farthest from the anchor.
-        let budget = self.frame_budget();
-        let mut size: usize = out.iter().map(|m| m.encoded_len() + 4).sum();
-        while size > budget && !out.is_empty() {
-            let dropped = match page {
-                HistoryPage::After { .. } => out.pop(),
-                HistoryPage::Latest { .. } | HistoryPage::Before { .. } => Some(out.remove(0)),
-            };
-            size -= dropped.map_or(0, |m| m.encoded_len() + 4);
-            has_more = true;
-        }
-        Ok(Reply::History(wire::HistoryPage { messages: out, has_more }))
-    }
-
-    async fn list_conversations(&self, me: &Identity, req: wire::ListConversations) -> Result<Reply, WireError> {
-        let limit = match req.limit {
-            0 => 100,
-            n => n.min(MAX_CONVERSATION_LIST_LIMIT),
-        };
-        // One more than asked tells whether more exist.
-        let mut summaries = self.store.conversations_for_user(me.user_id, limit + 1).await?;
-        let mut has_more = summaries.len() > limit as usize;
-        summaries.truncate(limit as usize);
-        let budget = self.frame_budget();
-        let mut size = 0;
-        let mut out = Vec::with_capacity(summaries.len());
-        for s in &summaries {
-            let conv = self.conversation_to_wire(&s.state, s.last_message.as_ref()).await?;
-            size += conv.encoded_len() + 4;
-            if size > budget {
-                has_more = true;
-                break;
-            }
-            out.push(conv);
-        }
-        Ok(Reply::Conversations(wire::ConversationList { conversations: out, has_more }))
     }
 }

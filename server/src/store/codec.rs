@@ -8,8 +8,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::domain::{
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, SessionStarted, TokenHash,
-    UserId, UserRegistered,
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
+    TokenHash, UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -57,8 +57,89 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: m.at.0,
         }
         .encode_to_vec(),
+        Event::GroupCreated { conversation_id, name, creator, members, at } => pb::GroupCreated {
+            conversation_id: conversation_id.to_string(),
+            name: name.clone(),
+            creator_user_id: creator.to_string(),
+            members: group_members(members),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::MembersAdded { conversation_id, actor, members, at } => pb::MembersAdded {
+            conversation_id: conversation_id.to_string(),
+            actor_user_id: actor.to_string(),
+            members: group_members(members),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::MemberRemoved { conversation_id, actor, user, at } => pb::MemberRemoved {
+            conversation_id: conversation_id.to_string(),
+            actor_user_id: actor.to_string(),
+            user_id: user.to_string(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::MemberLeft { conversation_id, user, at } => {
+            pb::MemberLeft { conversation_id: conversation_id.to_string(), user_id: user.to_string(), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::RoleChanged { conversation_id, actor, user, role, at } => pb::RoleChanged {
+            conversation_id: conversation_id.to_string(),
+            actor_user_id: actor.map(|a| a.to_string()).unwrap_or_default(),
+            user_id: user.to_string(),
+            role: role_to_pb(*role) as i32,
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::GroupRenamed { conversation_id, actor, name, at } => pb::GroupRenamed {
+            conversation_id: conversation_id.to_string(),
+            actor_user_id: actor.to_string(),
+            name: name.clone(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::DeliveredUpTo { conversation_id, user, device, seq, at } => pb::DeliveredUpTo {
+            conversation_id: conversation_id.to_string(),
+            user_id: user.to_string(),
+            device_id: device.to_string(),
+            seq: seq.0,
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::ReadUpTo { conversation_id, user, seq, at } => pb::ReadUpTo {
+            conversation_id: conversation_id.to_string(),
+            user_id: user.to_string(),
+            seq: seq.0,
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
     };
     (event.type_name(), CURRENT_SCHEMA_VERSION, payload)
+}
+
+fn role_to_pb(role: Role) -> pb::GroupRole {
+    match role {
+        Role::Member => pb::GroupRole::Member,
+        Role::Admin => pb::GroupRole::Admin,
+        Role::Owner => pb::GroupRole::Owner,
+    }
+}
+
+fn role_from_pb(raw: i32) -> Result<Role, String> {
+    match pb::GroupRole::try_from(raw) {
+        Ok(pb::GroupRole::Member) => Ok(Role::Member),
+        Ok(pb::GroupRole::Admin) => Ok(Role::Admin),
+        Ok(pb::GroupRole::Owner) => Ok(Role::Owner),
+        _ => Err(format!("unknown group role {raw}")),
+    }
+}
+
+fn group_members(members: &[(UserId, Role)]) -> Vec<pb::GroupMember> {
+    members.iter().map(|(u, r)| pb::GroupMember { user_id: u.to_string(), role: role_to_pb(*r) as i32 }).collect()
+}
+
+fn group_members_from(members: Vec<pb::GroupMember>) -> Result<Vec<(UserId, Role)>, String> {
+    members.into_iter().map(|m| Ok((UserId(uuid(&m.user_id)?), role_from_pb(m.role)?))).collect()
 }
 
 fn encode_content(content: &Content) -> pb::MessageContent {
@@ -138,6 +219,80 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             })
         }
+        "GroupCreated" => {
+            let e = pb::GroupCreated::decode(payload).map_err(bad)?;
+            Event::GroupCreated {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                name: e.name,
+                creator: UserId(uuid(&e.creator_user_id)?),
+                members: group_members_from(e.members)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "MembersAdded" => {
+            let e = pb::MembersAdded::decode(payload).map_err(bad)?;
+            Event::MembersAdded {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                actor: UserId(uuid(&e.actor_user_id)?),
+                members: group_members_from(e.members)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "MemberRemoved" => {
+            let e = pb::MemberRemoved::decode(payload).map_err(bad)?;
+            Event::MemberRemoved {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                actor: UserId(uuid(&e.actor_user_id)?),
+                user: UserId(uuid(&e.user_id)?),
+                at: Millis(e.at_ms),
+            }
+        }
+        "MemberLeft" => {
+            let e = pb::MemberLeft::decode(payload).map_err(bad)?;
+            Event::MemberLeft {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                user: UserId(uuid(&e.user_id)?),
+                at: Millis(e.at_ms),
+            }
+        }
+        "RoleChanged" => {
+            let e = pb::RoleChanged::decode(payload).map_err(bad)?;
+            Event::RoleChanged {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                actor: if e.actor_user_id.is_empty() { None } else { Some(UserId(uuid(&e.actor_user_id)?)) },
+                user: UserId(uuid(&e.user_id)?),
+                role: role_from_pb(e.role)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "GroupRenamed" => {
+            let e = pb::GroupRenamed::decode(payload).map_err(bad)?;
+            Event::GroupRenamed {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                actor: UserId(uuid(&e.actor_user_id)?),
+                name: e.name,
+                at: Millis(e.at_ms),
+            }
+        }
+        "DeliveredUpTo" => {
+            let e = pb::DeliveredUpTo::decode(payload).map_err(bad)?;
+            Event::DeliveredUpTo {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                user: UserId(uuid(&e.user_id)?),
+                device: DeviceId(uuid(&e.device_id)?),
+                seq: Seq(e.seq),
+                at: Millis(e.at_ms),
+            }
+        }
+        "ReadUpTo" => {
+            let e = pb::ReadUpTo::decode(payload).map_err(bad)?;
+            Event::ReadUpTo {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                user: UserId(uuid(&e.user_id)?),
+                seq: Seq(e.seq),
+                at: Millis(e.at_ms),
+            }
+        }
         other => return Err(format!("unknown event type {other:?}")),
     })
 }
@@ -184,6 +339,27 @@ mod tests {
                 content: Content::Text("héllo".into()),
                 at: Millis(6),
             }),
+            Event::GroupCreated {
+                conversation_id: conv,
+                name: "team".into(),
+                creator: u,
+                members: vec![(u, Role::Owner), (v, Role::Member)],
+                at: Millis(7),
+            },
+            Event::MembersAdded { conversation_id: conv, actor: u, members: vec![(v, Role::Admin)], at: Millis(8) },
+            Event::MemberRemoved { conversation_id: conv, actor: u, user: v, at: Millis(9) },
+            Event::MemberLeft { conversation_id: conv, user: v, at: Millis(10) },
+            Event::RoleChanged { conversation_id: conv, actor: None, user: v, role: Role::Owner, at: Millis(11) },
+            Event::RoleChanged { conversation_id: conv, actor: Some(u), user: v, role: Role::Admin, at: Millis(12) },
+            Event::GroupRenamed { conversation_id: conv, actor: u, name: "new".into(), at: Millis(13) },
+            Event::DeliveredUpTo {
+                conversation_id: conv,
+                user: v,
+                device: DeviceId(Uuid::from_u128(4)),
+                seq: Seq(3),
+                at: Millis(14),
+            },
+            Event::ReadUpTo { conversation_id: conv, user: v, seq: Seq(2), at: Millis(15) },
         ]
     }
 

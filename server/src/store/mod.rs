@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     conversation::{ConversationKind, ConversationState},
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Role, Seq, TokenHash, UserId,
 };
 
 /// Global position of an event in the log: strictly increasing in commit order.
@@ -39,8 +39,16 @@ impl StreamName {
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
     }
+    /// Receipt watermarks of a conversation, apart from its message order.
+    pub fn receipts(id: ConversationId) -> Self {
+        Self(format!("receipts:{id}"))
+    }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+    /// Whether this is a `conv:` stream (whose versions are conversation seqs).
+    pub fn is_conversation(&self) -> bool {
+        self.0.starts_with("conv:")
     }
     /// Wraps a name read back from the log.
     pub fn from_stored(s: String) -> Self {
@@ -86,6 +94,27 @@ pub struct StreamAppend {
     pub stream: StreamName,
     pub expected: ExpectedVersion,
     pub events: Vec<NewEvent>,
+    /// Checked inside the append's transaction; the append fails if it does not hold.
+    pub precondition: Option<Precondition>,
+}
+
+impl StreamAppend {
+    pub fn new(stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self { stream, expected, events, precondition: None }
+    }
+
+    /// Adds a precondition checked atomically with the append.
+    pub fn with_precondition(mut self, precondition: Precondition) -> Self {
+        self.precondition = Some(precondition);
+        self
+    }
+}
+
+/// A condition on the read models that must hold when the append commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// `user` is a current member of `conversation` (e.g. a send racing a removal).
+    ActiveMember { conversation: ConversationId, user: UserId },
 }
 
 /// An event as stored.
@@ -115,6 +144,8 @@ pub enum AppendOutcome {
 pub enum AppendError {
     #[error("stream {stream}: expected version {expected:?}, found {actual}")]
     WrongExpectedVersion { stream: StreamName, expected: ExpectedVersion, actual: u64 },
+    #[error("precondition failed: {0:?}")]
+    PreconditionFailed(Precondition),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -168,8 +199,34 @@ pub struct MessageRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationSummary {
     pub state: ConversationState,
+    /// The newest message the user may read.
     pub last_message: Option<MessageRecord>,
     pub last_activity: Millis,
+    /// Position of the conversation's newest event: orders the list.
+    pub activity: Position,
+    /// Messages from others after the user's read watermark.
+    pub unread: u64,
+    pub read_up_to: Seq,
+    /// `Some(seq)` when the user left (or was removed) at that seq.
+    pub left_at: Option<Seq>,
+}
+
+/// A user's relation to a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Active(Role),
+    /// Left or removed at this seq: history up to it stays readable.
+    Former {
+        left_at: Seq,
+    },
+}
+
+/// A user's receipt watermarks in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiptRecord {
+    pub user: UserId,
+    pub delivered: Seq,
+    pub read: Seq,
 }
 
 /// Which page of history to read.
@@ -193,8 +250,16 @@ pub struct StoreStats {
     pub head: Position,
 }
 
+/// A committed event and the users whose feed it went into (its audience at the
+/// moment it was committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedEvent {
+    pub event: RecordedEvent,
+    pub audience: Vec<UserId>,
+}
+
 /// Committed events, in commit order, as the writer publishes them.
-pub type CommittedBatch = Arc<[RecordedEvent]>;
+pub type CommittedBatch = Arc<[CommittedEvent]>;
 
 /// The log and its read models. One implementation per backend; every
 /// implementation passes the same conformance tests.
@@ -229,11 +294,38 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
+    /// The conversation with its current members.
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError>;
-    /// The user's conversations, most recent activity first.
-    async fn conversations_for_user(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError>;
-    /// A page of messages, ascending by seq, and whether more exist beyond it.
-    async fn messages(&self, id: ConversationId, page: HistoryPage) -> Result<(Vec<MessageRecord>, bool), StoreError>;
+    /// The user's relation to a conversation; `None` if never a member.
+    async fn membership(&self, id: ConversationId, user: UserId) -> Result<Option<Membership>, StoreError>;
+    /// The user's conversations (current and former), most recent activity first,
+    /// only those with activity below `before` when given.
+    async fn conversations_for_user(
+        &self,
+        user: UserId,
+        before: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// One conversation's list entry for `user` (current or former member).
+    async fn conversation_summary(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<ConversationSummary>, StoreError>;
+    /// A page of messages with seq ≤ `visible_upto` (all when `None`), ascending
+    /// by seq, and whether more exist beyond it.
+    async fn messages(
+        &self,
+        id: ConversationId,
+        page: HistoryPage,
+        visible_upto: Option<Seq>,
+    ) -> Result<(Vec<MessageRecord>, bool), StoreError>;
+    /// One message.
+    async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError>;
+    /// Every user's watermarks in a conversation (users without any are absent).
+    async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError>;
+    /// A device's delivered watermark in a conversation (0 when none).
+    async fn device_delivered(&self, id: ConversationId, device: DeviceId) -> Result<Seq, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
     /// Stops accepting appends, commits what is queued, and closes.
@@ -244,5 +336,24 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) fn kind_to_str(kind: ConversationKind) -> &'static str {
     match kind {
         ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+    }
+}
+
+/// Role as stored in the read model.
+pub(crate) fn role_to_str(role: Role) -> &'static str {
+    match role {
+        Role::Member => "member",
+        Role::Admin => "admin",
+        Role::Owner => "owner",
+    }
+}
+
+pub(crate) fn role_from_str(s: &str) -> Option<Role> {
+    match s {
+        "member" => Some(Role::Member),
+        "admin" => Some(Role::Admin),
+        "owner" => Some(Role::Owner),
+        _ => None,
     }
 }

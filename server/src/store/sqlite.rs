@@ -18,17 +18,20 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    codec, kind_to_str, AppendError, AppendOutcome, CommittedBatch, ConversationSummary, ExpectedVersion, HistoryPage,
-    MessageRecord, Position, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName,
-    UserRecord,
+    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommittedBatch, CommittedEvent,
+    ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord, Position, Precondition,
+    ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, UserRecord,
 };
 use crate::domain::{
-    conversation::{ConversationKind, ConversationState},
+    conversation::{ConversationKind, ConversationState, MemberState},
     ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
 };
 
 /// Versioned migrations, applied in order at start-up. Never edit a shipped one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_groups_receipts.sql")),
+];
 
 /// How the embedded store is set up.
 #[derive(Debug, Clone)]
@@ -227,12 +230,19 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
     };
     let mut tx = tx;
     let mut results = Vec::with_capacity(jobs.len());
+    let mut batch = Vec::new();
     for job in jobs.iter() {
         let result = match tx.savepoint() {
             Ok(mut sp) => {
                 let r = append_in_tx(&sp, &job.appends, recorded_at);
                 match r {
-                    Ok(outcome) => sp.commit().map(|()| outcome).map_err(AppendError::from),
+                    Ok((outcome, committed)) => sp
+                        .commit()
+                        .map(|()| {
+                            batch.extend(committed);
+                            outcome
+                        })
+                        .map_err(AppendError::from),
                     Err(e) => {
                         // Undo this job only; its neighbours still commit.
                         let _ = sp.rollback();
@@ -252,12 +262,6 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
         }
         return;
     }
-    let mut batch = Vec::new();
-    for r in &results {
-        if let Ok(AppendOutcome::Appended(events)) = r {
-            batch.extend(events.iter().cloned());
-        }
-    }
     for (job, result) in jobs.drain(..).zip(results) {
         let _ = job.reply.send(result);
     }
@@ -267,11 +271,12 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
     }
 }
 
+/// One job's appends; also returns what to publish once committed.
 fn append_in_tx(
     conn: &Connection,
     appends: &[StreamAppend],
     recorded_at: Millis,
-) -> Result<AppendOutcome, AppendError> {
+) -> Result<(AppendOutcome, Vec<CommittedEvent>), AppendError> {
     let mut existing = Vec::new();
     {
         let mut by_id = conn.prepare_cached(&format!("{SELECT_EVENT} WHERE event_id = ?1"))?;
@@ -282,10 +287,14 @@ fn append_in_tx(
         }
     }
     if !existing.is_empty() {
-        return Ok(AppendOutcome::AlreadyStored(existing));
+        return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
     }
     let mut recorded = Vec::new();
+    let mut committed = Vec::new();
     for append in appends {
+        if let Some(pre) = append.precondition {
+            check_precondition(conn, pre)?;
+        }
         let stream = append.stream.as_str();
         let current: u64 = conn
             .prepare_cached("SELECT version FROM streams WHERE stream = ?1")?
@@ -329,7 +338,8 @@ fn append_in_tx(
                 recorded_at,
                 event: new.event.clone(),
             };
-            project(conn, &rec)?;
+            let audience = project(conn, &rec)?;
+            committed.push(CommittedEvent { event: rec.clone(), audience });
             recorded.push(rec);
         }
         conn.prepare_cached(
@@ -338,20 +348,39 @@ fn append_in_tx(
         )?
         .execute(params![stream, version as i64])?;
     }
-    Ok(AppendOutcome::Appended(recorded))
+    Ok((AppendOutcome::Appended(recorded), committed))
 }
 
-/// Updates the read models for one recorded event. Runs inside the append's
-/// transaction, and again for every event when the read models are rebuilt.
-fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error> {
+fn check_precondition(conn: &Connection, pre: Precondition) -> Result<(), AppendError> {
+    let holds = match pre {
+        Precondition::ActiveMember { conversation, user } => conn
+            .prepare_cached("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2 AND left_seq IS NULL")?
+            .query_row([conversation.to_string(), user.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(AppendError::PreconditionFailed(pre))
+    }
+}
+
+/// Updates the read models for one recorded event and returns its audience:
+/// the users whose feed it goes into. Runs inside the append's transaction, and
+/// again for every event when the read models are rebuilt.
+fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqlite::Error> {
+    let version = rec.version as i64;
+    let mut extra_audience = None;
     match &rec.event {
         Event::UserRegistered(u) => {
             conn.prepare_cached(
                 "INSERT INTO users (user_id, email, display_name, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![u.user_id.to_string(), u.email.as_str(), u.display_name, u.password_hash, u.at.0 as i64])?;
+            return Ok(Vec::new());
         }
-        Event::EmailClaimed { .. } => {}
+        Event::EmailClaimed { .. } => return Ok(Vec::new()),
         Event::SessionStarted(s) => {
             conn.prepare_cached(
                 "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -363,32 +392,54 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
                 s.device_name,
                 s.at.0 as i64
             ])?;
+            return Ok(Vec::new());
         }
         Event::SessionRevoked { token_hash, at, .. } => {
             conn.prepare_cached(
                 "UPDATE sessions SET revoked_at_ms = ?2 WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
             )?
             .execute(params![token_hash.0.as_slice(), at.0 as i64])?;
+            return Ok(Vec::new());
         }
         Event::DirectConversationStarted { conversation_id, members, at } => {
+            let all: Vec<_> = members.iter().map(|m| (*m, crate::domain::Role::Member)).collect();
+            insert_conversation(conn, *conversation_id, ConversationKind::Direct, None, &all, *at, rec)?;
+        }
+        Event::GroupCreated { conversation_id, name, members, at, .. } => {
+            insert_conversation(conn, *conversation_id, ConversationKind::Group, Some(name), members, *at, rec)?;
+        }
+        Event::MembersAdded { conversation_id, members, .. } => {
             let conv = conversation_id.to_string();
-            conn.prepare_cached(
-                "INSERT INTO conversations (conversation_id, kind, created_at_ms, last_seq, last_position, last_activity_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
-            )?
-            .execute(params![
-                conv,
-                kind_to_str(ConversationKind::Direct),
-                at.0 as i64,
-                rec.version as i64,
-                rec.position as i64
-            ])?;
-            let mut add =
-                conn.prepare_cached("INSERT INTO members (conversation_id, user_id, ordinal) VALUES (?1, ?2, ?3)")?;
-            for (i, m) in members.iter().enumerate() {
-                add.execute(params![conv, m.to_string(), i as i64])?;
+            let mut add = conn.prepare_cached(
+                "INSERT INTO members (conversation_id, user_id, ordinal, role, left_seq)
+                 VALUES (?1, ?2, (SELECT COALESCE(MAX(ordinal), -1) + 1 FROM members WHERE conversation_id = ?1), ?3, NULL)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE
+                 SET role = excluded.role, left_seq = NULL, ordinal = excluded.ordinal",
+            )?;
+            for (user, role) in members {
+                add.execute(params![conv, user.to_string(), role_to_str(*role)])?;
             }
-            add_to_feeds(conn, &conv, rec.position)?;
+            touch_conversation(conn, &conv, rec)?;
+        }
+        Event::MemberRemoved { conversation_id, user, .. } | Event::MemberLeft { conversation_id, user, .. } => {
+            let conv = conversation_id.to_string();
+            conn.prepare_cached("UPDATE members SET left_seq = ?3 WHERE conversation_id = ?1 AND user_id = ?2")?
+                .execute(params![conv, user.to_string(), version])?;
+            touch_conversation(conn, &conv, rec)?;
+            // The person who left (or was removed) learns of it too.
+            extra_audience = Some(*user);
+        }
+        Event::RoleChanged { conversation_id, user, role, .. } => {
+            let conv = conversation_id.to_string();
+            conn.prepare_cached("UPDATE members SET role = ?3 WHERE conversation_id = ?1 AND user_id = ?2")?
+                .execute(params![conv, user.to_string(), role_to_str(*role)])?;
+            touch_conversation(conn, &conv, rec)?;
+        }
+        Event::GroupRenamed { conversation_id, name, .. } => {
+            let conv = conversation_id.to_string();
+            conn.prepare_cached("UPDATE conversations SET name = ?2 WHERE conversation_id = ?1")?
+                .execute(params![conv, name])?;
+            touch_conversation(conn, &conv, rec)?;
         }
         Event::MessageSent(m) => {
             let conv = m.conversation_id.to_string();
@@ -400,7 +451,7 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
             )?
             .execute(params![
                 conv,
-                rec.version as i64,
+                version,
                 rec.position as i64,
                 m.sender_user_id.to_string(),
                 m.sender_device_id.to_string(),
@@ -408,23 +459,95 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<(), rusqlite::Error
                 text,
                 m.at.0 as i64
             ])?;
-            conn.prepare_cached(
-                "UPDATE conversations SET last_seq = ?2, last_position = ?3, last_activity_ms = MAX(last_activity_ms, ?4)
-                 WHERE conversation_id = ?1",
-            )?
-            .execute(params![conv, rec.version as i64, rec.position as i64, m.at.0 as i64])?;
-            add_to_feeds(conn, &conv, rec.position)?;
+            touch_conversation(conn, &conv, rec)?;
         }
+        Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
+            let (conv, user_s) = (conversation_id.to_string(), user.to_string());
+            conn.prepare_cached(
+                "INSERT INTO device_receipts (conversation_id, device_id, user_id, delivered_seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (conversation_id, device_id) DO UPDATE
+                 SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+            )?
+            .execute(params![conv, device.to_string(), user_s, seq.0 as i64])?;
+            conn.prepare_cached(
+                "INSERT INTO receipts (conversation_id, user_id, delivered_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE
+                 SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
+            )?
+            .execute(params![conv, user_s, seq.0 as i64])?;
+        }
+        Event::ReadUpTo { conversation_id, user, seq, .. } => {
+            conn.prepare_cached(
+                "INSERT INTO receipts (conversation_id, user_id, read_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_seq = MAX(read_seq, excluded.read_seq)",
+            )?
+            .execute(params![conversation_id.to_string(), user.to_string(), seq.0 as i64])?;
+        }
+    }
+    let conv = rec.event.conversation_id().expect("every other event belongs to a conversation").to_string();
+    add_to_feeds(conn, &conv, rec.position, extra_audience)
+}
+
+fn insert_conversation(
+    conn: &Connection,
+    id: ConversationId,
+    kind: ConversationKind,
+    name: Option<&str>,
+    members: &[(UserId, crate::domain::Role)],
+    at: Millis,
+    rec: &RecordedEvent,
+) -> Result<(), rusqlite::Error> {
+    let conv = id.to_string();
+    conn.prepare_cached(
+        "INSERT INTO conversations (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4)",
+    )?
+    .execute(params![conv, kind_to_str(kind), name, at.0 as i64, rec.version as i64, rec.position as i64])?;
+    let mut add =
+        conn.prepare_cached("INSERT INTO members (conversation_id, user_id, ordinal, role) VALUES (?1, ?2, ?3, ?4)")?;
+    for (i, (user, role)) in members.iter().enumerate() {
+        add.execute(params![conv, user.to_string(), i as i64, role_to_str(*role)])?;
     }
     Ok(())
 }
 
-fn add_to_feeds(conn: &Connection, conv: &str, position: Position) -> Result<(), rusqlite::Error> {
+/// Records a conversation-stream event as the conversation's latest activity.
+fn touch_conversation(conn: &Connection, conv: &str, rec: &RecordedEvent) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
-        "INSERT INTO feed (user_id, position) SELECT user_id, ?2 FROM members WHERE conversation_id = ?1",
+        "UPDATE conversations SET last_seq = ?2, last_position = ?3, last_activity_ms = MAX(last_activity_ms, ?4)
+         WHERE conversation_id = ?1",
     )?
-    .execute(params![conv, position as i64])?;
+    .execute(params![conv, rec.version as i64, rec.position as i64, rec.recorded_at.0 as i64])?;
     Ok(())
+}
+
+/// Puts the event into the feed of every current member (and `extra`), and
+/// returns who that was.
+fn add_to_feeds(
+    conn: &Connection,
+    conv: &str,
+    position: Position,
+    extra: Option<UserId>,
+) -> Result<Vec<UserId>, rusqlite::Error> {
+    let mut audience = Vec::new();
+    {
+        let mut members =
+            conn.prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1 AND left_seq IS NULL")?;
+        let rows = members.query_map([conv], |r| r.get::<_, String>(0))?;
+        for id in rows {
+            let id = id?;
+            let uuid = Uuid::try_parse(&id).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            audience.push(UserId(uuid));
+        }
+    }
+    if let Some(u) = extra.filter(|u| !audience.contains(u)) {
+        audience.push(u);
+    }
+    let mut insert = conn.prepare_cached("INSERT OR IGNORE INTO feed (user_id, position) VALUES (?1, ?2)")?;
+    for u in &audience {
+        insert.execute(params![u.to_string(), position as i64])?;
+    }
+    Ok(audience)
 }
 
 const SELECT_EVENT: &str =
@@ -471,34 +594,112 @@ fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::try_parse(s).map_err(|e| StoreError::Database(format!("bad id {s:?} in read model: {e}")))
 }
 
-fn load_members(conn: &Connection, conv: &str) -> Result<Vec<UserId>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY ordinal")?;
-    let ids = stmt.query_map([conv], |r| r.get::<_, String>(0))?;
+fn load_members(conn: &Connection, conv: &str) -> Result<Vec<MemberState>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id, role FROM members WHERE conversation_id = ?1 AND left_seq IS NULL ORDER BY ordinal",
+    )?;
+    let rows = stmt.query_map([conv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut out = Vec::new();
-    for id in ids {
-        out.push(UserId(parse_uuid(&id?)?));
+    for row in rows {
+        let (id, role) = row?;
+        let role = role_from_str(&role).ok_or_else(|| StoreError::Database(format!("unknown role {role:?}")))?;
+        out.push(MemberState { user: UserId(parse_uuid(&id)?), role });
     }
     Ok(out)
 }
 
 fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<ConversationState>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT kind, created_at_ms FROM conversations WHERE conversation_id = ?1")?
-        .query_row([conv], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .prepare_cached("SELECT kind, name, created_at_ms, last_seq FROM conversations WHERE conversation_id = ?1")?
+        .query_row([conv], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        })
         .optional()?;
-    let Some((kind, created)) = row else {
+    let Some((kind, name, created, last_seq)) = row else {
         return Ok(None);
     };
     let kind = match kind.as_str() {
         "direct" => ConversationKind::Direct,
+        "group" => ConversationKind::Group,
         other => return Err(StoreError::Database(format!("unknown conversation kind {other:?}"))),
     };
     Ok(Some(ConversationState {
         id: ConversationId(parse_uuid(conv)?),
         kind,
+        name,
         members: load_members(conn, conv)?,
         created_at: Millis(created as u64),
+        version: Seq(last_seq as u64),
     }))
+}
+
+fn load_membership(conn: &Connection, conv: &str, user: &str) -> Result<Option<Membership>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT role, left_seq FROM members WHERE conversation_id = ?1 AND user_id = ?2")?
+        .query_row([conv, user], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))
+        .optional()?;
+    Ok(match row {
+        None => None,
+        Some((_, Some(left))) => Some(Membership::Former { left_at: Seq(left as u64) }),
+        Some((role, None)) => Some(Membership::Active(
+            role_from_str(&role).ok_or_else(|| StoreError::Database(format!("unknown role {role:?}")))?,
+        )),
+    })
+}
+
+/// Which list entries to load.
+enum Summaries {
+    Page { before: Option<Position>, limit: u32 },
+    One(ConversationId),
+}
+
+fn load_summaries(c: &Connection, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
+    let me = user.to_string();
+    const SELECT: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position, m.left_seq,
+                                 COALESCE(r.read_seq, 0)
+                          FROM members m
+                          JOIN conversations c ON c.conversation_id = m.conversation_id
+                          LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+    type Row = (String, i64, i64, Option<i64>, i64);
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    };
+    let rows: Vec<Row> = match which {
+        Summaries::Page { before, limit } => c
+            .prepare_cached(&format!(
+                "{SELECT} WHERE m.user_id = ?1 AND c.last_position < ?2 ORDER BY c.last_position DESC LIMIT ?3"
+            ))?
+            .query_map(params![me, before.map_or(i64::MAX, |b| b as i64), limit], map)?
+            .collect::<Result<_, _>>()?,
+        Summaries::One(id) => c
+            .prepare_cached(&format!("{SELECT} WHERE m.user_id = ?1 AND m.conversation_id = ?2"))?
+            .query_map(params![me, id.to_string()], map)?
+            .collect::<Result<_, _>>()?,
+    };
+    let mut last = c.prepare_cached(&format!(
+        "{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT 1"
+    ))?;
+    let mut unread = c.prepare_cached(
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?3 AND sender_user_id != ?4",
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (conv, activity_ms, position, left, read) in rows {
+        let state = load_conversation(c, &conv)?
+            .ok_or_else(|| StoreError::Database(format!("member row for missing conversation {conv}")))?;
+        let visible = left.unwrap_or(i64::MAX);
+        let last_message = collect_messages(&mut last, params![conv, visible])?.pop();
+        let unread: i64 = unread.query_row(params![conv, read, visible, me], |r| r.get(0))?;
+        out.push(ConversationSummary {
+            state,
+            last_message,
+            last_activity: Millis(activity_ms as u64),
+            activity: position as u64,
+            unread: unread as u64,
+            read_up_to: Seq(read as u64),
+            left_at: left.map(|l| Seq(l as u64)),
+        });
+    }
+    Ok(out)
 }
 
 const SELECT_MESSAGE: &str = "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
@@ -666,52 +867,98 @@ impl Store for SqliteStore {
         self.read(move |c| load_conversation(c, &id.to_string())).await
     }
 
-    async fn conversations_for_user(&self, user: UserId, limit: u32) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT c.conversation_id, c.last_activity_ms FROM members m
-                 JOIN conversations c ON c.conversation_id = m.conversation_id
-                 WHERE m.user_id = ?1 ORDER BY c.last_position DESC LIMIT ?2",
-            )?;
-            let rows: Vec<(String, i64)> = stmt
-                .query_map(params![user.to_string(), limit], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut last =
-                c.prepare_cached(&format!("{SELECT_MESSAGE} WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1"))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (conv, activity) in rows {
-                let state = load_conversation(c, &conv)?
-                    .ok_or_else(|| StoreError::Database(format!("member row for missing conversation {conv}")))?;
-                let last_message = collect_messages(&mut last, [&conv])?.pop();
-                out.push(ConversationSummary { state, last_message, last_activity: Millis(activity as u64) });
-            }
-            Ok(out)
-        })
-        .await
+    async fn membership(&self, id: ConversationId, user: UserId) -> Result<Option<Membership>, StoreError> {
+        self.read(move |c| load_membership(c, &id.to_string(), &user.to_string())).await
     }
 
-    async fn messages(&self, id: ConversationId, page: HistoryPage) -> Result<(Vec<MessageRecord>, bool), StoreError> {
+    async fn conversations_for_user(
+        &self,
+        user: UserId,
+        before: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.read(move |c| load_summaries(c, user, Summaries::Page { before, limit })).await
+    }
+
+    async fn conversation_summary(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        self.read(move |c| Ok(load_summaries(c, user, Summaries::One(id))?.pop())).await
+    }
+
+    async fn messages(
+        &self,
+        id: ConversationId,
+        page: HistoryPage,
+        visible_upto: Option<Seq>,
+    ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
         self.read(move |c| {
             let conv = id.to_string();
+            let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
             let (sql, bound, limit, descending) = match page {
                 HistoryPage::Latest { limit } => {
-                    ("WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq DESC", 0, limit, true)
+                    ("WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq DESC", 0, limit, true)
                 }
                 HistoryPage::Before { seq, limit } => {
-                    ("WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC", seq.0, limit, true)
+                    ("WHERE conversation_id = ?1 AND seq < ?2 AND seq <= ?4 ORDER BY seq DESC", seq.0, limit, true)
                 }
                 HistoryPage::After { seq, limit } => {
-                    ("WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC", seq.0, limit, false)
+                    ("WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq ASC", seq.0, limit, false)
                 }
             };
             let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} {sql} LIMIT ?3"))?;
-            let mut msgs = collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1])?;
+            let mut msgs = collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1, upto])?;
             let has_more = msgs.len() > limit as usize;
             msgs.truncate(limit as usize);
             if descending {
                 msgs.reverse();
             }
             Ok((msgs, has_more))
+        })
+        .await
+    }
+
+    async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq = ?2"))?;
+            Ok(collect_messages(&mut stmt, params![id.to_string(), seq.0 as i64])?.pop())
+        })
+        .await
+    }
+
+    async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, delivered_seq, read_seq FROM receipts WHERE conversation_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([id.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user, delivered, read) = row?;
+                out.push(ReceiptRecord {
+                    user: UserId(parse_uuid(&user)?),
+                    delivered: Seq(delivered as u64),
+                    read: Seq(read as u64),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn device_delivered(&self, id: ConversationId, device: DeviceId) -> Result<Seq, StoreError> {
+        self.read(move |c| {
+            let seq: Option<i64> = c
+                .prepare_cached(
+                    "SELECT delivered_seq FROM device_receipts WHERE conversation_id = ?1 AND device_id = ?2",
+                )?
+                .query_row([id.to_string(), device.to_string()], |r| r.get(0))
+                .optional()?;
+            Ok(Seq(seq.unwrap_or(0) as u64))
         })
         .await
     }

@@ -1,0 +1,157 @@
+//! Group management: create, add, remove, leave, roles, rename. Every change
+//! is appended to the conversation's stream with the version it was decided
+//! against, so concurrent changes cannot both win; a lost race is retried on
+//! fresh state.
+
+use natter_proto::limits::MAX_EMAILS_PER_REQUEST;
+use natter_proto::wire::{self, response::Result as Reply};
+use natter_proto::ErrorCode;
+use uuid::Uuid;
+
+use super::{Identity, Service, WireError};
+use crate::domain::{
+    conversation::{self, ConversationState},
+    ConversationId, Email, Event, Rejection, Role, UserId,
+};
+use crate::store::{AppendError, AppendOutcome, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+
+/// Attempts at a group change that keeps losing races before `CONFLICT`.
+const ATTEMPTS: usize = 5;
+
+fn role_from_wire(raw: i32) -> Result<Role, WireError> {
+    match wire::Role::try_from(raw) {
+        Ok(wire::Role::Member) => Ok(Role::Member),
+        Ok(wire::Role::Admin) => Ok(Role::Admin),
+        Ok(wire::Role::Owner) => Ok(Role::Owner),
+        _ => Err(Rejection::InvalidArgument { field: "role", reason: "must be MEMBER, ADMIN or OWNER" }.into()),
+    }
+}
+
+impl Service {
+    /// Resolves emails to users; an unknown one is `NOT_FOUND` naming it.
+    async fn users_by_email(&self, emails: &[String]) -> Result<Vec<UserId>, WireError> {
+        if emails.len() > MAX_EMAILS_PER_REQUEST {
+            return Err(Rejection::InvalidArgument { field: "emails", reason: "more than 256 in one request" }.into());
+        }
+        let mut out = Vec::with_capacity(emails.len());
+        for raw in emails {
+            let email = Email::parse(raw)?;
+            let user = self
+                .store
+                .user_by_email(&email)
+                .await?
+                .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no user with email {email}")))?;
+            out.push(user.user_id);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn create_group(&self, me: &Identity, req: wire::CreateGroup) -> Result<Reply, WireError> {
+        let others = self.users_by_email(&req.member_emails).await?;
+        let id = ConversationId(Uuid::new_v4());
+        let event = conversation::decide_create_group(
+            id,
+            me.user_id,
+            &req.name,
+            &others,
+            self.config.max_group_members,
+            self.now(),
+        )?;
+        self.store
+            .append(vec![StreamAppend::new(
+                StreamName::conversation(id),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::fresh(event)],
+            )])
+            .await?;
+        self.conversation_for(me, id).await.map(Reply::Group)
+    }
+
+    /// Decides a change on the current state and appends it at exactly that
+    /// version, retrying on a lost race. Returns the appended events.
+    async fn change_group(
+        &self,
+        me: &Identity,
+        raw_id: &str,
+        decide: impl Fn(&ConversationState) -> Result<Vec<Event>, Rejection>,
+    ) -> Result<(ConversationId, Vec<crate::store::RecordedEvent>), WireError> {
+        let id = ConversationId::parse(raw_id)?;
+        for _ in 0..ATTEMPTS {
+            let state = self
+                .store
+                .conversation(id)
+                .await?
+                .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
+            if !state.is_member(me.user_id) {
+                return Err(Rejection::NotAMember.into());
+            }
+            let events = decide(&state)?;
+            if events.is_empty() {
+                return Ok((id, Vec::new()));
+            }
+            let append = StreamAppend::new(
+                StreamName::conversation(id),
+                ExpectedVersion::Exact(state.version.0),
+                events.into_iter().map(NewEvent::fresh).collect(),
+            );
+            match self.store.append(vec![append]).await {
+                Ok(AppendOutcome::Appended(recs) | AppendOutcome::AlreadyStored(recs)) => return Ok((id, recs)),
+                Err(AppendError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(WireError::new(ErrorCode::CONFLICT, "the group kept changing; retry"))
+    }
+
+    pub(super) async fn add_members(&self, me: &Identity, req: wire::AddMembers) -> Result<Reply, WireError> {
+        let users = self.users_by_email(&req.emails).await?;
+        let (max, now) = (self.config.max_group_members, self.now());
+        let (id, _) = self
+            .change_group(me, &req.conversation_id, |s| {
+                Ok(conversation::decide_add_members(s, me.user_id, &users, max, now)?.into_iter().collect())
+            })
+            .await?;
+        self.conversation_for(me, id).await.map(Reply::Group)
+    }
+
+    pub(super) async fn remove_member(&self, me: &Identity, req: wire::RemoveMember) -> Result<Reply, WireError> {
+        let target = UserId::parse(&req.user_id)?;
+        let now = self.now();
+        let (id, _) = self
+            .change_group(me, &req.conversation_id, |s| {
+                Ok(vec![conversation::decide_remove_member(s, me.user_id, target, now)?])
+            })
+            .await?;
+        self.conversation_for(me, id).await.map(Reply::Group)
+    }
+
+    pub(super) async fn leave(&self, me: &Identity, req: wire::LeaveConversation) -> Result<Reply, WireError> {
+        let now = self.now();
+        let (_, recs) =
+            self.change_group(me, &req.conversation_id, |s| conversation::decide_leave(s, me.user_id, now)).await?;
+        let seq = recs.first().map_or(0, |r| r.version);
+        Ok(Reply::Leave(wire::LeaveOk { seq }))
+    }
+
+    pub(super) async fn set_role(&self, me: &Identity, req: wire::SetRole) -> Result<Reply, WireError> {
+        let target = UserId::parse(&req.user_id)?;
+        let role = role_from_wire(req.role)?;
+        let now = self.now();
+        let (id, _) = self
+            .change_group(me, &req.conversation_id, |s| {
+                Ok(conversation::decide_set_role(s, me.user_id, target, role, now)?.into_iter().collect())
+            })
+            .await?;
+        self.conversation_for(me, id).await.map(Reply::Group)
+    }
+
+    pub(super) async fn rename_group(&self, me: &Identity, req: wire::RenameGroup) -> Result<Reply, WireError> {
+        let now = self.now();
+        let (id, _) = self
+            .change_group(me, &req.conversation_id, |s| {
+                Ok(conversation::decide_rename(s, me.user_id, &req.name, now)?.into_iter().collect())
+            })
+            .await?;
+        self.conversation_for(me, id).await.map(Reply::Group)
+    }
+}

@@ -1,0 +1,243 @@
+//! Conversations and messages: opening direct conversations, sending, history,
+//! the conversation list, read watermarks and receipts.
+
+use natter_proto::limits::{DEFAULT_HISTORY_LIMIT, MAX_CONVERSATION_LIST_LIMIT, MAX_HISTORY_LIMIT};
+use natter_proto::wire::{self, response::Result as Reply};
+use natter_proto::ErrorCode;
+use prost::Message as _;
+
+use super::{convert, invalid, Identity, Service, WireError};
+use crate::domain::{
+    conversation::{self, SendCommand},
+    ClientMsgId, Content, ConversationId, Email, Rejection, Seq,
+};
+use crate::store::{
+    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Precondition, StreamAppend, StreamName,
+};
+
+/// Conversations listed when the request asks for 0.
+const DEFAULT_CONVERSATION_LIST_LIMIT: u32 = 100;
+
+impl Service {
+    pub(super) async fn open_direct(&self, me: &Identity, req: wire::OpenDirect) -> Result<Reply, WireError> {
+        let peer_email = Email::parse(&req.peer_email)?;
+        let peer = self
+            .store
+            .user_by_email(&peer_email)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no user with email {peer_email}")))?;
+        if peer.user_id == me.user_id {
+            return Err(Rejection::DirectWithSelf.into());
+        }
+        let id = ConversationId::direct(me.user_id, peer.user_id);
+        let existing = self.conversation(id).await?;
+        if let Some(event) =
+            conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, self.now())?
+        {
+            let append = StreamAppend::new(
+                StreamName::conversation(id),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::fresh(event)],
+            );
+            match self.store.append(vec![append]).await {
+                // Lost a race with the peer opening it at the same moment: fine.
+                Ok(_) | Err(AppendError::WrongExpectedVersion { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.conversation_for(me, id).await.map(Reply::Conversation)
+    }
+
+    /// The conversation as the caller sees it in their list.
+    pub(super) async fn conversation_for(
+        &self,
+        me: &Identity,
+        id: ConversationId,
+    ) -> Result<wire::Conversation, WireError> {
+        let summary = self
+            .store
+            .conversation_summary(me.user_id, id)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "conversation vanished from the caller's list"))?;
+        self.conversation_to_wire(&summary.state, Some(&summary)).await
+    }
+
+    pub(super) async fn get_conversation(&self, me: &Identity, req: wire::GetConversation) -> Result<Reply, WireError> {
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        self.conversation_for(me, state.id).await.map(Reply::Group)
+    }
+
+    pub(super) async fn send_message(&self, me: &Identity, req: wire::SendMessage) -> Result<Reply, WireError> {
+        let client_msg_id = ClientMsgId::parse(&req.client_msg_id)?;
+        let content = match req.content.and_then(|c| c.body) {
+            Some(wire::content::Body::Text(t)) => Content::Text(t.body),
+            None => return Err(Rejection::EmptyMessage.into()),
+        };
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        let event_id = client_msg_id.event_id(state.id, me.user_id);
+        let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
+        let event = conversation::decide_send(&state, cmd, self.now())?;
+        // Membership is checked again atomically with the append: a removal that
+        // commits first wins.
+        let append = StreamAppend::new(
+            StreamName::conversation(state.id),
+            ExpectedVersion::Any,
+            vec![NewEvent { id: event_id, event }],
+        )
+        .with_precondition(Precondition::ActiveMember { conversation: state.id, user: me.user_id });
+        let (rec, duplicate) = match self.store.append(vec![append]).await? {
+            AppendOutcome::Appended(mut v) => (v.remove(0), false),
+            AppendOutcome::AlreadyStored(mut v) => (v.remove(0), true),
+        };
+        let sent_at = match &rec.event {
+            crate::domain::Event::MessageSent(m) => m.at.0,
+            _ => rec.recorded_at.0,
+        };
+        Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
+    }
+
+    pub(super) async fn history(&self, me: &Identity, req: wire::GetHistory) -> Result<Reply, WireError> {
+        let id = ConversationId::parse(&req.conversation_id)?;
+        let visible = self.readable_upto(me.user_id, id).await?;
+        let limit = match req.limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            n => n.min(MAX_HISTORY_LIMIT),
+        };
+        let page = match (req.before_seq, req.after_seq) {
+            (0, 0) => HistoryPage::Latest { limit },
+            (b, 0) => HistoryPage::Before { seq: Seq(b), limit },
+            (0, a) => HistoryPage::After { seq: Seq(a), limit },
+            _ => return Err(invalid("get_history", "set at most one of before_seq and after_seq")),
+        };
+        let (messages, mut has_more) = self.store.messages(id, page, visible).await?;
+        let mut out = Vec::with_capacity(messages.len());
+        for m in &messages {
+            out.push(convert::message_record(m, &*self.user_info(m.sender_user_id).await?));
+        }
+        // Keep the page within one frame, dropping the messages farthest from the anchor.
+        let budget = self.frame_budget();
+        let mut size: usize = out.iter().map(|m| m.encoded_len() + 4).sum();
+        while size > budget && !out.is_empty() {
+            let dropped = match page {
+                HistoryPage::After { .. } => out.pop(),
+                HistoryPage::Latest { .. } | HistoryPage::Before { .. } => Some(out.remove(0)),
+            };
+            size -= dropped.map_or(0, |m| m.encoded_len() + 4);
+            has_more = true;
+        }
+        Ok(Reply::History(wire::HistoryPage { messages: out, has_more }))
+    }
+
+    pub(super) async fn list_conversations(
+        &self,
+        me: &Identity,
+        req: wire::ListConversations,
+    ) -> Result<Reply, WireError> {
+        let limit = match req.limit {
+            0 => DEFAULT_CONVERSATION_LIST_LIMIT,
+            n => n.min(MAX_CONVERSATION_LIST_LIMIT),
+        };
+        let before = (req.before_activity != 0).then_some(req.before_activity);
+        // One more than asked tells whether more exist.
+        let mut summaries = self.store.conversations_for_user(me.user_id, before, limit + 1).await?;
+        let mut has_more = summaries.len() > limit as usize;
+        summaries.truncate(limit as usize);
+        let budget = self.frame_budget();
+        let mut size = 0;
+        let mut out = Vec::with_capacity(summaries.len());
+        for s in &summaries {
+            let conv = self.conversation_to_wire(&s.state, Some(s)).await?;
+            size += conv.encoded_len() + 4;
+            if size > budget {
+                has_more = true;
+                break;
+            }
+            out.push(conv);
+        }
+        Ok(Reply::Conversations(wire::ConversationList { conversations: out, has_more }))
+    }
+
+    pub(super) async fn mark_read(&self, me: &Identity, req: wire::MarkRead) -> Result<Reply, WireError> {
+        let id = ConversationId::parse(&req.conversation_id)?;
+        let visible = self.readable_upto(me.user_id, id).await?;
+        let state = self
+            .store
+            .conversation(id)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
+        let last = visible.unwrap_or(state.version).min(state.version);
+        let current =
+            self.store.receipts(id).await?.into_iter().find(|r| r.user == me.user_id).map_or(Seq(0), |r| r.read);
+        let Some(event) = conversation::decide_read(id, me.user_id, current, Seq(req.seq), last, self.now()) else {
+            // Not forward: ignored, not an error.
+            return Ok(Reply::Read(wire::ReadOk { read_up_to: current.0 }));
+        };
+        let seq = match &event {
+            crate::domain::Event::ReadUpTo { seq, .. } => *seq,
+            _ => unreachable!("decide_read returns ReadUpTo"),
+        };
+        self.store
+            .append(vec![StreamAppend::new(
+                StreamName::receipts(id),
+                ExpectedVersion::Any,
+                vec![NewEvent::fresh(event)],
+            )])
+            .await?;
+        Ok(Reply::Read(wire::ReadOk { read_up_to: seq.0 }))
+    }
+
+    pub(super) async fn get_receipts(&self, me: &Identity, req: wire::GetReceipts) -> Result<Reply, WireError> {
+        let id = ConversationId::parse(&req.conversation_id)?;
+        let visible = self.readable_upto(me.user_id, id).await?;
+        let seq = Seq(req.seq);
+        if visible.is_some_and(|v| seq > v) {
+            return Err(Rejection::NotAMember.into());
+        }
+        let message = self
+            .store
+            .message(id, seq)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no message with seq {}", seq.0)))?;
+        let state = self
+            .store
+            .conversation(id)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
+        let receipts = self.store.receipts(id).await?;
+        let mut delivered_to = Vec::new();
+        let mut read_by = Vec::new();
+        let others: Vec<_> = state.member_ids().filter(|u| *u != message.sender_user_id).collect();
+        for user in &others {
+            let r = receipts.iter().find(|r| r.user == *user);
+            let read = r.is_some_and(|r| r.read >= seq);
+            // Reading implies having received.
+            let delivered = read || r.is_some_and(|r| r.delivered >= seq);
+            if delivered || read {
+                let info = self.user_info(*user).await?;
+                let member = convert::member(*user, None, &info);
+                if delivered {
+                    delivered_to.push(member.clone());
+                }
+                if read {
+                    read_by.push(member);
+                }
+            }
+        }
+        let status = if !others.is_empty() && read_by.len() == others.len() {
+            wire::ReceiptStatus::Read
+        } else if !others.is_empty() && delivered_to.len() == others.len() {
+            wire::ReceiptStatus::Delivered
+        } else {
+            wire::ReceiptStatus::Sent
+        };
+        Ok(Reply::Receipts(wire::Receipts {
+            seq: seq.0,
+            sender_user_id: message.sender_user_id.to_string(),
+            status: status as i32,
+            member_count: others.len() as u32,
+            delivered_count: delivered_to.len() as u32,
+            delivered_to,
+            read_by,
+        }))
+    }
+}
