@@ -454,8 +454,8 @@ impl Cli {
                     writeln!(out, "{line}")?;
                     out.flush()?;
                 }
-                if !matches!(item, FeedItem::CaughtUp { .. }) {
-                    self.profile.cursor = Some(item.cursor());
+                if let Some(cursor) = item.cursor().filter(|_| !matches!(item, FeedItem::CaughtUp { .. })) {
+                    self.profile.cursor = Some(cursor);
                     self.profile.save(&self.dir)?;
                 }
                 if matches!(item, FeedItem::Message { .. }) {
@@ -593,6 +593,17 @@ fn human_line(item: &FeedItem, me: &str) -> Option<String> {
             };
             Some(format!("* {} {what} up to #{seq} [{}]", receipt.user_id, receipt.conversation_id))
         }
+        FeedItem::Typing { email, conversation_id, .. } => Some(format!("* {email} is typing… [{conversation_id}]")),
+        FeedItem::TypingStopped { user_id, conversation_id } => {
+            Some(format!("* {user_id} stopped typing [{conversation_id}]"))
+        }
+        FeedItem::Presence(p) => Some(if p.online {
+            format!("* {} is online", p.email)
+        } else if p.last_seen_ms > 0 {
+            format!("* {} is offline (last seen {} UTC)", p.email, clock(p.last_seen_ms))
+        } else {
+            format!("* {} is offline", p.email)
+        }),
         FeedItem::CaughtUp { .. } => None,
     }
 }
@@ -643,6 +654,17 @@ fn json_line(item: &FeedItem) -> Option<String> {
             "user_id": receipt.user_id, "delivered_up_to": receipt.delivered_up_to, "read_up_to": receipt.read_up_to,
         }),
         FeedItem::CaughtUp { cursor } => serde_json::json!({ "type": "caught_up", "cursor": cursor }),
+        FeedItem::Typing { conversation_id, user_id, email, expires_in_ms } => serde_json::json!({
+            "type": "typing", "conversation_id": conversation_id, "user_id": user_id, "email": email,
+            "expires_in_ms": expires_in_ms,
+        }),
+        FeedItem::TypingStopped { conversation_id, user_id } => serde_json::json!({
+            "type": "typing_stopped", "conversation_id": conversation_id, "user_id": user_id,
+        }),
+        FeedItem::Presence(p) => serde_json::json!({
+            "type": "presence", "user_id": p.user_id, "email": p.email, "online": p.online,
+            "last_seen_ms": p.last_seen_ms,
+        }),
     };
     Some(value.to_string())
 }

@@ -40,6 +40,11 @@ pub struct ClientConfig {
     pub keep_alive: Duration,
     /// How long connecting and the Hello exchange may take.
     pub connect_timeout: Duration,
+    /// Accept QUIC datagrams (ephemeral signals). Without them the server sends
+    /// signals on the feed stream instead.
+    pub datagrams: bool,
+    /// At most one typing signal per conversation in this interval.
+    pub typing_throttle: Duration,
 }
 
 impl ClientConfig {
@@ -56,6 +61,8 @@ impl ClientConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             keep_alive: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            datagrams: true,
+            typing_throttle: Duration::from_secs(3),
         }
     }
 }
@@ -122,6 +129,20 @@ pub enum FeedItem {
         cursor: u64,
         receipt: wire::Receipt,
     },
+    /// Someone is typing in a conversation (ephemeral: no cursor).
+    Typing {
+        conversation_id: String,
+        user_id: String,
+        email: String,
+        expires_in_ms: u32,
+    },
+    /// They stopped: the signal expired, or their message arrived (it follows).
+    TypingStopped {
+        conversation_id: String,
+        user_id: String,
+    },
+    /// A contact came online or went offline (ephemeral: no cursor).
+    Presence(wire::PresenceSignal),
     /// The backlog asked for by `sync` is delivered; live events follow.
     CaughtUp {
         cursor: u64,
@@ -129,14 +150,16 @@ pub enum FeedItem {
 }
 
 impl FeedItem {
-    /// The cursor to save and pass to the next `sync`.
-    pub fn cursor(&self) -> u64 {
+    /// The cursor to save and pass to the next `sync`; `None` for ephemeral
+    /// signals, which have none.
+    pub fn cursor(&self) -> Option<u64> {
         match self {
             FeedItem::Message { cursor, .. }
             | FeedItem::ConversationStarted { cursor, .. }
             | FeedItem::Group { cursor, .. }
             | FeedItem::Receipt { cursor, .. }
-            | FeedItem::CaughtUp { cursor } => *cursor,
+            | FeedItem::CaughtUp { cursor } => Some(*cursor),
+            FeedItem::Typing { .. } | FeedItem::TypingStopped { .. } | FeedItem::Presence(_) => None,
         }
     }
 }
@@ -145,18 +168,59 @@ impl FeedItem {
 ///
 /// Items are acknowledged to the server as they are taken with [`Feed::next`]
 /// (the server turns that into delivered receipts); acknowledgements are
-/// coalesced, never one request per item.
+/// coalesced, never one request per item. Typing signals are followed by a
+/// `TypingStopped` when they expire or the typist's message arrives.
 pub struct Feed {
     rx: mpsc::Receiver<Result<FeedItem, ClientError>>,
     acks: watch::Sender<u64>,
+    /// (conversation, user) → when their typing signal expires.
+    typing: HashMap<(String, String), tokio::time::Instant>,
+    ready: std::collections::VecDeque<Result<FeedItem, ClientError>>,
 }
 
 impl Feed {
     /// The next item; an `Err` is followed by the end of the feed.
     pub async fn next(&mut self) -> Option<Result<FeedItem, ClientError>> {
-        let item = self.rx.recv().await;
-        if let Some(Ok(i)) = &item {
-            let cursor = i.cursor();
+        if let Some(item) = self.ready.pop_front() {
+            return Some(item);
+        }
+        let expiry = self.typing.values().min().copied();
+        let item = tokio::select! {
+            item = self.rx.recv() => item,
+            () = sleep_until_opt(expiry) => {
+                let now = tokio::time::Instant::now();
+                let expired: Vec<_> = self.typing.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+                for key in expired {
+                    self.typing.remove(&key);
+                    let (conversation_id, user_id) = key;
+                    self.ready.push_back(Ok(FeedItem::TypingStopped { conversation_id, user_id }));
+                }
+                return self.ready.pop_front();
+            }
+        };
+        match &item {
+            Some(Ok(FeedItem::Typing { conversation_id, user_id, expires_in_ms, .. })) => {
+                let until = tokio::time::Instant::now() + Duration::from_millis(u64::from(*expires_in_ms));
+                self.typing.insert((conversation_id.clone(), user_id.clone()), until);
+            }
+            Some(Ok(FeedItem::Message { message, .. })) => {
+                // A message ends its sender's typing at once.
+                let key = (message.conversation_id.clone(), message.sender_user_id.clone());
+                if self.typing.remove(&key).is_some() {
+                    let (conversation_id, user_id) = key;
+                    self.ready.push_back(item.clone().expect("some"));
+                    self.ack(&item);
+                    return Some(Ok(FeedItem::TypingStopped { conversation_id, user_id }));
+                }
+            }
+            _ => {}
+        }
+        self.ack(&item);
+        item
+    }
+
+    fn ack(&self, item: &Option<Result<FeedItem, ClientError>>) {
+        if let Some(cursor) = item.as_ref().and_then(|i| i.as_ref().ok()).and_then(FeedItem::cursor) {
             self.acks.send_if_modified(|c| {
                 let newer = cursor > *c;
                 if newer {
@@ -165,7 +229,38 @@ impl Feed {
                 newer
             });
         }
-        item
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn signal_item(signal: wire::Signal) -> Option<FeedItem> {
+    match signal.kind? {
+        wire::signal::Kind::Typing(t) => Some(FeedItem::Typing {
+            conversation_id: t.conversation_id,
+            user_id: t.user_id,
+            email: t.email,
+            expires_in_ms: t.expires_in_ms,
+        }),
+        wire::signal::Kind::Presence(p) => Some(FeedItem::Presence(p)),
+    }
+}
+
+/// Ephemeral signals arriving as datagrams, handed to the feed once it runs.
+async fn datagram_loop(conn: quinn::Connection, feed: SignalSink) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        let Ok(signal) = <wire::Signal as prost::Message>::decode(bytes) else { continue };
+        let Some(item) = signal_item(signal) else { continue };
+        let tx = feed.lock().expect("feed lock").clone();
+        if let Some(tx) = tx {
+            // Ephemeral: dropped if the application is not keeping up.
+            let _ = tx.try_send(Ok(item));
+        }
     }
 }
 
@@ -196,6 +291,10 @@ pub struct Client {
     welcome: wire::Welcome,
     identity: Mutex<Option<Identity>>,
     connection_errors: tokio::sync::Mutex<mpsc::Receiver<wire::Error>>,
+    /// Where datagram signals go once the feed runs.
+    signal_sink: SignalSink,
+    typing_sent: Mutex<HashMap<String, tokio::time::Instant>>,
+    typing_throttle: Duration,
 }
 
 impl Client {
@@ -229,6 +328,9 @@ impl Client {
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(config.keep_alive));
+        if !config.datagrams {
+            transport.datagram_receive_buffer_size(None);
+        }
         quic.transport_config(Arc::new(transport));
         let conn = endpoint
             .connect_with(quic, config.server, &config.server_name)
@@ -263,6 +365,8 @@ impl Client {
         let (err_tx, err_rx) = mpsc::channel(16);
         tokio::spawn(write_loop(send, out_rx));
         tokio::spawn(read_loop(recv, decoder, conn.clone(), pending.clone(), err_tx));
+        let signal_sink = Arc::new(Mutex::new(None));
+        tokio::spawn(datagram_loop(conn.clone(), signal_sink.clone()));
         let requests = Requests { out, pending, next_id: AtomicU64::new(1), max_frame_bytes, conn: conn.clone() };
         Ok(Self {
             endpoint,
@@ -272,6 +376,9 @@ impl Client {
             identity: Mutex::new(welcome.identity.clone().map(Identity::from)),
             welcome,
             connection_errors: tokio::sync::Mutex::new(err_rx),
+            signal_sink,
+            typing_sent: Mutex::new(HashMap::new()),
+            typing_throttle: config.typing_throttle,
         })
     }
 
@@ -564,6 +671,66 @@ impl Client {
         }
     }
 
+    /// Tells the conversation's online members that the caller is typing. Sends
+    /// at most one signal per conversation per `typing_throttle` (returns false
+    /// when throttled): call it on every keystroke.
+    ///
+    /// # Errors
+    /// With a datagram: only a closed connection. Without datagram support it
+    /// is a request: `NOT_A_MEMBER`, `RATE_LIMITED`, ….
+    pub async fn typing(&self, conversation_id: &str) -> Result<bool, ClientError> {
+        {
+            let now = tokio::time::Instant::now();
+            let mut sent = self.typing_sent.lock().expect("typing lock");
+            if sent.get(conversation_id).is_some_and(|at| now.duration_since(*at) < self.typing_throttle) {
+                return Ok(false);
+            }
+            if sent.len() > 1024 {
+                sent.clear();
+            }
+            sent.insert(conversation_id.to_owned(), now);
+        }
+        let typing = wire::Typing { conversation_id: conversation_id.into() };
+        if self.conn.max_datagram_size().is_some() {
+            let signal = wire::ClientSignal { kind: Some(wire::client_signal::Kind::Typing(typing.clone())) };
+            let bytes = Bytes::from(prost::Message::encode_to_vec(&signal));
+            match self.conn.send_datagram(bytes) {
+                Ok(()) => return Ok(true),
+                Err(quinn::SendDatagramError::ConnectionLost(e)) => return Err(ClientError::from_connection(&e)),
+                // Too large or unsupported after all: fall back to a request.
+                Err(_) => {}
+            }
+        }
+        match self.request(Body::Typing(typing)).await? {
+            response::Result::Typing(_) => Ok(true),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Hides (or shows) the caller's last-seen time.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn set_privacy(&self, hide_last_seen: bool) -> Result<(), ClientError> {
+        match self.request(Body::SetPrivacy(wire::SetPrivacy { hide_last_seen })).await? {
+            response::Result::Privacy(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Presence of users who share a conversation with the caller (others are
+    /// left out of the answer).
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`, `INVALID_ARGUMENT`.
+    pub async fn presence(&self, user_ids: &[&str]) -> Result<Vec<wire::PresenceSignal>, ClientError> {
+        let user_ids = user_ids.iter().map(|u| u.to_string()).collect();
+        match self.request(Body::GetPresence(wire::GetPresence { user_ids })).await? {
+            response::Result::Presence(p) => Ok(p.presence),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Starts the event feed: every event after `since` (a cursor from an
     /// earlier feed), then live events. `None` means from now on.
     ///
@@ -591,10 +758,11 @@ impl Client {
             Ok(Err(e)) => return Err(ClientError::from_connection(&e)),
             Err(e) => return Err(ClientError::Protocol(format!("feed accept task: {e}"))),
         };
-        tokio::spawn(feed_loop(recv, FrameDecoder::new(max), self.conn.clone(), tx));
+        *self.signal_sink.lock().expect("feed lock") = Some(tx.clone());
+        tokio::spawn(feed_loop(recv, FrameDecoder::new(max), self.conn.clone(), tx, self.signal_sink.clone()));
         let (acks, acked) = watch::channel(since.unwrap_or(head));
         tokio::spawn(ack_loop(self.requests.clone(), acked));
-        Ok((Feed { rx, acks }, head))
+        Ok((Feed { rx, acks, typing: HashMap::new(), ready: Default::default() }, head))
     }
 }
 
@@ -739,7 +907,22 @@ async fn read_loop(
     }
 }
 
+type SignalSink = Arc<Mutex<Option<mpsc::Sender<Result<FeedItem, ClientError>>>>>;
+
+/// Runs the feed stream, then closes the feed: the datagram side lets go of its
+/// sender too, so the application sees the end.
 async fn feed_loop(
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Result<FeedItem, ClientError>>,
+    signal_sink: SignalSink,
+) {
+    read_feed(recv, decoder, conn, tx).await;
+    signal_sink.lock().expect("feed lock").take();
+}
+
+async fn read_feed(
     mut recv: quinn::RecvStream,
     mut decoder: FrameDecoder,
     conn: quinn::Connection,
@@ -757,6 +940,10 @@ async fn feed_loop(
             };
             let item = match frame.kind {
                 Some(feed_frame::Kind::CaughtUp(c)) => FeedItem::CaughtUp { cursor: c.cursor },
+                Some(feed_frame::Kind::Signal(s)) => match signal_item(s) {
+                    Some(item) => item,
+                    None => continue,
+                },
                 Some(feed_frame::Kind::Event(ev)) => match ev.kind {
                     Some(feed_event::Kind::Message(message)) => FeedItem::Message { cursor: ev.cursor, message },
                     Some(feed_event::Kind::ConversationStarted(conversation)) => {

@@ -270,7 +270,11 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             "Request 11: MarkRead up to seq 7",
             req(11, request::Body::MarkRead(MarkRead { conversation_id: CONV.into(), seq: 7 })),
         ),
-        ("request_ack_feed", "Request 12: AckFeed up to cursor 43", req(12, request::Body::AckFeed(AckFeed { cursor: 43 }))),
+        (
+            "request_ack_feed",
+            "Request 12: AckFeed up to cursor 43",
+            req(12, request::Body::AckFeed(AckFeed { cursor: 43 })),
+        ),
         (
             "feed_group_member_added",
             "Feed: cursor 50, seq 3 of the group: alice added bob as a member",

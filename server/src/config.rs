@@ -38,6 +38,23 @@ pub struct Config {
     pub auth: AuthConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    pub ephemeral: EphemeralConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EphemeralConfig {
+    /// How long "X is typing" shows without a refresh.
+    pub typing_ttl_ms: u32,
+    /// Typing signals a connection may send per second, after a burst.
+    pub typing_per_second: f64,
+    pub typing_burst: u32,
+}
+
+impl Default for EphemeralConfig {
+    fn default() -> Self {
+        Self { typing_ttl_ms: 6_000, typing_per_second: 1.0, typing_burst: 10 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -116,6 +133,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
+            ephemeral: EphemeralConfig::default(),
         }
     }
 }
@@ -128,7 +146,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] = &["tls", "auth", "store", "delivery"];
+const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -195,6 +213,9 @@ impl Config {
         }
         if self.max_group_members < 2 {
             return Err(ConfigError::Invalid("max_group_members must be at least 2".into()));
+        }
+        if self.ephemeral.typing_per_second <= 0.0 || self.ephemeral.typing_burst == 0 {
+            return Err(ConfigError::Invalid("ephemeral typing rate and burst must be positive".into()));
         }
         if self.delivery.outbound_queue == 0 {
             return Err(ConfigError::Invalid("delivery.outbound_queue must be at least 1".into()));

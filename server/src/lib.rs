@@ -123,6 +123,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             max_frame_bytes: config.max_frame_bytes,
             outbound_queue: config.delivery.outbound_queue,
             max_group_members: config.max_group_members,
+            typing_ttl_ms: config.ephemeral.typing_ttl_ms,
+            typing_per_second: config.ephemeral.typing_per_second,
+            typing_burst: config.ephemeral.typing_burst,
         },
     );
     let transport_config = transport::TransportConfig {

@@ -22,7 +22,9 @@ fn timeline(items: &[FeedItem], conv: &str) -> Vec<(u64, String)> {
             FeedItem::Message { message, .. } if message.conversation_id == conv => {
                 Some((message.seq, texts(std::slice::from_ref(i)).remove(0)))
             }
-            FeedItem::Group { event, .. } if event.conversation_id == conv => Some((event.seq, format!("{:?}", event.change))),
+            FeedItem::Group { event, .. } if event.conversation_id == conv => {
+                Some((event.seq, format!("{:?}", event.change)))
+            }
             _ => None,
         })
         .collect()
@@ -45,10 +47,12 @@ async fn three_members_see_one_identical_order_under_concurrent_sends() {
 
     const EACH: usize = 30;
     async fn send_all(c: &Client, id: &str, who: &str) -> Vec<u64> {
-        let sends = (0..EACH).map(|i| async move { c.send_text(id, &format!("{who}-{i}"), &format!("{who} {i}")).await.unwrap().seq });
+        let sends = (0..EACH)
+            .map(|i| async move { c.send_text(id, &format!("{who}-{i}"), &format!("{who} {i}")).await.unwrap().seq });
         futures::future::join_all(sends).await
     }
-    let (a, b, c) = tokio::join!(send_all(&alice, &id, "alice"), send_all(&bob, &id, "bob"), send_all(&carol, &id, "carol"));
+    let (a, b, c) =
+        tokio::join!(send_all(&alice, &id, "alice"), send_all(&bob, &id, "bob"), send_all(&carol, &id, "carol"));
     let mut all: Vec<u64> = a.into_iter().chain(b).chain(c).collect();
     all.sort_unstable();
     assert_eq!(all, (2..2 + 3 * EACH as u64).collect::<Vec<_>>(), "seqs are gap-free after the creation event");
@@ -86,8 +90,10 @@ async fn removal_stops_live_delivery_and_limits_history_to_the_removal() {
     let after_removal = alice.remove_member(&id, &user_id(&bob)).await.unwrap();
     assert!(after_removal.members.iter().all(|m| m.email != "bob@example.org"));
     // Bob is told, then hears nothing more.
-    let items = feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::Group { event, .. }
-        if matches!(&event.change, Some(Change::MemberRemoved(m)) if m.email == "bob@example.org")))
+    let items = feed_until(&mut bob_feed, WAIT, |i| {
+        matches!(i, FeedItem::Group { event, .. }
+        if matches!(&event.change, Some(Change::MemberRemoved(m)) if m.email == "bob@example.org"))
+    })
     .await;
     let removal_seq = match items.last().unwrap() {
         FeedItem::Group { event, .. } => event.seq,
@@ -104,7 +110,10 @@ async fn removal_stops_live_delivery_and_limits_history_to_the_removal() {
     // History up to the removal stays readable; nothing after it.
     let page = bob.history(GetHistory { conversation_id: id.clone(), ..Default::default() }).await.unwrap();
     assert_eq!(page.messages.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>(), vec!["1"]);
-    let after = bob.history(GetHistory { conversation_id: id.clone(), after_seq: removal_seq, ..Default::default() }).await.unwrap();
+    let after = bob
+        .history(GetHistory { conversation_id: id.clone(), after_seq: removal_seq, ..Default::default() })
+        .await
+        .unwrap();
     assert!(after.messages.is_empty());
     // He can no longer send, see members, or act in the group.
     assert_eq!(bob.send_text(&id, "x", "let me in").await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
@@ -158,8 +167,11 @@ async fn the_last_owner_leaving_hands_the_group_to_the_oldest_admin() {
     alice.set_role(&id, &user_id(&carol), Role::Admin).await.unwrap();
     let (mut feed, _) = bob.sync(None).await.unwrap();
     alice.leave(&id).await.unwrap();
-    let items = feed_until(&mut feed, WAIT, |i| matches!(i, FeedItem::Group { event, .. }
-        if matches!(&event.change, Some(Change::RoleChanged(_))))).await;
+    let items = feed_until(&mut feed, WAIT, |i| {
+        matches!(i, FeedItem::Group { event, .. }
+        if matches!(&event.change, Some(Change::RoleChanged(_))))
+    })
+    .await;
     let FeedItem::Group { event, .. } = items.last().unwrap() else { unreachable!() };
     assert!(event.actor_user_id.is_empty(), "made by the server");
     let g = bob.get_conversation(&id).await.unwrap();
@@ -228,7 +240,8 @@ async fn a_send_racing_a_removal_is_either_before_it_or_refused() {
     removed.unwrap();
     // The removal is the group's last event: nothing was accepted after it.
     let removal_seq = alice.get_conversation(&id).await.unwrap().last_seq;
-    let history = alice.history(GetHistory { conversation_id: id.clone(), limit: 100, ..Default::default() }).await.unwrap();
+    let history =
+        alice.history(GetHistory { conversation_id: id.clone(), limit: 100, ..Default::default() }).await.unwrap();
     assert!(history.messages.iter().all(|m| m.seq < removal_seq));
     let mut accepted = 0;
     for r in results {

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod dm;
 mod groups;
+mod presence;
 mod protocol;
 mod receipts;
 

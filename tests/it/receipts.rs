@@ -92,10 +92,7 @@ async fn in_a_group_read_by_n_of_m_with_who() {
     carol.mark_read(&id, seq).await.unwrap();
     let r = alice.receipts(&id, seq).await.unwrap();
     assert_eq!((r.status, r.read_by.len()), (ReceiptStatus::Read as i32, 2));
-    assert_eq!(
-        alice.receipts(&id, 999).await.unwrap_err().code(),
-        Some(natter_proto::ErrorCode::NOT_FOUND)
-    );
+    assert_eq!(alice.receipts(&id, 999).await.unwrap_err().code(), Some(natter_proto::ErrorCode::NOT_FOUND));
 }
 
 #[tokio::test]

@@ -112,6 +112,11 @@ pub enum Event {
         seq: Seq,
         at: Millis,
     },
+    PrivacyChanged {
+        user_id: UserId,
+        hide_last_seen: bool,
+        at: Millis,
+    },
 }
 
 /// A member's role in a group, in increasing power.
@@ -177,6 +182,7 @@ impl Event {
             Event::GroupRenamed { .. } => "GroupRenamed",
             Event::DeliveredUpTo { .. } => "DeliveredUpTo",
             Event::ReadUpTo { .. } => "ReadUpTo",
+            Event::PrivacyChanged { .. } => "PrivacyChanged",
         }
     }
 
@@ -196,7 +202,8 @@ impl Event {
             Event::UserRegistered(_)
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
-            | Event::SessionRevoked { .. } => None,
+            | Event::SessionRevoked { .. }
+            | Event::PrivacyChanged { .. } => None,
         }
     }
 }

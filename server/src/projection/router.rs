@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Event, TokenHash, UserId};
+use crate::domain::{ConversationId, Event, Millis, TokenHash, UserId};
 use crate::store::{CommittedEvent, RecordedEvent, Store};
 
 /// Set when a session's queue overflowed (or the router itself lagged): the
@@ -39,12 +39,33 @@ impl LagFlag {
     }
 }
 
+/// An ephemeral signal: never stored, dropped rather than queued when a
+/// connection cannot keep up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ephemeral {
+    Typing { conversation: ConversationId, user: UserId, ttl_ms: u32 },
+    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+}
+
+/// What a connection receives once its feed runs.
+pub struct FeedAttachment {
+    pub events: mpsc::Receiver<Arc<RecordedEvent>>,
+    pub lag: Arc<LagFlag>,
+    pub signals: mpsc::Receiver<Arc<Ephemeral>>,
+}
+
+/// Signals queued per connection; more are dropped (they are ephemeral).
+const SIGNAL_QUEUE: usize = 64;
+
+/// A running feed's two queues: log events, and ephemeral signals.
+type FeedQueues = (mpsc::Sender<Arc<RecordedEvent>>, mpsc::Sender<Arc<Ephemeral>>);
+
 /// One authenticated connection as the router sees it.
 pub struct Subscriber {
     id: u64,
     user: UserId,
     token_hash: TokenHash,
-    feed: OnceLock<mpsc::Sender<Arc<RecordedEvent>>>,
+    feed: OnceLock<FeedQueues>,
     lag: Arc<LagFlag>,
     /// Cancelled when the session is revoked.
     revoked: CancellationToken,
@@ -54,6 +75,7 @@ pub struct Subscriber {
 pub struct Registration {
     router: Arc<Router>,
     sub: Arc<Subscriber>,
+    released: bool,
 }
 
 impl Registration {
@@ -64,22 +86,36 @@ impl Registration {
 
     /// Starts live delivery into a queue of `capacity` events. Once per
     /// registration; `None` if already attached.
-    pub fn attach_feed(&self, capacity: usize) -> Option<(mpsc::Receiver<Arc<RecordedEvent>>, Arc<LagFlag>)> {
-        let (tx, rx) = mpsc::channel(capacity);
-        self.sub.feed.set(tx).ok()?;
-        Some((rx, self.sub.lag.clone()))
+    pub fn attach_feed(&self, capacity: usize) -> Option<FeedAttachment> {
+        let (tx, events) = mpsc::channel(capacity);
+        let (stx, signals) = mpsc::channel(SIGNAL_QUEUE);
+        self.sub.feed.set((tx, stx)).ok()?;
+        Some(FeedAttachment { events, lag: self.sub.lag.clone(), signals })
+    }
+
+    /// Unregisters; true when this was the user's last connection (they went offline).
+    pub fn release(mut self) -> bool {
+        self.unregister()
+    }
+
+    fn unregister(&mut self) -> bool {
+        if std::mem::replace(&mut self.released, true) {
+            return false;
+        }
+        let mut sessions = self.router.sessions.lock().expect("router lock");
+        let Some(list) = sessions.get_mut(&self.sub.user) else { return false };
+        list.retain(|s| s.id != self.sub.id);
+        if list.is_empty() {
+            sessions.remove(&self.sub.user);
+            return true;
+        }
+        false
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut sessions = self.router.sessions.lock().expect("router lock");
-        if let Some(list) = sessions.get_mut(&self.sub.user) {
-            list.retain(|s| s.id != self.sub.id);
-            if list.is_empty() {
-                sessions.remove(&self.sub.user);
-            }
-        }
+        self.unregister();
     }
 }
 
@@ -98,8 +134,9 @@ impl Router {
         router
     }
 
-    /// Registers an authenticated connection.
-    pub fn register(self: &Arc<Self>, user: UserId, token_hash: TokenHash) -> Registration {
+    /// Registers an authenticated connection; the flag is true when it is the
+    /// user's first (they came online).
+    pub fn register(self: &Arc<Self>, user: UserId, token_hash: TokenHash) -> (Registration, bool) {
         let sub = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user,
@@ -108,8 +145,30 @@ impl Router {
             lag: Arc::new(LagFlag::default()),
             revoked: CancellationToken::new(),
         });
-        self.sessions.lock().expect("router lock").entry(user).or_default().push(sub.clone());
-        Registration { router: self.clone(), sub }
+        let first = {
+            let mut sessions = self.sessions.lock().expect("router lock");
+            let list = sessions.entry(user).or_default();
+            list.push(sub.clone());
+            list.len() == 1
+        };
+        (Registration { router: self.clone(), sub, released: false }, first)
+    }
+
+    /// Whether the user has a connection to this node.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.sessions.lock().expect("router lock").contains_key(&user)
+    }
+
+    /// Hands an ephemeral signal to every connection of `users` whose feed runs.
+    /// A full queue drops it: ephemeral signals are never worth memory.
+    pub fn signal(&self, users: &[UserId], signal: Ephemeral) {
+        let signal = Arc::new(signal);
+        let sessions = self.sessions.lock().expect("router lock");
+        for sub in users.iter().filter_map(|u| sessions.get(u)).flatten() {
+            if let Some((_, signals)) = sub.feed.get() {
+                let _ = signals.try_send(signal.clone());
+            }
+        }
     }
 
     /// Number of registered connections.
@@ -163,7 +222,7 @@ impl Router {
         let sessions = self.sessions.lock().expect("router lock");
         for user in &committed.audience {
             for sub in sessions.get(user).into_iter().flatten() {
-                let Some(tx) = sub.feed.get() else { continue };
+                let Some((tx, _)) = sub.feed.get() else { continue };
                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(shared.clone()) {
                     sub.lag.mark();
                 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{convert, Identity, Service, WireError};
 use crate::domain::{conversation, ConversationId, Event, Seq, UserId};
-use crate::projection::router::LagFlag;
+use crate::projection::router::{Ephemeral, FeedAttachment, LagFlag};
 use crate::store::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamName};
 
 /// Most events read from the log (or drained from the queue) per batch.
@@ -27,9 +27,23 @@ pub struct FeedSource {
     rx: mpsc::Receiver<Arc<RecordedEvent>>,
     lag: Arc<LagFlag>,
     /// Reading from the log rather than the live queue.
+    signals: mpsc::Receiver<Arc<Ephemeral>>,
     reading_log: bool,
     caught_up_sent: bool,
     delivered: DeliveryTracker,
+}
+
+/// What to send next: feed frames (on the stream, in order) and ephemeral
+/// signals (as datagrams where the peer takes them).
+pub struct FeedBatch {
+    pub frames: Vec<wire::FeedFrame>,
+    pub signals: Vec<wire::Signal>,
+}
+
+impl FeedBatch {
+    fn frames(frames: Vec<wire::FeedFrame>) -> Self {
+        Self { frames, signals: Vec::new() }
+    }
 }
 
 impl FeedSource {
@@ -37,11 +51,11 @@ impl FeedSource {
         service: Arc<Service>,
         user: UserId,
         since: Position,
-        rx: mpsc::Receiver<Arc<RecordedEvent>>,
-        lag: Arc<LagFlag>,
+        attachment: FeedAttachment,
         delivered: DeliveryTracker,
     ) -> Self {
-        Self { service, user, last: since, rx, lag, reading_log: true, caught_up_sent: false, delivered }
+        let FeedAttachment { events: rx, lag, signals } = attachment;
+        Self { service, user, last: since, rx, lag, signals, reading_log: true, caught_up_sent: false, delivered }
     }
 
     /// The next frames to write, in order. Waits for live events when there is
@@ -50,7 +64,7 @@ impl FeedSource {
     /// # Errors
     /// When the store failed; the transport closes the feed and the client
     /// resyncs on a new connection.
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<wire::FeedFrame>>, WireError> {
+    pub async fn next_batch(&mut self) -> Result<Option<FeedBatch>, WireError> {
         loop {
             if self.lag.take() {
                 // The live queue overflowed: forget it and read the log instead.
@@ -60,14 +74,14 @@ impl FeedSource {
             if self.reading_log {
                 let events = self.service.store().feed(self.user, self.last, BATCH as u32).await?;
                 if !events.is_empty() {
-                    return self.frames(events.iter()).await.map(Some);
+                    return self.frames(events.iter()).await.map(FeedBatch::frames).map(Some);
                 }
                 self.reading_log = false;
                 if !self.caught_up_sent {
                     self.caught_up_sent = true;
-                    return Ok(Some(vec![wire::FeedFrame {
+                    return Ok(Some(FeedBatch::frames(vec![wire::FeedFrame {
                         kind: Some(feed_frame::Kind::CaughtUp(wire::CaughtUp { cursor: self.last })),
-                    }]));
+                    }])));
                 }
                 continue;
             }
@@ -77,6 +91,14 @@ impl FeedSource {
                     None => return Ok(None),
                 },
                 () = self.lag.wait() => continue,
+                signal = self.signals.recv() => {
+                    let Some(signal) = signal else { return Ok(None) };
+                    let mut signals = vec![self.service.signal_to_wire(&signal).await?];
+                    while let Ok(more) = self.signals.try_recv() {
+                        signals.push(self.service.signal_to_wire(&more).await?);
+                    }
+                    return Ok(Some(FeedBatch { frames: Vec::new(), signals }));
+                }
             };
             let mut batch = vec![first];
             while batch.len() < BATCH {
@@ -87,7 +109,7 @@ impl FeedSource {
             }
             let frames = self.frames(batch.iter().map(|e| &**e)).await?;
             if !frames.is_empty() {
-                return Ok(Some(frames));
+                return Ok(Some(FeedBatch::frames(frames)));
             }
         }
     }
@@ -182,7 +204,8 @@ impl FeedSource {
             Event::UserRegistered(_)
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
-            | Event::SessionRevoked { .. } => None,
+            | Event::SessionRevoked { .. }
+            | Event::PrivacyChanged { .. } => None,
         })
     }
 }

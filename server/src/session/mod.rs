@@ -8,6 +8,7 @@ mod convert;
 pub mod feed;
 mod groups;
 mod messaging;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,11 @@ pub struct ServiceConfig {
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
     pub max_group_members: usize,
+    /// How long a typing signal shows.
+    pub typing_ttl_ms: u32,
+    /// Typing signals a connection may send: per second, and in a burst.
+    pub typing_per_second: f64,
+    pub typing_burst: u32,
 }
 
 /// Shared state of all sessions.
@@ -77,14 +83,15 @@ const CACHE_MAX: usize = 100_000;
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    pub retry_after_ms: u32,
 }
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after_ms: 0 }
     }
     pub fn to_wire(&self) -> wire::Error {
-        wire::Error { code: self.code.0, message: self.message.clone(), retry_after_ms: 0 }
+        wire::Error { code: self.code.0, message: self.message.clone(), retry_after_ms: self.retry_after_ms }
     }
 }
 
@@ -136,6 +143,13 @@ pub struct Session {
     feed_started: bool,
     /// Feed acknowledgements, for the delivered-receipt task (set once the feed runs).
     acks: Option<watch::Sender<Position>>,
+    typing_limit: presence::RateLimit,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.sign_out();
+    }
 }
 
 /// What handling a request produced besides its answer.
@@ -201,7 +215,13 @@ impl Service {
             ));
         }
         let version = max.min(ours);
-        let mut session = Session { service: self.clone(), signed_in: None, feed_started: false, acks: None };
+        let mut session = Session {
+            service: self.clone(),
+            signed_in: None,
+            feed_started: false,
+            acks: None,
+            typing_limit: presence::RateLimit::new(self.config.typing_per_second, self.config.typing_burst),
+        };
         if !hello.session_token.is_empty() {
             let hash = hash_token(&hello.session_token);
             let record = self.store.session_by_token(hash).await?;
@@ -332,8 +352,24 @@ impl Session {
     }
 
     fn sign_in(&mut self, identity: Identity) {
-        let reg = self.service.router.register(identity.user_id, identity.token_hash);
+        let (reg, first) = self.service.router.register(identity.user_id, identity.token_hash);
+        if first {
+            tokio::spawn(self.service.clone().presence_changed(identity.user_id, true));
+        }
         self.signed_in = Some((identity, reg));
+    }
+
+    /// Leaves the signed-in state; the user goes offline if this was their last
+    /// connection. Returns what was signed in, for a logout to restore on failure.
+    fn sign_out(&mut self) -> Option<Identity> {
+        let (identity, reg) = self.signed_in.take()?;
+        if reg.release() {
+            // Drop may run outside a runtime (at shutdown): then nobody is left to tell.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(self.service.clone().presence_changed(identity.user_id, false));
+            }
+        }
+        Some(identity)
     }
 
     fn require_identity(&self) -> Result<&Identity, WireError> {
@@ -343,7 +379,10 @@ impl Session {
     /// Whether `body` changes this session's state, so it must run alone
     /// (in order with the requests around it) rather than concurrently.
     pub fn is_stateful(body: &Body) -> bool {
-        matches!(body, Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_))
+        matches!(
+            body,
+            Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_) | Body::Typing(_)
+        )
     }
 
     /// Handles a request that changes session state (see [`Session::is_stateful`]).
@@ -354,6 +393,9 @@ impl Session {
             Body::Logout(_) => self.logout().await.map(Handled::from),
             Body::Sync(req) => self.sync(req).await,
             Body::AckFeed(req) => self.ack(req).map(Handled::from),
+            Body::Typing(req) => {
+                self.typing(&req.conversation_id).await.map(|()| Handled::from(Reply::Typing(wire::TypingOk {})))
+            }
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
         };
         result.unwrap_or_else(|e| Handled::from(Reply::Error(e.to_wire())))
@@ -374,7 +416,7 @@ impl Session {
         let identity = self.require_identity()?.clone();
         // Unregister first: the revocation closes the *other* connections of
         // this session, not this one, which just becomes signed out.
-        let previous = self.signed_in.take();
+        self.sign_out();
         self.acks = None;
         let event = crate::domain::Event::SessionRevoked {
             user_id: identity.user_id,
@@ -392,7 +434,7 @@ impl Session {
             .await;
         if let Err(e) = result {
             // Not revoked: the connection stays signed in.
-            self.signed_in = previous;
+            self.sign_in(identity);
             return Err(e.into());
         }
         Ok(Reply::Logout(wire::LogoutOk {}))
@@ -404,7 +446,7 @@ impl Session {
             return Err(invalid("sync", "the feed is already running on this connection; reconnect to restart it"));
         }
         let (_, registration) = self.signed_in.as_ref().expect("identity implies registration");
-        let (rx, lag) = registration
+        let attachment = registration
             .attach_feed(self.service.config.outbound_queue)
             .ok_or_else(|| invalid("sync", "the feed is already running on this connection"))?;
         // Attached before reading the head: nothing committed from here on is missed.
@@ -415,12 +457,26 @@ impl Session {
         let (acks, acked) = watch::channel(0);
         self.acks = Some(acks);
         tokio::spawn(feed::deliver_receipts(self.service.clone(), identity.clone(), tracker.clone(), acked));
-        let source = FeedSource::new(self.service.clone(), identity.user_id, since, rx, lag, tracker);
+        let source = FeedSource::new(self.service.clone(), identity.user_id, since, attachment, tracker);
         Ok(Handled { reply: Reply::Sync(wire::SyncOk { head }), feed: Some(source) })
     }
 }
 
 impl Session {
+    /// A typing signal (from a request or a datagram), rate-limited per connection.
+    ///
+    /// # Errors
+    /// `RATE_LIMITED` (with `retry_after_ms`), `UNAUTHENTICATED`, `NOT_A_MEMBER`.
+    pub async fn typing(&mut self, conversation_id: &str) -> Result<(), WireError> {
+        let me = self.require_identity()?.clone();
+        if let Err(wait) = self.typing_limit.take(std::time::Instant::now()) {
+            let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many typing signals");
+            e.retry_after_ms = wait.as_millis().max(1) as u32;
+            return Err(e);
+        }
+        self.service.typing(&me, conversation_id).await
+    }
+
     fn ack(&mut self, req: wire::AckFeed) -> Result<Reply, WireError> {
         self.require_identity()?;
         let acks = self.acks.as_ref().ok_or_else(|| invalid("ack_feed", "no feed runs on this connection"))?;
@@ -455,7 +511,14 @@ impl Service {
                 Body::Leave(req) => self.leave(&me, req).await,
                 Body::SetRole(req) => self.set_role(&me, req).await,
                 Body::RenameGroup(req) => self.rename_group(&me, req).await,
-                Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_) => {
+                Body::SetPrivacy(req) => self.set_privacy(&me, req).await,
+                Body::GetPresence(req) => self.get_presence(&me, req).await,
+                Body::Signup(_)
+                | Body::Login(_)
+                | Body::Logout(_)
+                | Body::Sync(_)
+                | Body::AckFeed(_)
+                | Body::Typing(_) => {
                     unreachable!("stateful requests go through Session::handle_stateful")
                 }
             },

@@ -106,6 +106,10 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: at.0,
         }
         .encode_to_vec(),
+        Event::PrivacyChanged { user_id, hide_last_seen, at } => {
+            pb::PrivacyChanged { user_id: user_id.to_string(), hide_last_seen: *hide_last_seen, at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::ReadUpTo { conversation_id, user, seq, at } => pb::ReadUpTo {
             conversation_id: conversation_id.to_string(),
             user_id: user.to_string(),
@@ -293,6 +297,14 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "PrivacyChanged" => {
+            let e = pb::PrivacyChanged::decode(payload).map_err(bad)?;
+            Event::PrivacyChanged {
+                user_id: UserId(uuid(&e.user_id)?),
+                hide_last_seen: e.hide_last_seen,
+                at: Millis(e.at_ms),
+            }
+        }
         other => return Err(format!("unknown event type {other:?}")),
     })
 }
@@ -360,6 +372,7 @@ mod tests {
                 at: Millis(14),
             },
             Event::ReadUpTo { conversation_id: conv, user: v, seq: Seq(2), at: Millis(15) },
+            Event::PrivacyChanged { user_id: v, hide_last_seen: true, at: Millis(16) },
         ]
     }
 

@@ -221,6 +221,14 @@ pub enum Membership {
     },
 }
 
+/// What presence needs to know of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceRecord {
+    pub user: UserId,
+    pub last_seen: Option<Millis>,
+    pub hide_last_seen: bool,
+}
+
 /// A user's receipt watermarks in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiptRecord {
@@ -327,6 +335,14 @@ pub trait Store: Send + Sync + 'static {
     /// A device's delivered watermark in a conversation (0 when none).
     async fn device_delivered(&self, id: ConversationId, device: DeviceId) -> Result<Seq, StoreError>;
     async fn stats(&self) -> Result<StoreStats, StoreError>;
+
+    /// Records when a user was last connected (not part of the log: presence is
+    /// ephemeral, only this survives a restart). Durable like an append.
+    async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError>;
+    /// Last-seen time and privacy setting of each user (unknown users are absent).
+    async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError>;
+    /// Everyone who shares a current conversation with `user` (not `user`).
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
 
     /// Stops accepting appends, commits what is queued, and closes.
     async fn shutdown(&self);

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use super::{
     codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommittedBatch, CommittedEvent,
     ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord, Position, Precondition,
-    ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, UserRecord,
+    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
+    StreamName, UserRecord,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -31,6 +32,7 @@ use crate::domain::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_groups_receipts.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
 ];
 
 /// How the embedded store is set up.
@@ -54,6 +56,8 @@ impl SqliteConfig {
 
 struct WriteJob {
     appends: Vec<StreamAppend>,
+    /// A last-seen update instead of appends (it rides the same group commit).
+    last_seen: Option<(UserId, Millis)>,
     reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
@@ -234,7 +238,12 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
     for job in jobs.iter() {
         let result = match tx.savepoint() {
             Ok(mut sp) => {
-                let r = append_in_tx(&sp, &job.appends, recorded_at);
+                let r = match job.last_seen {
+                    Some((user, at)) => upsert_last_seen(&sp, user, at)
+                        .map(|()| (AppendOutcome::Appended(Vec::new()), Vec::new()))
+                        .map_err(AppendError::from),
+                    None => append_in_tx(&sp, &job.appends, recorded_at),
+                };
                 match r {
                     Ok((outcome, committed)) => sp
                         .commit()
@@ -349,6 +358,15 @@ fn append_in_tx(
         .execute(params![stream, version as i64])?;
     }
     Ok((AppendOutcome::Appended(recorded), committed))
+}
+
+fn upsert_last_seen(conn: &Connection, user: UserId, at: Millis) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached(
+        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+    )?
+    .execute(params![user.to_string(), at.0 as i64])?;
+    Ok(())
 }
 
 fn check_precondition(conn: &Connection, pre: Precondition) -> Result<(), AppendError> {
@@ -475,6 +493,11 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                  SET delivered_seq = MAX(delivered_seq, excluded.delivered_seq)",
             )?
             .execute(params![conv, user_s, seq.0 as i64])?;
+        }
+        Event::PrivacyChanged { user_id, hide_last_seen, .. } => {
+            conn.prepare_cached("UPDATE users SET hide_last_seen = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), *hide_last_seen])?;
+            return Ok(Vec::new());
         }
         Event::ReadUpTo { conversation_id, user, seq, .. } => {
             conn.prepare_cached(
@@ -769,7 +792,7 @@ impl Store for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
         let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        writer.send(WriteJob { appends, reply }).await.map_err(|_| StoreError::Closed)?;
+        writer.send(WriteJob { appends, last_seen: None, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -974,6 +997,57 @@ impl Store for SqliteStore {
                 messages: count("SELECT COUNT(*) FROM messages")?,
                 head: count("SELECT COALESCE(MAX(position), 0) FROM events")?,
             })
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError> {
+        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer
+            .send(WriteJob { appends: Vec::new(), last_seen: Some((user, at)), reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await.map_err(|_| StoreError::Closed)? {
+            Ok(_) => Ok(()),
+            Err(AppendError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Database(other.to_string())),
+        }
+    }
+
+    async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT u.hide_last_seen, l.last_seen_ms FROM users u
+                 LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = ?1",
+            )?;
+            let mut out = Vec::with_capacity(users.len());
+            for user in users {
+                let row = stmt
+                    .query_row([user.to_string()], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<i64>>(1)?)))
+                    .optional()?;
+                if let Some((hide, seen)) = row {
+                    out.push(PresenceRecord { user, last_seen: seen.map(|s| Millis(s as u64)), hide_last_seen: hide });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT other.user_id FROM members me
+                 JOIN members other ON other.conversation_id = me.conversation_id
+                 WHERE me.user_id = ?1 AND me.left_seq IS NULL AND other.left_seq IS NULL AND other.user_id != ?1",
+            )?;
+            let rows = stmt.query_map([user.to_string()], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in rows {
+                out.push(UserId(parse_uuid(&id?)?));
+            }
+            Ok(out)
         })
         .await
     }

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use natter_proto::codec::{encode_frame, encode_frame_into};
 use natter_proto::limits::MAX_IN_FLIGHT_REQUESTS;
 use natter_proto::wire::{self, client_frame, response, server_frame};
 use natter_proto::{ErrorCode, FrameDecoder, FrameError};
+use prost::Message as _;
 use quinn::VarInt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
@@ -206,6 +207,13 @@ impl Connection {
                 () = async { match &revoked { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
                     break End::Close(ErrorCode::SESSION_INVALID, "session revoked".into());
                 }
+                d = self.conn.read_datagram() => {
+                    match d {
+                        Ok(bytes) => self.datagram(&mut session, &bytes).await,
+                        Err(_) => break End::Gone,
+                    }
+                    continue;
+                }
                 f = read_frame(&mut recv, &mut decoder) => f,
             };
             let request = match frame {
@@ -266,6 +274,20 @@ impl Connection {
         drop(out);
         let _ = writer.await;
         end
+    }
+
+    /// A client datagram: an ephemeral signal. Nothing answers a datagram, so
+    /// a bad or refused one is only logged.
+    async fn datagram(&self, session: &mut Session, bytes: &[u8]) {
+        match wire::ClientSignal::decode(bytes) {
+            Ok(wire::ClientSignal { kind: Some(wire::client_signal::Kind::Typing(t)) }) => {
+                if let Err(e) = session.typing(&t.conversation_id).await {
+                    tracing::debug!(code = e.code.0, "typing datagram refused: {}", e.message);
+                }
+            }
+            Ok(_) => tracing::debug!("datagram of an unknown kind ignored"),
+            Err(e) => tracing::debug!(error = %e, "malformed datagram ignored"),
+        }
     }
 
     async fn frame_error(
@@ -385,12 +407,25 @@ async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: Can
             b = source.next_batch() => b,
         };
         match batch {
-            Ok(Some(frames)) => {
+            Ok(Some(batch)) => {
                 buf.clear();
-                for f in &frames {
+                for f in &batch.frames {
                     encode_frame_into(f, &mut buf);
                 }
-                if send.write_all(&buf).await.is_err() {
+                for signal in batch.signals {
+                    // Datagrams when the peer takes them; else in order on the feed stream.
+                    let bytes = Bytes::from(signal.encode_to_vec());
+                    match conn.max_datagram_size() {
+                        Some(max) if bytes.len() <= max => {
+                            let _ = conn.send_datagram(bytes);
+                        }
+                        _ => encode_frame_into(
+                            &wire::FeedFrame { kind: Some(wire::feed_frame::Kind::Signal(signal)) },
+                            &mut buf,
+                        ),
+                    }
+                }
+                if !buf.is_empty() && send.write_all(&buf).await.is_err() {
                     return;
                 }
             }
