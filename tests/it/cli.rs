@@ -149,3 +149,48 @@ async fn listen_reconnects_after_a_server_restart_and_misses_nothing() {
     assert_eq!(next_message().await, "after restart 2");
     assert!(listener.wait().await.unwrap().success());
 }
+
+#[tokio::test]
+async fn a_group_with_the_cli_unread_read_and_receipts() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = |who: &str| dir.path().join(who);
+    let pw = format!("{PASSWORD}\n");
+    for who in ["alice", "bob", "carol"] {
+        let email = format!("{who}@example.org");
+        run(cmd(&server, &profile(who), &["signup", "--email", &email, "--password-stdin"]), &pw).await;
+    }
+    let out =
+        run(cmd(&server, &profile("alice"), &["group", "create", "team", "bob@example.org", "carol@example.org"]), "")
+            .await;
+    assert!(out.starts_with("'team' ["), "{out}");
+    assert!(out.contains("alice@example.org (owner)") && out.contains("bob@example.org (member)"), "{out}");
+
+    let out = run(cmd(&server, &profile("alice"), &["send", "team", "hello team"]), "").await;
+    assert!(out.starts_with("sent #2 to 'team'"), "{out}");
+    let convs = run(cmd(&server, &profile("carol"), &["conversations"]), "").await;
+    assert!(convs.starts_with("'team' (1 unread)"), "{convs}");
+    let out = run(cmd(&server, &profile("carol"), &["read", "team"]), "").await;
+    assert_eq!(out.trim(), "'team' read up to #2");
+    let convs = run(cmd(&server, &profile("carol"), &["conversations"]), "").await;
+    assert!(convs.starts_with("'team'  "), "{convs}");
+    let out = run(cmd(&server, &profile("alice"), &["receipts", "team", "2"]), "").await;
+    assert!(out.contains("read by 1 of 2"), "{out}");
+    assert!(out.contains("read by carol@example.org"), "{out}");
+
+    // Bob is made admin, renames the group, removes Carol; Carol is told.
+    run(cmd(&server, &profile("alice"), &["group", "role", "team", "bob@example.org", "admin"]), "").await;
+    run(cmd(&server, &profile("bob"), &["group", "rename", "team", "crew"]), "").await;
+    let out = run(cmd(&server, &profile("bob"), &["group", "remove", "crew", "carol@example.org"]), "").await;
+    assert!(!out.contains("carol@example.org"), "{out}");
+    let listen = run(cmd(&server, &profile("carol"), &["listen", "--count", "1"]), "").await;
+    assert!(listen.contains("group 'team' created with 3 members"), "{listen}");
+    assert!(listen.contains("#2 alice@example.org: hello team"), "{listen}");
+    let mut c = cmd(&server, &profile("carol"), &["send", "crew", "am I still here?"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = c.output().await.unwrap();
+    assert!(!out.status.success(), "carol can no longer find or send to the group");
+    run(cmd(&server, &profile("alice"), &["group", "leave", "crew"]), "").await;
+    let show = run(cmd(&server, &profile("bob"), &["group", "show", "crew"]), "").await;
+    assert!(show.contains("bob@example.org (owner)"), "ownership handed over: {show}");
+}

@@ -119,6 +119,7 @@ async fn removal_stops_live_delivery_and_limits_history_to_the_removal() {
     assert_eq!(bob.send_text(&id, "x", "let me in").await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
     assert_eq!(bob.get_conversation(&id).await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
     assert_eq!(bob.leave(&id).await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
+    assert_eq!(bob.receipts(&id, 2).await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
     // His list shows the group as left, without its members.
     let list = bob.conversations(10).await.unwrap();
     let entry = list.iter().find(|c| c.conversation_id == id).unwrap();

@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, watch};
 use super::{convert, Identity, Service, WireError};
 use crate::domain::{conversation, ConversationId, Event, Seq, UserId};
 use crate::projection::router::{Ephemeral, FeedAttachment, LagFlag};
-use crate::store::{ExpectedVersion, NewEvent, Position, RecordedEvent, StreamAppend, StreamName};
+use crate::store::{
+    AppendError, ExpectedVersion, NewEvent, Position, Precondition, RecordedEvent, StreamAppend, StreamName,
+};
 
 /// Most events read from the log (or drained from the queue) per batch.
 const BATCH: usize = 256;
@@ -251,7 +253,9 @@ impl DeliveryTracker {
 
 /// Turns a connection's feed acknowledgements into delivered receipts: waits for
 /// an ack, gathers the burst, and appends one `DeliveredUpTo` per conversation
-/// whose watermark moves forward. Ends with the connection's session.
+/// where the user's delivered watermark moves forward (so receipts seen by
+/// others only ever grow, whichever device acknowledged). Only current members
+/// report delivery. Ends with the connection's session.
 pub async fn deliver_receipts(
     service: Arc<Service>,
     me: Identity,
@@ -261,28 +265,24 @@ pub async fn deliver_receipts(
     while acked.changed().await.is_ok() {
         tokio::time::sleep(ACK_COALESCE).await;
         let cursor = *acked.borrow_and_update();
-        let received = tracker.acknowledge(cursor);
-        let mut appends = Vec::new();
-        for (conv, seq) in received {
-            let current = match service.store().device_delivered(conv, me.device_id).await {
-                Ok(c) => c,
+        for (conv, seq) in tracker.acknowledge(cursor) {
+            let current = match service.store().receipts(conv).await {
+                Ok(all) => all.iter().find(|r| r.user == me.user_id).map_or(Seq(0), |r| r.delivered),
                 Err(e) => {
                     tracing::warn!(error = %e, "delivered receipts skipped");
                     continue;
                 }
             };
             let now = service.now();
-            if let Some(event) = conversation::decide_delivered(conv, me.user_id, me.device_id, current, seq, now) {
-                appends.push(StreamAppend::new(
-                    StreamName::receipts(conv),
-                    ExpectedVersion::Any,
-                    vec![NewEvent::fresh(event)],
-                ));
-            }
-        }
-        if !appends.is_empty() {
-            if let Err(e) = service.store().append(appends).await {
-                tracing::warn!(error = %e, "delivered receipts not stored");
+            let Some(event) = conversation::decide_delivered(conv, me.user_id, me.device_id, current, seq, now) else {
+                continue;
+            };
+            let append =
+                StreamAppend::new(StreamName::receipts(conv), ExpectedVersion::Any, vec![NewEvent::fresh(event)])
+                    .with_precondition(Precondition::ActiveMember { conversation: conv, user: me.user_id });
+            match service.store().append(vec![append]).await {
+                Ok(_) | Err(AppendError::PreconditionFailed(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "delivered receipt not stored"),
             }
         }
     }

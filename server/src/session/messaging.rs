@@ -186,23 +186,17 @@ impl Service {
         Ok(Reply::Read(wire::ReadOk { read_up_to: seq.0 }))
     }
 
+    /// Receipts show who is in the conversation now, so they are for current
+    /// members only.
     pub(super) async fn get_receipts(&self, me: &Identity, req: wire::GetReceipts) -> Result<Reply, WireError> {
-        let id = ConversationId::parse(&req.conversation_id)?;
-        let visible = self.readable_upto(me.user_id, id).await?;
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        let id = state.id;
         let seq = Seq(req.seq);
-        if visible.is_some_and(|v| seq > v) {
-            return Err(Rejection::NotAMember.into());
-        }
         let message = self
             .store
             .message(id, seq)
             .await?
             .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, format!("no message with seq {}", seq.0)))?;
-        let state = self
-            .store
-            .conversation(id)
-            .await?
-            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
         let receipts = self.store.receipts(id).await?;
         let mut delivered_to = Vec::new();
         let mut read_by = Vec::new();

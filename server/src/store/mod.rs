@@ -332,8 +332,7 @@ pub trait Store: Send + Sync + 'static {
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError>;
     /// Every user's watermarks in a conversation (users without any are absent).
     async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError>;
-    /// A device's delivered watermark in a conversation (0 when none).
-    async fn device_delivered(&self, id: ConversationId, device: DeviceId) -> Result<Seq, StoreError>;
+
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
     /// Records when a user was last connected (not part of the log: presence is

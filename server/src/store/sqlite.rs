@@ -973,19 +973,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn device_delivered(&self, id: ConversationId, device: DeviceId) -> Result<Seq, StoreError> {
-        self.read(move |c| {
-            let seq: Option<i64> = c
-                .prepare_cached(
-                    "SELECT delivered_seq FROM device_receipts WHERE conversation_id = ?1 AND device_id = ?2",
-                )?
-                .query_row([id.to_string(), device.to_string()], |r| r.get(0))
-                .optional()?;
-            Ok(Seq(seq.unwrap_or(0) as u64))
-        })
-        .await
-    }
-
     async fn stats(&self) -> Result<StoreStats, StoreError> {
         self.read(|c| {
             let count =
