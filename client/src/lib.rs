@@ -264,6 +264,21 @@ async fn datagram_loop(conn: quinn::Connection, feed: SignalSink) {
     }
 }
 
+/// A local UDP socket that client connections share.
+#[derive(Clone)]
+pub struct ClientEndpoint(quinn::Endpoint);
+
+impl ClientEndpoint {
+    /// A socket on an ephemeral port of the address family `server` needs.
+    ///
+    /// # Errors
+    /// `Connect` when no socket can be bound.
+    pub fn for_server(server: SocketAddr) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+        quinn::Endpoint::client(bind).map(Self).map_err(|e| ClientError::Connect(e.to_string()))
+    }
+}
+
 /// A signed-in identity as the server reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -305,17 +320,21 @@ impl Client {
     /// `Connect` (unreachable, TLS/pin mismatch, timeout), or `Server` when the
     /// Hello is refused (e.g. `SESSION_INVALID`, `UNSUPPORTED_VERSION`).
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if config.server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-        Self::connect_with(endpoint, config).await
+        let endpoint = ClientEndpoint::for_server(config.server)?;
+        Self::connect_with(&endpoint, config).await
     }
 
-    /// Like [`Client::connect`] on an existing endpoint (one UDP socket can carry
+    /// Like [`Client::connect`] on a shared endpoint (one UDP socket carries
     /// many connections; the load generator spreads them over several).
     ///
     /// # Errors
     /// As [`Client::connect`].
-    pub async fn connect_with(endpoint: quinn::Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+    pub async fn connect_on(endpoint: &ClientEndpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, config).await
+    }
+
+    async fn connect_with(endpoint: &ClientEndpoint, config: &ClientConfig) -> Result<Self, ClientError> {
+        let endpoint = endpoint.0.clone();
         tokio::time::timeout(config.connect_timeout, Self::connect_inner(endpoint, config))
             .await
             .map_err(|_| ClientError::Connect("timed out".into()))?

@@ -39,6 +39,14 @@ pub struct Config {
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub ephemeral: EphemeralConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics and /healthz over HTTP here; off when unset.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +142,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
             ephemeral: EphemeralConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -146,7 +155,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral"];
+const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -214,7 +223,10 @@ impl Config {
         if self.max_group_members < 2 {
             return Err(ConfigError::Invalid("max_group_members must be at least 2".into()));
         }
-        if self.ephemeral.typing_per_second <= 0.0 || self.ephemeral.typing_burst == 0 {
+        if self.ephemeral.typing_per_second <= 0.0
+            || self.ephemeral.typing_burst == 0
+            || self.ephemeral.typing_ttl_ms == 0
+        {
             return Err(ConfigError::Invalid("ephemeral typing rate and burst must be positive".into()));
         }
         if self.delivery.outbound_queue == 0 {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod projection;
 pub mod session;
 pub mod store;
@@ -39,6 +40,8 @@ pub enum StartError {
     Auth(#[from] auth::AuthError),
     #[error("transport: {0}")]
     Transport(#[from] transport::TransportError),
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// A started natterd: serving until [`RunningServer::shutdown`].
@@ -46,6 +49,7 @@ pub struct RunningServer {
     local_addr: SocketAddr,
     fingerprint: String,
     cert_path: PathBuf,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -64,6 +68,11 @@ impl RunningServer {
     /// The PEM chain served (leaf first).
     pub fn cert_path(&self) -> &PathBuf {
         &self.cert_path
+    }
+
+    /// Where `/metrics` and `/healthz` are served, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A token that triggers graceful shutdown when cancelled.
@@ -106,14 +115,28 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let fingerprint = identity.fingerprint();
     let cert_path = identity.cert_path.clone();
 
+    let metrics = metrics::Metrics::new();
     let mut sqlite = SqliteConfig::in_dir(data_dir);
     sqlite.readers = config.store.readers;
     sqlite.max_batch = config.store.max_batch;
+    let m = metrics.clone();
+    sqlite.on_commit = Some(Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took)));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&sqlite)?);
     let hasher = auth::PasswordHasherArgon2::new(config.auth.argon2())?;
 
     let shutdown = CancellationToken::new();
-    let router = projection::router::Router::spawn(store.clone(), shutdown.clone());
+    let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
+    let metrics_addr = match config.metrics.listen {
+        Some(listen) => {
+            let r = router.clone();
+            let queued: Arc<dyn Fn() -> usize + Send + Sync> = Arc::new(move || r.queued());
+            let addr = metrics::serve(listen, metrics.clone(), store.clone(), queued, shutdown.clone())
+                .await
+                .map_err(StartError::Metrics)?;
+            Some(addr)
+        }
+        None => None,
+    };
     let service = session::Service::new(
         store.clone(),
         hasher,
@@ -138,11 +161,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        transport::serve(endpoint.clone(), service, transport_config, token, grace).await;
+        transport::serve(endpoint.clone(), service, transport_config, token, grace, metrics).await;
         // Every connection is closed: flush and close the log.
         store.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         tracing::info!("natterd stopped");
     });
-    Ok(RunningServer { local_addr, fingerprint, cert_path, shutdown, task })
+    Ok(RunningServer { local_addr, fingerprint, cert_path, metrics_addr, shutdown, task })
 }

@@ -7,6 +7,8 @@ mod cli;
 mod crash;
 mod dm;
 mod groups;
+mod loadgen;
+mod metrics;
 mod presence;
 mod protocol;
 mod receipts;

@@ -61,6 +61,11 @@ impl TestServer {
         &self.fingerprint
     }
 
+    /// Where `/metrics` is served, when the test enabled it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().and_then(RunningServer::metrics_addr)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

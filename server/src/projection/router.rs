@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ConversationId, Event, Millis, TokenHash, UserId};
+use crate::metrics::Metrics;
 use crate::store::{CommittedEvent, RecordedEvent, Store};
 
 /// Set when a session's queue overflowed (or the router itself lagged): the
@@ -123,12 +124,13 @@ impl Drop for Registration {
 pub struct Router {
     sessions: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
     next_id: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
     /// Creates the router and starts following the store's commits.
-    pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
-        let router = Arc::new(Self { sessions: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1) });
+    pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Arc<Self> {
+        let router = Arc::new(Self { sessions: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), metrics });
         let rx = store.subscribe();
         tokio::spawn(router.clone().run(rx, shutdown));
         router
@@ -154,6 +156,12 @@ impl Router {
         (Registration { router: self.clone(), sub, released: false }, first)
     }
 
+    /// Events waiting in all outbound queues (for metrics).
+    pub fn queued(&self) -> usize {
+        let sessions = self.sessions.lock().expect("router lock");
+        sessions.values().flatten().filter_map(|s| s.feed.get()).map(|(tx, _)| tx.max_capacity() - tx.capacity()).sum()
+    }
+
     /// Whether the user has a connection to this node.
     pub fn is_online(&self, user: UserId) -> bool {
         self.sessions.lock().expect("router lock").contains_key(&user)
@@ -166,7 +174,9 @@ impl Router {
         let sessions = self.sessions.lock().expect("router lock");
         for sub in users.iter().filter_map(|u| sessions.get(u)).flatten() {
             if let Some((_, signals)) = sub.feed.get() {
-                let _ = signals.try_send(signal.clone());
+                if signals.try_send(signal.clone()).is_err() {
+                    self.metrics.signal_dropped();
+                }
             }
         }
     }
@@ -220,13 +230,20 @@ impl Router {
         // moment), so a membership change racing this event cannot misroute it.
         let shared = Arc::new(rec.clone());
         let sessions = self.sessions.lock().expect("router lock");
+        let mut delivered = 0;
         for user in &committed.audience {
             for sub in sessions.get(user).into_iter().flatten() {
                 let Some((tx, _)) = sub.feed.get() else { continue };
-                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(shared.clone()) {
-                    sub.lag.mark();
+                match tx.try_send(shared.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.overflowed();
+                        sub.lag.mark();
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
+        self.metrics.delivered(delivered);
     }
 }

@@ -471,7 +471,8 @@ impl Session {
         let me = self.require_identity()?.clone();
         if let Err(wait) = self.typing_limit.take(std::time::Instant::now()) {
             let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many typing signals");
-            e.retry_after_ms = wait.as_millis().max(1) as u32;
+            // Rounded up: retrying exactly then succeeds.
+            e.retry_after_ms = (wait.as_micros().div_ceil(1000)).max(1) as u32;
             return Err(e);
         }
         self.service.typing(&me, conversation_id).await

@@ -82,11 +82,13 @@ impl Service {
         let mut out = Vec::with_capacity(asked.len());
         for record in self.store.presence_info(asked).await? {
             let info = self.user_info(record.user).await?;
-            let last_seen = if record.hide_last_seen { 0 } else { record.last_seen.map_or(0, |m| m.0) };
+            let online = self.router.is_online(record.user);
+            // Like the signals: no last-seen while online, nor when hidden.
+            let last_seen = if online || record.hide_last_seen { 0 } else { record.last_seen.map_or(0, |m| m.0) };
             out.push(wire::PresenceSignal {
                 user_id: record.user.to_string(),
                 email: info.email.to_string(),
-                online: self.router.is_online(record.user),
+                online,
                 last_seen_ms: last_seen,
             });
         }

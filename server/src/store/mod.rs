@@ -335,6 +335,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
+    /// Whether the store accepts writes (a durable empty write).
+    async fn health(&self) -> Result<(), StoreError>;
+
     /// Records when a user was last connected (not part of the log: presence is
     /// ephemeral, only this survives a restart). Durable like an append.
     async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError>;

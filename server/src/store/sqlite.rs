@@ -35,8 +35,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
 ];
 
+/// What one group commit did, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitStats {
+    pub jobs: usize,
+    pub events: usize,
+    pub messages: usize,
+    /// The transaction from begin to durable commit (fsync included).
+    pub took: std::time::Duration,
+}
+
+/// Called after every group commit (from the writer thread: keep it cheap).
+pub type CommitHook = Arc<dyn Fn(CommitStats) + Send + Sync>;
+
 /// How the embedded store is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteConfig {
     /// The database file (created if missing).
     pub path: PathBuf,
@@ -46,11 +59,12 @@ pub struct SqliteConfig {
     pub max_batch: usize,
     /// Appends that may wait for the writer; callers wait (backpressure) beyond it.
     pub queue: usize,
+    pub on_commit: Option<CommitHook>,
 }
 
 impl SqliteConfig {
     pub fn in_dir(dir: &Path) -> Self {
-        Self { path: dir.join("natter.db"), readers: 4, max_batch: 1024, queue: 8192 }
+        Self { path: dir.join("natter.db"), readers: 4, max_batch: 1024, queue: 8192, on_commit: None }
     }
 }
 
@@ -113,9 +127,10 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let publish = committed.clone();
         let max_batch = config.max_batch.max(1);
-        let thread = std::thread::Builder::new()
-            .name("natter-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, publish, max_batch))?;
+        let thread = std::thread::Builder::new().name("natter-sqlite-writer".into()).spawn({
+            let hook = config.on_commit.clone();
+            move || writer_loop(conn, rx, publish, max_batch, hook)
+        })?;
         let readers = open_readers(&config.path, config.readers)?;
         Ok(Self { writer: Mutex::new(Some(tx)), writer_thread: Mutex::new(Some(thread)), readers, committed })
     }
@@ -204,6 +219,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<WriteJob>,
     publish: broadcast::Sender<CommittedBatch>,
     max_batch: usize,
+    on_commit: Option<CommitHook>,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -215,12 +231,25 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut jobs, &publish);
+        let started = std::time::Instant::now();
+        let n = jobs.len();
+        if let Some(committed) = commit_batch(&mut conn, &mut jobs, &publish) {
+            if let Some(hook) = &on_commit {
+                let messages = committed.iter().filter(|c| matches!(c.event.event, Event::MessageSent(_))).count();
+                hook(CommitStats { jobs: n, events: committed.len(), messages, took: started.elapsed() });
+            }
+        }
     }
     tracing::debug!("sqlite writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broadcast::Sender<CommittedBatch>) {
+/// Commits the jobs as one transaction; returns what was published (`None`
+/// when the transaction failed as a whole).
+fn commit_batch(
+    conn: &mut Connection,
+    jobs: &mut Vec<WriteJob>,
+    publish: &broadcast::Sender<CommittedBatch>,
+) -> Option<CommittedBatch> {
     let recorded_at = Millis(now_ms() as u64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -229,7 +258,7 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
             for job in jobs.drain(..) {
                 let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
             }
-            return;
+            return None;
         }
     };
     let mut tx = tx;
@@ -269,15 +298,17 @@ fn commit_batch(conn: &mut Connection, jobs: &mut Vec<WriteJob>, publish: &broad
         for job in jobs.drain(..) {
             let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
         }
-        return;
+        return None;
     }
     for (job, result) in jobs.drain(..).zip(results) {
         let _ = job.reply.send(result);
     }
+    let batch: CommittedBatch = batch.into();
     if !batch.is_empty() {
         // No subscriber is fine: the log has everything.
-        let _ = publish.send(batch.into());
+        let _ = publish.send(batch.clone());
     }
+    Some(batch)
 }
 
 /// One job's appends; also returns what to publish once committed.
@@ -986,6 +1017,15 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        // An empty write transaction through the writer: begin, commit, fsync.
+        match self.append(Vec::new()).await {
+            Ok(_) => Ok(()),
+            Err(AppendError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Database(other.to_string())),
+        }
     }
 
     async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError> {

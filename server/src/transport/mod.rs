@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{CloseReason, Metrics};
 use crate::session::{FeedSource, Service, Session, WireError};
 use crate::tls::TlsIdentity;
 
@@ -85,6 +86,7 @@ pub async fn serve(
     config: TransportConfig,
     shutdown: CancellationToken,
     grace: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let cap = Arc::new(Semaphore::new(config.max_connections));
     // Handshakes done only to tell a client "too many connections" are bounded too.
@@ -100,6 +102,7 @@ pub async fn serve(
         };
         let Ok(permit) = cap.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), cap = config.max_connections, "connection refused: at the connection cap");
+            metrics.connection_refused();
             match refusals.clone().try_acquire_owned() {
                 // Complete the handshake to give a typed reason…
                 Ok(refusal) => {
@@ -116,11 +119,11 @@ pub async fn serve(
             }
             continue;
         };
-        let (service, config, shutdown) = (service.clone(), config.clone(), shutdown.clone());
+        let (service, config, shutdown, metrics) = (service.clone(), config.clone(), shutdown.clone(), metrics.clone());
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => Connection { conn, service, config, shutdown }.run().await,
+                Ok(conn) => Connection { conn, service, config, shutdown, metrics }.run().await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
             drop(permit);
@@ -150,23 +153,36 @@ struct Connection {
     service: Arc<Service>,
     config: TransportConfig,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
     async fn run(self) {
         let remote = self.conn.remote_address();
+        self.metrics.connection_opened();
         let end = self.serve().await;
-        match end {
-            End::Gone => tracing::debug!(%remote, "connection ended by peer"),
+        let reason = match end {
+            End::Gone => {
+                tracing::debug!(%remote, "connection ended by peer");
+                CloseReason::Peer
+            }
             End::Done => {
-                let code = if self.shutdown.is_cancelled() { ErrorCode::SHUTTING_DOWN.0 } else { 0 };
+                let shutting_down = self.shutdown.is_cancelled();
+                let code = if shutting_down { ErrorCode::SHUTTING_DOWN.0 } else { 0 };
                 self.conn.close(VarInt::from_u32(code), b"bye");
+                if shutting_down {
+                    CloseReason::Shutdown
+                } else {
+                    CloseReason::Normal
+                }
             }
             End::Close(code, msg) => {
                 tracing::debug!(%remote, code = code.0, reason = %msg, "closing connection");
                 self.conn.close(VarInt::from_u32(code.0), msg.as_bytes());
+                CloseReason::Error
             }
-        }
+        };
+        self.metrics.connection_closed(reason);
     }
 
     async fn serve(&self) -> End {
@@ -246,11 +262,14 @@ impl Connection {
                 let _ = out.send(respond(id, response::Result::Error(e.to_wire()))).await;
                 continue;
             };
+            let kind = request_kind(&body);
             if Session::is_stateful(&body) {
                 let handled = session.handle_stateful(body).await;
+                self.metrics.request(kind, result_name(&handled.reply));
                 let _ = out.send(respond(id, handled.reply)).await;
                 if let Some(feed) = handled.feed {
-                    feed_task = Some(tokio::spawn(run_feed(self.conn.clone(), feed, feed_stop.clone())));
+                    feed_task =
+                        Some(tokio::spawn(run_feed(self.conn.clone(), feed, feed_stop.clone(), self.metrics.clone())));
                 }
             } else {
                 // Backpressure: past the in-flight limit we stop reading.
@@ -258,8 +277,10 @@ impl Connection {
                     break End::Done;
                 };
                 let (service, identity, out) = (self.service.clone(), session.identity().cloned(), out.clone());
+                let metrics = self.metrics.clone();
                 tasks.spawn(async move {
                     let reply = service.handle(identity, body).await;
+                    metrics.request(kind, result_name(&reply));
                     let _ = out.send(respond(id, reply)).await;
                     drop(permit);
                 });
@@ -321,6 +342,42 @@ impl Connection {
 
 async fn drain(tasks: &mut JoinSet<()>) {
     while tasks.join_next().await.is_some() {}
+}
+
+/// The request type, as a metrics label.
+fn request_kind(body: &wire::request::Body) -> &'static str {
+    use wire::request::Body;
+    match body {
+        Body::Signup(_) => "signup",
+        Body::Login(_) => "login",
+        Body::Logout(_) => "logout",
+        Body::OpenDirect(_) => "open_direct",
+        Body::SendMessage(_) => "send_message",
+        Body::GetHistory(_) => "get_history",
+        Body::ListConversations(_) => "list_conversations",
+        Body::Sync(_) => "sync",
+        Body::CreateGroup(_) => "create_group",
+        Body::AddMembers(_) => "add_members",
+        Body::RemoveMember(_) => "remove_member",
+        Body::Leave(_) => "leave",
+        Body::SetRole(_) => "set_role",
+        Body::RenameGroup(_) => "rename_group",
+        Body::GetConversation(_) => "get_conversation",
+        Body::MarkRead(_) => "mark_read",
+        Body::AckFeed(_) => "ack_feed",
+        Body::GetReceipts(_) => "get_receipts",
+        Body::Typing(_) => "typing",
+        Body::SetPrivacy(_) => "set_privacy",
+        Body::GetPresence(_) => "get_presence",
+    }
+}
+
+/// `ok` or the error code's name, as a metrics label.
+fn result_name(reply: &response::Result) -> &'static str {
+    match reply {
+        response::Result::Error(e) => ErrorCode(e.code).name().unwrap_or("unknown"),
+        _ => "ok",
+    }
 }
 
 fn server_frame(kind: server_frame::Kind) -> wire::ServerFrame {
@@ -394,7 +451,7 @@ fn append_bounded(buf: &mut BytesMut, frame: &wire::ServerFrame, max_frame_bytes
     }
 }
 
-async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: CancellationToken) {
+async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: CancellationToken, metrics: Arc<Metrics>) {
     let mut send = match conn.open_uni().await {
         Ok(s) => s,
         Err(_) => return,
@@ -416,13 +473,17 @@ async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: Can
                     // Datagrams when the peer takes them; else in order on the feed stream.
                     let bytes = Bytes::from(signal.encode_to_vec());
                     match conn.max_datagram_size() {
-                        Some(max) if bytes.len() <= max => {
-                            let _ = conn.send_datagram(bytes);
+                        Some(max) if bytes.len() <= max => match conn.send_datagram(bytes) {
+                            Ok(()) => metrics.datagram_sent(),
+                            Err(_) => metrics.signal_dropped(),
+                        },
+                        _ => {
+                            metrics.signal_on_stream();
+                            encode_frame_into(
+                                &wire::FeedFrame { kind: Some(wire::feed_frame::Kind::Signal(signal)) },
+                                &mut buf,
+                            );
                         }
-                        _ => encode_frame_into(
-                            &wire::FeedFrame { kind: Some(wire::feed_frame::Kind::Signal(signal)) },
-                            &mut buf,
-                        ),
                     }
                 }
                 if !buf.is_empty() && send.write_all(&buf).await.is_err() {

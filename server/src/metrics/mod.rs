@@ -1,0 +1,277 @@
+//! Prometheus metrics and the health endpoint, served over plain HTTP on a
+//! separate listener (`[metrics] listen`, off when unset).
+//!
+//! Label sets are bounded: request kinds and error-code names come from fixed
+//! tables, never from users. The HTTP side is deliberately tiny: GET only,
+//! bounded request size, a connection cap, a read timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Why a connection closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CloseReason {
+    /// The client closed or vanished.
+    Peer,
+    /// The client finished its control stream.
+    Normal,
+    Shutdown,
+    /// The server closed it with an error code.
+    Error,
+    /// Refused at the connection cap.
+    Refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    reason: CloseReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// The request type (`send_message`, `login`, …).
+    kind: &'static str,
+    /// `ok` or the error code's name.
+    result: &'static str,
+}
+
+/// Every metric natterd keeps. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    connections_current: Gauge,
+    connections_opened: Counter,
+    connections_closed: Family<CloseLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    messages_appended: Counter,
+    events_appended: Counter,
+    commit_batch_jobs: Histogram,
+    commit_seconds: Histogram,
+    deliveries: Counter,
+    outbound_overflows: Counter,
+    outbound_queued: Gauge,
+    datagrams_sent: Counter,
+    signals_on_stream: Counter,
+    signals_dropped: Counter,
+    resident_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("natter");
+        let m = Self {
+            connections_current: Gauge::default(),
+            connections_opened: Counter::default(),
+            connections_closed: Family::default(),
+            requests: Family::default(),
+            messages_appended: Counter::default(),
+            events_appended: Counter::default(),
+            commit_batch_jobs: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            deliveries: Counter::default(),
+            outbound_overflows: Counter::default(),
+            outbound_queued: Gauge::default(),
+            datagrams_sent: Counter::default(),
+            signals_on_stream: Counter::default(),
+            signals_dropped: Counter::default(),
+            resident_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Connections open now", m.connections_current.clone());
+        registry.register("connections_opened", "Connections accepted", m.connections_opened.clone());
+        registry.register("connections_closed", "Connections closed, by reason", m.connections_closed.clone());
+        registry.register("requests", "Requests answered, by type and result", m.requests.clone());
+        registry.register("messages_appended", "Messages durably appended", m.messages_appended.clone());
+        registry.register("events_appended", "Events durably appended", m.events_appended.clone());
+        registry.register("commit_batch_jobs", "Appends per group commit", m.commit_batch_jobs.clone());
+        registry.register("commit_seconds", "Group commit latency including fsync", m.commit_seconds.clone());
+        registry.register("deliveries", "Events handed to connections' outbound queues", m.deliveries.clone());
+        registry.register(
+            "outbound_overflows",
+            "Outbound queues that overflowed (the connection resyncs from the log)",
+            m.outbound_overflows.clone(),
+        );
+        registry.register("outbound_queued", "Events waiting in outbound queues", m.outbound_queued.clone());
+        registry.register("datagrams_sent", "Ephemeral signals sent as datagrams", m.datagrams_sent.clone());
+        registry.register(
+            "signals_on_stream",
+            "Ephemeral signals sent on the feed stream (peer without datagrams)",
+            m.signals_on_stream.clone(),
+        );
+        registry.register("signals_dropped", "Ephemeral signals dropped (queue full)", m.signals_dropped.clone());
+        registry.register("process_resident_bytes", "Resident memory of natterd", m.resident_bytes.clone());
+        Arc::new(Self { registry, ..m })
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_opened.inc();
+        self.connections_current.inc();
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.connections_current.dec();
+        self.connections_closed.get_or_create(&CloseLabels { reason }).inc();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_closed.get_or_create(&CloseLabels { reason: CloseReason::Refused }).inc();
+    }
+
+    pub fn request(&self, kind: &'static str, result: &'static str) {
+        self.requests.get_or_create(&RequestLabels { kind, result }).inc();
+    }
+
+    /// One group commit: how many appends it carried, events and messages in
+    /// it, and how long the transaction with its fsync took.
+    pub fn committed(&self, jobs: usize, events: usize, messages: usize, took: Duration) {
+        self.commit_batch_jobs.observe(jobs as f64);
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.events_appended.inc_by(events as u64);
+        self.messages_appended.inc_by(messages as u64);
+    }
+
+    pub fn delivered(&self, n: u64) {
+        self.deliveries.inc_by(n);
+    }
+
+    pub fn overflowed(&self) {
+        self.outbound_overflows.inc();
+    }
+
+    pub fn datagram_sent(&self) {
+        self.datagrams_sent.inc();
+    }
+
+    pub fn signal_on_stream(&self) {
+        self.signals_on_stream.inc();
+    }
+
+    pub fn signal_dropped(&self) {
+        self.signals_dropped.inc();
+    }
+
+    /// The exposition text, with the gauges read at scrape time refreshed.
+    pub fn render(&self, outbound_queued: usize) -> String {
+        self.outbound_queued.set(outbound_queued as i64);
+        self.resident_bytes.set(resident_bytes().unwrap_or(0) as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// Resident set size from /proc (Linux); `None` elsewhere.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Largest HTTP request head accepted.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Scrapers served at once.
+const MAX_HTTP_CONNECTIONS: usize = 16;
+
+/// Serves `/metrics` and `/healthz` until `shutdown`.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+    queued: Arc<dyn Fn() -> usize + Send + Sync>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let cap = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                s = listener.accept() => match s {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = cap.clone().try_acquire_owned() else { continue };
+            let (metrics, store, queued) = (metrics.clone(), store.clone(), queued.clone());
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), answer(stream, &metrics, &*store, &*queued)).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    store: &dyn Store,
+    queued: &(dyn Fn() -> usize + Send + Sync),
+) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > MAX_REQUEST {
+            let _ =
+                respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        let _ = respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
+        return;
+    }
+    let _ = match path {
+        "/metrics" => {
+            let body = metrics.render(queued());
+            respond(&mut stream, "200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", &body).await
+        }
+        "/healthz" => match store.health().await {
+            Ok(()) => respond(&mut stream, "200 OK", "text/plain", "ok: the store is writable\n").await,
+            Err(e) => {
+                tracing::error!(error = %e, "health check: the store is not writable");
+                respond(&mut stream, "503 Service Unavailable", "text/plain", &format!("store not writable: {e}\n"))
+                    .await
+            }
+        },
+        _ => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics or /healthz\n").await,
+    };
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,68 @@
+//! Smoke runs of the load generator's scenarios: short, small, and checked for
+//! consistency (every acknowledged send reaches every recipient, no errors).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_loadgen::{Counters, Pace, Target, Timing};
+use natter_tests::TestServer;
+
+fn timing() -> Timing {
+    Timing { warmup: Duration::from_millis(200), duration: Duration::from_millis(800) }
+}
+
+fn target(server: &TestServer) -> Target {
+    Target { config: server.client_config(), endpoints: 2 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_pairs_smoke_is_consistent() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let r = natter_loadgen::dm_pairs(&target(&server), 4, Pace::Closed { in_flight: 2 }, timing(), 64, counters)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.sends > 0 && r.total_sends >= r.sends);
+    assert_eq!(r.total_deliveries, r.total_sends, "each send reaches its partner once");
+    assert_eq!(r.ack.len(), r.sends);
+    assert!(r.deliver.len() >= r.sends, "a delivery latency for every measured send");
+    assert!(r.table().contains("dm-pairs"));
+    assert_eq!(r.json()["fanout"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_pairs_open_loop_smoke() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let r = natter_loadgen::dm_pairs(&target(&server), 2, Pace::Open { rate: 200.0 }, timing(), 64, counters)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.total_deliveries, r.total_sends);
+    // About 200/s for ~1 s in all: bounded by the rate, not by latency.
+    assert!(r.total_sends > 50 && r.total_sends < 400, "{}", r.total_sends);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fanout_smoke_delivers_every_message_to_every_other_member() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let r = natter_loadgen::group_fanout(&target(&server), 5, 2, Pace::Closed { in_flight: 1 }, timing(), 64, counters)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.fanout, 4);
+    assert!(r.total_sends > 0);
+    assert_eq!(r.total_deliveries, r.total_sends * 4, "deliveries = sends × fan-out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_smoke_holds_authenticated_connections_and_reads_memory() {
+    let server = TestServer::start().await;
+    let r =
+        natter_loadgen::idle(&target(&server), 20, Duration::from_millis(100), Some(std::process::id())).await.unwrap();
+    assert_eq!(r.connections, 20);
+    assert!(r.rss_before.is_some() && r.rss_after.is_some());
+    assert!(r.table().contains("20 authenticated connections"));
+}

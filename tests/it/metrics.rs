@@ -1,0 +1,70 @@
+//! The metrics endpoint: Prometheus text that moves with traffic, and /healthz.
+
+use std::net::SocketAddr;
+
+use natter_tests::TestServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: natter\r\n\r\n")).await
+}
+
+/// The value of the first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic_and_health_says_writable() {
+    let server = TestServer::start_with(|c| c.metrics.listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = server.metrics_addr().expect("metrics enabled");
+    let (status, before) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(before.ends_with("# EOF\n"), "OpenMetrics text");
+
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let (mut feed, _) = bob.sync(None).await.unwrap();
+    for i in 0..5 {
+        alice.send_text(&conv, &format!("{i}"), "hi").await.unwrap();
+    }
+    natter_tests::feed_until(&mut feed, std::time::Duration::from_secs(10), |i| {
+        natter_tests::texts(std::slice::from_ref(i)).len() == 1
+            && matches!(i, natter_client::FeedItem::Message { message, .. } if message.client_msg_id == "4")
+    })
+    .await;
+    let _ = alice.send_text("not-an-id", "x", "hi").await;
+
+    let (_, after) = get(addr, "/metrics").await;
+    assert_eq!(
+        sample(&after, "natter_messages_appended_total") - sample(&before, "natter_messages_appended_total"),
+        5.0
+    );
+    assert_eq!(sample(&after, "natter_requests_total{kind=\"send_message\",result=\"ok\"}"), 5.0);
+    assert_eq!(sample(&after, "natter_requests_total{kind=\"send_message\",result=\"INVALID_ARGUMENT\"}"), 1.0);
+    assert_eq!(sample(&after, "natter_connections_opened_total"), 2.0, "alice and bob");
+    assert_eq!(sample(&after, "natter_connections "), 2.0, "current connections gauge");
+    assert!(sample(&after, "natter_deliveries_total") >= 5.0);
+    assert!(sample(&after, "natter_commit_seconds_count") > sample(&before, "natter_commit_seconds_count"));
+    assert!(sample(&after, "natter_process_resident_bytes") > 0.0);
+
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok: the store is writable"));
+    assert_eq!(get(addr, "/nope").await.0, 404);
+    assert_eq!(http(addr, "POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
+}
