@@ -30,6 +30,7 @@ pub struct Args {
 /// Bad configuration or a failed start.
 pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
+    keep_large_allocations_mapped();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
@@ -71,5 +72,16 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// glibc raises its mmap threshold after large blocks are freed, after which
+/// argon2's 19 MiB buffers come from the heap and stay resident. A fixed
+/// threshold keeps them mapped, so they go back to the system when freed.
+fn keep_large_allocations_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }

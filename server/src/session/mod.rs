@@ -52,6 +52,10 @@ pub struct ServiceConfig {
 pub struct Service {
     store: Arc<dyn Store>,
     hasher: PasswordHasherArgon2,
+    /// Password hashes computed at once: each takes the configured argon2
+    /// memory (19 MiB by default), so a burst of logins must not fan out over
+    /// the whole blocking pool.
+    hashing: Arc<tokio::sync::Semaphore>,
     router: Arc<Router>,
     config: ServiceConfig,
     users: Mutex<HashMap<UserId, Arc<UserInfo>>>,
@@ -175,6 +179,9 @@ impl Service {
         Arc::new(Self {
             store,
             hasher,
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
             router,
             config,
             users: Mutex::new(HashMap::new()),
@@ -535,13 +542,17 @@ impl Service {
         }
         let hasher = self.hasher.clone();
         let password = req.password;
-        let hash = tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|e| StoreError::Database(format!("hashing task: {e}")))?
-            .map_err(|e| {
-                tracing::error!(error = %e, "password hashing failed");
-                WireError::new(ErrorCode::INTERNAL, "internal error")
-            })?;
+        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        let hash = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hasher.hash(&password)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("hashing task: {e}")))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            WireError::new(ErrorCode::INTERNAL, "internal error")
+        })?;
         let user_id = UserId(Uuid::new_v4());
         let email_stream = StreamName::email(&signup.email);
         let (claim, registered) = account::register(signup, user_id, hash, self.now());
@@ -577,9 +588,13 @@ impl Service {
         let hasher = self.hasher.clone();
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let password = req.password;
-        let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, stored.as_deref()))
-            .await
-            .map_err(|e| StoreError::Database(format!("verify task: {e}")))?;
+        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hasher.verify(&password, stored.as_deref())
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("verify task: {e}")))?;
         let Some(user) = user.filter(|_| ok) else {
             return Err(wrong());
         };

@@ -33,6 +33,12 @@ pub struct TransportConfig {
 
 /// A client must send `Hello` this soon after connecting.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unacknowledged bytes the server keeps in flight per connection.
+const SEND_WINDOW: u64 = 1024 * 1024;
+/// Bytes a client may send on one stream ahead of the server reading them.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Bytes a client may send on all streams ahead of the server reading them.
+const RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Concurrent handshakes completed only to refuse a connection with a code.
 const REFUSAL_HANDSHAKES: usize = 64;
 /// Largest chunk read from a stream at once.
@@ -74,7 +80,13 @@ pub fn endpoint(
         // The control stream, plus media transfers later.
         .max_concurrent_bidi_streams(VarInt::from_u32(16))
         // Clients open no unidirectional streams.
-        .max_concurrent_uni_streams(VarInt::from_u32(0));
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // Bounded buffers per connection (quinn's defaults allow ~10 MiB of
+        // unacknowledged feed data): a slow reader backs up into its outbound
+        // queue, which overflows into a resync from the log instead of memory.
+        .send_window(SEND_WINDOW)
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     server.transport_config(Arc::new(transport));
     Ok(quinn::Endpoint::server(server, listen)?)
 }
@@ -284,6 +296,9 @@ impl Connection {
                     let _ = out.send(respond(id, reply)).await;
                     drop(permit);
                 });
+                // Reap finished requests, or their tasks would pile up for the
+                // life of the connection (bounded by in-flight, not by history).
+                while tasks.try_join_next().is_some() {}
             }
         };
         // Drain: in-flight requests finish and are answered before we close.
