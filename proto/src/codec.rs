@@ -36,7 +36,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that refuses frames longer than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(4096), max_frame_bytes }
+        Self { buf: BytesMut::new(), max_frame_bytes }
     }
 
     /// The buffer to append received bytes to.

@@ -432,7 +432,7 @@ async fn control_writer(
     mut rx: mpsc::Receiver<wire::ServerFrame>,
     max_frame_bytes: usize,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
         let mut next = Some(first);
@@ -471,7 +471,7 @@ async fn run_feed(conn: quinn::Connection, mut source: FeedSource, shutdown: Can
         Ok(s) => s,
         Err(_) => return,
     };
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => break,
