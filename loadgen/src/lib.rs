@@ -15,6 +15,8 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use natter_client::{Client, ClientConfig, ClientEndpoint, Feed, FeedItem};
 
+pub mod relay;
+
 /// Password of the accounts a run creates.
 const PASSWORD: &str = "loadgen password 0123456789";
 

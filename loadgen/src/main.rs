@@ -73,6 +73,14 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// Baseline: the dm-pairs load over a bare QUIC relay started in this
+    /// process (no natter at all), for "what fraction of QUIC" comparisons.
+    QuicRelay {
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[command(flatten)]
+        load: Load,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -139,6 +147,15 @@ fn progress(counters: Arc<Counters>, total: Duration) -> tokio::task::JoinHandle
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Scenario::QuicRelay { users, load } = &args.scenario {
+        let (addr, cert, _relay) = natter_loadgen::relay::start_relay("127.0.0.1:0".parse()?)?;
+        let r = natter_loadgen::relay::relay_pairs(addr, cert, *users, load.in_flight, timing(load), load.size).await?;
+        print!("{}", r.table());
+        if let Some(path) = &args.json {
+            std::fs::write(path, r.json().to_string()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let trust = match (&args.pin, &args.ca) {
         (Some(pin), _) => Trust::pin(pin)?,
         (None, Some(ca)) => Trust::ca_file(ca)?,
@@ -164,6 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             p.abort();
             (r.table(), r.json())
         }
+        Scenario::QuicRelay { .. } => unreachable!("handled above"),
         Scenario::Idle { connections, duration, server_pid } => {
             let r = natter_loadgen::idle(&target, connections, Duration::from_secs_f64(duration), server_pid).await?;
             (r.table(), r.json())

@@ -66,3 +66,11 @@ async fn idle_smoke_holds_authenticated_connections_and_reads_memory() {
     assert!(r.rss_before.is_some() && r.rss_after.is_some());
     assert!(r.table().contains("20 authenticated connections"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_relay_baseline_smoke() {
+    let (addr, cert, _relay) = natter_loadgen::relay::start_relay("127.0.0.1:0".parse().unwrap()).unwrap();
+    let r = natter_loadgen::relay::relay_pairs(addr, cert, 2, 2, timing(), 64).await.unwrap();
+    assert!(r.total_sends > 0, "the relay carried messages");
+    assert!(r.total_deliveries >= r.total_sends.saturating_sub(4), "nearly every acknowledged frame was delivered");
+}

@@ -48,6 +48,9 @@ pub struct CommitStats {
 /// Called after every group commit (from the writer thread: keep it cheap).
 pub type CommitHook = Arc<dyn Fn(CommitStats) + Send + Sync>;
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 128;
+
 /// How the embedded store is set up.
 #[derive(Clone)]
 pub struct SqliteConfig {
@@ -121,6 +124,9 @@ impl SqliteStore {
         }
         // FULL: in WAL mode, every commit fsyncs the WAL before returning.
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;")?;
+        // The writer uses a few dozen statements; the default cache (16) would
+        // re-prepare them over and over.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate(&mut conn)?;
 
         let (committed, _) = broadcast::channel(1024);
@@ -181,6 +187,7 @@ fn open_readers(path: &Path, n: usize) -> Result<Arc<ReaderPool>, StoreError> {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conns.push(conn);
     }
     Ok(Arc::new(ReaderPool { conns: Mutex::new(conns), permits: Arc::new(Semaphore::new(n)) }))
