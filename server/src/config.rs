@@ -82,9 +82,23 @@ pub struct AuthConfig {
     pub argon2_memory_kib: Option<u32>,
     pub argon2_iterations: Option<u32>,
     pub argon2_parallelism: Option<u32>,
+    /// Sign-up and log-in attempts per client address per minute. Default 30.
+    pub attempts_per_minute: Option<u32>,
+    /// Wrong passwords in a row before an account is locked. Default 5.
+    pub max_failures: Option<u32>,
+    /// First lock-out in milliseconds; doubles per further failure, up to 15 min. Default 30000.
+    pub lockout_ms: Option<u64>,
 }
 
 impl AuthConfig {
+    pub fn guard(&self) -> crate::session::guard::GuardConfig {
+        crate::session::guard::GuardConfig {
+            attempts_per_minute: self.attempts_per_minute.unwrap_or(30),
+            max_failures: self.max_failures.unwrap_or(5).max(1),
+            lockout: std::time::Duration::from_millis(self.lockout_ms.unwrap_or(30_000)),
+        }
+    }
+
     pub fn argon2(&self) -> Argon2Config {
         let d = Argon2Config::default();
         Argon2Config {

@@ -149,6 +149,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_ttl_ms: config.ephemeral.typing_ttl_ms,
             typing_per_second: config.ephemeral.typing_per_second,
             typing_burst: config.ephemeral.typing_burst,
+            login_guard: config.auth.guard(),
         },
     );
     let transport_config = transport::TransportConfig {

@@ -124,3 +124,45 @@ async fn login_twice_on_one_connection_is_refused() {
     let e = alice.login("alice@example.org", PASSWORD, "again").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ALREADY_AUTHENTICATED));
 }
+
+#[tokio::test]
+async fn repeated_wrong_passwords_lock_the_account_for_a_while() {
+    let server = TestServer::start_with(|c| {
+        c.auth.max_failures = Some(3);
+        c.auth.lockout_ms = Some(60_000);
+    })
+    .await;
+    server.new_user("victim@example.org").await;
+    let c = server.client().await;
+    for _ in 0..3 {
+        let e = c.login("victim@example.org", "guess guess guess", "x").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::INVALID_CREDENTIALS));
+    }
+    // Locked now: even the right password is refused, with a time to wait.
+    let e = c.login("victim@example.org", PASSWORD, "x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::RATE_LIMITED), "{e}");
+    let natter_client::ClientError::Server { retry_after_ms, .. } = e else { unreachable!() };
+    assert!(retry_after_ms > 50_000 && retry_after_ms <= 60_000, "{retry_after_ms}");
+    // Other accounts are not affected.
+    server.new_user("bystander@example.org").await;
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_address() {
+    let server = TestServer::start_with(|c| c.auth.attempts_per_minute = Some(4)).await;
+    let c = server.client().await;
+    c.signup("rate@example.org", PASSWORD, "").await.unwrap();
+    let mut limited = None;
+    for i in 0..6 {
+        match c.login(&format!("nobody{i}@example.org"), PASSWORD, "x").await {
+            Err(e) if e.code() == Some(ErrorCode::RATE_LIMITED) => {
+                limited = Some(e);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::INVALID_CREDENTIALS)),
+            Ok(_) => unreachable!("no such accounts"),
+        }
+    }
+    let e = limited.expect("limited within the burst of 4 (one went to the sign-up)");
+    assert!(e.to_string().contains("this address"), "{e}");
+}

@@ -23,13 +23,19 @@ fn test_config(data_dir: &Path) -> Config {
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.auth.argon2_memory_kib = Some(256);
     config.auth.argon2_iterations = Some(1);
+    // Every test client comes from 127.0.0.1: the per-address limit is tested on its own.
+    config.auth.attempts_per_minute = Some(100_000);
     config.shutdown_grace_ms = 2_000;
     config
 }
 
 /// Environment for a natterd child process: the same cheap hashing.
-pub const CHILD_ENV: &[(&str, &str)] =
-    &[("NATTER_AUTH_ARGON2_MEMORY_KIB", "256"), ("NATTER_AUTH_ARGON2_ITERATIONS", "1"), ("NATTER_LOG", "warn")];
+pub const CHILD_ENV: &[(&str, &str)] = &[
+    ("NATTER_AUTH_ARGON2_MEMORY_KIB", "256"),
+    ("NATTER_AUTH_ARGON2_ITERATIONS", "1"),
+    ("NATTER_AUTH_ATTEMPTS_PER_MINUTE", "100000"),
+    ("NATTER_LOG", "warn"),
+];
 
 /// natterd running inside the test process.
 pub struct TestServer {

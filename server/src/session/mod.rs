@@ -7,6 +7,7 @@
 mod convert;
 pub mod feed;
 mod groups;
+pub mod guard;
 mod messaging;
 mod presence;
 
@@ -46,6 +47,7 @@ pub struct ServiceConfig {
     /// Typing signals a connection may send: per second, and in a burst.
     pub typing_per_second: f64,
     pub typing_burst: u32,
+    pub login_guard: guard::GuardConfig,
 }
 
 /// Shared state of all sessions.
@@ -56,6 +58,7 @@ pub struct Service {
     /// memory (19 MiB by default), so a burst of logins must not fan out over
     /// the whole blocking pool.
     hashing: Arc<tokio::sync::Semaphore>,
+    guard: guard::LoginGuard,
     router: Arc<Router>,
     config: ServiceConfig,
     users: Mutex<HashMap<UserId, Arc<UserInfo>>>,
@@ -144,6 +147,8 @@ fn invalid(field: &'static str, reason: &'static str) -> WireError {
 pub struct Session {
     service: Arc<Service>,
     signed_in: Option<(Identity, Registration)>,
+    /// The client's address, for throttling credential checks.
+    remote: std::net::IpAddr,
     feed_started: bool,
     /// Feed acknowledgements, for the delivered-receipt task (set once the feed runs).
     acks: Option<watch::Sender<Position>>,
@@ -179,6 +184,7 @@ impl Service {
         Arc::new(Self {
             store,
             hasher,
+            guard: guard::LoginGuard::new(config.login_guard),
             hashing: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
@@ -211,7 +217,11 @@ impl Service {
     ///
     /// # Errors
     /// `UNSUPPORTED_VERSION` or `SESSION_INVALID`; the transport then closes.
-    pub async fn hello(self: &Arc<Self>, hello: &wire::Hello) -> Result<(wire::Welcome, Session), WireError> {
+    pub async fn hello(
+        self: &Arc<Self>,
+        hello: &wire::Hello,
+        remote: std::net::IpAddr,
+    ) -> Result<(wire::Welcome, Session), WireError> {
         let (min, max) = (hello.min_version, hello.max_version);
         let ours = natter_proto::limits::PROTOCOL_VERSION;
         let oldest = natter_proto::limits::MIN_PROTOCOL_VERSION;
@@ -225,6 +235,7 @@ impl Service {
         let mut session = Session {
             service: self.clone(),
             signed_in: None,
+            remote,
             feed_started: false,
             acks: None,
             typing_limit: presence::RateLimit::new(self.config.typing_per_second, self.config.typing_burst),
@@ -395,7 +406,7 @@ impl Session {
     /// Handles a request that changes session state (see [`Session::is_stateful`]).
     pub async fn handle_stateful(&mut self, body: Body) -> Handled {
         let result = match body {
-            Body::Signup(req) => self.service.signup(req).await.map(Handled::from),
+            Body::Signup(req) => self.service.signup(req, self.remote).await.map(Handled::from),
             Body::Login(req) => self.login(req).await.map(Handled::from),
             Body::Logout(_) => self.logout().await.map(Handled::from),
             Body::Sync(req) => self.sync(req).await,
@@ -412,7 +423,7 @@ impl Session {
         if self.signed_in.is_some() {
             return Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in"));
         }
-        let identity = self.service.login(req).await?;
+        let identity = self.service.login(req, self.remote).await?;
         let (token, identity) = identity;
         let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
         self.sign_in(identity);
@@ -534,7 +545,8 @@ impl Service {
         result.unwrap_or_else(|e| Reply::Error(e.to_wire()))
     }
 
-    async fn signup(&self, req: wire::Signup) -> Result<Reply, WireError> {
+    async fn signup(&self, req: wire::Signup, remote: std::net::IpAddr) -> Result<Reply, WireError> {
+        self.throttle_address(remote)?;
         let signup = account::validate_signup(&req.email, &req.password, &req.display_name)?;
         // A cheap early answer; the email stream's expected version is the guarantee.
         if self.store.user_by_email(&signup.email).await?.is_some() {
@@ -576,12 +588,31 @@ impl Service {
         }
     }
 
-    async fn login(&self, req: wire::Login) -> Result<(String, Identity), WireError> {
+    /// Refuses a credential attempt from an address over its rate.
+    fn throttle_address(&self, remote: std::net::IpAddr) -> Result<(), WireError> {
+        self.guard.attempt_from(remote, std::time::Instant::now()).map_err(|wait| {
+            let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many sign-in attempts from this address");
+            e.retry_after_ms = wait.as_micros().div_ceil(1000).max(1) as u32;
+            e
+        })
+    }
+
+    async fn login(&self, req: wire::Login, remote: std::net::IpAddr) -> Result<(String, Identity), WireError> {
         let wrong = || WireError::new(ErrorCode::INVALID_CREDENTIALS, "unknown email or wrong password");
+        self.throttle_address(remote)?;
         // A malformed email is just another unknown account: same answer, same cost.
-        let user = match Email::parse(&req.email) {
-            Ok(email) => self.store.user_by_email(&email).await?,
-            Err(_) => None,
+        let email = Email::parse(&req.email).ok();
+        if let Some(email) = &email {
+            // A locked account answers the same whoever asks, right password or not.
+            self.guard.check_account(email, std::time::Instant::now()).map_err(|wait| {
+                let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many failed sign-ins for this account");
+                e.retry_after_ms = wait.as_micros().div_ceil(1000).max(1) as u32;
+                e
+            })?;
+        }
+        let user = match &email {
+            Some(email) => self.store.user_by_email(email).await?,
+            None => None,
         };
         // Checked before the password, so this answer says nothing about it.
         account::check_name("device_name", req.device_name.trim())?;
@@ -595,6 +626,10 @@ impl Service {
         })
         .await
         .map_err(|e| StoreError::Database(format!("verify task: {e}")))?;
+        if let Some(email) = &email {
+            // Unknown accounts count too: probing them is throttled the same way.
+            self.guard.record(email, ok, std::time::Instant::now());
+        }
         let Some(user) = user.filter(|_| ok) else {
             return Err(wrong());
         };

@@ -216,7 +216,7 @@ impl Connection {
             Ok(Err(ReadError::Frame(e))) => return self.frame_error(out, writer, e).await,
             Err(_) => return self.fail(out, writer, ErrorCode::PROTOCOL_VIOLATION, "no Hello in time").await,
         };
-        let (welcome, mut session) = match self.service.hello(&hello).await {
+        let (welcome, mut session) = match self.service.hello(&hello, self.conn.remote_address().ip()).await {
             Ok(ok) => ok,
             Err(e) => return self.fail(out, writer, e.code, &e.message).await,
         };
