@@ -501,3 +501,157 @@ pub async fn idle(
     let rss_after = server_pid.and_then(rss_of);
     Ok(IdleReport { connections: held.len(), rss_before, rss_after })
 }
+
+/// What the mixed scenario measured, per operation type.
+pub struct MixedReport {
+    pub elapsed: Duration,
+    pub ops: BTreeMap<&'static str, Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl MixedReport {
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "mixed: {:.1} s\n{:<12}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
+            self.elapsed.as_secs_f64(),
+            "op (µs)",
+            "count/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "max"
+        );
+        for (op, h) in &self.ops {
+            out.push_str(&format!(
+                "{:<12}{:>10.0}{:>10}{:>10}{:>10}{:>10}\n",
+                op,
+                h.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            ));
+        }
+        for (code, n) in &self.errors {
+            out.push_str(&format!("errors: {code} × {n}\n"));
+        }
+        out
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let ops: serde_json::Map<String, serde_json::Value> = self
+            .ops
+            .iter()
+            .map(|(op, h)| {
+                (
+                    op.to_string(),
+                    serde_json::json!({
+                        "count": h.len(), "per_s": h.len() as f64 / self.elapsed.as_secs_f64().max(1e-9),
+                        "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+                        "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({ "scenario": "mixed", "elapsed_s": self.elapsed.as_secs_f64(), "ops": ops, "errors": self.errors })
+    }
+}
+
+/// Operations of the mixed scenario and their share (out of 100).
+const MIX: &[(&str, u32)] = &[("send", 50), ("typing", 20), ("read", 15), ("history", 10), ("reconnect", 5)];
+
+/// A realistic blend per user (messages, typing, read receipts, history pages,
+/// reconnects) at `rate` operations per second in all, users in pairs.
+///
+/// # Errors
+/// When setting up users fails.
+pub async fn mixed(target: &Target, users_n: usize, rate: f64, duration: Duration) -> anyhow::Result<MixedReport> {
+    if users_n < 2 || !users_n.is_multiple_of(2) {
+        bail!("mixed needs an even number of users, at least 2");
+    }
+    let people = users(target, "mix", users_n).await?;
+    let mut plans = Vec::new();
+    for pair in people.chunks(2) {
+        let conv = pair[0].client.open_direct(&pair[1].email).await?.conversation_id;
+        for u in pair {
+            let c = Client::connect(&target.config).await?;
+            let (token, _) = c.login(&u.email, PASSWORD, "mixed").await?;
+            c.close().await;
+            plans.push((token, conv.clone()));
+        }
+    }
+    drop(people);
+    let ops: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> = Arc::default();
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let start = Instant::now();
+    let until = start + duration;
+    let per_user = (rate / users_n as f64).max(0.01);
+    let tasks = plans.into_iter().enumerate().map(|(i, (token, conv))| {
+        let (ops, errors, mut config) = (ops.clone(), errors.clone(), target.config.clone());
+        config.session_token = Some(token);
+        // Typing is throttled by the SDK; the blend wants every signal sent.
+        config.typing_throttle = Duration::ZERO;
+        async move {
+            let mut client = Client::connect(&config).await?;
+            let mut feed = client.sync(None).await?.0;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_user));
+            let mut n: u64 = i as u64 * 7919;
+            while Instant::now() < until {
+                tick.tick().await;
+                // Drain what arrived, as a client would.
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, feed.next()).await {}
+                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let mut pick = ((n >> 33) % 100) as u32;
+                let op = MIX
+                    .iter()
+                    .find(|(_, w)| {
+                        pick < *w || {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .map_or("send", |(o, _)| *o);
+                let t0 = Instant::now();
+                let result = match op {
+                    "send" => client.send_text(&conv, &uuid::Uuid::new_v4().to_string(), "mixed load").await.map(drop),
+                    "typing" => client.typing(&conv).await.map(drop),
+                    "read" => client.mark_read(&conv, u64::MAX >> 1).await.map(drop),
+                    "history" => client
+                        .history(natter_client::proto::GetHistory {
+                            conversation_id: conv.clone(),
+                            limit: 20,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    _ => match Client::connect(&config).await {
+                        Ok(fresh) => {
+                            std::mem::replace(&mut client, fresh).close().await;
+                            client.sync(None).await.map(|(f, _)| feed = f)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match result {
+                    Ok(()) => {
+                        let us = t0.elapsed().as_micros() as u64;
+                        let mut ops = ops.lock().expect("ops lock");
+                        let h = ops.entry(op).or_insert_with(|| Histogram::new(3).expect("valid precision"));
+                        let _ = h.record(us.max(1));
+                    }
+                    Err(e) => {
+                        let code = e.code().and_then(|c| c.name()).unwrap_or("transport");
+                        *errors.lock().expect("errors lock").entry(format!("{op}: {code}")).or_default() += 1;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    for r in futures::future::join_all(tasks).await {
+        r?;
+    }
+    let ops = ops.lock().expect("ops lock").clone();
+    let errors = errors.lock().expect("errors lock").clone();
+    Ok(MixedReport { elapsed: start.elapsed(), ops, errors })
+}

@@ -81,6 +81,18 @@ enum Scenario {
         #[command(flatten)]
         load: Load,
     },
+    /// A realistic blend per user: messages, typing, read receipts, history
+    /// pages and reconnects, at a total rate; figures per operation type.
+    Mixed {
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        /// Operations per second over all users.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -182,6 +194,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (r.table(), r.json())
         }
         Scenario::QuicRelay { .. } => unreachable!("handled above"),
+        Scenario::Mixed { users, rate, duration } => {
+            let r = natter_loadgen::mixed(&target, users, rate, Duration::from_secs_f64(duration)).await?;
+            (r.table(), r.json())
+        }
         Scenario::Idle { connections, duration, server_pid } => {
             let r = natter_loadgen::idle(&target, connections, Duration::from_secs_f64(duration), server_pid).await?;
             (r.table(), r.json())

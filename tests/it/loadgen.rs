@@ -74,3 +74,14 @@ async fn quic_relay_baseline_smoke() {
     assert!(r.total_sends > 0, "the relay carried messages");
     assert!(r.total_deliveries >= r.total_sends.saturating_sub(4), "nearly every acknowledged frame was delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_smoke_runs_every_operation_without_errors() {
+    let server = TestServer::start().await;
+    let r = natter_loadgen::mixed(&target(&server), 4, 200.0, Duration::from_millis(1500)).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    for op in ["send", "typing", "read", "history"] {
+        assert!(r.ops.get(op).is_some_and(|h| h.len() > 0), "{op} ran: {:?}", r.ops.keys().collect::<Vec<_>>());
+    }
+    assert!(r.table().contains("mixed"));
+}
