@@ -81,7 +81,7 @@ async fn mixed_smoke_runs_every_operation_without_errors() {
     let r = natter_loadgen::mixed(&target(&server), 4, 200.0, Duration::from_millis(1500)).await.unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     for op in ["send", "typing", "read", "history"] {
-        assert!(r.ops.get(op).is_some_and(|h| h.len() > 0), "{op} ran: {:?}", r.ops.keys().collect::<Vec<_>>());
+        assert!(r.ops.get(op).is_some_and(|h| !h.is_empty()), "{op} ran: {:?}", r.ops.keys().collect::<Vec<_>>());
     }
     assert!(r.table().contains("mixed"));
 }
