@@ -626,7 +626,8 @@ pub async fn mixed(target: &Target, users_n: usize, rate: f64, duration: Duratio
                         .map(drop),
                     _ => match Client::connect(&config).await {
                         Ok(fresh) => {
-                            std::mem::replace(&mut client, fresh).close().await;
+                            // The old connection closes in the background, as an app would.
+                            tokio::spawn(std::mem::replace(&mut client, fresh).close());
                             client.sync(None).await.map(|(f, _)| feed = f)
                         }
                         Err(e) => Err(e),
