@@ -120,7 +120,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     sqlite.readers = config.store.readers;
     sqlite.max_batch = config.store.max_batch;
     let m = metrics.clone();
-    sqlite.on_commit = Some(Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took)));
+    sqlite.on_commit = Some(Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took, s.commit_took)));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&sqlite)?);
     let hasher = auth::PasswordHasherArgon2::new(config.auth.argon2())?;
 

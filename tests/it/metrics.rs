@@ -61,6 +61,7 @@ async fn metrics_move_with_traffic_and_health_says_writable() {
     assert_eq!(sample(&after, "natter_connections "), 2.0, "current connections gauge");
     assert!(sample(&after, "natter_deliveries_total") >= 5.0);
     assert!(sample(&after, "natter_commit_seconds_count") > sample(&before, "natter_commit_seconds_count"));
+    assert!(sample(&after, "natter_commit_fsync_seconds_count") > 0.0);
     assert!(sample(&after, "natter_process_resident_bytes") > 0.0);
 
     let (status, body) = get(addr, "/healthz").await;

@@ -43,6 +43,8 @@ pub struct CommitStats {
     pub messages: usize,
     /// The transaction from begin to durable commit (fsync included).
     pub took: std::time::Duration,
+    /// The COMMIT step alone: writing the WAL frames and the fsync.
+    pub commit_took: std::time::Duration,
 }
 
 /// Called after every group commit (from the writer thread: keep it cheap).
@@ -251,23 +253,23 @@ fn writer_loop(
         }
         let started = std::time::Instant::now();
         let n = jobs.len();
-        if let Some(committed) = commit_batch(&mut conn, &mut jobs, &publish) {
+        if let Some((committed, commit_took)) = commit_batch(&mut conn, &mut jobs, &publish) {
             if let Some(hook) = &on_commit {
                 let messages = committed.iter().filter(|c| matches!(c.event.event, Event::MessageSent(_))).count();
-                hook(CommitStats { jobs: n, events: committed.len(), messages, took: started.elapsed() });
+                hook(CommitStats { jobs: n, events: committed.len(), messages, took: started.elapsed(), commit_took });
             }
         }
     }
     tracing::debug!("sqlite writer stopped");
 }
 
-/// Commits the jobs as one transaction; returns what was published (`None`
-/// when the transaction failed as a whole).
+/// Commits the jobs as one transaction; returns what was published and how
+/// long the COMMIT step took (`None` when the transaction failed as a whole).
 fn commit_batch(
     conn: &mut Connection,
     jobs: &mut Vec<WriteJob>,
     publish: &broadcast::Sender<CommittedBatch>,
-) -> Option<CommittedBatch> {
+) -> Option<(CommittedBatch, std::time::Duration)> {
     let recorded_at = Millis(now_ms() as u64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -310,6 +312,7 @@ fn commit_batch(
             }
         }
     }
+    let commit_started = std::time::Instant::now();
     if let Err(e) = tx.commit() {
         tracing::error!(error = %e, "sqlite group commit failed; appends in the batch are not stored");
         let msg = e.to_string();
@@ -318,6 +321,7 @@ fn commit_batch(
         }
         return None;
     }
+    let commit_took = commit_started.elapsed();
     for (job, result) in jobs.drain(..).zip(results) {
         let _ = job.reply.send(result);
     }
@@ -326,7 +330,7 @@ fn commit_batch(
         // No subscriber is fine: the log has everything.
         let _ = publish.send(batch.clone());
     }
-    Some(batch)
+    Some((batch, commit_took))
 }
 
 /// One job's appends; also returns what to publish once committed.
