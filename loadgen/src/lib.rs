@@ -27,6 +27,18 @@ pub struct Target {
     pub endpoints: usize,
 }
 
+impl Target {
+    /// The local sockets to spread connections over.
+    ///
+    /// # Errors
+    /// When a socket cannot be bound.
+    pub fn endpoints(&self) -> anyhow::Result<Vec<ClientEndpoint>> {
+        Ok((0..self.endpoints.max(1))
+            .map(|_| ClientEndpoint::for_server(self.config.server))
+            .collect::<Result<_, _>>()?)
+    }
+}
+
 /// Phases shared by the throughput scenarios.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -233,9 +245,7 @@ pub struct User {
 /// # Errors
 /// When the server refuses or cannot be reached.
 pub async fn users(target: &Target, prefix: &str, n: usize) -> anyhow::Result<Vec<User>> {
-    let endpoints: Vec<ClientEndpoint> = (0..target.endpoints.max(1))
-        .map(|_| ClientEndpoint::for_server(target.config.server))
-        .collect::<Result<_, _>>()?;
+    let endpoints = target.endpoints()?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut out = Vec::with_capacity(n);
     // Sign-ups hash passwords on the server: a few at a time.
@@ -476,9 +486,7 @@ pub async fn idle(
         tokens.push(token);
     }
     drop(accounts);
-    let endpoints: Vec<ClientEndpoint> = (0..target.endpoints.max(1))
-        .map(|_| ClientEndpoint::for_server(target.config.server))
-        .collect::<Result<_, _>>()?;
+    let endpoints = target.endpoints()?;
     let rss_before = server_pid.and_then(rss_of);
     let mut held = Vec::with_capacity(connections);
     for chunk in (0..connections).collect::<Vec<_>>().chunks(64) {

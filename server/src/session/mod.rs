@@ -97,6 +97,13 @@ impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into(), retry_after_ms: 0 }
     }
+    /// `RATE_LIMITED` with the wait, rounded up so that retrying exactly then succeeds.
+    pub fn rate_limited(message: &str, wait: std::time::Duration) -> Self {
+        let mut e = Self::new(ErrorCode::RATE_LIMITED, message);
+        e.retry_after_ms = wait.as_micros().div_ceil(1000).max(1) as u32;
+        e
+    }
+
     pub fn to_wire(&self) -> wire::Error {
         wire::Error { code: self.code.0, message: self.message.clone(), retry_after_ms: self.retry_after_ms }
     }
@@ -488,10 +495,7 @@ impl Session {
     pub async fn typing(&mut self, conversation_id: &str) -> Result<(), WireError> {
         let me = self.require_identity()?.clone();
         if let Err(wait) = self.typing_limit.take(std::time::Instant::now()) {
-            let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many typing signals");
-            // Rounded up: retrying exactly then succeeds.
-            e.retry_after_ms = (wait.as_micros().div_ceil(1000)).max(1) as u32;
-            return Err(e);
+            return Err(WireError::rate_limited("too many typing signals", wait));
         }
         self.service.typing(&me, conversation_id).await
     }
@@ -590,11 +594,9 @@ impl Service {
 
     /// Refuses a credential attempt from an address over its rate.
     fn throttle_address(&self, remote: std::net::IpAddr) -> Result<(), WireError> {
-        self.guard.attempt_from(remote, std::time::Instant::now()).map_err(|wait| {
-            let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many sign-in attempts from this address");
-            e.retry_after_ms = wait.as_micros().div_ceil(1000).max(1) as u32;
-            e
-        })
+        self.guard
+            .attempt_from(remote, std::time::Instant::now())
+            .map_err(|wait| WireError::rate_limited("too many sign-in attempts from this address", wait))
     }
 
     async fn login(&self, req: wire::Login, remote: std::net::IpAddr) -> Result<(String, Identity), WireError> {
@@ -604,11 +606,9 @@ impl Service {
         let email = Email::parse(&req.email).ok();
         if let Some(email) = &email {
             // A locked account answers the same whoever asks, right password or not.
-            self.guard.check_account(email, std::time::Instant::now()).map_err(|wait| {
-                let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many failed sign-ins for this account");
-                e.retry_after_ms = wait.as_micros().div_ceil(1000).max(1) as u32;
-                e
-            })?;
+            self.guard
+                .check_account(email, std::time::Instant::now())
+                .map_err(|wait| WireError::rate_limited("too many failed sign-ins for this account", wait))?;
         }
         let user = match &email {
             Some(email) => self.store.user_by_email(email).await?,
