@@ -266,8 +266,8 @@ pub async fn deliver_receipts(
         tokio::time::sleep(ACK_COALESCE).await;
         let cursor = *acked.borrow_and_update();
         for (conv, seq) in tracker.acknowledge(cursor) {
-            let current = match service.store().receipts(conv).await {
-                Ok(all) => all.iter().find(|r| r.user == me.user_id).map_or(Seq(0), |r| r.delivered),
+            let current = match service.store().receipt(conv, me.user_id).await {
+                Ok(r) => r.delivered,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivered receipts skipped");
                     continue;

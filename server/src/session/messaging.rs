@@ -166,8 +166,7 @@ impl Service {
             .await?
             .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
         let last = visible.unwrap_or(state.version).min(state.version);
-        let current =
-            self.store.receipts(id).await?.into_iter().find(|r| r.user == me.user_id).map_or(Seq(0), |r| r.read);
+        let current = self.store.receipt(id, me.user_id).await?.read;
         let Some(event) = conversation::decide_read(id, me.user_id, current, Seq(req.seq), last, self.now()) else {
             // Not forward: ignored, not an error.
             return Ok(Reply::Read(wire::ReadOk { read_up_to: current.0 }));

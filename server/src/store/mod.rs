@@ -330,6 +330,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<MessageRecord>, bool), StoreError>;
     /// One message.
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError>;
+    /// One user's watermarks in a conversation (zero when none).
+    async fn receipt(&self, id: ConversationId, user: UserId) -> Result<ReceiptRecord, StoreError>;
     /// Every user's watermarks in a conversation (users without any are absent).
     async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError>;
 

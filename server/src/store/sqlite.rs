@@ -1017,6 +1017,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn receipt(&self, id: ConversationId, user: UserId) -> Result<ReceiptRecord, StoreError> {
+        self.read(move |c| {
+            let row: Option<(i64, i64)> = c
+                .prepare_cached(
+                    "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = ?1 AND user_id = ?2",
+                )?
+                .query_row([id.to_string(), user.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (delivered, read) = row.unwrap_or((0, 0));
+            Ok(ReceiptRecord { user, delivered: Seq(delivered as u64), read: Seq(read as u64) })
+        })
+        .await
+    }
+
     async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
