@@ -2,13 +2,19 @@
 //! code the binary does.
 //!
 //! `stats` reads a data directory directly and read-only (safe while natterd
-//! runs). Commands that change a running deployment go through the client SDK.
+//! runs). `copy-log` moves an embedded deployment's log into PostgreSQL;
+//! `rebuild` replays a log into fresh read models. Both check their work by
+//! asking both sides every read-model question and comparing the answers.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use natter_server::domain::{ConversationId, Event, TokenHash, UserId};
+use natter_server::store::postgres::{PostgresConfig, PostgresStore};
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
-use natter_server::store::{Store, StoreStats};
+use natter_server::store::{HistoryPage, Store, StoreStats};
 
 /// Counts of a data directory's log and read models.
 ///
@@ -34,4 +40,269 @@ pub fn render_stats(s: &StoreStats, json: bool) -> String {
             s.events, s.users, s.conversations, s.messages, s.head
         )
     }
+}
+
+/// Where a deployment's log lives: a data directory (embedded) or a PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    DataDir(PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// `postgres://…` (or `postgresql://…`) is a database; anything else a directory.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Self::Postgres(s.to_owned())
+        } else {
+            Self::DataDir(PathBuf::from(s))
+        }
+    }
+
+    /// Opens the store for writing (migrating it if needed). A data directory
+    /// must already hold a natter database.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or reached.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Self::DataDir(dir) => {
+                let config = SqliteConfig::in_dir(dir);
+                if !config.path.exists() {
+                    bail!("{} holds no natter database (is this a natterd data directory?)", dir.display());
+                }
+                Arc::new(SqliteStore::open(&config).with_context(|| format!("opening {}", dir.display()))?)
+            }
+            Self::Postgres(url) => {
+                let mut config = PostgresConfig::new(url);
+                config.serve = false;
+                config.readers = 4;
+                Arc::new(PostgresStore::open(&config).await.context("connecting to PostgreSQL")?)
+            }
+        })
+    }
+}
+
+/// Every read-model answer of a store, by question: two stores that answer
+/// every question alike hold the same read models.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub answers: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// The first question the two answer differently, with both answers.
+    pub fn first_difference(&self, other: &Snapshot) -> Option<(String, String, String)> {
+        let keys: BTreeSet<&String> = self.answers.keys().chain(other.answers.keys()).collect();
+        keys.into_iter().find_map(|k| {
+            let (a, b) = (self.answers.get(k), other.answers.get(k));
+            (a != b).then(|| {
+                let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(not asked)".into());
+                (k.clone(), show(a), show(b))
+            })
+        })
+    }
+}
+
+/// Page size for walking history and feeds.
+const PAGE: u32 = 500;
+
+/// Asks `store` every question the server asks of its read models, for every
+/// user, session and conversation its log names.
+///
+/// # Errors
+/// When the store fails.
+pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
+    let mut users = BTreeMap::new();
+    let mut tokens: BTreeSet<[u8; 32]> = BTreeSet::new();
+    let mut conversations: BTreeMap<ConversationId, BTreeSet<UserId>> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let events = store.read_all(after, 1000).await?;
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        for rec in &events {
+            match &rec.event {
+                Event::UserRegistered(u) => {
+                    users.insert(u.user_id, u.email.clone());
+                }
+                Event::SessionStarted(s) => {
+                    tokens.insert(s.token_hash.0);
+                }
+                Event::DirectConversationStarted { conversation_id, members, .. } => {
+                    conversations.entry(*conversation_id).or_default().extend(members);
+                }
+                Event::GroupCreated { conversation_id, members, .. }
+                | Event::MembersAdded { conversation_id, members, .. } => {
+                    conversations.entry(*conversation_id).or_default().extend(members.iter().map(|m| m.0));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut s = Snapshot::default();
+    let mut put = |k: String, v: String| {
+        s.answers.insert(k, v);
+    };
+    put("stats".into(), format!("{:?}", store.stats().await?));
+    put("head".into(), format!("{:?}", store.head().await?));
+    put("last_seen".into(), format!("{:?}", store.last_seen_all().await?));
+    for (user, email) in &users {
+        put(format!("user_by_id {user}"), format!("{:?}", store.user_by_id(*user).await?));
+        put(format!("user_by_email {email}"), format!("{:?}", store.user_by_email(email).await?));
+        let mut contacts = store.contacts(*user).await?;
+        contacts.sort_by_key(|u| u.0);
+        put(format!("contacts {user}"), format!("{contacts:?}"));
+        put(format!("presence {user}"), format!("{:?}", store.presence_info(vec![*user]).await?));
+        let mut before = None;
+        let mut page_no = 0;
+        loop {
+            let page = store.conversations_for_user(*user, before, 20).await?;
+            put(format!("conversations {user} page {page_no}"), format!("{page:?}"));
+            page_no += 1;
+            match page.last() {
+                Some(last) if page.len() == 20 => before = Some(last.activity),
+                _ => break,
+            }
+        }
+        let mut cursor = 0;
+        let mut page_no = 0;
+        loop {
+            let feed = store.feed(*user, cursor, PAGE).await?;
+            put(format!("feed {user} page {page_no}"), format!("{feed:?}"));
+            page_no += 1;
+            match feed.last() {
+                Some(last) if feed.len() == PAGE as usize => cursor = last.position,
+                _ => break,
+            }
+        }
+    }
+    for token in &tokens {
+        put(format!("session {}", hex_of(token)), format!("{:?}", store.session_by_token(TokenHash(*token)).await?));
+    }
+    for (conv, members) in &conversations {
+        put(format!("conversation {conv}"), format!("{:?}", store.conversation(*conv).await?));
+        put(format!("receipts {conv}"), format!("{:?}", store.receipts(*conv).await?));
+        for user in members {
+            put(format!("membership {conv} {user}"), format!("{:?}", store.membership(*conv, *user).await?));
+            put(format!("summary {conv} {user}"), format!("{:?}", store.conversation_summary(*user, *conv).await?));
+            put(format!("receipt {conv} {user}"), format!("{:?}", store.receipt(*conv, *user).await?));
+        }
+        let latest = store.messages(*conv, HistoryPage::Latest { limit: 10 }, None).await?;
+        put(format!("latest {conv}"), format!("{latest:?}"));
+        let mut seq = natter_server::domain::Seq(0);
+        let mut page_no = 0;
+        loop {
+            let (page, more) = store.messages(*conv, HistoryPage::After { seq, limit: PAGE }, None).await?;
+            put(format!("messages {conv} page {page_no}"), format!("{page:?} {more}"));
+            page_no += 1;
+            match page.last() {
+                Some(last) if more => seq = last.seq,
+                _ => break,
+            }
+        }
+    }
+    Ok(s)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `copy-log` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// Events written by this run (a resumed copy skips what was already there).
+    pub copied: u64,
+    /// The target's log head afterwards (equal to the source's).
+    pub head: u64,
+    /// Read-model questions asked of both sides, all answered alike.
+    pub verified_answers: usize,
+}
+
+/// Copies an embedded deployment's log (natterd stopped) into `to`, keeping
+/// positions, versions, ids and times, and rebuilding the read models there as
+/// it goes; then checks that both answer every read-model question alike.
+/// A copy that was interrupted resumes where it stopped.
+///
+/// # Errors
+/// When the source is not a data directory, the target already holds a
+/// different log, or the two disagree afterwards.
+pub async fn copy_log(from: &Path, to: &Location, mut progress: impl FnMut(u64, u64)) -> anyhow::Result<CopyReport> {
+    let path = SqliteConfig::in_dir(from).path;
+    let source: Arc<dyn Store> = Arc::new(
+        SqliteStore::open_read_only(&path)
+            .with_context(|| format!("opening {} (is this a natterd data directory?)", from.display()))?,
+    );
+    let target = to.open().await?;
+    let result = copy_between(source.as_ref(), target.as_ref(), &mut progress).await;
+    source.shutdown().await;
+    target.shutdown().await;
+    result
+}
+
+/// [`copy_log`] between two open stores.
+///
+/// # Errors
+/// As [`copy_log`].
+pub async fn copy_between(
+    source: &dyn Store,
+    target: &dyn Store,
+    progress: &mut impl FnMut(u64, u64),
+) -> anyhow::Result<CopyReport> {
+    let source_head = source.head().await?;
+    let mut after = target.head().await?;
+    if after > 0 {
+        // Resuming: the target must hold exactly the source's beginning.
+        let theirs = target.read_all(after - 1, 1).await?;
+        let ours = source.read_all(after - 1, 1).await?;
+        if theirs.is_empty() || theirs != ours {
+            bail!("the target already holds a different log (head {after}); copy into an empty database");
+        }
+    }
+    let mut copied = 0;
+    loop {
+        let batch = source.read_all(after, 1000).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        copied += batch.len() as u64;
+        target.import(batch).await.context("writing into the target")?;
+        progress(after, source_head);
+    }
+    for (user, at) in source.last_seen_all().await? {
+        target.set_last_seen(user, at).await?;
+    }
+    let (a, b) = (snapshot(source).await?, snapshot(target).await?);
+    if let Some((question, ours, theirs)) = a.first_difference(&b) {
+        bail!("after the copy the two disagree on {question}:\n  source: {ours}\n  target: {theirs}");
+    }
+    Ok(CopyReport { copied, head: target.head().await?, verified_answers: a.answers.len() })
+}
+
+/// Drops the read models of `at` and replays its whole log into them, then
+/// checks every read-model answer is what it was before. For a data directory,
+/// stop natterd first; a PostgreSQL deployment may keep running (the rebuild is
+/// one transaction holding the log lock: writes wait for it).
+///
+/// # Errors
+/// When the store fails or an answer changed.
+pub async fn rebuild(at: &Location) -> anyhow::Result<usize> {
+    let store = at.open().await?;
+    let result = rebuild_store(store.as_ref()).await;
+    store.shutdown().await;
+    result
+}
+
+/// [`rebuild`] on an open store; returns how many answers were compared.
+///
+/// # Errors
+/// When the store fails or an answer changed.
+pub async fn rebuild_store(store: &dyn Store) -> anyhow::Result<usize> {
+    let before = snapshot(store).await?;
+    store.rebuild().await?;
+    let after = snapshot(store).await?;
+    if let Some((question, old, new)) = before.first_difference(&after) {
+        bail!("the rebuilt read models answer {question} differently:\n  before: {old}\n  after:  {new}");
+    }
+    Ok(before.answers.len())
 }

@@ -23,6 +23,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy an embedded deployment's log (stop natterd first) into PostgreSQL,
+    /// rebuilding the read models there, then check both give the same answers.
+    CopyLog {
+        /// natterd's data directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database, `postgres://user@host:port/database`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Drop the read models and rebuild them by replaying the log, then check
+    /// every answer is unchanged.
+    Rebuild {
+        /// A data directory (stop natterd first) or a `postgres://` URL.
+        #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
+        store: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +49,26 @@ fn main() -> anyhow::Result<()> {
         Command::Stats { data_dir, json } => {
             let stats = runtime.block_on(natter_admin::stats(&data_dir))?;
             print!("{}", natter_admin::render_stats(&stats, json));
+            Ok(())
+        }
+        Command::CopyLog { from, to } => {
+            let to = natter_admin::Location::parse(&to);
+            if !matches!(to, natter_admin::Location::Postgres(_)) {
+                anyhow::bail!("--to must be a postgres:// URL");
+            }
+            let report = runtime.block_on(natter_admin::copy_log(&from, &to, |at, of| {
+                eprint!("\rcopied up to position {at} of {of}");
+            }))?;
+            eprintln!();
+            println!(
+                "copied {} events (log head {}); {} read-model answers identical on both sides",
+                report.copied, report.head, report.verified_answers
+            );
+            Ok(())
+        }
+        Command::Rebuild { store } => {
+            let answers = runtime.block_on(natter_admin::rebuild(&natter_admin::Location::parse(&store)))?;
+            println!("read models rebuilt from the log; {answers} answers identical before and after");
             Ok(())
         }
     }

@@ -112,8 +112,11 @@ impl AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `"sqlite"` (embedded, the default).
-    pub backend: String,
+    /// `"sqlite"` (embedded, the default) or `"postgres"` (with `url`).
+    pub backend: StoreBackend,
+    /// `postgres://user@host:port/database` for the postgres backend
+    /// (`NATTER_STORE_URL`). Several natterd nodes may share one database.
+    pub url: Option<String>,
     /// Read-only connections for queries.
     pub readers: usize,
     /// Most appends per group commit.
@@ -122,8 +125,18 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { backend: "sqlite".into(), readers: 4, max_batch: 1024 }
+        Self { backend: StoreBackend::Sqlite, url: None, readers: 4, max_batch: 1024 }
     }
+}
+
+/// Where the log and the read models live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// SQLite in the data directory: nothing to install, one node.
+    Sqlite,
+    /// A PostgreSQL database that several nodes share.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -219,11 +232,22 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.store.backend != "sqlite" {
-            return Err(ConfigError::Invalid(format!(
-                "store.backend {:?} is not available in this build (available: \"sqlite\")",
-                self.store.backend
-            )));
+        match (self.store.backend, &self.store.url) {
+            (StoreBackend::Postgres, None) => {
+                return Err(ConfigError::Invalid(
+                    "store.backend \"postgres\" needs store.url (or NATTER_STORE_URL), e.g. postgres://natter@127.0.0.1/natter"
+                        .into(),
+                ));
+            }
+            (StoreBackend::Postgres, Some(url))
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") =>
+            {
+                return Err(ConfigError::Invalid(format!("store.url {url:?} is not a postgres:// URL")));
+            }
+            (StoreBackend::Sqlite, Some(_)) => {
+                return Err(ConfigError::Invalid("store.url is only for store.backend \"postgres\"".into()));
+            }
+            _ => {}
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024".into()));
@@ -272,7 +296,7 @@ mod tests {
         let c = Config::load(None, env(&[])).unwrap();
         assert_eq!(c.listen.port(), 7443);
         assert_eq!(c.data_dir, PathBuf::from("./natter-data"));
-        assert_eq!(c.store.backend, "sqlite");
+        assert_eq!(c.store.backend, StoreBackend::Sqlite);
     }
 
     #[test]
@@ -305,5 +329,18 @@ mod tests {
         assert!(Config::load(None, env(&[("NATTER_MAX_CONNECTIONS", "lots")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_STORE_BACKEND", "oracle")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_TLS_CERT", "/x.pem")])).is_err());
+        assert!(Config::load(None, env(&[("NATTER_STORE_BACKEND", "postgres")])).is_err(), "postgres needs a url");
+        assert!(Config::load(None, env(&[("NATTER_STORE_URL", "postgres://h/db")])).is_err(), "a url without postgres");
+    }
+
+    #[test]
+    fn postgres_from_the_environment() {
+        let c = Config::load(
+            None,
+            env(&[("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", "postgres://natter@127.0.0.1/natter")]),
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        assert_eq!(c.store.url.as_deref(), Some("postgres://natter@127.0.0.1/natter"));
     }
 }

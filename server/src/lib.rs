@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
+use crate::store::postgres::{PostgresConfig, PostgresStore};
 use crate::store::sqlite::{SqliteConfig, SqliteStore};
-use crate::store::Store;
+use crate::store::{CommitHook, Store};
 
 /// Why natterd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("store.backend \"postgres\" needs store.url")]
+    NoStoreUrl,
     #[error("auth: {0}")]
     Auth(#[from] auth::AuthError),
     #[error("transport: {0}")]
@@ -116,12 +119,25 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let cert_path = identity.cert_path.clone();
 
     let metrics = metrics::Metrics::new();
-    let mut sqlite = SqliteConfig::in_dir(data_dir);
-    sqlite.readers = config.store.readers;
-    sqlite.max_batch = config.store.max_batch;
     let m = metrics.clone();
-    sqlite.on_commit = Some(Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took, s.commit_took)));
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&sqlite)?);
+    let on_commit: CommitHook = Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took, s.commit_took));
+    let store: Arc<dyn Store> = match config.store.backend {
+        StoreBackend::Postgres => {
+            let url = config.store.url.as_deref().ok_or(StartError::NoStoreUrl)?;
+            let mut pg = PostgresConfig::new(url);
+            pg.readers = config.store.readers;
+            pg.max_batch = config.store.max_batch;
+            pg.on_commit = Some(on_commit);
+            Arc::new(PostgresStore::open(&pg).await?)
+        }
+        StoreBackend::Sqlite => {
+            let mut sqlite = SqliteConfig::in_dir(data_dir);
+            sqlite.readers = config.store.readers;
+            sqlite.max_batch = config.store.max_batch;
+            sqlite.on_commit = Some(on_commit);
+            Arc::new(SqliteStore::open(&sqlite)?)
+        }
+    };
     let hasher = auth::PasswordHasherArgon2::new(config.auth.argon2())?;
 
     let shutdown = CancellationToken::new();

@@ -12,6 +12,7 @@ mod metrics;
 mod presence;
 mod protocol;
 mod receipts;
+mod store;
 
 use std::path::PathBuf;
 

@@ -220,3 +220,88 @@ pub fn texts(items: &[FeedItem]) -> Vec<String> {
         })
         .collect()
 }
+
+/// The PostgreSQL server tests use: `NATTER_TEST_PG_URL`, else the local one.
+fn pg_base_url() -> String {
+    std::env::var("NATTER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Whether a missing PostgreSQL fails the tests (CI) instead of skipping them.
+fn pg_required() -> bool {
+    std::env::var_os("NATTER_REQUIRE_PG").is_some_and(|v| v != "0")
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the value is.
+pub struct PgDatabase {
+    url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates `natter_test_<random>` on the test server. Without a reachable
+    /// server: `None` after saying (once, past the test harness's capture) that
+    /// the PostgreSQL suite is skipped, or a panic when `NATTER_REQUIRE_PG` is set.
+    pub async fn create() -> Option<Self> {
+        let base = pg_base_url();
+        let (client, connection) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
+            Ok(c) => c,
+            Err(e) => {
+                if pg_required() {
+                    panic!("NATTER_REQUIRE_PG is set but PostgreSQL at {base} is unreachable: {e}");
+                }
+                announce_pg_skipped(&base, &e.to_string());
+                return None;
+            }
+        };
+        let driver = tokio::spawn(connection);
+        let name = format!("natter_test_{}", uuid::Uuid::new_v4().simple());
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        drop(client);
+        let _ = driver.await;
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("NATTER_TEST_PG_URL {base:?} names no database"),
+        };
+        Some(Self { url, name })
+    }
+
+    /// `postgres://…/natter_test_<random>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Drop may run inside a runtime: use a thread with its own.
+        let (base, name) = (pg_base_url(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
+                let driver = tokio::spawn(connection);
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+                drop(client);
+                let _ = driver.await;
+                Ok::<_, tokio_postgres::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Says once per test binary, on the real stderr, that PostgreSQL tests are skipped.
+fn announce_pg_skipped(base: &str, why: &str) {
+    use std::io::Write;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** PostgreSQL suite SKIPPED: cannot reach {base} ({why}).\n\
+             *** Start PostgreSQL (or set NATTER_TEST_PG_URL) to run it; NATTER_REQUIRE_PG=1 makes this a failure.\n"
+        );
+    });
+}

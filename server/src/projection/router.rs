@@ -6,7 +6,7 @@
 //! (nothing is lost, the log has everything). The router also closes connections
 //! whose session was revoked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{ConversationId, Event, Millis, TokenHash, UserId};
 use crate::metrics::Metrics;
-use crate::store::{CommittedEvent, RecordedEvent, Store};
+use crate::store::{Cluster, CommittedEvent, RecordedEvent, Store};
 
 /// Set when a session's queue overflowed (or the router itself lagged): the
 /// session must resync from the log.
@@ -125,13 +125,27 @@ pub struct Router {
     sessions: Mutex<HashMap<UserId, Vec<Arc<Subscriber>>>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Other nodes on the same database, when the store is shared.
+    cluster: Option<Arc<dyn Cluster>>,
+    /// Serializes presence bookkeeping so the last update written is the latest state.
+    presence: tokio::sync::Mutex<()>,
 }
 
 impl Router {
     /// Creates the router and starts following the store's commits.
     pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Arc<Self> {
-        let router = Arc::new(Self { sessions: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), metrics });
+        let cluster = store.cluster();
+        let router = Arc::new(Self {
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            metrics,
+            cluster: cluster.clone(),
+            presence: tokio::sync::Mutex::new(()),
+        });
         let rx = store.subscribe();
+        if let Some(cluster) = cluster {
+            tokio::spawn(router.clone().follow_cluster(cluster.messages(), shutdown.clone()));
+        }
         tokio::spawn(router.clone().run(rx, shutdown));
         router
     }
@@ -163,14 +177,58 @@ impl Router {
     }
 
     /// Whether the user has a connection to this node.
-    pub fn is_online(&self, user: UserId) -> bool {
+    fn is_online_here(&self, user: UserId) -> bool {
         self.sessions.lock().expect("router lock").contains_key(&user)
     }
 
-    /// Hands an ephemeral signal to every connection of `users` whose feed runs.
-    /// A full queue drops it: ephemeral signals are never worth memory.
+    /// Those of `users` connected to this node or (in a cluster) to another one.
+    pub async fn online_among(&self, users: &[UserId]) -> HashSet<UserId> {
+        let mut online: HashSet<UserId> = users.iter().copied().filter(|u| self.is_online_here(*u)).collect();
+        if let Some(cluster) = &self.cluster {
+            let rest: Vec<UserId> = users.iter().copied().filter(|u| !online.contains(u)).collect();
+            match cluster.online_elsewhere(&rest).await {
+                Ok(elsewhere) => online.extend(elsewhere),
+                Err(e) => tracing::warn!(error = %e, "presence on other nodes unknown; answering with this node's"),
+            }
+        }
+        online
+    }
+
+    /// Records whether `user` is connected to this node now (called after a
+    /// first connection or a last disconnection) and says whether the user as a
+    /// whole came online or went offline: not when another node still (or
+    /// already) has them.
+    pub async fn presence_changed(&self, user: UserId) -> bool {
+        let Some(cluster) = &self.cluster else { return true };
+        let _serial = self.presence.lock().await;
+        let here = self.is_online_here(user);
+        if let Err(e) = cluster.set_online(user, here).await {
+            tracing::warn!(error = %e, "presence not recorded for other nodes");
+        }
+        match cluster.online_elsewhere(&[user]).await {
+            Ok(elsewhere) => elsewhere.is_empty(),
+            Err(_) => true,
+        }
+    }
+
+    /// Hands an ephemeral signal to every connection of `users` whose feed runs,
+    /// here and (in a cluster) on the other nodes. A full queue drops it:
+    /// ephemeral signals are never worth memory.
     pub fn signal(&self, users: &[UserId], signal: Ephemeral) {
-        let signal = Arc::new(signal);
+        if let Some(cluster) = &self.cluster {
+            for message in cluster_messages(&signal, users) {
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cluster.publish(message).await {
+                        tracing::warn!(error = %e, "signal not sent to other nodes");
+                    }
+                });
+            }
+        }
+        self.signal_here(users, Arc::new(signal));
+    }
+
+    fn signal_here(&self, users: &[UserId], signal: Arc<Ephemeral>) {
         let sessions = self.sessions.lock().expect("router lock");
         for sub in users.iter().filter_map(|u| sessions.get(u)).flatten() {
             if let Some((_, signals)) = sub.feed.get() {
@@ -184,6 +242,27 @@ impl Router {
     /// Number of registered connections.
     pub fn connected(&self) -> usize {
         self.sessions.lock().expect("router lock").values().map(Vec::len).sum()
+    }
+
+    /// Delivers the signals other nodes publish to this node's connections.
+    async fn follow_cluster(self: Arc<Self>, mut rx: broadcast::Receiver<Arc<str>>, shutdown: CancellationToken) {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = rx.recv() => m,
+            };
+            match message {
+                Ok(message) => match parse_cluster_message(&message) {
+                    Some((users, signal)) => self.signal_here(&users, Arc::new(signal)),
+                    None => tracing::warn!(message = %message, "malformed cluster message ignored"),
+                },
+                // Ephemeral: what was missed is simply gone.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "cluster signals dropped");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
     }
 
     async fn run(
@@ -245,5 +324,91 @@ impl Router {
             }
         }
         self.metrics.delivered(delivered);
+    }
+}
+
+/// Room left for recipients in one cluster message, after the signal itself.
+const CLUSTER_RECIPIENT_BYTES: usize = crate::store::postgres::MAX_CLUSTER_MESSAGE - 160;
+
+/// Encodes a signal for other nodes: `T conv user ttl recipients` or
+/// `P user 0|1 last_seen|- recipients`, recipients comma-separated, split into
+/// as many messages as the size limit needs.
+fn cluster_messages(signal: &Ephemeral, users: &[UserId]) -> Vec<String> {
+    let head = match signal {
+        Ephemeral::Typing { conversation, user, ttl_ms } => format!("T {conversation} {user} {ttl_ms}"),
+        Ephemeral::Presence { user, online, last_seen } => {
+            let seen = last_seen.map_or_else(|| "-".to_owned(), |m| m.0.to_string());
+            format!("P {user} {} {seen}", u8::from(*online))
+        }
+    };
+    let per_message = (CLUSTER_RECIPIENT_BYTES / 37).max(1);
+    users
+        .chunks(per_message)
+        .map(|chunk| {
+            let list: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+            format!("{head} {}", list.join(","))
+        })
+        .collect()
+}
+
+/// The inverse of [`cluster_messages`] for one message.
+fn parse_cluster_message(message: &str) -> Option<(Vec<UserId>, Ephemeral)> {
+    let parts: Vec<&str> = message.split(' ').collect();
+    let users = |list: &str| -> Option<Vec<UserId>> { list.split(',').map(|u| UserId::parse(u).ok()).collect() };
+    match parts.as_slice() {
+        ["T", conversation, user, ttl, list] => Some((
+            users(list)?,
+            Ephemeral::Typing {
+                conversation: ConversationId::parse(conversation).ok()?,
+                user: UserId::parse(user).ok()?,
+                ttl_ms: ttl.parse().ok()?,
+            },
+        )),
+        ["P", user, online, seen, list] => Some((
+            users(list)?,
+            Ephemeral::Presence {
+                user: UserId::parse(user).ok()?,
+                online: match *online {
+                    "1" => true,
+                    "0" => false,
+                    _ => return None,
+                },
+                last_seen: match *seen {
+                    "-" => None,
+                    n => Some(Millis(n.parse().ok()?)),
+                },
+            },
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn cluster_messages_round_trip_and_split_under_the_limit() {
+        let users: Vec<UserId> = (0..500u128).map(|i| UserId(Uuid::from_u128(i + 1))).collect();
+        let signals = [
+            Ephemeral::Typing { conversation: ConversationId(Uuid::from_u128(9)), user: users[0], ttl_ms: 6000 },
+            Ephemeral::Presence { user: users[1], online: false, last_seen: Some(Millis(1234)) },
+            Ephemeral::Presence { user: users[2], online: true, last_seen: None },
+        ];
+        for signal in signals {
+            let messages = cluster_messages(&signal, &users);
+            assert!(messages.len() > 1, "500 recipients do not fit one NOTIFY");
+            let mut seen = Vec::new();
+            for m in &messages {
+                assert!(m.len() + 37 <= crate::store::postgres::MAX_CLUSTER_MESSAGE, "{} bytes", m.len());
+                let (to, back) = parse_cluster_message(m).expect("parses");
+                assert_eq!(back, signal);
+                seen.extend(to);
+            }
+            assert_eq!(seen, users);
+        }
+        assert_eq!(parse_cluster_message("T x y z"), None);
+        assert_eq!(parse_cluster_message("P 00000000-0000-0000-0000-000000000001 2 - x"), None);
     }
 }

@@ -80,9 +80,10 @@ impl Service {
             }
         }
         let mut out = Vec::with_capacity(asked.len());
+        let online_now = self.router.online_among(&asked).await;
         for record in self.store.presence_info(asked).await? {
             let info = self.user_info(record.user).await?;
-            let online = self.router.is_online(record.user);
+            let online = online_now.contains(&record.user);
             // Like the signals: no last-seen while online, nor when hidden.
             let last_seen = if online || record.hide_last_seen { 0 } else { record.last_seen.map_or(0, |m| m.0) };
             out.push(wire::PresenceSignal {
@@ -101,6 +102,10 @@ impl Service {
         let now = self.now();
         if let Err(e) = self.store.set_last_seen(user, now).await {
             tracing::warn!(error = %e, "last-seen not recorded");
+        }
+        if !self.router.presence_changed(user).await {
+            // Another node has them: to their contacts nothing changed.
+            return;
         }
         let contacts = match self.store.contacts(user).await {
             Ok(c) => c,

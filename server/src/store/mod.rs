@@ -7,6 +7,7 @@
 //! replaying the log.
 
 pub mod codec;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -269,6 +270,37 @@ pub struct CommittedEvent {
 /// Committed events, in commit order, as the writer publishes them.
 pub type CommittedBatch = Arc<[CommittedEvent]>;
 
+/// What one group commit did, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitStats {
+    pub jobs: usize,
+    pub events: usize,
+    pub messages: usize,
+    /// The transaction from begin to durable commit (fsync included).
+    pub took: std::time::Duration,
+    /// The COMMIT step alone: writing the log and the fsync.
+    pub commit_took: std::time::Duration,
+}
+
+/// Called after every group commit (from the writer: keep it cheap).
+pub type CommitHook = Arc<dyn Fn(CommitStats) + Send + Sync>;
+
+/// What several natterd nodes on one database share besides the log: a channel
+/// for ephemeral messages (typing, presence) and who is connected where. Only
+/// backends that several nodes can share have one.
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// Sends an ephemeral message to every other node. Best effort: a message
+    /// may be lost (a node that restarts misses what was sent meanwhile).
+    async fn publish(&self, message: String) -> Result<(), StoreError>;
+    /// Messages other nodes published, from now on.
+    fn messages(&self) -> broadcast::Receiver<Arc<str>>;
+    /// Records whether `user` has connections on this node.
+    async fn set_online(&self, user: UserId, online: bool) -> Result<(), StoreError>;
+    /// Those of `users` connected to some other live node.
+    async fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+}
+
 /// The log and its read models. One implementation per backend; every
 /// implementation passes the same conformance tests.
 #[async_trait]
@@ -347,6 +379,26 @@ pub trait Store: Send + Sync + 'static {
     async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError>;
     /// Everyone who shares a current conversation with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+
+    /// Every stored last-seen time, by user (operator tools: copying a deployment).
+    async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError>;
+
+    /// Writes events read from another log as they are (positions, versions,
+    /// ids and times kept) and projects them, atomically. Moving a deployment
+    /// between backends: the first position must be above this log's head.
+    ///
+    /// # Errors
+    /// `Database` when the events do not continue this log; `Store` failures.
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError>;
+
+    /// Drops every read model and rebuilds it by replaying the whole log, in
+    /// one transaction (queries see the old models until it commits).
+    async fn rebuild(&self) -> Result<(), StoreError>;
+
+    /// The cluster channel, for backends that several nodes share.
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        None
+    }
 
     /// Stops accepting appends, commits what is queued, and closes.
     async fn shutdown(&self);

@@ -18,10 +18,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommittedBatch, CommittedEvent,
-    ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord, Position, Precondition,
-    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
-    StreamName, UserRecord,
+    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommitHook, CommitStats,
+    CommittedBatch, CommittedEvent, ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord,
+    Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
+    StreamAppend, StreamName, UserRecord,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -34,21 +34,6 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_groups_receipts.sql")),
     (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
 ];
-
-/// What one group commit did, for metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct CommitStats {
-    pub jobs: usize,
-    pub events: usize,
-    pub messages: usize,
-    /// The transaction from begin to durable commit (fsync included).
-    pub took: std::time::Duration,
-    /// The COMMIT step alone: writing the WAL frames and the fsync.
-    pub commit_took: std::time::Duration,
-}
-
-/// Called after every group commit (from the writer thread: keep it cheap).
-pub type CommitHook = Arc<dyn Fn(CommitStats) + Send + Sync>;
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
 const WRITER_TUNING: &str =
@@ -79,10 +64,16 @@ impl SqliteConfig {
     }
 }
 
+/// What the writer does for one caller; every kind rides the same group commit.
+enum Work {
+    Append(Vec<StreamAppend>),
+    LastSeen(UserId, Millis),
+    Import(Vec<RecordedEvent>),
+    Rebuild,
+}
+
 struct WriteJob {
-    appends: Vec<StreamAppend>,
-    /// A last-seen update instead of appends (it rides the same group commit).
-    last_seen: Option<(UserId, Millis)>,
+    work: Work,
     reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
@@ -168,6 +159,18 @@ impl SqliteStore {
         let readers = open_readers(path, 1)?;
         let (committed, _) = broadcast::channel(1);
         Ok(Self { writer: Mutex::new(None), writer_thread: Mutex::new(None), readers, committed })
+    }
+
+    /// Hands non-append work to the writer and waits for its commit.
+    async fn write(&self, work: Work) -> Result<(), StoreError> {
+        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer.send(WriteJob { work, reply }).await.map_err(|_| StoreError::Closed)?;
+        match rx.await.map_err(|_| StoreError::Closed)? {
+            Ok(_) => Ok(()),
+            Err(AppendError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Database(other.to_string())),
+        }
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -284,11 +287,12 @@ fn commit_batch(
     let mut results = Vec::with_capacity(jobs.len());
     let mut batch = Vec::new();
     for job in jobs.iter() {
-        let r = match job.last_seen {
-            Some((user, at)) => upsert_last_seen(&tx, user, at)
-                .map(|()| (AppendOutcome::Appended(Vec::new()), Vec::new()))
-                .map_err(AppendError::from),
-            None => append_in_tx(&tx, &job.appends, recorded_at),
+        let done = |()| (AppendOutcome::Appended(Vec::new()), Vec::new());
+        let r = match &job.work {
+            Work::Append(appends) => append_in_tx(&tx, appends, recorded_at),
+            Work::LastSeen(user, at) => upsert_last_seen(&tx, *user, *at).map(done).map_err(AppendError::from),
+            Work::Import(events) => import_in_tx(&tx, events).map(done),
+            Work::Rebuild => rebuild_in_tx(&tx).map(done),
         };
         match r {
             Ok((outcome, committed)) => {
@@ -424,6 +428,67 @@ fn append_in_tx(
         .execute(params![stream, version as i64])?;
     }
     Ok((AppendOutcome::Appended(recorded), committed))
+}
+
+/// Writes another log's events as they are, then projects them.
+fn import_in_tx(conn: &Connection, events: &[RecordedEvent]) -> Result<(), AppendError> {
+    let head: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
+    let mut last = head as u64;
+    for rec in events {
+        if rec.position <= last {
+            return Err(AppendError::Store(StoreError::Database(format!(
+                "imported position {} does not follow this log's {last}",
+                rec.position
+            ))));
+        }
+        last = rec.position;
+        let (ty, schema, payload) = codec::encode(&rec.event);
+        conn.prepare_cached(
+            "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            rec.position as i64,
+            rec.stream.as_str(),
+            rec.version as i64,
+            rec.id.as_bytes().as_slice(),
+            ty,
+            schema,
+            payload,
+            rec.recorded_at.0 as i64
+        ])?;
+        conn.prepare_cached(
+            "INSERT INTO streams (stream, version) VALUES (?1, ?2)
+             ON CONFLICT (stream) DO UPDATE SET version = MAX(version, excluded.version)",
+        )?
+        .execute(params![rec.stream.as_str(), rec.version as i64])?;
+        project(conn, rec)?;
+    }
+    Ok(())
+}
+
+/// The read models, which `rebuild` empties and refills from the log.
+const READ_MODELS: &[&str] =
+    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
+
+fn rebuild_in_tx(conn: &Connection) -> Result<(), AppendError> {
+    for table in READ_MODELS {
+        conn.execute(&format!("DELETE FROM {table}"), [])?;
+    }
+    let mut after = 0u64;
+    loop {
+        let batch = {
+            let mut stmt =
+                conn.prepare_cached(&format!("{SELECT_EVENT} WHERE position > ?1 ORDER BY position LIMIT 1000"))?;
+            collect_events(&mut stmt, params![after as i64])?
+        };
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        for rec in &batch {
+            project(conn, rec)?;
+        }
+    }
+    Ok(())
 }
 
 fn upsert_last_seen(conn: &Connection, user: UserId, at: Millis) -> Result<(), rusqlite::Error> {
@@ -858,7 +923,7 @@ impl Store for SqliteStore {
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
         let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        writer.send(WriteJob { appends, last_seen: None, reply }).await.map_err(|_| StoreError::Closed)?;
+        writer.send(WriteJob { work: Work::Append(appends), reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1070,25 +1135,33 @@ impl Store for SqliteStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         // An empty write transaction through the writer: begin, commit, fsync.
-        match self.append(Vec::new()).await {
-            Ok(_) => Ok(()),
-            Err(AppendError::Store(e)) => Err(e),
-            Err(other) => Err(StoreError::Database(other.to_string())),
-        }
+        self.write(Work::Append(Vec::new())).await
     }
 
     async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError> {
-        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
-        let (reply, rx) = oneshot::channel();
-        writer
-            .send(WriteJob { appends: Vec::new(), last_seen: Some((user, at)), reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        match rx.await.map_err(|_| StoreError::Closed)? {
-            Ok(_) => Ok(()),
-            Err(AppendError::Store(e)) => Err(e),
-            Err(other) => Err(StoreError::Database(other.to_string())),
-        }
+        self.write(Work::LastSeen(user, at)).await
+    }
+
+    async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT user_id, last_seen_ms FROM last_seen ORDER BY user_id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (user, at) = row?;
+                out.push((UserId(parse_uuid(&user)?), Millis(at as u64)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError> {
+        self.write(Work::Import(events)).await
+    }
+
+    async fn rebuild(&self) -> Result<(), StoreError> {
+        self.write(Work::Rebuild).await
     }
 
     async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError> {

@@ -1,0 +1,1429 @@
+//! The PostgreSQL backend: the same log and read models as the embedded store,
+//! in a database that several natterd nodes share.
+//!
+//! Writes: each node has one writer task that group-commits (every append
+//! waiting is taken into one transaction, one WAL flush). Every write
+//! transaction first takes one advisory lock, `LOG_LOCK`, and assigns positions
+//! after the highest committed one; the lock is released only after the commit
+//! is visible. So positions become visible in position order, across nodes: a
+//! reader that has seen position P never later finds a new event below P (see
+//! ARCHITECTURE.md, "Gap-free positions"). Taking the lock first also means
+//! every check an append makes (expected version, idempotency, membership)
+//! reads the latest committed state, whichever node wrote it.
+//!
+//! Reads: a pool of connections. Subscriptions: a tailer task per node reads
+//! the log by position and publishes batches (with each event's audience, read
+//! back from the feed rows), woken by this node's own commits and by
+//! `LISTEN natter_log` for other nodes' commits, with a slow poll as a safety net.
+//! The same listening connection carries the cluster channel (`natter_signal`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_postgres::{types::ToSql, AsyncMessage, NoTls, Row};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats,
+    CommittedBatch, CommittedEvent, ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord,
+    Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
+    StreamAppend, StreamName, UserRecord,
+};
+use crate::domain::{
+    conversation::{ConversationKind, ConversationState, MemberState},
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Role, Seq, TokenHash, UserId,
+};
+
+/// Versioned migrations, applied in order at start-up. Never edit a shipped one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// The advisory lock every log write holds from its first statement to its commit.
+const LOG_LOCK: i64 = 0x6e61_7474_6572_0001;
+/// The advisory lock migrations hold (nodes starting together migrate once).
+const MIGRATION_LOCK: i64 = 0x6e61_7474_6572_0002;
+
+/// NOTIFY channel: "the log has new events".
+const LOG_CHANNEL: &str = "natter_log";
+/// NOTIFY channel: ephemeral messages between nodes.
+const SIGNAL_CHANNEL: &str = "natter_signal";
+
+/// How often a node proves it is alive, and how long until it counts as gone.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const NODE_EXPIRY_SECS: i64 = 10;
+
+/// Largest NOTIFY payload PostgreSQL takes is 8000 bytes; keep a margin.
+pub const MAX_CLUSTER_MESSAGE: usize = 7_800;
+
+/// Events the tailer reads per query.
+const TAIL_BATCH: i64 = 512;
+
+/// How the PostgreSQL store is set up.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// Connections serving queries (the writer and the listener have their own).
+    pub readers: usize,
+    /// Most appends committed in one transaction.
+    pub max_batch: usize,
+    /// Appends that may wait for the writer; callers wait (backpressure) beyond it.
+    pub queue: usize,
+    /// Without a wake-up, the tailer still looks for new events this often.
+    pub poll: Duration,
+    /// Follow the shared log and join the cluster (natterd); operator tools
+    /// that only read and write leave it off.
+    pub serve: bool,
+    pub on_commit: Option<CommitHook>,
+}
+
+impl PostgresConfig {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            readers: 8,
+            max_batch: 1024,
+            queue: 8192,
+            poll: Duration::from_millis(500),
+            serve: true,
+            on_commit: None,
+        }
+    }
+}
+
+enum Work {
+    Append(Vec<StreamAppend>),
+    LastSeen(UserId, Millis),
+    Import(Vec<RecordedEvent>),
+    Rebuild,
+}
+
+struct WriteJob {
+    work: Work,
+    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    pool: Pool,
+    writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+    committed: broadcast::Sender<CommittedBatch>,
+    stop: CancellationToken,
+    cluster: Option<Arc<PgCluster>>,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The server's message, when there is one, says more than the wrapper.
+        match e.as_db_error() {
+            Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+            None => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for AppendError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AppendError::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Database(format!("connection pool: {e}"))
+    }
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations and starts the writer (and, with
+    /// `serve`, the tailer, the listener and the heartbeat).
+    ///
+    /// # Errors
+    /// When the URL is malformed, the database cannot be reached or a migration fails.
+    pub async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let pg: tokio_postgres::Config =
+            config.url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
+        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(config.readers.max(1) + 1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
+        let mut conn = pool.get().await?;
+        migrate(&mut conn).await?;
+
+        let stop = CancellationToken::new();
+        let (committed, _) = broadcast::channel(1024);
+        let wake = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+        let cluster = if config.serve {
+            let node = Uuid::new_v4().to_string();
+            let cluster = Arc::new(PgCluster { pool: pool.clone(), node, messages: broadcast::channel(1024).0 });
+            let head = head_position(&conn).await?;
+            tasks.push(tokio::spawn(listen(config.url.clone(), wake.clone(), cluster.clone(), stop.clone())));
+            tasks.push(tokio::spawn(tail(
+                pool.clone(),
+                head,
+                wake.clone(),
+                committed.clone(),
+                config.poll,
+                stop.clone(),
+            )));
+            cluster.heartbeat().await?;
+            tasks.push(tokio::spawn(heartbeat(cluster.clone(), stop.clone())));
+            Some(cluster)
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let writer = Writer { pool: pool.clone(), conn: Some(conn), wake, on_commit: config.on_commit.clone() };
+        let writer_task = tokio::spawn(writer.run(rx, config.max_batch.max(1)));
+        Ok(Self {
+            pool,
+            writer: Mutex::new(Some(tx)),
+            tasks: Mutex::new(tasks),
+            writer_task: Mutex::new(Some(writer_task)),
+            committed,
+            stop,
+            cluster,
+        })
+    }
+
+    async fn write(&self, work: Work) -> Result<AppendOutcome, AppendError> {
+        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer.send(WriteJob { work, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn write_plain(&self, work: Work) -> Result<(), StoreError> {
+        match self.write(work).await {
+            Ok(_) => Ok(()),
+            Err(AppendError::Store(e)) => Err(e),
+            Err(other) => Err(StoreError::Database(other.to_string())),
+        }
+    }
+
+    async fn conn(&self) -> Result<Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+async fn migrate(conn: &mut Object) -> Result<(), StoreError> {
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)",
+    )
+    .await?;
+    let current: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::Database(format!(
+            "database schema version {current} is newer than this natterd knows ({known}); upgrade natterd"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO schema_migrations (version, applied_at_ms) VALUES ($1, $2)", &[version, &now_ms()])
+            .await?;
+        tracing::info!(version, "applied postgres migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn head_position(conn: &Object) -> Result<Position, StoreError> {
+    Ok(conn.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await?.get::<_, i64>(0) as u64)
+}
+
+/// The writer task: owns one connection and group-commits.
+struct Writer {
+    pool: Pool,
+    conn: Option<Object>,
+    /// Wakes this node's tailer after a commit.
+    wake: Arc<Notify>,
+    on_commit: Option<CommitHook>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<WriteJob>, max_batch: usize) {
+        let mut jobs = Vec::with_capacity(max_batch);
+        while let Some(first) = rx.recv().await {
+            jobs.push(first);
+            while jobs.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let n = jobs.len();
+            match self.commit(&mut jobs).await {
+                Ok((events, messages, commit_took)) => {
+                    if let Some(hook) = &self.on_commit {
+                        hook(CommitStats { jobs: n, events, messages, took: started.elapsed(), commit_took });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "postgres group commit failed; appends in the batch are not stored");
+                    // The connection may be broken: the next batch takes a fresh one.
+                    if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
+                        self.conn = None;
+                    }
+                    let msg = e.to_string();
+                    for job in jobs.drain(..) {
+                        let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+                    }
+                }
+            }
+        }
+        tracing::debug!("postgres writer stopped");
+    }
+
+    /// Commits the jobs in one transaction; returns events and messages written
+    /// and how long the COMMIT took. On `Err` nothing was stored and no reply sent.
+    async fn commit(&mut self, jobs: &mut Vec<WriteJob>) -> Result<(usize, usize, Duration), StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.get().await?);
+        }
+        let conn = self.conn.as_mut().expect("a connection was just taken");
+        let recorded_at = Millis(now_ms() as u64);
+        let tx = conn.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await?;
+        let mut next =
+            tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await?.get::<_, i64>(0) as u64;
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut batch = Vec::new();
+        for job in jobs.iter() {
+            let done = |()| (AppendOutcome::Appended(Vec::new()), Vec::new());
+            let r = match &job.work {
+                Work::Append(appends) => append_in_tx(&tx, appends, recorded_at, &mut next).await,
+                Work::LastSeen(user, at) => upsert_last_seen(&tx, *user, *at).await.map(done),
+                Work::Import(events) => import_in_tx(&tx, events, &mut next).await.map(done),
+                Work::Rebuild => rebuild_in_tx(&tx).await.map(done),
+            };
+            match r {
+                Ok((outcome, committed)) => {
+                    batch.extend(committed);
+                    results.push(Ok(outcome));
+                }
+                // Refused before writing anything: its neighbours still commit.
+                Err(e @ (AppendError::WrongExpectedVersion { .. } | AppendError::PreconditionFailed(_))) => {
+                    results.push(Err(e));
+                }
+                Err(AppendError::Store(e)) => return Err(e),
+            }
+        }
+        let wrote = !batch.is_empty() || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild));
+        if wrote {
+            // Delivered to listeners when (and only if) the transaction commits.
+            tx.execute("SELECT pg_notify($1, '')", &[&LOG_CHANNEL]).await?;
+        }
+        let commit_started = Instant::now();
+        tx.commit().await?;
+        let commit_took = commit_started.elapsed();
+        for (job, result) in jobs.drain(..).zip(results) {
+            let _ = job.reply.send(result);
+        }
+        if wrote {
+            self.wake.notify_one();
+        }
+        let messages = batch.iter().filter(|c| matches!(c.event.event, Event::MessageSent(_))).count();
+        Ok((batch.len(), messages, commit_took))
+    }
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+async fn exec(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, params).await
+}
+
+async fn query(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.query(&stmt, params).await
+}
+
+/// One job's appends; also returns what to publish once committed.
+async fn append_in_tx(
+    tx: &Transaction<'_>,
+    appends: &[StreamAppend],
+    recorded_at: Millis,
+    next: &mut Position,
+) -> Result<(AppendOutcome, Vec<CommittedEvent>), AppendError> {
+    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter()).map(|e| e.id.as_bytes().as_slice()).collect();
+    if !ids.is_empty() {
+        let rows = query(tx, &format!("{SELECT_EVENT} WHERE event_id = ANY($1) ORDER BY position"), &[&ids]).await?;
+        if !rows.is_empty() {
+            let existing = rows.iter().map(row_to_event).collect::<Result<Vec<_>, _>>()?;
+            return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
+        }
+    }
+    // Every check runs before the first write, so a refused append has written
+    // nothing and its neighbours in the batch commit.
+    let mut currents = Vec::with_capacity(appends.len());
+    for (i, append) in appends.iter().enumerate() {
+        if appends[..i].iter().any(|a| a.stream == append.stream) {
+            return Err(AppendError::Store(StoreError::Database(format!(
+                "stream {} appears twice in one append",
+                append.stream
+            ))));
+        }
+        if let Some(pre) = append.precondition {
+            check_precondition(tx, pre).await?;
+        }
+        let current = query(tx, "SELECT version FROM streams WHERE stream = $1", &[&append.stream.as_str()])
+            .await?
+            .first()
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let ok = match append.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        };
+        if !ok {
+            return Err(AppendError::WrongExpectedVersion {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual: current,
+            });
+        }
+        currents.push(current);
+    }
+    let mut recorded = Vec::new();
+    let mut committed = Vec::new();
+    for (append, current) in appends.iter().zip(currents) {
+        let mut version = current;
+        for new in &append.events {
+            version += 1;
+            *next += 1;
+            let rec = RecordedEvent {
+                position: *next,
+                stream: append.stream.clone(),
+                version,
+                id: new.id,
+                recorded_at,
+                event: new.event.clone(),
+            };
+            insert_event(tx, &rec).await?;
+            let audience = project(tx, &rec).await?;
+            committed.push(CommittedEvent { event: rec.clone(), audience });
+            recorded.push(rec);
+        }
+        exec(
+            tx,
+            "INSERT INTO streams (stream, version) VALUES ($1, $2)
+             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
+            &[&append.stream.as_str(), &(version as i64)],
+        )
+        .await?;
+    }
+    Ok((AppendOutcome::Appended(recorded), committed))
+}
+
+async fn insert_event(tx: &Transaction<'_>, rec: &RecordedEvent) -> Result<(), tokio_postgres::Error> {
+    let (ty, schema, payload) = codec::encode(&rec.event);
+    exec(
+        tx,
+        "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &(rec.position as i64),
+            &rec.stream.as_str(),
+            &(rec.version as i64),
+            &rec.id.as_bytes().as_slice(),
+            &ty,
+            &(schema as i32),
+            &payload,
+            &(rec.recorded_at.0 as i64),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes another log's events as they are, then projects them.
+async fn import_in_tx(tx: &Transaction<'_>, events: &[RecordedEvent], next: &mut Position) -> Result<(), AppendError> {
+    for rec in events {
+        if rec.position <= *next {
+            return Err(AppendError::Store(StoreError::Database(format!(
+                "imported position {} does not follow this log's {next}",
+                rec.position
+            ))));
+        }
+        *next = rec.position;
+        insert_event(tx, rec).await?;
+        exec(
+            tx,
+            "INSERT INTO streams (stream, version) VALUES ($1, $2)
+             ON CONFLICT (stream) DO UPDATE SET version = GREATEST(streams.version, excluded.version)",
+            &[&rec.stream.as_str(), &(rec.version as i64)],
+        )
+        .await?;
+        project(tx, rec).await?;
+    }
+    Ok(())
+}
+
+/// The read models, which `rebuild` empties and refills from the log.
+const READ_MODELS: &[&str] =
+    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
+
+async fn rebuild_in_tx(tx: &Transaction<'_>) -> Result<(), AppendError> {
+    for table in READ_MODELS {
+        tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+    }
+    let mut after = 0i64;
+    loop {
+        let rows =
+            query(tx, &format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT 1000"), &[&after]).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.get(0);
+        for row in &rows {
+            project(tx, &row_to_event(row)?).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn upsert_last_seen(tx: &Transaction<'_>, user: UserId, at: Millis) -> Result<(), AppendError> {
+    exec(
+        tx,
+        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = GREATEST(last_seen.last_seen_ms, excluded.last_seen_ms)",
+        &[&user.to_string(), &(at.0 as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn check_precondition(tx: &Transaction<'_>, pre: Precondition) -> Result<(), AppendError> {
+    let holds = match pre {
+        Precondition::ActiveMember { conversation, user } => !query(
+            tx,
+            "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND left_seq IS NULL",
+            &[&conversation.to_string(), &user.to_string()],
+        )
+        .await?
+        .is_empty(),
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(AppendError::PreconditionFailed(pre))
+    }
+}
+
+/// Updates the read models for one recorded event and returns its audience
+/// (the users whose feed it goes into). The same rules as the embedded store's
+/// `project`; the conformance suite holds the two to the same answers.
+async fn project(tx: &Transaction<'_>, rec: &RecordedEvent) -> Result<Vec<UserId>, StoreError> {
+    let version = rec.version as i64;
+    let mut extra_audience = None;
+    match &rec.event {
+        Event::UserRegistered(u) => {
+            exec(
+                tx,
+                "INSERT INTO users (user_id, email, display_name, password_hash, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&u.user_id.to_string(), &u.email.as_str(), &u.display_name, &u.password_hash, &(u.at.0 as i64)],
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
+        Event::EmailClaimed { .. } => return Ok(Vec::new()),
+        Event::SessionStarted(s) => {
+            exec(
+                tx,
+                "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &s.token_hash.0.as_slice(),
+                    &s.user_id.to_string(),
+                    &s.device_id.to_string(),
+                    &s.device_name,
+                    &(s.at.0 as i64),
+                ],
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
+        Event::SessionRevoked { token_hash, at, .. } => {
+            exec(
+                tx,
+                "UPDATE sessions SET revoked_at_ms = $2 WHERE token_hash = $1 AND revoked_at_ms IS NULL",
+                &[&token_hash.0.as_slice(), &(at.0 as i64)],
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
+        Event::DirectConversationStarted { conversation_id, members, at } => {
+            let all: Vec<_> = members.iter().map(|m| (*m, Role::Member)).collect();
+            insert_conversation(tx, *conversation_id, ConversationKind::Direct, None, &all, *at, rec).await?;
+        }
+        Event::GroupCreated { conversation_id, name, members, at, .. } => {
+            insert_conversation(tx, *conversation_id, ConversationKind::Group, Some(name), members, *at, rec).await?;
+        }
+        Event::MembersAdded { conversation_id, members, .. } => {
+            let conv = conversation_id.to_string();
+            for (user, role) in members {
+                exec(
+                    tx,
+                    "INSERT INTO members (conversation_id, user_id, ordinal, role, left_seq)
+                     VALUES ($1, $2, (SELECT COALESCE(MAX(ordinal), -1) + 1 FROM members WHERE conversation_id = $1),
+                             $3, NULL)
+                     ON CONFLICT (conversation_id, user_id) DO UPDATE
+                     SET role = excluded.role, left_seq = NULL, ordinal = excluded.ordinal",
+                    &[&conv, &user.to_string(), &role_to_str(*role)],
+                )
+                .await?;
+            }
+            touch_conversation(tx, &conv, rec).await?;
+        }
+        Event::MemberRemoved { conversation_id, user, .. } | Event::MemberLeft { conversation_id, user, .. } => {
+            let conv = conversation_id.to_string();
+            exec(
+                tx,
+                "UPDATE members SET left_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+                &[&conv, &user.to_string(), &version],
+            )
+            .await?;
+            touch_conversation(tx, &conv, rec).await?;
+            // The person who left (or was removed) learns of it too.
+            extra_audience = Some(*user);
+        }
+        Event::RoleChanged { conversation_id, user, role, .. } => {
+            let conv = conversation_id.to_string();
+            exec(
+                tx,
+                "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+                &[&conv, &user.to_string(), &role_to_str(*role)],
+            )
+            .await?;
+            touch_conversation(tx, &conv, rec).await?;
+        }
+        Event::GroupRenamed { conversation_id, name, .. } => {
+            let conv = conversation_id.to_string();
+            exec(tx, "UPDATE conversations SET name = $2 WHERE conversation_id = $1", &[&conv, name]).await?;
+            touch_conversation(tx, &conv, rec).await?;
+        }
+        Event::MessageSent(m) => {
+            let conv = m.conversation_id.to_string();
+            let Content::Text(text) = &m.content;
+            exec(
+                tx,
+                "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                                       content_kind, text, sent_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
+                &[
+                    &conv,
+                    &version,
+                    &(rec.position as i64),
+                    &m.sender_user_id.to_string(),
+                    &m.sender_device_id.to_string(),
+                    &m.client_msg_id.as_str(),
+                    text,
+                    &(m.at.0 as i64),
+                ],
+            )
+            .await?;
+            touch_conversation(tx, &conv, rec).await?;
+        }
+        Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
+            let (conv, user_s, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
+            exec(
+                tx,
+                "INSERT INTO device_receipts (conversation_id, device_id, user_id, delivered_seq) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (conversation_id, device_id) DO UPDATE
+                 SET delivered_seq = GREATEST(device_receipts.delivered_seq, excluded.delivered_seq)",
+                &[&conv, &device.to_string(), &user_s, &seq],
+            )
+            .await?;
+            exec(
+                tx,
+                "INSERT INTO receipts (conversation_id, user_id, delivered_seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE
+                 SET delivered_seq = GREATEST(receipts.delivered_seq, excluded.delivered_seq)",
+                &[&conv, &user_s, &seq],
+            )
+            .await?;
+        }
+        Event::PrivacyChanged { user_id, hide_last_seen, .. } => {
+            exec(
+                tx,
+                "UPDATE users SET hide_last_seen = $2 WHERE user_id = $1",
+                &[&user_id.to_string(), hide_last_seen],
+            )
+            .await?;
+            return Ok(Vec::new());
+        }
+        Event::ReadUpTo { conversation_id, user, seq, .. } => {
+            exec(
+                tx,
+                "INSERT INTO receipts (conversation_id, user_id, read_seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (conversation_id, user_id) DO UPDATE
+                 SET read_seq = GREATEST(receipts.read_seq, excluded.read_seq)",
+                &[&conversation_id.to_string(), &user.to_string(), &(seq.0 as i64)],
+            )
+            .await?;
+        }
+    }
+    let conv = rec.event.conversation_id().expect("every other event belongs to a conversation").to_string();
+    add_to_feeds(tx, &conv, rec.position, extra_audience).await
+}
+
+async fn insert_conversation(
+    tx: &Transaction<'_>,
+    id: ConversationId,
+    kind: ConversationKind,
+    name: Option<&str>,
+    members: &[(UserId, Role)],
+    at: Millis,
+    rec: &RecordedEvent,
+) -> Result<(), StoreError> {
+    let conv = id.to_string();
+    exec(
+        tx,
+        "INSERT INTO conversations (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $4)",
+        &[&conv, &kind_to_str(kind), &name, &(at.0 as i64), &(rec.version as i64), &(rec.position as i64)],
+    )
+    .await?;
+    for (i, (user, role)) in members.iter().enumerate() {
+        exec(
+            tx,
+            "INSERT INTO members (conversation_id, user_id, ordinal, role) VALUES ($1, $2, $3, $4)",
+            &[&conv, &user.to_string(), &(i as i64), &role_to_str(*role)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records a conversation-stream event as the conversation's latest activity.
+async fn touch_conversation(tx: &Transaction<'_>, conv: &str, rec: &RecordedEvent) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "UPDATE conversations SET last_seq = $2, last_position = $3,
+                last_activity_ms = GREATEST(last_activity_ms, $4)
+         WHERE conversation_id = $1",
+        &[&conv, &(rec.version as i64), &(rec.position as i64), &(rec.recorded_at.0 as i64)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Puts the event into the feed of every current member (and `extra`), and
+/// returns who that was.
+async fn add_to_feeds(
+    tx: &Transaction<'_>,
+    conv: &str,
+    position: Position,
+    extra: Option<UserId>,
+) -> Result<Vec<UserId>, StoreError> {
+    let position = position as i64;
+    let rows = query(
+        tx,
+        "INSERT INTO feed (user_id, position)
+         SELECT user_id, $2 FROM members WHERE conversation_id = $1 AND left_seq IS NULL
+         ON CONFLICT DO NOTHING RETURNING user_id",
+        &[&conv, &position],
+    )
+    .await?;
+    let mut audience = rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(u) = extra.filter(|u| !audience.contains(u)) {
+        exec(
+            tx,
+            "INSERT INTO feed (user_id, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&u.to_string(), &position],
+        )
+        .await?;
+        audience.push(u);
+    }
+    Ok(audience)
+}
+
+const SELECT_EVENT: &str =
+    "SELECT position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms FROM events";
+
+fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let position = row.get::<_, i64>(0) as u64;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let id = Uuid::from_slice(row.get::<_, &[u8]>(3)).map_err(|e| corrupt(e.to_string()))?;
+    let ty: &str = row.get(4);
+    let schema = row.get::<_, i32>(5) as u32;
+    let event = codec::decode(ty, schema, row.get::<_, &[u8]>(6)).map_err(corrupt)?;
+    Ok(RecordedEvent {
+        position,
+        stream: StreamName::from_stored(row.get(1)),
+        version: row.get::<_, i64>(2) as u64,
+        id,
+        recorded_at: Millis(row.get::<_, i64>(7) as u64),
+        event,
+    })
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::try_parse(s).map_err(|e| StoreError::Database(format!("bad id {s:?} in read model: {e}")))
+}
+
+fn parse_role(s: &str) -> Result<Role, StoreError> {
+    role_from_str(s).ok_or_else(|| StoreError::Database(format!("unknown role {s:?}")))
+}
+
+/// Follows the log for this node: reads by position, publishes with audiences.
+async fn tail(
+    pool: Pool,
+    mut last: Position,
+    wake: Arc<Notify>,
+    publish: broadcast::Sender<CommittedBatch>,
+    poll: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        loop {
+            match read_committed(&pool, last).await {
+                Ok(batch) => {
+                    let Some(newest) = batch.last() else { break };
+                    last = newest.event.position;
+                    let full = batch.len() as i64 == TAIL_BATCH;
+                    // No subscriber is fine: the log has everything.
+                    let _ = publish.send(batch.into());
+                    if !full {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, after = last, "reading the shared log failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Committed events after `after`, each with the audience its feed rows name.
+async fn read_committed(pool: &Pool, after: Position) -> Result<Vec<CommittedEvent>, StoreError> {
+    let conn = pool.get().await?;
+    let stmt = conn
+        .prepare_cached(
+            "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
+                    e.recorded_at_ms, ARRAY(SELECT f.user_id FROM feed f WHERE f.position = e.position)
+             FROM events e WHERE e.position > $1 ORDER BY e.position LIMIT $2",
+        )
+        .await?;
+    let rows = conn.query(&stmt, &[&(after as i64), &TAIL_BATCH]).await?;
+    rows.iter()
+        .map(|row| {
+            let audience = row
+                .get::<_, Vec<String>>(8)
+                .iter()
+                .map(|u| parse_uuid(u).map(UserId))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(CommittedEvent { event: row_to_event(row)?, audience })
+        })
+        .collect()
+}
+
+/// Keeps a LISTEN connection open (reconnecting when it drops) and turns
+/// notifications into tailer wake-ups and cluster messages.
+async fn listen(url: String, wake: Arc<Notify>, cluster: Arc<PgCluster>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = futures::StreamExt::next(&mut messages).await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if tx.send(n).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "postgres listener connection lost");
+                                break;
+                            }
+                        }
+                    }
+                });
+                let listening = client.batch_execute(&format!("LISTEN {LOG_CHANNEL}; LISTEN {SIGNAL_CHANNEL}")).await;
+                if let Err(e) = listening {
+                    tracing::warn!(error = %e, "LISTEN failed");
+                } else {
+                    // Anything committed while not listening is found by reading.
+                    wake.notify_one();
+                    loop {
+                        let n = tokio::select! {
+                            _ = stop.cancelled() => break,
+                            n = rx.recv() => n,
+                        };
+                        let Some(n) = n else { break };
+                        if n.channel() == LOG_CHANNEL {
+                            wake.notify_one();
+                        } else if let Some((node, message)) = n.payload().split_once(' ') {
+                            if node != cluster.node {
+                                let _ = cluster.messages.send(message.into());
+                            }
+                        }
+                    }
+                }
+                drop(client);
+                driver.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "postgres listener cannot connect; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn heartbeat(cluster: Arc<PgCluster>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        if let Err(e) = cluster.heartbeat().await {
+            tracing::warn!(error = %e, "node heartbeat failed");
+        }
+    }
+}
+
+/// This node's membership of the cluster.
+struct PgCluster {
+    pool: Pool,
+    node: String,
+    messages: broadcast::Sender<Arc<str>>,
+}
+
+impl PgCluster {
+    /// Proves this node alive and forgets nodes that stopped proving it.
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "INSERT INTO nodes (node_id) VALUES ($1) ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now()",
+            &[&self.node],
+        )
+        .await?;
+        conn.execute(
+            &format!(
+                "DELETE FROM online WHERE node_id IN
+                   (SELECT node_id FROM nodes WHERE heartbeat_at < now() - interval '{NODE_EXPIRY_SECS} seconds')"
+            ),
+            &[],
+        )
+        .await?;
+        conn.execute(
+            &format!("DELETE FROM nodes WHERE heartbeat_at < now() - interval '{NODE_EXPIRY_SECS} seconds'"),
+            &[],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute("DELETE FROM online WHERE node_id = $1", &[&self.node]).await?;
+        conn.execute("DELETE FROM nodes WHERE node_id = $1", &[&self.node]).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Cluster for PgCluster {
+    async fn publish(&self, message: String) -> Result<(), StoreError> {
+        if message.len() > MAX_CLUSTER_MESSAGE {
+            return Err(StoreError::Database(format!(
+                "cluster message of {} bytes is over the {MAX_CLUSTER_MESSAGE}-byte limit",
+                message.len()
+            )));
+        }
+        let conn = self.pool.get().await?;
+        let payload = format!("{} {message}", self.node);
+        conn.execute("SELECT pg_notify($1, $2)", &[&SIGNAL_CHANNEL, &payload]).await?;
+        Ok(())
+    }
+
+    fn messages(&self) -> broadcast::Receiver<Arc<str>> {
+        self.messages.subscribe()
+    }
+
+    async fn set_online(&self, user: UserId, online: bool) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let sql = if online {
+            "INSERT INTO online (user_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM online WHERE user_id = $1 AND node_id = $2"
+        };
+        conn.execute(sql, &[&user.to_string(), &self.node]).await?;
+        Ok(())
+    }
+
+    async fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.pool.get().await?;
+        let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT DISTINCT o.user_id FROM online o JOIN nodes n ON n.node_id = o.node_id
+                     WHERE o.user_id = ANY($1) AND o.node_id <> $2
+                       AND n.heartbeat_at > now() - interval '{NODE_EXPIRY_SECS} seconds'"
+                ),
+                &[&ids, &self.node],
+            )
+            .await?;
+        rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+    }
+}
+
+const SELECT_MESSAGE: &str = "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                                     content_kind, text, sent_at_ms FROM messages";
+
+fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
+    let kind: &str = row.get(6);
+    let content = match (kind, row.get::<_, Option<String>>(7)) {
+        ("text", Some(t)) => Content::Text(t),
+        (k, _) => return Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
+    };
+    Ok(MessageRecord {
+        conversation_id: ConversationId(parse_uuid(row.get(0))?),
+        seq: Seq(row.get::<_, i64>(1) as u64),
+        position: row.get::<_, i64>(2) as u64,
+        sender_user_id: UserId(parse_uuid(row.get(3))?),
+        sender_device_id: DeviceId(parse_uuid(row.get(4))?),
+        client_msg_id: ClientMsgId::parse(row.get(5))
+            .map_err(|e| StoreError::Database(format!("stored client_msg_id: {e}")))?,
+        content,
+        at: Millis(row.get::<_, i64>(8) as u64),
+    })
+}
+
+const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
+
+fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        user_id: UserId(parse_uuid(row.get(0))?),
+        email: Email::from_normalized(row.get::<_, String>(1)),
+        display_name: row.get(2),
+        password_hash: row.get(3),
+        created_at: Millis(row.get::<_, i64>(4) as u64),
+    })
+}
+
+async fn cached_query(conn: &Object, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+    let stmt = conn.prepare_cached(sql).await?;
+    Ok(conn.query(&stmt, params).await?)
+}
+
+async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<ConversationState>, StoreError> {
+    let rows = cached_query(
+        conn,
+        "SELECT kind, name, created_at_ms, last_seq FROM conversations WHERE conversation_id = $1",
+        &[&conv],
+    )
+    .await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let kind = match row.get::<_, &str>(0) {
+        "direct" => ConversationKind::Direct,
+        "group" => ConversationKind::Group,
+        other => return Err(StoreError::Database(format!("unknown conversation kind {other:?}"))),
+    };
+    let members = cached_query(
+        conn,
+        "SELECT user_id, role FROM members WHERE conversation_id = $1 AND left_seq IS NULL ORDER BY ordinal",
+        &[&conv],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(MemberState { user: UserId(parse_uuid(r.get(0))?), role: parse_role(r.get(1))? }))
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(ConversationState {
+        id: ConversationId(parse_uuid(conv)?),
+        kind,
+        name: row.get(1),
+        members,
+        created_at: Millis(row.get::<_, i64>(2) as u64),
+        version: Seq(row.get::<_, i64>(3) as u64),
+    }))
+}
+
+/// Which list entries to load.
+enum Summaries {
+    Page { before: Option<Position>, limit: u32 },
+    One(ConversationId),
+}
+
+async fn load_summaries(conn: &Object, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
+    let me = user.to_string();
+    const SELECT: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position, m.left_seq,
+                                 COALESCE(r.read_seq, 0)
+                          FROM members m
+                          JOIN conversations c ON c.conversation_id = m.conversation_id
+                          LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+    let rows = match which {
+        Summaries::Page { before, limit } => {
+            cached_query(
+                conn,
+                &format!(
+                    "{SELECT} WHERE m.user_id = $1 AND c.last_position < $2 ORDER BY c.last_position DESC LIMIT $3"
+                ),
+                &[&me, &before.map_or(i64::MAX, |b| b as i64), &i64::from(limit)],
+            )
+            .await?
+        }
+        Summaries::One(id) => {
+            cached_query(
+                conn,
+                &format!("{SELECT} WHERE m.user_id = $1 AND m.conversation_id = $2"),
+                &[&me, &id.to_string()],
+            )
+            .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let conv: String = row.get(0);
+        let left: Option<i64> = row.get(3);
+        let read: i64 = row.get(4);
+        let state = load_conversation(conn, &conv)
+            .await?
+            .ok_or_else(|| StoreError::Database(format!("member row for missing conversation {conv}")))?;
+        let visible = left.unwrap_or(i64::MAX);
+        let last_message = cached_query(
+            conn,
+            &format!("{SELECT_MESSAGE} WHERE conversation_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1"),
+            &[&conv, &visible],
+        )
+        .await?
+        .first()
+        .map(row_to_message)
+        .transpose()?;
+        let unread: i64 = cached_query(
+            conn,
+            "SELECT COUNT(*) FROM messages
+             WHERE conversation_id = $1 AND seq > $2 AND seq <= $3 AND sender_user_id <> $4",
+            &[&conv, &read, &visible, &me],
+        )
+        .await?[0]
+            .get(0);
+        out.push(ConversationSummary {
+            state,
+            last_message,
+            last_activity: Millis(row.get::<_, i64>(1) as u64),
+            activity: row.get::<_, i64>(2) as u64,
+            unread: unread as u64,
+            read_up_to: Seq(read as u64),
+            left_at: left.map(|l| Seq(l as u64)),
+        });
+    }
+    Ok(out)
+}
+
+fn events_from(rows: &[Row]) -> Result<Vec<RecordedEvent>, StoreError> {
+    rows.iter().map(row_to_event).collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError> {
+        self.write(Work::Append(appends)).await
+    }
+
+    async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
+        events_from(&cached_query(&conn, &sql, &[&(after as i64), &i64::from(limit)]).await?)
+    }
+
+    async fn read_stream(&self, stream: &StreamName, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("{SELECT_EVENT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3");
+        events_from(&cached_query(&conn, &sql, &[&stream.as_str(), &(after as i64), &i64::from(limit)]).await?)
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        head_position(&self.conn().await?).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
+        self.committed.subscribe()
+    }
+
+    async fn feed(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
+                    e.recorded_at_ms
+             FROM feed f JOIN events e ON e.position = f.position
+             WHERE f.user_id = $1 AND f.position > $2 ORDER BY f.position LIMIT $3",
+            &[&user.to_string(), &(after as i64), &i64::from(limit)],
+        )
+        .await?;
+        events_from(&rows)
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE email = $1"), &[&email.as_str()]).await?;
+        rows.first().map(row_to_user).transpose()
+    }
+
+    async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
+        rows.first().map(row_to_user).transpose()
+    }
+
+    async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = $1",
+            &[&token_hash.0.as_slice()],
+        )
+        .await?;
+        rows.first()
+            .map(|r| {
+                Ok(SessionRecord {
+                    user_id: UserId(parse_uuid(r.get(0))?),
+                    device_id: DeviceId(parse_uuid(r.get(1))?),
+                    device_name: r.get(2),
+                    revoked: r.get(3),
+                })
+            })
+            .transpose()
+    }
+
+    async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
+        load_conversation(&self.conn().await?, &id.to_string()).await
+    }
+
+    async fn membership(&self, id: ConversationId, user: UserId) -> Result<Option<Membership>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT role, left_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
+            &[&id.to_string(), &user.to_string()],
+        )
+        .await?;
+        let Some(row) = rows.first() else { return Ok(None) };
+        Ok(Some(match row.get::<_, Option<i64>>(1) {
+            Some(left) => Membership::Former { left_at: Seq(left as u64) },
+            None => Membership::Active(parse_role(row.get(0))?),
+        }))
+    }
+
+    async fn conversations_for_user(
+        &self,
+        user: UserId,
+        before: Option<Position>,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        load_summaries(&self.conn().await?, user, Summaries::Page { before, limit }).await
+    }
+
+    async fn conversation_summary(
+        &self,
+        user: UserId,
+        id: ConversationId,
+    ) -> Result<Option<ConversationSummary>, StoreError> {
+        Ok(load_summaries(&self.conn().await?, user, Summaries::One(id)).await?.pop())
+    }
+
+    async fn messages(
+        &self,
+        id: ConversationId,
+        page: HistoryPage,
+        visible_upto: Option<Seq>,
+    ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
+        let conn = self.conn().await?;
+        let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
+        let (sql, bound, limit, descending) = match page {
+            HistoryPage::Latest { limit } => {
+                ("WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq DESC", 0, limit, true)
+            }
+            HistoryPage::Before { seq, limit } => {
+                ("WHERE conversation_id = $1 AND seq < $2 AND seq <= $4 ORDER BY seq DESC", seq.0, limit, true)
+            }
+            HistoryPage::After { seq, limit } => {
+                ("WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq ASC", seq.0, limit, false)
+            }
+        };
+        let rows = cached_query(
+            &conn,
+            &format!("{SELECT_MESSAGE} {sql} LIMIT $3"),
+            &[&id.to_string(), &(bound as i64), &(i64::from(limit) + 1), &upto],
+        )
+        .await?;
+        let mut msgs = rows.iter().map(row_to_message).collect::<Result<Vec<_>, _>>()?;
+        let has_more = msgs.len() > limit as usize;
+        msgs.truncate(limit as usize);
+        if descending {
+            msgs.reverse();
+        }
+        Ok((msgs, has_more))
+    }
+
+    async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            &format!("{SELECT_MESSAGE} WHERE conversation_id = $1 AND seq = $2"),
+            &[&id.to_string(), &(seq.0 as i64)],
+        )
+        .await?;
+        rows.first().map(row_to_message).transpose()
+    }
+
+    async fn receipt(&self, id: ConversationId, user: UserId) -> Result<ReceiptRecord, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 AND user_id = $2",
+            &[&id.to_string(), &user.to_string()],
+        )
+        .await?;
+        let (delivered, read) = rows.first().map_or((0, 0), |r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+        Ok(ReceiptRecord { user, delivered: Seq(delivered as u64), read: Seq(read as u64) })
+    }
+
+    async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT user_id, delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 ORDER BY user_id",
+            &[&id.to_string()],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReceiptRecord {
+                    user: UserId(parse_uuid(r.get(0))?),
+                    delivered: Seq(r.get::<_, i64>(1) as u64),
+                    read: Seq(r.get::<_, i64>(2) as u64),
+                })
+            })
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM users),
+                        (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM messages),
+                        (SELECT COALESCE(MAX(position), 0) FROM events)",
+                &[],
+            )
+            .await?;
+        let n = |i: usize| row.get::<_, i64>(i) as u64;
+        Ok(StoreStats { events: n(0), users: n(1), conversations: n(2), messages: n(3), head: n(4) })
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        // An empty write transaction through the writer: lock, commit.
+        self.write_plain(Work::Append(Vec::new())).await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: Millis) -> Result<(), StoreError> {
+        self.write_plain(Work::LastSeen(user, at)).await
+    }
+
+    async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            let rows = cached_query(
+                &conn,
+                "SELECT u.hide_last_seen, l.last_seen_ms FROM users u
+                 LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = $1",
+                &[&user.to_string()],
+            )
+            .await?;
+            if let Some(r) = rows.first() {
+                let seen: Option<i64> = r.get(1);
+                out.push(PresenceRecord { user, last_seen: seen.map(|s| Millis(s as u64)), hide_last_seen: r.get(0) });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(
+            &conn,
+            "SELECT DISTINCT other.user_id FROM members me
+             JOIN members other ON other.conversation_id = me.conversation_id
+             WHERE me.user_id = $1 AND me.left_seq IS NULL AND other.left_seq IS NULL AND other.user_id <> $1",
+            &[&user.to_string()],
+        )
+        .await?;
+        rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+    }
+
+    async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = cached_query(&conn, "SELECT user_id, last_seen_ms FROM last_seen ORDER BY user_id", &[]).await?;
+        rows.iter().map(|r| Ok((UserId(parse_uuid(r.get(0))?), Millis(r.get::<_, i64>(1) as u64)))).collect()
+    }
+
+    async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError> {
+        self.write_plain(Work::Import(events)).await
+    }
+
+    async fn rebuild(&self) -> Result<(), StoreError> {
+        self.write_plain(Work::Rebuild).await
+    }
+
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        self.cluster.clone().map(|c| c as Arc<dyn Cluster>)
+    }
+
+    async fn shutdown(&self) {
+        // Dropping the sender lets the writer finish what is queued and stop.
+        self.writer.lock().expect("writer lock").take();
+        let writer = self.writer_task.lock().expect("writer task lock").take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        self.stop.cancel();
+        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.leave().await {
+                tracing::warn!(error = %e, "could not leave the cluster cleanly; other nodes expire this one");
+            }
+        }
+        self.pool.close();
+    }
+}

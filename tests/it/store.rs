@@ -1,0 +1,710 @@
+//! The store conformance suite: the same test functions run against the
+//! embedded store (SQLite) and PostgreSQL (a fresh database per test). Appends,
+//! conflicts, reads, subscriptions, every read-model query the server makes,
+//! import and rebuild; plus the concurrency stress test for gap-free
+//! subscriptions (several writers on several nodes, several subscribers).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_server::domain::conversation::ConversationKind;
+use natter_server::domain::{
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
+    TokenHash, UserId, UserRegistered,
+};
+use natter_server::store::postgres::{PostgresConfig, PostgresStore};
+use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
+use natter_server::store::{
+    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, Membership, NewEvent, Precondition, RecordedEvent, Store,
+    StreamAppend, StreamName,
+};
+use natter_tests::PgDatabase;
+use uuid::Uuid;
+
+/// A store under test and what keeps its database alive.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    kind: Kind,
+}
+
+enum Kind {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl Backend {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteConfig::in_dir(dir.path())).unwrap();
+        Self { store: Arc::new(store), kind: Kind::Sqlite(dir) }
+    }
+
+    /// `None` when PostgreSQL is not reachable and not required (the harness says so).
+    pub async fn postgres() -> Option<Self> {
+        let db = PgDatabase::create().await?;
+        let store = PostgresStore::open(&pg_config(db.url())).await.unwrap();
+        Some(Self { store: Arc::new(store), kind: Kind::Postgres(db) })
+    }
+
+    /// Another node on the same database (PostgreSQL only).
+    async fn another_node(&self) -> Option<Arc<dyn Store>> {
+        match &self.kind {
+            Kind::Sqlite(_) => None,
+            Kind::Postgres(db) => Some(Arc::new(PostgresStore::open(&pg_config(db.url())).await.unwrap())),
+        }
+    }
+
+    /// Deletes rows from read models behind the store's back (to prove a rebuild rebuilds).
+    async fn damage_read_models(&self) {
+        const DAMAGE: &str = "DELETE FROM messages; DELETE FROM members; DELETE FROM receipts; DELETE FROM feed;";
+        match &self.kind {
+            Kind::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(SqliteConfig::in_dir(dir.path()).path).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(DAMAGE).unwrap();
+            }
+            Kind::Postgres(db) => {
+                let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+                let driver = tokio::spawn(conn);
+                client.batch_execute(DAMAGE).await.unwrap();
+                drop(client);
+                let _ = driver.await;
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.store.shutdown().await;
+    }
+}
+
+fn pg_config(url: &str) -> PostgresConfig {
+    let mut config = PostgresConfig::new(url);
+    config.readers = 4;
+    // Tests see other nodes' commits through NOTIFY; the poll is only the safety net.
+    config.poll = Duration::from_millis(200);
+    config
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = super::Backend::sqlite().await;
+                    super::$test(&backend).await;
+                    backend.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(backend) = super::Backend::postgres().await else { return };
+                    super::$test(&backend).await;
+                    backend.close().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    appends_have_positions_versions_and_are_idempotent,
+    conflicts_are_typed_and_write_nothing,
+    concurrent_appends_in_one_batch_fail_alone,
+    subscribers_get_commits_with_their_audience,
+    read_models_answer_every_query,
+    preconditions_are_checked_atomically,
+    presence_state_is_kept,
+    rebuild_restores_every_answer,
+    import_reproduces_every_answer,
+    subscribers_see_every_event_once_in_order_under_concurrent_writers,
+);
+
+fn stream(name: &str) -> StreamName {
+    StreamName::from_stored(name.to_owned())
+}
+
+fn uid(n: u128) -> UserId {
+    UserId(Uuid::from_u128(n))
+}
+
+fn claim(user: u128) -> NewEvent {
+    NewEvent::fresh(Event::EmailClaimed { user_id: uid(user), at: Millis(1) })
+}
+
+fn positions(events: &[RecordedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+fn appended(outcome: AppendOutcome) -> Vec<RecordedEvent> {
+    match outcome {
+        AppendOutcome::Appended(recs) => recs,
+        other => panic!("expected Appended, got {other:?}"),
+    }
+}
+
+async fn appends_have_positions_versions_and_are_idempotent(b: &Backend) {
+    let s = &b.store;
+    assert_eq!(s.head().await.unwrap(), 0);
+    let recs = appended(
+        s.append(vec![StreamAppend::new(stream("s:a"), ExpectedVersion::NoStream, vec![claim(1), claim(2), claim(3)])])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(positions(&recs), [1, 2, 3]);
+    assert_eq!(recs.iter().map(|r| r.version).collect::<Vec<_>>(), [1, 2, 3]);
+    let more = appended(
+        s.append(vec![
+            StreamAppend::new(stream("s:a"), ExpectedVersion::Exact(3), vec![claim(4)]),
+            StreamAppend::new(stream("s:b"), ExpectedVersion::Any, vec![claim(5)]),
+        ])
+        .await
+        .unwrap(),
+    );
+    assert_eq!(positions(&more), [4, 5]);
+    assert_eq!((more[0].version, more[1].version), (4, 1));
+    assert_eq!(s.head().await.unwrap(), 5);
+
+    // Reads: the whole log, one stream, pages.
+    let all = s.read_all(0, 100).await.unwrap();
+    assert_eq!(positions(&all), [1, 2, 3, 4, 5]);
+    assert_eq!(all[..3], recs[..]);
+    assert_eq!(positions(&s.read_all(2, 2).await.unwrap()), [3, 4]);
+    let a = s.read_stream(&stream("s:a"), 1, 2).await.unwrap();
+    assert_eq!(a.iter().map(|r| r.version).collect::<Vec<_>>(), [2, 3]);
+    assert!(s.read_stream(&stream("s:none"), 0, 10).await.unwrap().is_empty());
+
+    // The same event ids again: nothing new, the originals back.
+    let again = s
+        .append(vec![StreamAppend::new(
+            stream("s:a"),
+            ExpectedVersion::Any,
+            recs.iter().map(|r| NewEvent { id: r.id, event: r.event.clone() }).collect(),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(again, AppendOutcome::AlreadyStored(recs));
+    assert_eq!(s.head().await.unwrap(), 5);
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.events, stats.head), (5, 5));
+    s.health().await.unwrap();
+}
+
+async fn conflicts_are_typed_and_write_nothing(b: &Backend) {
+    let s = &b.store;
+    s.append(vec![StreamAppend::new(stream("s:a"), ExpectedVersion::NoStream, vec![claim(1)])]).await.unwrap();
+    let e = s.append(vec![StreamAppend::new(stream("s:a"), ExpectedVersion::NoStream, vec![claim(2)])]).await;
+    assert!(matches!(e, Err(AppendError::WrongExpectedVersion { actual: 1, .. })), "{e:?}");
+    let e = s.append(vec![StreamAppend::new(stream("s:a"), ExpectedVersion::Exact(7), vec![claim(2)])]).await;
+    assert!(matches!(e, Err(AppendError::WrongExpectedVersion { expected: ExpectedVersion::Exact(7), .. })), "{e:?}");
+    // Across streams: all or nothing.
+    let e = s
+        .append(vec![
+            StreamAppend::new(stream("s:b"), ExpectedVersion::NoStream, vec![claim(3)]),
+            StreamAppend::new(stream("s:a"), ExpectedVersion::Exact(5), vec![claim(4)]),
+        ])
+        .await;
+    assert!(matches!(e, Err(AppendError::WrongExpectedVersion { .. })), "{e:?}");
+    assert!(s.read_stream(&stream("s:b"), 0, 10).await.unwrap().is_empty(), "all or nothing");
+    let e = s
+        .append(vec![
+            StreamAppend::new(stream("s:c"), ExpectedVersion::Any, vec![claim(5)]),
+            StreamAppend::new(stream("s:c"), ExpectedVersion::Any, vec![claim(6)]),
+        ])
+        .await;
+    assert!(matches!(e, Err(AppendError::Store(_))), "one stream twice in an append is refused: {e:?}");
+    assert_eq!(s.head().await.unwrap(), 1);
+    // The store still works after every refusal.
+    s.append(vec![StreamAppend::new(stream("s:a"), ExpectedVersion::Exact(1), vec![claim(7)])]).await.unwrap();
+    assert_eq!(s.head().await.unwrap(), 2);
+}
+
+async fn concurrent_appends_in_one_batch_fail_alone(b: &Backend) {
+    let store = b.store.clone();
+    // Many appends racing for "no stream" on one stream plus independent ones:
+    // exactly one claim wins, every independent append lands.
+    let tasks: Vec<_> = (0..32u128)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let contested =
+                    store.append(vec![StreamAppend::new(stream("s:x"), ExpectedVersion::NoStream, vec![claim(i)])]);
+                let own = store.append(vec![StreamAppend::new(
+                    stream(&format!("s:own{i}")),
+                    ExpectedVersion::NoStream,
+                    vec![claim(i)],
+                )]);
+                let (c, o) = tokio::join!(contested, own);
+                (c.is_ok(), o.is_ok())
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        let (c, o) = t.await.unwrap();
+        won += usize::from(c);
+        assert!(o, "independent appends are unaffected by a neighbour's conflict");
+    }
+    assert_eq!(won, 1);
+    assert_eq!(store.stats().await.unwrap().events, 33);
+}
+
+/// Alice, Bob and Carol; a direct conversation (Alice–Bob) and a group.
+struct World {
+    alice: UserId,
+    bob: UserId,
+    carol: UserId,
+    dm: ConversationId,
+    group: ConversationId,
+    alice_token: TokenHash,
+    bob_token: TokenHash,
+}
+
+fn register(user: UserId, email: &str, at: u64) -> StreamAppend {
+    StreamAppend::new(
+        StreamName::user(user),
+        ExpectedVersion::NoStream,
+        vec![NewEvent::fresh(Event::UserRegistered(UserRegistered {
+            user_id: user,
+            email: Email::parse(email).unwrap(),
+            display_name: email.split('@').next().unwrap().to_owned(),
+            password_hash: "$argon2id$fake".into(),
+            at: Millis(at),
+        }))],
+    )
+}
+
+fn session(user: UserId, token: u8, at: u64) -> StreamAppend {
+    StreamAppend::new(
+        StreamName::user(user),
+        ExpectedVersion::Any,
+        vec![NewEvent::fresh(Event::SessionStarted(SessionStarted {
+            user_id: user,
+            device_id: DeviceId(Uuid::from_u128(u128::from(token) + 1000)),
+            device_name: format!("device {token}"),
+            token_hash: TokenHash([token; 32]),
+            at: Millis(at),
+        }))],
+    )
+}
+
+fn message(conv: ConversationId, from: UserId, n: u32, at: u64) -> NewEvent {
+    NewEvent::fresh(Event::MessageSent(MessageSent {
+        conversation_id: conv,
+        sender_user_id: from,
+        sender_device_id: DeviceId(Uuid::from_u128(7)),
+        client_msg_id: ClientMsgId::parse(&format!("m{n}")).unwrap(),
+        content: Content::Text(format!("text {n}")),
+        at: Millis(at),
+    }))
+}
+
+async fn append_one(s: &Arc<dyn Store>, stream_name: StreamName, event: NewEvent) -> RecordedEvent {
+    appended(s.append(vec![StreamAppend::new(stream_name, ExpectedVersion::Any, vec![event])]).await.unwrap()).remove(0)
+}
+
+/// Builds the world through the log, as the server would.
+async fn populate(s: &Arc<dyn Store>) -> World {
+    let (alice, bob, carol) = (uid(0xa), uid(0xb), uid(0xc));
+    for (u, email) in [(alice, "alice@example.org"), (bob, "bob@example.org"), (carol, "carol@example.org")] {
+        s.append(vec![register(u, email, 10)]).await.unwrap();
+    }
+    s.append(vec![session(alice, 1, 11)]).await.unwrap();
+    s.append(vec![session(bob, 2, 11)]).await.unwrap();
+    s.append(vec![session(bob, 3, 12)]).await.unwrap();
+    append_one(
+        s,
+        StreamName::user(bob),
+        NewEvent::fresh(Event::SessionRevoked { user_id: bob, token_hash: TokenHash([3; 32]), at: Millis(13) }),
+    )
+    .await;
+
+    let dm = ConversationId::direct(alice, bob);
+    let dm_stream = StreamName::conversation(dm);
+    let started = Event::DirectConversationStarted { conversation_id: dm, members: [alice, bob], at: Millis(20) };
+    s.append(vec![StreamAppend::new(dm_stream.clone(), ExpectedVersion::NoStream, vec![NewEvent::fresh(started)])])
+        .await
+        .unwrap();
+    for n in 0..7 {
+        let from = if n % 2 == 0 { alice } else { bob };
+        s.append(vec![StreamAppend::new(
+            dm_stream.clone(),
+            ExpectedVersion::Exact(1 + u64::from(n)),
+            vec![message(dm, from, n, 21 + u64::from(n))],
+        )])
+        .await
+        .unwrap();
+    }
+
+    let group = ConversationId(Uuid::from_u128(0x6001));
+    let gs = StreamName::conversation(group);
+    let created = Event::GroupCreated {
+        conversation_id: group,
+        name: "hikers".into(),
+        creator: alice,
+        members: vec![(alice, Role::Owner), (bob, Role::Member)],
+        at: Millis(30),
+    };
+    append_one(s, gs.clone(), NewEvent::fresh(created)).await;
+    append_one(s, gs.clone(), message(group, alice, 100, 31)).await;
+    append_one(
+        s,
+        gs.clone(),
+        NewEvent::fresh(Event::MembersAdded {
+            conversation_id: group,
+            actor: alice,
+            members: vec![(carol, Role::Member)],
+            at: Millis(32),
+        }),
+    )
+    .await;
+    append_one(s, gs.clone(), message(group, carol, 101, 33)).await;
+    append_one(
+        s,
+        gs.clone(),
+        NewEvent::fresh(Event::RoleChanged {
+            conversation_id: group,
+            actor: Some(alice),
+            user: carol,
+            role: Role::Admin,
+            at: Millis(34),
+        }),
+    )
+    .await;
+    append_one(
+        s,
+        gs.clone(),
+        NewEvent::fresh(Event::GroupRenamed {
+            conversation_id: group,
+            actor: alice,
+            name: "summit".into(),
+            at: Millis(35),
+        }),
+    )
+    .await;
+    // Bob is removed at seq 7; a message after it is not his to see.
+    append_one(
+        s,
+        gs.clone(),
+        NewEvent::fresh(Event::MemberRemoved { conversation_id: group, actor: alice, user: bob, at: Millis(36) }),
+    )
+    .await;
+    append_one(s, gs.clone(), message(group, alice, 102, 37)).await;
+
+    let receipts = StreamName::receipts(dm);
+    append_one(
+        s,
+        receipts.clone(),
+        NewEvent::fresh(Event::DeliveredUpTo {
+            conversation_id: dm,
+            user: bob,
+            device: DeviceId(Uuid::from_u128(1002)),
+            seq: Seq(6),
+            at: Millis(40),
+        }),
+    )
+    .await;
+    append_one(
+        s,
+        receipts.clone(),
+        NewEvent::fresh(Event::ReadUpTo { conversation_id: dm, user: bob, seq: Seq(4), at: Millis(41) }),
+    )
+    .await;
+    // Watermarks only move forward.
+    append_one(
+        s,
+        receipts,
+        NewEvent::fresh(Event::ReadUpTo { conversation_id: dm, user: bob, seq: Seq(2), at: Millis(42) }),
+    )
+    .await;
+    append_one(
+        s,
+        StreamName::user(carol),
+        NewEvent::fresh(Event::PrivacyChanged { user_id: carol, hide_last_seen: true, at: Millis(43) }),
+    )
+    .await;
+    s.set_last_seen(alice, Millis(500)).await.unwrap();
+    s.set_last_seen(carol, Millis(600)).await.unwrap();
+    World { alice, bob, carol, dm, group, alice_token: TokenHash([1; 32]), bob_token: TokenHash([2; 32]) }
+}
+
+async fn subscribers_get_commits_with_their_audience(b: &Backend) {
+    let s = &b.store;
+    let mut rx = s.subscribe();
+    let w = populate(s).await;
+    let head = s.head().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.last().map_or(0, |c: &natter_server::store::CommittedEvent| c.event.position) < head {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a batch").unwrap();
+        seen.extend(batch.iter().cloned());
+    }
+    assert_eq!(seen.iter().map(|c| c.event.position).collect::<Vec<_>>(), (1..=head).collect::<Vec<_>>());
+    let audience = |pred: &dyn Fn(&Event) -> bool| -> BTreeSet<UserId> {
+        seen.iter().find(|c| pred(&c.event.event)).unwrap().audience.iter().copied().collect()
+    };
+    assert!(audience(&|e| matches!(e, Event::UserRegistered(_))).is_empty(), "no conversation, no audience");
+    assert_eq!(audience(&|e| matches!(e, Event::DirectConversationStarted { .. })), BTreeSet::from([w.alice, w.bob]));
+    // The removed member learns of the removal; the next message is not theirs.
+    assert_eq!(audience(&|e| matches!(e, Event::MemberRemoved { .. })), BTreeSet::from([w.alice, w.bob, w.carol]));
+    let last_message = seen.iter().rev().find(|c| matches!(c.event.event, Event::MessageSent(_))).unwrap();
+    assert_eq!(last_message.audience.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([w.alice, w.carol]));
+}
+
+async fn read_models_answer_every_query(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+
+    let alice = s.user_by_email(&Email::parse("Alice@Example.org").unwrap()).await.unwrap().unwrap();
+    assert_eq!((alice.user_id, alice.display_name.as_str(), alice.created_at), (w.alice, "alice", Millis(10)));
+    assert_eq!(s.user_by_id(w.bob).await.unwrap().unwrap().email.as_str(), "bob@example.org");
+    assert_eq!(s.user_by_id(uid(0xdead)).await.unwrap(), None);
+    assert_eq!(s.user_by_email(&Email::parse("nobody@example.org").unwrap()).await.unwrap(), None);
+
+    let session = s.session_by_token(w.alice_token).await.unwrap().unwrap();
+    assert_eq!((session.user_id, session.device_name.as_str(), session.revoked), (w.alice, "device 1", false));
+    assert!(!s.session_by_token(w.bob_token).await.unwrap().unwrap().revoked);
+    assert!(s.session_by_token(TokenHash([3; 32])).await.unwrap().unwrap().revoked);
+    assert_eq!(s.session_by_token(TokenHash([9; 32])).await.unwrap(), None);
+
+    let dm = s.conversation(w.dm).await.unwrap().unwrap();
+    assert_eq!((dm.kind, dm.version, dm.name.clone()), (ConversationKind::Direct, Seq(8), None));
+    assert_eq!(dm.member_ids().collect::<Vec<_>>(), [w.alice, w.bob]);
+    let group = s.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!((group.name.as_deref(), group.version), (Some("summit"), Seq(8)));
+    let roles: Vec<_> = group.members.iter().map(|m| (m.user, m.role)).collect();
+    assert_eq!(roles, [(w.alice, Role::Owner), (w.carol, Role::Admin)]);
+    assert_eq!(s.conversation(ConversationId(Uuid::from_u128(1))).await.unwrap(), None);
+
+    assert_eq!(s.membership(w.group, w.carol).await.unwrap(), Some(Membership::Active(Role::Admin)));
+    assert_eq!(s.membership(w.group, w.bob).await.unwrap(), Some(Membership::Former { left_at: Seq(7) }));
+    assert_eq!(s.membership(w.dm, w.carol).await.unwrap(), None);
+
+    // Bob's list: the group (where he is a former member) had the latest
+    // activity, but its entry stops at his removal; unread counts others'
+    // messages after his read mark.
+    let list = s.conversations_for_user(w.bob, None, 10).await.unwrap();
+    assert_eq!(list.iter().map(|c| c.state.id).collect::<Vec<_>>(), [w.group, w.dm], "most recent activity first");
+    let (group_entry, dm_entry) = (&list[0], &list[1]);
+    assert_eq!((dm_entry.read_up_to, dm_entry.unread, dm_entry.left_at), (Seq(4), 2, None));
+    assert_eq!(dm_entry.last_message.as_ref().unwrap().seq, Seq(8));
+    assert_eq!(group_entry.left_at, Some(Seq(7)));
+    assert_eq!(group_entry.last_message.as_ref().unwrap().seq, Seq(4), "nothing after his removal");
+    let page = s.conversations_for_user(w.bob, Some(group_entry.activity), 10).await.unwrap();
+    assert_eq!(page.iter().map(|c| c.state.id).collect::<Vec<_>>(), [w.dm]);
+    assert_eq!(s.conversations_for_user(w.bob, None, 1).await.unwrap().len(), 1);
+    assert_eq!(s.conversation_summary(w.bob, w.dm).await.unwrap().as_ref(), Some(dm_entry));
+    assert_eq!(s.conversation_summary(w.carol, w.dm).await.unwrap(), None);
+    let carol_group = s.conversation_summary(w.carol, w.group).await.unwrap().unwrap();
+    assert_eq!((carol_group.unread, carol_group.last_message.unwrap().seq), (2, Seq(8)));
+
+    // History pages.
+    let (latest, more) = s.messages(w.dm, HistoryPage::Latest { limit: 3 }, None).await.unwrap();
+    assert_eq!(latest.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [6, 7, 8]);
+    assert!(more);
+    let (before, more) = s.messages(w.dm, HistoryPage::Before { seq: Seq(6), limit: 10 }, None).await.unwrap();
+    assert_eq!(before.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert!(!more);
+    let (after, more) = s.messages(w.dm, HistoryPage::After { seq: Seq(2), limit: 2 }, None).await.unwrap();
+    assert_eq!(after.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [3, 4]);
+    assert!(more);
+    let (visible, more) = s.messages(w.group, HistoryPage::Latest { limit: 10 }, Some(Seq(7))).await.unwrap();
+    assert_eq!(visible.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [2, 4]);
+    assert!(!more);
+    let m = s.message(w.dm, Seq(3)).await.unwrap().unwrap();
+    assert_eq!(
+        (m.sender_user_id, m.client_msg_id.as_str(), m.content.clone()),
+        (w.bob, "m1", Content::Text("text 1".into()))
+    );
+    assert_eq!(m.at, Millis(22));
+    assert_eq!(s.message(w.dm, Seq(99)).await.unwrap(), None);
+
+    // Receipts: watermarks only move forward.
+    let r = s.receipt(w.dm, w.bob).await.unwrap();
+    assert_eq!((r.delivered, r.read), (Seq(6), Seq(4)));
+    let none = s.receipt(w.dm, w.alice).await.unwrap();
+    assert_eq!((none.delivered, none.read), (Seq(0), Seq(0)));
+    let all = s.receipts(w.dm).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.user).collect::<Vec<_>>(), [w.bob]);
+
+    // Feeds: Bob's has the group up to (and with) his removal, and the DM.
+    let feed = s.feed(w.bob, 0, 1000).await.unwrap();
+    let removal = feed.iter().position(|e| matches!(e.event, Event::MemberRemoved { .. })).expect("told of removal");
+    assert!(feed[removal + 1..].iter().all(|e| e.event.conversation_id() != Some(w.group)));
+    assert!(feed.windows(2).all(|p| p[0].position < p[1].position));
+    let page = s.feed(w.bob, feed[2].position, 2).await.unwrap();
+    assert_eq!(page, feed[3..5].to_vec());
+    assert!(s.feed(w.carol, 0, 1000).await.unwrap().iter().all(|e| e.event.conversation_id() == Some(w.group)));
+
+    let mut contacts = s.contacts(w.alice).await.unwrap();
+    contacts.sort();
+    assert_eq!(contacts, [w.bob, w.carol]);
+    assert_eq!(s.contacts(w.bob).await.unwrap(), [w.alice], "not Carol: they share no current conversation");
+
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.users, stats.conversations, stats.messages), (3, 2, 10));
+    assert_eq!(stats.head, s.head().await.unwrap());
+}
+
+async fn preconditions_are_checked_atomically(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let gs = StreamName::conversation(w.group);
+    let append = |user: UserId, n: u32| {
+        StreamAppend::new(gs.clone(), ExpectedVersion::Any, vec![message(w.group, user, n, 50)])
+            .with_precondition(Precondition::ActiveMember { conversation: w.group, user })
+    };
+    let e = s.append(vec![append(w.bob, 200)]).await;
+    assert!(matches!(e, Err(AppendError::PreconditionFailed(Precondition::ActiveMember { .. }))), "{e:?}");
+    s.append(vec![append(w.carol, 201)]).await.unwrap();
+    assert_eq!(s.conversation(w.group).await.unwrap().unwrap().version, Seq(9));
+}
+
+async fn presence_state_is_kept(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    // Last seen only moves forward.
+    s.set_last_seen(w.alice, Millis(400)).await.unwrap();
+    let info = s.presence_info(vec![w.alice, w.bob, w.carol, uid(0xdead)]).await.unwrap();
+    let got: Vec<_> = info.iter().map(|p| (p.user, p.last_seen, p.hide_last_seen)).collect();
+    assert_eq!(got, [(w.alice, Some(Millis(500)), false), (w.bob, None, false), (w.carol, Some(Millis(600)), true)]);
+    assert_eq!(s.last_seen_all().await.unwrap(), [(w.alice, Millis(500)), (w.carol, Millis(600))]);
+}
+
+async fn rebuild_restores_every_answer(b: &Backend) {
+    let w = populate(&b.store).await;
+    let before = natter_admin::snapshot(b.store.as_ref()).await.unwrap();
+    b.damage_read_models().await;
+    assert_eq!(b.store.conversation(w.group).await.unwrap().unwrap().members, [], "damaged");
+    b.store.rebuild().await.unwrap();
+    let after = natter_admin::snapshot(b.store.as_ref()).await.unwrap();
+    assert_eq!(before.first_difference(&after), None);
+    assert!(before.answers.len() > 40, "{} answers", before.answers.len());
+    // And the admin command's own check passes on a healthy store.
+    natter_admin::rebuild_store(b.store.as_ref()).await.unwrap();
+    // Appends continue after a rebuild.
+    append_one(&b.store, StreamName::conversation(w.dm), message(w.dm, w.alice, 300, 60)).await;
+}
+
+async fn import_reproduces_every_answer(b: &Backend) {
+    let source = Backend::sqlite().await;
+    populate(&source.store).await;
+    let report = natter_admin::copy_between(source.store.as_ref(), b.store.as_ref(), &mut |_, _| {}).await.unwrap();
+    assert_eq!(report.head, source.store.head().await.unwrap());
+    assert_eq!(report.copied, report.head);
+    // Copying again is a resumed copy with nothing left to do.
+    let again = natter_admin::copy_between(source.store.as_ref(), b.store.as_ref(), &mut |_, _| {}).await.unwrap();
+    assert_eq!(again.copied, 0);
+    // Positions continue after the imported ones.
+    let next = append_one(&b.store, stream("s:after"), claim(1)).await;
+    assert_eq!(next.position, report.head + 1);
+    // A different log is refused.
+    let other = Backend::sqlite().await;
+    other.store.append(vec![StreamAppend::new(stream("s:z"), ExpectedVersion::Any, vec![claim(9)])]).await.unwrap();
+    let e = natter_admin::copy_between(other.store.as_ref(), b.store.as_ref(), &mut |_, _| {}).await.unwrap_err();
+    assert!(format!("{e:#}").contains("different log"), "{e:#}");
+    source.close().await;
+    other.close().await;
+}
+
+/// Writers per node, appends per writer, subscribers per node.
+const WRITERS: usize = 6;
+const APPENDS_PER_WRITER: usize = 60;
+const SUBSCRIBERS: usize = 2;
+
+/// Every third append carries two events, so batches and transactions differ in size.
+fn events_in_append(i: usize) -> usize {
+    if i.is_multiple_of(3) {
+        2
+    } else {
+        1
+    }
+}
+
+async fn subscribers_see_every_event_once_in_order_under_concurrent_writers(b: &Backend) {
+    // SQLite is one node; PostgreSQL gets three nodes on one database.
+    let mut nodes = vec![b.store.clone()];
+    for _ in 0..2 {
+        if let Some(node) = b.another_node().await {
+            nodes.push(node);
+        }
+    }
+    let per_writer: usize = (0..APPENDS_PER_WRITER).map(events_in_append).sum();
+    let total = nodes.len() * WRITERS * per_writer;
+    // Subscribers: each node's committed-batch stream (what routers follow),
+    // plus a reader that polls the log by position (what a projection does).
+    let mut watchers = Vec::new();
+    for node in &nodes {
+        for _ in 0..SUBSCRIBERS {
+            let mut rx = node.subscribe();
+            let node = node.clone();
+            watchers.push(tokio::spawn(async move {
+                let mut seen: Vec<u64> = Vec::with_capacity(total);
+                // After a lag, batches still queued may repeat what the re-read gave.
+                let mut reread_upto = 0;
+                while seen.len() < total {
+                    match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("events keep coming") {
+                        Ok(batch) => {
+                            seen.extend(batch.iter().map(|c| c.event.position).filter(|p| *p > reread_upto));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            // Fell behind: re-read from the log, as the router's sessions do.
+                            let after = seen.last().copied().unwrap_or(0);
+                            seen.extend(positions(&node.read_all(after, 100_000).await.unwrap()));
+                            reread_upto = seen.last().copied().unwrap_or(0);
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                seen
+            }));
+        }
+        let node = node.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(total);
+            while seen.len() < total {
+                let after = seen.last().copied().unwrap_or(0);
+                let got = node.read_all(after, 50).await.unwrap();
+                if got.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                seen.extend(positions(&got));
+            }
+            seen
+        }));
+    }
+    let mut writers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        for w in 0..WRITERS {
+            let node = node.clone();
+            writers.push(tokio::spawn(async move {
+                let name = stream(&format!("stress:{n}:{w}"));
+                let mut version = 0;
+                for i in 0..APPENDS_PER_WRITER {
+                    let events = (0..events_in_append(i)).map(|_| claim(i as u128)).collect::<Vec<_>>();
+                    let k = events.len() as u64;
+                    node.append(vec![StreamAppend::new(name.clone(), ExpectedVersion::Exact(version), events)])
+                        .await
+                        .unwrap();
+                    version += k;
+                }
+            }));
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let all = positions(&b.store.read_all(0, 100_000).await.unwrap());
+    assert_eq!(all.len(), total);
+    for watcher in watchers {
+        let seen = tokio::time::timeout(Duration::from_secs(60), watcher).await.expect("subscriber finishes").unwrap();
+        assert_eq!(seen, all, "every event exactly once, in position order");
+    }
+    for node in nodes.iter().skip(1) {
+        node.shutdown().await;
+    }
+}
