@@ -38,6 +38,9 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Interval of QUIC keep-alives (so idle connections stay open).
     pub keep_alive: Duration,
+    /// With nothing heard from the server for this long (keep-alives
+    /// included), the connection counts as lost: how fast a dead server is noticed.
+    pub idle_timeout: Duration,
     /// How long connecting and the Hello exchange may take.
     pub connect_timeout: Duration,
     /// Accept QUIC datagrams (ephemeral signals). Without them the server sends
@@ -60,6 +63,7 @@ impl ClientConfig {
             session_token: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             keep_alive: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             datagrams: true,
             typing_throttle: Duration::from_secs(3),
@@ -347,6 +351,9 @@ impl Client {
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(config.keep_alive));
+        let idle =
+            quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| ClientError::Connect(e.to_string()))?;
+        transport.max_idle_timeout(Some(idle));
         if !config.datagrams {
             transport.datagram_receive_buffer_size(None);
         }

@@ -9,6 +9,7 @@ mod dm;
 mod groups;
 mod loadgen;
 mod metrics;
+mod nodes;
 mod presence;
 mod protocol;
 mod receipts;

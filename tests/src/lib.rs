@@ -51,6 +51,16 @@ impl TestServer {
     }
 
     /// Starts with the test config adjusted by `tweak`.
+    /// Starts on a PostgreSQL database (several may share one: a cluster).
+    pub async fn start_postgres(db: &PgDatabase) -> Self {
+        let url = db.url().to_owned();
+        Self::start_with(move |c| {
+            c.store.backend = natter_server::config::StoreBackend::Postgres;
+            c.store.url = Some(url);
+        })
+        .await
+    }
+
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(dir.path());
@@ -138,9 +148,14 @@ impl ChildServer {
     /// `natterd` is the binary (the test target passes its
     /// `CARGO_BIN_EXE_natterd-under-test`, which only test targets can see).
     pub fn spawn(natterd: &Path, data_dir: &Path, listen: SocketAddr) -> Self {
+        Self::spawn_with_env(natterd, data_dir, listen, &[])
+    }
+
+    /// [`ChildServer::spawn`] with more environment (e.g. `NATTER_STORE_URL`).
+    pub fn spawn_with_env(natterd: &Path, data_dir: &Path, listen: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(natterd);
         cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg(listen.to_string());
-        for (k, v) in CHILD_ENV {
+        for (k, v) in CHILD_ENV.iter().chain(env) {
             cmd.env(k, v);
         }
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn natterd");
@@ -154,6 +169,10 @@ impl ChildServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn client_config(&self) -> ClientConfig {

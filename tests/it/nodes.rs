@@ -1,0 +1,186 @@
+//! Several natterd nodes on one PostgreSQL database: clients on different
+//! nodes chat live, see each other type and come online; a node killed with
+//! SIGKILL mid-send loses nothing, and its client carries on on another node.
+
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use natter_client::proto::GetHistory;
+use natter_client::{Client, ClientError, FeedItem};
+use natter_tests::{feed_until, texts, ChildServer, PgDatabase, TestServer, PASSWORD};
+use tokio::sync::Notify;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn uid(c: &Client) -> String {
+    c.identity().unwrap().user_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_two_nodes_chat_live_both_ways_and_see_typing_and_presence() {
+    let Some(db) = PgDatabase::create().await else { return };
+    let node_a = TestServer::start_postgres(&db).await;
+    let node_b = TestServer::start_postgres(&db).await;
+    let (alice, _) = node_a.new_user("alice@example.org").await;
+    let (bob, bob_token) = node_b.new_user("bob@example.org").await;
+    let (mut alice_feed, _) = alice.sync(None).await.unwrap();
+    feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    let (mut bob_feed, _) = bob.sync(None).await.unwrap();
+    feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+
+    // A → B: the conversation and the message reach Bob live on the other node.
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    alice.send_text(&conv, "a1", "hello from node A").await.unwrap();
+    let items = feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
+    assert!(items.iter().any(|i| matches!(i, FeedItem::ConversationStarted { .. })), "{items:?}");
+    assert_eq!(texts(&items), ["hello from node A"]);
+
+    // B → A.
+    bob.send_text(&conv, "b1", "hello from node B").await.unwrap();
+    let items = feed_until(&mut alice_feed, WAIT, |i| {
+        matches!(i, FeedItem::Message { message, .. }
+        if message.sender_user_id == uid(&bob))
+    })
+    .await;
+    assert_eq!(texts(&items).last().map(String::as_str), Some("hello from node B"));
+
+    // Typing crosses nodes.
+    assert!(bob.typing(&conv).await.unwrap());
+    let items = feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Typing { .. })).await;
+    let Some(FeedItem::Typing { user_id, conversation_id, .. }) = items.last() else { unreachable!() };
+    assert_eq!((user_id, conversation_id), (&uid(&bob), &conv));
+
+    // Presence: Bob is online on B, which node A knows when asked.
+    let bob_id = uid(&bob);
+    assert!(alice.presence(&[&bob_id]).await.unwrap()[0].online, "online on the other node");
+    // He goes offline on B: Alice, on A, is told; then he comes back on A itself.
+    bob.close().await;
+    drop(bob_feed);
+    feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if !p.online && p.user_id == bob_id)).await;
+    assert!(!alice.presence(&[&bob_id]).await.unwrap()[0].online);
+    let _bob_again = node_a.resume(&bob_token).await;
+    feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if p.online && p.user_id == bob_id)).await;
+}
+
+fn free_udp_port() -> std::net::SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// Messages Alice sends while node A is killed under her.
+const SENDS: usize = 200;
+/// Node A is killed once this many were acknowledged.
+const KILL_AFTER: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_send_loses_nothing_and_its_client_resyncs_on_another_node() {
+    let Some(db) = PgDatabase::create().await else { return };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store_env = [("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())];
+    let mut node_a = ChildServer::spawn_with_env(&crate::natterd(), dir_a.path(), free_udp_port(), &store_env);
+    // Both nodes serve one certificate, as behind one address.
+    let (cert, key) = (dir_a.path().join("tls/cert.pem"), dir_a.path().join("tls/key.pem"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let env_b = [store_env[0], store_env[1], ("NATTER_TLS_CERT", cert), ("NATTER_TLS_KEY", key)];
+    let node_b = ChildServer::spawn_with_env(&crate::natterd(), dir_b.path(), free_udp_port(), &env_b);
+    assert_eq!(node_a.fingerprint(), node_b.fingerprint());
+
+    // Alice notices a dead server within a few seconds.
+    let mut alice_config = node_a.client_config();
+    alice_config.keep_alive = Duration::from_millis(500);
+    alice_config.idle_timeout = Duration::from_secs(2);
+    let alice = Client::connect(&alice_config).await.unwrap();
+    alice.signup("alice@example.org", PASSWORD, "").await.unwrap();
+    let (alice_token, _) = alice.login("alice@example.org", PASSWORD, "laptop").await.unwrap();
+    let bob = Client::connect(&node_b.client_config()).await.unwrap();
+    bob.signup("bob@example.org", PASSWORD, "").await.unwrap();
+    bob.login("bob@example.org", PASSWORD, "phone").await.unwrap();
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let (mut bob_feed, _) = bob.sync(None).await.unwrap();
+    feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    let (mut alice_feed, _) = alice.sync(None).await.unwrap();
+    let seen_by_alice = feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    let alice_cursor = seen_by_alice.iter().filter_map(FeedItem::cursor).max().unwrap_or(0);
+
+    // Pipelined sends; node A gets SIGKILL while they are in flight.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let ack = Arc::new(Notify::new());
+    let sends = futures::future::join_all((0..SENDS).map(|i| {
+        let (alice, conv, acked, ack) = (&alice, &conv, acked.clone(), ack.clone());
+        async move {
+            let r = alice.send_text(conv, &format!("k{i}"), &format!("message {i}")).await;
+            if let Ok(sent) = &r {
+                acked.lock().unwrap().push((i, sent.seq));
+                ack.notify_one();
+            }
+            r.map(|_| ())
+        }
+    }));
+    let killer = async {
+        while acked.lock().unwrap().len() < KILL_AFTER {
+            ack.notified().await;
+        }
+        node_a.kill9();
+    };
+    let (results, ()) = tokio::join!(sends, killer);
+    let acked: Vec<(usize, u64)> = acked.lock().unwrap().clone();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(
+        acked.len() >= KILL_AFTER && failed > 0,
+        "the kill landed mid-send: {} acked, {failed} failed",
+        acked.len()
+    );
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(()) | Err(ClientError::Closed { .. }))),
+        "sends fail only because the connection died: {results:?}"
+    );
+
+    // Alice carries on on node B with the same session, and retries every
+    // send that was not acknowledged (it may have committed: the retry must not
+    // duplicate it). Acknowledged ones retried return their original seq.
+    let mut config = node_b.client_config();
+    config.session_token = Some(alice_token);
+    let alice = Client::connect(&config).await.expect("the session works on node B");
+    let mut seqs = vec![0u64; SENDS];
+    for (i, seq) in &acked {
+        seqs[*i] = *seq;
+    }
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        let again = alice.send_text(&conv, &format!("k{i}"), &format!("message {i}")).await.unwrap().seq;
+        if *seq != 0 {
+            assert_eq!(again, *seq, "an acknowledged send retried is the same message");
+        }
+        *seq = again;
+    }
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (2..2 + SENDS as u64).collect::<Vec<_>>(), "every message once; no gaps, no duplicates");
+
+    // Alice resyncs on B from her cursor: every message once, in order.
+    let (mut feed, _) = alice.sync(Some(alice_cursor)).await.unwrap();
+    let items = feed_until(&mut feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    let expected: Vec<String> = {
+        let mut by_seq: Vec<(u64, usize)> = seqs.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+        by_seq.sort_unstable();
+        by_seq.iter().map(|(_, i)| format!("message {i}")).collect()
+    };
+    assert_eq!(texts(&items), expected);
+
+    // Bob, on node B all along, got each message live exactly once, in order.
+    let mut got = Vec::new();
+    while got.len() < SENDS {
+        let items = feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
+        got.extend(texts(&items));
+    }
+    assert_eq!(got, expected);
+
+    // And the history agrees.
+    let page = alice
+        .history(GetHistory { conversation_id: conv.clone(), before_seq: 0, limit: 500, after_seq: 0 })
+        .await
+        .unwrap();
+    let history: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(history, (2..2 + SENDS as u64).collect::<Vec<_>>());
+}
