@@ -6,6 +6,8 @@
 //! `rebuild` replays a log into fresh read models. Both check their work by
 //! asking both sides every read-model question and comparing the answers.
 
+pub mod cli;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

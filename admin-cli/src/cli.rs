@@ -1,0 +1,79 @@
+//! natter-admin's command line (the binary's `main` and the tests' copy call this).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// natter-admin: operate a natter deployment.
+#[derive(Debug, Parser)]
+#[command(name = "natter-admin", version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print event, user, conversation and message counts of a data directory.
+    Stats {
+        /// natterd's data directory.
+        #[arg(long, value_name = "DIR", default_value = "./natter-data")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy an embedded deployment's log (stop natterd first) into PostgreSQL,
+    /// rebuilding the read models there, then check both give the same answers.
+    CopyLog {
+        /// natterd's data directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL database, `postgres://user@host:port/database`.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+    /// Drop the read models and rebuild them by replaying the log, then check
+    /// every answer is unchanged.
+    Rebuild {
+        /// A data directory (stop natterd first) or a `postgres://` URL.
+        #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
+        store: String,
+    },
+}
+
+/// Parses the arguments and runs the command.
+///
+/// # Errors
+/// Whatever the command failed with (printed by `main`).
+pub fn main_entry() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match args.command {
+        Command::Stats { data_dir, json } => {
+            let stats = runtime.block_on(crate::stats(&data_dir))?;
+            print!("{}", crate::render_stats(&stats, json));
+            Ok(())
+        }
+        Command::CopyLog { from, to } => {
+            let to = crate::Location::parse(&to);
+            if !matches!(to, crate::Location::Postgres(_)) {
+                anyhow::bail!("--to must be a postgres:// URL");
+            }
+            let report = runtime.block_on(crate::copy_log(&from, &to, |at, of| {
+                eprint!("\rcopied up to position {at} of {of}");
+            }))?;
+            eprintln!();
+            println!(
+                "copied {} events (log head {}); {} read-model answers identical on both sides",
+                report.copied, report.head, report.verified_answers
+            );
+            Ok(())
+        }
+        Command::Rebuild { store } => {
+            let answers = runtime.block_on(crate::rebuild(&crate::Location::parse(&store)))?;
+            println!("read models rebuilt from the log; {answers} answers identical before and after");
+            Ok(())
+        }
+    }
+}
