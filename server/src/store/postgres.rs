@@ -302,9 +302,13 @@ impl Writer {
         let conn = self.conn.as_mut().expect("a connection was just taken");
         let recorded_at = Millis(now_ms() as u64);
         let tx = conn.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await?;
-        let mut next =
-            tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await?.get::<_, i64>(0) as u64;
+        // Pipelined, but executed in order: the MAX statement takes its snapshot
+        // (READ COMMITTED: one per statement) only after the lock is held.
+        let (_, head) = futures::try_join!(
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]),
+            tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[])
+        )?;
+        let mut next = head.get::<_, i64>(0) as u64;
         let mut results = Vec::with_capacity(jobs.len());
         let mut batch = Vec::new();
         for job in jobs.iter() {
@@ -365,31 +369,46 @@ async fn append_in_tx(
     recorded_at: Millis,
     next: &mut Position,
 ) -> Result<(AppendOutcome, Vec<CommittedEvent>), AppendError> {
-    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter()).map(|e| e.id.as_bytes().as_slice()).collect();
-    if !ids.is_empty() {
-        let rows = query(tx, &format!("{SELECT_EVENT} WHERE event_id = ANY($1) ORDER BY position"), &[&ids]).await?;
-        if !rows.is_empty() {
-            let existing = rows.iter().map(row_to_event).collect::<Result<Vec<_>, _>>()?;
-            return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
-        }
-    }
     // Every check runs before the first write, so a refused append has written
-    // nothing and its neighbours in the batch commit.
+    // nothing and its neighbours in the batch commit. The checks are sent
+    // together (one round trip: tokio-postgres pipelines concurrent queries on
+    // a connection) and judged in order: idempotency first, then each stream's
+    // precondition and version.
+    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter()).map(|e| e.id.as_bytes().as_slice()).collect();
+    let existing = async {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        query(tx, &format!("{SELECT_EVENT} WHERE event_id = ANY($1) ORDER BY position"), &[&ids]).await
+    };
+    let checks = futures::future::join_all(appends.iter().map(|append| async move {
+        let pre = match append.precondition {
+            Some(pre) => Some((pre, precondition_holds(tx, pre).await)),
+            None => None,
+        };
+        let version = query(tx, "SELECT version FROM streams WHERE stream = $1", &[&append.stream.as_str()]).await;
+        (pre, version)
+    }));
+    let (existing, checks) = futures::join!(existing, checks);
+    let existing = existing?;
+    if !existing.is_empty() {
+        let existing = existing.iter().map(row_to_event).collect::<Result<Vec<_>, _>>()?;
+        return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
+    }
     let mut currents = Vec::with_capacity(appends.len());
-    for (i, append) in appends.iter().enumerate() {
+    for (i, (append, (pre, version))) in appends.iter().zip(checks).enumerate() {
         if appends[..i].iter().any(|a| a.stream == append.stream) {
             return Err(AppendError::Store(StoreError::Database(format!(
                 "stream {} appears twice in one append",
                 append.stream
             ))));
         }
-        if let Some(pre) = append.precondition {
-            check_precondition(tx, pre).await?;
+        if let Some((pre, holds)) = pre {
+            if !holds? {
+                return Err(AppendError::PreconditionFailed(pre));
+            }
         }
-        let current = query(tx, "SELECT version FROM streams WHERE stream = $1", &[&append.stream.as_str()])
-            .await?
-            .first()
-            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        let current = version?.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
         let ok = match append.expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => current == 0,
@@ -419,8 +438,11 @@ async fn append_in_tx(
                 recorded_at,
                 event: new.event.clone(),
             };
-            insert_event(tx, &rec).await?;
-            let audience = project(tx, &rec).await?;
+            // The event and its projection in one round trip.
+            let (_, audience) = futures::try_join!(
+                async { insert_event(tx, &rec).await.map_err(StoreError::from) },
+                project(tx, &rec)
+            )?;
             committed.push(CommittedEvent { event: rec.clone(), audience });
             recorded.push(rec);
         }
@@ -511,20 +533,15 @@ async fn upsert_last_seen(tx: &Transaction<'_>, user: UserId, at: Millis) -> Res
     Ok(())
 }
 
-async fn check_precondition(tx: &Transaction<'_>, pre: Precondition) -> Result<(), AppendError> {
-    let holds = match pre {
-        Precondition::ActiveMember { conversation, user } => !query(
+async fn precondition_holds(tx: &Transaction<'_>, pre: Precondition) -> Result<bool, tokio_postgres::Error> {
+    match pre {
+        Precondition::ActiveMember { conversation, user } => Ok(!query(
             tx,
             "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND left_seq IS NULL",
             &[&conversation.to_string(), &user.to_string()],
         )
         .await?
-        .is_empty(),
-    };
-    if holds {
-        Ok(())
-    } else {
-        Err(AppendError::PreconditionFailed(pre))
+        .is_empty()),
     }
 }
 
@@ -622,26 +639,28 @@ async fn project(tx: &Transaction<'_>, rec: &RecordedEvent) -> Result<Vec<UserId
             touch_conversation(tx, &conv, rec).await?;
         }
         Event::MessageSent(m) => {
+            // The hot path: the three writes go out together (one round trip).
             let conv = m.conversation_id.to_string();
             let Content::Text(text) = &m.content;
-            exec(
-                tx,
-                "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                                       content_kind, text, sent_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
-                &[
-                    &conv,
-                    &version,
-                    &(rec.position as i64),
-                    &m.sender_user_id.to_string(),
-                    &m.sender_device_id.to_string(),
-                    &m.client_msg_id.as_str(),
-                    text,
-                    &(m.at.0 as i64),
-                ],
-            )
-            .await?;
-            touch_conversation(tx, &conv, rec).await?;
+            let (sender, device) = (m.sender_user_id.to_string(), m.sender_device_id.to_string());
+            let (position, at) = (rec.position as i64, m.at.0 as i64);
+            let insert = async {
+                exec(
+                    tx,
+                    "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id,
+                                           client_msg_id, content_kind, text, sent_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
+                    &[&conv, &version, &position, &sender, &device, &m.client_msg_id.as_str(), text, &at],
+                )
+                .await
+                .map_err(StoreError::from)
+            };
+            let (_, _, audience) = futures::try_join!(
+                insert,
+                touch_conversation(tx, &conv, rec),
+                add_to_feeds(tx, &conv, rec.position, None)
+            )?;
+            return Ok(audience);
         }
         Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
             let (conv, user_s, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
