@@ -111,6 +111,59 @@ impl StreamAppend {
     }
 }
 
+impl StreamAppend {
+    /// Checks the stream's current version against the expected one.
+    ///
+    /// # Errors
+    /// `WrongExpectedVersion` with the actual version.
+    pub(crate) fn check_version(&self, current: u64) -> Result<(), AppendError> {
+        let ok = match self.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(v) => current == v,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AppendError::WrongExpectedVersion {
+                stream: self.stream.clone(),
+                expected: self.expected,
+                actual: current,
+            })
+        }
+    }
+}
+
+/// What a backend's writer does for one caller; every kind rides the same group commit.
+pub(crate) enum Work {
+    Append(Vec<StreamAppend>),
+    LastSeen(UserId, Millis),
+    Import(Vec<RecordedEvent>),
+    Rebuild,
+}
+
+/// One caller's work and where its answer goes once committed.
+pub(crate) struct WriteJob {
+    pub work: Work,
+    pub reply: tokio::sync::oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// Refuses an append naming one stream twice (its versions would be ambiguous).
+///
+/// # Errors
+/// A `Store` error naming the stream.
+pub(crate) fn check_distinct_streams(appends: &[StreamAppend]) -> Result<(), AppendError> {
+    for (i, append) in appends.iter().enumerate() {
+        if appends[..i].iter().any(|a| a.stream == append.stream) {
+            return Err(AppendError::Store(StoreError::Database(format!(
+                "stream {} appears twice in one append",
+                append.stream
+            ))));
+        }
+    }
+    Ok(())
+}
+
 /// A condition on the read models that must hold when the append commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {

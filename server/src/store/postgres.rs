@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats,
-    CommittedBatch, CommittedEvent, ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord,
-    Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
-    StreamAppend, StreamName, UserRecord,
+    check_distinct_streams, codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, Cluster,
+    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, HistoryPage, Membership,
+    MessageRecord, Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
+    StoreError, StoreStats, StreamAppend, StreamName, UserRecord, Work, WriteJob,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -93,18 +93,6 @@ impl PostgresConfig {
             on_commit: None,
         }
     }
-}
-
-enum Work {
-    Append(Vec<StreamAppend>),
-    LastSeen(UserId, Millis),
-    Import(Vec<RecordedEvent>),
-    Rebuild,
-}
-
-struct WriteJob {
-    work: Work,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
@@ -396,31 +384,15 @@ async fn append_in_tx(
         return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
     }
     let mut currents = Vec::with_capacity(appends.len());
-    for (i, (append, (pre, version))) in appends.iter().zip(checks).enumerate() {
-        if appends[..i].iter().any(|a| a.stream == append.stream) {
-            return Err(AppendError::Store(StoreError::Database(format!(
-                "stream {} appears twice in one append",
-                append.stream
-            ))));
-        }
+    check_distinct_streams(appends)?;
+    for (append, (pre, version)) in appends.iter().zip(checks) {
         if let Some((pre, holds)) = pre {
             if !holds? {
                 return Err(AppendError::PreconditionFailed(pre));
             }
         }
         let current = version?.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
-        let ok = match append.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == 0,
-            ExpectedVersion::Exact(v) => current == v,
-        };
-        if !ok {
-            return Err(AppendError::WrongExpectedVersion {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual: current,
-            });
-        }
+        append.check_version(current)?;
         currents.push(current);
     }
     let mut recorded = Vec::new();

@@ -18,10 +18,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommitHook, CommitStats,
-    CommittedBatch, CommittedEvent, ConversationSummary, ExpectedVersion, HistoryPage, Membership, MessageRecord,
-    Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
-    StreamAppend, StreamName, UserRecord,
+    check_distinct_streams, codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommitHook,
+    CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, HistoryPage, Membership, MessageRecord, Position,
+    Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
+    StreamAppend, StreamName, UserRecord, Work, WriteJob,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -62,19 +62,6 @@ impl SqliteConfig {
     pub fn in_dir(dir: &Path) -> Self {
         Self { path: dir.join("natter.db"), readers: 4, max_batch: 1024, queue: 8192, on_commit: None }
     }
-}
-
-/// What the writer does for one caller; every kind rides the same group commit.
-enum Work {
-    Append(Vec<StreamAppend>),
-    LastSeen(UserId, Millis),
-    Import(Vec<RecordedEvent>),
-    Rebuild,
-}
-
-struct WriteJob {
-    work: Work,
-    reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
 }
 
 struct ReaderPool {
@@ -359,13 +346,8 @@ fn append_in_tx(
     // nothing and needs no savepoint to undo (savepoints cost a statement
     // journal per job: found with perf).
     let mut currents = Vec::with_capacity(appends.len());
-    for (i, append) in appends.iter().enumerate() {
-        if appends[..i].iter().any(|a| a.stream == append.stream) {
-            return Err(AppendError::Store(StoreError::Database(format!(
-                "stream {} appears twice in one append",
-                append.stream
-            ))));
-        }
+    check_distinct_streams(appends)?;
+    for append in appends {
         if let Some(pre) = append.precondition {
             check_precondition(conn, pre)?;
         }
@@ -374,18 +356,7 @@ fn append_in_tx(
             .query_row([append.stream.as_str()], |r| r.get::<_, i64>(0))
             .optional()?
             .map_or(0, |v| v as u64);
-        let ok = match append.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == 0,
-            ExpectedVersion::Exact(v) => current == v,
-        };
-        if !ok {
-            return Err(AppendError::WrongExpectedVersion {
-                stream: append.stream.clone(),
-                expected: append.expected,
-                actual: current,
-            });
-        }
+        append.check_version(current)?;
         currents.push(current);
     }
     let mut recorded = Vec::new();
@@ -1208,90 +1179,5 @@ impl Store for SqliteStore {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::NewEvent;
-
-    fn open(dir: &Path) -> SqliteStore {
-        SqliteStore::open(&SqliteConfig::in_dir(dir)).unwrap()
-    }
-
-    fn claim(user: u128) -> NewEvent {
-        NewEvent::fresh(Event::EmailClaimed { user_id: UserId(Uuid::from_u128(user)), at: Millis(1) })
-    }
-
-    fn stream(name: &str) -> StreamName {
-        StreamName::from_stored(name.to_owned())
-    }
-
-    #[tokio::test]
-    async fn a_refused_append_writes_nothing_even_across_streams() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let bad = store
-            .append(vec![
-                StreamAppend::new(stream("s:a"), ExpectedVersion::NoStream, vec![claim(1)]),
-                StreamAppend::new(stream("s:b"), ExpectedVersion::Exact(5), vec![claim(2)]),
-            ])
-            .await;
-        assert!(matches!(bad, Err(AppendError::WrongExpectedVersion { actual: 0, .. })), "{bad:?}");
-        assert!(store.read_stream(&stream("s:a"), 0, 10).await.unwrap().is_empty(), "all or nothing");
-        assert_eq!(store.head().await.unwrap(), 0);
-        let dup = store
-            .append(vec![
-                StreamAppend::new(stream("s:a"), ExpectedVersion::Any, vec![claim(1)]),
-                StreamAppend::new(stream("s:a"), ExpectedVersion::Any, vec![claim(2)]),
-            ])
-            .await;
-        assert!(matches!(dup, Err(AppendError::Store(_))), "one stream twice in an append is refused");
-        store.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_in_one_batch_fail_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open(dir.path()));
-        // Many appends racing for "no stream" on one stream plus independent ones:
-        // exactly one claim wins, every independent append lands.
-        let tasks: Vec<_> = (0..32u128)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let contested =
-                        store.append(vec![StreamAppend::new(stream("s:x"), ExpectedVersion::NoStream, vec![claim(i)])]);
-                    let own = store.append(vec![StreamAppend::new(
-                        stream(&format!("s:own{i}")),
-                        ExpectedVersion::NoStream,
-                        vec![claim(i)],
-                    )]);
-                    let (c, o) = tokio::join!(contested, own);
-                    (c.is_ok(), o.is_ok())
-                })
-            })
-            .collect();
-        let mut won = 0;
-        for t in tasks {
-            let (c, o) = t.await.unwrap();
-            won += usize::from(c);
-            assert!(o, "independent appends are unaffected by a neighbour's conflict");
-        }
-        assert_eq!(won, 1);
-        assert_eq!(store.stats().await.unwrap().events, 33);
-        // Idempotent: the same event id again stores nothing.
-        let first = store.read_stream(&stream("s:own0"), 0, 1).await.unwrap().remove(0);
-        let again = store
-            .append(vec![StreamAppend::new(
-                stream("s:own0"),
-                ExpectedVersion::Any,
-                vec![NewEvent { id: first.id, event: first.event.clone() }],
-            )])
-            .await
-            .unwrap();
-        assert_eq!(again, AppendOutcome::AlreadyStored(vec![first]));
-        store.shutdown().await;
     }
 }
