@@ -59,8 +59,16 @@ async fn clients_on_two_nodes_chat_live_both_ways_and_see_typing_and_presence() 
     drop(bob_feed);
     feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if !p.online && p.user_id == bob_id)).await;
     assert!(!alice.presence(&[&bob_id]).await.unwrap()[0].online);
-    let _bob_again = node_a.resume(&bob_token).await;
+    let bob_on_a = node_a.resume(&bob_token).await;
     feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if p.online && p.user_id == bob_id)).await;
+
+    // Connected to both nodes, Bob leaves one: to Alice he is still online.
+    let bob_on_b = node_b.resume(&bob_token).await;
+    bob_on_b.close().await;
+    bob_on_a.send_text(&conv, "b2", "still here").await.unwrap();
+    let items = feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
+    assert!(items.iter().all(|i| !matches!(i, FeedItem::Presence(p) if !p.online)), "{items:?}");
+    assert!(alice.presence(&[&bob_id]).await.unwrap()[0].online);
 }
 
 fn free_udp_port() -> std::net::SocketAddr {
@@ -183,4 +191,54 @@ async fn a_node_killed_mid_send_loses_nothing_and_its_client_resyncs_on_another_
         .unwrap();
     let history: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     assert_eq!(history, (2..2 + SENDS as u64).collect::<Vec<_>>());
+}
+
+/// Cuts every connection natterd has to its database (as a PostgreSQL restart
+/// or a network blip would).
+async fn terminate_backends(db: &PgDatabase) -> u64 {
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let _ = driver.await;
+    row.get::<_, i64>(0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natterd_carries_on_after_its_database_connections_are_cut() {
+    let Some(db) = PgDatabase::create().await else { return };
+    let server = TestServer::start_postgres(&db).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let (mut bob_feed, _) = bob.sync(None).await.unwrap();
+    feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    alice.send_text(&conv, "before", "before the cut").await.unwrap();
+    feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
+
+    assert!(terminate_backends(&db).await >= 2, "the writer and the listener at least");
+    // A request racing the cut may fail with INTERNAL; a retry with the same
+    // client_msg_id is the client's contract, and soon succeeds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let sent = loop {
+        match alice.send_text(&conv, "after", "after the cut").await {
+            Ok(sent) => break sent,
+            Err(e) => {
+                assert_eq!(e.code(), Some(natter_proto::ErrorCode::INTERNAL), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "natterd did not recover: {e}");
+            }
+        }
+    };
+    // Live delivery resumed too (the tailer and the listener reconnected), once.
+    let items = feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
+    assert_eq!(texts(&items), ["after the cut"]);
+    let again = alice.send_text(&conv, "after", "after the cut").await.unwrap();
+    assert_eq!(again.seq, sent.seq, "not duplicated by the retries");
 }

@@ -259,14 +259,25 @@ impl Writer {
             }
             let started = Instant::now();
             let n = jobs.len();
-            match self.commit(&mut jobs).await {
+            let mut outcome = self.commit(&mut jobs).await;
+            if let Err(Failure::BeforeCommit(e)) = &outcome {
+                if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
+                    // The connection died before COMMIT was sent, so nothing of
+                    // the batch is stored: run it again on a fresh connection.
+                    tracing::warn!(error = %e, "postgres writer connection lost; retrying the batch");
+                    self.conn = None;
+                    outcome = self.commit(&mut jobs).await;
+                }
+            }
+            match outcome {
                 Ok((events, messages, commit_took)) => {
                     if let Some(hook) = &self.on_commit {
                         hook(CommitStats { jobs: n, events, messages, took: started.elapsed(), commit_took });
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "postgres group commit failed; appends in the batch are not stored");
+                Err(failure) => {
+                    let e = failure.error();
+                    tracing::error!(error = %e, "postgres group commit failed; appends in the batch may not be stored");
                     // The connection may be broken: the next batch takes a fresh one.
                     if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
                         self.conn = None;
@@ -282,20 +293,24 @@ impl Writer {
     }
 
     /// Commits the jobs in one transaction; returns events and messages written
-    /// and how long the COMMIT took. On `Err` nothing was stored and no reply sent.
-    async fn commit(&mut self, jobs: &mut Vec<WriteJob>) -> Result<(usize, usize, Duration), StoreError> {
+    /// and how long the COMMIT took. On `Err` no reply was sent; nothing was
+    /// stored unless the failure came at the COMMIT itself (then it is unknown).
+    async fn commit(&mut self, jobs: &mut Vec<WriteJob>) -> Result<(usize, usize, Duration), Failure> {
+        let before = |e: StoreError| Failure::BeforeCommit(e);
+        if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get().await?);
+            self.conn = Some(self.pool.get().await.map_err(|e| before(e.into()))?);
         }
         let conn = self.conn.as_mut().expect("a connection was just taken");
         let recorded_at = Millis(now_ms() as u64);
-        let tx = conn.transaction().await?;
-        // Pipelined, but executed in order: the MAX statement takes its snapshot
-        // (READ COMMITTED: one per statement) only after the lock is held.
-        let (_, head) = futures::try_join!(
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]),
-            tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[])
-        )?;
+        let pg = |e: tokio_postgres::Error| Failure::BeforeCommit(e.into());
+        let tx = conn.transaction().await.map_err(pg)?;
+        // One after the other: the MAX statement must take its snapshot (READ
+        // COMMITTED: one per statement) after the lock is held, never before.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await.map_err(pg)?;
+        let head = tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await.map_err(pg)?;
         let mut next = head.get::<_, i64>(0) as u64;
         let mut results = Vec::with_capacity(jobs.len());
         let mut batch = Vec::new();
@@ -316,16 +331,16 @@ impl Writer {
                 Err(e @ (AppendError::WrongExpectedVersion { .. } | AppendError::PreconditionFailed(_))) => {
                     results.push(Err(e));
                 }
-                Err(AppendError::Store(e)) => return Err(e),
+                Err(AppendError::Store(e)) => return Err(before(e)),
             }
         }
         let wrote = !batch.is_empty() || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild));
         if wrote {
             // Delivered to listeners when (and only if) the transaction commits.
-            tx.execute("SELECT pg_notify($1, '')", &[&LOG_CHANNEL]).await?;
+            tx.execute("SELECT pg_notify($1, '')", &[&LOG_CHANNEL]).await.map_err(pg)?;
         }
         let commit_started = Instant::now();
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| Failure::AtCommit(e.into()))?;
         let commit_took = commit_started.elapsed();
         for (job, result) in jobs.drain(..).zip(results) {
             let _ = job.reply.send(result);
@@ -335,6 +350,23 @@ impl Writer {
         }
         let messages = batch.iter().filter(|c| matches!(c.event.event, Event::MessageSent(_))).count();
         Ok((batch.len(), messages, commit_took))
+    }
+}
+
+/// How a group commit failed.
+enum Failure {
+    /// Before COMMIT was sent: nothing of the batch is stored.
+    BeforeCommit(StoreError),
+    /// At COMMIT: the batch may or may not be stored (callers retry; appends
+    /// are idempotent by event id).
+    AtCommit(StoreError),
+}
+
+impl Failure {
+    fn error(self) -> StoreError {
+        match self {
+            Failure::BeforeCommit(e) | Failure::AtCommit(e) => e,
+        }
     }
 }
 
