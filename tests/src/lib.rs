@@ -154,6 +154,13 @@ impl ChildServer {
     /// [`ChildServer::spawn`] with more environment (e.g. `NATTER_STORE_URL`).
     pub fn spawn_with_env(natterd: &Path, data_dir: &Path, listen: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(natterd);
+        // natterd reads `NATTER_*` variables as configuration: the child gets
+        // only the ones the test names, never the developer's or CI's.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("NATTER_") && n != "NATTER_LOG") {
+                cmd.env_remove(name);
+            }
+        }
         cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg(listen.to_string());
         for (k, v) in CHILD_ENV.iter().chain(env) {
             cmd.env(k, v);
@@ -240,14 +247,14 @@ pub fn texts(items: &[FeedItem]) -> Vec<String> {
         .collect()
 }
 
-/// The PostgreSQL server tests use: `NATTER_TEST_PG_URL`, else the local one.
+/// The PostgreSQL server tests use: `NATTERTEST_PG_URL`, else the local one.
 fn pg_base_url() -> String {
-    std::env::var("NATTER_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("NATTERTEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// Whether a missing PostgreSQL fails the tests (CI) instead of skipping them.
 fn pg_required() -> bool {
-    std::env::var_os("NATTER_REQUIRE_PG").is_some_and(|v| v != "0")
+    std::env::var_os("NATTERTEST_REQUIRE_PG").is_some_and(|v| v != "0")
 }
 
 /// A fresh PostgreSQL database for one test, dropped when the value is.
@@ -259,14 +266,14 @@ pub struct PgDatabase {
 impl PgDatabase {
     /// Creates `natter_test_<random>` on the test server. Without a reachable
     /// server: `None` after saying (once, past the test harness's capture) that
-    /// the PostgreSQL suite is skipped, or a panic when `NATTER_REQUIRE_PG` is set.
+    /// the PostgreSQL suite is skipped, or a panic when `NATTERTEST_REQUIRE_PG` is set.
     pub async fn create() -> Option<Self> {
         let base = pg_base_url();
         let (client, connection) = match tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
             Ok(c) => c,
             Err(e) => {
                 if pg_required() {
-                    panic!("NATTER_REQUIRE_PG is set but PostgreSQL at {base} is unreachable: {e}");
+                    panic!("NATTERTEST_REQUIRE_PG is set but PostgreSQL at {base} is unreachable: {e}");
                 }
                 announce_pg_skipped(&base, &e.to_string());
                 return None;
@@ -279,7 +286,7 @@ impl PgDatabase {
         let _ = driver.await;
         let url = match base.rsplit_once('/') {
             Some((server, _)) => format!("{server}/{name}"),
-            None => panic!("NATTER_TEST_PG_URL {base:?} names no database"),
+            None => panic!("NATTERTEST_PG_URL {base:?} names no database"),
         };
         Some(Self { url, name })
     }
@@ -320,7 +327,7 @@ fn announce_pg_skipped(base: &str, why: &str) {
         let _ = writeln!(
             std::io::stderr(),
             "\n*** PostgreSQL suite SKIPPED: cannot reach {base} ({why}).\n\
-             *** Start PostgreSQL (or set NATTER_TEST_PG_URL) to run it; NATTER_REQUIRE_PG=1 makes this a failure.\n"
+             *** Start PostgreSQL (or set NATTERTEST_PG_URL) to run it; NATTERTEST_REQUIRE_PG=1 makes this a failure.\n"
         );
     });
 }
