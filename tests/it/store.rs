@@ -112,13 +112,40 @@ macro_rules! conformance {
     };
 }
 
+/// Schema version 4 adds each conversation's last change of shape; on a
+/// database that had version 3 it is filled in from the log.
+#[tokio::test]
+async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
+    let backend = Backend::sqlite().await;
+    let w = populate(&backend.store).await;
+    let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
+    let path = SqliteConfig::in_dir(dir.path()).path;
+    backend.store.shutdown().await;
+    // Back to version 3, as an older natterd left it.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE conversations DROP COLUMN changed_seq; DELETE FROM schema_migrations WHERE version = 4",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&SqliteConfig::in_dir(dir.path())).unwrap();
+    let group = store.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!((group.version, group.changed), (Seq(8), Seq(7)));
+    let dm = store.conversation(w.dm).await.unwrap().unwrap();
+    assert_eq!(dm.changed, Seq(1), "a direct conversation's only change is its start");
+    store.shutdown().await;
+}
+
 conformance!(
     appends_have_positions_versions_and_are_idempotent,
     conflicts_are_typed_and_write_nothing,
     concurrent_appends_in_one_batch_fail_alone,
+    an_event_appended_twice_at_once_is_stored_once,
+    a_send_racing_its_senders_removal_is_before_it_or_refused,
     subscribers_get_commits_with_their_audience,
     read_models_answer_every_query,
     preconditions_are_checked_atomically,
+    group_changes_are_decided_on_the_groups_shape_not_its_messages,
     presence_state_is_kept,
     rebuild_restores_every_answer,
     import_reproduces_every_answer,
@@ -252,6 +279,70 @@ async fn concurrent_appends_in_one_batch_fail_alone(b: &Backend) {
     }
     assert_eq!(won, 1);
     assert_eq!(store.stats().await.unwrap().events, 33);
+}
+
+async fn an_event_appended_twice_at_once_is_stored_once(b: &Backend) {
+    let s = &b.store;
+    for round in 0..20u128 {
+        let event = claim(round);
+        let append =
+            || StreamAppend::new(stream(&format!("s:twice{round}")), ExpectedVersion::Any, vec![event.clone()]);
+        let (x, y) = tokio::join!(s.append(vec![append()]), s.append(vec![append()]));
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let stored = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Appended(_))).count();
+        assert_eq!(stored, 1, "{outcomes:?}");
+        let originals: Vec<_> = outcomes
+            .iter()
+            .map(|o| match o {
+                AppendOutcome::Appended(r) | AppendOutcome::AlreadyStored(r) => r.clone(),
+            })
+            .collect();
+        assert_eq!(originals[0], originals[1], "both callers are told of the one stored event");
+    }
+    assert_eq!(s.head().await.unwrap(), 20);
+}
+
+async fn a_send_racing_its_senders_removal_is_before_it_or_refused(b: &Backend) {
+    let s = &b.store;
+    let (alice, bob) = (uid(0xa), uid(0xb));
+    for round in 0..20u128 {
+        let group = ConversationId(Uuid::from_u128(0x7000 + round));
+        let gs = StreamName::conversation(group);
+        let created = Event::GroupCreated {
+            conversation_id: group,
+            name: "race".into(),
+            creator: alice,
+            members: vec![(alice, Role::Owner), (bob, Role::Member)],
+            at: Millis(1),
+        };
+        append_one(s, gs.clone(), NewEvent::fresh(created)).await;
+        let removal = StreamAppend::new(
+            gs.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::fresh(Event::MemberRemoved {
+                conversation_id: group,
+                actor: alice,
+                user: bob,
+                at: Millis(2),
+            })],
+        );
+        let send = StreamAppend::new(gs.clone(), ExpectedVersion::Any, vec![message(group, bob, 1, 3)])
+            .with_precondition(Precondition::ActiveMember { conversation: group, user: bob });
+        // Removal first in the queue, then the send: both usually share a batch.
+        let (removed, sent) = tokio::join!(s.append(vec![removal]), s.append(vec![send]));
+        let removed = appended(removed.unwrap()).remove(0);
+        match sent {
+            Ok(outcome) => assert!(appended(outcome)[0].position < removed.position, "a send after a removal"),
+            Err(AppendError::PreconditionFailed(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+        let (msgs, _) = s.messages(group, HistoryPage::Latest { limit: 10 }, None).await.unwrap();
+        assert!(msgs.iter().all(|m| m.seq < removed_seq(&removed)), "{msgs:?}");
+    }
+}
+
+fn removed_seq(rec: &RecordedEvent) -> Seq {
+    Seq(rec.version)
 }
 
 /// Alice, Bob and Carol; a direct conversation (Alice–Bob) and a group.
@@ -562,6 +653,56 @@ async fn preconditions_are_checked_atomically(b: &Backend) {
     assert!(matches!(e, Err(AppendError::PreconditionFailed(Precondition::ActiveMember { .. }))), "{e:?}");
     s.append(vec![append(w.carol, 201)]).await.unwrap();
     assert_eq!(s.conversation(w.group).await.unwrap().unwrap().version, Seq(9));
+}
+
+async fn group_changes_are_decided_on_the_groups_shape_not_its_messages(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let gs = StreamName::conversation(w.group);
+    let state = s.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!((state.version, state.changed), (Seq(8), Seq(7)), "the removal at 7 was its last change of shape");
+    let rename = |name: &str, since: u64| {
+        StreamAppend::new(
+            gs.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::fresh(Event::GroupRenamed {
+                conversation_id: w.group,
+                actor: w.alice,
+                name: name.into(),
+                at: Millis(70),
+            })],
+        )
+        .with_precondition(Precondition::GroupUnchanged { conversation: w.group, since: Seq(since) })
+    };
+    // Messages move the version, not the shape: a change decided at 7 still applies.
+    append_one(s, gs.clone(), message(w.group, w.alice, 210, 60)).await;
+    let renamed = appended(s.append(vec![rename("one", 7)]).await.unwrap()).remove(0);
+    assert_eq!(renamed.version, 10);
+    let state = s.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!((state.version, state.changed, state.name.as_deref()), (Seq(10), Seq(10), Some("one")));
+    // A change decided on the old shape is refused and writes nothing.
+    let e = s.append(vec![rename("stale", 7)]).await;
+    assert!(matches!(e, Err(AppendError::PreconditionFailed(Precondition::GroupUnchanged { .. }))), "{e:?}");
+    // Two changes decided on the same shape at once: exactly one wins, while a
+    // message in the same batch is unaffected.
+    let (x, y, m) = tokio::join!(
+        s.append(vec![rename("two", 10)]),
+        s.append(vec![rename("three", 10)]),
+        s.append(vec![StreamAppend::new(gs.clone(), ExpectedVersion::Any, vec![message(w.group, w.carol, 211, 61)])]),
+    );
+    m.unwrap();
+    let (won, lost): (Vec<_>, Vec<_>) = [x, y].into_iter().partition(Result::is_ok);
+    assert_eq!(won.len(), 1, "{lost:?}");
+    assert!(matches!(lost[0], Err(AppendError::PreconditionFailed(Precondition::GroupUnchanged { .. }))), "{lost:?}");
+    let won: Vec<_> = won.into_iter().map(Result::unwrap).collect();
+    let state = s.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!(state.version, Seq(12));
+    assert_eq!(state.changed, Seq(appended(won.into_iter().next().unwrap())[0].version));
+    // The precondition names a group that does not exist: refused.
+    let missing = StreamAppend::new(stream("s:missing"), ExpectedVersion::Any, vec![claim(77)]).with_precondition(
+        Precondition::GroupUnchanged { conversation: ConversationId(Uuid::from_u128(0xdead)), since: Seq(0) },
+    );
+    assert!(matches!(s.append(vec![missing]).await, Err(AppendError::PreconditionFailed(_))));
 }
 
 async fn presence_state_is_kept(b: &Backend) {

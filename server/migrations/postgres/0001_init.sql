@@ -49,7 +49,10 @@ CREATE TABLE conversations (
     created_at_ms     BIGINT NOT NULL,
     last_seq          BIGINT NOT NULL,
     last_position     BIGINT NOT NULL,
-    last_activity_ms  BIGINT NOT NULL
+    last_activity_ms  BIGINT NOT NULL,
+    -- The seq of the last change of shape (members, roles, name), which a
+    -- group change is decided on (Precondition::GroupUnchanged).
+    changed_seq       BIGINT NOT NULL
 );
 
 CREATE TABLE members (
@@ -116,3 +119,16 @@ CREATE TABLE online (
     node_id  TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (user_id, node_id)
 );
+
+-- The first statement of every log write (see ARCHITECTURE.md, "Gap-free
+-- positions"): takes the log lock, asks for the commit's wake-up of the nodes'
+-- tailers, and returns the head. VOLATILE, so the MAX reads a fresh snapshot
+-- taken after the lock is held, not the calling statement's.
+CREATE FUNCTION natter_begin_write(lock_key BIGINT) RETURNS BIGINT
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    PERFORM pg_notify('natter_log', '');
+    RETURN (SELECT COALESCE(MAX(position), 0) FROM events);
+END
+$$;

@@ -34,6 +34,9 @@ pub struct ConversationState {
     pub created_at: Millis,
     /// Seq of the last event applied (the stream's version).
     pub version: Seq,
+    /// Seq of the last event that changed the members, their roles or the
+    /// name ([`Event::changes_group`]): what a group change was decided on.
+    pub changed: Seq,
 }
 
 impl ConversationState {
@@ -59,6 +62,7 @@ pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<Conversa
         members,
         created_at: at,
         version: Seq(1),
+        changed: Seq(1),
     };
     match event {
         Event::DirectConversationStarted { conversation_id, members, at } => Some(created(
@@ -78,6 +82,9 @@ pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<Conversa
         _ => {
             let mut s = state?;
             s.version = Seq(s.version.0 + 1);
+            if event.changes_group() {
+                s.changed = s.version;
+            }
             match event {
                 Event::MembersAdded { members, .. } => {
                     for &(user, role) in members {

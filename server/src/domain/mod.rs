@@ -186,6 +186,21 @@ impl Event {
         }
     }
 
+    /// Whether this event changes a conversation's shape (its members, their
+    /// roles, its name) rather than only adding to it (messages, receipts).
+    pub fn changes_group(&self) -> bool {
+        matches!(
+            self,
+            Event::DirectConversationStarted { .. }
+                | Event::GroupCreated { .. }
+                | Event::MembersAdded { .. }
+                | Event::MemberRemoved { .. }
+                | Event::MemberLeft { .. }
+                | Event::RoleChanged { .. }
+                | Event::GroupRenamed { .. }
+        )
+    }
+
     /// The conversation this event belongs to, if any.
     pub fn conversation_id(&self) -> Option<ConversationId> {
         match self {

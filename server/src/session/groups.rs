@@ -1,7 +1,8 @@
 //! Group management: create, add, remove, leave, roles, rename. Every change
-//! is appended to the conversation's stream with the version it was decided
-//! against, so concurrent changes cannot both win; a lost race is retried on
-//! fresh state.
+//! is appended to the conversation's stream on condition that the group's
+//! shape (members, roles, name) is still the one it was decided on
+//! (`Precondition::GroupUnchanged`), so concurrent changes cannot both win and
+//! messages never make a change lose; a lost race is retried on fresh state.
 
 use natter_proto::limits::MAX_EMAILS_PER_REQUEST;
 use natter_proto::wire::{self, response::Result as Reply};
@@ -13,7 +14,7 @@ use crate::domain::{
     conversation::{self, ConversationState},
     ConversationId, Email, Event, Rejection, Role, UserId,
 };
-use crate::store::{AppendError, AppendOutcome, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+use crate::store::{AppendError, AppendOutcome, ExpectedVersion, NewEvent, Precondition, StreamAppend, StreamName};
 
 /// Attempts at a group change that keeps losing races before `CONFLICT`.
 const ATTEMPTS: usize = 5;
@@ -67,8 +68,8 @@ impl Service {
         self.conversation_for(me, id).await.map(Reply::Group)
     }
 
-    /// Decides a change on the current state and appends it at exactly that
-    /// version, retrying on a lost race. Returns the appended events.
+    /// Decides a change on the current state and appends it if the group's
+    /// shape is still the one decided on, retrying on a lost race. Returns the appended events.
     async fn change_group(
         &self,
         me: &Identity,
@@ -89,14 +90,17 @@ impl Service {
             if events.is_empty() {
                 return Ok((id, Vec::new()));
             }
+            // Decided on the group's shape, not on its messages: a busy
+            // group's chatter does not make an admin's change retry.
             let append = StreamAppend::new(
                 StreamName::conversation(id),
-                ExpectedVersion::Exact(state.version.0),
+                ExpectedVersion::Any,
                 events.into_iter().map(NewEvent::fresh).collect(),
-            );
+            )
+            .with_precondition(Precondition::GroupUnchanged { conversation: id, since: state.changed });
             match self.store.append(vec![append]).await {
                 Ok(AppendOutcome::Appended(recs) | AppendOutcome::AlreadyStored(recs)) => return Ok((id, recs)),
-                Err(AppendError::WrongExpectedVersion { .. }) => continue,
+                Err(AppendError::PreconditionFailed(Precondition::GroupUnchanged { .. })) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -169,6 +169,11 @@ pub(crate) fn check_distinct_streams(appends: &[StreamAppend]) -> Result<(), App
 pub enum Precondition {
     /// `user` is a current member of `conversation` (e.g. a send racing a removal).
     ActiveMember { conversation: ConversationId, user: UserId },
+    /// `conversation`'s members, roles and name last changed at `since`
+    /// ([`crate::domain::conversation::ConversationState::changed`]): a group
+    /// change decided on that state still applies, however many messages
+    /// arrived meanwhile.
+    GroupUnchanged { conversation: ConversationId, since: Seq },
 }
 
 /// An event as stored.

@@ -28,11 +28,12 @@ use tokio_postgres::{types::ToSql, AsyncMessage, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod write;
+
 use super::{
-    check_distinct_streams, codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, Cluster,
-    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, HistoryPage, Membership,
-    MessageRecord, Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
-    StoreError, StoreStats, StreamAppend, StreamName, UserRecord, Work, WriteJob,
+    codec, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats, CommittedBatch, CommittedEvent,
+    ConversationSummary, HistoryPage, Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord,
+    RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, UserRecord, Work, WriteJob,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -100,7 +101,7 @@ pub struct PostgresStore {
     pool: Pool,
     writer: Mutex<Option<mpsc::Sender<WriteJob>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    writer_task: Mutex<Option<JoinHandle<()>>>,
+    writer_task: Mutex<Option<std::thread::JoinHandle<()>>>,
     committed: broadcast::Sender<CommittedBatch>,
     stop: CancellationToken,
     cluster: Option<Arc<PgCluster>>,
@@ -139,7 +140,7 @@ impl PostgresStore {
             config.url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
         let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
-            .max_size(config.readers.max(1) + 1)
+            .max_size(config.readers.max(1))
             .wait_timeout(Some(Duration::from_secs(10)))
             .create_timeout(Some(Duration::from_secs(10)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -171,9 +172,27 @@ impl PostgresStore {
         } else {
             None
         };
+        drop(conn);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let writer = Writer { pool: pool.clone(), conn: Some(conn), wake, on_commit: config.on_commit.clone() };
-        let writer_task = tokio::spawn(writer.run(rx, config.max_batch.max(1)));
+        // The writer gets a thread and a runtime of its own, like the embedded
+        // store's writer thread: its round trips to the server are its whole
+        // cost, and on a busy shared runtime each waited for a worker (found
+        // by timing a wave's checks under S1: milliseconds for a trivial query).
+        let writer_task = std::thread::Builder::new().name("natter-pg-writer".into()).spawn({
+            let (url, on_commit, max_batch) = (config.url.clone(), config.on_commit.clone(), config.max_batch.max(1));
+            move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!(error = %e, "postgres writer runtime failed to start"),
+                };
+                runtime.block_on(async move {
+                    match writer_pool(&url) {
+                        Ok(pool) => Writer { pool, conn: None, wake, on_commit }.run(rx, max_batch).await,
+                        Err(e) => tracing::error!(error = %e, "postgres writer cannot start"),
+                    }
+                });
+            }
+        })?;
         Ok(Self {
             pool,
             writer: Mutex::new(Some(tx)),
@@ -203,6 +222,20 @@ impl PostgresStore {
     async fn conn(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+}
+
+/// The writer's own one-connection pool, on the writer's runtime (connections
+/// are driven by the runtime that opened them).
+fn writer_pool(url: &str) -> Result<Pool, StoreError> {
+    let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Database(format!("connection pool: {e}")))
 }
 
 async fn migrate(conn: &mut Object) -> Result<(), StoreError> {
@@ -307,38 +340,13 @@ impl Writer {
         let recorded_at = Millis(now_ms() as u64);
         let pg = |e: tokio_postgres::Error| Failure::BeforeCommit(e.into());
         let tx = conn.transaction().await.map_err(pg)?;
-        // One after the other: the MAX statement must take its snapshot (READ
-        // COMMITTED: one per statement) after the lock is held, never before.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await.map_err(pg)?;
-        let head = tx.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await.map_err(pg)?;
+        // The log lock, the tailers' wake-up at commit, and the head, in one
+        // round trip (`natter_begin_write`, migration 1).
+        let begin = tx.prepare_cached("SELECT natter_begin_write($1)").await.map_err(pg)?;
+        let head = tx.query_one(&begin, &[&LOG_LOCK]).await.map_err(pg)?;
         let mut next = head.get::<_, i64>(0) as u64;
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut batch = Vec::new();
-        for job in jobs.iter() {
-            let done = |()| (AppendOutcome::Appended(Vec::new()), Vec::new());
-            let r = match &job.work {
-                Work::Append(appends) => append_in_tx(&tx, appends, recorded_at, &mut next).await,
-                Work::LastSeen(user, at) => upsert_last_seen(&tx, *user, *at).await.map(done),
-                Work::Import(events) => import_in_tx(&tx, events, &mut next).await.map(done),
-                Work::Rebuild => rebuild_in_tx(&tx).await.map(done),
-            };
-            match r {
-                Ok((outcome, committed)) => {
-                    batch.extend(committed);
-                    results.push(Ok(outcome));
-                }
-                // Refused before writing anything: its neighbours still commit.
-                Err(e @ (AppendError::WrongExpectedVersion { .. } | AppendError::PreconditionFailed(_))) => {
-                    results.push(Err(e));
-                }
-                Err(AppendError::Store(e)) => return Err(before(e)),
-            }
-        }
+        let (results, batch) = write::write_jobs(&tx, jobs, recorded_at, &mut next).await.map_err(before)?;
         let wrote = !batch.is_empty() || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild));
-        if wrote {
-            // Delivered to listeners when (and only if) the transaction commits.
-            tx.execute("SELECT pg_notify($1, '')", &[&LOG_CHANNEL]).await.map_err(pg)?;
-        }
         let commit_started = Instant::now();
         tx.commit().await.map_err(|e| Failure::AtCommit(e.into()))?;
         let commit_took = commit_started.elapsed();
@@ -372,412 +380,9 @@ impl Failure {
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-async fn exec(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(sql).await?;
-    tx.execute(&stmt, params).await
-}
-
 async fn query(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
     let stmt = tx.prepare_cached(sql).await?;
     tx.query(&stmt, params).await
-}
-
-/// One job's appends; also returns what to publish once committed.
-async fn append_in_tx(
-    tx: &Transaction<'_>,
-    appends: &[StreamAppend],
-    recorded_at: Millis,
-    next: &mut Position,
-) -> Result<(AppendOutcome, Vec<CommittedEvent>), AppendError> {
-    // Every check runs before the first write, so a refused append has written
-    // nothing and its neighbours in the batch commit. The checks are sent
-    // together (one round trip: tokio-postgres pipelines concurrent queries on
-    // a connection) and judged in order: idempotency first, then each stream's
-    // precondition and version.
-    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter()).map(|e| e.id.as_bytes().as_slice()).collect();
-    let existing = async {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        query(tx, &format!("{SELECT_EVENT} WHERE event_id = ANY($1) ORDER BY position"), &[&ids]).await
-    };
-    let checks = futures::future::join_all(appends.iter().map(|append| async move {
-        let pre = match append.precondition {
-            Some(pre) => Some((pre, precondition_holds(tx, pre).await)),
-            None => None,
-        };
-        let version = query(tx, "SELECT version FROM streams WHERE stream = $1", &[&append.stream.as_str()]).await;
-        (pre, version)
-    }));
-    let (existing, checks) = futures::join!(existing, checks);
-    let existing = existing?;
-    if !existing.is_empty() {
-        let existing = existing.iter().map(row_to_event).collect::<Result<Vec<_>, _>>()?;
-        return Ok((AppendOutcome::AlreadyStored(existing), Vec::new()));
-    }
-    let mut currents = Vec::with_capacity(appends.len());
-    check_distinct_streams(appends)?;
-    for (append, (pre, version)) in appends.iter().zip(checks) {
-        if let Some((pre, holds)) = pre {
-            if !holds? {
-                return Err(AppendError::PreconditionFailed(pre));
-            }
-        }
-        let current = version?.first().map_or(0, |r| r.get::<_, i64>(0) as u64);
-        append.check_version(current)?;
-        currents.push(current);
-    }
-    let mut recorded = Vec::new();
-    let mut committed = Vec::new();
-    for (append, current) in appends.iter().zip(currents) {
-        let mut version = current;
-        for new in &append.events {
-            version += 1;
-            *next += 1;
-            let rec = RecordedEvent {
-                position: *next,
-                stream: append.stream.clone(),
-                version,
-                id: new.id,
-                recorded_at,
-                event: new.event.clone(),
-            };
-            // The event and its projection in one round trip.
-            let (_, audience) = futures::try_join!(
-                async { insert_event(tx, &rec).await.map_err(StoreError::from) },
-                project(tx, &rec)
-            )?;
-            committed.push(CommittedEvent { event: rec.clone(), audience });
-            recorded.push(rec);
-        }
-        exec(
-            tx,
-            "INSERT INTO streams (stream, version) VALUES ($1, $2)
-             ON CONFLICT (stream) DO UPDATE SET version = excluded.version",
-            &[&append.stream.as_str(), &(version as i64)],
-        )
-        .await?;
-    }
-    Ok((AppendOutcome::Appended(recorded), committed))
-}
-
-async fn insert_event(tx: &Transaction<'_>, rec: &RecordedEvent) -> Result<(), tokio_postgres::Error> {
-    let (ty, schema, payload) = codec::encode(&rec.event);
-    exec(
-        tx,
-        "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &(rec.position as i64),
-            &rec.stream.as_str(),
-            &(rec.version as i64),
-            &rec.id.as_bytes().as_slice(),
-            &ty,
-            &(schema as i32),
-            &payload,
-            &(rec.recorded_at.0 as i64),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes another log's events as they are, then projects them.
-async fn import_in_tx(tx: &Transaction<'_>, events: &[RecordedEvent], next: &mut Position) -> Result<(), AppendError> {
-    for rec in events {
-        if rec.position <= *next {
-            return Err(AppendError::Store(StoreError::Database(format!(
-                "imported position {} does not follow this log's {next}",
-                rec.position
-            ))));
-        }
-        *next = rec.position;
-        insert_event(tx, rec).await?;
-        exec(
-            tx,
-            "INSERT INTO streams (stream, version) VALUES ($1, $2)
-             ON CONFLICT (stream) DO UPDATE SET version = GREATEST(streams.version, excluded.version)",
-            &[&rec.stream.as_str(), &(rec.version as i64)],
-        )
-        .await?;
-        project(tx, rec).await?;
-    }
-    Ok(())
-}
-
-/// The read models, which `rebuild` empties and refills from the log.
-const READ_MODELS: &[&str] =
-    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
-
-async fn rebuild_in_tx(tx: &Transaction<'_>) -> Result<(), AppendError> {
-    for table in READ_MODELS {
-        tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
-    }
-    let mut after = 0i64;
-    loop {
-        let rows =
-            query(tx, &format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT 1000"), &[&after]).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.get(0);
-        for row in &rows {
-            project(tx, &row_to_event(row)?).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn upsert_last_seen(tx: &Transaction<'_>, user: UserId, at: Millis) -> Result<(), AppendError> {
-    exec(
-        tx,
-        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES ($1, $2)
-         ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = GREATEST(last_seen.last_seen_ms, excluded.last_seen_ms)",
-        &[&user.to_string(), &(at.0 as i64)],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn precondition_holds(tx: &Transaction<'_>, pre: Precondition) -> Result<bool, tokio_postgres::Error> {
-    match pre {
-        Precondition::ActiveMember { conversation, user } => Ok(!query(
-            tx,
-            "SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2 AND left_seq IS NULL",
-            &[&conversation.to_string(), &user.to_string()],
-        )
-        .await?
-        .is_empty()),
-    }
-}
-
-/// Updates the read models for one recorded event and returns its audience
-/// (the users whose feed it goes into). The same rules as the embedded store's
-/// `project`; the conformance suite holds the two to the same answers.
-async fn project(tx: &Transaction<'_>, rec: &RecordedEvent) -> Result<Vec<UserId>, StoreError> {
-    let version = rec.version as i64;
-    let mut extra_audience = None;
-    match &rec.event {
-        Event::UserRegistered(u) => {
-            exec(
-                tx,
-                "INSERT INTO users (user_id, email, display_name, password_hash, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&u.user_id.to_string(), &u.email.as_str(), &u.display_name, &u.password_hash, &(u.at.0 as i64)],
-            )
-            .await?;
-            return Ok(Vec::new());
-        }
-        Event::EmailClaimed { .. } => return Ok(Vec::new()),
-        Event::SessionStarted(s) => {
-            exec(
-                tx,
-                "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &s.token_hash.0.as_slice(),
-                    &s.user_id.to_string(),
-                    &s.device_id.to_string(),
-                    &s.device_name,
-                    &(s.at.0 as i64),
-                ],
-            )
-            .await?;
-            return Ok(Vec::new());
-        }
-        Event::SessionRevoked { token_hash, at, .. } => {
-            exec(
-                tx,
-                "UPDATE sessions SET revoked_at_ms = $2 WHERE token_hash = $1 AND revoked_at_ms IS NULL",
-                &[&token_hash.0.as_slice(), &(at.0 as i64)],
-            )
-            .await?;
-            return Ok(Vec::new());
-        }
-        Event::DirectConversationStarted { conversation_id, members, at } => {
-            let all: Vec<_> = members.iter().map(|m| (*m, Role::Member)).collect();
-            insert_conversation(tx, *conversation_id, ConversationKind::Direct, None, &all, *at, rec).await?;
-        }
-        Event::GroupCreated { conversation_id, name, members, at, .. } => {
-            insert_conversation(tx, *conversation_id, ConversationKind::Group, Some(name), members, *at, rec).await?;
-        }
-        Event::MembersAdded { conversation_id, members, .. } => {
-            let conv = conversation_id.to_string();
-            for (user, role) in members {
-                exec(
-                    tx,
-                    "INSERT INTO members (conversation_id, user_id, ordinal, role, left_seq)
-                     VALUES ($1, $2, (SELECT COALESCE(MAX(ordinal), -1) + 1 FROM members WHERE conversation_id = $1),
-                             $3, NULL)
-                     ON CONFLICT (conversation_id, user_id) DO UPDATE
-                     SET role = excluded.role, left_seq = NULL, ordinal = excluded.ordinal",
-                    &[&conv, &user.to_string(), &role_to_str(*role)],
-                )
-                .await?;
-            }
-            touch_conversation(tx, &conv, rec).await?;
-        }
-        Event::MemberRemoved { conversation_id, user, .. } | Event::MemberLeft { conversation_id, user, .. } => {
-            let conv = conversation_id.to_string();
-            exec(
-                tx,
-                "UPDATE members SET left_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
-                &[&conv, &user.to_string(), &version],
-            )
-            .await?;
-            touch_conversation(tx, &conv, rec).await?;
-            // The person who left (or was removed) learns of it too.
-            extra_audience = Some(*user);
-        }
-        Event::RoleChanged { conversation_id, user, role, .. } => {
-            let conv = conversation_id.to_string();
-            exec(
-                tx,
-                "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
-                &[&conv, &user.to_string(), &role_to_str(*role)],
-            )
-            .await?;
-            touch_conversation(tx, &conv, rec).await?;
-        }
-        Event::GroupRenamed { conversation_id, name, .. } => {
-            let conv = conversation_id.to_string();
-            exec(tx, "UPDATE conversations SET name = $2 WHERE conversation_id = $1", &[&conv, name]).await?;
-            touch_conversation(tx, &conv, rec).await?;
-        }
-        Event::MessageSent(m) => {
-            // The hot path: the three writes go out together (one round trip).
-            let conv = m.conversation_id.to_string();
-            let Content::Text(text) = &m.content;
-            let (sender, device) = (m.sender_user_id.to_string(), m.sender_device_id.to_string());
-            let (position, at) = (rec.position as i64, m.at.0 as i64);
-            let insert = async {
-                exec(
-                    tx,
-                    "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id,
-                                           client_msg_id, content_kind, text, sent_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
-                    &[&conv, &version, &position, &sender, &device, &m.client_msg_id.as_str(), text, &at],
-                )
-                .await
-                .map_err(StoreError::from)
-            };
-            let (_, _, audience) = futures::try_join!(
-                insert,
-                touch_conversation(tx, &conv, rec),
-                add_to_feeds(tx, &conv, rec.position, None)
-            )?;
-            return Ok(audience);
-        }
-        Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
-            let (conv, user_s, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
-            exec(
-                tx,
-                "INSERT INTO device_receipts (conversation_id, device_id, user_id, delivered_seq) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (conversation_id, device_id) DO UPDATE
-                 SET delivered_seq = GREATEST(device_receipts.delivered_seq, excluded.delivered_seq)",
-                &[&conv, &device.to_string(), &user_s, &seq],
-            )
-            .await?;
-            exec(
-                tx,
-                "INSERT INTO receipts (conversation_id, user_id, delivered_seq) VALUES ($1, $2, $3)
-                 ON CONFLICT (conversation_id, user_id) DO UPDATE
-                 SET delivered_seq = GREATEST(receipts.delivered_seq, excluded.delivered_seq)",
-                &[&conv, &user_s, &seq],
-            )
-            .await?;
-        }
-        Event::PrivacyChanged { user_id, hide_last_seen, .. } => {
-            exec(
-                tx,
-                "UPDATE users SET hide_last_seen = $2 WHERE user_id = $1",
-                &[&user_id.to_string(), hide_last_seen],
-            )
-            .await?;
-            return Ok(Vec::new());
-        }
-        Event::ReadUpTo { conversation_id, user, seq, .. } => {
-            exec(
-                tx,
-                "INSERT INTO receipts (conversation_id, user_id, read_seq) VALUES ($1, $2, $3)
-                 ON CONFLICT (conversation_id, user_id) DO UPDATE
-                 SET read_seq = GREATEST(receipts.read_seq, excluded.read_seq)",
-                &[&conversation_id.to_string(), &user.to_string(), &(seq.0 as i64)],
-            )
-            .await?;
-        }
-    }
-    let conv = rec.event.conversation_id().expect("every other event belongs to a conversation").to_string();
-    add_to_feeds(tx, &conv, rec.position, extra_audience).await
-}
-
-async fn insert_conversation(
-    tx: &Transaction<'_>,
-    id: ConversationId,
-    kind: ConversationKind,
-    name: Option<&str>,
-    members: &[(UserId, Role)],
-    at: Millis,
-    rec: &RecordedEvent,
-) -> Result<(), StoreError> {
-    let conv = id.to_string();
-    exec(
-        tx,
-        "INSERT INTO conversations (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $4)",
-        &[&conv, &kind_to_str(kind), &name, &(at.0 as i64), &(rec.version as i64), &(rec.position as i64)],
-    )
-    .await?;
-    for (i, (user, role)) in members.iter().enumerate() {
-        exec(
-            tx,
-            "INSERT INTO members (conversation_id, user_id, ordinal, role) VALUES ($1, $2, $3, $4)",
-            &[&conv, &user.to_string(), &(i as i64), &role_to_str(*role)],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Records a conversation-stream event as the conversation's latest activity.
-async fn touch_conversation(tx: &Transaction<'_>, conv: &str, rec: &RecordedEvent) -> Result<(), StoreError> {
-    exec(
-        tx,
-        "UPDATE conversations SET last_seq = $2, last_position = $3,
-                last_activity_ms = GREATEST(last_activity_ms, $4)
-         WHERE conversation_id = $1",
-        &[&conv, &(rec.version as i64), &(rec.position as i64), &(rec.recorded_at.0 as i64)],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Puts the event into the feed of every current member (and `extra`), and
-/// returns who that was.
-async fn add_to_feeds(
-    tx: &Transaction<'_>,
-    conv: &str,
-    position: Position,
-    extra: Option<UserId>,
-) -> Result<Vec<UserId>, StoreError> {
-    let position = position as i64;
-    let rows = query(
-        tx,
-        "INSERT INTO feed (user_id, position)
-         SELECT user_id, $2 FROM members WHERE conversation_id = $1 AND left_seq IS NULL
-         ON CONFLICT DO NOTHING RETURNING user_id",
-        &[&conv, &position],
-    )
-    .await?;
-    let mut audience = rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(u) = extra.filter(|u| !audience.contains(u)) {
-        exec(
-            tx,
-            "INSERT INTO feed (user_id, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&u.to_string(), &position],
-        )
-        .await?;
-        audience.push(u);
-    }
-    Ok(audience)
 }
 
 const SELECT_EVENT: &str =
@@ -1066,27 +671,30 @@ async fn cached_query(conn: &Object, sql: &str, params: Params<'_>) -> Result<Ve
 }
 
 async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<ConversationState>, StoreError> {
-    let rows = cached_query(
-        conn,
-        "SELECT kind, name, created_at_ms, last_seq FROM conversations WHERE conversation_id = $1",
-        &[&conv],
-    )
-    .await?;
+    // Both reads in one round trip.
+    let params: [&(dyn ToSql + Sync); 1] = [&conv];
+    let (rows, members) = futures::try_join!(
+        cached_query(
+            conn,
+            "SELECT kind, name, created_at_ms, last_seq, changed_seq FROM conversations WHERE conversation_id = $1",
+            &params,
+        ),
+        cached_query(
+            conn,
+            "SELECT user_id, role FROM members WHERE conversation_id = $1 AND left_seq IS NULL ORDER BY ordinal",
+            &params,
+        )
+    )?;
     let Some(row) = rows.first() else { return Ok(None) };
     let kind = match row.get::<_, &str>(0) {
         "direct" => ConversationKind::Direct,
         "group" => ConversationKind::Group,
         other => return Err(StoreError::Database(format!("unknown conversation kind {other:?}"))),
     };
-    let members = cached_query(
-        conn,
-        "SELECT user_id, role FROM members WHERE conversation_id = $1 AND left_seq IS NULL ORDER BY ordinal",
-        &[&conv],
-    )
-    .await?
-    .iter()
-    .map(|r| Ok(MemberState { user: UserId(parse_uuid(r.get(0))?), role: parse_role(r.get(1))? }))
-    .collect::<Result<Vec<_>, StoreError>>()?;
+    let members = members
+        .iter()
+        .map(|r| Ok(MemberState { user: UserId(parse_uuid(r.get(0))?), role: parse_role(r.get(1))? }))
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Some(ConversationState {
         id: ConversationId(parse_uuid(conv)?),
         kind,
@@ -1094,6 +702,7 @@ async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<Conversat
         members,
         created_at: Millis(row.get::<_, i64>(2) as u64),
         version: Seq(row.get::<_, i64>(3) as u64),
+        changed: Seq(row.get::<_, i64>(4) as u64),
     }))
 }
 
@@ -1435,7 +1044,7 @@ impl Store for PostgresStore {
         self.writer.lock().expect("writer lock").take();
         let writer = self.writer_task.lock().expect("writer task lock").take();
         if let Some(writer) = writer {
-            let _ = writer.await;
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         self.stop.cancel();
         let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_groups_receipts.sql")),
     (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_group_changed.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -478,6 +479,11 @@ fn check_precondition(conn: &Connection, pre: Precondition) -> Result<(), Append
             .query_row([conversation.to_string(), user.to_string()], |_| Ok(()))
             .optional()?
             .is_some(),
+        Precondition::GroupUnchanged { conversation, since } => conn
+            .prepare_cached("SELECT changed_seq FROM conversations WHERE conversation_id = ?1")?
+            .query_row([conversation.to_string()], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some_and(|changed| changed as u64 == since.0),
     };
     if holds {
         Ok(())
@@ -624,8 +630,9 @@ fn insert_conversation(
 ) -> Result<(), rusqlite::Error> {
     let conv = id.to_string();
     conn.prepare_cached(
-        "INSERT INTO conversations (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4)",
+        "INSERT INTO conversations
+             (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms, changed_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?5)",
     )?
     .execute(params![conv, kind_to_str(kind), name, at.0 as i64, rec.version as i64, rec.position as i64])?;
     let mut add =
@@ -636,13 +643,21 @@ fn insert_conversation(
     Ok(())
 }
 
-/// Records a conversation-stream event as the conversation's latest activity.
+/// Records a conversation-stream event as the conversation's latest activity
+/// (and, for a change of shape, as its latest change).
 fn touch_conversation(conn: &Connection, conv: &str, rec: &RecordedEvent) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
-        "UPDATE conversations SET last_seq = ?2, last_position = ?3, last_activity_ms = MAX(last_activity_ms, ?4)
+        "UPDATE conversations SET last_seq = ?2, last_position = ?3, last_activity_ms = MAX(last_activity_ms, ?4),
+                changed_seq = CASE WHEN ?5 THEN ?2 ELSE changed_seq END
          WHERE conversation_id = ?1",
     )?
-    .execute(params![conv, rec.version as i64, rec.position as i64, rec.recorded_at.0 as i64])?;
+    .execute(params![
+        conv,
+        rec.version as i64,
+        rec.position as i64,
+        rec.recorded_at.0 as i64,
+        rec.event.changes_group()
+    ])?;
     Ok(())
 }
 
@@ -735,12 +750,20 @@ fn load_members(conn: &Connection, conv: &str) -> Result<Vec<MemberState>, Store
 
 fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<ConversationState>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT kind, name, created_at_ms, last_seq FROM conversations WHERE conversation_id = ?1")?
+        .prepare_cached(
+            "SELECT kind, name, created_at_ms, last_seq, changed_seq FROM conversations WHERE conversation_id = ?1",
+        )?
         .query_row([conv], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
         })
         .optional()?;
-    let Some((kind, name, created, last_seq)) = row else {
+    let Some((kind, name, created, last_seq, changed)) = row else {
         return Ok(None);
     };
     let kind = match kind.as_str() {
@@ -755,6 +778,7 @@ fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<Conversatio
         members: load_members(conn, conv)?,
         created_at: Millis(created as u64),
         version: Seq(last_seq as u64),
+        changed: Seq(changed as u64),
     }))
 }
 

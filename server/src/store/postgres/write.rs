@@ -1,0 +1,683 @@
+//! What the PostgreSQL writer sends inside a group commit, with as few round
+//! trips as correctness allows.
+//!
+//! A batch is written in *waves*. A wave first reads every check its appends
+//! need (event ids, stream versions, preconditions) in one pipelined flight,
+//! then decides each append in order in memory, with an overlay of what the
+//! earlier appends of the same wave wrote (stream versions, event ids), and
+//! plans the rows: the events, their projections and the stream versions, as
+//! a list of statements. The list is then sent pipelined, **in order** (each
+//! request is handed to the connection before the next one is created), so the
+//! server runs it exactly as if it had been sent one statement at a time.
+//! A precondition whose answer an earlier append of the wave may have changed
+//! (a change of that conversation's shape) ends the wave: the next wave
+//! reads it again, after the writes.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{parse_uuid, query, row_to_event, Transaction, SELECT_EVENT};
+use crate::domain::conversation::ConversationKind;
+use crate::domain::{Content, ConversationId, Event, Millis, Role, UserId};
+use crate::store::{
+    check_distinct_streams, codec, kind_to_str, role_to_str, AppendError, AppendOutcome, CommittedEvent, Position,
+    Precondition, RecordedEvent, StoreError, StreamAppend, Work, WriteJob,
+};
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn p<T: ToSql + Sync + Send + 'static>(value: T) -> Param {
+    Box::new(value)
+}
+
+/// One statement to send, with its parameters.
+struct Stmt {
+    sql: &'static str,
+    params: Vec<Param>,
+}
+
+/// Where an event's audience comes from once its statements ran.
+struct PlannedEvent {
+    event: RecordedEvent,
+    /// The statement whose `RETURNING user_id` rows are the members it reached.
+    feed: Option<usize>,
+    /// Someone who learns of it without being a member (removed, leaving).
+    extra: Option<UserId>,
+}
+
+/// Statements in the order they must run, and the events they write.
+#[derive(Default)]
+struct Plan {
+    stmts: Vec<Stmt>,
+    events: Vec<PlannedEvent>,
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// A `MessageSent`: the event row plus its projection (see `Plan::project`).
+const SEND_MESSAGE: &str = "WITH e AS (
+         INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),
+     m AS (
+         INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                               content_kind, text, sent_at_ms)
+         VALUES ($9, $3, $1, $10, $11, $12, 'text', $13, $14)),
+     t AS (
+         UPDATE conversations SET last_seq = $3, last_position = $1, last_activity_ms = GREATEST(last_activity_ms, $8)
+         WHERE conversation_id = $9)
+     INSERT INTO feed (user_id, position)
+     SELECT user_id, $1 FROM members WHERE conversation_id = $9 AND left_seq IS NULL
+     ON CONFLICT DO NOTHING RETURNING user_id";
+const SET_STREAM_VERSION: &str = "INSERT INTO streams (stream, version) VALUES ($1, $2)
+     ON CONFLICT (stream) DO UPDATE SET version = GREATEST(streams.version, excluded.version)";
+const TOUCH_CONVERSATION: &str = "UPDATE conversations SET last_seq = $2, last_position = $3,
+            last_activity_ms = GREATEST(last_activity_ms, $4),
+            changed_seq = CASE WHEN $5 THEN $2 ELSE changed_seq END
+     WHERE conversation_id = $1";
+const INSERT_MEMBER: &str = "INSERT INTO members (conversation_id, user_id, ordinal, role) VALUES ($1, $2, $3, $4)";
+
+impl Plan {
+    fn push(&mut self, sql: &'static str, params: Vec<Param>) -> usize {
+        self.stmts.push(Stmt { sql, params });
+        self.stmts.len() - 1
+    }
+
+    /// The event's row (unless rebuilding from the log) and its projection.
+    fn event(&mut self, rec: RecordedEvent, with_row: bool) {
+        if with_row {
+            if let Event::MessageSent(m) = &rec.event {
+                // The hot path: one statement for the event, the message, the
+                // conversation's activity and the feed rows (they touch
+                // different tables, so one snapshot serves them all).
+                let (ty, schema, payload) = codec::encode(&rec.event);
+                let Content::Text(text) = &m.content;
+                let feed = self.push(
+                    SEND_MESSAGE,
+                    vec![
+                        p(rec.position as i64),
+                        p(rec.stream.as_str().to_owned()),
+                        p(rec.version as i64),
+                        p(rec.id.as_bytes().to_vec()),
+                        p(ty.to_owned()),
+                        p(schema as i32),
+                        p(payload),
+                        p(rec.recorded_at.0 as i64),
+                        p(m.conversation_id.to_string()),
+                        p(m.sender_user_id.to_string()),
+                        p(m.sender_device_id.to_string()),
+                        p(m.client_msg_id.as_str().to_owned()),
+                        p(text.clone()),
+                        p(m.at.0 as i64),
+                    ],
+                );
+                self.events.push(PlannedEvent { event: rec, feed: Some(feed), extra: None });
+                return;
+            }
+            let (ty, schema, payload) = codec::encode(&rec.event);
+            self.push(
+                INSERT_EVENT,
+                vec![
+                    p(rec.position as i64),
+                    p(rec.stream.as_str().to_owned()),
+                    p(rec.version as i64),
+                    p(rec.id.as_bytes().to_vec()),
+                    p(ty.to_owned()),
+                    p(schema as i32),
+                    p(payload),
+                    p(rec.recorded_at.0 as i64),
+                ],
+            );
+        }
+        let (feed, extra) = self.project(&rec);
+        self.events.push(PlannedEvent { event: rec, feed, extra });
+    }
+
+    fn stream_version(&mut self, stream: &str, version: u64) {
+        self.push(SET_STREAM_VERSION, vec![p(stream.to_owned()), p(version as i64)]);
+    }
+
+    fn touch(&mut self, conv: &str, rec: &RecordedEvent) {
+        self.push(
+            TOUCH_CONVERSATION,
+            vec![
+                p(conv.to_owned()),
+                p(rec.version as i64),
+                p(rec.position as i64),
+                p(rec.recorded_at.0 as i64),
+                p(rec.event.changes_group()),
+            ],
+        );
+    }
+
+    fn conversation(
+        &mut self,
+        id: ConversationId,
+        kind: ConversationKind,
+        name: Option<&str>,
+        members: &[(UserId, Role)],
+        at: Millis,
+        rec: &RecordedEvent,
+    ) {
+        let conv = id.to_string();
+        self.push(
+            "INSERT INTO conversations
+                 (conversation_id, kind, name, created_at_ms, last_seq, last_position, last_activity_ms, changed_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $4, $5)",
+            vec![
+                p(conv.clone()),
+                p(kind_to_str(kind)),
+                p(name.map(str::to_owned)),
+                p(at.0 as i64),
+                p(rec.version as i64),
+                p(rec.position as i64),
+            ],
+        );
+        for (i, (user, role)) in members.iter().enumerate() {
+            self.push(INSERT_MEMBER, vec![p(conv.clone()), p(user.to_string()), p(i as i64), p(role_to_str(*role))]);
+        }
+    }
+
+    /// The read-model statements for one event (the same rules as the embedded
+    /// store's `project`; the conformance suite holds the two to the same
+    /// answers). Returns where its audience comes from.
+    fn project(&mut self, rec: &RecordedEvent) -> (Option<usize>, Option<UserId>) {
+        let version = rec.version as i64;
+        let mut extra = None;
+        match &rec.event {
+            Event::UserRegistered(u) => {
+                self.push(
+                    "INSERT INTO users (user_id, email, display_name, password_hash, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        p(u.user_id.to_string()),
+                        p(u.email.as_str().to_owned()),
+                        p(u.display_name.clone()),
+                        p(u.password_hash.clone()),
+                        p(u.at.0 as i64),
+                    ],
+                );
+                return (None, None);
+            }
+            Event::EmailClaimed { .. } => return (None, None),
+            Event::SessionStarted(s) => {
+                self.push(
+                    "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        p(s.token_hash.0.to_vec()),
+                        p(s.user_id.to_string()),
+                        p(s.device_id.to_string()),
+                        p(s.device_name.clone()),
+                        p(s.at.0 as i64),
+                    ],
+                );
+                return (None, None);
+            }
+            Event::SessionRevoked { token_hash, at, .. } => {
+                self.push(
+                    "UPDATE sessions SET revoked_at_ms = $2 WHERE token_hash = $1 AND revoked_at_ms IS NULL",
+                    vec![p(token_hash.0.to_vec()), p(at.0 as i64)],
+                );
+                return (None, None);
+            }
+            Event::PrivacyChanged { user_id, hide_last_seen, .. } => {
+                self.push(
+                    "UPDATE users SET hide_last_seen = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(*hide_last_seen)],
+                );
+                return (None, None);
+            }
+            Event::DirectConversationStarted { conversation_id, members, at } => {
+                let all: Vec<_> = members.iter().map(|m| (*m, Role::Member)).collect();
+                self.conversation(*conversation_id, ConversationKind::Direct, None, &all, *at, rec);
+            }
+            Event::GroupCreated { conversation_id, name, members, at, .. } => {
+                self.conversation(*conversation_id, ConversationKind::Group, Some(name), members, *at, rec);
+            }
+            Event::MembersAdded { conversation_id, members, .. } => {
+                let conv = conversation_id.to_string();
+                for (user, role) in members {
+                    self.push(
+                        "INSERT INTO members (conversation_id, user_id, ordinal, role, left_seq)
+                         VALUES ($1, $2, (SELECT COALESCE(MAX(ordinal), -1) + 1 FROM members WHERE conversation_id = $1),
+                                 $3, NULL)
+                         ON CONFLICT (conversation_id, user_id) DO UPDATE
+                         SET role = excluded.role, left_seq = NULL, ordinal = excluded.ordinal",
+                        vec![p(conv.clone()), p(user.to_string()), p(role_to_str(*role))],
+                    );
+                }
+                self.touch(&conv, rec);
+            }
+            Event::MemberRemoved { conversation_id, user, .. } | Event::MemberLeft { conversation_id, user, .. } => {
+                let conv = conversation_id.to_string();
+                self.push(
+                    "UPDATE members SET left_seq = $3 WHERE conversation_id = $1 AND user_id = $2",
+                    vec![p(conv.clone()), p(user.to_string()), p(version)],
+                );
+                self.touch(&conv, rec);
+                // The person who left (or was removed) learns of it too.
+                extra = Some(*user);
+            }
+            Event::RoleChanged { conversation_id, user, role, .. } => {
+                let conv = conversation_id.to_string();
+                self.push(
+                    "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+                    vec![p(conv.clone()), p(user.to_string()), p(role_to_str(*role))],
+                );
+                self.touch(&conv, rec);
+            }
+            Event::GroupRenamed { conversation_id, name, .. } => {
+                let conv = conversation_id.to_string();
+                self.push(
+                    "UPDATE conversations SET name = $2 WHERE conversation_id = $1",
+                    vec![p(conv.clone()), p(name.clone())],
+                );
+                self.touch(&conv, rec);
+            }
+            Event::MessageSent(m) => {
+                let conv = m.conversation_id.to_string();
+                let Content::Text(text) = &m.content;
+                self.push(
+                    "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id,
+                                           client_msg_id, content_kind, text, sent_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
+                    vec![
+                        p(conv.clone()),
+                        p(version),
+                        p(rec.position as i64),
+                        p(m.sender_user_id.to_string()),
+                        p(m.sender_device_id.to_string()),
+                        p(m.client_msg_id.as_str().to_owned()),
+                        p(text.clone()),
+                        p(m.at.0 as i64),
+                    ],
+                );
+                self.touch(&conv, rec);
+            }
+            Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
+                let (conv, user, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
+                self.push(
+                    "INSERT INTO device_receipts (conversation_id, device_id, user_id, delivered_seq)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (conversation_id, device_id) DO UPDATE
+                     SET delivered_seq = GREATEST(device_receipts.delivered_seq, excluded.delivered_seq)",
+                    vec![p(conv.clone()), p(device.to_string()), p(user.clone()), p(seq)],
+                );
+                self.push(
+                    "INSERT INTO receipts (conversation_id, user_id, delivered_seq) VALUES ($1, $2, $3)
+                     ON CONFLICT (conversation_id, user_id) DO UPDATE
+                     SET delivered_seq = GREATEST(receipts.delivered_seq, excluded.delivered_seq)",
+                    vec![p(conv), p(user), p(seq)],
+                );
+            }
+            Event::ReadUpTo { conversation_id, user, seq, .. } => {
+                self.push(
+                    "INSERT INTO receipts (conversation_id, user_id, read_seq) VALUES ($1, $2, $3)
+                     ON CONFLICT (conversation_id, user_id) DO UPDATE
+                     SET read_seq = GREATEST(receipts.read_seq, excluded.read_seq)",
+                    vec![p(conversation_id.to_string()), p(user.to_string()), p(seq.0 as i64)],
+                );
+            }
+        }
+        let conv = rec.event.conversation_id().expect("every other event belongs to a conversation").to_string();
+        let position = rec.position as i64;
+        // Into the feed of every current member (the audience)…
+        let feed = self.push(
+            "INSERT INTO feed (user_id, position)
+             SELECT user_id, $2 FROM members WHERE conversation_id = $1 AND left_seq IS NULL
+             ON CONFLICT DO NOTHING RETURNING user_id",
+            vec![p(conv), p(position)],
+        );
+        // …and of whoever just left.
+        if let Some(user) = extra {
+            self.push(
+                "INSERT INTO feed (user_id, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                vec![p(user.to_string()), p(position)],
+            );
+        }
+        (Some(feed), extra)
+    }
+
+    /// Sends every statement in order without waiting in between, then
+    /// collects the answers; returns the planned events with their audiences.
+    async fn run(self, tx: &Transaction<'_>) -> Result<Vec<CommittedEvent>, StoreError> {
+        if self.stmts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut prepared = HashMap::new();
+        for stmt in &self.stmts {
+            if !prepared.contains_key(stmt.sql) {
+                prepared.insert(stmt.sql, tx.prepare_cached(stmt.sql).await?);
+            }
+        }
+        type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+        let mut answers: Vec<Option<Result<Vec<Row>, tokio_postgres::Error>>> =
+            (0..self.stmts.len()).map(|_| None).collect();
+        let mut waiting: Vec<(usize, Pending<'_>)> = Vec::with_capacity(self.stmts.len());
+        for (i, stmt) in self.stmts.iter().enumerate() {
+            let statement = &prepared[stmt.sql];
+            let mut fut: Pending<'_> = Box::pin(async move {
+                let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|b| &**b as _).collect();
+                tx.query(statement, &params).await
+            });
+            // The first poll hands the request to the connection: polling in
+            // order is what keeps the server's order equal to this plan's.
+            match futures::poll!(fut.as_mut()) {
+                Poll::Ready(answer) => answers[i] = Some(answer),
+                Poll::Pending => waiting.push((i, fut)),
+            }
+        }
+        for (i, answer) in
+            futures::future::join_all(waiting.into_iter().map(|(i, f)| async move { (i, f.await) })).await
+        {
+            answers[i] = Some(answer);
+        }
+        let mut rows = Vec::with_capacity(answers.len());
+        for answer in answers {
+            rows.push(answer.expect("every statement answered")?);
+        }
+        self.events
+            .into_iter()
+            .map(|planned| {
+                let mut audience = match planned.feed {
+                    Some(i) => {
+                        rows[i].iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect::<Result<Vec<_>, _>>()?
+                    }
+                    None => Vec::new(),
+                };
+                if let Some(u) = planned.extra.filter(|u| !audience.contains(u)) {
+                    audience.push(u);
+                }
+                Ok(CommittedEvent { event: planned.event, audience })
+            })
+            .collect()
+    }
+}
+
+/// What a wave's reads answered, for all its appends at once.
+#[derive(Default)]
+struct WaveChecks {
+    /// Events already in the log, by id.
+    existing: HashMap<Uuid, RecordedEvent>,
+    /// Stored stream versions (absent: no stream).
+    versions: HashMap<String, u64>,
+    /// (conversation, user) pairs that are current members.
+    active: HashSet<(String, String)>,
+    /// Conversations' last changes of shape (`changed_seq`).
+    changed: HashMap<String, u64>,
+}
+
+/// Reads every check of the wave's appends: three queries, sent together.
+async fn check_wave(tx: &Transaction<'_>, wave: &[WriteJob]) -> Result<WaveChecks, StoreError> {
+    let appends: Vec<&StreamAppend> = wave
+        .iter()
+        .filter_map(|j| match &j.work {
+            Work::Append(a) => Some(a.iter()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let ids: Vec<&[u8]> = appends.iter().flat_map(|a| a.events.iter()).map(|e| e.id.as_bytes().as_slice()).collect();
+    let streams: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
+    let (mut conversations, mut users, mut shaped) = (Vec::new(), Vec::new(), Vec::new());
+    for pre in appends.iter().filter_map(|a| a.precondition) {
+        match pre {
+            Precondition::ActiveMember { conversation, user } => {
+                conversations.push(conversation.to_string());
+                users.push(user.to_string());
+            }
+            Precondition::GroupUnchanged { conversation, .. } => shaped.push(conversation.to_string()),
+        }
+    }
+    let by_id = format!("{SELECT_EVENT} WHERE event_id = ANY($1)");
+    let (id_params, stream_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&ids], [&streams]);
+    let member_params: [&(dyn ToSql + Sync); 2] = [&conversations, &users];
+    let shape_params: [&(dyn ToSql + Sync); 1] = [&shaped];
+    let (existing, versions, active, changed) = futures::try_join!(
+        query(tx, &by_id, &id_params),
+        query(tx, "SELECT stream, version FROM streams WHERE stream = ANY($1)", &stream_params),
+        query(
+            tx,
+            "SELECT m.conversation_id, m.user_id FROM members m
+             JOIN unnest($1::text[], $2::text[]) AS q(conversation_id, user_id)
+               ON m.conversation_id = q.conversation_id AND m.user_id = q.user_id
+             WHERE m.left_seq IS NULL",
+            &member_params,
+        ),
+        async {
+            if shaped.is_empty() {
+                return Ok(Vec::new());
+            }
+            query(
+                tx,
+                "SELECT conversation_id, changed_seq FROM conversations WHERE conversation_id = ANY($1)",
+                &shape_params,
+            )
+            .await
+        }
+    )?;
+    let mut checks = WaveChecks::default();
+    for row in &existing {
+        let rec = row_to_event(row)?;
+        checks.existing.insert(rec.id, rec);
+    }
+    for row in &versions {
+        checks.versions.insert(row.get(0), row.get::<_, i64>(1) as u64);
+    }
+    for row in &active {
+        checks.active.insert((row.get(0), row.get(1)));
+    }
+    for row in &changed {
+        checks.changed.insert(row.get(0), row.get::<_, i64>(1) as u64);
+    }
+    Ok(checks)
+}
+
+/// What the earlier appends of a wave wrote, which the wave's reads cannot see.
+#[derive(Default)]
+struct Overlay {
+    versions: HashMap<String, u64>,
+    events: HashMap<Uuid, RecordedEvent>,
+    /// Conversations whose shape changed: a precondition on them is re-read.
+    reshaped: HashSet<ConversationId>,
+}
+
+/// Decides one append job against the wave's checks and the overlay; plans its rows.
+fn decide(
+    appends: &[StreamAppend],
+    checks: &WaveChecks,
+    overlay: &mut Overlay,
+    plan: &mut Plan,
+    recorded_at: Millis,
+    next: &mut Position,
+) -> Result<AppendOutcome, AppendError> {
+    let mut existing: Vec<RecordedEvent> = appends
+        .iter()
+        .flat_map(|a| a.events.iter())
+        .filter_map(|e| checks.existing.get(&e.id).or_else(|| overlay.events.get(&e.id)).cloned())
+        .collect();
+    if !existing.is_empty() {
+        existing.sort_by_key(|e| e.position);
+        return Ok(AppendOutcome::AlreadyStored(existing));
+    }
+    check_distinct_streams(appends)?;
+    let mut currents = Vec::with_capacity(appends.len());
+    for append in appends {
+        if let Some(pre) = append.precondition {
+            let holds = match pre {
+                Precondition::ActiveMember { conversation, user } => {
+                    checks.active.contains(&(conversation.to_string(), user.to_string()))
+                }
+                Precondition::GroupUnchanged { conversation, since } => {
+                    checks.changed.get(&conversation.to_string()) == Some(&since.0)
+                }
+            };
+            if !holds {
+                return Err(AppendError::PreconditionFailed(pre));
+            }
+        }
+        let stream = append.stream.as_str();
+        let current = overlay.versions.get(stream).or_else(|| checks.versions.get(stream)).copied().unwrap_or(0);
+        append.check_version(current)?;
+        currents.push(current);
+    }
+    let mut recorded = Vec::new();
+    for (append, current) in appends.iter().zip(currents) {
+        let mut version = current;
+        for new in &append.events {
+            version += 1;
+            *next += 1;
+            let rec = RecordedEvent {
+                position: *next,
+                stream: append.stream.clone(),
+                version,
+                id: new.id,
+                recorded_at,
+                event: new.event.clone(),
+            };
+            if rec.event.changes_group() {
+                overlay.reshaped.extend(rec.event.conversation_id());
+            }
+            overlay.events.insert(rec.id, rec.clone());
+            plan.event(rec.clone(), true);
+            recorded.push(rec);
+        }
+        plan.stream_version(append.stream.as_str(), version);
+        overlay.versions.insert(append.stream.as_str().to_owned(), version);
+    }
+    Ok(AppendOutcome::Appended(recorded))
+}
+
+/// Whether an append's precondition may have been changed by the wave so far.
+fn stale_precondition(appends: &[StreamAppend], overlay: &Overlay) -> bool {
+    appends.iter().any(|a| match a.precondition {
+        Some(Precondition::ActiveMember { conversation, .. } | Precondition::GroupUnchanged { conversation, .. }) => {
+            overlay.reshaped.contains(&conversation)
+        }
+        None => false,
+    })
+}
+
+/// Each job's answer, and everything the batch committed (in position order).
+pub(super) type Written = (Vec<Result<AppendOutcome, AppendError>>, Vec<CommittedEvent>);
+
+/// Writes a batch of jobs inside `tx` (which holds the log lock; `next` is the
+/// head). A refused job has written nothing; a storage failure fails it all.
+pub(super) async fn write_jobs(
+    tx: &Transaction<'_>,
+    jobs: &[WriteJob],
+    recorded_at: Millis,
+    next: &mut Position,
+) -> Result<Written, StoreError> {
+    let mut results: Vec<Option<Result<AppendOutcome, AppendError>>> = (0..jobs.len()).map(|_| None).collect();
+    let mut committed = Vec::new();
+    let done = || Some(Ok(AppendOutcome::Appended(Vec::new())));
+    let mut i = 0;
+    while i < jobs.len() {
+        match &jobs[i].work {
+            Work::Import(events) => {
+                committed.extend(import(tx, events, next).await?);
+                results[i] = done();
+                i += 1;
+                continue;
+            }
+            Work::Rebuild => {
+                rebuild(tx).await?;
+                results[i] = done();
+                i += 1;
+                continue;
+            }
+            Work::Append(_) | Work::LastSeen(..) => {}
+        }
+        // A wave: the following appends and last-seen updates.
+        let end = jobs[i..]
+            .iter()
+            .position(|j| matches!(j.work, Work::Import(_) | Work::Rebuild))
+            .map_or(jobs.len(), |k| i + k);
+        let wave = &jobs[i..end];
+        let checks = check_wave(tx, wave).await?;
+        let mut plan = Plan::default();
+        let mut overlay = Overlay::default();
+        let mut decided = i;
+        for (k, job) in wave.iter().enumerate() {
+            match &job.work {
+                Work::LastSeen(user, at) => {
+                    plan.push(
+                        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES ($1, $2)
+                         ON CONFLICT (user_id) DO UPDATE
+                         SET last_seen_ms = GREATEST(last_seen.last_seen_ms, excluded.last_seen_ms)",
+                        vec![p(user.to_string()), p(at.0 as i64)],
+                    );
+                    results[i + k] = done();
+                }
+                Work::Append(appends) => {
+                    if stale_precondition(appends, &overlay) {
+                        break;
+                    }
+                    let outcome = decide(appends, &checks, &mut overlay, &mut plan, recorded_at, next);
+                    if let Err(AppendError::Store(e)) = outcome {
+                        return Err(e);
+                    }
+                    results[i + k] = Some(outcome);
+                }
+                Work::Import(_) | Work::Rebuild => unreachable!("a wave ends before these"),
+            }
+            decided = i + k + 1;
+        }
+        committed.extend(plan.run(tx).await?);
+        i = decided;
+    }
+    Ok((results.into_iter().map(|r| r.expect("every job decided")).collect(), committed))
+}
+
+/// Writes another log's events as they are (positions, versions, ids, times)
+/// and projects them.
+async fn import(
+    tx: &Transaction<'_>,
+    events: &[RecordedEvent],
+    next: &mut Position,
+) -> Result<Vec<CommittedEvent>, StoreError> {
+    let mut plan = Plan::default();
+    for rec in events {
+        if rec.position <= *next {
+            return Err(StoreError::Database(format!(
+                "imported position {} does not follow this log's {next}",
+                rec.position
+            )));
+        }
+        *next = rec.position;
+        plan.event(rec.clone(), true);
+        plan.stream_version(rec.stream.as_str(), rec.version);
+    }
+    plan.run(tx).await
+}
+
+/// The read models, which `rebuild` empties and refills from the log.
+const READ_MODELS: &[&str] =
+    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
+
+async fn rebuild(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    for table in READ_MODELS {
+        tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+    }
+    let mut after = 0i64;
+    loop {
+        let rows =
+            query(tx, &format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT 1000"), &[&after]).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.get(0);
+        let mut plan = Plan::default();
+        for row in &rows {
+            plan.event(row_to_event(row)?, false);
+        }
+        plan.run(tx).await?;
+    }
+    Ok(())
+}
