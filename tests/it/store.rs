@@ -143,6 +143,7 @@ conformance!(
     an_event_appended_twice_at_once_is_stored_once,
     a_send_racing_its_senders_removal_is_before_it_or_refused,
     subscribers_get_commits_with_their_audience,
+    each_message_of_a_batch_reaches_the_members_at_its_own_position,
     read_models_answer_every_query,
     preconditions_are_checked_atomically,
     group_changes_are_decided_on_the_groups_shape_not_its_messages,
@@ -544,6 +545,70 @@ async fn subscribers_get_commits_with_their_audience(b: &Backend) {
     assert_eq!(audience(&|e| matches!(e, Event::MemberRemoved { .. })), BTreeSet::from([w.alice, w.bob, w.carol]));
     let last_message = seen.iter().rev().find(|c| matches!(c.event.event, Event::MessageSent(_))).unwrap();
     assert_eq!(last_message.audience.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([w.alice, w.carol]));
+}
+
+async fn each_message_of_a_batch_reaches_the_members_at_its_own_position(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let mut rx = s.subscribe();
+    let (gs, ds) = (StreamName::conversation(w.group), StreamName::conversation(w.dm));
+    // Bob is back in the group (he was removed in `populate`), then: messages
+    // to the group and the direct conversation, Carol's removal, more messages;
+    // queued together, so they usually share one group commit.
+    let add = Event::MembersAdded {
+        conversation_id: w.group,
+        actor: w.alice,
+        members: vec![(w.bob, Role::Member)],
+        at: Millis(80),
+    };
+    append_one(s, gs.clone(), NewEvent::fresh(add)).await;
+    let send = |stream: &StreamName, conv, n| {
+        s.append(vec![StreamAppend::new(stream.clone(), ExpectedVersion::Any, vec![message(conv, w.alice, n, 81)])])
+    };
+    let removal = StreamAppend::new(
+        gs.clone(),
+        ExpectedVersion::Any,
+        vec![NewEvent::fresh(Event::MemberRemoved {
+            conversation_id: w.group,
+            actor: w.alice,
+            user: w.carol,
+            at: Millis(82),
+        })],
+    );
+    let (g1, d1, g2, removed, g3, d2) = tokio::join!(
+        send(&gs, w.group, 400),
+        send(&ds, w.dm, 401),
+        send(&gs, w.group, 402),
+        s.append(vec![removal]),
+        send(&gs, w.group, 403),
+        send(&ds, w.dm, 404),
+    );
+    let position = |o: Result<AppendOutcome, AppendError>| appended(o.unwrap())[0].position;
+    let (g1, d1, g2, removed, g3, d2) =
+        (position(g1), position(d1), position(g2), position(removed), position(g3), position(d2));
+    let head = s.head().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.last().map_or(0, |c: &natter_server::store::CommittedEvent| c.event.position) < head {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("a batch").unwrap();
+        seen.extend(batch.iter().cloned());
+    }
+    let audience = |p: u64| -> BTreeSet<UserId> {
+        seen.iter().find(|c| c.event.position == p).unwrap().audience.iter().copied().collect()
+    };
+    let (everyone, after) = (BTreeSet::from([w.alice, w.bob, w.carol]), BTreeSet::from([w.alice, w.bob]));
+    assert_eq!(audience(g1), everyone);
+    assert_eq!(audience(g2), everyone);
+    assert_eq!(audience(removed), everyone, "the removed member learns of it");
+    assert_eq!(audience(g3), after, "not Carol's after her removal");
+    let dm_members = BTreeSet::from([w.alice, w.bob]);
+    assert_eq!(audience(d1), dm_members);
+    assert_eq!(audience(d2), dm_members);
+    // The feeds agree with the audiences.
+    let carol_feed = s.feed(w.carol, 0, 1000).await.unwrap();
+    let carol_positions: BTreeSet<_> = carol_feed.iter().map(|e| e.position).collect();
+    assert!([g1, g2, removed].iter().all(|p| carol_positions.contains(p)) && !carol_positions.contains(&g3));
+    let (msgs, _) = s.messages(w.group, HistoryPage::Latest { limit: 3 }, None).await.unwrap();
+    assert_eq!(msgs.iter().map(|m| m.position).collect::<Vec<_>>(), [g1, g2, g3]);
 }
 
 async fn read_models_answer_every_query(b: &Backend) {

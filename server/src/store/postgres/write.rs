@@ -56,26 +56,69 @@ struct PlannedEvent {
 struct Plan {
     stmts: Vec<Stmt>,
     events: Vec<PlannedEvent>,
+    /// Messages planned since the last other statement: written by one
+    /// statement, placed where the next other statement (or the end) is.
+    messages: MessageRun,
+    /// The newest version of each stream written: one upsert at the end.
+    versions: HashMap<String, u64>,
+}
+
+/// A run of consecutive `MessageSent` events, as the columns of `SEND_MESSAGES`.
+#[derive(Default)]
+struct MessageRun {
+    /// Indexes into `Plan::events`.
+    events: Vec<usize>,
+    position: Vec<i64>,
+    stream: Vec<String>,
+    version: Vec<i64>,
+    event_id: Vec<Vec<u8>>,
+    event_type: Vec<&'static str>,
+    schema_version: Vec<i32>,
+    payload: Vec<Vec<u8>>,
+    recorded_at: Vec<i64>,
+    conversation: Vec<String>,
+    sender_user: Vec<String>,
+    sender_device: Vec<String>,
+    client_msg_id: Vec<String>,
+    text: Vec<String>,
+    sent_at: Vec<i64>,
 }
 
 const INSERT_EVENT: &str =
     "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-/// A `MessageSent`: the event row plus its projection (see `Plan::project`).
-const SEND_MESSAGE: &str = "WITH e AS (
+/// A run of `MessageSent` events: their rows plus their projection (the same
+/// rules as `Plan::project`), one statement however many there are. The
+/// parts touch different tables, so one snapshot serves them all. Returns the
+/// feed rows written: each event's audience.
+const SEND_MESSAGES: &str = "WITH i AS (
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::int[],
+                              $7::bytea[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
+                              $13::text[], $14::bigint[])
+             AS i(position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms,
+                  conversation_id, sender_user_id, sender_device_id, client_msg_id, text, sent_at_ms)),
+     e AS (
          INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)),
+         SELECT position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms FROM i),
      m AS (
          INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
                                content_kind, text, sent_at_ms)
-         VALUES ($9, $3, $1, $10, $11, $12, 'text', $13, $14)),
+         SELECT conversation_id, version, position, sender_user_id, sender_device_id, client_msg_id, 'text', text,
+                sent_at_ms
+         FROM i),
      t AS (
-         UPDATE conversations SET last_seq = $3, last_position = $1, last_activity_ms = GREATEST(last_activity_ms, $8)
-         WHERE conversation_id = $9)
+         UPDATE conversations c
+         SET last_seq = l.version, last_position = l.position,
+             last_activity_ms = GREATEST(c.last_activity_ms, l.recorded_at_ms)
+         FROM (SELECT DISTINCT ON (conversation_id) conversation_id, version, position, recorded_at_ms
+               FROM i ORDER BY conversation_id, position DESC) l
+         WHERE c.conversation_id = l.conversation_id)
      INSERT INTO feed (user_id, position)
-     SELECT user_id, $1 FROM members WHERE conversation_id = $9 AND left_seq IS NULL
-     ON CONFLICT DO NOTHING RETURNING user_id";
-const SET_STREAM_VERSION: &str = "INSERT INTO streams (stream, version) VALUES ($1, $2)
+     SELECT mb.user_id, i.position FROM i
+     JOIN members mb ON mb.conversation_id = i.conversation_id AND mb.left_seq IS NULL
+     ON CONFLICT DO NOTHING RETURNING user_id, position";
+const SET_STREAM_VERSIONS: &str = "INSERT INTO streams (stream, version)
+     SELECT * FROM unnest($1::text[], $2::bigint[])
      ON CONFLICT (stream) DO UPDATE SET version = GREATEST(streams.version, excluded.version)";
 const TOUCH_CONVERSATION: &str = "UPDATE conversations SET last_seq = $2, last_position = $3,
             last_activity_ms = GREATEST(last_activity_ms, $4),
@@ -84,40 +127,68 @@ const TOUCH_CONVERSATION: &str = "UPDATE conversations SET last_seq = $2, last_p
 const INSERT_MEMBER: &str = "INSERT INTO members (conversation_id, user_id, ordinal, role) VALUES ($1, $2, $3, $4)";
 
 impl Plan {
+    /// Adds a statement after everything planned so far (messages included).
     fn push(&mut self, sql: &'static str, params: Vec<Param>) -> usize {
+        self.flush_messages();
         self.stmts.push(Stmt { sql, params });
         self.stmts.len() - 1
+    }
+
+    /// Turns the pending run of messages into its one statement.
+    fn flush_messages(&mut self) {
+        if self.messages.events.is_empty() {
+            return;
+        }
+        let run = std::mem::take(&mut self.messages);
+        let at = self.stmts.len();
+        for &e in &run.events {
+            self.events[e].feed = Some(at);
+        }
+        self.stmts.push(Stmt {
+            sql: SEND_MESSAGES,
+            params: vec![
+                p(run.position),
+                p(run.stream),
+                p(run.version),
+                p(run.event_id),
+                p(run.event_type),
+                p(run.schema_version),
+                p(run.payload),
+                p(run.recorded_at),
+                p(run.conversation),
+                p(run.sender_user),
+                p(run.sender_device),
+                p(run.client_msg_id),
+                p(run.text),
+                p(run.sent_at),
+            ],
+        });
     }
 
     /// The event's row (unless rebuilding from the log) and its projection.
     fn event(&mut self, rec: RecordedEvent, with_row: bool) {
         if with_row {
             if let Event::MessageSent(m) = &rec.event {
-                // The hot path: one statement for the event, the message, the
-                // conversation's activity and the feed rows (they touch
-                // different tables, so one snapshot serves them all).
+                // The hot path: joins the run of messages (see `SEND_MESSAGES`).
                 let (ty, schema, payload) = codec::encode(&rec.event);
                 let Content::Text(text) = &m.content;
-                let feed = self.push(
-                    SEND_MESSAGE,
-                    vec![
-                        p(rec.position as i64),
-                        p(rec.stream.as_str().to_owned()),
-                        p(rec.version as i64),
-                        p(rec.id.as_bytes().to_vec()),
-                        p(ty.to_owned()),
-                        p(schema as i32),
-                        p(payload),
-                        p(rec.recorded_at.0 as i64),
-                        p(m.conversation_id.to_string()),
-                        p(m.sender_user_id.to_string()),
-                        p(m.sender_device_id.to_string()),
-                        p(m.client_msg_id.as_str().to_owned()),
-                        p(text.clone()),
-                        p(m.at.0 as i64),
-                    ],
-                );
-                self.events.push(PlannedEvent { event: rec, feed: Some(feed), extra: None });
+                let run = &mut self.messages;
+                run.events.push(self.events.len());
+                run.position.push(rec.position as i64);
+                run.stream.push(rec.stream.as_str().to_owned());
+                run.version.push(rec.version as i64);
+                run.event_id.push(rec.id.as_bytes().to_vec());
+                run.event_type.push(ty);
+                run.schema_version.push(schema as i32);
+                run.payload.push(payload);
+                run.recorded_at.push(rec.recorded_at.0 as i64);
+                run.conversation.push(m.conversation_id.to_string());
+                run.sender_user.push(m.sender_user_id.to_string());
+                run.sender_device.push(m.sender_device_id.to_string());
+                run.client_msg_id.push(m.client_msg_id.as_str().to_owned());
+                run.text.push(text.clone());
+                run.sent_at.push(m.at.0 as i64);
+                self.events.push(PlannedEvent { event: rec, feed: None, extra: None });
                 return;
             }
             let (ty, schema, payload) = codec::encode(&rec.event);
@@ -140,7 +211,8 @@ impl Plan {
     }
 
     fn stream_version(&mut self, stream: &str, version: u64) {
-        self.push(SET_STREAM_VERSION, vec![p(stream.to_owned()), p(version as i64)]);
+        let newest = self.versions.entry(stream.to_owned()).or_default();
+        *newest = (*newest).max(version);
     }
 
     fn touch(&mut self, conv: &str, rec: &RecordedEvent) {
@@ -332,7 +404,7 @@ impl Plan {
         let feed = self.push(
             "INSERT INTO feed (user_id, position)
              SELECT user_id, $2 FROM members WHERE conversation_id = $1 AND left_seq IS NULL
-             ON CONFLICT DO NOTHING RETURNING user_id",
+             ON CONFLICT DO NOTHING RETURNING user_id, position",
             vec![p(conv), p(position)],
         );
         // …and of whoever just left.
@@ -347,7 +419,13 @@ impl Plan {
 
     /// Sends every statement in order without waiting in between, then
     /// collects the answers; returns the planned events with their audiences.
-    async fn run(self, tx: &Transaction<'_>) -> Result<Vec<CommittedEvent>, StoreError> {
+    async fn run(mut self, tx: &Transaction<'_>) -> Result<Vec<CommittedEvent>, StoreError> {
+        self.flush_messages();
+        if !self.versions.is_empty() {
+            let (streams, versions): (Vec<String>, Vec<i64>) =
+                std::mem::take(&mut self.versions).into_iter().map(|(s, v)| (s, v as i64)).unzip();
+            self.stmts.push(Stmt { sql: SET_STREAM_VERSIONS, params: vec![p(streams), p(versions)] });
+        }
         if self.stmts.is_empty() {
             return Ok(Vec::new());
         }
@@ -383,13 +461,17 @@ impl Plan {
         for answer in answers {
             rows.push(answer.expect("every statement answered")?);
         }
+        // Feed rows (user, position) by position: one statement may carry many events' rows.
+        let mut feeds: HashMap<i64, Vec<UserId>> = HashMap::new();
+        let feed_stmts: HashSet<usize> = self.events.iter().filter_map(|e| e.feed).collect();
+        for row in feed_stmts.into_iter().flat_map(|i| &rows[i]) {
+            feeds.entry(row.get(1)).or_default().push(UserId(parse_uuid(row.get(0))?));
+        }
         self.events
             .into_iter()
             .map(|planned| {
                 let mut audience = match planned.feed {
-                    Some(i) => {
-                        rows[i].iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect::<Result<Vec<_>, _>>()?
-                    }
+                    Some(_) => feeds.remove(&(planned.event.position as i64)).unwrap_or_default(),
                     None => Vec::new(),
                 };
                 if let Some(u) = planned.extra.filter(|u| !audience.contains(u)) {
