@@ -226,19 +226,8 @@ impl PostgresStore {
 
 /// The writer's own one-connection pool, on the writer's runtime (connections
 /// are driven by the runtime that opened them).
-///
-/// Its statements are planned for their actual parameters every time
-/// (`plan_cache_mode=force_custom_plan`): a generic plan cached while the log
-/// was small (a sequential scan of `events` for the id check) would otherwise
-/// stay until the next ANALYZE, at a cost that grows with the log times the
-/// batch (measured: 80 % of the writer's server time in a 10 s run).
 fn writer_pool(url: &str) -> Result<Pool, StoreError> {
-    let mut pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
-    let options = match pg.get_options() {
-        Some(theirs) => format!("{theirs} -c plan_cache_mode=force_custom_plan"),
-        None => "-c plan_cache_mode=force_custom_plan".to_owned(),
-    };
-    pg.options(&options);
+    let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(1)

@@ -9,6 +9,8 @@
 //! a list of statements. The list is then sent pipelined, **in order** (each
 //! request is handed to the connection before the next one is created), so the
 //! server runs it exactly as if it had been sent one statement at a time.
+//! Consecutive messages share one statement (`SEND_MESSAGES`), and the stream
+//! versions one upsert at the end of the list.
 //! A precondition whose answer an earlier append of the wave may have changed
 //! (a change of that conversation's shape) ends the wave: the next wave
 //! reads it again, after the writes.
@@ -18,7 +20,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -518,29 +520,31 @@ async fn check_wave(tx: &Transaction<'_>, wave: &[WriteJob]) -> Result<WaveCheck
             Precondition::GroupUnchanged { conversation, .. } => shaped.push(conversation.to_string()),
         }
     }
+    // Unnamed statements, planned for these very arrays each time: a generic
+    // plan cached while the log was small would scan `events` and compare
+    // every row with every id (measured: 80 % of the writer's server time).
     let by_id = format!("{SELECT_EVENT} WHERE event_id = ANY($1)");
-    let (id_params, stream_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&ids], [&streams]);
-    let member_params: [&(dyn ToSql + Sync); 2] = [&conversations, &users];
-    let shape_params: [&(dyn ToSql + Sync); 1] = [&shaped];
+    type Typed<'a> = [(&'a (dyn ToSql + Sync), Type)];
+    let id_params: &Typed = &[(&ids, Type::BYTEA_ARRAY)];
+    let stream_params: &Typed = &[(&streams, Type::TEXT_ARRAY)];
+    let member_params: &Typed = &[(&conversations, Type::TEXT_ARRAY), (&users, Type::TEXT_ARRAY)];
     let (existing, versions, active, changed) = futures::try_join!(
-        query(tx, &by_id, &id_params),
-        query(tx, "SELECT stream, version FROM streams WHERE stream = ANY($1)", &stream_params),
-        query(
-            tx,
+        tx.query_typed(&by_id, id_params),
+        tx.query_typed("SELECT stream, version FROM streams WHERE stream = ANY($1)", stream_params),
+        tx.query_typed(
             "SELECT m.conversation_id, m.user_id FROM members m
              JOIN unnest($1::text[], $2::text[]) AS q(conversation_id, user_id)
                ON m.conversation_id = q.conversation_id AND m.user_id = q.user_id
              WHERE m.left_seq IS NULL",
-            &member_params,
+            member_params,
         ),
         async {
             if shaped.is_empty() {
                 return Ok(Vec::new());
             }
-            query(
-                tx,
+            tx.query_typed(
                 "SELECT conversation_id, changed_seq FROM conversations WHERE conversation_id = ANY($1)",
-                &shape_params,
+                &[(&shaped, Type::TEXT_ARRAY)],
             )
             .await
         }
