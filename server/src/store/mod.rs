@@ -307,6 +307,50 @@ pub enum HistoryPage {
     After { seq: Seq, limit: u32 },
 }
 
+/// Which conversation-list entries a backend loads.
+pub(crate) enum Summaries {
+    Page { before: Option<Position>, limit: u32 },
+    One(ConversationId),
+}
+
+/// The conversation-list rows of both backends (then filtered by user, page or id):
+/// conversation, last activity, last position, the user's left seq, read seq.
+pub(crate) const SELECT_SUMMARIES: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position,
+        m.left_seq, COALESCE(r.read_seq, 0)
+    FROM members m
+    JOIN conversations c ON c.conversation_id = m.conversation_id
+    LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+
+impl HistoryPage {
+    /// The page's `WHERE … ORDER BY` over `messages`, with `mark` as the
+    /// placeholder sign (`$` or `?`) for: 1 the conversation, 2 the bound, 3 the
+    /// limit plus one, 4 the last visible seq. Returns it with the bound, the
+    /// limit and whether rows come newest first.
+    pub(crate) fn query(self, mark: char) -> (String, u64, u32, bool) {
+        let (cmp, bound, limit, newest_first) = match self {
+            HistoryPage::Latest { limit } => (">", 0, limit, true),
+            HistoryPage::Before { seq, limit } => ("<", seq.0, limit, true),
+            HistoryPage::After { seq, limit } => (">", seq.0, limit, false),
+        };
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let sql = format!(
+            "WHERE conversation_id = {mark}1 AND seq {cmp} {mark}2 AND seq <= {mark}4 ORDER BY seq {order} LIMIT {mark}3"
+        );
+        (sql, bound, limit, newest_first)
+    }
+
+    /// Turns the rows of [`HistoryPage::query`] (up to limit + 1) into the page,
+    /// oldest first, and whether there are more.
+    pub(crate) fn finish(mut msgs: Vec<MessageRecord>, limit: u32, newest_first: bool) -> (Vec<MessageRecord>, bool) {
+        let has_more = msgs.len() > limit as usize;
+        msgs.truncate(limit as usize);
+        if newest_first {
+            msgs.reverse();
+        }
+        (msgs, has_more)
+    }
+}
+
 /// Counts for operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {

@@ -33,7 +33,8 @@ mod write;
 use super::{
     codec, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats, CommittedBatch, CommittedEvent,
     ConversationSummary, HistoryPage, Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord,
-    RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, UserRecord, Work, WriteJob,
+    RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work,
+    WriteJob, SELECT_SUMMARIES,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -706,19 +707,9 @@ async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<Conversat
     }))
 }
 
-/// Which list entries to load.
-enum Summaries {
-    Page { before: Option<Position>, limit: u32 },
-    One(ConversationId),
-}
-
 async fn load_summaries(conn: &Object, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
     let me = user.to_string();
-    const SELECT: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position, m.left_seq,
-                                 COALESCE(r.read_seq, 0)
-                          FROM members m
-                          JOIN conversations c ON c.conversation_id = m.conversation_id
-                          LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+    const SELECT: &str = SELECT_SUMMARIES;
     let rows = match which {
         Summaries::Page { before, limit } => {
             cached_query(
@@ -898,30 +889,15 @@ impl Store for PostgresStore {
     ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
         let conn = self.conn().await?;
         let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
-        let (sql, bound, limit, descending) = match page {
-            HistoryPage::Latest { limit } => {
-                ("WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq DESC", 0, limit, true)
-            }
-            HistoryPage::Before { seq, limit } => {
-                ("WHERE conversation_id = $1 AND seq < $2 AND seq <= $4 ORDER BY seq DESC", seq.0, limit, true)
-            }
-            HistoryPage::After { seq, limit } => {
-                ("WHERE conversation_id = $1 AND seq > $2 AND seq <= $4 ORDER BY seq ASC", seq.0, limit, false)
-            }
-        };
+        let (sql, bound, limit, newest_first) = page.query('$');
         let rows = cached_query(
             &conn,
-            &format!("{SELECT_MESSAGE} {sql} LIMIT $3"),
+            &format!("{SELECT_MESSAGE} {sql}"),
             &[&id.to_string(), &(bound as i64), &(i64::from(limit) + 1), &upto],
         )
         .await?;
-        let mut msgs = rows.iter().map(row_to_message).collect::<Result<Vec<_>, _>>()?;
-        let has_more = msgs.len() > limit as usize;
-        msgs.truncate(limit as usize);
-        if descending {
-            msgs.reverse();
-        }
-        Ok((msgs, has_more))
+        let msgs = rows.iter().map(row_to_message).collect::<Result<Vec<_>, _>>()?;
+        Ok(HistoryPage::finish(msgs, limit, newest_first))
     }
 
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError> {

@@ -21,7 +21,7 @@ use super::{
     check_distinct_streams, codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommitHook,
     CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, HistoryPage, Membership, MessageRecord, Position,
     Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
-    StreamAppend, StreamName, UserRecord, Work, WriteJob,
+    StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_SUMMARIES,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -796,19 +796,9 @@ fn load_membership(conn: &Connection, conv: &str, user: &str) -> Result<Option<M
     })
 }
 
-/// Which list entries to load.
-enum Summaries {
-    Page { before: Option<Position>, limit: u32 },
-    One(ConversationId),
-}
-
 fn load_summaries(c: &Connection, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
     let me = user.to_string();
-    const SELECT: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position, m.left_seq,
-                                 COALESCE(r.read_seq, 0)
-                          FROM members m
-                          JOIN conversations c ON c.conversation_id = m.conversation_id
-                          LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+    const SELECT: &str = SELECT_SUMMARIES;
     type Row = (String, i64, i64, Option<i64>, i64);
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -1046,25 +1036,10 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let conv = id.to_string();
             let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
-            let (sql, bound, limit, descending) = match page {
-                HistoryPage::Latest { limit } => {
-                    ("WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq DESC", 0, limit, true)
-                }
-                HistoryPage::Before { seq, limit } => {
-                    ("WHERE conversation_id = ?1 AND seq < ?2 AND seq <= ?4 ORDER BY seq DESC", seq.0, limit, true)
-                }
-                HistoryPage::After { seq, limit } => {
-                    ("WHERE conversation_id = ?1 AND seq > ?2 AND seq <= ?4 ORDER BY seq ASC", seq.0, limit, false)
-                }
-            };
-            let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} {sql} LIMIT ?3"))?;
-            let mut msgs = collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1, upto])?;
-            let has_more = msgs.len() > limit as usize;
-            msgs.truncate(limit as usize);
-            if descending {
-                msgs.reverse();
-            }
-            Ok((msgs, has_more))
+            let (sql, bound, limit, newest_first) = page.query('?');
+            let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} {sql}"))?;
+            let msgs = collect_messages(&mut stmt, params![conv, bound as i64, i64::from(limit) + 1, upto])?;
+            Ok(HistoryPage::finish(msgs, limit, newest_first))
         })
         .await
     }
