@@ -63,12 +63,33 @@ async fn clients_on_two_nodes_chat_live_both_ways_and_see_typing_and_presence() 
     feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if p.online && p.user_id == bob_id)).await;
 
     // Connected to both nodes, Bob leaves one: to Alice he is still online.
+    // (Each step waits until the nodes have recorded it, so a wrong "offline"
+    // would be sent before the message below, not after the test looked.)
     let bob_on_b = node_b.resume(&bob_token).await;
+    wait_for_nodes_online(&db, &bob_id, 2).await;
     bob_on_b.close().await;
+    wait_for_nodes_online(&db, &bob_id, 1).await;
     bob_on_a.send_text(&conv, "b2", "still here").await.unwrap();
     let items = feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Message { .. })).await;
     assert!(items.iter().all(|i| !matches!(i, FeedItem::Presence(p) if !p.online)), "{items:?}");
     assert!(alice.presence(&[&bob_id]).await.unwrap()[0].online);
+}
+
+/// Waits until `user` is recorded online on exactly `nodes` nodes.
+async fn wait_for_nodes_online(db: &PgDatabase, user: &str, nodes: i64) {
+    let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let row = client.query_one("SELECT COUNT(*) FROM online WHERE user_id = $1", &[&user]).await.unwrap();
+        if row.get::<_, i64>(0) == nodes {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{user} never online on {nodes} nodes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    let _ = driver.await;
 }
 
 fn free_udp_port() -> std::net::SocketAddr {

@@ -40,6 +40,8 @@ pub const CHILD_ENV: &[(&str, &str)] = &[
 /// natterd running inside the test process.
 pub struct TestServer {
     server: Option<RunningServer>,
+    /// What it was started with (a restart reuses it: same store, same tweaks).
+    config: Config,
     dir: tempfile::TempDir,
     addr: SocketAddr,
     fingerprint: String,
@@ -65,8 +67,14 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let server = natter_server::start(config).await.expect("natterd starts");
-        Self { addr: server.local_addr(), fingerprint: server.fingerprint().to_owned(), server: Some(server), dir }
+        let server = natter_server::start(config.clone()).await.expect("natterd starts");
+        Self {
+            addr: server.local_addr(),
+            fingerprint: server.fingerprint().to_owned(),
+            server: Some(server),
+            config,
+            dir,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -124,10 +132,11 @@ impl TestServer {
         }
     }
 
-    /// Stops gracefully and starts again on the same data directory and port.
+    /// Stops gracefully and starts again with the same configuration (data
+    /// directory, store) on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let mut config = test_config(self.dir.path());
+        let mut config = self.config.clone();
         config.listen = self.addr;
         let server = natter_server::start(config).await.expect("natterd restarts");
         assert_eq!(server.fingerprint(), self.fingerprint, "the certificate is kept across restarts");
