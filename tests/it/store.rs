@@ -151,6 +151,7 @@ conformance!(
     rebuild_restores_every_answer,
     import_reproduces_every_answer,
     subscribers_see_every_event_once_in_order_under_concurrent_writers,
+    nodes_racing_for_one_stream_version_get_one_winner_and_typed_refusals,
 );
 
 fn stream(name: &str) -> StreamName {
@@ -828,6 +829,51 @@ fn events_in_append(i: usize) -> usize {
         2
     } else {
         1
+    }
+}
+
+/// Every node's checks (expected version, event id, membership) read what the
+/// others committed: racing for one version gives one winner and typed
+/// refusals, never a storage error, and one event sent through two nodes at
+/// once is stored once.
+async fn nodes_racing_for_one_stream_version_get_one_winner_and_typed_refusals(b: &Backend) {
+    // SQLite is one node (its appends still race in its one writer).
+    let mut nodes = vec![b.store.clone()];
+    for _ in 0..3 {
+        nodes.push(b.another_node().await.unwrap_or_else(|| b.store.clone()));
+    }
+    for round in 0..40u128 {
+        let name = stream(&format!("s:race{round}"));
+        let appends = nodes.iter().enumerate().map(|(n, node)| {
+            let append =
+                StreamAppend::new(name.clone(), ExpectedVersion::NoStream, vec![claim(round * 10 + n as u128)]);
+            async move { node.append(vec![append]).await }
+        });
+        let outcomes = futures::future::join_all(appends).await;
+        let won = outcomes.iter().filter(|o| matches!(o, Ok(AppendOutcome::Appended(_)))).count();
+        assert_eq!(won, 1, "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(AppendOutcome::Appended(_)) | Err(AppendError::WrongExpectedVersion { .. }))),
+            "{outcomes:?}"
+        );
+        // One event, sent through every node at once (a client retrying
+        // through another node): stored once, every caller told of it.
+        let event = claim(1_000_000 + round);
+        let twice = stream(&format!("s:same{round}"));
+        let sends = nodes.iter().map(|node| {
+            let append = StreamAppend::new(twice.clone(), ExpectedVersion::Any, vec![event.clone()]);
+            async move { node.append(vec![append]).await }
+        });
+        let outcomes: Vec<_> = futures::future::join_all(sends).await.into_iter().map(Result::unwrap).collect();
+        let stored = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Appended(_))).count();
+        assert_eq!(stored, 1, "{outcomes:?}");
+    }
+    for node in nodes.iter().skip(1) {
+        if !Arc::ptr_eq(node, &b.store) {
+            node.shutdown().await;
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Transaction};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{types::ToSql, AsyncMessage, NoTls, Row};
@@ -294,15 +294,13 @@ impl Writer {
             let started = Instant::now();
             let n = jobs.len();
             let mut outcome = self.commit(&mut jobs).await;
-            if let Err(Failure::BeforeCommit(e)) = &outcome {
-                if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-                    // The connection died before COMMIT was sent, so nothing of
-                    // the batch is stored: run it again on a fresh connection.
-                    tracing::warn!(error = %e, "postgres writer connection lost; retrying the batch");
-                    self.conn = None;
-                    outcome = self.commit(&mut jobs).await;
-                }
+            if let Err((Failure::BeforeCommit(e), true)) = &outcome {
+                // The connection died and the transaction with it, so nothing
+                // of the batch is stored: run it again on a fresh connection.
+                tracing::warn!(error = %e, "postgres writer connection lost; retrying the batch");
+                outcome = self.commit(&mut jobs).await;
             }
+            let outcome = outcome.map_err(|(failure, _)| failure);
             match outcome {
                 Ok((events, messages, commit_took)) => {
                     if let Some(hook) = &self.on_commit {
@@ -312,10 +310,6 @@ impl Writer {
                 Err(failure) => {
                     let e = failure.error();
                     tracing::error!(error = %e, "postgres group commit failed; appends in the batch may not be stored");
-                    // The connection may be broken: the next batch takes a fresh one.
-                    if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
-                        self.conn = None;
-                    }
                     let msg = e.to_string();
                     for job in jobs.drain(..) {
                         let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
@@ -327,38 +321,40 @@ impl Writer {
     }
 
     /// Commits the jobs in one transaction; returns events and messages written
-    /// and how long the COMMIT took. On `Err` no reply was sent; nothing was
-    /// stored unless the failure came at the COMMIT itself (then it is unknown).
-    async fn commit(&mut self, jobs: &mut Vec<WriteJob>) -> Result<(usize, usize, Duration), Failure> {
-        let before = |e: StoreError| Failure::BeforeCommit(e);
+    /// and how long the round trip carrying COMMIT took. On `Err` no reply was
+    /// sent, and the connection is dropped (it may be mid-transaction); nothing
+    /// was stored unless the failure came at the COMMIT itself (then it is
+    /// unknown).
+    /// The `bool` with a failure: whether the connection had died.
+    async fn commit(&mut self, jobs: &mut Vec<WriteJob>) -> Result<(usize, usize, Duration), (Failure, bool)> {
         if self.conn.as_ref().is_some_and(|c| c.is_closed()) {
             self.conn = None;
         }
         if self.conn.is_none() {
-            self.conn = Some(self.pool.get().await.map_err(|e| before(e.into()))?);
+            self.conn = Some(self.pool.get().await.map_err(|e| (Failure::BeforeCommit(e.into()), false))?);
         }
-        let conn = self.conn.as_mut().expect("a connection was just taken");
+        let conn = self.conn.as_ref().expect("a connection was just taken");
         let recorded_at = Millis(now_ms() as u64);
-        let pg = |e: tokio_postgres::Error| Failure::BeforeCommit(e.into());
-        let tx = conn.transaction().await.map_err(pg)?;
-        // The log lock, the tailers' wake-up at commit, and the head, in one
-        // round trip (`natter_begin_write`, migration 1).
-        let begin = tx.prepare_cached("SELECT natter_begin_write($1)").await.map_err(pg)?;
-        let head = tx.query_one(&begin, &[&LOG_LOCK]).await.map_err(pg)?;
-        let mut next = head.get::<_, i64>(0) as u64;
-        let (results, batch) = write::write_jobs(&tx, jobs, recorded_at, &mut next).await.map_err(before)?;
+        let written = match write::write_batch(conn, jobs, recorded_at).await {
+            Ok(written) => written,
+            Err(failure) => {
+                let conn = self.conn.take().expect("the connection written on");
+                let lost = conn.is_closed();
+                // Not back into the pool: it may hold an open transaction.
+                drop(Object::take(conn));
+                return Err((failure, lost));
+            }
+        };
+        let batch = written.committed;
         let wrote = !batch.is_empty() || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild));
-        let commit_started = Instant::now();
-        tx.commit().await.map_err(|e| Failure::AtCommit(e.into()))?;
-        let commit_took = commit_started.elapsed();
-        for (job, result) in jobs.drain(..).zip(results) {
+        for (job, result) in jobs.drain(..).zip(written.results) {
             let _ = job.reply.send(result);
         }
         if wrote {
             self.wake.notify_one();
         }
         let messages = batch.iter().filter(|c| matches!(c.event.event, Event::MessageSent(_))).count();
-        Ok((batch.len(), messages, commit_took))
+        Ok((batch.len(), messages, written.commit_took))
     }
 }
 
@@ -381,9 +377,13 @@ impl Failure {
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-async fn query(tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(sql).await?;
-    tx.query(&stmt, params).await
+/// A connection as the writer uses it: statements prepared once, the
+/// transaction driven by hand (so BEGIN and COMMIT can share round trips).
+type Conn = ClientWrapper;
+
+async fn query(client: &Conn, sql: &str, params: Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let stmt = client.prepare_cached(sql).await?;
+    client.query(&stmt, params).await
 }
 
 const SELECT_EVENT: &str =

@@ -19,12 +19,13 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{parse_uuid, query, row_to_event, Transaction, SELECT_EVENT};
+use super::{parse_uuid, query, row_to_event, Conn, Failure, LOG_LOCK, SELECT_EVENT};
 use crate::domain::conversation::ConversationKind;
 use crate::domain::{Content, ConversationId, Event, Millis, Role, UserId};
 use crate::store::{
@@ -421,20 +422,26 @@ impl Plan {
 
     /// Sends every statement in order without waiting in between, then
     /// collects the answers; returns the planned events with their audiences.
-    async fn run(mut self, tx: &Transaction<'_>) -> Result<Vec<CommittedEvent>, StoreError> {
+    async fn run(self, client: &Conn) -> Result<Vec<CommittedEvent>, StoreError> {
+        self.run_then(client, false).await.map_err(Failure::error)
+    }
+
+    /// [`Plan::run`], with the transaction's COMMIT sent right behind the
+    /// statements when `commit` (one round trip for both). A statement that
+    /// failed aborted the transaction, so the COMMIT then rolls it back:
+    /// `BeforeCommit`. A failed COMMIT leaves the outcome unknown: `AtCommit`.
+    async fn run_then(mut self, client: &Conn, commit: bool) -> Result<Vec<CommittedEvent>, Failure> {
+        let before = Failure::BeforeCommit;
         self.flush_messages();
         if !self.versions.is_empty() {
             let (streams, versions): (Vec<String>, Vec<i64>) =
                 std::mem::take(&mut self.versions).into_iter().map(|(s, v)| (s, v as i64)).unzip();
             self.stmts.push(Stmt { sql: SET_STREAM_VERSIONS, params: vec![p(streams), p(versions)] });
         }
-        if self.stmts.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut prepared = HashMap::new();
         for stmt in &self.stmts {
             if !prepared.contains_key(stmt.sql) {
-                prepared.insert(stmt.sql, tx.prepare_cached(stmt.sql).await?);
+                prepared.insert(stmt.sql, client.prepare_cached(stmt.sql).await.map_err(|e| before(e.into()))?);
             }
         }
         type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
@@ -445,7 +452,7 @@ impl Plan {
             let statement = &prepared[stmt.sql];
             let mut fut: Pending<'_> = Box::pin(async move {
                 let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(|b| &**b as _).collect();
-                tx.query(statement, &params).await
+                client.query(statement, &params).await
             });
             // The first poll hands the request to the connection: polling in
             // order is what keeps the server's order equal to this plan's.
@@ -454,20 +461,32 @@ impl Plan {
                 Poll::Pending => waiting.push((i, fut)),
             }
         }
-        for (i, answer) in
-            futures::future::join_all(waiting.into_iter().map(|(i, f)| async move { (i, f.await) })).await
-        {
+        let commit_sent = async {
+            if commit {
+                client.batch_execute("COMMIT").await
+            } else {
+                Ok(())
+            }
+        };
+        let (answered, committed) = futures::join!(
+            futures::future::join_all(waiting.into_iter().map(|(i, f)| async move { (i, f.await) })),
+            commit_sent
+        );
+        for (i, answer) in answered {
             answers[i] = Some(answer);
         }
+        committed.map_err(|e| Failure::AtCommit(e.into()))?;
         let mut rows = Vec::with_capacity(answers.len());
         for answer in answers {
-            rows.push(answer.expect("every statement answered")?);
+            rows.push(answer.expect("every statement answered").map_err(|e| before(e.into()))?);
         }
         // Feed rows (user, position) by position: one statement may carry many events' rows.
         let mut feeds: HashMap<i64, Vec<UserId>> = HashMap::new();
         let feed_stmts: HashSet<usize> = self.events.iter().filter_map(|e| e.feed).collect();
+        // (Past a successful COMMIT a failure no longer means "nothing stored".)
+        let late = |e| if commit { Failure::AtCommit(e) } else { Failure::BeforeCommit(e) };
         for row in feed_stmts.into_iter().flat_map(|i| &rows[i]) {
-            feeds.entry(row.get(1)).or_default().push(UserId(parse_uuid(row.get(0))?));
+            feeds.entry(row.get(1)).or_default().push(UserId(parse_uuid(row.get(0)).map_err(late)?));
         }
         self.events
             .into_iter()
@@ -499,7 +518,7 @@ struct WaveChecks {
 }
 
 /// Reads every check of the wave's appends: three queries, sent together.
-async fn check_wave(tx: &Transaction<'_>, wave: &[WriteJob]) -> Result<WaveChecks, StoreError> {
+async fn check_wave(client: &Conn, wave: &[WriteJob]) -> Result<WaveChecks, StoreError> {
     let appends: Vec<&StreamAppend> = wave
         .iter()
         .filter_map(|j| match &j.work {
@@ -529,9 +548,9 @@ async fn check_wave(tx: &Transaction<'_>, wave: &[WriteJob]) -> Result<WaveCheck
     let stream_params: &Typed = &[(&streams, Type::TEXT_ARRAY)];
     let member_params: &Typed = &[(&conversations, Type::TEXT_ARRAY), (&users, Type::TEXT_ARRAY)];
     let (existing, versions, active, changed) = futures::try_join!(
-        tx.query_typed(&by_id, id_params),
-        tx.query_typed("SELECT stream, version FROM streams WHERE stream = ANY($1)", stream_params),
-        tx.query_typed(
+        client.query_typed(&by_id, id_params),
+        client.query_typed("SELECT stream, version FROM streams WHERE stream = ANY($1)", stream_params),
+        client.query_typed(
             "SELECT m.conversation_id, m.user_id FROM members m
              JOIN unnest($1::text[], $2::text[]) AS q(conversation_id, user_id)
                ON m.conversation_id = q.conversation_id AND m.user_id = q.user_id
@@ -542,11 +561,12 @@ async fn check_wave(tx: &Transaction<'_>, wave: &[WriteJob]) -> Result<WaveCheck
             if shaped.is_empty() {
                 return Ok(Vec::new());
             }
-            tx.query_typed(
-                "SELECT conversation_id, changed_seq FROM conversations WHERE conversation_id = ANY($1)",
-                &[(&shaped, Type::TEXT_ARRAY)],
-            )
-            .await
+            client
+                .query_typed(
+                    "SELECT conversation_id, changed_seq FROM conversations WHERE conversation_id = ANY($1)",
+                    &[(&shaped, Type::TEXT_ARRAY)],
+                )
+                .await
         }
     )?;
     let mut checks = WaveChecks::default();
@@ -651,48 +671,73 @@ fn stale_precondition(appends: &[StreamAppend], overlay: &Overlay) -> bool {
     })
 }
 
-/// Each job's answer, and everything the batch committed (in position order).
-pub(super) type Written = (Vec<Result<AppendOutcome, AppendError>>, Vec<CommittedEvent>);
+/// A group commit's result: each job's answer, everything the batch committed
+/// (in position order), and how long the round trip carrying COMMIT took.
+pub(super) struct Written {
+    pub results: Vec<Result<AppendOutcome, AppendError>>,
+    pub committed: Vec<CommittedEvent>,
+    pub commit_took: Duration,
+}
 
-/// Writes a batch of jobs inside `tx` (which holds the log lock; `next` is the
-/// head). A refused job has written nothing; a storage failure fails it all.
-pub(super) async fn write_jobs(
-    tx: &Transaction<'_>,
-    jobs: &[WriteJob],
-    recorded_at: Millis,
-    next: &mut Position,
-) -> Result<Written, StoreError> {
+/// The wave starting at job `i` (appends and last-seen updates up to the next
+/// import or rebuild), if job `i` begins one.
+fn wave_at(jobs: &[WriteJob], i: usize) -> Option<std::ops::Range<usize>> {
+    if matches!(jobs.get(i)?.work, Work::Import(_) | Work::Rebuild) {
+        return None;
+    }
+    let end =
+        jobs[i..].iter().position(|j| matches!(j.work, Work::Import(_) | Work::Rebuild)).map_or(jobs.len(), |k| i + k);
+    Some(i..end)
+}
+
+/// Writes a batch of jobs in one transaction on `client`, and commits it. A
+/// refused job has written nothing; a storage failure fails it all.
+///
+/// Round trips: the first carries BEGIN, the log lock with the head
+/// (`natter_begin_write`) and the first wave's checks (the server runs them in
+/// that order, so the checks see everything committed before the lock was
+/// granted); the last carries the last wave's writes and COMMIT. A batch of
+/// appends is two round trips.
+pub(super) async fn write_batch(client: &Conn, jobs: &[WriteJob], recorded_at: Millis) -> Result<Written, Failure> {
+    let before = |e: StoreError| Failure::BeforeCommit(e);
+    let pg = |e: tokio_postgres::Error| Failure::BeforeCommit(e.into());
+    let begin_write = client.prepare_cached("SELECT natter_begin_write($1)").await.map_err(pg)?;
+    let first = wave_at(jobs, 0);
+    let (began, head, first_checks) =
+        futures::join!(client.batch_execute("BEGIN"), client.query_one(&begin_write, &[&LOG_LOCK]), async {
+            match &first {
+                Some(wave) => check_wave(client, &jobs[wave.clone()]).await.map(Some),
+                None => Ok(None),
+            }
+        });
+    began.map_err(pg)?;
+    let mut next = head.map_err(pg)?.get::<_, i64>(0) as u64;
+    let mut first_checks = first_checks.map_err(before)?;
+
     let mut results: Vec<Option<Result<AppendOutcome, AppendError>>> = (0..jobs.len()).map(|_| None).collect();
     let mut committed = Vec::new();
+    let mut commit_took = None;
     let done = || Some(Ok(AppendOutcome::Appended(Vec::new())));
     let mut i = 0;
     while i < jobs.len() {
-        match &jobs[i].work {
-            Work::Import(events) => {
-                committed.extend(import(tx, events, next).await?);
-                results[i] = done();
-                i += 1;
-                continue;
+        let Some(wave) = wave_at(jobs, i) else {
+            match &jobs[i].work {
+                Work::Import(events) => committed.extend(import(client, events, &mut next).await.map_err(before)?),
+                Work::Rebuild => rebuild(client).await.map_err(before)?,
+                Work::Append(_) | Work::LastSeen(..) => unreachable!("these make waves"),
             }
-            Work::Rebuild => {
-                rebuild(tx).await?;
-                results[i] = done();
-                i += 1;
-                continue;
-            }
-            Work::Append(_) | Work::LastSeen(..) => {}
-        }
-        // A wave: the following appends and last-seen updates.
-        let end = jobs[i..]
-            .iter()
-            .position(|j| matches!(j.work, Work::Import(_) | Work::Rebuild))
-            .map_or(jobs.len(), |k| i + k);
-        let wave = &jobs[i..end];
-        let checks = check_wave(tx, wave).await?;
+            results[i] = done();
+            i += 1;
+            continue;
+        };
+        let checks = match first_checks.take() {
+            Some(checks) => checks,
+            None => check_wave(client, &jobs[wave.clone()]).await.map_err(before)?,
+        };
         let mut plan = Plan::default();
         let mut overlay = Overlay::default();
         let mut decided = i;
-        for (k, job) in wave.iter().enumerate() {
+        for (k, job) in jobs[wave].iter().enumerate() {
             match &job.work {
                 Work::LastSeen(user, at) => {
                     plan.push(
@@ -707,9 +752,9 @@ pub(super) async fn write_jobs(
                     if stale_precondition(appends, &overlay) {
                         break;
                     }
-                    let outcome = decide(appends, &checks, &mut overlay, &mut plan, recorded_at, next);
+                    let outcome = decide(appends, &checks, &mut overlay, &mut plan, recorded_at, &mut next);
                     if let Err(AppendError::Store(e)) = outcome {
-                        return Err(e);
+                        return Err(before(e));
                     }
                     results[i + k] = Some(outcome);
                 }
@@ -717,16 +762,31 @@ pub(super) async fn write_jobs(
             }
             decided = i + k + 1;
         }
-        committed.extend(plan.run(tx).await?);
+        let last = decided == jobs.len();
+        let sent = Instant::now();
+        committed.extend(plan.run_then(client, last).await?);
+        if last {
+            commit_took = Some(sent.elapsed());
+        }
         i = decided;
     }
-    Ok((results.into_iter().map(|r| r.expect("every job decided")).collect(), committed))
+    let commit_took = match commit_took {
+        Some(took) => took,
+        None => {
+            // The batch ended with an import or a rebuild: COMMIT on its own.
+            let sent = Instant::now();
+            client.batch_execute("COMMIT").await.map_err(|e| Failure::AtCommit(e.into()))?;
+            sent.elapsed()
+        }
+    };
+    let results = results.into_iter().map(|r| r.expect("every job decided")).collect();
+    Ok(Written { results, committed, commit_took })
 }
 
 /// Writes another log's events as they are (positions, versions, ids, times)
 /// and projects them.
 async fn import(
-    tx: &Transaction<'_>,
+    client: &Conn,
     events: &[RecordedEvent],
     next: &mut Position,
 ) -> Result<Vec<CommittedEvent>, StoreError> {
@@ -742,28 +802,29 @@ async fn import(
         plan.event(rec.clone(), true);
         plan.stream_version(rec.stream.as_str(), rec.version);
     }
-    plan.run(tx).await
+    plan.run(client).await
 }
 
 /// The read models, which `rebuild` empties and refills from the log.
 const READ_MODELS: &[&str] =
     &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
 
-async fn rebuild(tx: &Transaction<'_>) -> Result<(), StoreError> {
+async fn rebuild(client: &Conn) -> Result<(), StoreError> {
     for table in READ_MODELS {
-        tx.execute(&format!("DELETE FROM {table}"), &[]).await?;
+        client.execute(&format!("DELETE FROM {table}"), &[]).await?;
     }
     let mut after = 0i64;
     loop {
         let rows =
-            query(tx, &format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT 1000"), &[&after]).await?;
+            query(client, &format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT 1000"), &[&after])
+                .await?;
         let Some(last) = rows.last() else { break };
         after = last.get(0);
         let mut plan = Plan::default();
         for row in &rows {
             plan.event(row_to_event(row)?, false);
         }
-        plan.run(tx).await?;
+        plan.run(client).await?;
     }
     Ok(())
 }
