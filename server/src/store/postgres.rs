@@ -360,7 +360,8 @@ impl Writer {
 
 /// How a group commit failed.
 enum Failure {
-    /// Before COMMIT was sent: nothing of the batch is stored.
+    /// Before COMMIT, or a statement failed and the COMMIT behind it rolled
+    /// the transaction back: nothing of the batch is stored.
     BeforeCommit(StoreError),
     /// At COMMIT: the batch may or may not be stored (callers retry; appends
     /// are idempotent by event id).
