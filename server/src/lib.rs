@@ -31,17 +31,19 @@ use crate::store::{CommitHook, Store};
 /// Why natterd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data directory {path}: {source}")]
+    // The cause is the source, not in the message: error reports print the
+    // chain once (`Caused by:`), not twice.
+    #[error("data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] tls::TlsError),
-    #[error("store: {0}")]
+    #[error("store")]
     Store(#[from] store::StoreError),
     #[error("store.backend \"postgres\" needs store.url")]
     NoStoreUrl,
-    #[error("auth: {0}")]
+    #[error("auth")]
     Auth(#[from] auth::AuthError),
-    #[error("transport: {0}")]
+    #[error("transport")]
     Transport(#[from] transport::TransportError),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),

@@ -113,9 +113,24 @@ impl From<tokio_postgres::Error> for StoreError {
         // The server's message, when there is one, says more than the wrapper.
         match e.as_db_error() {
             Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Database(e.to_string()),
+            None => StoreError::Database(with_causes(&e)),
         }
     }
+}
+
+/// An error's message followed by its causes' ("error connecting to server:
+/// Connection refused (os error 111)").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !message.contains(&more) {
+            message = format!("{message}: {more}");
+        }
+        cause = c.source();
+    }
+    message
 }
 
 impl From<tokio_postgres::Error> for AppendError {
@@ -126,7 +141,14 @@ impl From<tokio_postgres::Error> for AppendError {
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::Database(format!("connection pool: {e}"))
+        match e {
+            // Say why the database refused, not only that the pool could not connect.
+            deadpool_postgres::PoolError::Backend(e) => match StoreError::from(e) {
+                StoreError::Database(why) => StoreError::Database(format!("connecting to postgres: {why}")),
+                other => other,
+            },
+            other => StoreError::Database(format!("connection pool: {}", with_causes(&other))),
+        }
     }
 }
 
