@@ -17,6 +17,7 @@
 //! `LISTEN natter_log` for other nodes' commits, with a slow poll as a safety net.
 //! The same listening connection carries the cluster channel (`natter_signal`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::{types::ToSql, AsyncMessage, NoTls, Row};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -990,21 +992,29 @@ impl Store for PostgresStore {
 
     async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError> {
         let conn = self.conn().await?;
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            let rows = cached_query(
-                &conn,
-                "SELECT u.hide_last_seen, l.last_seen_ms FROM users u
-                 LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = $1",
-                &[&user.to_string()],
+        // One round trip for all of them, planned for this array (not a
+        // generic plan that may compare every row with every id).
+        let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
+        let rows = conn
+            .query_typed(
+                "SELECT u.user_id, u.hide_last_seen, l.last_seen_ms FROM users u
+                 LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = ANY($1)",
+                &[(&ids, Type::TEXT_ARRAY)],
             )
             .await?;
-            if let Some(r) = rows.first() {
-                let seen: Option<i64> = r.get(1);
-                out.push(PresenceRecord { user, last_seen: seen.map(|s| Millis(s as u64)), hide_last_seen: r.get(0) });
-            }
+        let mut found = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let seen: Option<i64> = r.get(2);
+            found.insert(UserId(parse_uuid(r.get(0))?), (r.get::<_, bool>(1), seen.map(|s| Millis(s as u64))));
         }
-        Ok(out)
+        // In the order asked (as the embedded store answers); unknown users left out.
+        Ok(users
+            .into_iter()
+            .filter_map(|user| {
+                let &(hide_last_seen, last_seen) = found.get(&user)?;
+                Some(PresenceRecord { user, last_seen, hide_last_seen })
+            })
+            .collect())
     }
 
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
