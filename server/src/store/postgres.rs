@@ -177,7 +177,7 @@ impl PostgresStore {
         let stop = CancellationToken::new();
         let (committed, _) = broadcast::channel(1024);
         let wake = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(refresh_plans(pool.clone(), stop.clone()))];
         let cluster = if config.serve {
             let node = Uuid::new_v4().to_string();
             let cluster = Arc::new(PgCluster { pool: pool.clone(), node, messages: broadcast::channel(1024).0 });
@@ -212,7 +212,10 @@ impl PostgresStore {
                 };
                 runtime.block_on(async move {
                     match writer_pool(&url) {
-                        Ok(pool) => Writer { pool, conn: None, wake, on_commit }.run(rx, max_batch).await,
+                        Ok(pool) => {
+                            let plans_from = Instant::now();
+                            Writer { pool, conn: None, wake, on_commit, plans_from }.run(rx, max_batch).await
+                        }
                         Err(e) => tracing::error!(error = %e, "postgres writer cannot start"),
                     }
                 });
@@ -263,6 +266,25 @@ fn writer_pool(url: &str) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Database(format!("connection pool: {e}")))
 }
 
+/// How long a prepared statement (and the plan PostgreSQL chose for it) is
+/// kept. A generic plan is chosen once, on the statistics of that moment: one
+/// made while a table was a few rows long scans it sequentially, and stays
+/// until something invalidates it. Re-preparing every minute bounds that (it
+/// costs one Parse round trip per statement a minute).
+const PLAN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Drops the reader pool's prepared statements every [`PLAN_LIFETIME`].
+async fn refresh_plans(pool: Pool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PLAN_LIFETIME);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => pool.manager().statement_caches.clear(),
+        }
+    }
+}
+
 async fn migrate(conn: &mut Object) -> Result<(), StoreError> {
     let tx = conn.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -302,6 +324,8 @@ struct Writer {
     /// Wakes this node's tailer after a commit.
     wake: Arc<Notify>,
     on_commit: Option<CommitHook>,
+    /// When its prepared statements were last dropped (see [`PLAN_LIFETIME`]).
+    plans_from: Instant,
 }
 
 impl Writer {
@@ -316,6 +340,10 @@ impl Writer {
                 }
             }
             let started = Instant::now();
+            if started - self.plans_from > PLAN_LIFETIME {
+                self.pool.manager().statement_caches.clear();
+                self.plans_from = started;
+            }
             let n = jobs.len();
             let mut outcome = self.commit(&mut jobs).await;
             if let Err((Failure::BeforeCommit(e), true)) = &outcome {
