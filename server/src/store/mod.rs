@@ -218,6 +218,10 @@ pub enum StoreError {
     Corrupt { position: Position, reason: String },
     #[error("the store is shut down")]
     Closed,
+    /// The database went away mid-request (a restart, a cut connection):
+    /// worth retrying on a fresh connection.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -113,9 +113,21 @@ pub struct PostgresStore {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The server's message, when there is one, says more than the wrapper.
-        match e.as_db_error() {
-            Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Database(with_causes(&e)),
+        // Connection failures, and the server ending the session (class 08;
+        // 57P01-57P03: shut down, crashed, not yet accepting).
+        let gone = e.is_closed()
+            || e.as_db_error().is_some_and(|db| {
+                let code = db.code().code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+            });
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => with_causes(&e),
+        };
+        if gone {
+            StoreError::Unavailable(message)
+        } else {
+            StoreError::Database(message)
         }
     }
 }
@@ -147,6 +159,7 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             // Say why the database refused, not only that the pool could not connect.
             deadpool_postgres::PoolError::Backend(e) => match StoreError::from(e) {
                 StoreError::Database(why) => StoreError::Database(format!("connecting to postgres: {why}")),
+                StoreError::Unavailable(why) => StoreError::Unavailable(format!("connecting to postgres: {why}")),
                 other => other,
             },
             other => StoreError::Database(format!("connection pool: {}", with_causes(&other))),
@@ -173,6 +186,9 @@ impl PostgresStore {
             .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
         let mut conn = pool.get().await?;
         migrate(&mut conn).await?;
+        let head = head_position(&conn).await?;
+        // Back to the pool before anything else needs one (`readers` may be 1).
+        drop(conn);
 
         let stop = CancellationToken::new();
         let (committed, _) = broadcast::channel(1024);
@@ -181,7 +197,6 @@ impl PostgresStore {
         let cluster = if config.serve {
             let node = Uuid::new_v4().to_string();
             let cluster = Arc::new(PgCluster { pool: pool.clone(), node, messages: broadcast::channel(1024).0 });
-            let head = head_position(&conn).await?;
             tasks.push(tokio::spawn(listen(config.url.clone(), wake.clone(), cluster.clone(), stop.clone())));
             tasks.push(tokio::spawn(tail(
                 pool.clone(),
@@ -197,7 +212,6 @@ impl PostgresStore {
         } else {
             None
         };
-        drop(conn);
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         // The writer gets a thread and a runtime of its own, like the embedded
         // store's writer thread: its round trips to the server are its whole
@@ -250,6 +264,27 @@ impl PostgresStore {
     async fn conn(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+
+    /// Runs a read on a pooled connection. When the database dropped that
+    /// connection (a restart, a cut), the pool may not know yet: the read runs
+    /// again on another, up to [`READ_ATTEMPTS`] times. A dead connection is
+    /// not handed out again (the pool checks on return).
+    async fn read<T, F, Fut>(&self, read: F) -> Result<T, StoreError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match read(self.conn().await?).await {
+                Err(StoreError::Unavailable(e)) if attempt < READ_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "postgres connection lost during a read; retrying");
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
 }
 
 /// The writer's own one-connection pool, on the writer's runtime (connections
@@ -265,6 +300,9 @@ fn writer_pool(url: &str) -> Result<Pool, StoreError> {
         .build()
         .map_err(|e| StoreError::Database(format!("connection pool: {e}")))
 }
+
+/// Attempts at a read whose connection turns out to be dead.
+const READ_ATTEMPTS: u32 = 3;
 
 /// How long a prepared statement (and the plan PostgreSQL chose for it) is
 /// kept. A generic plan is chosen once, on the statistics of that moment: one
@@ -391,7 +429,7 @@ impl Writer {
             Ok(written) => written,
             Err(failure) => {
                 let conn = self.conn.take().expect("the connection written on");
-                let lost = conn.is_closed();
+                let lost = conn.is_closed() || matches!(failure, Failure::BeforeCommit(StoreError::Unavailable(_)));
                 // Not back into the pool: it may hold an open transaction.
                 drop(Object::take(conn));
                 return Err((failure, lost));
@@ -833,19 +871,23 @@ impl Store for PostgresStore {
     }
 
     async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
-        let conn = self.conn().await?;
-        let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
-        events_from(&cached_query(&conn, &sql, &[&(after as i64), &i64::from(limit)]).await?)
+        self.read(|conn| async move {
+            let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
+            events_from(&cached_query(&conn, &sql, &[&(after as i64), &i64::from(limit)]).await?)
+        })
+        .await
     }
 
     async fn read_stream(&self, stream: &StreamName, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
-        let conn = self.conn().await?;
-        let sql = format!("{SELECT_EVENT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3");
-        events_from(&cached_query(&conn, &sql, &[&stream.as_str(), &(after as i64), &i64::from(limit)]).await?)
+        self.read(|conn| async move {
+            let sql = format!("{SELECT_EVENT} WHERE stream = $1 AND version > $2 ORDER BY version LIMIT $3");
+            events_from(&cached_query(&conn, &sql, &[&stream.as_str(), &(after as i64), &i64::from(limit)]).await?)
+        })
+        .await
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
-        head_position(&self.conn().await?).await
+        self.read(|conn| async move { head_position(&conn).await }).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
@@ -853,68 +895,78 @@ impl Store for PostgresStore {
     }
 
     async fn feed(&self, user: UserId, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
-                    e.recorded_at_ms
-             FROM feed f JOIN events e ON e.position = f.position
-             WHERE f.user_id = $1 AND f.position > $2 ORDER BY f.position LIMIT $3",
-            &[&user.to_string(), &(after as i64), &i64::from(limit)],
-        )
-        .await?;
-        events_from(&rows)
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT e.position, e.stream, e.version, e.event_id, e.event_type, e.schema_version, e.payload,
+                        e.recorded_at_ms
+                 FROM feed f JOIN events e ON e.position = f.position
+                 WHERE f.user_id = $1 AND f.position > $2 ORDER BY f.position LIMIT $3",
+                &[&user.to_string(), &(after as i64), &i64::from(limit)],
+            )
+            .await?;
+            events_from(&rows)
+        })
+        .await
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE email = $1"), &[&email.as_str()]).await?;
-        rows.first().map(row_to_user).transpose()
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE email = $1"), &[&email.as_str()]).await?;
+            rows.first().map(row_to_user).transpose()
+        })
+        .await
     }
 
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
-        rows.first().map(row_to_user).transpose()
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
+            rows.first().map(row_to_user).transpose()
+        })
+        .await
     }
 
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = $1",
-            &[&token_hash.0.as_slice()],
-        )
-        .await?;
-        rows.first()
-            .map(|r| {
-                Ok(SessionRecord {
-                    user_id: UserId(parse_uuid(r.get(0))?),
-                    device_id: DeviceId(parse_uuid(r.get(1))?),
-                    device_name: r.get(2),
-                    revoked: r.get(3),
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = $1",
+                &[&token_hash.0.as_slice()],
+            )
+            .await?;
+            rows.first()
+                .map(|r| {
+                    Ok(SessionRecord {
+                        user_id: UserId(parse_uuid(r.get(0))?),
+                        device_id: DeviceId(parse_uuid(r.get(1))?),
+                        device_name: r.get(2),
+                        revoked: r.get(3),
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
+        })
+        .await
     }
 
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
-        load_conversation(&self.conn().await?, &id.to_string()).await
+        self.read(|conn| async move { load_conversation(&conn, &id.to_string()).await }).await
     }
 
     async fn membership(&self, id: ConversationId, user: UserId) -> Result<Option<Membership>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT role, left_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
-            &[&id.to_string(), &user.to_string()],
-        )
-        .await?;
-        let Some(row) = rows.first() else { return Ok(None) };
-        Ok(Some(match row.get::<_, Option<i64>>(1) {
-            Some(left) => Membership::Former { left_at: Seq(left as u64) },
-            None => Membership::Active(parse_role(row.get(0))?),
-        }))
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT role, left_seq FROM members WHERE conversation_id = $1 AND user_id = $2",
+                &[&id.to_string(), &user.to_string()],
+            )
+            .await?;
+            let Some(row) = rows.first() else { return Ok(None) };
+            Ok(Some(match row.get::<_, Option<i64>>(1) {
+                Some(left) => Membership::Former { left_at: Seq(left as u64) },
+                None => Membership::Active(parse_role(row.get(0))?),
+            }))
+        })
+        .await
     }
 
     async fn conversations_for_user(
@@ -923,7 +975,7 @@ impl Store for PostgresStore {
         before: Option<Position>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        load_summaries(&self.conn().await?, user, Summaries::Page { before, limit }).await
+        self.read(|conn| async move { load_summaries(&conn, user, Summaries::Page { before, limit }).await }).await
     }
 
     async fn conversation_summary(
@@ -931,7 +983,7 @@ impl Store for PostgresStore {
         user: UserId,
         id: ConversationId,
     ) -> Result<Option<ConversationSummary>, StoreError> {
-        Ok(load_summaries(&self.conn().await?, user, Summaries::One(id)).await?.pop())
+        self.read(|conn| async move { Ok(load_summaries(&conn, user, Summaries::One(id)).await?.pop()) }).await
     }
 
     async fn messages(
@@ -940,73 +992,83 @@ impl Store for PostgresStore {
         page: HistoryPage,
         visible_upto: Option<Seq>,
     ) -> Result<(Vec<MessageRecord>, bool), StoreError> {
-        let conn = self.conn().await?;
-        let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
-        let (sql, bound, limit, newest_first) = page.query('$');
-        let rows = cached_query(
-            &conn,
-            &format!("{SELECT_MESSAGE} {sql}"),
-            &[&id.to_string(), &(bound as i64), &(i64::from(limit) + 1), &upto],
-        )
-        .await?;
-        let msgs = rows.iter().map(row_to_message).collect::<Result<Vec<_>, _>>()?;
-        Ok(HistoryPage::finish(msgs, limit, newest_first))
+        self.read(|conn| async move {
+            let upto = visible_upto.map_or(i64::MAX, |s| s.0 as i64);
+            let (sql, bound, limit, newest_first) = page.query('$');
+            let rows = cached_query(
+                &conn,
+                &format!("{SELECT_MESSAGE} {sql}"),
+                &[&id.to_string(), &(bound as i64), &(i64::from(limit) + 1), &upto],
+            )
+            .await?;
+            let msgs = rows.iter().map(row_to_message).collect::<Result<Vec<_>, _>>()?;
+            Ok(HistoryPage::finish(msgs, limit, newest_first))
+        })
+        .await
     }
 
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            &format!("{SELECT_MESSAGE} WHERE conversation_id = $1 AND seq = $2"),
-            &[&id.to_string(), &(seq.0 as i64)],
-        )
-        .await?;
-        rows.first().map(row_to_message).transpose()
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                &format!("{SELECT_MESSAGE} WHERE conversation_id = $1 AND seq = $2"),
+                &[&id.to_string(), &(seq.0 as i64)],
+            )
+            .await?;
+            rows.first().map(row_to_message).transpose()
+        })
+        .await
     }
 
     async fn receipt(&self, id: ConversationId, user: UserId) -> Result<ReceiptRecord, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 AND user_id = $2",
-            &[&id.to_string(), &user.to_string()],
-        )
-        .await?;
-        let (delivered, read) = rows.first().map_or((0, 0), |r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
-        Ok(ReceiptRecord { user, delivered: Seq(delivered as u64), read: Seq(read as u64) })
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 AND user_id = $2",
+                &[&id.to_string(), &user.to_string()],
+            )
+            .await?;
+            let (delivered, read) = rows.first().map_or((0, 0), |r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+            Ok(ReceiptRecord { user, delivered: Seq(delivered as u64), read: Seq(read as u64) })
+        })
+        .await
     }
 
     async fn receipts(&self, id: ConversationId) -> Result<Vec<ReceiptRecord>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT user_id, delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 ORDER BY user_id",
-            &[&id.to_string()],
-        )
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReceiptRecord {
-                    user: UserId(parse_uuid(r.get(0))?),
-                    delivered: Seq(r.get::<_, i64>(1) as u64),
-                    read: Seq(r.get::<_, i64>(2) as u64),
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT user_id, delivered_seq, read_seq FROM receipts WHERE conversation_id = $1 ORDER BY user_id",
+                &[&id.to_string()],
+            )
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReceiptRecord {
+                        user: UserId(parse_uuid(r.get(0))?),
+                        delivered: Seq(r.get::<_, i64>(1) as u64),
+                        read: Seq(r.get::<_, i64>(2) as u64),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
-        let conn = self.conn().await?;
-        let row = conn
-            .query_one(
-                "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM users),
-                        (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM messages),
-                        (SELECT COALESCE(MAX(position), 0) FROM events)",
-                &[],
-            )
-            .await?;
-        let n = |i: usize| row.get::<_, i64>(i) as u64;
-        Ok(StoreStats { events: n(0), users: n(1), conversations: n(2), messages: n(3), head: n(4) })
+        self.read(|conn| async move {
+            let row = conn
+                .query_one(
+                    "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM users),
+                            (SELECT COUNT(*) FROM conversations), (SELECT COUNT(*) FROM messages),
+                            (SELECT COALESCE(MAX(position), 0) FROM events)",
+                    &[],
+                )
+                .await?;
+            let n = |i: usize| row.get::<_, i64>(i) as u64;
+            Ok(StoreStats { events: n(0), users: n(1), conversations: n(2), messages: n(3), head: n(4) })
+        })
+        .await
     }
 
     async fn health(&self) -> Result<(), StoreError> {
@@ -1019,49 +1081,56 @@ impl Store for PostgresStore {
     }
 
     async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError> {
-        let conn = self.conn().await?;
-        // One round trip for all of them, planned for this array (not a
-        // generic plan that may compare every row with every id).
-        let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
-        let rows = conn
-            .query_typed(
-                "SELECT u.user_id, u.hide_last_seen, l.last_seen_ms FROM users u
-                 LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = ANY($1)",
-                &[(&ids, Type::TEXT_ARRAY)],
-            )
-            .await?;
-        let mut found = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            let seen: Option<i64> = r.get(2);
-            found.insert(UserId(parse_uuid(r.get(0))?), (r.get::<_, bool>(1), seen.map(|s| Millis(s as u64))));
-        }
-        // In the order asked (as the embedded store answers); unknown users left out.
-        Ok(users
-            .into_iter()
-            .filter_map(|user| {
-                let &(hide_last_seen, last_seen) = found.get(&user)?;
-                Some(PresenceRecord { user, last_seen, hide_last_seen })
-            })
-            .collect())
+        let users = &users;
+        self.read(|conn| async move {
+            // One round trip for all of them, planned for this array (not a
+            // generic plan that may compare every row with every id).
+            let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
+            let rows = conn
+                .query_typed(
+                    "SELECT u.user_id, u.hide_last_seen, l.last_seen_ms FROM users u
+                     LEFT JOIN last_seen l ON l.user_id = u.user_id WHERE u.user_id = ANY($1)",
+                    &[(&ids, Type::TEXT_ARRAY)],
+                )
+                .await?;
+            let mut found = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                let seen: Option<i64> = r.get(2);
+                found.insert(UserId(parse_uuid(r.get(0))?), (r.get::<_, bool>(1), seen.map(|s| Millis(s as u64))));
+            }
+            // In the order asked (as the embedded store answers); unknown users left out.
+            Ok(users
+                .iter()
+                .filter_map(|&user| {
+                    let &(hide_last_seen, last_seen) = found.get(&user)?;
+                    Some(PresenceRecord { user, last_seen, hide_last_seen })
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(
-            &conn,
-            "SELECT DISTINCT other.user_id FROM members me
-             JOIN members other ON other.conversation_id = me.conversation_id
-             WHERE me.user_id = $1 AND me.left_seq IS NULL AND other.left_seq IS NULL AND other.user_id <> $1",
-            &[&user.to_string()],
-        )
-        .await?;
-        rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT DISTINCT other.user_id FROM members me
+                 JOIN members other ON other.conversation_id = me.conversation_id
+                 WHERE me.user_id = $1 AND me.left_seq IS NULL AND other.left_seq IS NULL AND other.user_id <> $1",
+                &[&user.to_string()],
+            )
+            .await?;
+            rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+        })
+        .await
     }
 
     async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError> {
-        let conn = self.conn().await?;
-        let rows = cached_query(&conn, "SELECT user_id, last_seen_ms FROM last_seen ORDER BY user_id", &[]).await?;
-        rows.iter().map(|r| Ok((UserId(parse_uuid(r.get(0))?), Millis(r.get::<_, i64>(1) as u64)))).collect()
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, "SELECT user_id, last_seen_ms FROM last_seen ORDER BY user_id", &[]).await?;
+            rows.iter().map(|r| Ok((UserId(parse_uuid(r.get(0))?), Millis(r.get::<_, i64>(1) as u64)))).collect()
+        })
+        .await
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError> {
