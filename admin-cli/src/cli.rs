@@ -60,10 +60,20 @@ pub fn main_entry() -> anyhow::Result<()> {
             if !matches!(to, crate::Location::Postgres(_)) {
                 anyhow::bail!("--to must be a postgres:// URL");
             }
+            // On a terminal one line that counts up; in a log a line per tenth.
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut shown = 0;
             let report = runtime.block_on(crate::copy_log(&from, &to, |at, of| {
-                eprint!("\rcopied up to position {at} of {of}");
+                if terminal {
+                    eprint!("\rcopied up to position {at} of {of}");
+                } else if at == of || at * 10 / of.max(1) > shown {
+                    shown = at * 10 / of.max(1);
+                    eprintln!("copied up to position {at} of {of}");
+                }
             }))?;
-            eprintln!();
+            if terminal {
+                eprintln!();
+            }
             println!(
                 "copied {} events (log head {}); {} read-model answers identical on both sides",
                 report.copied, report.head, report.verified_answers

@@ -17,6 +17,7 @@ use natter_server::domain::{ConversationId, Event, TokenHash, UserId};
 use natter_server::store::postgres::{PostgresConfig, PostgresStore};
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
 use natter_server::store::{HistoryPage, Store, StoreStats};
+use sha2::Digest;
 
 /// Counts of a data directory's log and read models.
 ///
@@ -144,7 +145,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     }
     let mut s = Snapshot::default();
     let mut put = |k: String, v: String| {
-        s.answers.insert(k, v);
+        s.answers.insert(k, compact(v));
     };
     put("stats".into(), format!("{:?}", store.stats().await?));
     put("head".into(), format!("{:?}", store.head().await?));
@@ -205,6 +206,24 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
         }
     }
     Ok(s)
+}
+
+/// Answers longer than this are kept as their start and a digest: a snapshot
+/// of a large deployment (every feed page of every user) must fit in memory.
+const KEEP_VERBATIM: usize = 512;
+
+/// An answer as a snapshot keeps it: short ones whole, long ones as their
+/// first bytes (to show in a difference), their length and SHA-256.
+fn compact(answer: String) -> String {
+    if answer.len() <= KEEP_VERBATIM {
+        return answer;
+    }
+    let mut start = 200;
+    while !answer.is_char_boundary(start) {
+        start -= 1;
+    }
+    let digest = sha2::Sha256::digest(answer.as_bytes());
+    format!("{}… ({} bytes, sha256 {})", &answer[..start], answer.len(), hex_of(&digest))
 }
 
 fn hex_of(bytes: &[u8]) -> String {
@@ -307,4 +326,23 @@ pub async fn rebuild_store(store: &dyn Store) -> anyhow::Result<usize> {
         bail!("the rebuilt read models answer {question} differently:\n  before: {old}\n  after:  {new}");
     }
     Ok(before.answers.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_answers_are_kept_small_and_still_told_apart() {
+        let long = |last: char| format!("{}{last}", "é".repeat(2_000));
+        let (a, b) = (compact(long('a')), compact(long('b')));
+        assert!(a.len() < 400, "{} bytes kept", a.len());
+        assert_ne!(a, b, "a difference at the very end still shows");
+        assert_eq!(a, compact(long('a')));
+        assert!(a.starts_with("éé") && a.contains("4001 bytes, sha256 "), "{a}");
+        assert_eq!(compact("short".into()), "short");
+        let snapshot = |v: String| Snapshot { answers: BTreeMap::from([("feed u page 0".to_owned(), v)]) };
+        let diff = snapshot(a).first_difference(&snapshot(b)).expect("a difference");
+        assert_eq!(diff.0, "feed u page 0");
+    }
 }
