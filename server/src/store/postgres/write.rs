@@ -69,6 +69,8 @@ struct Plan {
 /// A run of consecutive `MessageSent` events, as the columns of `SEND_MESSAGES`.
 #[derive(Default)]
 struct MessageRun {
+    /// Whether the event rows are written too (not in a rebuild).
+    with_rows: bool,
     /// Indexes into `Plan::events`.
     events: Vec<usize>,
     position: Vec<i64>,
@@ -90,36 +92,49 @@ struct MessageRun {
 const INSERT_EVENT: &str =
     "INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-/// A run of `MessageSent` events: their rows plus their projection (the same
-/// rules as `Plan::project`), one statement however many there are. The
-/// parts touch different tables, so one snapshot serves them all. Returns the
-/// feed rows written: each event's audience.
-const SEND_MESSAGES: &str = "WITH i AS (
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::int[],
-                              $7::bytea[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
-                              $13::text[], $14::bigint[])
-             AS i(position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms,
-                  conversation_id, sender_user_id, sender_device_id, client_msg_id, text, sent_at_ms)),
-     e AS (
+/// A run of `MessageSent` events, projected (the same rules as
+/// `Plan::project`) in one statement however many there are; `$events` is
+/// where the event rows are written too, or nothing. The parts touch
+/// different tables, so one snapshot serves them all. Returns the feed rows
+/// written: each event's audience.
+macro_rules! messages_sql {
+    ($events:literal) => {
+        concat!(
+            "WITH i AS (
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::int[],
+                                      $7::bytea[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                      $13::text[], $14::bigint[])
+                     AS i(position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms,
+                          conversation_id, sender_user_id, sender_device_id, client_msg_id, text, sent_at_ms)),",
+            $events,
+            "m AS (
+                 INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
+                                       content_kind, text, sent_at_ms)
+                 SELECT conversation_id, version, position, sender_user_id, sender_device_id, client_msg_id, 'text',
+                        text, sent_at_ms
+                 FROM i),
+             t AS (
+                 UPDATE conversations c
+                 SET last_seq = l.version, last_position = l.position,
+                     last_activity_ms = GREATEST(c.last_activity_ms, l.recorded_at_ms)
+                 FROM (SELECT DISTINCT ON (conversation_id) conversation_id, version, position, recorded_at_ms
+                       FROM i ORDER BY conversation_id, position DESC) l
+                 WHERE c.conversation_id = l.conversation_id)
+             INSERT INTO feed (user_id, position)
+             SELECT mb.user_id, i.position FROM i
+             JOIN members mb ON mb.conversation_id = i.conversation_id AND mb.left_seq IS NULL
+             ON CONFLICT DO NOTHING RETURNING user_id, position"
+        )
+    };
+}
+/// New messages: their event rows and their projection.
+const SEND_MESSAGES: &str = messages_sql!(
+    "e AS (
          INSERT INTO events (position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms)
-         SELECT position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms FROM i),
-     m AS (
-         INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                               content_kind, text, sent_at_ms)
-         SELECT conversation_id, version, position, sender_user_id, sender_device_id, client_msg_id, 'text', text,
-                sent_at_ms
-         FROM i),
-     t AS (
-         UPDATE conversations c
-         SET last_seq = l.version, last_position = l.position,
-             last_activity_ms = GREATEST(c.last_activity_ms, l.recorded_at_ms)
-         FROM (SELECT DISTINCT ON (conversation_id) conversation_id, version, position, recorded_at_ms
-               FROM i ORDER BY conversation_id, position DESC) l
-         WHERE c.conversation_id = l.conversation_id)
-     INSERT INTO feed (user_id, position)
-     SELECT mb.user_id, i.position FROM i
-     JOIN members mb ON mb.conversation_id = i.conversation_id AND mb.left_seq IS NULL
-     ON CONFLICT DO NOTHING RETURNING user_id, position";
+         SELECT position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms FROM i),"
+);
+/// Messages already in the log (a rebuild): their projection only.
+const PROJECT_MESSAGES: &str = messages_sql!("");
 const SET_STREAM_VERSIONS: &str = "INSERT INTO streams (stream, version)
      SELECT * FROM unnest($1::text[], $2::bigint[])
      ON CONFLICT (stream) DO UPDATE SET version = GREATEST(streams.version, excluded.version)";
@@ -142,13 +157,14 @@ impl Plan {
         if self.messages.events.is_empty() {
             return;
         }
-        let run = std::mem::take(&mut self.messages);
+        let with_rows = self.messages.with_rows;
+        let run = std::mem::replace(&mut self.messages, MessageRun { with_rows, ..MessageRun::default() });
         let at = self.stmts.len();
         for &e in &run.events {
             self.events[e].feed = Some(at);
         }
         self.stmts.push(Stmt {
-            sql: SEND_MESSAGES,
+            sql: if run.with_rows { SEND_MESSAGES } else { PROJECT_MESSAGES },
             params: vec![
                 p(run.position),
                 p(run.stream),
@@ -170,30 +186,34 @@ impl Plan {
 
     /// The event's row (unless rebuilding from the log) and its projection.
     fn event(&mut self, rec: RecordedEvent, with_row: bool) {
-        if with_row {
-            if let Event::MessageSent(m) = &rec.event {
-                // The hot path: joins the run of messages (see `SEND_MESSAGES`).
-                let (ty, schema, payload) = codec::encode(&rec.event);
-                let Content::Text(text) = &m.content;
-                let run = &mut self.messages;
-                run.events.push(self.events.len());
-                run.position.push(rec.position as i64);
-                run.stream.push(rec.stream.as_str().to_owned());
-                run.version.push(rec.version as i64);
-                run.event_id.push(rec.id.as_bytes().to_vec());
-                run.event_type.push(ty);
-                run.schema_version.push(schema as i32);
-                run.payload.push(payload);
-                run.recorded_at.push(rec.recorded_at.0 as i64);
-                run.conversation.push(m.conversation_id.to_string());
-                run.sender_user.push(m.sender_user_id.to_string());
-                run.sender_device.push(m.sender_device_id.to_string());
-                run.client_msg_id.push(m.client_msg_id.as_str().to_owned());
-                run.text.push(text.clone());
-                run.sent_at.push(m.at.0 as i64);
-                self.events.push(PlannedEvent { event: rec, feed: None, extra: None });
-                return;
+        if let Event::MessageSent(m) = &rec.event {
+            // The hot path: joins the run of messages (see `messages_sql`).
+            if self.messages.with_rows != with_row {
+                self.flush_messages();
+                self.messages.with_rows = with_row;
             }
+            let (ty, schema, payload) = codec::encode(&rec.event);
+            let Content::Text(text) = &m.content;
+            let run = &mut self.messages;
+            run.events.push(self.events.len());
+            run.position.push(rec.position as i64);
+            run.stream.push(rec.stream.as_str().to_owned());
+            run.version.push(rec.version as i64);
+            run.event_id.push(rec.id.as_bytes().to_vec());
+            run.event_type.push(ty);
+            run.schema_version.push(schema as i32);
+            run.payload.push(payload);
+            run.recorded_at.push(rec.recorded_at.0 as i64);
+            run.conversation.push(m.conversation_id.to_string());
+            run.sender_user.push(m.sender_user_id.to_string());
+            run.sender_device.push(m.sender_device_id.to_string());
+            run.client_msg_id.push(m.client_msg_id.as_str().to_owned());
+            run.text.push(text.clone());
+            run.sent_at.push(m.at.0 as i64);
+            self.events.push(PlannedEvent { event: rec, feed: None, extra: None });
+            return;
+        }
+        if with_row {
             let (ty, schema, payload) = codec::encode(&rec.event);
             self.push(
                 INSERT_EVENT,
@@ -356,26 +376,7 @@ impl Plan {
                 );
                 self.touch(&conv, rec);
             }
-            Event::MessageSent(m) => {
-                let conv = m.conversation_id.to_string();
-                let Content::Text(text) = &m.content;
-                self.push(
-                    "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id,
-                                           client_msg_id, content_kind, text, sent_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'text', $7, $8)",
-                    vec![
-                        p(conv.clone()),
-                        p(version),
-                        p(rec.position as i64),
-                        p(m.sender_user_id.to_string()),
-                        p(m.sender_device_id.to_string()),
-                        p(m.client_msg_id.as_str().to_owned()),
-                        p(text.clone()),
-                        p(m.at.0 as i64),
-                    ],
-                );
-                self.touch(&conv, rec);
-            }
+            Event::MessageSent(_) => unreachable!("messages are planned in runs (`Plan::event`)"),
             Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
                 let (conv, user, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
                 self.push(
