@@ -76,14 +76,18 @@ impl Location {
                 }
                 Arc::new(SqliteStore::open(&config).with_context(|| format!("opening {}", dir.display()))?)
             }
-            Self::Postgres(url) => {
-                let mut config = PostgresConfig::new(url);
-                config.serve = false;
-                config.readers = 4;
-                Arc::new(PostgresStore::open(&config).await.context("connecting to PostgreSQL")?)
-            }
+            Self::Postgres(url) => Arc::new(open_postgres(url).await?),
         })
     }
+}
+
+/// The PostgreSQL store as the admin tool uses it: not a node (no tailer, no
+/// heartbeat), a few readers.
+async fn open_postgres(url: &str) -> anyhow::Result<PostgresStore> {
+    let mut config = PostgresConfig::new(url);
+    config.serve = false;
+    config.readers = 4;
+    PostgresStore::open(&config).await.context("connecting to PostgreSQL")
 }
 
 /// Every read-model answer of a store, by question: two stores that answer
@@ -308,6 +312,19 @@ pub async fn copy_between(
 /// # Errors
 /// When the store fails or an answer changed.
 pub async fn rebuild(at: &Location) -> anyhow::Result<usize> {
+    if let Location::Postgres(url) = at {
+        // Nodes writing meanwhile would wait on the log lock for the whole
+        // rebuild, and change answers between the before and after check.
+        let store = open_postgres(url).await?;
+        let live = store.live_nodes().await;
+        store.shutdown().await;
+        match live? {
+            0 => {}
+            n => {
+                bail!("{n} natterd node(s) are serving this database; stop them first (a killed node counts for 10 s)")
+            }
+        }
+    }
     let store = at.open().await?;
     let result = rebuild_store(store.as_ref()).await;
     store.shutdown().await;

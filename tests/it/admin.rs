@@ -80,6 +80,15 @@ async fn copy_log_moves_a_deployment_to_postgres_with_every_answer_the_same() {
     // And it goes on from there.
     alice.send_text(&dm, "after", "on postgres now").await.unwrap();
 
+    // A rebuild is refused while a node serves the database, and works once it stopped.
+    let e = natter_admin::rebuild(&to).await.unwrap_err();
+    assert!(format!("{e:#}").contains("1 natterd node(s) are serving this database"), "{e:#}");
+    drop(alice);
+    let mut server = server;
+    server.stop().await;
+    let answers = natter_admin::rebuild(&to).await.unwrap();
+    assert!(answers > 30, "{answers}");
+
     // The binary says what it did; copying into a database holding another log is refused.
     let other = TestServer::start().await;
     other.new_user("zed@example.org").await;

@@ -261,6 +261,26 @@ impl PostgresStore {
         }
     }
 
+    /// How many natterd nodes serve this database (a heartbeat within the
+    /// last 10 s; a node that stopped gracefully has left at once).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn live_nodes(&self) -> Result<u64, StoreError> {
+        self.read(|conn| async move {
+            let row = conn
+                .query_one(
+                    &format!(
+                        "SELECT COUNT(*) FROM nodes WHERE heartbeat_at > now() - interval '{NODE_EXPIRY_SECS} seconds'"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
+    }
+
     async fn conn(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
