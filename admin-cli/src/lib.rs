@@ -325,6 +325,15 @@ pub async fn rebuild(at: &Location) -> anyhow::Result<usize> {
             }
         }
     }
+    // A data directory natterd is using is locked; the rebuild holds the lock
+    // so natterd cannot start meanwhile.
+    let _lock = match at {
+        Location::DataDir(dir) if SqliteConfig::in_dir(dir).path.exists() => Some(
+            natter_server::lock_data_dir(dir)?
+                .ok_or_else(|| anyhow::anyhow!("natterd is running on {}; stop it first", dir.display()))?,
+        ),
+        _ => None,
+    };
     let store = at.open().await?;
     let result = rebuild_store(store.as_ref()).await;
     store.shutdown().await;

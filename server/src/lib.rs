@@ -35,6 +35,8 @@ pub enum StartError {
     // chain once (`Caused by:`), not twice.
     #[error("data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("data directory {0} is in use by another natterd")]
+    DataDirInUse(PathBuf),
     #[error("TLS")]
     Tls(#[from] tls::TlsError),
     #[error("store")]
@@ -97,6 +99,30 @@ impl RunningServer {
     }
 }
 
+/// The file natterd holds an exclusive lock on while it runs.
+pub const DATA_DIR_LOCK: &str = "natterd.lock";
+
+/// Takes the data directory's lock (`natterd.lock`): `None` when another
+/// process holds it. The operating system releases it when the holder exits,
+/// however it exits.
+///
+/// # Errors
+/// When the lock file cannot be opened.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> Result<Option<std::fs::File>, StartError> {
+    let path = data_dir.join(DATA_DIR_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(source)) => Err(StartError::DataDir { path, source }),
+    }
+}
+
 /// Starts natterd with `config` on the current tokio runtime.
 ///
 /// # Errors
@@ -113,6 +139,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_err)?;
         }
     }
+    let lock = lock_data_dir(data_dir)?.ok_or_else(|| StartError::DataDirInUse(data_dir.clone()))?;
     let identity = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_generate(&data_dir.join("tls"), &config.tls.names)?,
@@ -180,6 +207,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
+        // Held until the log is closed: one natterd per data directory.
+        let _lock = lock;
         transport::serve(endpoint.clone(), service, transport_config, token, grace, metrics).await;
         // Every connection is closed: flush and close the log.
         store.shutdown().await;

@@ -106,8 +106,10 @@ async fn copy_log_moves_a_deployment_to_postgres_with_every_answer_the_same() {
 async fn rebuild_of_a_data_directory_keeps_every_answer() {
     let mut server = TestServer::start().await;
     chat_on(&server).await;
-    server.stop().await;
     let at = natter_admin::Location::parse(server.data_dir().to_str().unwrap());
+    let e = natter_admin::rebuild(&at).await.unwrap_err();
+    assert!(format!("{e:#}").contains("natterd is running on"), "{e:#}");
+    server.stop().await;
     let answers = natter_admin::rebuild(&at).await.unwrap();
     assert!(answers > 30, "{answers}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter-admin-under-test"))

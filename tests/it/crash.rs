@@ -78,3 +78,18 @@ async fn sigterm_shuts_down_gracefully_with_exit_zero() {
     let mode = std::fs::metadata(dir.path().join("tls/key.pem")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn one_natterd_per_data_directory_until_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = ChildServer::spawn(&crate::natterd(), dir.path(), free_udp_port());
+    let mut config = natter_tests::test_config(dir.path());
+    config.listen = free_udp_port();
+    let refused = natter_server::start(config.clone()).await.err().expect("a second natterd is refused");
+    assert!(matches!(refused, natter_server::StartError::DataDirInUse(_)), "{refused:?}");
+    assert!(refused.to_string().contains("in use by another natterd"), "{refused}");
+    // The lock dies with its holder, however it dies.
+    running.kill9();
+    let server = natter_server::start(config).await.expect("the data directory is free again");
+    server.shutdown().await;
+}

@@ -16,8 +16,9 @@ use natter_server::RunningServer;
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// Cheap argon2 parameters: tests exercise the real hashing path, just faster.
-fn test_config(data_dir: &Path) -> Config {
+/// The configuration tests start natterd with: a free port, and cheap argon2
+/// parameters (tests exercise the real hashing path, just faster).
+pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config::load(None, Vec::new()).expect("default config");
     config.data_dir = data_dir.to_owned();
     config.listen = "127.0.0.1:0".parse().expect("addr");
