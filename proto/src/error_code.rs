@@ -50,6 +50,7 @@ codes! {
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";
     SHUTTING_DOWN = 502, "The server is shutting down; reconnect (possibly to another node).";
     INTERNAL = 503, "An internal error; it has been logged. Retrying may help.";
+    UNAVAILABLE = 504, "The server cannot reach its database for the moment; retry after retry_after_ms (a retried write is not duplicated).";
 }
 
 impl ErrorCode {

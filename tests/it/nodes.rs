@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use natter_client::proto::GetHistory;
 use natter_client::{Client, ClientError, FeedItem};
-use natter_tests::{feed_until, texts, ChildServer, PgDatabase, TestServer, PASSWORD};
+use natter_tests::{feed_until, message_texts, texts, ChildServer, PgDatabase, PgRelay, TestServer, PASSWORD};
 use tokio::sync::Notify;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -253,4 +253,46 @@ async fn natterd_carries_on_after_its_database_connections_are_cut() {
     assert_eq!(texts(&items), ["after the cut"]);
     let again = alice.send_text(&conv, "after", "after the cut").await.unwrap();
     assert_eq!(again.seq, sent.seq, "not duplicated by the retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_its_database_is_down_natterd_answers_unavailable_then_carries_on() {
+    let Some(db) = PgDatabase::create().await else { return };
+    let relay = PgRelay::start(&db).await;
+    let url = relay.url().to_owned();
+    let server = TestServer::start_with(move |c| {
+        c.store.backend = natter_server::config::StoreBackend::Postgres;
+        c.store.url = Some(url);
+    })
+    .await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let (mut bob_feed, _) = bob.sync(None).await.unwrap();
+    feed_until(&mut bob_feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+    alice.send_text(&conv, "up", "before").await.unwrap();
+
+    relay.set_down(true);
+    match alice.send_text(&conv, "down", "while down").await.unwrap_err() {
+        ClientError::Server { code, retry_after_ms, .. } => {
+            assert_eq!(code, natter_proto::ErrorCode::UNAVAILABLE);
+            assert!(retry_after_ms > 0);
+        }
+        other => panic!("{other}"),
+    }
+    relay.set_down(false);
+    // The retry (same client_msg_id) goes through, and the message exists once.
+    let sent = alice.send_text(&conv, "down", "while down").await.unwrap();
+    let items = feed_until(
+        &mut bob_feed,
+        WAIT,
+        |i| matches!(i, FeedItem::Message { message, .. } if message.client_msg_id == "down"),
+    )
+    .await;
+    assert!(texts(&items).contains(&"while down".to_owned()), "{items:?}");
+    let again = alice.send_text(&conv, "down", "while down").await.unwrap();
+    assert_eq!(again.seq, sent.seq);
+    let page =
+        alice.history(GetHistory { conversation_id: conv.clone(), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(message_texts(&page.messages), ["before", "while down"]);
 }

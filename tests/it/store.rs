@@ -961,79 +961,13 @@ async fn subscribers_see_every_event_once_in_order_under_concurrent_writers(b: &
     }
 }
 
-/// A TCP relay to PostgreSQL that can cut every connection it carries the way
-/// a database restart or a network blip does: the client learns of it only
-/// when it next sends (its connection looked fine in the pool until then).
-struct CutProxy {
-    addr: std::net::SocketAddr,
-    generation: Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CutProxy {
-    async fn start(upstream: String) -> Self {
-        use std::sync::atomic::Ordering;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let current = generation.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let born = current.load(Ordering::SeqCst);
-                let current = current.clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    // As the database driver does: no Nagle delay on pipelined requests.
-                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                    let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
-                    loop {
-                        tokio::select! {
-                            n = client.read(&mut from_client) => {
-                                let Ok(n @ 1..) = n else { return };
-                                // Cut since: the request goes nowhere and the client sees EOF.
-                                if current.load(Ordering::SeqCst) != born { return }
-                                if server.write_all(&from_client[..n]).await.is_err() { return }
-                            }
-                            n = server.read(&mut from_server) => {
-                                let Ok(n @ 1..) = n else { return };
-                                if client.write_all(&from_server[..n]).await.is_err() { return }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Self { addr, generation, task }
-    }
-
-    /// Every connection made so far dies at its next request.
-    fn cut(&self) {
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Reads and writes whose pooled connection the database dropped run again on
 /// a fresh one: the caller never sees the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_and_writes_survive_connections_dropped_under_them() {
     let Some(db) = PgDatabase::create().await else { return };
-    let pg: tokio_postgres::Config = db.url().parse().unwrap();
-    let host = match &pg.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        other => panic!("the PostgreSQL tests need a TCP url, not {other:?}"),
-    };
-    let upstream = format!("{host}:{}", pg.get_ports().first().copied().unwrap_or(5432));
-    let proxy = CutProxy::start(upstream.clone()).await;
-    let through = db.url().replacen(&upstream, &proxy.addr.to_string(), 1);
-    assert_ne!(through, db.url(), "the url names {upstream}");
+    let proxy = natter_tests::PgRelay::start(&db).await;
+    let through = proxy.url().to_owned();
     let mut config = pg_config(&through);
     config.readers = 1;
     let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&config).await.unwrap());

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use natter_client::{Client, ClientConfig, Feed, FeedItem, Trust};
@@ -249,12 +250,21 @@ pub fn texts(items: &[FeedItem]) -> Vec<String> {
     items
         .iter()
         .filter_map(|i| match i {
-            FeedItem::Message { message, .. } => match message.content.as_ref()?.body.as_ref()? {
-                natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
-            },
+            FeedItem::Message { message, .. } => text_of(message),
             _ => None,
         })
         .collect()
+}
+
+/// The texts of messages (a history page), in order.
+pub fn message_texts(messages: &[natter_client::proto::Message]) -> Vec<String> {
+    messages.iter().filter_map(text_of).collect()
+}
+
+fn text_of(message: &natter_client::proto::Message) -> Option<String> {
+    match message.content.as_ref()?.body.as_ref()? {
+        natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
+    }
 }
 
 /// The PostgreSQL server tests use: `NATTERTEST_PG_URL`, else the local one.
@@ -340,4 +350,89 @@ fn announce_pg_skipped(base: &str, why: &str) {
              *** Start PostgreSQL (or set NATTERTEST_PG_URL) to run it; NATTERTEST_REQUIRE_PG=1 makes this a failure.\n"
         );
     });
+}
+
+/// A TCP relay in front of a test database that fails the way a database
+/// restart or a network blip does: [`PgRelay::cut`] kills every connection it
+/// carries at its next request (it looked fine in the pool until then), and
+/// while [`PgRelay::set_down`] holds, new connections are dropped at once.
+pub struct PgRelay {
+    url: String,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgRelay {
+    /// Relays to `db`'s server; [`PgRelay::url`] names `db` through the relay.
+    pub async fn start(db: &PgDatabase) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let pg: tokio_postgres::Config = db.url().parse().expect("database url");
+        let host = match &pg.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("the PostgreSQL tests need a TCP url, not {other:?}"),
+        };
+        let upstream = format!("{host}:{}", pg.get_ports().first().copied().unwrap_or(5432));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let url = db.url().replacen(&upstream, &addr.to_string(), 1);
+        assert_ne!(url, db.url(), "the url names {upstream}");
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (current, is_down) = (generation.clone(), down.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let born = current.load(Ordering::SeqCst);
+                let (current, upstream) = (current.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    // As the database driver does: no Nagle delay on pipelined requests.
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                    let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
+                    loop {
+                        tokio::select! {
+                            n = client.read(&mut from_client) => {
+                                let Ok(n @ 1..) = n else { return };
+                                // Cut since: the request goes nowhere and the client sees EOF.
+                                if current.load(Ordering::SeqCst) != born { return }
+                                if server.write_all(&from_client[..n]).await.is_err() { return }
+                            }
+                            n = server.read(&mut from_server) => {
+                                let Ok(n @ 1..) = n else { return };
+                                if client.write_all(&from_server[..n]).await.is_err() { return }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, generation, down, task }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every connection made so far dies at its next request.
+    pub fn cut(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Down: every connection is cut and new ones are dropped; up: they work again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut();
+        }
+    }
+}
+
+impl Drop for PgRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -126,9 +126,18 @@ impl From<Rejection> for WireError {
     }
 }
 
+/// How long a client is asked to wait when the database is unreachable.
+const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl From<StoreError> for WireError {
     fn from(e: StoreError) -> Self {
         // What broke is logged for the operator; the client gets a generic code.
+        if let StoreError::Unavailable(_) = e {
+            tracing::warn!(error = %e, "database unavailable while serving a request");
+            let mut unavailable = Self::new(ErrorCode::UNAVAILABLE, "the database is unavailable; retry");
+            unavailable.retry_after_ms = UNAVAILABLE_RETRY.as_millis() as u32;
+            return unavailable;
+        }
         tracing::error!(error = %e, "store failure while serving a request");
         Self::new(ErrorCode::INTERNAL, "internal error")
     }

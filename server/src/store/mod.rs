@@ -226,6 +226,22 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// The same failure for another caller (a group commit fails every job in
+    /// it): same kind and message.
+    pub fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Database(m) => StoreError::Database(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Corrupt { position, reason } => {
+                StoreError::Corrupt { position: *position, reason: reason.clone() }
+            }
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
 /// A registered account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {

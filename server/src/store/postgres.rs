@@ -157,11 +157,24 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             // Say why the database refused, not only that the pool could not connect.
-            deadpool_postgres::PoolError::Backend(e) => match StoreError::from(e) {
-                StoreError::Database(why) => StoreError::Database(format!("connecting to postgres: {why}")),
-                StoreError::Unavailable(why) => StoreError::Unavailable(format!("connecting to postgres: {why}")),
-                other => other,
-            },
+            // Refused by the server itself (no such database or role, bad
+            // password): a configuration error. Anything else on the way to
+            // it (refused, reset, timed out, shutting down): unavailable.
+            deadpool_postgres::PoolError::Backend(e) => {
+                let refused_by_server = e.as_db_error().is_some();
+                match StoreError::from(e) {
+                    StoreError::Database(why) if refused_by_server => {
+                        StoreError::Database(format!("connecting to postgres: {why}"))
+                    }
+                    StoreError::Database(why) | StoreError::Unavailable(why) => {
+                        StoreError::Unavailable(format!("connecting to postgres: {why}"))
+                    }
+                    other => other,
+                }
+            }
+            e @ deadpool_postgres::PoolError::Timeout(_) => {
+                StoreError::Unavailable(format!("connection pool: {}", with_causes(&e)))
+            }
             other => StoreError::Database(format!("connection pool: {}", with_causes(&other))),
         }
     }
@@ -420,9 +433,8 @@ impl Writer {
                 Err(failure) => {
                     let e = failure.error();
                     tracing::error!(error = %e, "postgres group commit failed; appends in the batch may not be stored");
-                    let msg = e.to_string();
                     for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+                        let _ = job.reply.send(Err(AppendError::Store(e.for_another())));
                     }
                 }
             }

@@ -296,9 +296,8 @@ fn commit_batch(
             Err(AppendError::Store(e)) => {
                 drop(tx);
                 tracing::error!(error = %e, "sqlite append failed; the group commit is rolled back");
-                let msg = e.to_string();
                 for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+                    let _ = job.reply.send(Err(AppendError::Store(e.for_another())));
                 }
                 return None;
             }
