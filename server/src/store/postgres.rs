@@ -1,8 +1,9 @@
 //! The PostgreSQL backend: the same log and read models as the embedded store,
 //! in a database that several natterd nodes share.
 //!
-//! Writes: each node has one writer task that group-commits (every append
-//! waiting is taken into one transaction, one WAL flush). Every write
+//! Writes: each node has one writer (its own thread, runtime and connection)
+//! that group-commits (every append waiting is taken into one transaction, one
+//! WAL flush, two round trips; what it sends is in `write`). Every write
 //! transaction first takes one advisory lock, `LOG_LOCK`, and assigns positions
 //! after the highest committed one; the lock is released only after the commit
 //! is visible. So positions become visible in position order, across nodes: a
@@ -11,7 +12,9 @@
 //! every check an append makes (expected version, idempotency, membership)
 //! reads the latest committed state, whichever node wrote it.
 //!
-//! Reads: a pool of connections. Subscriptions: a tailer task per node reads
+//! Reads: a pool of connections; a read whose connection the database dropped
+//! runs again on a fresh one, and an unreachable database is
+//! `StoreError::Unavailable`. Subscriptions: a tailer task per node reads
 //! the log by position and publishes batches (with each event's audience, read
 //! back from the feed rows), woken by this node's own commits and by
 //! `LISTEN natter_log` for other nodes' commits, with a slow poll as a safety net.
