@@ -296,3 +296,29 @@ async fn while_its_database_is_down_natterd_answers_unavailable_then_carries_on(
         alice.history(GetHistory { conversation_id: conv.clone(), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(message_texts(&page.messages), ["before", "while down"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_locked_on_one_node_is_locked_on_every_node() {
+    let Some(db) = PgDatabase::create().await else { return };
+    let node_a = TestServer::start_postgres(&db).await;
+    let node_b = TestServer::start_postgres(&db).await;
+    node_a.new_user("alice@example.org").await;
+    node_b.new_user("bob@example.org").await;
+    // Guesses spread over both nodes count together: five wrong passwords lock the account.
+    for guess in 0..5 {
+        let node = if guess % 2 == 0 { &node_a } else { &node_b };
+        let e = node.client().await.login("alice@example.org", "wrong guess", "d").await.unwrap_err();
+        assert_eq!(e.code(), Some(natter_proto::ErrorCode::INVALID_CREDENTIALS), "guess {guess}: {e}");
+    }
+    for node in [&node_a, &node_b] {
+        match node.client().await.login("alice@example.org", PASSWORD, "d").await.unwrap_err() {
+            ClientError::Server { code, retry_after_ms, .. } => {
+                assert_eq!(code, natter_proto::ErrorCode::RATE_LIMITED);
+                assert!(retry_after_ms > 0 && retry_after_ms <= 30_000, "{retry_after_ms}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // Other accounts are not affected.
+    node_b.client().await.login("bob@example.org", PASSWORD, "d").await.unwrap();
+}

@@ -120,6 +120,16 @@ CREATE TABLE online (
     PRIMARY KEY (user_id, node_id)
 );
 
+-- Failed sign-ins per account, shared by every node so that spreading
+-- guesses over nodes gains nothing (session::guard has the rules). Rows idle
+-- for a day are swept by the node heartbeat.
+CREATE TABLE login_failures (
+    email         TEXT COLLATE "C" PRIMARY KEY,
+    failures      INTEGER NOT NULL,
+    locked_until  TIMESTAMPTZ,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- The first statement of every log write (see ARCHITECTURE.md, "Gap-free
 -- positions"): takes the log lock, asks for the commit's wake-up of the nodes'
 -- tailers, and returns the head. VOLATILE, so the MAX reads a fresh snapshot

@@ -1,7 +1,10 @@
 //! Throttling of credential checks: per client address (a token bucket over
 //! sign-ups and log-ins) and per account (after repeated wrong passwords the
 //! account is locked for a growing time). In memory: a restart forgets it,
-//! which only ever errs on the side of letting a user in.
+//! which only ever errs on the side of letting a user in. With several nodes
+//! the account lock-out is kept in the shared database instead
+//! (`Cluster::login_failed`), by the same rules ([`LoginGuard::lock_after`]);
+//! address limits stay per node.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -82,11 +85,17 @@ impl LoginGuard {
         }
         let f = map.entry(email.clone()).or_insert(Failures { count: 0, locked_until: None });
         f.count += 1;
-        if f.count >= self.config.max_failures {
-            let doublings = (f.count - self.config.max_failures).min(16);
-            let lock = self.config.lockout.saturating_mul(1 << doublings).min(MAX_LOCKOUT);
+        if let Some(lock) = self.lock_after(f.count) {
             f.locked_until = Some(now + lock);
         }
+    }
+
+    /// How long an account is locked after `failures` consecutive wrong
+    /// passwords: from the `max_failures`-th on, `lockout` doubling with each
+    /// further one, at most 15 minutes.
+    pub fn lock_after(&self, failures: u32) -> Option<Duration> {
+        let over = failures.checked_sub(self.config.max_failures)?;
+        Some(self.config.lockout.saturating_mul(1 << over.min(16)).min(MAX_LOCKOUT))
     }
 }
 

@@ -601,6 +601,23 @@ impl Service {
         }
     }
 
+    /// Counts a password check of `email` towards its lock-out: in the shared
+    /// database when there are several nodes, else here.
+    async fn record_login(&self, email: &Email, ok: bool) -> Result<(), StoreError> {
+        let Some(cluster) = self.store.cluster() else {
+            self.guard.record(email, ok, std::time::Instant::now());
+            return Ok(());
+        };
+        if ok {
+            return cluster.login_succeeded(email).await;
+        }
+        let failures = cluster.login_failed(email).await?;
+        if let Some(lock) = self.guard.lock_after(failures) {
+            cluster.lock_account(email, lock).await?;
+        }
+        Ok(())
+    }
+
     /// Refuses a credential attempt from an address over its rate.
     fn throttle_address(&self, remote: std::net::IpAddr) -> Result<(), WireError> {
         self.guard
@@ -615,9 +632,11 @@ impl Service {
         let email = Email::parse(&req.email).ok();
         if let Some(email) = &email {
             // A locked account answers the same whoever asks, right password or not.
-            self.guard
-                .check_account(email, std::time::Instant::now())
-                .map_err(|wait| WireError::rate_limited("too many failed sign-ins for this account", wait))?;
+            let locked = match self.store.cluster() {
+                Some(cluster) => cluster.account_locked_for(email).await?.map_or(Ok(()), Err),
+                None => self.guard.check_account(email, std::time::Instant::now()),
+            };
+            locked.map_err(|wait| WireError::rate_limited("too many failed sign-ins for this account", wait))?;
         }
         let user = match &email {
             Some(email) => self.store.user_by_email(email).await?,
@@ -637,7 +656,7 @@ impl Service {
         .map_err(|e| StoreError::Database(format!("verify task: {e}")))?;
         if let Some(email) = &email {
             // Unknown accounts count too: probing them is throttled the same way.
-            self.guard.record(email, ok, std::time::Instant::now());
+            self.record_login(email, ok).await?;
         }
         let Some(user) = user.filter(|_| ok) else {
             return Err(wrong());

@@ -421,6 +421,14 @@ pub trait Cluster: Send + Sync + 'static {
     async fn set_online(&self, user: UserId, online: bool) -> Result<(), StoreError>;
     /// Those of `users` connected to some other live node.
     async fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+    /// How much longer `email` is locked out of signing in, on any node.
+    async fn account_locked_for(&self, email: &Email) -> Result<Option<std::time::Duration>, StoreError>;
+    /// Records a wrong password for `email`; returns its consecutive failures.
+    async fn login_failed(&self, email: &Email) -> Result<u32, StoreError>;
+    /// Locks `email` out of signing in for `lock` from now (never shortening a lock).
+    async fn lock_account(&self, email: &Email, lock: std::time::Duration) -> Result<(), StoreError>;
+    /// A successful sign-in: `email`'s failures are forgotten.
+    async fn login_succeeded(&self, email: &Email) -> Result<(), StoreError>;
 }
 
 /// The log and its read models. One implementation per backend; every

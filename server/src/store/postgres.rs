@@ -697,6 +697,12 @@ impl PgCluster {
             &[],
         )
         .await?;
+        conn.execute(
+            "DELETE FROM login_failures WHERE updated_at < now() - interval '1 day'
+                AND (locked_until IS NULL OR locked_until < now())",
+            &[],
+        )
+        .await?;
         Ok(())
     }
 
@@ -710,6 +716,49 @@ impl PgCluster {
 
 #[async_trait]
 impl Cluster for PgCluster {
+    async fn account_locked_for(&self, email: &Email) -> Result<Option<Duration>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT CEIL(EXTRACT(EPOCH FROM (locked_until - now())) * 1000)::bigint FROM login_failures
+                 WHERE email = $1 AND locked_until > now()",
+                &[&email.as_str()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| Duration::from_millis(r.get::<_, i64>(0).max(1) as u64)))
+    }
+
+    async fn login_failed(&self, email: &Email) -> Result<u32, StoreError> {
+        let conn = self.pool.get().await?;
+        let row = conn
+            .query_one(
+                "INSERT INTO login_failures (email, failures) VALUES ($1, 1)
+                 ON CONFLICT (email) DO UPDATE SET failures = login_failures.failures + 1, updated_at = now()
+                 RETURNING failures",
+                &[&email.as_str()],
+            )
+            .await?;
+        Ok(row.get::<_, i32>(0).max(0) as u32)
+    }
+
+    async fn lock_account(&self, email: &Email, lock: Duration) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "UPDATE login_failures
+             SET locked_until = GREATEST(locked_until, now() + $2::float8 * interval '1 millisecond')
+             WHERE email = $1",
+            &[&email.as_str(), &(lock.as_secs_f64() * 1000.0)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn login_succeeded(&self, email: &Email) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute("DELETE FROM login_failures WHERE email = $1", &[&email.as_str()]).await?;
+        Ok(())
+    }
+
     async fn publish(&self, message: String) -> Result<(), StoreError> {
         if message.len() > MAX_CLUSTER_MESSAGE {
             return Err(StoreError::Database(format!(
