@@ -312,29 +312,33 @@ pub async fn copy_between(
 /// # Errors
 /// When the store fails or an answer changed.
 pub async fn rebuild(at: &Location) -> anyhow::Result<usize> {
-    if let Location::Postgres(url) = at {
-        // Nodes writing meanwhile would wait on the log lock for the whole
-        // rebuild, and change answers between the before and after check.
-        let store = open_postgres(url).await?;
-        let live = store.live_nodes().await;
-        store.shutdown().await;
-        match live? {
-            0 => {}
-            n => {
-                bail!("{n} natterd node(s) are serving this database; stop them first (a killed node counts for 10 s)")
+    let (store, _lock): (Arc<dyn Store>, _) = match at {
+        Location::Postgres(url) => {
+            // Nodes writing meanwhile would wait on the log lock for the whole
+            // rebuild, and change answers between the before and after check.
+            let store = open_postgres(url).await?;
+            match store.live_nodes().await {
+                Ok(0) => {}
+                live => {
+                    store.shutdown().await;
+                    let n = live?;
+                    bail!("{n} natterd node(s) are serving this database; stop them first (a killed node counts for 10 s)");
+                }
             }
+            (Arc::new(store), None)
         }
-    }
-    // A data directory natterd is using is locked; the rebuild holds the lock
-    // so natterd cannot start meanwhile.
-    let _lock = match at {
-        Location::DataDir(dir) if SqliteConfig::in_dir(dir).path.exists() => Some(
-            natter_server::lock_data_dir(dir)?
-                .ok_or_else(|| anyhow::anyhow!("natterd is running on {}; stop it first", dir.display()))?,
-        ),
-        _ => None,
+        // A data directory natterd is using is locked; the rebuild holds the
+        // lock so natterd cannot start meanwhile.
+        Location::DataDir(dir) => {
+            let lock = if SqliteConfig::in_dir(dir).path.exists() {
+                let lock = natter_server::lock_data_dir(dir)?;
+                Some(lock.ok_or_else(|| anyhow::anyhow!("natterd is running on {}; stop it first", dir.display()))?)
+            } else {
+                None
+            };
+            (at.open().await?, lock)
+        }
     };
-    let store = at.open().await?;
     let result = rebuild_store(store.as_ref()).await;
     store.shutdown().await;
     result

@@ -159,7 +159,6 @@ impl From<tokio_postgres::Error> for AppendError {
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
-            // Say why the database refused, not only that the pool could not connect.
             // Refused by the server itself (no such database or role, bad
             // password): a configuration error. Anything else on the way to
             // it (refused, reset, timed out, shutting down): unavailable.
@@ -190,16 +189,7 @@ impl PostgresStore {
     /// # Errors
     /// When the URL is malformed, the database cannot be reached or a migration fails.
     pub async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
-        let pg: tokio_postgres::Config =
-            config.url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(config.readers.max(1))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Database(format!("connection pool: {e}")))?;
+        let pool = connection_pool(&config.url, config.readers.max(1))?;
         let mut conn = pool.get().await?;
         migrate(&mut conn).await?;
         let head = head_position(&conn).await?;
@@ -235,16 +225,18 @@ impl PostgresStore {
         // by timing a wave's checks under S1: milliseconds for a trivial query).
         let writer_task = std::thread::Builder::new().name("natter-pg-writer".into()).spawn({
             let (url, on_commit, max_batch) = (config.url.clone(), config.on_commit.clone(), config.max_batch.max(1));
+            let stop = stop.clone();
             move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => return tracing::error!(error = %e, "postgres writer runtime failed to start"),
                 };
                 runtime.block_on(async move {
-                    match writer_pool(&url) {
+                    match connection_pool(&url, 1) {
                         Ok(pool) => {
-                            let plans_from = Instant::now();
-                            Writer { pool, conn: None, wake, on_commit, plans_from }.run(rx, max_batch).await
+                            // Ends with the runtime, when the writer has stopped.
+                            tokio::spawn(refresh_plans(pool.clone(), stop));
+                            Writer { pool, conn: None, wake, on_commit }.run(rx, max_batch).await
                         }
                         Err(e) => tracing::error!(error = %e, "postgres writer cannot start"),
                     }
@@ -323,13 +315,13 @@ impl PostgresStore {
     }
 }
 
-/// The writer's own one-connection pool, on the writer's runtime (connections
-/// are driven by the runtime that opened them).
-fn writer_pool(url: &str) -> Result<Pool, StoreError> {
+/// A pool of up to `size` connections to `url`, driven by the runtime that
+/// opens them (the writer has its own, of one connection, on its runtime).
+fn connection_pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
-        .max_size(1)
+        .max_size(size)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -347,7 +339,7 @@ const READ_ATTEMPTS: u32 = 3;
 /// costs one Parse round trip per statement a minute).
 const PLAN_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Drops the reader pool's prepared statements every [`PLAN_LIFETIME`].
+/// Drops a pool's prepared statements every [`PLAN_LIFETIME`].
 async fn refresh_plans(pool: Pool, stop: CancellationToken) {
     let mut every = tokio::time::interval(PLAN_LIFETIME);
     every.tick().await;
@@ -398,8 +390,6 @@ struct Writer {
     /// Wakes this node's tailer after a commit.
     wake: Arc<Notify>,
     on_commit: Option<CommitHook>,
-    /// When its prepared statements were last dropped (see [`PLAN_LIFETIME`]).
-    plans_from: Instant,
 }
 
 impl Writer {
@@ -414,10 +404,6 @@ impl Writer {
                 }
             }
             let started = Instant::now();
-            if started - self.plans_from > PLAN_LIFETIME {
-                self.pool.manager().statement_caches.clear();
-                self.plans_from = started;
-            }
             let n = jobs.len();
             let mut outcome = self.commit(&mut jobs).await;
             if let Err((Failure::BeforeCommit(e), true)) = &outcome {
@@ -884,13 +870,12 @@ async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<Conversat
 
 async fn load_summaries(conn: &Object, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
     let me = user.to_string();
-    const SELECT: &str = SELECT_SUMMARIES;
     let rows = match which {
         Summaries::Page { before, limit } => {
             cached_query(
                 conn,
                 &format!(
-                    "{SELECT} WHERE m.user_id = $1 AND c.last_position < $2 ORDER BY c.last_position DESC LIMIT $3"
+                    "{SELECT_SUMMARIES} WHERE m.user_id = $1 AND c.last_position < $2 ORDER BY c.last_position DESC LIMIT $3"
                 ),
                 &[&me, &before.map_or(i64::MAX, |b| b as i64), &i64::from(limit)],
             )
@@ -899,7 +884,7 @@ async fn load_summaries(conn: &Object, user: UserId, which: Summaries) -> Result
         Summaries::One(id) => {
             cached_query(
                 conn,
-                &format!("{SELECT} WHERE m.user_id = $1 AND m.conversation_id = $2"),
+                &format!("{SELECT_SUMMARIES} WHERE m.user_id = $1 AND m.conversation_id = $2"),
                 &[&me, &id.to_string()],
             )
             .await?

@@ -797,7 +797,6 @@ fn load_membership(conn: &Connection, conv: &str, user: &str) -> Result<Option<M
 
 fn load_summaries(c: &Connection, user: UserId, which: Summaries) -> Result<Vec<ConversationSummary>, StoreError> {
     let me = user.to_string();
-    const SELECT: &str = SELECT_SUMMARIES;
     type Row = (String, i64, i64, Option<i64>, i64);
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -805,12 +804,12 @@ fn load_summaries(c: &Connection, user: UserId, which: Summaries) -> Result<Vec<
     let rows: Vec<Row> = match which {
         Summaries::Page { before, limit } => c
             .prepare_cached(&format!(
-                "{SELECT} WHERE m.user_id = ?1 AND c.last_position < ?2 ORDER BY c.last_position DESC LIMIT ?3"
+                "{SELECT_SUMMARIES} WHERE m.user_id = ?1 AND c.last_position < ?2 ORDER BY c.last_position DESC LIMIT ?3"
             ))?
             .query_map(params![me, before.map_or(i64::MAX, |b| b as i64), limit], map)?
             .collect::<Result<_, _>>()?,
         Summaries::One(id) => c
-            .prepare_cached(&format!("{SELECT} WHERE m.user_id = ?1 AND m.conversation_id = ?2"))?
+            .prepare_cached(&format!("{SELECT_SUMMARIES} WHERE m.user_id = ?1 AND m.conversation_id = ?2"))?
             .query_map(params![me, id.to_string()], map)?
             .collect::<Result<_, _>>()?,
     };

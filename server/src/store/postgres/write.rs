@@ -48,7 +48,8 @@ struct Stmt {
 /// Where an event's audience comes from once its statements ran.
 struct PlannedEvent {
     event: RecordedEvent,
-    /// The statement whose `RETURNING user_id` rows are the members it reached.
+    /// The statement whose `RETURNING user_id, position` rows name the members
+    /// it reached (by its position: one statement may carry many events).
     feed: Option<usize>,
     /// Someone who learns of it without being a member (removed, leaving).
     extra: Option<UserId>,
