@@ -256,8 +256,8 @@ pub async fn users(target: &Target, prefix: &str, n: usize) -> anyhow::Result<Ve
             let config = target.config.clone();
             async move {
                 let client = Client::connect_on(&endpoint, &config).await?;
-                client.signup(&email, PASSWORD, "").await?;
-                client.login(&email, PASSWORD, "loadgen").await?;
+                client.signup(&email, PASSWORD, "").await.map_err(sign_in_refused)?;
+                client.login(&email, PASSWORD, "loadgen").await.map_err(sign_in_refused)?;
                 anyhow::Ok(User { email, client })
             }
         }))
@@ -267,6 +267,21 @@ pub async fn users(target: &Target, prefix: &str, n: usize) -> anyhow::Result<Ve
         }
     }
     Ok(out)
+}
+
+/// What to do when natterd throttles the load generator's sign-ins: they all
+/// come from one address, which an ordinary natterd limits.
+fn sign_in_refused(e: natter_client::ClientError) -> anyhow::Error {
+    if e.code() == Some(natter_proto::ErrorCode::RATE_LIMITED) {
+        anyhow::anyhow!(
+            "natterd refused the load generator's sign-ins ({e}). natter-loadgen signs hundreds of users in from one \
+             address: measure a natterd started for it, `natterd --load-test` (a data directory of its own, \
+             ./natter-loadtest-data, and no per-address sign-in limit), or raise the limit with \
+             NATTER_AUTH_ATTEMPTS_PER_MINUTE=1000000"
+        )
+    } else {
+        e.into()
+    }
 }
 
 /// Counts deliveries on a user's feed until told to stop.

@@ -22,7 +22,15 @@ pub struct Args {
     /// TOML configuration file; NATTER_* environment variables override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve natter-loadgen: no per-address sign-in limit, on a data directory
+    /// of its own (default ./natter-loadtest-data) that holds only load-test
+    /// data. Never serve people from it.
+    #[arg(long)]
+    pub load_test: bool,
 }
+
+/// Where `--load-test` keeps its data unless told otherwise.
+pub const LOAD_TEST_DATA_DIR: &str = "./natter-loadtest-data";
 
 /// Runs natterd until SIGINT or SIGTERM.
 ///
@@ -31,17 +39,17 @@ pub struct Args {
 pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
     keep_large_allocations_mapped();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Held to the end: dropping it flushes what is still queued (for at most a
+    // second, so a stuck reader cannot hold up the exit).
+    let _log = init_logging();
     let mut config = Config::load(args.config.as_deref(), std::env::vars()).context("loading configuration")?;
+    if args.load_test {
+        config.load_test = true;
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    } else if config.load_test && config.data_dir == Config::default().data_dir {
+        config.data_dir = PathBuf::from(LOAD_TEST_DATA_DIR);
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -50,28 +58,94 @@ pub fn main_entry() -> anyhow::Result<()> {
     runtime.block_on(run(config))
 }
 
+/// Logs go to stderr from a thread of their own through a bounded queue:
+/// a slow or stopped reader drops lines (the queue is lossy) instead of
+/// blocking the server, and a closed pipe drops them too ([`Stderr`]), so
+/// logging can neither stall a request nor break shutdown.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("natterd-log")
+        .finish(Stderr);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
+        .init();
+    guard
+}
+
+/// stderr that never fails: a line that cannot be written (the pipe behind it
+/// closed) is dropped. Reporting the failure would only mean writing to the
+/// same broken stream.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
+    use std::io::Write;
+    // Signals first: from here on SIGINT and SIGTERM stop natterd, whatever
+    // becomes of its output.
+    let mut signals = Signals::install()?;
     let data_dir = config.data_dir.clone();
-    let server = crate::start(config).await.context("starting natterd")?;
-    // The one line operators and scripts read.
-    println!("natterd listening on {} fingerprint {}", server.local_addr(), server.fingerprint());
+    let server = tokio::select! {
+        started = crate::start(config) => started.context("starting natterd")?,
+        () = signals.next() => return Ok(()),
+    };
+    // The one line operators and scripts read. A closed stdout does not stop
+    // natterd (println! would panic).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "natterd listening on {} fingerprint {}", server.local_addr(), server.fingerprint());
+    let _ = out.flush();
+    drop(out);
     tracing::info!(data_dir = %data_dir.display(), cert = %server.cert_path().display(), "serving");
     let token = server.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining connections and flushing the log");
+        signals.next().await;
         token.cancel();
+        tracing::info!("shutting down: draining connections and flushing the log (a second signal stops at once)");
+        signals.next().await;
+        tracing::warn!("second signal: stopping without draining");
+        std::process::exit(130);
     });
     server.wait().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 

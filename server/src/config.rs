@@ -6,16 +6,24 @@
 //! `[auth]` table (`NATTER_<TABLE>_<KEY>` for the tables below). Values are read as
 //! TOML (numbers, booleans, arrays), else as strings. `NATTER_LOG` is not a
 //! configuration key: it is the log filter (e.g. `info`, `natter_server=debug`).
+//!
+//! natterd claims only the variables that name one of its keys: other programs
+//! share the `NATTER_` prefix (the `natter` client's `NATTER_PROFILE`), so a
+//! variable that names no key is ignored (and logged), unless it looks like a
+//! misspelt key (inside one of natterd's tables, or a letter or two away from a
+//! key), which is an error naming the variable and the key it resembles. A bad
+//! value is an error naming the variable: `NATTER_MAX_CONNECTIONS=lots:
+//! expected a number`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Argon2Config;
 
 /// Everything natterd can be told.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the database, certificates and other state live.
@@ -34,6 +42,10 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Most members a group may have.
     pub max_group_members: usize,
+    /// A natterd for the load generator (`natterd --load-test`): no per-address
+    /// sign-in limit, and a data directory of its own, marked as load-test
+    /// data, that an ordinary natterd refuses (and vice versa).
+    pub load_test: bool,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
@@ -42,14 +54,14 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Serve Prometheus metrics and /healthz over HTTP here; off when unset.
     pub listen: Option<SocketAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EphemeralConfig {
     /// How long "X is typing" shows without a refresh.
@@ -65,7 +77,7 @@ impl Default for EphemeralConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM certificate chain; with `key`. Unset: a self-signed certificate is
@@ -76,7 +88,7 @@ pub struct TlsConfig {
     pub names: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub argon2_memory_kib: Option<u32>,
@@ -109,7 +121,7 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `"sqlite"` (embedded, the default) or `"postgres"` (with `url`).
@@ -130,7 +142,7 @@ impl Default for StoreConfig {
 }
 
 /// Where the log and the read models live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreBackend {
     /// SQLite in the data directory: nothing to install, one node.
@@ -139,7 +151,7 @@ pub enum StoreBackend {
     Postgres,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Events queued per connection before it is marked out of date and resyncs
@@ -164,6 +176,7 @@ impl Default for Config {
             idle_timeout_ms: 30_000,
             shutdown_grace_ms: 5_000,
             max_group_members: natter_proto::limits::DEFAULT_MAX_GROUP_MEMBERS,
+            load_test: false,
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
@@ -186,42 +199,44 @@ const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metr
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
+/// A key that a `NATTER_*` variable can set: `(table, key)`, the table empty
+/// for top-level keys.
+type KeyPath = (String, String);
+
 impl Config {
     /// Loads defaults, then `file` (if any), then `NATTER_*` variables from `env`.
     ///
     /// # Errors
-    /// Unreadable file, bad TOML, unknown keys, wrong types.
+    /// Unreadable file, bad TOML, unknown keys, wrong types; a variable that
+    /// looks like a misspelt key, or carries a bad value, is named.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut root = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                // Alone first, so an error names the file's line and key.
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
                 text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
             }
             None => toml::Table::new(),
         };
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("NATTER_") else {
+        let known = known_keys();
+        for (name, raw) in env {
+            let Some((table, key)) = env_key(&name, &known)? else {
                 continue;
             };
-            if NOT_CONFIG.contains(&rest) {
-                continue;
-            }
-            let rest = rest.to_ascii_lowercase();
-            let value = parse_env_value(&value);
-            match TABLES.iter().find(|t| rest.starts_with(&format!("{t}_"))) {
-                Some(table) => {
-                    let key = rest[table.len() + 1..].to_owned();
-                    let entry = root.entry(table.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    match entry {
-                        toml::Value::Table(t) => {
-                            t.insert(key, value);
-                        }
-                        _ => return Err(ConfigError::Invalid(format!("{table} must be a table"))),
+            let value = parse_env_value(&raw);
+            check_env_value(&name, &raw, &table, &key, &value)?;
+            if table.is_empty() {
+                root.insert(key, value);
+            } else {
+                let entry = root.entry(table.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                match entry {
+                    toml::Value::Table(t) => {
+                        t.insert(key, value);
                     }
-                }
-                None => {
-                    root.insert(rest, value);
+                    _ => return Err(ConfigError::Invalid(format!("{table} must be a table"))),
                 }
             }
         }
@@ -272,6 +287,111 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Every key a variable can set, from the defaults (a `None` is a key too).
+fn known_keys() -> Vec<KeyPath> {
+    let defaults = serde_json::to_value(Config::default()).expect("the configuration serializes");
+    let mut keys = Vec::new();
+    if let serde_json::Value::Object(root) = defaults {
+        for (name, value) in root {
+            match value {
+                serde_json::Value::Object(table) => {
+                    keys.extend(table.keys().map(|k| (name.clone(), k.clone())));
+                }
+                _ => keys.push((String::new(), name)),
+            }
+        }
+    }
+    keys
+}
+
+/// The variable that sets `key`: `NATTER_AUTH_LOCKOUT_MS`.
+fn variable_name((table, key): &KeyPath) -> String {
+    let path = if table.is_empty() { key.clone() } else { format!("{table}_{key}") };
+    format!("NATTER_{}", path.to_ascii_uppercase())
+}
+
+/// Which key the variable `name` sets: `None` for a variable natterd leaves to
+/// others (no `NATTER_` prefix, `NATTER_LOG`, or nothing like a natterd key).
+fn env_key(name: &str, known: &[KeyPath]) -> Result<Option<KeyPath>, ConfigError> {
+    let Some(rest) = name.strip_prefix("NATTER_") else {
+        return Ok(None);
+    };
+    if NOT_CONFIG.contains(&rest) {
+        return Ok(None);
+    }
+    let rest = rest.to_ascii_lowercase();
+    if let Some(found) = known.iter().find(|path| variable_name(path) == name) {
+        return Ok(Some(found.clone()));
+    }
+    let nearest = known.iter().min_by_key(|path| edit_distance(&variable_name(path), name));
+    let in_a_table = TABLES.iter().find(|t| rest.starts_with(&format!("{t}_")));
+    let close = nearest.filter(|path| edit_distance(&variable_name(path), name) <= 2);
+    match (in_a_table, close) {
+        (None, None) => {
+            tracing::info!(variable = name, "not a natterd setting: ignored");
+            Ok(None)
+        }
+        (Some(table), None) => {
+            let keys: Vec<String> = known.iter().filter(|(t, _)| t == table).map(variable_name).collect();
+            Err(ConfigError::Invalid(format!(
+                "{name} is not a natterd setting; the [{table}] settings are {}",
+                keys.join(", ")
+            )))
+        }
+        (_, Some(path)) => {
+            Err(ConfigError::Invalid(format!("{name} is not a natterd setting; did you mean {}?", variable_name(path))))
+        }
+    }
+}
+
+/// A variable's value, checked on its own so the error names the variable.
+fn check_env_value(name: &str, raw: &str, table: &str, key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+    let mut alone = toml::Table::new();
+    if table.is_empty() {
+        alone.insert(key.to_owned(), value.clone());
+    } else {
+        let mut t = toml::Table::new();
+        t.insert(key.to_owned(), value.clone());
+        alone.insert(table.to_owned(), toml::Value::Table(t));
+    }
+    match toml::Value::Table(alone).try_into::<Config>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError::Invalid(format!("{name}={raw}: {}", plain_expectation(e.message())))),
+    }
+}
+
+/// serde's "invalid type: string \"lots\", expected usize" as people say it.
+fn plain_expectation(message: &str) -> String {
+    let Some((_, expected)) = message.rsplit_once("expected ") else {
+        return message.to_owned();
+    };
+    let what = match expected.trim() {
+        "usize" | "u8" | "u16" | "u32" | "u64" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a sequence" => "a list, e.g. [\"a\", \"b\"]",
+        "socket address" => "an address such as 127.0.0.1:7443",
+        other => return format!("expected {other}"),
+    };
+    format!("expected {what}")
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -325,12 +445,52 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        assert!(Config::load(None, env(&[("NATTER_NO_SUCH_KEY", "1")])).is_err());
+        assert!(Config::load(None, env(&[("NATTER_AUTH_NO_SUCH_KEY", "1")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_MAX_CONNECTIONS", "lots")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_STORE_BACKEND", "oracle")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_TLS_CERT", "/x.pem")])).is_err());
         assert!(Config::load(None, env(&[("NATTER_STORE_BACKEND", "postgres")])).is_err(), "postgres needs a url");
         assert!(Config::load(None, env(&[("NATTER_STORE_URL", "postgres://h/db")])).is_err(), "a url without postgres");
+    }
+
+    #[test]
+    fn other_programs_variables_are_left_alone_and_misspellings_are_named() {
+        // The client's own variable, and one nobody defines.
+        let c = Config::load(None, env(&[("NATTER_PROFILE", "/home/a/.natter"), ("NATTER_WHATEVER", "x")])).unwrap();
+        assert_eq!(c.max_connections, 10_000);
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        let e = err(&[("NATTER_MAX_CONECTIONS", "5")]);
+        assert!(e.contains("NATTER_MAX_CONECTIONS") && e.contains("did you mean NATTER_MAX_CONNECTIONS?"), "{e}");
+        let e = err(&[("NATTER_AUTH_NO_SUCH", "5")]);
+        assert!(
+            e.contains("NATTER_AUTH_NO_SUCH is not a natterd setting") && e.contains("NATTER_AUTH_LOCKOUT_MS"),
+            "{e}"
+        );
+        // Keys whose default is unset are keys too.
+        let c = Config::load(None, env(&[("NATTER_METRICS_LISTEN", "127.0.0.1:9464")])).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = |pairs: &[(&str, &str)]| Config::load(None, env(pairs)).unwrap_err().to_string();
+        assert_eq!(
+            err(&[("NATTER_MAX_CONNECTIONS", "lots")]),
+            "invalid configuration: NATTER_MAX_CONNECTIONS=lots: expected a whole number"
+        );
+        let e = err(&[("NATTER_STORE_BACKEND", "oracle")]);
+        assert!(e.starts_with("invalid configuration: NATTER_STORE_BACKEND=oracle:") && e.contains("postgres"), "{e}");
+        let e = err(&[("NATTER_LISTEN", "nowhere")]);
+        assert!(e.starts_with("invalid configuration: NATTER_LISTEN=nowhere:"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_file_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "[auth]\nmax_failures = \"many\"\n").unwrap();
+        let e = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(e.contains("max_failures") && e.contains("natter.toml"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,43 @@ pub enum StartError {
     Transport(#[from] transport::TransportError),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
+    #[error(
+        "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
+         use another --data-dir for people"
+    )]
+    LoadTestData(PathBuf),
+    #[error(
+        "--load-test needs a data directory of its own, and {0} already holds other data: use \
+         --data-dir on an empty or new directory"
+    )]
+    NotLoadTestData(PathBuf),
+}
+
+/// The file that marks a data directory as a load-test one.
+pub const LOAD_TEST_MARKER: &str = "LOAD-TEST";
+
+/// Keeps load-test data and people's data apart: `--load-test` marks a new
+/// (or empty) data directory and refuses any other; an ordinary natterd
+/// refuses a marked one.
+fn check_load_test_dir(data_dir: &std::path::Path, load_test: bool) -> Result<(), StartError> {
+    let marker = data_dir.join(LOAD_TEST_MARKER);
+    let dir_err = |source| StartError::DataDir { path: data_dir.to_owned(), source };
+    let marked = marker.exists();
+    match (load_test, marked) {
+        (false, true) => Err(StartError::LoadTestData(data_dir.to_owned())),
+        (false, false) | (true, true) => Ok(()),
+        (true, false) => {
+            let holds_data = std::fs::read_dir(data_dir)
+                .map_err(dir_err)?
+                .filter_map(Result::ok)
+                .any(|entry| entry.file_name() != DATA_DIR_LOCK);
+            if holds_data {
+                return Err(StartError::NotLoadTestData(data_dir.to_owned()));
+            }
+            std::fs::write(&marker, "natterd --load-test data: users and messages made by natter-loadgen\n")
+                .map_err(dir_err)
+        }
+    }
 }
 
 /// A started natterd: serving until [`RunningServer::shutdown`].
@@ -140,6 +177,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
     }
     let lock = lock_data_dir(data_dir)?.ok_or_else(|| StartError::DataDirInUse(data_dir.clone()))?;
+    check_load_test_dir(data_dir, config.load_test)?;
+    let mut login_guard = config.auth.guard();
+    if config.load_test {
+        // Hundreds of users sign in from the load generator's one address.
+        login_guard.attempts_per_minute = u32::MAX;
+        tracing::warn!(data_dir = %data_dir.display(), "load-test mode: no per-address sign-in limit; never serve people from it");
+    }
     let identity = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_generate(&data_dir.join("tls"), &config.tls.names)?,
@@ -194,7 +238,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_ttl_ms: config.ephemeral.typing_ttl_ms,
             typing_per_second: config.ephemeral.typing_per_second,
             typing_burst: config.ephemeral.typing_burst,
-            login_guard: config.auth.guard(),
+            login_guard,
         },
     );
     let transport_config = transport::TransportConfig {
@@ -209,8 +253,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let task = tokio::spawn(async move {
         // Held until the log is closed: one natterd per data directory.
         let _lock = lock;
-        transport::serve(endpoint.clone(), service, transport_config, token, grace, metrics).await;
-        // Every connection is closed: flush and close the log.
+        transport::serve(endpoint.clone(), service.clone(), transport_config, token, grace, metrics).await;
+        // Every connection is closed; what their sessions left behind (users'
+        // last-seen times) goes to the log before it is flushed and closed.
+        service.drain_background(grace.max(Duration::from_secs(1))).await;
         store.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         tracing::info!("natterd stopped");

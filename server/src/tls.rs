@@ -40,6 +40,14 @@ pub enum TlsError {
     Pem { path: PathBuf, reason: String },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error(
+        "{cert} was generated without {missing}, which tls.names lists: move {dir} away and natterd generates a \
+         new certificate with every name on its next start (clients must then pin its new fingerprint), or set \
+         tls.cert and tls.key"
+    )]
+    NamesNotCovered { cert: PathBuf, dir: PathBuf, missing: String },
+    #[error("tls.names: {0:?} is neither a DNS name nor an IP address")]
+    BadName(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -73,7 +81,28 @@ pub fn load_or_generate(dir: &Path, extra_names: &[String]) -> Result<TlsIdentit
     if !cert.exists() || !key.exists() {
         generate(dir, extra_names)?;
     }
-    load(&cert, &key)
+    let identity = load(&cert, &key)?;
+    // Names configured after the certificate was made are not silently left out.
+    let missing = names_not_covered(&identity.chain[0], extra_names, &cert)?;
+    if !missing.is_empty() {
+        return Err(TlsError::NamesNotCovered { cert, dir: dir.to_owned(), missing: missing.join(", ") });
+    }
+    Ok(identity)
+}
+
+/// Which of `names` (DNS names or IP addresses) `leaf` is not valid for.
+fn names_not_covered(leaf: &CertificateDer<'_>, names: &[String], path: &Path) -> Result<Vec<String>, TlsError> {
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| TlsError::Pem { path: path.to_owned(), reason: format!("unreadable certificate: {e}") })?;
+    let mut missing = Vec::new();
+    for name in names {
+        let server_name =
+            rustls_pki_types::ServerName::try_from(name.as_str()).map_err(|_| TlsError::BadName(name.clone()))?;
+        if cert.verify_is_valid_for_subject_name(&server_name).is_err() {
+            missing.push(name.clone());
+        }
+    }
+    Ok(missing)
 }
 
 fn generate(dir: &Path, extra_names: &[String]) -> Result<(), TlsError> {
@@ -144,5 +173,25 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(tls.join("ca.pem").exists());
+    }
+
+    #[test]
+    fn names_configured_after_generation_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        load_or_generate(&tls, &["chat.example.org".into(), "10.1.2.3".into()]).unwrap();
+        // The names it was made with, in any subset, are fine.
+        load_or_generate(&tls, &["chat.example.org".into(), "localhost".into(), "127.0.0.1".into()]).unwrap();
+        let err = load_or_generate(&tls, &["chat.example.org".into(), "new.example.org".into(), "10.9.9.9".into()])
+            .err()
+            .expect("names not in the certificate are refused");
+        let message = err.to_string();
+        assert!(
+            matches!(&err, TlsError::NamesNotCovered { missing, .. } if missing == "new.example.org, 10.9.9.9"),
+            "{message}"
+        );
+        assert!(message.contains("move") && message.contains("tls.cert"), "{message}");
+        let bad = load_or_generate(&tls, &["not a name".into()]).err().expect("a bad name is refused");
+        assert!(matches!(bad, TlsError::BadName(_)));
     }
 }

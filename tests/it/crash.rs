@@ -7,7 +7,7 @@ use natter_client::proto::GetHistory;
 use natter_client::Client;
 use natter_tests::{ChildServer, PASSWORD};
 
-fn free_udp_port() -> std::net::SocketAddr {
+pub(crate) fn free_udp_port() -> std::net::SocketAddr {
     // Bind, read the port, release: the child binds it right after.
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()

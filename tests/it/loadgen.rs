@@ -85,3 +85,30 @@ async fn mixed_smoke_runs_every_operation_without_errors() {
     }
     assert!(r.table().contains("mixed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_load_generator_says_what_to_do_and_load_test_mode_lifts_the_limit() {
+    // An ordinary natterd: sign-ins from one address are limited.
+    let server = TestServer::start_with(|c| c.auth.attempts_per_minute = Some(3)).await;
+    let counters = Arc::new(Counters::default());
+    let e = natter_loadgen::dm_pairs(&target(&server), 4, Pace::Closed { in_flight: 1 }, timing(), 64, counters)
+        .await
+        .err()
+        .expect("the sign-in limit stops the load generator");
+    let said = format!("{e:#}");
+    assert!(said.contains("RATE_LIMITED") || said.contains("too many"), "{said}");
+    assert!(said.contains("natterd --load-test") && said.contains("NATTER_AUTH_ATTEMPTS_PER_MINUTE"), "{said}");
+
+    // The same limit configured, but natterd serves a load test.
+    let server = TestServer::start_with(|c| {
+        c.auth.attempts_per_minute = Some(3);
+        c.load_test = true;
+    })
+    .await;
+    assert!(server.data_dir().join(natter_server::LOAD_TEST_MARKER).exists());
+    let counters = Arc::new(Counters::default());
+    let r = natter_loadgen::dm_pairs(&target(&server), 4, Pace::Closed { in_flight: 1 }, timing(), 64, counters)
+        .await
+        .unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}

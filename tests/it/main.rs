@@ -9,6 +9,7 @@ mod dm;
 mod groups;
 mod loadgen;
 mod metrics;
+mod natterd;
 mod nodes;
 mod presence;
 mod protocol;

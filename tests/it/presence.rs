@@ -152,3 +152,81 @@ async fn presence_reaches_contacts_only_and_last_seen_survives_a_restart() {
     assert!(!p.online);
     assert!(p.last_seen_ms >= last_seen, "{} < {last_seen}", p.last_seen_ms);
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// natterd as a process (its own multi-threaded runtime, as operators run it),
+/// stopped with SIGTERM while people are connected.
+#[tokio::test]
+async fn a_shutdown_records_the_last_seen_of_everyone_still_connected() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let dir = tempfile::tempdir().unwrap();
+    let listen = crate::crash::free_udp_port();
+    let start = || {
+        let mut cmd = tokio::process::Command::new(crate::natterd());
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("NATTER_")) {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.envs(natter_tests::CHILD_ENV.iter().copied());
+        cmd.arg("--data-dir").arg(dir.path()).arg("--listen").arg(listen.to_string());
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        cmd.spawn().expect("spawn natterd")
+    };
+    let mut natterd = start();
+    let mut line = String::new();
+    tokio::io::BufReader::new(natterd.stdout.take().unwrap()).read_line(&mut line).await.unwrap();
+    let (addr, fingerprint) = natter_tests::parse_listening_line(&line).unwrap();
+    let config = natter_client::ClientConfig::new(addr, natter_client::Trust::pin(&fingerprint).unwrap());
+    let connect = |token: Option<String>| {
+        let mut config = config.clone();
+        config.session_token = token;
+        async move { Client::connect(&config).await.unwrap() }
+    };
+    let alice = connect(None).await;
+    alice.signup("alice@example.org", natter_tests::PASSWORD, "").await.unwrap();
+    let (alice_token, _) = alice.login("alice@example.org", natter_tests::PASSWORD, "d").await.unwrap();
+    let bob = connect(None).await;
+    bob.signup("bob@example.org", natter_tests::PASSWORD, "").await.unwrap();
+    let (bob_token, _) = bob.login("bob@example.org", natter_tests::PASSWORD, "d").await.unwrap();
+    let bob_id = uid(&bob);
+    alice.open_direct("bob@example.org").await.unwrap();
+    let mut alice_feed = live(&alice).await;
+    bob.close().await;
+    feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if !p.online)).await;
+    // Bob comes back: natterd records a last-seen, then tells Alice.
+    let bob = connect(Some(bob_token)).await;
+    feed_until(&mut alice_feed, WAIT, |i| matches!(i, FeedItem::Presence(p) if p.online && p.user_id == bob_id)).await;
+    let recorded = now_ms();
+    while now_ms() <= recorded {
+        tokio::task::yield_now().await;
+    }
+    let before_shutdown = now_ms();
+
+    // Both still connected when natterd stops: the shutdown records Bob's
+    // last-seen (and Alice's) before the log closes.
+    let pid = natterd.id().unwrap();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(WAIT, natterd.wait()).await.expect("natterd stops").unwrap();
+    assert!(status.success());
+    let mut log = String::new();
+    natterd.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    assert!(!log.contains("not recorded"), "{log}");
+    drop((alice, alice_feed, bob));
+
+    let mut natterd = start();
+    let mut line = String::new();
+    tokio::io::BufReader::new(natterd.stdout.take().unwrap()).read_line(&mut line).await.unwrap();
+    let alice = connect(Some(alice_token)).await;
+    let p = &alice.presence(&[&bob_id]).await.unwrap()[0];
+    assert!(!p.online);
+    assert!(
+        p.last_seen_ms >= before_shutdown,
+        "last seen {} is from before the shutdown ({before_shutdown})",
+        p.last_seen_ms
+    );
+}

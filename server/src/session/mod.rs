@@ -19,6 +19,7 @@ use natter_proto::wire::{self, request::Body, response::Result as Reply};
 use natter_proto::ErrorCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::auth::{hash_token, new_session_token, PasswordHasherArgon2};
@@ -63,6 +64,9 @@ pub struct Service {
     config: ServiceConfig,
     users: Mutex<HashMap<UserId, Arc<UserInfo>>>,
     conversations: Mutex<HashMap<ConversationId, Arc<ConversationState>>>,
+    /// Work a session leaves behind (presence changes and their last-seen
+    /// writes): shutdown waits for it before the store stops.
+    background: TaskTracker,
 }
 
 /// What the feed shows of a user.
@@ -208,6 +212,7 @@ impl Service {
             config,
             users: Mutex::new(HashMap::new()),
             conversations: Mutex::new(HashMap::new()),
+            background: TaskTracker::new(),
         })
     }
 
@@ -217,6 +222,17 @@ impl Service {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// Waits (at most `limit`) for the work sessions left behind, such as the
+    /// last-seen times of users who just went offline. Shutdown calls it after
+    /// the connections closed and before the store stops, so that work still
+    /// reaches the log.
+    pub async fn drain_background(&self, limit: std::time::Duration) {
+        self.background.close();
+        if tokio::time::timeout(limit, self.background.wait()).await.is_err() {
+            tracing::warn!(pending = self.background.len(), "presence updates still running at shutdown");
+        }
     }
 
     /// Bytes a response body may use: the frame limit less room for the envelope.
@@ -388,7 +404,7 @@ impl Session {
     fn sign_in(&mut self, identity: Identity) {
         let (reg, first) = self.service.router.register(identity.user_id, identity.token_hash);
         if first {
-            tokio::spawn(self.service.clone().presence_changed(identity.user_id, true));
+            self.service.background.spawn(self.service.clone().presence_changed(identity.user_id, true));
         }
         self.signed_in = Some((identity, reg));
     }
@@ -400,7 +416,7 @@ impl Session {
         if reg.release() {
             // Drop may run outside a runtime (at shutdown): then nobody is left to tell.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(self.service.clone().presence_changed(identity.user_id, false));
+                self.service.background.spawn_on(self.service.clone().presence_changed(identity.user_id, false), &rt);
             }
         }
         Some(identity)

@@ -1,0 +1,156 @@
+//! The `natterd` binary as an operator meets it: signals, its output, its
+//! configuration from the environment.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use natter_client::proto::GetHistory;
+use natter_client::Client;
+use natter_tests::{parse_listening_line, CHILD_ENV, PASSWORD};
+
+/// natterd with only the test's `NATTER_*` variables (none of the caller's).
+fn natterd(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = std::process::Command::new(crate::natterd());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("NATTER_")) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("--data-dir").arg(data_dir).arg("--listen").arg(crate::crash::free_udp_port().to_string());
+    for (k, v) in CHILD_ENV.iter().chain(env) {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null());
+    let mut cmd = Command::from(cmd);
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// Waits at most `limit` for the child to exit (`None`: it did not).
+async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    tokio::time::timeout(limit, child.wait()).await.ok().map(|r| r.expect("wait natterd"))
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    let pid = child.id().expect("natterd is running");
+    // SAFETY: plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+/// Spawns natterd with stdout piped and reads its "listening" line.
+async fn started(mut cmd: Command) -> (Child, std::net::SocketAddr, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn natterd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).await.unwrap();
+    let (addr, fingerprint) = parse_listening_line(&line).unwrap_or_else(|| panic!("listening line: {line:?}"));
+    (child, addr, fingerprint)
+}
+
+/// SIGTERM, and a clean exit soon after.
+async fn stop(mut child: Child) {
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(15)).await.expect("natterd stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `natterd … 2>&1 | tee log`, then the reader goes away: SIGTERM (and
+/// SIGINT) still stop natterd, cleanly, with everything acknowledged kept.
+async fn stops_on_signal_after_its_log_reader_is_gone(sig: libc::c_int) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = natterd(dir.path(), &[("NATTER_LOG", "info")]);
+    cmd.stderr(Stdio::piped());
+    let (mut child, addr, fingerprint) = started(cmd).await;
+    // Read what it logged so far, then close the pipe: every later log line
+    // (the shutdown's own included) meets a broken pipe.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut first = [0u8; 64];
+    let n = stderr.read(&mut first).await.unwrap();
+    assert!(n > 0, "natterd logs at info");
+    drop(stderr);
+
+    let config = natter_client::ClientConfig::new(addr, natter_client::Trust::pin(&fingerprint).unwrap());
+    let alice = Client::connect(&config).await.unwrap();
+    alice.signup("alice@example.org", PASSWORD, "").await.unwrap();
+    let (token, _) = alice.login("alice@example.org", PASSWORD, "d").await.unwrap();
+    let bob = Client::connect(&config).await.unwrap();
+    bob.signup("bob@example.org", PASSWORD, "").await.unwrap();
+    let conv = alice.open_direct("bob@example.org").await.unwrap();
+    let sent = alice.send_text(&conv.conversation_id, "m1", "kept").await.unwrap();
+    drop((alice, bob));
+
+    signal(&child, sig);
+    let status = wait_exit(&mut child, Duration::from_secs(15))
+        .await
+        .expect("natterd exits on the signal although its log pipe is closed");
+    assert!(status.success(), "a clean exit: {status:?}");
+
+    // What it acknowledged is there after a restart.
+    let (again, addr, fingerprint) = started(natterd(dir.path(), &[])).await;
+    let mut config = natter_client::ClientConfig::new(addr, natter_client::Trust::pin(&fingerprint).unwrap());
+    config.session_token = Some(token);
+    let alice = Client::connect(&config).await.unwrap();
+    let page = alice
+        .history(GetHistory { conversation_id: conv.conversation_id.clone(), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(natter_tests::message_texts(&page.messages), vec!["kept"]);
+    assert_eq!(page.messages[0].seq, sent.seq);
+    stop(again).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_natterd_after_its_log_pipe_closed() {
+    stops_on_signal_after_its_log_reader_is_gone(libc::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_stops_natterd_after_its_log_pipe_closed() {
+    stops_on_signal_after_its_log_reader_is_gone(libc::SIGINT).await;
+}
+
+/// Runs natterd expecting it to refuse to start; returns what it said.
+async fn refused(data_dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut cmd = natterd(data_dir, env);
+    cmd.args(args);
+    let out = tokio::time::timeout(Duration::from_secs(15), cmd.output()).await.expect("natterd exits").unwrap();
+    assert!(!out.status.success(), "natterd should refuse: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn other_programs_natter_variables_do_not_stop_natterd_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // The client's own variable is not natterd's business.
+    let (child, _, _) = started(natterd(dir.path(), &[("NATTER_PROFILE", "/home/alice/.natter")])).await;
+    stop(child).await;
+
+    let other = tempfile::tempdir().unwrap();
+    let said = refused(other.path(), &[("NATTER_MAX_CONNECTIONS", "lots")], &[]).await;
+    assert!(said.contains("NATTER_MAX_CONNECTIONS=lots: expected a whole number"), "{said}");
+    let said = refused(other.path(), &[("NATTER_MAX_CONECTIONS", "5")], &[]).await;
+    assert!(said.contains("did you mean NATTER_MAX_CONNECTIONS?"), "{said}");
+}
+
+#[tokio::test]
+async fn load_test_data_and_peoples_data_are_kept_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = dir.path().join("people");
+    let load = dir.path().join("load");
+    // An ordinary data directory is refused for a load test.
+    let (child, _, _) = started(natterd(&people, &[])).await;
+    stop(child).await;
+    let said = refused(&people, &[], &["--load-test"]).await;
+    assert!(said.contains("--load-test needs a data directory of its own"), "{said}");
+
+    // A load-test directory is marked, and an ordinary natterd refuses it.
+    let mut cmd = natterd(&load, &[]);
+    cmd.arg("--load-test");
+    let (child, _, _) = started(cmd).await;
+    stop(child).await;
+    assert!(load.join(natter_server::LOAD_TEST_MARKER).exists());
+    let said = refused(&load, &[], &[]).await;
+    assert!(said.contains("holds load-test data"), "{said}");
+}
