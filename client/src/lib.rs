@@ -21,6 +21,7 @@ use natter_proto::{encode_frame, ErrorCode, FrameDecoder, FrameError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use natter_proto::wire as proto;
+use trust::SeenLeaf;
 pub use trust::{Trust, TrustError};
 
 /// How to reach and trust a server.
@@ -41,7 +42,8 @@ pub struct ClientConfig {
     /// With nothing heard from the server for this long (keep-alives
     /// included), the connection counts as lost: how fast a dead server is noticed.
     pub idle_timeout: Duration,
-    /// How long connecting and the Hello exchange may take.
+    /// How long connecting and the Hello exchange may take together; a server
+    /// that does not answer in time is [`ConnectError::NoAnswer`].
     pub connect_timeout: Duration,
     /// Accept QUIC datagrams (ephemeral signals). Without them the server sends
     /// signals on the feed stream instead.
@@ -74,17 +76,58 @@ impl ClientConfig {
 /// What can go wrong, from the caller's side.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with a typed error.
-    #[error("{code}: {message}")]
+    /// The server answered with a typed error. Its text ends with how long to
+    /// wait when the server said (`retry_after_ms`, e.g. a locked account).
+    #[error("{code}: {message}{}", retry_hint(*retry_after_ms))]
     Server { code: ErrorCode, message: String, retry_after_ms: u32 },
     /// The connection is closed (by the server with `code`, or lost).
     #[error("connection closed{}: {reason}", code.map(|c| format!(" ({c})")).unwrap_or_default())]
     Closed { code: Option<ErrorCode>, reason: String },
+    /// No connection could be set up: nothing answered, the certificate is
+    /// not the trusted one, ….
     #[error("cannot connect: {0}")]
-    Connect(String),
+    Connect(ConnectError),
     /// The server sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing answered the QUIC handshake within the connect timeout.
+    #[error("no answer from {server} within {}: is natterd running there?", seconds(*waited))]
+    NoAnswer { server: SocketAddr, waited: Duration },
+    /// The handshake completed but the server sent no `Welcome` in time.
+    #[error("{server} accepted the connection but did not answer the Hello within {}", seconds(*waited))]
+    NoWelcome { server: SocketAddr, waited: Duration },
+    /// The server's certificate is not the pinned one (both as `sha256:<hex>`).
+    #[error(
+        "the certificate of {server} does not match the pin: expected {expected}, but the certificate's \
+         fingerprint is {actual} (if natterd's certificate was replaced on purpose, pin the fingerprint \
+         natterd prints when it starts)"
+    )]
+    PinMismatch { server: SocketAddr, expected: String, actual: String },
+    /// Anything else: no socket, a TLS failure, a refused handshake.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// `10s`, `0.5s`.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// `; try again in 28 s` when the server said how long to wait.
+fn retry_hint(retry_after_ms: u32) -> String {
+    match retry_after_ms {
+        0 => String::new(),
+        ms => format!("; try again in {} s", ms.div_ceil(1000)),
+    }
+}
+
+fn connect_error(e: impl ToString) -> ClientError {
+    ClientError::Connect(ConnectError::Other(e.to_string()))
 }
 
 impl ClientError {
@@ -279,12 +322,12 @@ impl ClientEndpoint {
     /// `Connect` when no socket can be bound.
     pub fn for_server(server: SocketAddr) -> Result<Self, ClientError> {
         let bind: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
-        quinn::Endpoint::client(bind).map(Self).map_err(|e| ClientError::Connect(e.to_string()))
+        quinn::Endpoint::client(bind).map(Self).map_err(connect_error)
     }
 }
 
 /// A signed-in identity as the server reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
     pub device_id: String,
@@ -321,7 +364,7 @@ impl Client {
     /// if set.
     ///
     /// # Errors
-    /// `Connect` (unreachable, TLS/pin mismatch, timeout), or `Server` when the
+    /// `Connect` (no answer in time, pin mismatch, other TLS failures), or `Server` when the
     /// Hello is refused (e.g. `SESSION_INVALID`, `UNSUPPORTED_VERSION`).
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
         let endpoint = ClientEndpoint::for_server(config.server)?;
@@ -339,30 +382,28 @@ impl Client {
 
     async fn connect_with(endpoint: &ClientEndpoint, config: &ClientConfig) -> Result<Self, ClientError> {
         let endpoint = endpoint.0.clone();
-        tokio::time::timeout(config.connect_timeout, Self::connect_inner(endpoint, config))
+        let (server, waited) = (config.server, config.connect_timeout);
+        let deadline = tokio::time::Instant::now() + waited;
+        let seen = SeenLeaf::default();
+        let connecting = endpoint
+            .connect_with(quic_config(config, &seen)?, config.server, &config.server_name)
+            .map_err(connect_error)?;
+        let conn = match tokio::time::timeout_at(deadline, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(handshake_error(config, &seen, &e)),
+            Err(_) => return Err(ClientError::Connect(ConnectError::NoAnswer { server, waited })),
+        };
+        tokio::time::timeout_at(deadline, Self::hello(endpoint, conn, config))
             .await
-            .map_err(|_| ClientError::Connect("timed out".into()))?
+            .map_err(|_| ClientError::Connect(ConnectError::NoWelcome { server, waited }))?
     }
 
-    async fn connect_inner(endpoint: quinn::Endpoint, config: &ClientConfig) -> Result<Self, ClientError> {
-        let tls = config.trust.rustls_config().map_err(|e| ClientError::Connect(e.to_string()))?;
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Connect(e.to_string()))?;
-        let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(config.keep_alive));
-        let idle =
-            quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| ClientError::Connect(e.to_string()))?;
-        transport.max_idle_timeout(Some(idle));
-        if !config.datagrams {
-            transport.datagram_receive_buffer_size(None);
-        }
-        quic.transport_config(Arc::new(transport));
-        let conn = endpoint
-            .connect_with(quic, config.server, &config.server_name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+    /// The Hello exchange on a fresh connection, then the background tasks.
+    async fn hello(
+        endpoint: quinn::Endpoint,
+        conn: quinn::Connection,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::from_connection(&e))?;
         let hello = wire::ClientFrame {
             kind: Some(client_frame::Kind::Hello(wire::Hello {
@@ -373,7 +414,7 @@ impl Client {
             })),
         };
         let frame = encode_frame(&hello, config.max_frame_bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        send.write_all(&frame).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        send.write_all(&frame).await.map_err(connect_error)?;
         let mut decoder = FrameDecoder::new(config.max_frame_bytes);
         let welcome = match read_server_frame(&mut recv, &mut decoder, &conn).await? {
             Some(server_frame::Kind::Welcome(w)) => w,
@@ -792,6 +833,34 @@ impl Client {
     }
 }
 
+/// QUIC and TLS settings of a connection; a pinned leaf is recorded in `seen`.
+fn quic_config(config: &ClientConfig, seen: &SeenLeaf) -> Result<quinn::ClientConfig, ClientError> {
+    let tls = config.trust.rustls_config(seen).map_err(connect_error)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(connect_error)?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(config.keep_alive));
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout).map_err(connect_error)?;
+    transport.max_idle_timeout(Some(idle));
+    if !config.datagrams {
+        transport.datagram_receive_buffer_size(None);
+    }
+    quic.transport_config(Arc::new(transport));
+    Ok(quic)
+}
+
+/// A failed handshake; a pin that did not match says so, with both fingerprints.
+fn handshake_error(config: &ClientConfig, seen: &SeenLeaf, e: &quinn::ConnectionError) -> ClientError {
+    match (&config.trust, seen.get()) {
+        (Trust::Pin(pin), Some(actual)) if actual != *pin => ClientError::Connect(ConnectError::PinMismatch {
+            server: config.server,
+            expected: trust::fingerprint_string(pin),
+            actual: trust::fingerprint_string(&actual),
+        }),
+        _ => connect_error(e),
+    }
+}
+
 /// The request side of the control stream, shared with background tasks (the
 /// feed's acknowledgements).
 struct Requests {
@@ -994,5 +1063,34 @@ async fn read_feed(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_error_says_how_long_to_wait() {
+        let e = ClientError::Server {
+            code: ErrorCode::RATE_LIMITED,
+            message: "too many failed sign-ins for this account".into(),
+            retry_after_ms: 27_001,
+        };
+        assert_eq!(e.to_string(), "RATE_LIMITED(500): too many failed sign-ins for this account; try again in 28 s");
+        let e = ClientError::Server { code: ErrorCode::NOT_FOUND, message: "no such user".into(), retry_after_ms: 0 };
+        assert_eq!(e.to_string(), "NOT_FOUND(400): no such user");
+    }
+
+    #[test]
+    fn no_answer_names_the_address_and_natterd() {
+        let server = "127.0.0.1:7443".parse().unwrap();
+        let e = ClientError::Connect(ConnectError::NoAnswer { server, waited: Duration::from_secs(10) });
+        assert_eq!(
+            e.to_string(),
+            "cannot connect: no answer from 127.0.0.1:7443 within 10s: is natterd running there?"
+        );
+        let e = ConnectError::NoAnswer { server, waited: Duration::from_millis(500) };
+        assert!(e.to_string().contains("within 0.5s"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 //! There is no "insecure" mode.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -59,19 +59,21 @@ impl Trust {
     /// The pin as `sha256:<hex>`, if this is a pin.
     pub fn pin_string(&self) -> Option<String> {
         match self {
-            Trust::Pin(p) => Some(format!("sha256:{}", hex::encode(p))),
+            Trust::Pin(p) => Some(fingerprint_string(p)),
             Trust::Ca(_) => None,
         }
     }
 
-    pub(crate) fn rustls_config(&self) -> Result<rustls::ClientConfig, rustls::Error> {
+    /// The TLS configuration; with a pin, the leaf certificate the server
+    /// offers is recorded in `seen` (to say what did not match).
+    pub(crate) fn rustls_config(&self, seen: &SeenLeaf) -> Result<rustls::ClientConfig, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?;
         let mut config = match self {
             Trust::Pin(pin) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider }))
+                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider, seen: seen.clone() }))
                 .with_no_client_auth(),
             Trust::Ca(certs) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -86,12 +88,33 @@ impl Trust {
     }
 }
 
+/// `sha256:<hex>` of a SHA-256 digest, as natterd prints its fingerprint.
+pub(crate) fn fingerprint_string(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(digest))
+}
+
+/// The SHA-256 of the leaf certificate a server offered, recorded by the pin
+/// verifier: when the pin does not match, the error can show both.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeenLeaf(Arc<Mutex<Option<[u8; 32]>>>);
+
+impl SeenLeaf {
+    pub(crate) fn get(&self) -> Option<[u8; 32]> {
+        *self.0.lock().expect("seen leaf lock")
+    }
+
+    fn set(&self, digest: [u8; 32]) {
+        *self.0.lock().expect("seen leaf lock") = Some(digest);
+    }
+}
+
 /// Accepts exactly one leaf certificate, and still checks the handshake
 /// signatures, so the peer must hold that certificate's private key.
 #[derive(Debug)]
 struct PinVerifier {
     pin: [u8; 32],
     provider: Arc<CryptoProvider>,
+    seen: SeenLeaf,
 }
 
 impl ServerCertVerifier for PinVerifier {
@@ -104,6 +127,7 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let digest: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        self.seen.set(digest);
         if digest == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {

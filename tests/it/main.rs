@@ -13,6 +13,7 @@ mod natterd;
 mod nodes;
 mod presence;
 mod protocol;
+mod readme;
 mod receipts;
 mod store;
 

@@ -1,0 +1,185 @@
+//! README.md, followed literally: its commands are extracted from the file
+//! itself and run in order against a fresh natterd, so the walkthrough cannot
+//! drift from what the programs do.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use natter_tests::{TestServer, PASSWORD};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The placeholders a reader replaces by hand.
+const README_PIN: &str = "sha256:3f9c…e1";
+const README_SERVER: &str = "127.0.0.1:7443";
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the section headed `## {title}…`, up to the next `## `.
+fn section<'a>(readme: &'a str, title: &str) -> &'a str {
+    let start = readme.find(&format!("\n## {title}")).unwrap_or_else(|| panic!("README has no section {title:?}"));
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+/// The shell commands of a section's ```sh blocks, continuation lines joined,
+/// in order.
+fn commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_block = false;
+    let mut pending = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block && line.trim() == "```sh";
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        let line = line.trim();
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let command = std::mem::take(&mut pending);
+        if !command.trim().is_empty() && !command.trim_start().starts_with('#') {
+            out.push(command);
+        }
+    }
+    out
+}
+
+/// One command as a reader runs it: in a shell, with `natter` on the PATH, the
+/// reader's home directory, and the password typed when asked.
+fn shell(command: &str, home: &Path, bin: &Path) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(command);
+    c.env("HOME", home);
+    c.env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()));
+    c.env_remove("NATTER_PROFILE");
+    c.kill_on_drop(true);
+    c
+}
+
+async fn run_to_end(mut c: Command, command: &str) -> String {
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn bash");
+    use tokio::io::AsyncWriteExt;
+    child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("README command did not finish: {command}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "README command failed: {command}\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A `listen` without `--count` runs until stopped: a terminal of its own.
+struct Terminal {
+    child: Child,
+}
+
+impl Terminal {
+    /// Stops it (Ctrl-C) and returns what it printed.
+    async fn output(mut self) -> String {
+        let pid = self.child.id().expect("listen is still running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        let mut out = String::new();
+        let mut stdout = self.child.stdout.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stdout.read_to_string(&mut out))
+            .await
+            .expect("listen stops on Ctrl-C")
+            .unwrap();
+        let _ = self.child.wait().await;
+        out
+    }
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_runs_in_order_as_written() {
+    let text = readme();
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test")), bin.path().join("natter"))
+        .unwrap();
+
+    let mut walkthrough = commands(section(&text, "Try it"));
+    assert!(walkthrough.len() >= 20, "the walkthrough has its commands: {walkthrough:#?}");
+    let mut terminals = Vec::new();
+    let mut outputs = Vec::new();
+    for command in walkthrough.drain(..) {
+        assert!(command.starts_with("natter "), "the walkthrough uses the installed `natter`: {command}");
+        let real = command.replace(README_PIN, server.fingerprint()).replace(README_SERVER, &server.addr().to_string());
+        let mut c = shell(&real, home.path(), bin.path());
+        if command.contains(" listen") && !command.contains("--count") {
+            c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = c.spawn().expect("spawn listen");
+            // A reader starts the next command once listen says it is
+            // listening (typing, unlike messages, reaches only those connected).
+            let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+            loop {
+                let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+                    .await
+                    .unwrap_or_else(|_| panic!("{command}: no 'listening as' line"))
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{command} ended"));
+                if line.contains("listening as") {
+                    break;
+                }
+            }
+            tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+            terminals.push((command, Terminal { child }));
+        } else {
+            outputs.push((command.clone(), run_to_end(c, &command).await));
+        }
+    }
+
+    // What the walkthrough promises people see.
+    let said = |needle: &str| outputs.iter().find(|(c, _)| c.contains(needle)).map(|(_, o)| o.clone()).unwrap();
+    assert!(said("--profile ~/.natter-carol conversations").contains("'team' (1 unread)"));
+    assert!(said("receipts team 2").contains("read by 1 of 2"));
+    assert!(said("history crew").contains("hello team"), "a removed member reads what was said while she was in");
+    assert!(said("group show crew").contains("bob@example.org (owner)"));
+    let (alice_listen, alice) = terminals.remove(0);
+    assert!(alice_listen.contains("natter-alice listen"), "{alice_listen}");
+    let alice = alice.output().await;
+    assert!(alice.contains("hi Alice!"), "Alice's listen shows Bob's message:\n{alice}");
+    assert!(alice.contains("is typing"), "Alice's listen shows Bob typing:\n{alice}");
+    for (_, t) in terminals {
+        t.output().await;
+    }
+}
+
+#[test]
+fn the_readme_opens_with_the_two_commands_and_installs_every_binary() {
+    let text = readme();
+    let first_block = text.split("```sh").nth(1).expect("a first command block");
+    assert!(first_block.contains("cargo run --release --bin natterd"), "{first_block}");
+    assert!(first_block.contains("cargo test --workspace"), "{first_block}");
+    // The test command of the README is what CI runs.
+    let ci = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/run")).unwrap();
+    assert!(ci.contains("cargo test --workspace"), "CI runs the README's test command");
+
+    let install = commands(section(&text, "Install"));
+    for (path, binary) in [("server", "natterd"), ("client", "natter"), ("admin-cli", "natter-admin"), ("loadgen", "natter-loadgen")] {
+        let line = format!("cargo install --locked --path {path}");
+        assert!(
+            install.iter().any(|c| c.split('#').next().is_some_and(|c| c.trim() == line)),
+            "README installs {binary} with --locked: {install:#?}"
+        );
+    }
+}
