@@ -123,6 +123,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     let mut users = BTreeMap::new();
     let mut tokens: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut conversations: BTreeMap<ConversationId, BTreeSet<UserId>> = BTreeMap::new();
+    let mut recovery_codes: BTreeSet<(UserId, [u8; 32])> = BTreeSet::new();
     let mut after = 0;
     loop {
         let events = store.read_all(after, 1000).await?;
@@ -135,6 +136,10 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
                 }
                 Event::SessionStarted(s) => {
                     tokens.insert(s.token_hash.0);
+                }
+                Event::TotpEnabled { user_id, recovery_codes: codes, .. }
+                | Event::RecoveryCodesIssued { user_id, recovery_codes: codes, .. } => {
+                    recovery_codes.extend(codes.iter().map(|c| (*user_id, *c)));
                 }
                 Event::DirectConversationStarted { conversation_id, members, .. } => {
                     conversations.entry(*conversation_id).or_default().extend(members);
@@ -157,6 +162,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     for (user, email) in &users {
         put(format!("user_by_id {user}"), format!("{:?}", store.user_by_id(*user).await?));
         put(format!("user_by_email {email}"), format!("{:?}", store.user_by_email(email).await?));
+        put(format!("sessions_of {user}"), format!("{:?}", store.sessions_of(*user).await?));
         let mut contacts = store.contacts(*user).await?;
         contacts.sort_by_key(|u| u.0);
         put(format!("contacts {user}"), format!("{contacts:?}"));
@@ -186,6 +192,12 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     }
     for token in &tokens {
         put(format!("session {}", hex_of(token)), format!("{:?}", store.session_by_token(TokenHash(*token)).await?));
+    }
+    for (user, code) in &recovery_codes {
+        put(
+            format!("recovery_code {user} {}", hex_of(code)),
+            format!("{:?}", store.recovery_code_unused(*user, *code).await?),
+        );
     }
     for (conv, members) in &conversations {
         put(format!("conversation {conv}"), format!("{:?}", store.conversation(*conv).await?));

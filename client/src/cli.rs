@@ -642,7 +642,7 @@ fn worth_retrying(e: &ClientError) -> bool {
             [ErrorCode::TOO_MANY_CONNECTIONS, ErrorCode::OVERLOADED, ErrorCode::SHUTTING_DOWN, ErrorCode::UNAVAILABLE]
                 .contains(code)
         }
-        ClientError::Protocol(_) => false,
+        ClientError::Protocol(_) | ClientError::MfaRequired { .. } => false,
     }
 }
 

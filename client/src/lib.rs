@@ -80,6 +80,11 @@ pub enum ClientError {
     /// wait when the server said (`retry_after_ms`, e.g. a locked account).
     #[error("{code}: {message}{}", retry_hint(*retry_after_ms))]
     Server { code: ErrorCode, message: String, retry_after_ms: u32 },
+    /// The password (or other first factor) was right and the account has
+    /// two-factor sign-in on: finish with [`Client::verify_mfa`] and this
+    /// challenge (`MFA_REQUIRED`).
+    #[error("{}: {message}", ErrorCode::MFA_REQUIRED)]
+    MfaRequired { challenge: String, message: String },
     /// The connection is closed (by the server with `code`, or lost).
     #[error("connection closed{}: {reason}", code.map(|c| format!(" ({c})")).unwrap_or_default())]
     Closed { code: Option<ErrorCode>, reason: String },
@@ -135,12 +140,16 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Server { code, .. } => Some(*code),
+            ClientError::MfaRequired { .. } => Some(ErrorCode::MFA_REQUIRED),
             ClientError::Closed { code, .. } => *code,
             _ => None,
         }
     }
 
     fn from_wire(e: wire::Error) -> Self {
+        if ErrorCode(e.code) == ErrorCode::MFA_REQUIRED && !e.mfa_challenge.is_empty() {
+            return ClientError::MfaRequired { challenge: e.mfa_challenge, message: e.message };
+        }
         ClientError::Server { code: ErrorCode(e.code), message: e.message, retry_after_ms: e.retry_after_ms }
     }
 
@@ -529,13 +538,176 @@ impl Client {
             password: password.into(),
             device_name: device_name.into(),
         });
-        match self.request(body).await? {
+        let answer = self.request(body).await?;
+        self.signed_in(answer)
+    }
+
+    /// `LoginOk`: this connection is signed in.
+    fn signed_in(&self, answer: response::Result) -> Result<(String, Identity), ClientError> {
+        match answer {
             response::Result::Login(ok) => {
                 let identity: Identity =
                     ok.identity.ok_or_else(|| ClientError::Protocol("LoginOk without identity".into()))?.into();
                 *self.identity.lock().expect("identity lock") = Some(identity.clone());
                 Ok((ok.session_token, identity))
             }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Finishes a sign-in that answered [`ClientError::MfaRequired`], with a
+    /// TOTP code or (`recovery`) a recovery code.
+    ///
+    /// # Errors
+    /// `CODE_INVALID` (wrong or used), `CODE_EXPIRED` (sign in again), `RATE_LIMITED`.
+    pub async fn verify_mfa(
+        &self,
+        challenge: &str,
+        code: &str,
+        recovery: bool,
+    ) -> Result<(String, Identity), ClientError> {
+        let factor = if recovery {
+            wire::verify_mfa::Factor::RecoveryCode(code.into())
+        } else {
+            wire::verify_mfa::Factor::Code(code.into())
+        };
+        let body = Body::VerifyMfa(wire::VerifyMfa { challenge: challenge.into(), factor: Some(factor) });
+        let answer = self.request(body).await?;
+        self.signed_in(answer)
+    }
+
+    /// This account's signed-in devices, oldest first.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn sessions(&self) -> Result<Vec<wire::SessionInfo>, ClientError> {
+        match self.request(Body::ListSessions(wire::ListSessions {})).await? {
+            response::Result::Sessions(list) => Ok(list.sessions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs one device out (its `session_id`); `None` signs out every device
+    /// but this one. Returns how many were signed out.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (no such session of yours), `INVALID_ARGUMENT` (this one: use logout).
+    pub async fn revoke_sessions(&self, session_id: Option<&str>) -> Result<u32, ClientError> {
+        let body = match session_id {
+            Some(id) => Body::RevokeSession(wire::RevokeSession { session_id: id.into() }),
+            None => Body::RevokeOtherSessions(wire::RevokeOtherSessions {}),
+        };
+        match self.request(body).await? {
+            response::Result::Revoked(r) => Ok(r.revoked),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A new password; every other device is signed out (their count is returned).
+    ///
+    /// # Errors
+    /// `INVALID_CREDENTIALS` (the old one is wrong), `WEAK_PASSWORD`.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<u32, ClientError> {
+        let body = Body::ChangePassword(wire::ChangePassword { old_password: old.into(), new_password: new.into() });
+        match self.request(body).await? {
+            response::Result::Password(p) => Ok(p.revoked_sessions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Mails a password-reset code to `email` (the same answer whether or not
+    /// it has an account). Returns how long the code is valid.
+    ///
+    /// # Errors
+    /// `INVALID_EMAIL`, `RATE_LIMITED`.
+    pub async fn start_password_reset(&self, email: &str) -> Result<Duration, ClientError> {
+        match self.request(Body::StartPasswordReset(wire::StartPasswordReset { email: email.into() })).await? {
+            response::Result::CodeSent(c) => Ok(Duration::from_millis(c.expires_in_ms.into())),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A new password with the mailed code; every session of the account ends.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `CODE_EXPIRED`, `WEAK_PASSWORD`, `RATE_LIMITED`.
+    pub async fn reset_password(&self, email: &str, code: &str, new_password: &str) -> Result<u32, ClientError> {
+        let body = Body::ResetPassword(wire::ResetPassword {
+            email: email.into(),
+            code: code.into(),
+            new_password: new_password.into(),
+        });
+        match self.request(body).await? {
+            response::Result::Password(p) => Ok(p.revoked_sessions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Mails a new verification code; `None` when the address is verified already.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`, `RATE_LIMITED`.
+    pub async fn start_email_verification(&self) -> Result<Option<Duration>, ClientError> {
+        match self.request(Body::StartEmailVerification(wire::StartEmailVerification {})).await? {
+            response::Result::CodeSent(c) => Ok(Some(Duration::from_millis(c.expires_in_ms.into()))),
+            response::Result::EmailVerified(_) => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Proves the mailbox with the mailed code; returns the verified address.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `CODE_EXPIRED`, `UNAUTHENTICATED`.
+    pub async fn verify_email(&self, code: &str) -> Result<String, ClientError> {
+        match self.request(Body::VerifyEmail(wire::VerifyEmail { code: code.into() })).await? {
+            response::Result::EmailVerified(v) => Ok(v.email),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Starts turning TOTP on: the secret for the authenticator app.
+    ///
+    /// # Errors
+    /// `MFA_ALREADY_ENABLED`, `UNAUTHENTICATED`.
+    pub async fn enable_totp(&self) -> Result<wire::TotpSetup, ClientError> {
+        match self.request(Body::EnableTotp(wire::EnableTotp {})).await? {
+            response::Result::TotpSetup(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Turns TOTP on with a current code from the app (on the connection that
+    /// sent [`Client::enable_totp`]); returns the recovery codes, shown once.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `INVALID_ARGUMENT`.
+    pub async fn confirm_totp(&self, code: &str) -> Result<Vec<String>, ClientError> {
+        match self.request(Body::ConfirmTotp(wire::ConfirmTotp { code: code.into() })).await? {
+            response::Result::RecoveryCodes(r) => Ok(r.codes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Turns TOTP off; needs a current code or a recovery code.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `MFA_NOT_ENABLED`.
+    pub async fn disable_totp(&self, code: &str) -> Result<(), ClientError> {
+        match self.request(Body::DisableTotp(wire::DisableTotp { code: code.into() })).await? {
+            response::Result::TotpDisabled(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A fresh set of recovery codes (the old set stops working); needs a
+    /// current code or a recovery code.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `MFA_NOT_ENABLED`.
+    pub async fn new_recovery_codes(&self, code: &str) -> Result<Vec<String>, ClientError> {
+        match self.request(Body::NewRecoveryCodes(wire::NewRecoveryCodes { code: code.into() })).await? {
+            response::Result::RecoveryCodes(r) => Ok(r.codes),
             other => Err(unexpected(&other)),
         }
     }

@@ -35,6 +35,11 @@ codes! {
     WEAK_PASSWORD = 204, "The password does not meet the password policy.";
     INVALID_EMAIL = 205, "The email address is not valid.";
     ALREADY_AUTHENTICATED = 206, "The connection is already signed in.";
+    MFA_REQUIRED = 207, "The first factor was right; finish signing in with VerifyMfa and Error.mfa_challenge.";
+    CODE_INVALID = 208, "The code (emailed, TOTP or recovery) is wrong or was already used; tries are limited.";
+    CODE_EXPIRED = 209, "No such code or challenge is pending (expired, used, or out of tries); ask for a new one.";
+    MFA_NOT_ENABLED = 210, "The second factor is not turned on for this account.";
+    MFA_ALREADY_ENABLED = 211, "The second factor is already on; turn it off first to set up a new one.";
     // 3xx: request content
     INVALID_ARGUMENT = 300, "A field is missing, malformed or out of range.";
     TEXT_TOO_LONG = 301, "The message text exceeds the maximum text size.";

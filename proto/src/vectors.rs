@@ -200,6 +200,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     code: 401,
                     message: "not a member of this conversation".into(),
                     retry_after_ms: 0,
+                    mfa_challenge: String::new(),
                 }),
             ),
         ),
@@ -211,6 +212,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     code: 100,
                     message: "malformed frame".into(),
                     retry_after_ms: 0,
+                    mfa_challenge: String::new(),
                 })),
             }),
         ),
@@ -317,6 +319,89 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             "feed_caught_up",
             "Feed: backlog delivered up to cursor 43",
             Frame::Feed(FeedFrame { kind: Some(feed_frame::Kind::CaughtUp(CaughtUp { cursor: 43 })) }),
+        ),
+        (
+            "response_mfa_required",
+            "Response 2: Login needs the second factor; the challenge to pass to VerifyMfa",
+            resp(
+                2,
+                response::Result::Error(Error {
+                    code: 207,
+                    message: "enter the code from your authenticator app (or a recovery code) with VerifyMfa".into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: "Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg".into(),
+                }),
+            ),
+        ),
+        (
+            "request_verify_mfa",
+            "Request 3: VerifyMfa with TOTP code 287082",
+            req(
+                3,
+                request::Body::VerifyMfa(VerifyMfa {
+                    challenge: "Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg".into(),
+                    factor: Some(verify_mfa::Factor::Code("287082".into())),
+                }),
+            ),
+        ),
+        (
+            "request_verify_mfa_recovery",
+            "Request 4: VerifyMfa with a recovery code",
+            req(
+                4,
+                request::Body::VerifyMfa(VerifyMfa {
+                    challenge: "Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg".into(),
+                    factor: Some(verify_mfa::Factor::RecoveryCode("abcde-fghij".into())),
+                }),
+            ),
+        ),
+        (
+            "response_totp_setup",
+            "Response 5: EnableTotp's fresh secret and otpauth URI",
+            resp(
+                5,
+                response::Result::TotpSetup(TotpSetup {
+                    secret_base32: "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ".into(),
+                    otpauth_uri: "otpauth://totp/natter:alice%40example.org?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\
+                                  &issuer=natter&algorithm=SHA1&digits=6&period=30"
+                        .into(),
+                }),
+            ),
+        ),
+        (
+            "request_list_sessions",
+            "Request 6: ListSessions (an empty message)",
+            req(6, request::Body::ListSessions(ListSessions {})),
+        ),
+        (
+            "response_session_list",
+            "Response 6: one session, this connection's, signed in with a password",
+            resp(
+                6,
+                response::Result::Sessions(SessionList {
+                    sessions: vec![SessionInfo {
+                        session_id: DEVICE.into(),
+                        device_name: "laptop".into(),
+                        method: "password".into(),
+                        created_at_ms: 1_795_000_000_000,
+                        last_used_at_ms: 1_795_000_360_000,
+                        last_address: "192.0.2.7".into(),
+                        current: true,
+                    }],
+                }),
+            ),
+        ),
+        (
+            "request_reset_password",
+            "Request 7: ResetPassword with the mailed code 123456",
+            req(
+                7,
+                request::Body::ResetPassword(ResetPassword {
+                    email: "alice@example.org".into(),
+                    code: "123456".into(),
+                    new_password: "a new long passphrase".into(),
+                }),
+            ),
         ),
     ]
 }

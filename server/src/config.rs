@@ -52,6 +52,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub ephemeral: EphemeralConfig,
     pub metrics: MetricsConfig,
+    pub mail: crate::auth::mail::MailConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -100,6 +101,10 @@ pub struct AuthConfig {
     pub max_failures: Option<u32>,
     /// First lock-out in milliseconds; doubles per further failure, up to 15 min. Default 30000.
     pub lockout_ms: Option<u64>,
+    /// The server key (64 hex characters, mode 0600) that seals TOTP secrets and
+    /// keys one-time codes. Unset: `<data_dir>/secret.key`, generated on first
+    /// start. Set: it must exist (natterd refuses to start otherwise).
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl AuthConfig {
@@ -183,6 +188,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             ephemeral: EphemeralConfig::default(),
             metrics: MetricsConfig::default(),
+            mail: crate::auth::mail::MailConfig::default(),
         }
     }
 }
@@ -195,7 +201,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics"];
+const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -226,8 +232,7 @@ impl Config {
             let Some((table, key)) = env_key(&name, &known)? else {
                 continue;
             };
-            let value = parse_env_value(&raw);
-            check_env_value(&name, &raw, &table, &key, &value)?;
+            let value = check_env_value(&name, &raw, &table, &key, parse_env_value(&raw))?;
             if table.is_empty() {
                 root.insert(key, value);
             } else {
@@ -285,6 +290,7 @@ impl Config {
         if self.delivery.outbound_queue == 0 {
             return Err(ConfigError::Invalid("delivery.outbound_queue must be at least 1".into()));
         }
+        self.mail.validate().map_err(|e| ConfigError::Invalid(format!("mail: {e}")))?;
         Ok(())
     }
 }
@@ -347,19 +353,38 @@ fn env_key(name: &str, known: &[KeyPath]) -> Result<Option<KeyPath>, ConfigError
 }
 
 /// A variable's value, checked on its own so the error names the variable.
-fn check_env_value(name: &str, raw: &str, table: &str, key: &str, value: &toml::Value) -> Result<(), ConfigError> {
-    let mut alone = toml::Table::new();
-    if table.is_empty() {
-        alone.insert(key.to_owned(), value.clone());
-    } else {
-        let mut t = toml::Table::new();
-        t.insert(key.to_owned(), value.clone());
-        alone.insert(table.to_owned(), toml::Value::Table(t));
+/// A value that reads as a number or boolean but belongs to a string key
+/// (a numeric password, say) is taken as the string it was written as. Values
+/// of secret keys are never repeated in an error.
+fn check_env_value(
+    name: &str,
+    raw: &str,
+    table: &str,
+    key: &str,
+    value: toml::Value,
+) -> Result<toml::Value, ConfigError> {
+    let fits = |value: &toml::Value| {
+        let mut alone = toml::Table::new();
+        if table.is_empty() {
+            alone.insert(key.to_owned(), value.clone());
+        } else {
+            let mut t = toml::Table::new();
+            t.insert(key.to_owned(), value.clone());
+            alone.insert(table.to_owned(), toml::Value::Table(t));
+        }
+        toml::Value::Table(alone).try_into::<Config>().map(|_| ())
+    };
+    let error = match fits(&value) {
+        Ok(()) => return Ok(value),
+        Err(e) => e,
+    };
+    let as_string = toml::Value::String(raw.to_owned());
+    if !value.is_str() && fits(&as_string).is_ok() {
+        return Ok(as_string);
     }
-    match toml::Value::Table(alone).try_into::<Config>() {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ConfigError::Invalid(format!("{name}={raw}: {}", plain_expectation(e.message())))),
-    }
+    let shown =
+        if key.contains("password") || key.contains("secret") || key.contains("token") { "<redacted>" } else { raw };
+    Err(ConfigError::Invalid(format!("{name}={shown}: {}", plain_expectation(error.message()))))
 }
 
 /// serde's "invalid type: string \"lots\", expected usize" as people say it.
@@ -482,6 +507,18 @@ mod tests {
         assert!(e.starts_with("invalid configuration: NATTER_STORE_BACKEND=oracle:") && e.contains("postgres"), "{e}");
         let e = err(&[("NATTER_LISTEN", "nowhere")]);
         assert!(e.starts_with("invalid configuration: NATTER_LISTEN=nowhere:"), "{e}");
+    }
+
+    #[test]
+    fn a_string_key_takes_digits_as_written_and_secrets_stay_out_of_errors() {
+        let c = Config::load(None, env(&[("NATTER_MAIL_SMTP_PASSWORD", "0123456789"), ("NATTER_SERVER_NAME", "42")]))
+            .unwrap_err();
+        // smtp settings with the console provider are refused; the value is not shown.
+        assert!(!c.to_string().contains("0123456789"), "{c}");
+        let c = Config::load(None, env(&[("NATTER_SERVER_NAME", "0042")])).unwrap();
+        assert_eq!(c.server_name, "0042", "as written, not as the number 42");
+        let e = Config::load(None, env(&[("NATTER_MAIL_SMTP_PORT", "s3cret-not-a-port")])).unwrap_err().to_string();
+        assert!(e.contains("NATTER_MAIL_SMTP_PORT=s3cret-not-a-port"), "not a secret key: shown ({e})");
     }
 
     #[test]

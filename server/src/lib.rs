@@ -49,6 +49,17 @@ pub enum StartError {
     Transport(#[from] transport::TransportError),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
+    #[error("server key")]
+    ServerKey(#[from] auth::server_key::ServerKeyError),
+    #[error(
+        "the server key is not this deployment's (auth.secret_key_file, or <data_dir>/secret.key, differs from \
+         the one that sealed its TOTP secrets and codes): restore the original key, and give every node on a \
+         shared database the same auth.secret_key_file; natterd will not start and silently turn two-factor \
+         sign-in off"
+    )]
+    WrongServerKey,
+    #[error("mail")]
+    Mail(#[from] auth::mail::MailConfigError),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -212,6 +223,18 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
     };
     let hasher = auth::PasswordHasherArgon2::new(config.auth.argon2())?;
+    let server_key =
+        Arc::new(auth::server_key::ServerKey::load_or_generate(data_dir, config.auth.secret_key_file.as_deref())?);
+    let auth_state: Arc<dyn store::auth_state::AuthState> = match config.store.backend {
+        StoreBackend::Postgres => Arc::new(store::auth_state::postgres::PostgresAuthState::new(
+            config.store.url.as_deref().ok_or(StartError::NoStoreUrl)?,
+        )?),
+        StoreBackend::Sqlite => Arc::new(store::auth_state::sqlite::SqliteAuthState::open(data_dir)?),
+    };
+    if !auth_state.check_key_id(&server_key.key_id()).await? {
+        return Err(StartError::WrongServerKey);
+    }
+    let mailer = auth::mail::mailer(&config.mail)?;
 
     let shutdown = CancellationToken::new();
     let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
@@ -240,6 +263,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
         },
+        session::Security { auth_state, server_key, mailer },
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,

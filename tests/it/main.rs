@@ -1,6 +1,7 @@
 //! natter's one integration test binary: every test starts real servers (see
 //! the harness in `natter_tests`) and talks to them through the client SDK.
 
+mod account;
 mod admin;
 mod auth;
 mod cli;
@@ -8,6 +9,7 @@ mod crash;
 mod dm;
 mod groups;
 mod loadgen;
+mod mail;
 mod metrics;
 mod natterd;
 mod nodes;

@@ -111,7 +111,15 @@ async fn a_node_killed_mid_send_loses_nothing_and_its_client_resyncs_on_another_
     // Both nodes serve one certificate, as behind one address.
     let (cert, key) = (dir_a.path().join("tls/cert.pem"), dir_a.path().join("tls/key.pem"));
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
-    let env_b = [store_env[0], store_env[1], ("NATTER_TLS_CERT", cert), ("NATTER_TLS_KEY", key)];
+    // …and one server key.
+    let secret = dir_a.path().join("secret.key");
+    let env_b = [
+        store_env[0],
+        store_env[1],
+        ("NATTER_TLS_CERT", cert),
+        ("NATTER_TLS_KEY", key),
+        ("NATTER_AUTH_SECRET_KEY_FILE", secret.to_str().unwrap()),
+    ];
     let node_b = ChildServer::spawn_with_env(&crate::natterd(), dir_b.path(), free_udp_port(), &env_b);
     assert_eq!(node_a.fingerprint(), node_b.fingerprint());
 
@@ -321,4 +329,81 @@ async fn an_account_locked_on_one_node_is_locked_on_every_node() {
     }
     // Other accounts are not affected.
     node_b.client().await.login("bob@example.org", PASSWORD, "d").await.unwrap();
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The secret in an otpauth URI, as an authenticator app reads it.
+fn totp_secret(setup: &natter_client::proto::TotpSetup) -> natter_server::auth::totp::TotpSecret {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut n, mut out) = (0u64, 0, Vec::new());
+    for c in setup.secret_base32.bytes() {
+        bits = (bits << 5) | alphabet.iter().position(|a| *a == c).unwrap() as u64;
+        n += 5;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    natter_server::auth::totp::TotpSecret::from_bytes(&out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_second_factors_and_sign_in_limits_hold_across_nodes() {
+    use natter_proto::ErrorCode;
+    use natter_server::auth::totp::code_at;
+    let Some(db) = PgDatabase::create().await else { return };
+    let limited = |c: &mut natter_server::config::Config| c.auth.attempts_per_minute = Some(8);
+    let node_a = TestServer::start_postgres_with(&db, limited).await;
+    let node_b = TestServer::start_postgres_with(&db, limited).await;
+    let (laptop, _) = node_a.new_user("alice@example.org").await;
+    let (phone, _) = node_b.new_device("alice@example.org", "phone").await;
+
+    // Signed out from node A, the phone's connection on node B closes at once.
+    let sessions = laptop.sessions().await.unwrap();
+    let phone_id = sessions.iter().find(|s| s.device_name == "phone").unwrap().session_id.clone();
+    assert_eq!(laptop.revoke_sessions(Some(&phone_id)).await.unwrap(), 1);
+    let closed = tokio::time::timeout(WAIT, phone.closed()).await.expect("closed on the other node");
+    assert_eq!(closed.code(), Some(ErrorCode::SESSION_INVALID));
+
+    // TOTP turned on at node A guards a sign-in at node B; the challenge from
+    // B is completed at A; a code spent at A is refused at B.
+    let setup = laptop.enable_totp().await.unwrap();
+    let secret = totp_secret(&setup);
+    laptop.confirm_totp(&code_at(&secret, now_secs())).await.unwrap();
+    let at_b = node_b.client().await;
+    let Err(ClientError::MfaRequired { challenge, .. }) = at_b.login("alice@example.org", PASSWORD, "tablet").await
+    else {
+        panic!("the second factor is required on every node")
+    };
+    let at_a = node_a.client().await;
+    let next = code_at(&secret, now_secs() + 30);
+    at_a.verify_mfa(&challenge, &next, false).await.expect("the challenge is shared");
+    let at_b = node_b.client().await;
+    let Err(ClientError::MfaRequired { challenge, .. }) = at_b.login("alice@example.org", PASSWORD, "tablet").await
+    else {
+        panic!()
+    };
+    let e = at_b.verify_mfa(&challenge, &next, false).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::CODE_INVALID), "replayed on another node: {e}");
+
+    // One address's sign-ins are counted over both nodes: 8 a minute in all.
+    // (Sign-ins so far: 1 signup + 2 logins + 2 first factors = 5 attempts.)
+    let mut refused = None;
+    for i in 0..8 {
+        let node = if i % 2 == 0 { &node_a } else { &node_b };
+        let c = node.client().await;
+        match c.login("nobody@example.org", PASSWORD, "d").await {
+            Err(e) if e.code() == Some(ErrorCode::RATE_LIMITED) => {
+                refused = Some(i);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::INVALID_CREDENTIALS)),
+            Ok(_) => panic!("nobody has no account"),
+        }
+    }
+    // Each node's own bucket (8) would allow 8 more on each; the shared count stops the 4th.
+    assert_eq!(refused, Some(3), "the limit holds for the cluster");
 }

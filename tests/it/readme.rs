@@ -175,7 +175,9 @@ fn the_readme_opens_with_the_two_commands_and_installs_every_binary() {
     assert!(ci.contains("cargo test --workspace"), "CI runs the README's test command");
 
     let install = commands(section(&text, "Install"));
-    for (path, binary) in [("server", "natterd"), ("client", "natter"), ("admin-cli", "natter-admin"), ("loadgen", "natter-loadgen")] {
+    for (path, binary) in
+        [("server", "natterd"), ("client", "natter"), ("admin-cli", "natter-admin"), ("loadgen", "natter-loadgen")]
+    {
         let line = format!("cargo install --locked --path {path}");
         assert!(
             install.iter().any(|c| c.split('#').next().is_some_and(|c| c.trim() == line)),

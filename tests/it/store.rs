@@ -11,8 +11,9 @@ use std::time::Duration;
 use natter_server::domain::conversation::ConversationKind;
 use natter_server::domain::{
     ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
-    TokenHash, UserId, UserRegistered,
+    SignInMethod, TokenHash, UserId, UserRegistered,
 };
+use natter_server::store::auth_state::{AuthState, CodeCheck, CodePurpose, PendingChallenge};
 use natter_server::store::postgres::{PostgresConfig, PostgresStore};
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
 use natter_server::store::{
@@ -70,6 +71,19 @@ impl Backend {
                 client.batch_execute(DAMAGE).await.unwrap();
                 drop(client);
                 let _ = driver.await;
+            }
+        }
+    }
+
+    /// The backend's short-lived auth state (PostgreSQL: a fresh handle, as
+    /// another node would have).
+    fn auth_state(&self) -> Arc<dyn AuthState> {
+        match &self.kind {
+            Kind::Sqlite(dir) => {
+                Arc::new(natter_server::store::auth_state::sqlite::SqliteAuthState::open(dir.path()).unwrap())
+            }
+            Kind::Postgres(db) => {
+                Arc::new(natter_server::store::auth_state::postgres::PostgresAuthState::new(db.url()).unwrap())
             }
         }
     }
@@ -152,6 +166,8 @@ conformance!(
     import_reproduces_every_answer,
     subscribers_see_every_event_once_in_order_under_concurrent_writers,
     nodes_racing_for_one_stream_version_get_one_winner_and_typed_refusals,
+    account_security_read_models_answer,
+    auth_state_is_shared_by_nodes_and_atomic,
 );
 
 fn stream(name: &str) -> StreamName {
@@ -381,6 +397,7 @@ fn session(user: UserId, token: u8, at: u64) -> StreamAppend {
             device_id: DeviceId(Uuid::from_u128(u128::from(token) + 1000)),
             device_name: format!("device {token}"),
             token_hash: TokenHash([token; 32]),
+            method: SignInMethod::Password,
             at: Millis(at),
         }))],
     )
@@ -521,6 +538,33 @@ async fn populate(s: &Arc<dyn Store>) -> World {
         NewEvent::fresh(Event::PrivacyChanged { user_id: carol, hide_last_seen: true, at: Millis(43) }),
     )
     .await;
+    // Account security: a new password, a verified address, TOTP with one
+    // recovery code spent, a session signed in through Google.
+    for event in [
+        Event::PasswordChanged { user_id: alice, password_hash: "$argon2id$changed".into(), at: Millis(44) },
+        Event::EmailVerified { user_id: bob, email: Email::parse("bob@example.org").unwrap(), at: Millis(45) },
+        Event::TotpEnabled {
+            user_id: carol,
+            sealed_secret: vec![9; 48],
+            recovery_codes: vec![[0xc1; 32], [0xc2; 32]],
+            at: Millis(46),
+        },
+        Event::RecoveryCodeUsed { user_id: carol, code_hash: [0xc1; 32], at: Millis(47) },
+    ] {
+        let user = match &event {
+            Event::PasswordChanged { user_id, .. }
+            | Event::EmailVerified { user_id, .. }
+            | Event::TotpEnabled { user_id, .. }
+            | Event::RecoveryCodeUsed { user_id, .. } => *user_id,
+            _ => unreachable!(),
+        };
+        append_one(s, StreamName::user(user), NewEvent::fresh(event)).await;
+    }
+    let mut google = session(carol, 4, 48);
+    if let Event::SessionStarted(started) = &mut google.events[0].event {
+        started.method = SignInMethod::Google;
+    }
+    s.append(vec![google]).await.unwrap();
     s.set_last_seen(alice, Millis(500)).await.unwrap();
     s.set_last_seen(carol, Millis(600)).await.unwrap();
     World { alice, bob, carol, dm, group, alice_token: TokenHash([1; 32]), bob_token: TokenHash([2; 32]) }
@@ -780,6 +824,123 @@ async fn presence_state_is_kept(b: &Backend) {
     let got: Vec<_> = info.iter().map(|p| (p.user, p.last_seen, p.hide_last_seen)).collect();
     assert_eq!(got, [(w.alice, Some(Millis(500)), false), (w.bob, None, false), (w.carol, Some(Millis(600)), true)]);
     assert_eq!(s.last_seen_all().await.unwrap(), [(w.alice, Millis(500)), (w.carol, Millis(600))]);
+}
+
+async fn account_security_read_models_answer(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let alice = s.user_by_id(w.alice).await.unwrap().unwrap();
+    assert_eq!(alice.password_hash, "$argon2id$changed", "PasswordChanged replaces the hash");
+    assert!(!alice.email_verified && alice.totp_sealed_secret.is_none());
+    let bob = s.user_by_email(&Email::parse("bob@example.org").unwrap()).await.unwrap().unwrap();
+    assert!(bob.email_verified);
+    let carol = s.user_by_id(w.carol).await.unwrap().unwrap();
+    assert_eq!(carol.totp_sealed_secret, Some(vec![9; 48]));
+    assert!(!s.recovery_code_unused(w.carol, [0xc1; 32]).await.unwrap(), "spent");
+    assert!(s.recovery_code_unused(w.carol, [0xc2; 32]).await.unwrap());
+    assert!(!s.recovery_code_unused(w.alice, [0xc2; 32]).await.unwrap(), "someone else's code");
+
+    // Live sessions only, oldest first, with how they signed in.
+    let bobs = s.sessions_of(w.bob).await.unwrap();
+    assert_eq!(bobs.iter().map(|d| d.token_hash).collect::<Vec<_>>(), [w.bob_token], "the revoked one is gone");
+    let carols = s.sessions_of(w.carol).await.unwrap();
+    assert_eq!(carols.len(), 1);
+    assert_eq!(
+        (carols[0].method, carols[0].device_name.as_str(), carols[0].created_at),
+        (SignInMethod::Google, "device 4", Millis(48))
+    );
+
+    // Turned off: the secret and every recovery code go; a new set replaces an old one.
+    let off = Event::TotpDisabled { user_id: w.carol, at: Millis(70) };
+    append_one(s, StreamName::user(w.carol), NewEvent::fresh(off)).await;
+    assert_eq!(s.user_by_id(w.carol).await.unwrap().unwrap().totp_sealed_secret, None);
+    assert!(!s.recovery_code_unused(w.carol, [0xc2; 32]).await.unwrap());
+    let issued = Event::RecoveryCodesIssued { user_id: w.alice, recovery_codes: vec![[0xa1; 32]], at: Millis(71) };
+    append_one(s, StreamName::user(w.alice), NewEvent::fresh(issued)).await;
+    let again = Event::RecoveryCodesIssued { user_id: w.alice, recovery_codes: vec![[0xa2; 32]], at: Millis(72) };
+    append_one(s, StreamName::user(w.alice), NewEvent::fresh(again)).await;
+    assert!(!s.recovery_code_unused(w.alice, [0xa1; 32]).await.unwrap());
+    assert!(s.recovery_code_unused(w.alice, [0xa2; 32]).await.unwrap());
+}
+
+async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {
+    let (one, two) = (b.auth_state(), b.auth_state());
+    let purpose = CodePurpose::ResetPassword;
+    let now = Millis(1_000_000);
+    one.put_code(purpose, "a@example.org", [1; 32], Millis(now.0 + 300_000), 3).await.unwrap();
+    // A wrong code spends a try, seen by the other node.
+    assert_eq!(
+        two.check_code(purpose, "a@example.org", [2; 32], now).await.unwrap(),
+        CodeCheck::Wrong { attempts_left: 2 }
+    );
+    assert_eq!(one.check_code(purpose, "b@example.org", [1; 32], now).await.unwrap(), CodeCheck::Missing);
+    assert_eq!(
+        one.check_code(CodePurpose::VerifyEmail, "a@example.org", [1; 32], now).await.unwrap(),
+        CodeCheck::Missing
+    );
+    // The right one, from both nodes at once: accepted exactly once.
+    let (x, y) = futures::join!(
+        one.check_code(purpose, "a@example.org", [1; 32], now),
+        two.check_code(purpose, "a@example.org", [1; 32], now)
+    );
+    let mut answers = [x.unwrap(), y.unwrap()];
+    answers.sort_by_key(|a| matches!(a, CodeCheck::Accepted));
+    assert_eq!(answers, [CodeCheck::Missing, CodeCheck::Accepted]);
+    // Expired; out of tries; replaced.
+    one.put_code(purpose, "a@example.org", [1; 32], Millis(now.0 + 10), 3).await.unwrap();
+    assert_eq!(
+        one.check_code(purpose, "a@example.org", [1; 32], Millis(now.0 + 10)).await.unwrap(),
+        CodeCheck::Missing
+    );
+    one.put_code(purpose, "a@example.org", [1; 32], Millis(now.0 + 300_000), 1).await.unwrap();
+    assert_eq!(
+        one.check_code(purpose, "a@example.org", [7; 32], now).await.unwrap(),
+        CodeCheck::Wrong { attempts_left: 0 }
+    );
+    assert_eq!(one.check_code(purpose, "a@example.org", [1; 32], now).await.unwrap(), CodeCheck::Missing);
+    one.put_code(purpose, "a@example.org", [1; 32], Millis(now.0 + 300_000), 3).await.unwrap();
+    one.put_code(purpose, "a@example.org", [5; 32], Millis(now.0 + 300_000), 3).await.unwrap();
+    assert!(matches!(two.check_code(purpose, "a@example.org", [1; 32], now).await.unwrap(), CodeCheck::Wrong { .. }));
+    assert_eq!(two.check_code(purpose, "a@example.org", [5; 32], now).await.unwrap(), CodeCheck::Accepted);
+
+    // Counters: one fixed window, shared.
+    let window = Duration::from_secs(600);
+    assert_eq!(one.hit("k", window, now).await.unwrap(), 1);
+    assert_eq!(two.hit("k", window, Millis(now.0 + 1)).await.unwrap(), 2);
+    assert_eq!(one.hit("other", window, now).await.unwrap(), 1);
+    assert_eq!(one.hit("k", window, Millis(now.0 + 600_000)).await.unwrap(), 1, "a new window");
+
+    // TOTP steps: each accepted once, and never an older one after a newer.
+    let user = uid(0xa);
+    assert!(one.use_totp_step(user, 100).await.unwrap());
+    assert!(!two.use_totp_step(user, 100).await.unwrap(), "replayed on another node");
+    assert!(!one.use_totp_step(user, 99).await.unwrap());
+    assert!(two.use_totp_step(user, 101).await.unwrap());
+    assert!(one.use_totp_step(uid(0xb), 100).await.unwrap(), "per user");
+
+    // Challenges: looked at, failed, taken once.
+    let pending = PendingChallenge { user_id: user, device_name: "phone".into(), method: SignInMethod::Password };
+    one.put_challenge([3; 32], &pending, Millis(now.0 + 300_000), 2).await.unwrap();
+    assert_eq!(two.challenge([3; 32], now).await.unwrap(), Some(pending.clone()));
+    assert_eq!(two.challenge([3; 32], Millis(now.0 + 300_000)).await.unwrap(), None, "expired");
+    assert_eq!(two.challenge_failed([3; 32]).await.unwrap(), 1);
+    let (x, y) = futures::join!(one.take_challenge([3; 32]), two.take_challenge([3; 32]));
+    assert!(x.unwrap() ^ y.unwrap(), "taken exactly once");
+    assert_eq!(one.challenge([3; 32], now).await.unwrap(), None);
+    one.put_challenge([4; 32], &pending, Millis(now.0 + 300_000), 1).await.unwrap();
+    assert_eq!(one.challenge_failed([4; 32]).await.unwrap(), 0);
+    assert_eq!(one.challenge([4; 32], now).await.unwrap(), None, "out of tries");
+
+    // Session activity, and the server key's id.
+    one.touch_session(TokenHash([8; 32]), Millis(5), "192.0.2.1").await.unwrap();
+    two.touch_session(TokenHash([8; 32]), Millis(6), "192.0.2.2").await.unwrap();
+    let seen = one.session_activity(&[TokenHash([8; 32]), TokenHash([9; 32])]).await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[&TokenHash([8; 32])].last_address, "192.0.2.2");
+    assert_eq!(seen[&TokenHash([8; 32])].last_used, Millis(6));
+    assert!(one.check_key_id("key-1").await.unwrap());
+    assert!(two.check_key_id("key-1").await.unwrap());
+    assert!(!two.check_key_id("key-2").await.unwrap(), "another key is refused");
 }
 
 async fn rebuild_restores_every_answer(b: &Backend) {

@@ -3,6 +3,8 @@
 //! processes, and helpers to make signed-in clients. Nothing is shared between
 //! tests, so they run in parallel.
 
+pub mod smtp_sink;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -57,10 +59,18 @@ impl TestServer {
     /// Starts with the test config adjusted by `tweak`.
     /// Starts on a PostgreSQL database (several may share one: a cluster).
     pub async fn start_postgres(db: &PgDatabase) -> Self {
+        Self::start_postgres_with(db, |_| {}).await
+    }
+
+    /// A node on `db` (with the database's shared server key), adjusted by `tweak`.
+    pub async fn start_postgres_with(db: &PgDatabase, tweak: impl FnOnce(&mut Config)) -> Self {
         let url = db.url().to_owned();
+        let key = db.secret_key_file();
         Self::start_with(move |c| {
             c.store.backend = natter_server::config::StoreBackend::Postgres;
             c.store.url = Some(url);
+            c.auth.secret_key_file = Some(key);
+            tweak(c);
         })
         .await
     }
@@ -281,6 +291,9 @@ fn pg_required() -> bool {
 pub struct PgDatabase {
     url: String,
     name: String,
+    /// The server key every node on this database shares (as an operator
+    /// gives every node the same `auth.secret_key_file`).
+    key_dir: tempfile::TempDir,
 }
 
 impl PgDatabase {
@@ -308,13 +321,36 @@ impl PgDatabase {
             Some((server, _)) => format!("{server}/{name}"),
             None => panic!("NATTERTEST_PG_URL {base:?} names no database"),
         };
-        Some(Self { url, name })
+        let key_dir = tempfile::tempdir().expect("tempdir");
+        let key: [u8; 32] = rand_bytes();
+        let key_file = key_dir.path().join("secret.key");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_file).expect("key file");
+            writeln!(f, "{}", hex::encode(key)).expect("write key");
+        }
+        Some(Self { url, name, key_dir })
     }
 
     /// `postgres://…/natter_test_<random>`.
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The server key file for every node on this database.
+    pub fn secret_key_file(&self) -> std::path::PathBuf {
+        self.key_dir.path().join("secret.key")
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_mut(16) {
+        chunk.copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
+    }
+    out
 }
 
 impl Drop for PgDatabase {

@@ -3,6 +3,11 @@
 //! Hashing is CPU-heavy, so callers run it on the blocking pool. A token is 32
 //! random bytes (base64url); only its SHA-256 is ever stored.
 
+pub mod codes;
+pub mod mail;
+pub mod server_key;
+pub mod totp;
+
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;

@@ -1,6 +1,8 @@
 //! Account rules: sign-up validation, the password policy, sessions.
 
-use super::{DeviceId, Email, Event, Millis, Rejection, SessionStarted, TokenHash, UserId, UserRegistered};
+use super::{
+    DeviceId, Email, Event, Millis, Rejection, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
+};
 use natter_proto::limits::{MAX_NAME_BYTES, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 
 /// A validated sign-up request, before the password is hashed.
@@ -82,17 +84,22 @@ pub fn register(signup: Signup, user_id: UserId, password_hash: String, at: Mill
     (claim, registered)
 }
 
+/// A sign-in on a new device, as decided: who, which device, how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession<'a> {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub device_name: &'a str,
+    pub token_hash: TokenHash,
+    pub method: SignInMethod,
+}
+
 /// The event of a successful login on a new device.
 ///
 /// # Errors
 /// `InvalidArgument` when the device name is unacceptable.
-pub fn start_session(
-    user_id: UserId,
-    device_id: DeviceId,
-    device_name: &str,
-    token_hash: TokenHash,
-    at: Millis,
-) -> Result<Event, Rejection> {
+pub fn start_session(session: NewSession<'_>, at: Millis) -> Result<Event, Rejection> {
+    let NewSession { user_id, device_id, device_name, token_hash, method } = session;
     let device_name = device_name.trim();
     check_name("device_name", device_name)?;
     let device_name = if device_name.is_empty() { "unnamed device" } else { device_name };
@@ -101,6 +108,7 @@ pub fn start_session(
         device_id,
         device_name: device_name.to_owned(),
         token_hash,
+        method,
         at,
     }))
 }
@@ -155,8 +163,15 @@ mod tests {
     fn device_names_are_checked() {
         let uid = UserId(Uuid::from_u128(1));
         let dev = DeviceId(Uuid::from_u128(2));
-        assert!(start_session(uid, dev, "bad\u{7}name", TokenHash([0; 32]), Millis(0)).is_err());
-        match start_session(uid, dev, "  ", TokenHash([0; 32]), Millis(0)).unwrap() {
+        let session = |name| NewSession {
+            user_id: uid,
+            device_id: dev,
+            device_name: name,
+            token_hash: TokenHash([0; 32]),
+            method: SignInMethod::Password,
+        };
+        assert!(start_session(session("bad\u{7}name"), Millis(0)).is_err());
+        match start_session(session("  "), Millis(0)).unwrap() {
             Event::SessionStarted(s) => assert_eq!(s.device_name, "unnamed device"),
             other => panic!("unexpected {other:?}"),
         }

@@ -117,6 +117,68 @@ pub enum Event {
         hide_last_seen: bool,
         at: Millis,
     },
+    PasswordChanged {
+        user_id: UserId,
+        password_hash: String,
+        at: Millis,
+    },
+    EmailVerified {
+        user_id: UserId,
+        email: Email,
+        at: Millis,
+    },
+    /// `sealed_secret` is the TOTP secret sealed with the server key.
+    TotpEnabled {
+        user_id: UserId,
+        sealed_secret: Vec<u8>,
+        recovery_codes: Vec<[u8; 32]>,
+        at: Millis,
+    },
+    TotpDisabled {
+        user_id: UserId,
+        at: Millis,
+    },
+    RecoveryCodesIssued {
+        user_id: UserId,
+        recovery_codes: Vec<[u8; 32]>,
+        at: Millis,
+    },
+    RecoveryCodeUsed {
+        user_id: UserId,
+        code_hash: [u8; 32],
+        at: Millis,
+    },
+}
+
+/// How a session was signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignInMethod {
+    Password,
+    Phone,
+    Google,
+    GitHub,
+}
+
+impl SignInMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignInMethod::Password => "password",
+            SignInMethod::Phone => "phone",
+            SignInMethod::Google => "google",
+            SignInMethod::GitHub => "github",
+        }
+    }
+
+    /// The stored name; empty (events from before methods were recorded) is a password.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "password" => Some(SignInMethod::Password),
+            "phone" => Some(SignInMethod::Phone),
+            "google" => Some(SignInMethod::Google),
+            "github" => Some(SignInMethod::GitHub),
+            _ => None,
+        }
+    }
 }
 
 /// A member's role in a group, in increasing power.
@@ -144,6 +206,7 @@ pub struct SessionStarted {
     pub device_id: DeviceId,
     pub device_name: String,
     pub token_hash: TokenHash,
+    pub method: SignInMethod,
     pub at: Millis,
 }
 
@@ -183,6 +246,12 @@ impl Event {
             Event::DeliveredUpTo { .. } => "DeliveredUpTo",
             Event::ReadUpTo { .. } => "ReadUpTo",
             Event::PrivacyChanged { .. } => "PrivacyChanged",
+            Event::PasswordChanged { .. } => "PasswordChanged",
+            Event::EmailVerified { .. } => "EmailVerified",
+            Event::TotpEnabled { .. } => "TotpEnabled",
+            Event::TotpDisabled { .. } => "TotpDisabled",
+            Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
+            Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
         }
     }
 
@@ -218,7 +287,13 @@ impl Event {
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
             | Event::SessionRevoked { .. }
-            | Event::PrivacyChanged { .. } => None,
+            | Event::PrivacyChanged { .. }
+            | Event::PasswordChanged { .. }
+            | Event::EmailVerified { .. }
+            | Event::TotpEnabled { .. }
+            | Event::TotpDisabled { .. }
+            | Event::RecoveryCodesIssued { .. }
+            | Event::RecoveryCodeUsed { .. } => None,
         }
     }
 }

@@ -207,7 +207,13 @@ impl FeedSource {
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
             | Event::SessionRevoked { .. }
-            | Event::PrivacyChanged { .. } => None,
+            | Event::PrivacyChanged { .. }
+            | Event::PasswordChanged { .. }
+            | Event::EmailVerified { .. }
+            | Event::TotpEnabled { .. }
+            | Event::TotpDisabled { .. }
+            | Event::RecoveryCodesIssued { .. }
+            | Event::RecoveryCodeUsed { .. } => None,
         })
     }
 }

@@ -3,8 +3,9 @@
 //! account is locked for a growing time). In memory: a restart forgets it,
 //! which only ever errs on the side of letting a user in. With several nodes
 //! the account lock-out is kept in the shared database instead
-//! (`Cluster::login_failed`), by the same rules ([`LoginGuard::lock_after`]);
-//! address limits stay per node.
+//! (`Cluster::login_failed`), by the same rules ([`LoginGuard::lock_after`]),
+//! and the address limit is also counted in the shared store
+//! (`Service::throttle_address`), so it holds for the whole cluster.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

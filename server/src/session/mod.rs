@@ -4,6 +4,7 @@
 //! and answers. Knows protobuf types (it is an edge) but neither quinn nor SQL:
 //! the transport hands it decoded frames, the store hides the database.
 
+mod account_security;
 mod convert;
 pub mod feed;
 mod groups;
@@ -22,16 +23,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::auth::{hash_token, new_session_token, PasswordHasherArgon2};
+use crate::auth::{hash_token, PasswordHasherArgon2};
 use crate::domain::{
     account,
     conversation::{ConversationKind, ConversationState},
-    ConversationId, DeviceId, Email, Millis, Rejection, TokenHash, UserId,
+    ConversationId, DeviceId, Email, Event, Millis, Rejection, SignInMethod, TokenHash, UserId,
 };
 use crate::projection::router::{Registration, Router};
 use crate::store::{
     AppendError, ConversationSummary, ExpectedVersion, Membership, NewEvent, Position, Store, StoreError, StreamAppend,
-    StreamName,
+    StreamName, UserRecord,
 };
 
 pub use feed::FeedSource;
@@ -65,8 +66,18 @@ pub struct Service {
     users: Mutex<HashMap<UserId, Arc<UserInfo>>>,
     conversations: Mutex<HashMap<ConversationId, Arc<ConversationState>>>,
     /// Work a session leaves behind (presence changes and their last-seen
-    /// writes): shutdown waits for it before the store stops.
+    /// writes, session activity, mails): shutdown waits for it before the
+    /// store stops.
     background: TaskTracker,
+    security: Security,
+}
+
+/// What account security needs besides the log: short-lived state, the
+/// server key, and a way to send mail.
+pub struct Security {
+    pub auth_state: Arc<dyn crate::store::auth_state::AuthState>,
+    pub server_key: Arc<crate::auth::server_key::ServerKey>,
+    pub mailer: Arc<dyn crate::auth::mail::Mailer>,
 }
 
 /// What the feed shows of a user.
@@ -95,11 +106,13 @@ pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after_ms: u32,
+    /// With `MFA_REQUIRED`: the challenge for `VerifyMfa`.
+    pub mfa_challenge: String,
 }
 
 impl WireError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after_ms: 0 }
+        Self { code, message: message.into(), retry_after_ms: 0, mfa_challenge: String::new() }
     }
     /// `RATE_LIMITED` with the wait, rounded up so that retrying exactly then succeeds.
     pub fn rate_limited(message: &str, wait: std::time::Duration) -> Self {
@@ -109,7 +122,12 @@ impl WireError {
     }
 
     pub fn to_wire(&self) -> wire::Error {
-        wire::Error { code: self.code.0, message: self.message.clone(), retry_after_ms: self.retry_after_ms }
+        wire::Error {
+            code: self.code.0,
+            message: self.message.clone(),
+            retry_after_ms: self.retry_after_ms,
+            mfa_challenge: self.mfa_challenge.clone(),
+        }
     }
 }
 
@@ -173,6 +191,8 @@ pub struct Session {
     /// Feed acknowledgements, for the delivered-receipt task (set once the feed runs).
     acks: Option<watch::Sender<Position>>,
     typing_limit: presence::RateLimit,
+    /// A TOTP secret from `EnableTotp`, until `ConfirmTotp` on this connection.
+    pending_totp: Option<crate::auth::totp::TotpSecret>,
 }
 
 impl Drop for Session {
@@ -200,6 +220,7 @@ impl Service {
         hasher: PasswordHasherArgon2,
         router: Arc<Router>,
         config: ServiceConfig,
+        security: Security,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -213,6 +234,7 @@ impl Service {
             users: Mutex::new(HashMap::new()),
             conversations: Mutex::new(HashMap::new()),
             background: TaskTracker::new(),
+            security,
         })
     }
 
@@ -271,6 +293,7 @@ impl Service {
             feed_started: false,
             acks: None,
             typing_limit: presence::RateLimit::new(self.config.typing_per_second, self.config.typing_burst),
+            pending_totp: None,
         };
         if !hello.session_token.is_empty() {
             let hash = hash_token(&hello.session_token);
@@ -279,6 +302,7 @@ impl Service {
                 return Err(WireError::new(ErrorCode::SESSION_INVALID, "session token is unknown or revoked"));
             };
             let info = self.user_info(record.user_id).await?;
+            self.touch_session(hash, remote);
             session.sign_in(Identity {
                 user_id: record.user_id,
                 device_id: record.device_id,
@@ -431,7 +455,18 @@ impl Session {
     pub fn is_stateful(body: &Body) -> bool {
         matches!(
             body,
-            Body::Signup(_) | Body::Login(_) | Body::Logout(_) | Body::Sync(_) | Body::AckFeed(_) | Body::Typing(_)
+            Body::Signup(_)
+                | Body::Login(_)
+                | Body::Logout(_)
+                | Body::Sync(_)
+                | Body::AckFeed(_)
+                | Body::Typing(_)
+                | Body::VerifyMfa(_)
+                | Body::StartPasswordReset(_)
+                | Body::ResetPassword(_)
+                | Body::StartEmailVerification(_)
+                | Body::EnableTotp(_)
+                | Body::ConfirmTotp(_)
         )
     }
 
@@ -446,9 +481,49 @@ impl Session {
             Body::Typing(req) => {
                 self.typing(&req.conversation_id).await.map(|()| Handled::from(Reply::Typing(wire::TypingOk {})))
             }
+            Body::VerifyMfa(req) => self.verify_mfa(req).await.map(Handled::from),
+            Body::StartPasswordReset(req) => {
+                self.service.start_password_reset(req, self.remote).await.map(Handled::from)
+            }
+            Body::ResetPassword(req) => self.reset_password(req).await.map(Handled::from),
+            Body::StartEmailVerification(_) => match self.identity().cloned() {
+                Some(me) => self.service.start_email_verification(&me, self.remote).await.map(Handled::from),
+                None => Err(WireError::new(ErrorCode::UNAUTHENTICATED, "sign in first")),
+            },
+            Body::EnableTotp(_) => self.enable_totp().await.map(Handled::from),
+            Body::ConfirmTotp(req) => self.confirm_totp(req).await.map(Handled::from),
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
         };
         result.unwrap_or_else(|e| Handled::from(Reply::Error(e.to_wire())))
+    }
+
+    async fn verify_mfa(&mut self, req: wire::VerifyMfa) -> Result<Reply, WireError> {
+        if self.signed_in.is_some() {
+            return Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in"));
+        }
+        let (token, identity) = self.service.verify_mfa(req, self.remote).await?;
+        let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
+        self.sign_in(identity);
+        Ok(reply)
+    }
+
+    async fn reset_password(&mut self, req: wire::ResetPassword) -> Result<Reply, WireError> {
+        self.service.throttle_address(self.remote).await?;
+        self.service.reset_password(req).await
+    }
+
+    async fn enable_totp(&mut self) -> Result<Reply, WireError> {
+        let me = self.require_identity()?.clone();
+        let (secret, reply) = self.service.enable_totp(&me).await?;
+        self.pending_totp = Some(secret);
+        Ok(reply)
+    }
+
+    async fn confirm_totp(&mut self, req: wire::ConfirmTotp) -> Result<Reply, WireError> {
+        let me = self.require_identity()?.clone();
+        let reply = self.service.confirm_totp(&me, self.pending_totp.as_ref(), req).await?;
+        self.pending_totp = None;
+        Ok(reply)
     }
 
     async fn login(&mut self, req: wire::Login) -> Result<Reply, WireError> {
@@ -561,12 +636,25 @@ impl Service {
                 Body::RenameGroup(req) => self.rename_group(&me, req).await,
                 Body::SetPrivacy(req) => self.set_privacy(&me, req).await,
                 Body::GetPresence(req) => self.get_presence(&me, req).await,
+                Body::ListSessions(_) => self.list_sessions(&me).await,
+                Body::RevokeSession(req) => self.revoke_session(&me, req).await,
+                Body::RevokeOtherSessions(_) => self.revoke_other_sessions(&me).await,
+                Body::ChangePassword(req) => self.change_password(&me, req).await,
+                Body::VerifyEmail(req) => self.verify_email(&me, req).await,
+                Body::DisableTotp(req) => self.disable_totp(&me, req).await,
+                Body::NewRecoveryCodes(req) => self.new_recovery_codes(&me, req).await,
                 Body::Signup(_)
                 | Body::Login(_)
                 | Body::Logout(_)
                 | Body::Sync(_)
                 | Body::AckFeed(_)
-                | Body::Typing(_) => {
+                | Body::Typing(_)
+                | Body::VerifyMfa(_)
+                | Body::StartPasswordReset(_)
+                | Body::ResetPassword(_)
+                | Body::StartEmailVerification(_)
+                | Body::EnableTotp(_)
+                | Body::ConfirmTotp(_) => {
                     unreachable!("stateful requests go through Session::handle_stateful")
                 }
             },
@@ -575,28 +663,26 @@ impl Service {
     }
 
     async fn signup(&self, req: wire::Signup, remote: std::net::IpAddr) -> Result<Reply, WireError> {
-        self.throttle_address(remote)?;
+        self.throttle_address(remote).await?;
         let signup = account::validate_signup(&req.email, &req.password, &req.display_name)?;
         // A cheap early answer; the email stream's expected version is the guarantee.
         if self.store.user_by_email(&signup.email).await?.is_some() {
             return Err(WireError::new(ErrorCode::EMAIL_TAKEN, "an account with this email exists"));
         }
-        let hasher = self.hasher.clone();
-        let password = req.password;
-        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
-        let hash = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            hasher.hash(&password)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("hashing task: {e}")))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "password hashing failed");
-            WireError::new(ErrorCode::INTERNAL, "internal error")
-        })?;
+        let hash = self.hash_password(req.password).await?;
         let user_id = UserId(Uuid::new_v4());
         let email_stream = StreamName::email(&signup.email);
         let (claim, registered) = account::register(signup, user_id, hash, self.now());
+        let Event::UserRegistered(new_user) = &registered else { unreachable!("register makes a registration") };
+        let new_user = UserRecord {
+            user_id,
+            email: new_user.email.clone(),
+            display_name: new_user.display_name.clone(),
+            password_hash: String::new(),
+            created_at: new_user.at,
+            email_verified: false,
+            totp_sealed_secret: None,
+        };
         let result = self
             .store
             .append(vec![
@@ -609,7 +695,14 @@ impl Service {
             ])
             .await;
         match result {
-            Ok(_) => Ok(Reply::Signup(wire::SignupOk { user_id: user_id.to_string() })),
+            Ok(_) => {
+                // The first verification code; signing up does not wait for (or
+                // fail with) the mail.
+                if let Err(e) = self.send_verification(&new_user, remote).await {
+                    tracing::warn!(code = ?e.code, "no verification code sent at signup");
+                }
+                Ok(Reply::Signup(wire::SignupOk { user_id: user_id.to_string() }))
+            }
             Err(AppendError::WrongExpectedVersion { .. }) => {
                 Err(WireError::new(ErrorCode::EMAIL_TAKEN, "an account with this email exists"))
             }
@@ -635,15 +728,25 @@ impl Service {
     }
 
     /// Refuses a credential attempt from an address over its rate.
-    fn throttle_address(&self, remote: std::net::IpAddr) -> Result<(), WireError> {
+    ///
+    /// The in-memory bucket answers first (no round trip for a flood); with
+    /// several nodes a per-minute count in the shared store holds the same
+    /// limit for the whole cluster.
+    async fn throttle_address(&self, remote: std::net::IpAddr) -> Result<(), WireError> {
+        const WHAT: &str = "too many sign-in attempts from this address";
         self.guard
             .attempt_from(remote, std::time::Instant::now())
-            .map_err(|wait| WireError::rate_limited("too many sign-in attempts from this address", wait))
+            .map_err(|wait| WireError::rate_limited(WHAT, wait))?;
+        if self.store.cluster().is_some() {
+            let per_minute = self.config.login_guard.attempts_per_minute.max(1);
+            self.limit(format!("signin-ip:{remote}"), std::time::Duration::from_secs(60), per_minute, WHAT).await?;
+        }
+        Ok(())
     }
 
     async fn login(&self, req: wire::Login, remote: std::net::IpAddr) -> Result<(String, Identity), WireError> {
         let wrong = || WireError::new(ErrorCode::INVALID_CREDENTIALS, "unknown email or wrong password");
-        self.throttle_address(remote)?;
+        self.throttle_address(remote).await?;
         // A malformed email is just another unknown account: same answer, same cost.
         let email = Email::parse(&req.email).ok();
         if let Some(email) = &email {
@@ -660,16 +763,8 @@ impl Service {
         };
         // Checked before the password, so this answer says nothing about it.
         account::check_name("device_name", req.device_name.trim())?;
-        let hasher = self.hasher.clone();
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        let password = req.password;
-        let permit = self.hashing.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            hasher.verify(&password, stored.as_deref())
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("verify task: {e}")))?;
+        let ok = self.verify_password(req.password, stored).await?;
         if let Some(email) = &email {
             // Unknown accounts count too: probing them is throttled the same way.
             self.record_login(email, ok).await?;
@@ -677,25 +772,6 @@ impl Service {
         let Some(user) = user.filter(|_| ok) else {
             return Err(wrong());
         };
-        let (token, token_hash) = new_session_token();
-        let device_id = DeviceId(Uuid::new_v4());
-        let event = account::start_session(user.user_id, device_id, &req.device_name, token_hash, self.now())?;
-        self.store
-            .append(vec![StreamAppend::new(
-                StreamName::user(user.user_id),
-                ExpectedVersion::Any,
-                vec![NewEvent::fresh(event)],
-            )])
-            .await?;
-        Ok((
-            token,
-            Identity {
-                user_id: user.user_id,
-                device_id,
-                token_hash,
-                email: user.email,
-                display_name: user.display_name,
-            },
-        ))
+        self.first_factor_passed(&user, &req.device_name, SignInMethod::Password, remote).await
     }
 }

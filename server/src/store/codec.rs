@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
-    TokenHash, UserId, UserRegistered,
+    SignInMethod, TokenHash, UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -36,6 +36,7 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             device_name: e.device_name.clone(),
             token_hash: e.token_hash.0.to_vec(),
             at_ms: e.at.0,
+            method: e.method.as_str().to_owned(),
         }
         .encode_to_vec(),
         Event::SessionRevoked { user_id, token_hash, at } => {
@@ -106,6 +107,34 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: at.0,
         }
         .encode_to_vec(),
+        Event::PasswordChanged { user_id, password_hash, at } => {
+            pb::PasswordChanged { user_id: user_id.to_string(), password_hash: password_hash.clone(), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::EmailVerified { user_id, email, at } => {
+            pb::EmailVerified { user_id: user_id.to_string(), email: email.as_str().to_owned(), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::TotpEnabled { user_id, sealed_secret, recovery_codes, at } => pb::TotpEnabled {
+            user_id: user_id.to_string(),
+            sealed_secret: sealed_secret.clone(),
+            recovery_code_hashes: recovery_codes.iter().map(|h| h.to_vec()).collect(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::TotpDisabled { user_id, at } => {
+            pb::TotpDisabled { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::RecoveryCodesIssued { user_id, recovery_codes, at } => pb::RecoveryCodesIssued {
+            user_id: user_id.to_string(),
+            recovery_code_hashes: recovery_codes.iter().map(|h| h.to_vec()).collect(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::RecoveryCodeUsed { user_id, code_hash, at } => {
+            pb::RecoveryCodeUsed { user_id: user_id.to_string(), code_hash: code_hash.to_vec(), at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::PrivacyChanged { user_id, hide_last_seen, at } => {
             pb::PrivacyChanged { user_id: user_id.to_string(), hide_last_seen: *hide_last_seen, at_ms: at.0 }
                 .encode_to_vec()
@@ -186,6 +215,8 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 device_id: DeviceId(uuid(&e.device_id)?),
                 device_name: e.device_name,
                 token_hash: token_hash(&e.token_hash)?,
+                method: SignInMethod::parse(&e.method)
+                    .ok_or_else(|| format!("unknown sign-in method {:?}", e.method))?,
                 at: Millis(e.at_ms),
             })
         }
@@ -297,6 +328,51 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "PasswordChanged" => {
+            let e = pb::PasswordChanged::decode(payload).map_err(bad)?;
+            Event::PasswordChanged {
+                user_id: UserId(uuid(&e.user_id)?),
+                password_hash: e.password_hash,
+                at: Millis(e.at_ms),
+            }
+        }
+        "EmailVerified" => {
+            let e = pb::EmailVerified::decode(payload).map_err(bad)?;
+            Event::EmailVerified {
+                user_id: UserId(uuid(&e.user_id)?),
+                email: Email::parse(&e.email).map_err(|r| r.to_string())?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "TotpEnabled" => {
+            let e = pb::TotpEnabled::decode(payload).map_err(bad)?;
+            Event::TotpEnabled {
+                user_id: UserId(uuid(&e.user_id)?),
+                sealed_secret: e.sealed_secret,
+                recovery_codes: hashes(&e.recovery_code_hashes)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "TotpDisabled" => {
+            let e = pb::TotpDisabled::decode(payload).map_err(bad)?;
+            Event::TotpDisabled { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
+        }
+        "RecoveryCodesIssued" => {
+            let e = pb::RecoveryCodesIssued::decode(payload).map_err(bad)?;
+            Event::RecoveryCodesIssued {
+                user_id: UserId(uuid(&e.user_id)?),
+                recovery_codes: hashes(&e.recovery_code_hashes)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "RecoveryCodeUsed" => {
+            let e = pb::RecoveryCodeUsed::decode(payload).map_err(bad)?;
+            Event::RecoveryCodeUsed {
+                user_id: UserId(uuid(&e.user_id)?),
+                code_hash: token_hash(&e.code_hash)?.0,
+                at: Millis(e.at_ms),
+            }
+        }
         "PrivacyChanged" => {
             let e = pb::PrivacyChanged::decode(payload).map_err(bad)?;
             Event::PrivacyChanged {
@@ -315,6 +391,10 @@ fn uuid(s: &str) -> Result<Uuid, String> {
 
 fn token_hash(bytes: &[u8]) -> Result<TokenHash, String> {
     <[u8; 32]>::try_from(bytes).map(TokenHash).map_err(|_| "token hash is not 32 bytes".to_owned())
+}
+
+fn hashes(list: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, String> {
+    list.iter().map(|h| token_hash(h).map(|t| t.0)).collect()
 }
 
 #[cfg(test)]
@@ -339,6 +419,7 @@ mod tests {
                 device_id: DeviceId(Uuid::from_u128(3)),
                 device_name: "laptop".into(),
                 token_hash: TokenHash([7; 32]),
+                method: SignInMethod::Google,
                 at: Millis(3),
             }),
             Event::SessionRevoked { user_id: u, token_hash: TokenHash([7; 32]), at: Millis(4) },
@@ -373,7 +454,34 @@ mod tests {
             },
             Event::ReadUpTo { conversation_id: conv, user: v, seq: Seq(2), at: Millis(15) },
             Event::PrivacyChanged { user_id: v, hide_last_seen: true, at: Millis(16) },
+            Event::PasswordChanged { user_id: u, password_hash: "$argon2id$v=19$x".into(), at: Millis(17) },
+            Event::EmailVerified { user_id: u, email: Email::parse("a@example.org").unwrap(), at: Millis(18) },
+            Event::TotpEnabled {
+                user_id: u,
+                sealed_secret: vec![1, 2, 3],
+                recovery_codes: vec![[5; 32], [6; 32]],
+                at: Millis(19),
+            },
+            Event::RecoveryCodeUsed { user_id: u, code_hash: [5; 32], at: Millis(20) },
+            Event::RecoveryCodesIssued { user_id: u, recovery_codes: vec![[8; 32]], at: Millis(21) },
+            Event::TotpDisabled { user_id: u, at: Millis(22) },
         ]
+    }
+
+    #[test]
+    fn a_session_from_before_sign_in_methods_is_a_password_session() {
+        let old = pb::SessionStarted {
+            user_id: Uuid::from_u128(1).to_string(),
+            device_id: Uuid::from_u128(2).to_string(),
+            device_name: "d".into(),
+            token_hash: vec![1; 32],
+            at_ms: 3,
+            method: String::new(),
+        };
+        match decode("SessionStarted", 1, &old.encode_to_vec()).unwrap() {
+            Event::SessionStarted(s) => assert_eq!(s.method, SignInMethod::Password),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! append (so a query never sees an event without its projection) and rebuilt by
 //! replaying the log.
 
+pub mod auth_state;
 pub mod codec;
 pub mod postgres;
 pub mod sqlite;
@@ -250,6 +251,10 @@ pub struct UserRecord {
     pub display_name: String,
     pub password_hash: String,
     pub created_at: Millis,
+    /// Set once the user proved they receive mail there (`EmailVerified`).
+    pub email_verified: bool,
+    /// The TOTP secret sealed with the server key, while TOTP is on.
+    pub totp_sealed_secret: Option<Vec<u8>>,
 }
 
 /// A session (one per device login).
@@ -259,6 +264,16 @@ pub struct SessionRecord {
     pub device_id: DeviceId,
     pub device_name: String,
     pub revoked: bool,
+}
+
+/// A live session of a user, for their device list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSessionRecord {
+    pub token_hash: TokenHash,
+    pub device_id: DeviceId,
+    pub device_name: String,
+    pub method: crate::domain::SignInMethod,
+    pub created_at: Millis,
 }
 
 /// A stored message, as the messages read model holds it.
@@ -340,6 +355,33 @@ pub(crate) const SELECT_SUMMARIES: &str = "SELECT c.conversation_id, c.last_acti
     FROM members m
     JOIN conversations c ON c.conversation_id = m.conversation_id
     LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
+
+/// A user's live sessions, oldest first (`$1` the user; both dialects accept
+/// `$n` placeholders in order of appearance).
+pub(crate) const SELECT_SESSIONS_OF: &str = "SELECT token_hash, device_id, device_name, method, created_at_ms
+    FROM sessions WHERE user_id = $1 AND revoked_at_ms IS NULL ORDER BY created_at_ms, device_id";
+
+/// One unused recovery code (`$1` the user, `$2` the code's hash).
+pub(crate) const SELECT_RECOVERY_CODE: &str =
+    "SELECT 1 FROM recovery_codes WHERE user_id = $1 AND code_hash = $2 AND used_at_ms IS NULL";
+
+/// A [`DeviceSessionRecord`] from the columns of [`SELECT_SESSIONS_OF`].
+pub(crate) fn device_session(
+    hash: &[u8],
+    device: &str,
+    device_name: String,
+    method: &str,
+    created: i64,
+) -> Result<DeviceSessionRecord, StoreError> {
+    let bad = |what: &str| StoreError::Database(format!("stored session: {what}"));
+    Ok(DeviceSessionRecord {
+        token_hash: TokenHash(<[u8; 32]>::try_from(hash).map_err(|_| bad("token hash is not 32 bytes"))?),
+        device_id: DeviceId(uuid::Uuid::parse_str(device).map_err(|_| bad("device id"))?),
+        device_name,
+        method: crate::domain::SignInMethod::parse(method).ok_or_else(|| bad("sign-in method"))?,
+        created_at: Millis(created as u64),
+    })
+}
 
 impl HistoryPage {
     /// The page's `WHERE … ORDER BY` over `messages`, with `mark` as the
@@ -464,6 +506,10 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
+    /// A user's sessions that are not revoked, oldest first.
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;
+    /// Whether `code_hash` is one of the user's recovery codes, not yet used.
+    async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError>;
     /// The conversation with its current members.
     async fn conversation(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError>;
     /// The user's relation to a conversation; `None` if never a member.

@@ -36,10 +36,10 @@ use uuid::Uuid;
 mod write;
 
 use super::{
-    codec, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats, CommittedBatch, CommittedEvent,
-    ConversationSummary, HistoryPage, Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord,
-    RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work,
-    WriteJob, SELECT_SUMMARIES,
+    codec, device_session, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats, CommittedBatch,
+    CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, Membership, MessageRecord, Position,
+    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
+    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -47,7 +47,10 @@ use crate::domain::{
 };
 
 /// Versioned migrations, applied in order at start-up. Never edit a shipped one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_account_security.sql")),
+];
 
 /// The advisory lock every log write holds from its first statement to its commit.
 const LOG_LOCK: i64 = 0x6e61_7474_6572_0001;
@@ -317,7 +320,7 @@ impl PostgresStore {
 
 /// A pool of up to `size` connections to `url`, driven by the runtime that
 /// opens them (the writer has its own, of one connection, on its runtime).
-fn connection_pool(url: &str, size: usize) -> Result<Pool, StoreError> {
+pub(crate) fn connection_pool(url: &str, size: usize) -> Result<Pool, StoreError> {
     let pg: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
@@ -815,7 +818,8 @@ fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
     })
 }
 
-const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
+const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret FROM users";
 
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
@@ -824,6 +828,8 @@ fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
         display_name: row.get(2),
         password_hash: row.get(3),
         created_at: Millis(row.get::<_, i64>(4) as u64),
+        email_verified: row.get(5),
+        totp_sealed_secret: row.get(6),
     })
 }
 
@@ -991,6 +997,24 @@ impl Store for PostgresStore {
         self.read(|conn| async move {
             let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
             rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_SESSIONS_OF, &[&user.to_string()]).await?;
+            rows.iter()
+                .map(|r| device_session(&r.get::<_, Vec<u8>>(0), r.get(1), r.get(2), r.get(3), r.get::<_, i64>(4)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_RECOVERY_CODE, &[&user.to_string(), &code_hash.as_slice()]).await?;
+            Ok(!rows.is_empty())
         })
         .await
     }

@@ -18,10 +18,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    check_distinct_streams, codec, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome, CommitHook,
-    CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, HistoryPage, Membership, MessageRecord, Position,
-    Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
-    StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_SUMMARIES,
+    check_distinct_streams, codec, device_session, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome,
+    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage,
+    Membership, MessageRecord, Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord,
+    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
+    SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_groups_receipts.sql")),
     (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
     (4, include_str!("../../migrations/sqlite/0004_group_changed.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_account_security.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -439,8 +441,17 @@ fn import_in_tx(conn: &Connection, events: &[RecordedEvent]) -> Result<(), Appen
 }
 
 /// The read models, which `rebuild` empties and refills from the log.
-const READ_MODELS: &[&str] =
-    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
+const READ_MODELS: &[&str] = &[
+    "users",
+    "sessions",
+    "recovery_codes",
+    "conversations",
+    "members",
+    "messages",
+    "feed",
+    "receipts",
+    "device_receipts",
+];
 
 fn rebuild_in_tx(conn: &Connection) -> Result<(), AppendError> {
     for table in READ_MODELS {
@@ -491,6 +502,16 @@ fn check_precondition(conn: &Connection, pre: Precondition) -> Result<(), Append
     }
 }
 
+/// A user's recovery codes become exactly `codes` (none: TOTP is off).
+fn replace_recovery_codes(conn: &Connection, user: &str, codes: &[[u8; 32]]) -> Result<(), rusqlite::Error> {
+    conn.prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")?.execute([user])?;
+    let mut insert = conn.prepare_cached("INSERT INTO recovery_codes (user_id, code_hash) VALUES (?1, ?2)")?;
+    for code in codes {
+        insert.execute(params![user, code.as_slice()])?;
+    }
+    Ok(())
+}
+
 /// Updates the read models for one recorded event and returns its audience:
 /// the users whose feed it goes into. Runs inside the append's transaction, and
 /// again for every event when the read models are rebuilt.
@@ -508,15 +529,56 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
         Event::EmailClaimed { .. } => return Ok(Vec::new()),
         Event::SessionStarted(s) => {
             conn.prepare_cached(
-                "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms, method)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 s.token_hash.0.as_slice(),
                 s.user_id.to_string(),
                 s.device_id.to_string(),
                 s.device_name,
-                s.at.0 as i64
+                s.at.0 as i64,
+                s.method.as_str()
             ])?;
+            return Ok(Vec::new());
+        }
+        Event::PasswordChanged { user_id, password_hash, .. } => {
+            conn.prepare_cached("UPDATE users SET password_hash = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), password_hash])?;
+            return Ok(Vec::new());
+        }
+        Event::EmailVerified { user_id, at, .. } => {
+            conn.prepare_cached("UPDATE users SET email_verified_at_ms = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), at.0 as i64])?;
+            return Ok(Vec::new());
+        }
+        Event::TotpEnabled { user_id, sealed_secret, recovery_codes, at } => {
+            let user = user_id.to_string();
+            conn.prepare_cached(
+                "UPDATE users SET totp_sealed_secret = ?2, totp_enabled_at_ms = ?3 WHERE user_id = ?1",
+            )?
+            .execute(params![user, sealed_secret, at.0 as i64])?;
+            replace_recovery_codes(conn, &user, recovery_codes)?;
+            return Ok(Vec::new());
+        }
+        Event::RecoveryCodesIssued { user_id, recovery_codes, .. } => {
+            replace_recovery_codes(conn, &user_id.to_string(), recovery_codes)?;
+            return Ok(Vec::new());
+        }
+        Event::TotpDisabled { user_id, .. } => {
+            let user = user_id.to_string();
+            conn.prepare_cached(
+                "UPDATE users SET totp_sealed_secret = NULL, totp_enabled_at_ms = NULL WHERE user_id = ?1",
+            )?
+            .execute(params![user])?;
+            replace_recovery_codes(conn, &user, &[])?;
+            return Ok(Vec::new());
+        }
+        Event::RecoveryCodeUsed { user_id, code_hash, at } => {
+            conn.prepare_cached(
+                "UPDATE recovery_codes SET used_at_ms = ?3 WHERE user_id = ?1 AND code_hash = ?2 AND used_at_ms IS NULL",
+            )?
+            .execute(params![user_id.to_string(), code_hash.as_slice(), at.0 as i64])?;
             return Ok(Vec::new());
         }
         Event::SessionRevoked { token_hash, at, .. } => {
@@ -883,23 +945,26 @@ fn collect_messages(
     Ok(out)
 }
 
-fn row_to_user(row: &Row<'_>) -> rusqlite::Result<(String, String, String, String, i64)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+type UserRow = (String, String, String, String, i64, bool, Option<Vec<u8>>);
+
+fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
 }
 
-fn user_record(
-    (id, email, name, hash, created): (String, String, String, String, i64),
-) -> Result<UserRecord, StoreError> {
+fn user_record((id, email, name, hash, created, verified, totp): UserRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         user_id: UserId(parse_uuid(&id)?),
         email: Email::from_normalized(email),
         display_name: name,
         password_hash: hash,
         created_at: Millis(created as u64),
+        email_verified: verified,
+        totp_sealed_secret: totp,
     })
 }
 
-const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms FROM users";
+const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret FROM users";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -973,6 +1038,38 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(user_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT_SESSIONS_OF)?;
+            let rows = stmt.query_map([user.to_string()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (hash, device, name, method, created) = row?;
+                out.push(device_session(&hash, &device, name, &method, created)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(SELECT_RECOVERY_CODE)?
+                .query_row(params![user.to_string(), code_hash.as_slice()], |_| Ok(()))
+                .optional()?
+                .is_some())
         })
         .await
     }

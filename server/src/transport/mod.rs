@@ -390,6 +390,19 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::Typing(_) => "typing",
         Body::SetPrivacy(_) => "set_privacy",
         Body::GetPresence(_) => "get_presence",
+        Body::ListSessions(_) => "list_sessions",
+        Body::RevokeSession(_) => "revoke_session",
+        Body::RevokeOtherSessions(_) => "revoke_other_sessions",
+        Body::ChangePassword(_) => "change_password",
+        Body::StartPasswordReset(_) => "start_password_reset",
+        Body::ResetPassword(_) => "reset_password",
+        Body::StartEmailVerification(_) => "start_email_verification",
+        Body::VerifyEmail(_) => "verify_email",
+        Body::EnableTotp(_) => "enable_totp",
+        Body::ConfirmTotp(_) => "confirm_totp",
+        Body::DisableTotp(_) => "disable_totp",
+        Body::VerifyMfa(_) => "verify_mfa",
+        Body::NewRecoveryCodes(_) => "new_recovery_codes",
     }
 }
 

@@ -252,6 +252,18 @@ impl Plan {
         );
     }
 
+    /// A user's recovery codes become exactly `codes` (none: TOTP is off).
+    fn recovery_codes(&mut self, user: UserId, codes: &[[u8; 32]]) {
+        self.push("DELETE FROM recovery_codes WHERE user_id = $1", vec![p(user.to_string())]);
+        if !codes.is_empty() {
+            let hashes: Vec<Vec<u8>> = codes.iter().map(|c| c.to_vec()).collect();
+            self.push(
+                "INSERT INTO recovery_codes (user_id, code_hash) SELECT $1, unnest($2::bytea[])",
+                vec![p(user.to_string()), p(hashes)],
+            );
+        }
+    }
+
     fn conversation(
         &mut self,
         id: ConversationId,
@@ -304,15 +316,58 @@ impl Plan {
             Event::EmailClaimed { .. } => return (None, None),
             Event::SessionStarted(s) => {
                 self.push(
-                    "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms, method)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                     vec![
                         p(s.token_hash.0.to_vec()),
                         p(s.user_id.to_string()),
                         p(s.device_id.to_string()),
                         p(s.device_name.clone()),
                         p(s.at.0 as i64),
+                        p(s.method.as_str().to_owned()),
                     ],
+                );
+                return (None, None);
+            }
+            Event::PasswordChanged { user_id, password_hash, .. } => {
+                self.push(
+                    "UPDATE users SET password_hash = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(password_hash.clone())],
+                );
+                return (None, None);
+            }
+            Event::EmailVerified { user_id, at, .. } => {
+                self.push(
+                    "UPDATE users SET email_verified_at_ms = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(at.0 as i64)],
+                );
+                return (None, None);
+            }
+            Event::TotpEnabled { user_id, sealed_secret, recovery_codes, at } => {
+                self.push(
+                    "UPDATE users SET totp_sealed_secret = $2, totp_enabled_at_ms = $3 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(sealed_secret.clone()), p(at.0 as i64)],
+                );
+                self.recovery_codes(*user_id, recovery_codes);
+                return (None, None);
+            }
+            Event::RecoveryCodesIssued { user_id, recovery_codes, .. } => {
+                self.recovery_codes(*user_id, recovery_codes);
+                return (None, None);
+            }
+            Event::TotpDisabled { user_id, .. } => {
+                self.push(
+                    "UPDATE users SET totp_sealed_secret = NULL, totp_enabled_at_ms = NULL WHERE user_id = $1",
+                    vec![p(user_id.to_string())],
+                );
+                self.recovery_codes(*user_id, &[]);
+                return (None, None);
+            }
+            Event::RecoveryCodeUsed { user_id, code_hash, at } => {
+                self.push(
+                    "UPDATE recovery_codes SET used_at_ms = $3
+                     WHERE user_id = $1 AND code_hash = $2 AND used_at_ms IS NULL",
+                    vec![p(user_id.to_string()), p(code_hash.to_vec()), p(at.0 as i64)],
                 );
                 return (None, None);
             }
@@ -808,8 +863,17 @@ async fn import(
 }
 
 /// The read models, which `rebuild` empties and refills from the log.
-const READ_MODELS: &[&str] =
-    &["users", "sessions", "conversations", "members", "messages", "feed", "receipts", "device_receipts"];
+const READ_MODELS: &[&str] = &[
+    "users",
+    "sessions",
+    "recovery_codes",
+    "conversations",
+    "members",
+    "messages",
+    "feed",
+    "receipts",
+    "device_receipts",
+];
 
 async fn rebuild(client: &Conn) -> Result<(), StoreError> {
     for table in READ_MODELS {
