@@ -66,12 +66,43 @@ enum Command {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// For an account with two-factor sign-in: read the code from the
+        /// authenticator app (or a recovery code) from the next line of standard
+        /// input, after the password's. Without it, natter asks on the terminal.
+        #[arg(long)]
+        code_stdin: bool,
         /// A name for this device. Default: the host name.
         #[arg(long)]
         device: Option<String>,
     },
     /// Sign out (revokes this device's session).
     Logout,
+    /// Prove your email address with the code natterd mailed to it at signup.
+    VerifyEmail {
+        /// Mail a new code first (the previous one stops working).
+        #[arg(long)]
+        resend: bool,
+        /// Read the code from the first line of standard input. Without it,
+        /// natter asks on the terminal.
+        #[arg(long)]
+        code_stdin: bool,
+    },
+    /// Change your password, or reset a forgotten one with a mailed code.
+    #[command(subcommand)]
+    Password(PasswordCommand),
+    /// Two-factor sign-in with an authenticator app (TOTP codes).
+    #[command(subcommand)]
+    Mfa(MfaCommand),
+    /// List the devices signed in to your account (`*` marks this one), or
+    /// sign them out.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sessions {
+        /// Sign out every device but this one.
+        #[arg(long)]
+        others: bool,
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
     /// Send a message: to a person (their email) or a group (its name or id).
     Send {
         /// An email (direct message), a group name or a conversation id.
@@ -176,6 +207,71 @@ enum GroupCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PasswordCommand {
+    /// Choose a new password; every other device is signed out.
+    Change {
+        /// Read the current password from the first line of standard input and
+        /// the new one from the second. Without it, natter asks on the terminal
+        /// (the new one twice).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forgot it? natterd mails a code to your address; with it you choose a
+    /// new password, and every device is signed out.
+    Reset {
+        /// Your account's email. Default: the email this profile last signed in with.
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the mailed code from the first line of standard input and the
+        /// new password from the second. Without it, natter asks on the
+        /// terminal (the password twice).
+        #[arg(long)]
+        code_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MfaCommand {
+    /// Turn two-factor sign-in on: scan the QR code with an authenticator app,
+    /// type the code it shows, and store the recovery codes.
+    Enable {
+        /// Print the secret and its otpauth URI as one JSON object instead of
+        /// the QR code, and the recovery codes as a second one (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Read the code from the app from the first line of standard input.
+        /// Without it, natter asks on the terminal.
+        #[arg(long)]
+        code_stdin: bool,
+    },
+    /// Turn two-factor sign-in off (needs a code from the app or a recovery code).
+    Disable {
+        /// Read the code from the first line of standard input. Without it,
+        /// natter asks on the terminal.
+        #[arg(long)]
+        code_stdin: bool,
+    },
+    /// Replace your recovery codes with a new set (needs a code from the app or
+    /// a recovery code); the old ones stop working.
+    RecoveryCodes {
+        /// Read the code from the first line of standard input. Without it,
+        /// natter asks on the terminal.
+        #[arg(long)]
+        code_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// Sign one device out; its connections close at once.
+    Revoke {
+        /// The device's id from `natter sessions`, or a unique start of it (8
+        /// characters or more).
+        id: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
     /// Sends and reads messages.
@@ -277,8 +373,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Signup { email, name, password_stdin } => {
             cli.signup(&email, name.as_deref().unwrap_or_default(), password_stdin).await
         }
-        Command::Login { email, password_stdin, device } => cli.login(email, password_stdin, device).await,
+        Command::Login { email, password_stdin, code_stdin, device } => {
+            cli.login(email, FromStdin { password: password_stdin, code: code_stdin }, device).await
+        }
         Command::Logout => cli.logout().await,
+        Command::VerifyEmail { resend, code_stdin } => cli.verify_email(resend, code_stdin).await,
+        Command::Password(PasswordCommand::Change { password_stdin }) => cli.change_password(password_stdin).await,
+        Command::Password(PasswordCommand::Reset { email, code_stdin }) => cli.reset_password(email, code_stdin).await,
+        Command::Mfa(MfaCommand::Enable { json, code_stdin }) => cli.enable_mfa(json, code_stdin).await,
+        Command::Mfa(MfaCommand::Disable { code_stdin }) => cli.disable_mfa(code_stdin).await,
+        Command::Mfa(MfaCommand::RecoveryCodes { code_stdin }) => cli.new_recovery_codes(code_stdin).await,
+        Command::Sessions { others: true, .. } => cli.revoke_other_sessions().await,
+        Command::Sessions { command: Some(SessionsCommand::Revoke { id }), .. } => cli.revoke_session(&id).await,
+        Command::Sessions { command: None, .. } => cli.sessions().await,
         Command::Send { to, text } => cli.send(&to, &text).await,
         Command::History { conversation, limit } => cli.history(&conversation, limit).await,
         Command::Conversations => cli.conversations().await,
@@ -351,11 +458,8 @@ impl Cli {
 
     async fn signup(&mut self, email: &str, name: &str, password_stdin: bool) -> anyhow::Result<()> {
         let config = self.config(false)?;
-        let password = if password_stdin || !std::io::stdin().is_terminal() {
-            read_password_line()?
-        } else {
-            choose_password(|prompt| rpassword::prompt_password(prompt))?
-        };
+        let mut answers = Answers::new(FromStdin { password: password_stdin, code: false });
+        let password = answers.new_password("choose a password (10+ characters): ")?;
         let client = Client::connect(&config).await?;
         client.signup(email, &password, name).await?;
         let (token, who) = client.login(email, &password, &device_name(None)).await?;
@@ -365,23 +469,24 @@ impl Cli {
         Ok(())
     }
 
-    async fn login(
-        &mut self,
-        email: Option<String>,
-        password_stdin: bool,
-        device: Option<String>,
-    ) -> anyhow::Result<()> {
-        let Some(email) = email.or_else(|| self.profile.email.clone()) else {
-            bail!("which account? pass --email (this profile has not signed in before)");
-        };
+    async fn login(&mut self, email: Option<String>, stdin: FromStdin, device: Option<String>) -> anyhow::Result<()> {
+        let email = self.account(email)?;
         let config = self.config(false)?;
-        let password = if password_stdin || !std::io::stdin().is_terminal() {
-            read_password_line()?
-        } else {
-            non_empty(rpassword::prompt_password(format!("password for {email}: "))?)?
-        };
+        let mut answers = Answers::new(stdin);
+        let password = answers.password(&format!("password for {email}: "))?;
         let client = Client::connect(&config).await?;
-        let (token, who) = client.login(&email, &password, &device_name(device)).await?;
+        let (token, who) = match client.login(&email, &password, &device_name(device)).await {
+            Ok(signed_in) => signed_in,
+            Err(ClientError::MfaRequired { challenge, .. }) => {
+                let client = &client;
+                let challenge = challenge.as_str();
+                with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move {
+                    client.verify_mfa(challenge, &code, !is_totp_code(&code)).await
+                })
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.signed_in(token, &who.email)?;
         println!("signed in as {}", who.email);
         client.close().await;
@@ -404,6 +509,162 @@ impl Cli {
         self.profile.token = None;
         self.profile.save(&self.dir)?;
         println!("signed out");
+        client.close().await;
+        Ok(())
+    }
+
+    /// The account a command is about: `--email`, else the profile's.
+    fn account(&self, email: Option<String>) -> anyhow::Result<String> {
+        match email.or_else(|| self.profile.email.clone()) {
+            Some(email) => Ok(email),
+            None => bail!("which account? pass --email (this profile has not signed in before)"),
+        }
+    }
+
+    async fn verify_email(&mut self, resend: bool, code_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let email = client.identity().map(|i| i.email).unwrap_or_else(|| self.me());
+        if resend {
+            match client.start_email_verification().await? {
+                Some(valid) => println!("a new code was mailed to {email}, valid {}", how_long(valid)),
+                None => {
+                    println!("{email} is already verified");
+                    client.close().await;
+                    return Ok(());
+                }
+            }
+        }
+        let mut answers = Answers::new(FromStdin { password: false, code: code_stdin });
+        let c = &client;
+        let verified = with_code(&mut answers, &format!("code from the mail to {email}: "), |code| async move {
+            c.verify_email(&code).await
+        })
+        .await?;
+        println!("{verified} is verified");
+        client.close().await;
+        Ok(())
+    }
+
+    async fn change_password(&mut self, password_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let mut answers = Answers::new(FromStdin { password: password_stdin, code: false });
+        let old = answers.password("current password: ")?;
+        let new = answers.new_password("choose a new password (10+ characters): ")?;
+        let revoked = client.change_password(&old, &new).await?;
+        println!("password changed; {} signed out", devices(revoked, "other device"));
+        client.close().await;
+        Ok(())
+    }
+
+    async fn reset_password(&mut self, email: Option<String>, code_stdin: bool) -> anyhow::Result<()> {
+        let email = self.account(email)?;
+        let client = Client::connect(&self.config(false)?).await?;
+        let valid = client.start_password_reset(&email).await?;
+        // natterd answers the same whether or not the address has an account.
+        println!("if {email} has an account, a code was mailed to it, valid {}", how_long(valid));
+        let mut answers = Answers::new(FromStdin { password: code_stdin, code: code_stdin });
+        let mut code = answers.code("code from the mail: ")?;
+        let new = answers.new_password("choose a new password (10+ characters): ")?;
+        let mut tries = 1;
+        let revoked = loop {
+            match client.reset_password(&email, &code, &new).await {
+                Err(e) if answers.asks_again(&e, tries) => {
+                    eprintln!("natter: {e}");
+                    tries += 1;
+                    code = answers.code("code from the mail: ")?;
+                }
+                result => break result?,
+            }
+        };
+        client.close().await;
+        if self.profile.email.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email.trim())) {
+            self.profile.token = None;
+            self.profile.save(&self.dir)?;
+        }
+        println!(
+            "password reset; every device was signed out ({}): run `natter login` again",
+            devices(revoked, "device")
+        );
+        Ok(())
+    }
+
+    async fn enable_mfa(&mut self, json: bool, code_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let setup = client.enable_totp().await?;
+        let mut out = std::io::stdout();
+        if json {
+            let setup = serde_json::json!({ "secret": setup.secret_base32, "uri": setup.otpauth_uri });
+            writeln!(out, "{setup}")?;
+        } else {
+            writeln!(out, "scan this QR code with your authenticator app:")?;
+            writeln!(out, "{}", qr_code(&setup.otpauth_uri, out.is_terminal())?)?;
+            writeln!(out, "or type this key into it: {}", grouped(&setup.secret_base32))?;
+        }
+        out.flush()?;
+        // On this connection: natterd keeps the new secret with it until it is confirmed.
+        let mut answers = Answers::new(FromStdin { password: false, code: code_stdin });
+        let c = &client;
+        let codes =
+            with_code(&mut answers, "code from the app: ", |code| async move { c.confirm_totp(&code).await }).await?;
+        client.close().await;
+        if json {
+            println!("{}", serde_json::json!({ "recovery_codes": codes }));
+            eprintln!("natter: two-factor sign-in is on; {RECOVERY_CODES_NOTE}");
+        } else {
+            println!("two-factor sign-in is on: signing in now needs a code from the app.");
+            print_recovery_codes(&codes);
+        }
+        Ok(())
+    }
+
+    async fn disable_mfa(&mut self, code_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let mut answers = Answers::new(FromStdin { password: false, code: code_stdin });
+        let c = &client;
+        with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move { c.disable_totp(&code).await }).await?;
+        println!("two-factor sign-in is off: signing in needs only your password");
+        client.close().await;
+        Ok(())
+    }
+
+    async fn new_recovery_codes(&mut self, code_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let mut answers = Answers::new(FromStdin { password: false, code: code_stdin });
+        let c = &client;
+        let codes =
+            with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move { c.new_recovery_codes(&code).await })
+                .await?;
+        client.close().await;
+        println!("new recovery codes; the previous ones no longer work.");
+        print_recovery_codes(&codes);
+        Ok(())
+    }
+
+    async fn sessions(&mut self) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let sessions = client.sessions().await?;
+        client.close().await;
+        print!("{}", sessions_table(&sessions));
+        Ok(())
+    }
+
+    async fn revoke_session(&mut self, id: &str) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let sessions = client.sessions().await?;
+        let session = find_session(&sessions, id)?;
+        if session.current {
+            bail!("{} is this device: `natter logout` signs it out", session.session_id);
+        }
+        client.revoke_sessions(Some(&session.session_id)).await?;
+        println!("signed out {} ({})", device_label(session), session.session_id);
+        client.close().await;
+        Ok(())
+    }
+
+    async fn revoke_other_sessions(&mut self) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let revoked = client.revoke_sessions(None).await?;
+        println!("signed out {}; this one stays signed in", devices(revoked, "other device"));
         client.close().await;
         Ok(())
     }
@@ -646,11 +907,269 @@ fn worth_retrying(e: &ClientError) -> bool {
     }
 }
 
-/// A password read from the first line of standard input.
-fn read_password_line() -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    non_empty(line.trim_end_matches(['\r', '\n']).to_owned())
+/// Which answers a command reads from lines of standard input rather than
+/// asking on the terminal (all of them when standard input is not a terminal).
+#[derive(Debug, Clone, Copy, Default)]
+struct FromStdin {
+    /// Passwords, old and new.
+    password: bool,
+    /// Codes: mailed, from the authenticator app, or recovery codes.
+    code: bool,
+}
+
+/// Where a command's answers come from: prompts on the terminal (passwords
+/// hidden), or the lines of standard input in the order they are asked for. All
+/// lines are read through one buffered reader, so none read ahead is lost.
+struct Answers {
+    stdin: std::io::StdinLock<'static>,
+    terminal: bool,
+    from_stdin: FromStdin,
+}
+
+impl Answers {
+    fn new(from_stdin: FromStdin) -> Self {
+        let stdin = std::io::stdin();
+        let terminal = stdin.is_terminal();
+        Self { stdin: stdin.lock(), terminal, from_stdin }
+    }
+
+    /// The next line of standard input, without its line end.
+    fn line(&mut self, what: &str) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self.stdin.read_line(&mut line)? == 0 {
+            bail!("standard input ended before the {what}");
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn passwords_asked(&self) -> bool {
+        self.terminal && !self.from_stdin.password
+    }
+
+    fn codes_asked(&self) -> bool {
+        self.terminal && !self.from_stdin.code
+    }
+
+    /// A password, hidden as it is typed.
+    fn password(&mut self, prompt: &str) -> anyhow::Result<String> {
+        let password =
+            if self.passwords_asked() { rpassword::prompt_password(prompt)? } else { self.line("password")? };
+        non_empty(password)
+    }
+
+    /// A new password: asked twice on the terminal, one line of standard input otherwise.
+    fn new_password(&mut self, prompt: &str) -> anyhow::Result<String> {
+        if self.passwords_asked() {
+            choose_password(prompt, |prompt| rpassword::prompt_password(prompt))
+        } else {
+            non_empty(self.line("new password")?)
+        }
+    }
+
+    /// A code, shown as it is typed (the prompt goes to standard error, so that
+    /// standard output stays the command's result).
+    fn code(&mut self, prompt: &str) -> anyhow::Result<String> {
+        let code = if self.codes_asked() {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+            self.line("code")?
+        } else {
+            self.line("code")?
+        };
+        let code = code.trim();
+        if code.is_empty() {
+            bail!("no code given");
+        }
+        Ok(code.to_owned())
+    }
+
+    /// Whether a code that failed with `e` on try number `tries` is asked for
+    /// again: on the terminal, when it was wrong or mistyped, up to [`CODE_TRIES`].
+    fn asks_again(&self, e: &ClientError, tries: u32) -> bool {
+        use natter_proto::ErrorCode;
+        self.codes_asked()
+            && tries < CODE_TRIES
+            && e.code().is_some_and(|c| c == ErrorCode::CODE_INVALID || c == ErrorCode::INVALID_ARGUMENT)
+    }
+}
+
+/// How often a command asks for a code on the terminal before it gives up
+/// (natterd limits the tries itself too).
+const CODE_TRIES: u32 = 3;
+
+const SECOND_FACTOR_PROMPT: &str = "code from your authenticator app (or a recovery code): ";
+
+const RECOVERY_CODES_NOTE: &str = "store these recovery codes now (a password manager, or on paper): they are \
+                                   shown once. Each signs you in once without the app.";
+
+/// Asks for a code and tries it with `attempt`; a wrong one is asked again on the terminal.
+async fn with_code<T, F>(answers: &mut Answers, prompt: &str, mut attempt: impl FnMut(String) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut tries = 1;
+    loop {
+        let code = answers.code(prompt)?;
+        match attempt(code).await {
+            Err(e) if answers.asks_again(&e, tries) => {
+                eprintln!("natter: {e}");
+                tries += 1;
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Six digits (spaces aside) are a code from the app; anything else is taken
+/// for a recovery code (`xxxxx-xxxxx`).
+fn is_totp_code(code: &str) -> bool {
+    let digits: Vec<char> = code.chars().filter(|c| !c.is_whitespace()).collect();
+    digits.len() == 6 && digits.iter().all(char::is_ascii_digit)
+}
+
+fn print_recovery_codes(codes: &[String]) {
+    println!("{RECOVERY_CODES_NOTE}");
+    for code in codes {
+        println!("  {code}");
+    }
+}
+
+/// `data` as a QR code for a terminal: Unicode half blocks, two modules per
+/// character, with the quiet zone scanners need. Dark modules are the blocks;
+/// with `ansi` they are drawn black on white whatever the terminal's colours
+/// (light-on-dark themes would show the code inverted, which some scanners
+/// cannot read).
+fn qr_code(data: &str, ansi: bool) -> anyhow::Result<String> {
+    use qrcode::render::unicode::Dense1x2;
+    let code = qrcode::QrCode::new(data.as_bytes()).context("making the QR code")?;
+    let image =
+        code.render::<Dense1x2>().dark_color(Dense1x2::Dark).light_color(Dense1x2::Light).quiet_zone(true).build();
+    if !ansi {
+        return Ok(image);
+    }
+    let lines: Vec<String> = image.lines().map(|line| format!("\x1b[30;107m{line}\x1b[0m")).collect();
+    Ok(lines.join("\n"))
+}
+
+/// A base32 secret in groups of four, for typing into an app.
+fn grouped(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    chars.chunks(4).map(|group| group.iter().collect::<String>()).collect::<Vec<_>>().join(" ")
+}
+
+/// "5 minutes", "90 seconds".
+fn how_long(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        60 => "1 minute".into(),
+        s if s % 60 == 0 => format!("{} minutes", s / 60),
+        1 => "1 second".into(),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// "1 other device", "3 other devices".
+fn devices(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn device_label(s: &proto::SessionInfo) -> String {
+    if s.device_name.is_empty() {
+        "(unnamed device)".into()
+    } else {
+        format!("'{}'", s.device_name)
+    }
+}
+
+/// The shortest start of an id `natter sessions revoke` takes.
+const MIN_ID_PREFIX: usize = 8;
+
+/// The session `id` names: the whole id, or a start of it of at least
+/// [`MIN_ID_PREFIX`] characters that only one session's id has.
+fn find_session<'a>(sessions: &'a [proto::SessionInfo], id: &str) -> anyhow::Result<&'a proto::SessionInfo> {
+    let id = id.trim().to_ascii_lowercase();
+    if let Some(exact) = sessions.iter().find(|s| s.session_id.eq_ignore_ascii_case(&id)) {
+        return Ok(exact);
+    }
+    if id.chars().count() < MIN_ID_PREFIX {
+        bail!("give at least {MIN_ID_PREFIX} characters of the device's id (`natter sessions` lists them)");
+    }
+    let found: Vec<&proto::SessionInfo> =
+        sessions.iter().filter(|s| s.session_id.to_ascii_lowercase().starts_with(&id)).collect();
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("none of your devices has the id {id:?} (`natter sessions` lists them)"),
+        several => {
+            let ids: Vec<&str> = several.iter().map(|s| s.session_id.as_str()).collect();
+            bail!("several of your devices have an id starting {id:?}: {}", ids.join(", "))
+        }
+    }
+}
+
+/// `natter sessions`: one device a line, `*` marking this one.
+fn sessions_table(sessions: &[proto::SessionInfo]) -> String {
+    let when = |ms: u64| if ms == 0 { "-".to_owned() } else { utc_minute(ms) };
+    let mut rows = vec![["", "ID", "DEVICE", "METHOD", "SIGNED IN (UTC)", "LAST USED (UTC)", "LAST ADDRESS"]
+        .map(str::to_owned)
+        .to_vec()];
+    for s in sessions {
+        rows.push(vec![
+            if s.current { "*".into() } else { String::new() },
+            s.session_id.clone(),
+            if s.device_name.is_empty() { "-".into() } else { s.device_name.clone() },
+            if s.method.is_empty() { "password".into() } else { s.method.clone() },
+            when(s.created_at_ms),
+            when(s.last_used_at_ms),
+            if s.last_address.is_empty() { "-".into() } else { s.last_address.clone() },
+        ]);
+    }
+    let mut out = table(&rows);
+    if sessions.iter().any(|s| s.current) {
+        out.push_str("* this device\n");
+    }
+    out
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM` UTC of a Unix time in milliseconds.
+fn utc_minute(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", s / 3600, (s / 60) % 60)
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 fn non_empty(password: String) -> anyhow::Result<String> {
@@ -661,12 +1180,12 @@ fn non_empty(password: String) -> anyhow::Result<String> {
 }
 
 /// A new password, asked twice (`ask` prompts on the terminal): a typo would
-/// otherwise lock the user out of the account they just made.
-fn choose_password(mut ask: impl FnMut(&str) -> std::io::Result<String>) -> anyhow::Result<String> {
-    let first = non_empty(ask("choose a password (10+ characters): ")?)?;
+/// otherwise lock the user out of their account.
+fn choose_password(prompt: &str, mut ask: impl FnMut(&str) -> std::io::Result<String>) -> anyhow::Result<String> {
+    let first = non_empty(ask(prompt)?)?;
     let again = ask("the same password again: ")?;
     if first != again {
-        bail!("the two passwords differ; nothing was created, please try again");
+        bail!("the two passwords differ; nothing was changed, please try again");
     }
     Ok(first)
 }
@@ -1182,10 +1701,122 @@ mod tests {
             let mut it = a.iter();
             move |_: &str| Ok(it.next().expect("asked too often").to_string())
         };
-        assert_eq!(choose_password(answers(&["a fine password", "a fine password"])).unwrap(), "a fine password");
-        let e = choose_password(answers(&["a fine password", "a fine passwort"])).unwrap_err();
+        let choose = |a| choose_password("choose a password: ", answers(a));
+        assert_eq!(choose(&["a fine password", "a fine password"]).unwrap(), "a fine password");
+        let e = choose(&["a fine password", "a fine passwort"]).unwrap_err();
         assert!(e.to_string().contains("differ"), "{e}");
-        assert!(choose_password(answers(&[""])).is_err(), "empty");
+        assert!(choose(&[""]).is_err(), "empty");
+    }
+
+    #[test]
+    fn the_qr_code_is_dark_modules_on_light_with_a_quiet_zone() {
+        let uri = "otpauth://totp/natter:alice%40example.org?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=natter";
+        let code = qrcode::QrCode::new(uri.as_bytes()).unwrap();
+        let modules = code.width();
+        let image = qr_code(uri, false).unwrap();
+        // Back from half blocks to modules: the top and bottom half of each character.
+        let mut rows: Vec<Vec<bool>> = Vec::new();
+        for line in image.lines() {
+            let (top, bottom): (Vec<bool>, Vec<bool>) = line
+                .chars()
+                .map(|c| match c {
+                    ' ' => (false, false),
+                    '\u{2580}' => (true, false),
+                    '\u{2584}' => (false, true),
+                    '\u{2588}' => (true, true),
+                    other => panic!("not a half block: {other:?}"),
+                })
+                .unzip();
+            rows.push(top);
+            rows.push(bottom);
+        }
+        let quiet = 4;
+        let side = modules + 2 * quiet;
+        assert!(rows.iter().all(|r| r.len() == side), "every line is as wide as the code and its quiet zone");
+        assert!(rows.len() == side || rows.len() == side + 1, "{} rows for {side}", rows.len());
+        let colors = code.to_colors();
+        for (y, row) in rows.iter().take(side).enumerate() {
+            for (x, &dark) in row.iter().enumerate() {
+                let inside = (quiet..quiet + modules).contains(&x) && (quiet..quiet + modules).contains(&y);
+                let want = inside && colors[(y - quiet) * modules + x - quiet] == qrcode::Color::Dark;
+                assert_eq!(dark, want, "module ({x}, {y})");
+            }
+        }
+        // On a terminal: the same blocks, black on white.
+        let shown = qr_code(uri, true).unwrap();
+        assert!(shown.lines().all(|l| l.starts_with("\x1b[30;107m") && l.ends_with("\x1b[0m")), "{shown}");
+        assert_eq!(shown.lines().count(), image.lines().count());
+    }
+
+    #[test]
+    fn the_secret_is_shown_in_groups_of_four() {
+        assert_eq!(grouped("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"), "JBSW Y3DP EHPK 3PXP JBSW Y3DP EHPK 3PXP");
+        assert_eq!(grouped("ABCDEF"), "ABCD EF");
+    }
+
+    #[test]
+    fn six_digits_are_an_app_code_and_anything_else_a_recovery_code() {
+        assert!(is_totp_code("123456") && is_totp_code("123 456"));
+        assert!(!is_totp_code("abcde-fghij") && !is_totp_code("12345") && !is_totp_code("1234567"));
+        assert!(!is_totp_code("23456-72345"), "a recovery code of digits only is still ten characters");
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(utc_minute(0), "1970-01-01 00:00");
+        assert_eq!(utc_minute(951_782_400_000), "2000-02-29 00:00");
+        assert_eq!(utc_minute(1_700_000_000_000), "2023-11-14 22:13");
+        assert_eq!(utc_minute(1_709_251_199_000), "2024-02-29 23:59");
+        assert_eq!(utc_minute(4_102_444_800_000), "2100-01-01 00:00");
+        assert_eq!(how_long(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(how_long(Duration::from_secs(90)), "90 seconds");
+    }
+
+    fn session(id: &str, device: &str, current: bool) -> proto::SessionInfo {
+        proto::SessionInfo {
+            session_id: id.into(),
+            device_name: device.into(),
+            method: "password".into(),
+            created_at_ms: 1_700_000_000_000,
+            last_used_at_ms: 0,
+            last_address: "127.0.0.1".into(),
+            current,
+        }
+    }
+
+    #[test]
+    fn a_session_is_named_by_its_id_or_a_unique_start_of_it() {
+        let sessions = [
+            session("0b5f3c1e-1111-4c1a-9a57-000000000001", "laptop", true),
+            session("0b5f3c1e-2222-4c1a-9a57-000000000002", "phone", false),
+            session("7d0e9a44-3333-4c1a-9a57-000000000003", "tablet", false),
+        ];
+        assert_eq!(find_session(&sessions, "7d0e9a44").unwrap().device_name, "tablet");
+        assert_eq!(find_session(&sessions, "0B5F3C1E-2222").unwrap().device_name, "phone");
+        assert_eq!(find_session(&sessions, "0b5f3c1e-1111-4c1a-9a57-000000000001").unwrap().device_name, "laptop");
+        let e = find_session(&sessions, "0b5f3c1e").unwrap_err().to_string();
+        assert!(e.contains("several") && e.contains("0b5f3c1e-2222"), "{e}");
+        let e = find_session(&sessions, "7d0e").unwrap_err().to_string();
+        assert!(e.contains("at least 8 characters"), "{e}");
+        let e = find_session(&sessions, "ffffffff").unwrap_err().to_string();
+        assert!(e.contains("none of your devices"), "{e}");
+    }
+
+    #[test]
+    fn the_sessions_table_marks_this_device() {
+        let table = sessions_table(&[
+            session("0b5f3c1e-1111-4c1a-9a57-000000000001", "laptop", true),
+            session("7d0e9a44-3333-4c1a-9a57-000000000003", "a phone", false),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].starts_with("   ID") && lines[0].contains("DEVICE"), "{table}");
+        assert!(lines[1].starts_with("*  0b5f3c1e-1111") && lines[1].contains("laptop"), "{table}");
+        assert!(lines[2].starts_with("   7d0e9a44") && lines[2].contains("a phone"), "{table}");
+        assert!(lines[1].contains("2023-11-14 22:13") && lines[1].contains("127.0.0.1"), "{table}");
+        let column = |line: &str, what: &str| line.find(what).unwrap();
+        assert_eq!(column(lines[0], "METHOD"), column(lines[2], "password"), "aligned: {table}");
+        assert_eq!(lines[3], "* this device");
     }
 
     #[test]

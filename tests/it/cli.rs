@@ -1,12 +1,18 @@
-//! The README's "try it": two people chatting with the `natter` CLI.
+//! The README's "try it": two people chatting with the `natter` CLI; and the
+//! CLI's account security: devices, password change and reset, email
+//! verification, two-factor sign-in (codes computed as an authenticator app
+//! would, mail read from a real SMTP server in the harness).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use natter_server::auth::mail::{MailProvider, SmtpTls};
+use natter_server::auth::totp::{code_at, TotpSecret};
+use natter_tests::smtp_sink::{ReceivedMail, SinkConfig, SmtpSink};
 use natter_tests::{TestServer, PASSWORD};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 fn natter() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test"))
@@ -414,4 +420,373 @@ async fn a_locked_account_says_when_to_try_again() {
     // A profile that never signed in has no email to offer.
     let err = run_fail(cmd(&server, &dir.path().join("new"), &["login", "--password-stdin"]), &pw).await;
     assert!(err.contains("--email"), "{err}");
+}
+
+const NEW_PASSWORD: &str = "an entirely new passphrase";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `natter` still running, talked to line by line (a prompt it answers
+/// after showing something, such as the TOTP secret or "a code was mailed").
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: ChildStderr,
+}
+
+impl Running {
+    fn start(mut c: Command) -> Self {
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn natter");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = child.stderr.take().unwrap();
+        Self { child, stdin, stdout, stderr }
+    }
+
+    async fn line(&mut self, what: &str) -> String {
+        tokio::time::timeout(WAIT, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("natter prints {what} in time"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("natter ended before {what}"))
+    }
+
+    async fn write(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(text.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes its input and waits: (succeeded, the rest of stdout, stderr).
+    async fn finish(mut self) -> (bool, String, String) {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        while let Some(line) = tokio::time::timeout(WAIT, self.stdout.next_line()).await.expect("natter ends").unwrap()
+        {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        let mut stderr = String::new();
+        self.stderr.read_to_string(&mut stderr).await.unwrap();
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await.expect("natter ends").unwrap();
+        (status.success(), rest, stderr)
+    }
+}
+
+async fn signup(server: &TestServer, profile: &Path, email: &str) {
+    let out =
+        run(cmd(server, profile, &["signup", "--email", email, "--password-stdin"]), &format!("{PASSWORD}\n")).await;
+    assert!(out.contains(&format!("signed in as {email}")), "{out}");
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// RFC 4648 base32 (upper case, no padding), as an authenticator app reads a typed key.
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut value, mut out) = (0u32, 0u32, Vec::new());
+    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let digit = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase()).expect("a base32 character");
+        value = (value << 5) | digit as u32;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((value >> bits) as u8);
+            value &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn secret_of(base32: &str) -> TotpSecret {
+    TotpSecret::from_bytes(&base32_decode(base32)).expect("a 160-bit secret")
+}
+
+/// natterd mailing through the SMTP sink (the default console provider writes
+/// codes to natterd's log, which a test cannot read).
+async fn server_with_mail() -> (TestServer, SmtpSink) {
+    let sink = SmtpSink::start(SinkConfig::default()).await;
+    let port = sink.addr().port();
+    let server = TestServer::start_with(move |c| {
+        c.mail.provider = MailProvider::Smtp;
+        c.mail.smtp_host = Some("127.0.0.1".into());
+        c.mail.smtp_port = Some(port);
+        c.mail.smtp_tls = SmtpTls::None;
+        c.mail.from = "natter <natter@example.org>".into();
+    })
+    .await;
+    (server, sink)
+}
+
+/// The code of the `nth` (0-based) mail to `to` whose subject contains `what`
+/// (the subject ends with the code).
+async fn mailed_code(sink: &SmtpSink, to: &str, what: &str, nth: usize) -> String {
+    let to = to.to_owned();
+    let matches = |m: &ReceivedMail| m.rcpt_to.contains(&to) && m.header("Subject").is_some_and(|s| s.contains(what));
+    let mail = loop {
+        let found: Vec<ReceivedMail> = sink.messages().into_iter().filter(|m| matches(m)).collect();
+        if let Some(mail) = found.get(nth) {
+            break mail.clone();
+        }
+        sink.wait_for(|m| matches(m) && !found.contains(m), WAIT).await;
+    };
+    let subject = mail.header("Subject").unwrap();
+    let code = subject.rsplit(' ').next().unwrap().to_owned();
+    assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{subject}");
+    code
+}
+
+/// The ids of `natter sessions`' rows (the header and the legend left out),
+/// with whether each is this device.
+fn session_rows(table: &str) -> Vec<(String, bool, String)> {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| *l != "* this device")
+        .map(|line| {
+            let current = line.starts_with('*');
+            let mut words = line.trim_start_matches('*').split_whitespace();
+            let id = words.next().expect("an id").to_owned();
+            (id, current, line.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_factor_sign_in_with_the_cli() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = dir.path().join("alice");
+    signup(&server, &alice, "alice@example.org").await;
+
+    // `mfa enable` shows the secret, then confirms the app's code on the same connection.
+    let mut enable = Running::start(cmd(&server, &alice, &["mfa", "enable", "--json", "--code-stdin"]));
+    let setup: serde_json::Value = serde_json::from_str(&enable.line("the secret").await).expect("JSON");
+    let base32 = setup["secret"].as_str().expect("a secret").to_owned();
+    let uri = setup["uri"].as_str().expect("an otpauth URI");
+    assert!(uri.starts_with("otpauth://totp/") && uri.contains(&format!("secret={base32}")), "{uri}");
+    let secret = secret_of(&base32);
+    let now = unix_now();
+    enable.write(&format!("{}\n", code_at(&secret, now))).await;
+    let codes: serde_json::Value = serde_json::from_str(&enable.line("the recovery codes").await).expect("JSON");
+    let (ok, rest, stderr) = enable.finish().await;
+    assert!(ok, "mfa enable failed: {stderr}\n{rest}");
+    assert!(stderr.contains("shown once"), "{stderr}");
+    let codes: Vec<String> =
+        codes["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    assert_eq!(codes.len(), 10, "{codes:?}");
+
+    // A password alone no longer signs in; with the next step's code it does
+    // (this step's code was spent by the confirmation).
+    let laptop = dir.path().join("laptop");
+    let login = ["login", "--email", "alice@example.org", "--password-stdin", "--code-stdin"];
+    let next = code_at(&secret, now + 30);
+    let out = run(cmd(&server, &laptop, &login), &format!("{PASSWORD}\n{next}\n")).await;
+    assert!(out.contains("signed in as alice@example.org"), "{out}");
+    run(cmd(&server, &laptop, &["conversations"]), "").await;
+    let err = run_fail(cmd(&server, &laptop, &login), &format!("{PASSWORD}\n{next}\n")).await;
+    assert!(err.contains("CODE_INVALID") && err.contains("already used"), "a code signs in once: {err}");
+    let err = run_fail(cmd(&server, &laptop, &login), &format!("{PASSWORD}\n")).await;
+    assert!(err.contains("standard input ended before the code"), "no code, no sign-in: {err}");
+
+    // A recovery code signs in once.
+    let out = run(cmd(&server, &laptop, &login), &format!("{PASSWORD}\n{}\n", codes[0])).await;
+    assert!(out.contains("signed in as alice@example.org"), "{out}");
+    let err = run_fail(cmd(&server, &laptop, &login), &format!("{PASSWORD}\n{}\n", codes[0])).await;
+    assert!(err.contains("CODE_INVALID"), "{err}");
+
+    // A new set replaces the old one; a code of the new set turns TOTP off.
+    let out = run(cmd(&server, &laptop, &["mfa", "recovery-codes", "--code-stdin"]), &format!("{}\n", codes[1])).await;
+    assert!(out.contains("shown once"), "{out}");
+    let fresh: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("  ")).collect();
+    assert_eq!(fresh.len(), 10, "{out}");
+    assert!(!fresh.contains(&codes[2].as_str()), "{out}");
+    let err = run_fail(cmd(&server, &laptop, &["mfa", "disable", "--code-stdin"]), &format!("{}\n", codes[2])).await;
+    assert!(err.contains("CODE_INVALID"), "the old set no longer works: {err}");
+    let out = run(cmd(&server, &laptop, &["mfa", "disable", "--code-stdin"]), &format!("{}\n", fresh[0])).await;
+    assert!(out.contains("two-factor sign-in is off"), "{out}");
+    let out = run(cmd(&server, &alice, &["login", "--password-stdin"]), &format!("{PASSWORD}\n")).await;
+    assert!(out.contains("signed in as alice@example.org"), "the password alone signs in again: {out}");
+    let err = run_fail(cmd(&server, &alice, &["mfa", "disable", "--code-stdin"]), "123456\n").await;
+    assert!(err.contains("MFA_NOT_ENABLED"), "{err}");
+}
+
+#[tokio::test]
+async fn mfa_enable_for_people_shows_a_qr_code_and_the_key_to_type() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bob = dir.path().join("bob");
+    signup(&server, &bob, "bob@example.org").await;
+
+    let mut enable = Running::start(cmd(&server, &bob, &["mfa", "enable", "--code-stdin"]));
+    let mut qr = Vec::new();
+    let key = loop {
+        let line = enable.line("the key to type").await;
+        if let Some(key) = line.strip_prefix("or type this key into it: ") {
+            break key.to_owned();
+        }
+        qr.push(line);
+    };
+    let blocks: Vec<&String> = qr.iter().filter(|l| l.contains(['\u{2580}', '\u{2584}', '\u{2588}'])).collect();
+    assert!(blocks.len() > 10, "a QR code of half blocks: {qr:#?}");
+    assert!(qr.iter().skip(1).all(|l| l.chars().count() == qr[1].chars().count()), "a square: {qr:#?}");
+    assert!(key.split(' ').all(|group| group.len() == 4) && key.split(' ').count() == 8, "{key}");
+    enable.write(&format!("{}\n", code_at(&secret_of(&key), unix_now()))).await;
+    let (ok, out, stderr) = enable.finish().await;
+    assert!(ok, "mfa enable failed: {stderr}\n{out}");
+    assert!(out.contains("two-factor sign-in is on") && out.contains("shown once"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("  ")).count(), 10, "{out}");
+
+    // Once on, a second `enable` is refused before showing any secret.
+    let err = run_fail(cmd(&server, &bob, &["mfa", "enable", "--json", "--code-stdin"]), "").await;
+    assert!(err.contains("MFA_ALREADY_ENABLED"), "{err}");
+}
+
+#[tokio::test]
+async fn devices_are_listed_and_signed_out_with_the_cli() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = |name: &str| dir.path().join(name);
+    signup(&server, &profile("laptop"), "alice@example.org").await;
+    let pw = format!("{PASSWORD}\n");
+    for device in ["phone", "tablet"] {
+        let login = ["login", "--email", "alice@example.org", "--password-stdin", "--device", device];
+        run(cmd(&server, &profile(device), &login), &pw).await;
+    }
+    let laptop = |args: &[&str]| cmd(&server, &profile("laptop"), args);
+
+    let table = run(laptop(&["sessions"]), "").await;
+    assert!(table.lines().next().unwrap().contains("DEVICE"), "{table}");
+    let rows = session_rows(&table);
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(rows.iter().filter(|(_, current, _)| *current).count(), 1, "{table}");
+    assert!(rows[0].1, "the laptop signed in first and is this device: {table}");
+    assert!(rows[1].2.contains("phone") && rows[2].2.contains("tablet"), "{table}");
+    assert!(rows.iter().all(|(_, _, l)| l.contains("password") && l.contains("127.0.0.1")), "{table}");
+    assert!(rows.iter().all(|(id, _, _)| uuid::Uuid::try_parse(id).is_ok()), "{table}");
+
+    let err = run_fail(laptop(&["sessions", "revoke", "00000000-0000-4000-8000-000000000000"]), "").await;
+    assert!(err.contains("none of your devices"), "{err}");
+    let err = run_fail(laptop(&["sessions", "revoke", &rows[0].0]), "").await;
+    assert!(err.contains("natter logout"), "this device signs out with logout: {err}");
+
+    // The phone, by the start of its id.
+    let out = run(laptop(&["sessions", "revoke", &rows[1].0[..8]]), "").await;
+    assert!(out.contains("signed out 'phone'"), "{out}");
+    let err = run_fail(cmd(&server, &profile("phone"), &["conversations"]), "").await;
+    assert!(err.contains("session has ended"), "{err}");
+
+    // Every other device: the tablet.
+    let out = run(laptop(&["sessions", "--others"]), "").await;
+    assert!(out.contains("signed out 1 other device"), "{out}");
+    let err = run_fail(cmd(&server, &profile("tablet"), &["conversations"]), "").await;
+    assert!(err.contains("session has ended"), "{err}");
+    let rows = session_rows(&run(laptop(&["sessions"]), "").await);
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].1);
+}
+
+#[tokio::test]
+async fn a_changed_password_with_the_cli() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, phone) = (dir.path().join("alice"), dir.path().join("phone"));
+    signup(&server, &alice, "alice@example.org").await;
+    let login = ["login", "--email", "alice@example.org", "--password-stdin"];
+    run(cmd(&server, &phone, &login), &format!("{PASSWORD}\n")).await;
+
+    let change = ["password", "change", "--password-stdin"];
+    let err = run_fail(cmd(&server, &alice, &change), &format!("not my password\n{NEW_PASSWORD}\n")).await;
+    assert!(err.contains("INVALID_CREDENTIALS"), "{err}");
+    let err = run_fail(cmd(&server, &alice, &change), &format!("{PASSWORD}\nshort\n")).await;
+    assert!(err.contains("WEAK_PASSWORD"), "{err}");
+    let out = run(cmd(&server, &alice, &change), &format!("{PASSWORD}\n{NEW_PASSWORD}\n")).await;
+    assert!(out.contains("password changed; 1 other device signed out"), "{out}");
+
+    // This device stays signed in; the other is signed out; only the new password works.
+    run(cmd(&server, &alice, &["conversations"]), "").await;
+    let err = run_fail(cmd(&server, &phone, &["conversations"]), "").await;
+    assert!(err.contains("session has ended"), "{err}");
+    let err = run_fail(cmd(&server, &phone, &login), &format!("{PASSWORD}\n")).await;
+    assert!(err.contains("INVALID_CREDENTIALS"), "{err}");
+    let out = run(cmd(&server, &phone, &login), &format!("{NEW_PASSWORD}\n")).await;
+    assert!(out.contains("signed in as alice@example.org"), "{out}");
+}
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_with_the_mailed_code() {
+    let (server, sink) = server_with_mail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, phone) = (dir.path().join("alice"), dir.path().join("phone"));
+    signup(&server, &alice, "alice@example.org").await;
+    let login = ["login", "--email", "alice@example.org", "--password-stdin"];
+    run(cmd(&server, &phone, &login), &format!("{PASSWORD}\n")).await;
+    let reset = ["password", "reset", "--email", "alice@example.org", "--code-stdin"];
+
+    // A wrong code changes nothing.
+    let mut wrong = Running::start(cmd(&server, &alice, &reset));
+    let said = wrong.line("that a code was mailed").await;
+    assert_eq!(said, "if alice@example.org has an account, a code was mailed to it, valid 5 minutes");
+    let code = mailed_code(&sink, "alice@example.org", "password reset", 0).await;
+    let other = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    wrong.write(&format!("{other}\n{NEW_PASSWORD}\n")).await;
+    let (ok, _, stderr) = wrong.finish().await;
+    assert!(!ok && stderr.contains("CODE_INVALID") && stderr.contains("tries left"), "{stderr}");
+    run(cmd(&server, &phone, &["conversations"]), "").await;
+
+    // The right one (of a new mail) replaces the password and signs every device out.
+    let mut right = Running::start(cmd(&server, &alice, &reset));
+    right.line("that a code was mailed").await;
+    let code = mailed_code(&sink, "alice@example.org", "password reset", 1).await;
+    right.write(&format!("{code}\n{NEW_PASSWORD}\n")).await;
+    let (ok, out, stderr) = right.finish().await;
+    assert!(ok, "reset failed: {stderr}");
+    assert!(out.contains("every device was signed out (2 devices)") && out.contains("natter login"), "{out}");
+    let err = run_fail(cmd(&server, &alice, &["conversations"]), "").await;
+    assert!(err.contains("not signed in"), "this profile's token was cleared: {err}");
+    let err = run_fail(cmd(&server, &phone, &["conversations"]), "").await;
+    assert!(err.contains("session has ended"), "{err}");
+    let err = run_fail(cmd(&server, &alice, &["login", "--password-stdin"]), &format!("{PASSWORD}\n")).await;
+    assert!(err.contains("INVALID_CREDENTIALS"), "{err}");
+    let out = run(cmd(&server, &alice, &["login", "--password-stdin"]), &format!("{NEW_PASSWORD}\n")).await;
+    assert!(out.contains("signed in as alice@example.org"), "{out}");
+
+    // An address without an account gets the same answer, and no code works for it.
+    let nobody = ["password", "reset", "--email", "nobody@example.org", "--code-stdin"];
+    let err = run_fail(cmd(&server, &dir.path().join("nobody"), &nobody), &format!("123456\n{NEW_PASSWORD}\n")).await;
+    assert!(err.contains("CODE_EXPIRED"), "{err}");
+}
+
+#[tokio::test]
+async fn the_email_address_is_verified_with_the_mailed_code() {
+    let (server, sink) = server_with_mail().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+
+    // Signup mails the first code.
+    signup(&server, &alice, "alice@example.org").await;
+    let code = mailed_code(&sink, "alice@example.org", "verification", 0).await;
+    let out = run(cmd(&server, &alice, &["verify-email", "--code-stdin"]), &format!("{code}\n")).await;
+    assert_eq!(out.trim(), "alice@example.org is verified");
+    let out = run(cmd(&server, &alice, &["verify-email", "--resend"]), "").await;
+    assert_eq!(out.trim(), "alice@example.org is already verified");
+
+    // `--resend` mails a new code, which replaces the first.
+    signup(&server, &bob, "bob@example.org").await;
+    let first = mailed_code(&sink, "bob@example.org", "verification", 0).await;
+    let mut verify = Running::start(cmd(&server, &bob, &["verify-email", "--resend", "--code-stdin"]));
+    let said = verify.line("that a code was mailed").await;
+    assert_eq!(said, "a new code was mailed to bob@example.org, valid 5 minutes");
+    let second = mailed_code(&sink, "bob@example.org", "verification", 1).await;
+    if first != second {
+        let err = run_fail(cmd(&server, &bob, &["verify-email", "--code-stdin"]), &format!("{first}\n")).await;
+        assert!(err.contains("CODE_INVALID"), "the first code was replaced: {err}");
+    }
+    verify.write(&format!("{second}\n")).await;
+    let (ok, out, stderr) = verify.finish().await;
+    assert!(ok, "verify-email failed: {stderr}");
+    assert_eq!(out.trim(), "bob@example.org is verified");
 }
