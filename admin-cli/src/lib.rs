@@ -163,6 +163,9 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
         put(format!("user_by_id {user}"), format!("{:?}", store.user_by_id(*user).await?));
         put(format!("user_by_email {email}"), format!("{:?}", store.user_by_email(email).await?));
         put(format!("sessions_of {user}"), format!("{:?}", store.sessions_of(*user).await?));
+        if let Some(phone) = store.user_by_id(*user).await?.and_then(|u| u.phone) {
+            put(format!("user_by_phone {phone}"), format!("{:?}", store.user_by_phone(&phone).await?));
+        }
         let mut contacts = store.contacts(*user).await?;
         contacts.sort_by_key(|u| u.0);
         put(format!("contacts {user}"), format!("{contacts:?}"));

@@ -61,8 +61,13 @@ enum Command {
     /// Sign in on this device.
     Login {
         /// Your account's email. Default: the email this profile last signed in with.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "phone")]
         email: Option<String>,
+        /// Sign in with a code texted to this number instead of a password
+        /// (international form: +4915123456789). The number must be on the
+        /// account (`natter add-phone`).
+        #[arg(long, value_name = "+NUMBER")]
+        phone: Option<String>,
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
@@ -77,6 +82,16 @@ enum Command {
     },
     /// Sign out (revokes this device's session).
     Logout,
+    /// Add a phone number to your account (a texted code proves it is yours);
+    /// then `natter login --phone` signs in with it.
+    AddPhone {
+        /// The number, in international form: +4915123456789.
+        #[arg(value_name = "+NUMBER")]
+        phone: String,
+        /// Read the texted code from the first line of standard input.
+        #[arg(long)]
+        code_stdin: bool,
+    },
     /// Prove your email address with the code natterd mailed to it at signup.
     VerifyEmail {
         /// Mail a new code first (the previous one stops working).
@@ -373,9 +388,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Signup { email, name, password_stdin } => {
             cli.signup(&email, name.as_deref().unwrap_or_default(), password_stdin).await
         }
-        Command::Login { email, password_stdin, code_stdin, device } => {
-            cli.login(email, FromStdin { password: password_stdin, code: code_stdin }, device).await
+        Command::Login { email, phone, password_stdin, code_stdin, device } => {
+            let stdin = FromStdin { password: password_stdin, code: code_stdin };
+            match phone {
+                Some(phone) => cli.login_by_phone(&phone, stdin, device).await,
+                None => cli.login(email, stdin, device).await,
+            }
         }
+        Command::AddPhone { phone, code_stdin } => cli.add_phone(&phone, code_stdin).await,
         Command::Logout => cli.logout().await,
         Command::VerifyEmail { resend, code_stdin } => cli.verify_email(resend, code_stdin).await,
         Command::Password(PasswordCommand::Change { password_stdin }) => cli.change_password(password_stdin).await,
@@ -489,6 +509,55 @@ impl Cli {
         };
         self.signed_in(token, &who.email)?;
         println!("signed in as {}", who.email);
+        client.close().await;
+        Ok(())
+    }
+
+    async fn login_by_phone(&mut self, phone: &str, stdin: FromStdin, device: Option<String>) -> anyhow::Result<()> {
+        let config = self.config(false)?;
+        let mut answers = Answers::new(stdin);
+        let client = Client::connect(&config).await?;
+        let valid = client.start_phone(phone).await?;
+        eprintln!("a code was texted to {phone}, valid {}", how_long(valid));
+        let device = device_name(device);
+        let signed_in = {
+            let (client, device) = (&client, device.as_str());
+            with_code(&mut answers, "texted code: ", |code| async move {
+                client.sign_in_with_phone(phone, &code, device).await
+            })
+            .await
+        };
+        let (token, who) = match signed_in {
+            Ok(signed_in) => signed_in,
+            Err(e) => match e.downcast::<ClientError>() {
+                Ok(ClientError::MfaRequired { challenge, .. }) => {
+                    let client = &client;
+                    let challenge = challenge.as_str();
+                    with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move {
+                        client.verify_mfa(challenge, &code, !is_totp_code(&code)).await
+                    })
+                    .await?
+                }
+                Ok(e) => return Err(e.into()),
+                Err(e) => return Err(e),
+            },
+        };
+        self.signed_in(token, &who.email)?;
+        println!("signed in as {}", who.email);
+        client.close().await;
+        Ok(())
+    }
+
+    async fn add_phone(&mut self, phone: &str, code_stdin: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let valid = client.start_phone(phone).await?;
+        eprintln!("a code was texted to {phone}, valid {}", how_long(valid));
+        let mut answers = Answers::new(FromStdin { password: false, code: code_stdin });
+        let added = {
+            let client = &client;
+            with_code(&mut answers, "texted code: ", |code| async move { client.add_phone(phone, &code).await }).await?
+        };
+        println!("{added} is on your account: `natter login --phone {added}` signs in with it");
         client.close().await;
         Ok(())
     }

@@ -576,6 +576,54 @@ impl Client {
         self.signed_in(answer)
     }
 
+    /// Texts a code to `phone` (international form): to sign in with it when
+    /// this connection is signed out, to add it to the account when signed in.
+    /// Returns how long the code is valid.
+    ///
+    /// # Errors
+    /// `INVALID_PHONE`, `PHONE_TAKEN`, `RATE_LIMITED`, `UNAVAILABLE` (the SMS provider).
+    pub async fn start_phone(&self, phone: &str) -> Result<Duration, ClientError> {
+        match self.request(Body::StartPhone(wire::StartPhone { phone: phone.into() })).await? {
+            response::Result::CodeSent(c) => Ok(Duration::from_millis(c.expires_in_ms.into())),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs in with the texted code as a new device of the account with this
+    /// number.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `CODE_EXPIRED`, `NOT_FOUND` (no account has the number),
+    /// [`ClientError::MfaRequired`].
+    pub async fn sign_in_with_phone(
+        &self,
+        phone: &str,
+        code: &str,
+        device_name: &str,
+    ) -> Result<(String, Identity), ClientError> {
+        let body = Body::VerifyPhone(wire::VerifyPhone {
+            phone: phone.into(),
+            code: code.into(),
+            device_name: device_name.into(),
+        });
+        let answer = self.request(body).await?;
+        self.signed_in(answer)
+    }
+
+    /// Adds the number to this (signed-in) account with the texted code;
+    /// returns it in E.164 form.
+    ///
+    /// # Errors
+    /// `CODE_INVALID`, `CODE_EXPIRED`, `PHONE_TAKEN`.
+    pub async fn add_phone(&self, phone: &str, code: &str) -> Result<String, ClientError> {
+        let body =
+            Body::VerifyPhone(wire::VerifyPhone { phone: phone.into(), code: code.into(), device_name: String::new() });
+        match self.request(body).await? {
+            response::Result::PhoneAdded(p) => Ok(p.phone),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// This account's signed-in devices, oldest first.
     ///
     /// # Errors

@@ -40,6 +40,8 @@ codes! {
     CODE_EXPIRED = 209, "No such code or challenge is pending (expired, used, or out of tries); ask for a new one.";
     MFA_NOT_ENABLED = 210, "The second factor is not turned on for this account.";
     MFA_ALREADY_ENABLED = 211, "The second factor is already on; turn it off first to set up a new one.";
+    INVALID_PHONE = 212, "The phone number is not valid (give it in international form, with + and the country code).";
+    PHONE_TAKEN = 213, "Another account has this phone number.";
     // 3xx: request content
     INVALID_ARGUMENT = 300, "A field is missing, malformed or out of range.";
     TEXT_TOO_LONG = 301, "The message text exceeds the maximum text size.";

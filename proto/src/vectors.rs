@@ -403,6 +403,23 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                 }),
             ),
         ),
+        (
+            "request_start_phone",
+            "Request 8: StartPhone for +49 151 23456789 (any spacing; the server normalizes to E.164)",
+            req(8, request::Body::StartPhone(StartPhone { phone: "+49 151 23456789".into() })),
+        ),
+        (
+            "request_verify_phone",
+            "Request 9: VerifyPhone with the texted code, signing in from device \"phone\"",
+            req(
+                9,
+                request::Body::VerifyPhone(VerifyPhone {
+                    phone: "+4915123456789".into(),
+                    code: "482913".into(),
+                    device_name: "phone".into(),
+                }),
+            ),
+        ),
     ]
 }
 

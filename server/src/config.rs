@@ -53,6 +53,7 @@ pub struct Config {
     pub ephemeral: EphemeralConfig,
     pub metrics: MetricsConfig,
     pub mail: crate::auth::mail::MailConfig,
+    pub sms: crate::auth::sms::SmsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -189,6 +190,7 @@ impl Default for Config {
             ephemeral: EphemeralConfig::default(),
             metrics: MetricsConfig::default(),
             mail: crate::auth::mail::MailConfig::default(),
+            sms: crate::auth::sms::SmsConfig::default(),
         }
     }
 }
@@ -201,7 +203,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail"];
+const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -291,6 +293,7 @@ impl Config {
             return Err(ConfigError::Invalid("delivery.outbound_queue must be at least 1".into()));
         }
         self.mail.validate().map_err(|e| ConfigError::Invalid(format!("mail: {e}")))?;
+        self.sms.validate().map_err(|e| ConfigError::Invalid(format!("sms: {e}")))?;
         Ok(())
     }
 }

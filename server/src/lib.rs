@@ -60,6 +60,8 @@ pub enum StartError {
     WrongServerKey,
     #[error("mail")]
     Mail(#[from] auth::mail::MailConfigError),
+    #[error("sms")]
+    Sms(#[from] auth::sms::SmsConfigError),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -235,6 +237,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         return Err(StartError::WrongServerKey);
     }
     let mailer = auth::mail::mailer(&config.mail)?;
+    let sms = auth::sms::sms_provider(&config.sms)?;
 
     let shutdown = CancellationToken::new();
     let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
@@ -263,7 +266,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
         },
-        session::Security { auth_state, server_key, mailer },
+        session::Security { auth_state, server_key, mailer, sms },
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,

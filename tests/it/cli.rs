@@ -790,3 +790,55 @@ async fn the_email_address_is_verified_with_the_mailed_code() {
     assert!(ok, "verify-email failed: {stderr}");
     assert_eq!(out.trim(), "bob@example.org is verified");
 }
+
+/// Runs `c`, waits for the text it makes natterd send to `to`, and answers
+/// the code on its standard input.
+async fn answer_texted_code(
+    mut c: Command,
+    fake: &natter_tests::twilio_fake::TwilioFake,
+    to: &str,
+) -> std::process::Output {
+    let before = fake.sent();
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let to2 = to.to_owned();
+    let sms = fake.wait_for(move |m| m.to == to2 && !before.contains(m), Duration::from_secs(20)).await;
+    let code: String = sms.body.chars().filter(char::is_ascii_digit).take(6).collect();
+    child.stdin.take().unwrap().write_all(format!("{code}\n").as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("natter finishes").unwrap()
+}
+
+#[tokio::test]
+async fn a_phone_is_added_and_then_signs_in_with_a_texted_code() {
+    let fake = natter_tests::twilio_fake::TwilioFake::start().await;
+    let sms = fake.messaging_config();
+    let server = TestServer::start_with(move |c| c.sms = sms).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, phone) = (dir.path().join("alice"), dir.path().join("phone"));
+    signup(&server, &alice, "alice@example.org").await;
+
+    let out = answer_texted_code(
+        cmd(&server, &alice, &["add-phone", "+49 151 2345 6789", "--code-stdin"]),
+        &fake,
+        "+4915123456789",
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("+4915123456789 is on your account"), "{said}");
+
+    let out = answer_texted_code(
+        cmd(&server, &phone, &["login", "--phone", "+4915123456789", "--code-stdin", "--device", "phone"]),
+        &fake,
+        "+4915123456789",
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed in as alice@example.org"));
+    let sessions = run(cmd(&server, &phone, &["sessions"]), "").await;
+    assert!(sessions.lines().any(|l| l.contains("phone") && l.starts_with('*')), "{sessions}");
+
+    // A bad number is refused before anything is sent.
+    let err = run_fail(cmd(&server, &phone, &["login", "--phone", "0151 2345", "--code-stdin"]), "").await;
+    assert!(err.contains("INVALID_PHONE") && err.contains("country code"), "{err}");
+}

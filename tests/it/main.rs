@@ -13,10 +13,12 @@ mod mail;
 mod metrics;
 mod natterd;
 mod nodes;
+mod phone;
 mod presence;
 mod protocol;
 mod readme;
 mod receipts;
+mod sms;
 mod store;
 
 use std::path::PathBuf;

@@ -407,3 +407,24 @@ async fn devices_second_factors_and_sign_in_limits_hold_across_nodes() {
     // Each node's own bucket (8) would allow 8 more on each; the shared count stops the 4th.
     assert_eq!(refused, Some(3), "the limit holds for the cluster");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_to_a_number_are_limited_over_every_node() {
+    use natter_proto::ErrorCode;
+    let Some(db) = PgDatabase::create().await else { return };
+    let fake = natter_tests::twilio_fake::TwilioFake::start().await;
+    let (sms_a, sms_b) = (fake.messaging_config(), fake.messaging_config());
+    let node_a = TestServer::start_postgres_with(&db, move |c| c.sms = sms_a).await;
+    let node_b = TestServer::start_postgres_with(&db, move |c| c.sms = sms_b).await;
+    let (a, b) = (node_a.client().await, node_b.client().await);
+    a.start_phone("+4915123456789").await.unwrap();
+    b.start_phone("+4915123456789").await.unwrap();
+    a.start_phone("+4915123456789").await.unwrap();
+    let e = b.start_phone("+4915123456789").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::RATE_LIMITED), "3 texts per number in 10 minutes, whichever node: {e}");
+    assert_eq!(fake.sent().len(), 3);
+    // A code texted through one node is checked on the other.
+    let code: String = fake.sent()[2].body.chars().filter(char::is_ascii_digit).take(6).collect();
+    let e = node_b.client().await.sign_in_with_phone("+4915123456789", &code, "d").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND), "the right code (no account has the number): {e}");
+}

@@ -4,6 +4,7 @@
 //! tests, so they run in parallel.
 
 pub mod smtp_sink;
+pub mod twilio_fake;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

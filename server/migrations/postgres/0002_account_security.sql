@@ -4,6 +4,10 @@
 
 ALTER TABLE sessions ADD COLUMN method TEXT NOT NULL DEFAULT 'password';
 
+-- A proved phone number (PhoneAdded), E.164; one account each.
+ALTER TABLE users ADD COLUMN phone TEXT COLLATE "C";
+CREATE UNIQUE INDEX users_by_phone ON users (phone);
+
 ALTER TABLE users ADD COLUMN email_verified_at_ms BIGINT;
 ALTER TABLE users ADD COLUMN totp_sealed_secret BYTEA;
 ALTER TABLE users ADD COLUMN totp_enabled_at_ms BIGINT;

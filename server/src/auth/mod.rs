@@ -6,6 +6,7 @@
 pub mod codes;
 pub mod mail;
 pub mod server_key;
+pub mod sms;
 pub mod totp;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

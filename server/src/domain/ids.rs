@@ -114,6 +114,51 @@ impl ClientMsgId {
     }
 }
 
+/// A phone number in E.164 form (`+4915123456789`), parsed and checked
+/// against libphonenumber's metadata for its country.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Phone(String);
+
+impl Phone {
+    /// Normalizes an international number (spaces, dashes and brackets are
+    /// fine; the country code with its `+` is required).
+    ///
+    /// # Errors
+    /// `InvalidPhone` with the reason.
+    pub fn parse(raw: &str) -> Result<Self, Rejection> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(Rejection::InvalidPhone("empty"));
+        }
+        if raw.len() > 32 {
+            return Err(Rejection::InvalidPhone("longer than 32 bytes"));
+        }
+        if !raw.starts_with('+') {
+            return Err(Rejection::InvalidPhone("give the number with its country code, starting with +"));
+        }
+        let number = phonenumber::parse(None, raw).map_err(|_| Rejection::InvalidPhone("not a phone number"))?;
+        if !phonenumber::is_valid(&number) {
+            return Err(Rejection::InvalidPhone("not a valid number for its country"));
+        }
+        Ok(Self(number.format().mode(phonenumber::Mode::E164).to_string()))
+    }
+
+    /// Wraps a number read back from our own log, where it was stored normalized.
+    pub fn from_normalized(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A normalized email address (trimmed, lower-cased).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);

@@ -21,6 +21,8 @@ pub struct Millis(pub u64);
 pub enum Rejection {
     #[error("invalid email address: {0}")]
     InvalidEmail(&'static str),
+    #[error("invalid phone number: {0}")]
+    InvalidPhone(&'static str),
     #[error("password rejected: {0}")]
     WeakPassword(&'static str),
     #[error("{field}: {reason}")]
@@ -148,6 +150,19 @@ pub enum Event {
         code_hash: [u8; 32],
         at: Millis,
     },
+    /// In the `phone:<E.164>` stream, appended with "no stream": a number
+    /// belongs to one account.
+    PhoneClaimed {
+        user_id: UserId,
+        at: Millis,
+    },
+    /// The user proved they receive texts at `phone` (a code): they may sign
+    /// in with it.
+    PhoneAdded {
+        user_id: UserId,
+        phone: Phone,
+        at: Millis,
+    },
 }
 
 /// How a session was signed in.
@@ -252,6 +267,8 @@ impl Event {
             Event::TotpDisabled { .. } => "TotpDisabled",
             Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
+            Event::PhoneClaimed { .. } => "PhoneClaimed",
+            Event::PhoneAdded { .. } => "PhoneAdded",
         }
     }
 
@@ -293,7 +310,9 @@ impl Event {
             | Event::TotpEnabled { .. }
             | Event::TotpDisabled { .. }
             | Event::RecoveryCodesIssued { .. }
-            | Event::RecoveryCodeUsed { .. } => None,
+            | Event::RecoveryCodeUsed { .. }
+            | Event::PhoneClaimed { .. }
+            | Event::PhoneAdded { .. } => None,
         }
     }
 }

@@ -134,7 +134,7 @@ impl Service {
         });
     }
 
-    async fn append_to_user(&self, user: UserId, events: Vec<Event>) -> Result<(), WireError> {
+    pub(super) async fn append_to_user(&self, user: UserId, events: Vec<Event>) -> Result<(), WireError> {
         let events = events.into_iter().map(NewEvent::fresh).collect();
         self.store.append(vec![StreamAppend::new(StreamName::user(user), ExpectedVersion::Any, events)]).await?;
         Ok(())
@@ -449,6 +449,9 @@ impl Service {
         let (subject_line, what) = match purpose {
             CodePurpose::VerifyEmail => ("Your natter verification code", "verify your email address"),
             CodePurpose::ResetPassword => ("Your natter password reset code", "choose a new password"),
+            CodePurpose::PhoneSignIn | CodePurpose::AddPhone => {
+                unreachable!("phone codes are texted (session::phone)")
+            }
         };
         let mail = Mail {
             to: to.as_str().to_owned(),
@@ -499,7 +502,7 @@ impl Service {
         Ok(Reply::Password(wire::PasswordOk { revoked_sessions }))
     }
 
-    async fn check_code(&self, purpose: CodePurpose, subject: &str, code: &str) -> Result<(), WireError> {
+    pub(super) async fn check_code(&self, purpose: CodePurpose, subject: &str, code: &str) -> Result<(), WireError> {
         let code = codes::normalize(code).ok_or_else(|| super::invalid("code", "a code is 6 digits"))?;
         let hash = codes::code_hash(&self.security.server_key, purpose, subject, &code);
         match self.security.auth_state.check_code(purpose, subject, hash, self.now()).await? {

@@ -213,7 +213,9 @@ impl FeedSource {
             | Event::TotpEnabled { .. }
             | Event::TotpDisabled { .. }
             | Event::RecoveryCodesIssued { .. }
-            | Event::RecoveryCodeUsed { .. } => None,
+            | Event::RecoveryCodeUsed { .. }
+            | Event::PhoneClaimed { .. }
+            | Event::PhoneAdded { .. } => None,
         })
     }
 }

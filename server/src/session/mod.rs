@@ -10,6 +10,7 @@ pub mod feed;
 mod groups;
 pub mod guard;
 mod messaging;
+mod phone;
 mod presence;
 
 use std::collections::HashMap;
@@ -78,6 +79,7 @@ pub struct Security {
     pub auth_state: Arc<dyn crate::store::auth_state::AuthState>,
     pub server_key: Arc<crate::auth::server_key::ServerKey>,
     pub mailer: Arc<dyn crate::auth::mail::Mailer>,
+    pub sms: Arc<dyn crate::auth::sms::SmsProvider>,
 }
 
 /// What the feed shows of a user.
@@ -135,6 +137,7 @@ impl From<Rejection> for WireError {
     fn from(r: Rejection) -> Self {
         let code = match r {
             Rejection::InvalidEmail(_) => ErrorCode::INVALID_EMAIL,
+            Rejection::InvalidPhone(_) => ErrorCode::INVALID_PHONE,
             Rejection::WeakPassword(_) => ErrorCode::WEAK_PASSWORD,
             Rejection::InvalidArgument { .. } | Rejection::DirectWithSelf => ErrorCode::INVALID_ARGUMENT,
             Rejection::TextTooLong { .. } => ErrorCode::TEXT_TOO_LONG,
@@ -467,6 +470,8 @@ impl Session {
                 | Body::StartEmailVerification(_)
                 | Body::EnableTotp(_)
                 | Body::ConfirmTotp(_)
+                | Body::StartPhone(_)
+                | Body::VerifyPhone(_)
         )
     }
 
@@ -490,6 +495,11 @@ impl Session {
                 Some(me) => self.service.start_email_verification(&me, self.remote).await.map(Handled::from),
                 None => Err(WireError::new(ErrorCode::UNAUTHENTICATED, "sign in first")),
             },
+            Body::StartPhone(req) => {
+                let me = self.identity().cloned();
+                self.service.start_phone(me.as_ref(), req, self.remote).await.map(Handled::from)
+            }
+            Body::VerifyPhone(req) => self.verify_phone(req).await.map(Handled::from),
             Body::EnableTotp(_) => self.enable_totp().await.map(Handled::from),
             Body::ConfirmTotp(req) => self.confirm_totp(req).await.map(Handled::from),
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
@@ -505,6 +515,19 @@ impl Session {
         let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
         self.sign_in(identity);
         Ok(reply)
+    }
+
+    async fn verify_phone(&mut self, req: wire::VerifyPhone) -> Result<Reply, WireError> {
+        let me = self.identity().cloned();
+        match self.service.verify_phone(me.as_ref(), req, self.remote).await? {
+            phone::Verified::SignedIn(token, identity) => {
+                let reply =
+                    Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
+                self.sign_in(identity);
+                Ok(reply)
+            }
+            phone::Verified::Added(reply) => Ok(reply),
+        }
     }
 
     async fn reset_password(&mut self, req: wire::ResetPassword) -> Result<Reply, WireError> {
@@ -654,7 +677,9 @@ impl Service {
                 | Body::ResetPassword(_)
                 | Body::StartEmailVerification(_)
                 | Body::EnableTotp(_)
-                | Body::ConfirmTotp(_) => {
+                | Body::ConfirmTotp(_)
+                | Body::StartPhone(_)
+                | Body::VerifyPhone(_) => {
                     unreachable!("stateful requests go through Session::handle_stateful")
                 }
             },
@@ -682,6 +707,7 @@ impl Service {
             created_at: new_user.at,
             email_verified: false,
             totp_sealed_secret: None,
+            phone: None,
         };
         let result = self
             .store

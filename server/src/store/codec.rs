@@ -8,8 +8,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::domain::{
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
-    SignInMethod, TokenHash, UserId, UserRegistered,
+    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Phone, Role, Seq,
+    SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -133,6 +133,13 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         .encode_to_vec(),
         Event::RecoveryCodeUsed { user_id, code_hash, at } => {
             pb::RecoveryCodeUsed { user_id: user_id.to_string(), code_hash: code_hash.to_vec(), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::PhoneClaimed { user_id, at } => {
+            pb::PhoneClaimed { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::PhoneAdded { user_id, phone, at } => {
+            pb::PhoneAdded { user_id: user_id.to_string(), phone: phone.as_str().to_owned(), at_ms: at.0 }
                 .encode_to_vec()
         }
         Event::PrivacyChanged { user_id, hide_last_seen, at } => {
@@ -373,6 +380,18 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "PhoneClaimed" => {
+            let e = pb::PhoneClaimed::decode(payload).map_err(bad)?;
+            Event::PhoneClaimed { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
+        }
+        "PhoneAdded" => {
+            let e = pb::PhoneAdded::decode(payload).map_err(bad)?;
+            Event::PhoneAdded {
+                user_id: UserId(uuid(&e.user_id)?),
+                phone: Phone::from_normalized(e.phone),
+                at: Millis(e.at_ms),
+            }
+        }
         "PrivacyChanged" => {
             let e = pb::PrivacyChanged::decode(payload).map_err(bad)?;
             Event::PrivacyChanged {
@@ -465,6 +484,8 @@ mod tests {
             Event::RecoveryCodeUsed { user_id: u, code_hash: [5; 32], at: Millis(20) },
             Event::RecoveryCodesIssued { user_id: u, recovery_codes: vec![[8; 32]], at: Millis(21) },
             Event::TotpDisabled { user_id: u, at: Millis(22) },
+            Event::PhoneClaimed { user_id: u, at: Millis(23) },
+            Event::PhoneAdded { user_id: u, phone: Phone::parse("+49 151 23456789").unwrap(), at: Millis(24) },
         ]
     }
 

@@ -38,6 +38,9 @@ impl StreamName {
     pub fn email(email: &Email) -> Self {
         Self(format!("email:{email}"))
     }
+    pub fn phone(phone: &crate::domain::Phone) -> Self {
+        Self(format!("phone:{phone}"))
+    }
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
     }
@@ -255,6 +258,8 @@ pub struct UserRecord {
     pub email_verified: bool,
     /// The TOTP secret sealed with the server key, while TOTP is on.
     pub totp_sealed_secret: Option<Vec<u8>>,
+    /// A number the user proved (`PhoneAdded`), for signing in by text.
+    pub phone: Option<crate::domain::Phone>,
 }
 
 /// A session (one per device login).
@@ -505,6 +510,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
+    async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError>;
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
     /// A user's sessions that are not revoked, oldest first.
     async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;

@@ -819,7 +819,7 @@ fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
 }
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
-                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret FROM users";
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone FROM users";
 
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
@@ -830,6 +830,7 @@ fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
         created_at: Millis(row.get::<_, i64>(4) as u64),
         email_verified: row.get(5),
         totp_sealed_secret: row.get(6),
+        phone: row.get::<_, Option<String>>(7).map(crate::domain::Phone::from_normalized),
     })
 }
 
@@ -996,6 +997,14 @@ impl Store for PostgresStore {
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError> {
         self.read(|conn| async move {
             let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
+            rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE phone = $1"), &[&phone.as_str()]).await?;
             rows.first().map(row_to_user).transpose()
         })
         .await

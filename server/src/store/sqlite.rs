@@ -547,6 +547,12 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 .execute(params![user_id.to_string(), password_hash])?;
             return Ok(Vec::new());
         }
+        Event::PhoneClaimed { .. } => return Ok(Vec::new()),
+        Event::PhoneAdded { user_id, phone, .. } => {
+            conn.prepare_cached("UPDATE users SET phone = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), phone.as_str()])?;
+            return Ok(Vec::new());
+        }
         Event::EmailVerified { user_id, at, .. } => {
             conn.prepare_cached("UPDATE users SET email_verified_at_ms = ?2 WHERE user_id = ?1")?
                 .execute(params![user_id.to_string(), at.0 as i64])?;
@@ -945,13 +951,13 @@ fn collect_messages(
     Ok(out)
 }
 
-type UserRow = (String, String, String, String, i64, bool, Option<Vec<u8>>);
+type UserRow = (String, String, String, String, i64, bool, Option<Vec<u8>>, Option<String>);
 
 fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?))
 }
 
-fn user_record((id, email, name, hash, created, verified, totp): UserRow) -> Result<UserRecord, StoreError> {
+fn user_record((id, email, name, hash, created, verified, totp, phone): UserRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         user_id: UserId(parse_uuid(&id)?),
         email: Email::from_normalized(email),
@@ -960,11 +966,12 @@ fn user_record((id, email, name, hash, created, verified, totp): UserRow) -> Res
         created_at: Millis(created as u64),
         email_verified: verified,
         totp_sealed_secret: totp,
+        phone: phone.map(crate::domain::Phone::from_normalized),
     })
 }
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
-                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret FROM users";
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone FROM users";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -1035,6 +1042,18 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.prepare_cached(&format!("{SELECT_USER} WHERE user_id = ?1"))?
                 .query_row([user.to_string()], row_to_user)
+                .optional()?
+                .map(user_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError> {
+        let phone = phone.as_str().to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{SELECT_USER} WHERE phone = ?1"))?
+                .query_row([phone], row_to_user)
                 .optional()?
                 .map(user_record)
                 .transpose()

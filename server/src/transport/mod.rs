@@ -403,6 +403,8 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::DisableTotp(_) => "disable_totp",
         Body::VerifyMfa(_) => "verify_mfa",
         Body::NewRecoveryCodes(_) => "new_recovery_codes",
+        Body::StartPhone(_) => "start_phone",
+        Body::VerifyPhone(_) => "verify_phone",
     }
 }
 

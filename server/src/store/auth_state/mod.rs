@@ -28,6 +28,10 @@ pub enum CodePurpose {
     VerifyEmail,
     /// Forgotten password (subject: the normalized email).
     ResetPassword,
+    /// Signing in by text (subject: the E.164 number).
+    PhoneSignIn,
+    /// Adding a number to a signed-in account (subject: `<user id> <E.164 number>`).
+    AddPhone,
 }
 
 impl CodePurpose {
@@ -35,6 +39,8 @@ impl CodePurpose {
         match self {
             CodePurpose::VerifyEmail => "verify_email",
             CodePurpose::ResetPassword => "reset_password",
+            CodePurpose::PhoneSignIn => "phone_sign_in",
+            CodePurpose::AddPhone => "add_phone",
         }
     }
 }

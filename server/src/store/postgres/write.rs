@@ -336,6 +336,14 @@ impl Plan {
                 );
                 return (None, None);
             }
+            Event::PhoneClaimed { .. } => return (None, None),
+            Event::PhoneAdded { user_id, phone, .. } => {
+                self.push(
+                    "UPDATE users SET phone = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(phone.as_str().to_owned())],
+                );
+                return (None, None);
+            }
             Event::EmailVerified { user_id, at, .. } => {
                 self.push(
                     "UPDATE users SET email_verified_at_ms = $2 WHERE user_id = $1",

@@ -1,0 +1,180 @@
+//! Phone numbers: signing in with a texted code, and adding a number to an
+//! account (the code proves the number is yours). Texts cost money, so sends
+//! are limited per number (3 in 10 minutes, 10 a day) and per client address,
+//! and wrong codes per number, all counted in the shared store (every node).
+//!
+//! With the `twilio-verify` provider Twilio owns the code; otherwise natter
+//! does (`auth::codes`, the same rules as mailed codes).
+
+use std::time::Duration;
+
+use natter_proto::wire::{self, response::Result as Reply};
+use natter_proto::ErrorCode;
+
+use super::{Identity, Service, WireError};
+use crate::auth::codes;
+use crate::auth::sms::SmsError;
+use crate::domain::{Event, Millis, Phone, SignInMethod};
+use crate::store::auth_state::CodePurpose;
+use crate::store::{AppendError, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+
+const TEXTS_PER_NUMBER_PER_10_MIN: u32 = 3;
+const TEXTS_PER_NUMBER_PER_DAY: u32 = 10;
+const TEXTS_PER_ADDRESS_PER_10_MIN: u32 = 20;
+/// Wrong codes per number in an hour, over all codes (a code allows 5).
+const WRONG_CODES_PER_NUMBER_PER_HOUR: u32 = 10;
+
+/// What a right code did.
+pub(super) enum Verified {
+    /// Signed in (token, identity).
+    SignedIn(String, Identity),
+    /// Added to the signed-in account.
+    Added(Reply),
+}
+
+/// What the code is for, and whose it is.
+fn purpose(me: Option<&Identity>, phone: &Phone) -> (CodePurpose, String) {
+    match me {
+        None => (CodePurpose::PhoneSignIn, phone.to_string()),
+        Some(me) => (CodePurpose::AddPhone, format!("{} {phone}", me.user_id)),
+    }
+}
+
+fn sms_error(e: SmsError) -> WireError {
+    match e {
+        SmsError::Unavailable { retry_after, reason } => {
+            tracing::warn!(reason = %reason, "text not sent: provider unavailable");
+            let mut e = WireError::new(ErrorCode::UNAVAILABLE, "texts cannot be sent at the moment; retry");
+            e.retry_after_ms = retry_after.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            e
+        }
+        SmsError::Rejected(why) => {
+            tracing::info!(reason = %why, "the sms provider refused a number");
+            WireError::new(ErrorCode::INVALID_PHONE, "texts cannot be sent to this number")
+        }
+        SmsError::Unsupported => {
+            tracing::error!("the sms provider does not support what natter asked");
+            WireError::new(ErrorCode::INTERNAL, "internal error")
+        }
+    }
+}
+
+impl Service {
+    pub(super) async fn start_phone(
+        &self,
+        me: Option<&Identity>,
+        req: wire::StartPhone,
+        remote: std::net::IpAddr,
+    ) -> Result<Reply, WireError> {
+        let phone = Phone::parse(&req.phone)?;
+        if let Some(me) = me {
+            self.check_can_add(me, &phone).await?;
+        }
+        let ten_min = Duration::from_secs(600);
+        let day = Duration::from_secs(86_400);
+        let too_many = "too many codes texted to this number";
+        self.limit(format!("sms:{phone}:10m"), ten_min, TEXTS_PER_NUMBER_PER_10_MIN, too_many).await?;
+        self.limit(format!("sms:{phone}:1d"), day, TEXTS_PER_NUMBER_PER_DAY, too_many).await?;
+        self.limit(format!("sms-from:{remote}"), ten_min, TEXTS_PER_ADDRESS_PER_10_MIN, "too many codes requested")
+            .await?;
+        let sms = &self.security.sms;
+        if sms.owns_code() {
+            let (purpose, subject) = purpose(me, &phone);
+            let code = codes::new_code();
+            let hash = codes::code_hash(&self.security.server_key, purpose, &subject, &code);
+            let expires = Millis(self.now().0 + codes::CODE_TTL.as_millis() as u64);
+            self.security.auth_state.put_code(purpose, &subject, hash, expires, codes::CODE_ATTEMPTS).await?;
+            let text = format!("Your natter code is {code}. It is valid for 5 minutes; do not share it.");
+            sms.send(phone.as_str(), &text).await.map_err(sms_error)?;
+        } else {
+            sms.start_verification(phone.as_str()).await.map_err(sms_error)?;
+        }
+        Ok(Reply::CodeSent(wire::CodeSent { expires_in_ms: codes::CODE_TTL.as_millis() as u32 }))
+    }
+
+    /// A number may be added by an account without one, if no one else has it.
+    async fn check_can_add(&self, me: &Identity, phone: &Phone) -> Result<(), WireError> {
+        if let Some(owner) = self.store.user_by_phone(phone).await? {
+            return Err(if owner.user_id == me.user_id {
+                super::invalid("phone", "this number is already yours")
+            } else {
+                WireError::new(ErrorCode::PHONE_TAKEN, "another account has this number")
+            });
+        }
+        let user = self
+            .store
+            .user_by_id(me.user_id)
+            .await?
+            .ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "internal error"))?;
+        if user.phone.is_some() {
+            return Err(super::invalid("phone", "this account has a number already"));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn verify_phone(
+        &self,
+        me: Option<&Identity>,
+        req: wire::VerifyPhone,
+        remote: std::net::IpAddr,
+    ) -> Result<Verified, WireError> {
+        let phone = Phone::parse(&req.phone)?;
+        let wrong_key = format!("sms-wrong:{phone}");
+        let hour = Duration::from_secs(3600);
+        let now = self.now();
+        if self.security.auth_state.hits(&wrong_key, hour, now).await? >= WRONG_CODES_PER_NUMBER_PER_HOUR {
+            let w = hour.as_millis() as u64;
+            let wait = Duration::from_millis(w - now.0 % w);
+            return Err(WireError::rate_limited("too many wrong codes for this number", wait));
+        }
+        let checked = if self.security.sms.owns_code() {
+            let (purpose, subject) = purpose(me, &phone);
+            self.check_code(purpose, &subject, &req.code).await
+        } else {
+            let code = codes::normalize(&req.code).ok_or_else(|| super::invalid("code", "a code is 6 digits"))?;
+            match self.security.sms.check_verification(phone.as_str(), &code).await.map_err(sms_error)? {
+                true => Ok(()),
+                false => Err(WireError::new(ErrorCode::CODE_INVALID, "wrong or expired code")),
+            }
+        };
+        if let Err(e) = checked {
+            if e.code == ErrorCode::CODE_INVALID {
+                self.security.auth_state.hit(&wrong_key, hour, now).await?;
+            }
+            return Err(e);
+        }
+        match me {
+            None => {
+                let user = self.store.user_by_phone(&phone).await?.ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::NOT_FOUND,
+                        "no account has this number: sign up with an email address, then add the number",
+                    )
+                })?;
+                let (token, identity) =
+                    self.first_factor_passed(&user, &req.device_name, SignInMethod::Phone, remote).await?;
+                Ok(Verified::SignedIn(token, identity))
+            }
+            Some(me) => {
+                self.check_can_add(me, &phone).await?;
+                let claim = StreamAppend::new(
+                    StreamName::phone(&phone),
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::fresh(Event::PhoneClaimed { user_id: me.user_id, at: now })],
+                );
+                let added = StreamAppend::new(
+                    StreamName::user(me.user_id),
+                    ExpectedVersion::Any,
+                    vec![NewEvent::fresh(Event::PhoneAdded { user_id: me.user_id, phone: phone.clone(), at: now })],
+                );
+                match self.store.append(vec![claim, added]).await {
+                    Ok(_) => Ok(Verified::Added(Reply::PhoneAdded(wire::PhoneAddedOk { phone: phone.to_string() }))),
+                    Err(AppendError::WrongExpectedVersion { .. }) => {
+                        Err(WireError::new(ErrorCode::PHONE_TAKEN, "another account has this number"))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+}
