@@ -9,27 +9,15 @@ use std::time::Duration;
 use natter_client::proto::{request::Body, response::Result as Reply, verify_mfa::Factor, *};
 use natter_client::{Client, ClientError};
 use natter_proto::ErrorCode;
-use natter_server::auth::mail::{MailProvider, SmtpTls};
 use natter_server::auth::totp::{self, TotpSecret};
-use natter_tests::smtp_sink::{ReceivedMail, SinkConfig, SmtpSink};
+use natter_tests::smtp_sink::{ReceivedMail, SmtpSink};
 use natter_tests::{TestServer, PASSWORD};
 
 const WAIT: Duration = Duration::from_secs(15);
 const NEW_PASSWORD: &str = "an entirely new passphrase";
 
-/// natterd mailing through the sink.
 async fn server_with_mail() -> (TestServer, SmtpSink) {
-    let sink = SmtpSink::start(SinkConfig::default()).await;
-    let port = sink.addr().port();
-    let server = TestServer::start_with(move |c| {
-        c.mail.provider = MailProvider::Smtp;
-        c.mail.smtp_host = Some("127.0.0.1".into());
-        c.mail.smtp_port = Some(port);
-        c.mail.smtp_tls = SmtpTls::None;
-        c.mail.from = "natter <natter@example.org>".into();
-    })
-    .await;
-    (server, sink)
+    TestServer::start_with_mail().await
 }
 
 async fn call(c: &Client, body: Body) -> Result<Reply, ClientError> {
@@ -251,25 +239,7 @@ fn now_secs() -> u64 {
 fn secret_of(setup: &TotpSetup) -> TotpSecret {
     let secret = setup.otpauth_uri.split("secret=").nth(1).unwrap().split('&').next().unwrap();
     assert_eq!(secret, setup.secret_base32);
-    let bytes = base32_decode(secret);
-    TotpSecret::from_bytes(&bytes).unwrap()
-}
-
-fn base32_decode(s: &str) -> Vec<u8> {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut bits = 0u64;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes() {
-        let v = alphabet.iter().position(|a| *a == c).expect("base32") as u64;
-        bits = (bits << 5) | v;
-        n += 5;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    out
+    natter_tests::totp_secret(secret)
 }
 
 /// Turns TOTP on for a signed-in client; returns the secret and recovery codes.

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use natter_server::auth::mail::{MailProvider, SmtpTls};
 use natter_server::auth::totp::{code_at, TotpSecret};
-use natter_tests::smtp_sink::{ReceivedMail, SinkConfig, SmtpSink};
+use natter_tests::smtp_sink::{ReceivedMail, SmtpSink};
 use natter_tests::{TestServer, PASSWORD};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
@@ -484,41 +483,12 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// RFC 4648 base32 (upper case, no padding), as an authenticator app reads a typed key.
-fn base32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut bits, mut value, mut out) = (0u32, 0u32, Vec::new());
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace()) {
-        let digit = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase()).expect("a base32 character");
-        value = (value << 5) | digit as u32;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((value >> bits) as u8);
-            value &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
 fn secret_of(base32: &str) -> TotpSecret {
-    TotpSecret::from_bytes(&base32_decode(base32)).expect("a 160-bit secret")
+    natter_tests::totp_secret(base32)
 }
 
-/// natterd mailing through the SMTP sink (the default console provider writes
-/// codes to natterd's log, which a test cannot read).
 async fn server_with_mail() -> (TestServer, SmtpSink) {
-    let sink = SmtpSink::start(SinkConfig::default()).await;
-    let port = sink.addr().port();
-    let server = TestServer::start_with(move |c| {
-        c.mail.provider = MailProvider::Smtp;
-        c.mail.smtp_host = Some("127.0.0.1".into());
-        c.mail.smtp_port = Some(port);
-        c.mail.smtp_tls = SmtpTls::None;
-        c.mail.from = "natter <natter@example.org>".into();
-    })
-    .await;
-    (server, sink)
+    TestServer::start_with_mail().await
 }
 
 /// The code of the `nth` (0-based) mail to `to` whose subject contains `what`

@@ -335,21 +335,6 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// The secret in an otpauth URI, as an authenticator app reads it.
-fn totp_secret(setup: &natter_client::proto::TotpSetup) -> natter_server::auth::totp::TotpSecret {
-    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut bits, mut n, mut out) = (0u64, 0, Vec::new());
-    for c in setup.secret_base32.bytes() {
-        bits = (bits << 5) | alphabet.iter().position(|a| *a == c).unwrap() as u64;
-        n += 5;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    natter_server::auth::totp::TotpSecret::from_bytes(&out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_second_factors_and_sign_in_limits_hold_across_nodes() {
     use natter_proto::ErrorCode;
@@ -371,7 +356,7 @@ async fn devices_second_factors_and_sign_in_limits_hold_across_nodes() {
     // TOTP turned on at node A guards a sign-in at node B; the challenge from
     // B is completed at A; a code spent at A is refused at B.
     let setup = laptop.enable_totp().await.unwrap();
-    let secret = totp_secret(&setup);
+    let secret = natter_tests::totp_secret(&setup.secret_base32);
     laptop.confirm_totp(&code_at(&secret, now_secs())).await.unwrap();
     let at_b = node_b.client().await;
     let Err(ClientError::MfaRequired { challenge, .. }) = at_b.login("alice@example.org", PASSWORD, "tablet").await

@@ -17,6 +17,58 @@ use natter_client::{Client, ClientConfig, Feed, FeedItem, Trust};
 use natter_server::config::Config;
 use natter_server::RunningServer;
 
+/// Accepts TCP connections for a harness server (the SMTP sink, the Twilio
+/// fake): at most `max` at once, each served by `serve` on its own task, all
+/// aborted when the returned future is dropped. A client that goes away
+/// mid-session is not the server's problem.
+pub(crate) async fn accept_loop<F, Fut>(listener: tokio::net::TcpListener, max: usize, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let served = serve(stream);
+        connections.spawn(async move {
+            let _slot = slot;
+            served.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// The TOTP secret an authenticator app reads from a typed key (RFC 4648
+/// base32, upper case, no padding; spaces ignored), to compute codes as the
+/// app would.
+pub fn totp_secret(base32: &str) -> natter_server::auth::totp::TotpSecret {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut bits, mut value, mut out) = (0u32, 0u32, Vec::new());
+    for c in base32.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let digit = ALPHABET.iter().position(|&a| a == c.to_ascii_uppercase()).expect("a base32 character");
+        value = (value << 5) | digit as u32;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((value >> bits) as u8);
+            value &= (1 << bits) - 1;
+        }
+    }
+    natter_server::auth::totp::TotpSecret::from_bytes(&out).expect("a 160-bit secret")
+}
+
+impl TestServer {
+    /// natterd mailing through a fresh SMTP sink (the default console
+    /// provider writes codes to natterd's log, which a test cannot read).
+    pub async fn start_with_mail() -> (Self, smtp_sink::SmtpSink) {
+        let sink = smtp_sink::SmtpSink::start(smtp_sink::SinkConfig::default()).await;
+        let mail = sink.mail_config();
+        (Self::start_with(move |c| c.mail = mail).await, sink)
+    }
+}
+
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 

@@ -12,8 +12,7 @@ use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 /// Most connections served at once; further ones wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
@@ -128,6 +127,20 @@ impl SmtpSink {
         self.addr
     }
 
+    /// A `[mail]` table that delivers to this sink (plain SMTP, which natterd
+    /// allows only to a loopback relay), from `natter@example.org`.
+    pub fn mail_config(&self) -> natter_server::auth::mail::MailConfig {
+        use natter_server::auth::mail::{MailConfig, MailProvider, SmtpTls};
+        MailConfig {
+            provider: MailProvider::Smtp,
+            smtp_host: Some(self.addr.ip().to_string()),
+            smtp_port: Some(self.addr.port()),
+            smtp_tls: SmtpTls::None,
+            from: "natter <natter@example.org>".into(),
+            ..MailConfig::default()
+        }
+    }
+
     /// Every mail accepted so far, in order.
     pub fn messages(&self) -> Vec<ReceivedMail> {
         self.shared.messages.lock().expect("sink lock").clone()
@@ -172,19 +185,13 @@ impl Drop for SmtpSink {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Ok((stream, _)) = listener.accept().await else { continue };
+    crate::accept_loop(listener, MAX_CONNECTIONS, move |stream| {
         let shared = shared.clone();
-        connections.spawn(async move {
-            let _slot = slot;
-            // A client that goes away mid-session is not the sink's problem.
+        async move {
             let _ = serve(stream, &shared).await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
+        }
+    })
+    .await;
 }
 
 /// One SMTP session's state.

@@ -40,8 +40,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 
 /// The fake's account, unless configured otherwise.
 pub const ACCOUNT_SID: &str = "ACf4ce0000000000000000000000000001";
@@ -303,19 +302,13 @@ impl Drop for TwilioFake {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Ok((stream, _)) = listener.accept().await else { continue };
+    crate::accept_loop(listener, MAX_CONNECTIONS, move |stream| {
         let shared = shared.clone();
-        connections.spawn(async move {
-            let _slot = slot;
-            // A client that goes away mid-request is not the fake's problem.
+        async move {
             let _ = serve(stream, &shared).await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
+        }
+    })
+    .await;
 }
 
 /// One parsed request.

@@ -87,6 +87,27 @@ impl PasswordHasherArgon2 {
     }
 }
 
+/// Removes secrets (a password, a token, and the encodings that carry them on
+/// the wire) from text a remote service may have echoed back into an error.
+#[derive(Debug, Default)]
+pub(crate) struct Redactor {
+    /// Longest first, so a secret inside another is not left half-replaced.
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub(crate) fn new(secrets: Vec<String>) -> Self {
+        let mut secrets = secrets;
+        secrets.retain(|s| !s.is_empty());
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "<redacted>"))
+    }
+}
+
 /// A new random session token, and its hash for storage.
 pub fn new_session_token() -> (String, TokenHash) {
     let mut bytes = [0u8; 32];

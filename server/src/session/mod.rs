@@ -184,6 +184,27 @@ fn invalid(field: &'static str, reason: &'static str) -> WireError {
     Rejection::InvalidArgument { field, reason }.into()
 }
 
+/// The requests that change a session's state (or sign it in), as a pattern:
+/// [`Session::is_stateful`] and [`Service::handle`]'s refusal share this one list.
+macro_rules! stateful {
+    () => {
+        Body::Signup(_)
+            | Body::Login(_)
+            | Body::Logout(_)
+            | Body::Sync(_)
+            | Body::AckFeed(_)
+            | Body::Typing(_)
+            | Body::VerifyMfa(_)
+            | Body::StartPasswordReset(_)
+            | Body::ResetPassword(_)
+            | Body::StartEmailVerification(_)
+            | Body::EnableTotp(_)
+            | Body::ConfirmTotp(_)
+            | Body::StartPhone(_)
+            | Body::VerifyPhone(_)
+    };
+}
+
 /// The state of one connection's session.
 pub struct Session {
     service: Arc<Service>,
@@ -456,23 +477,7 @@ impl Session {
     /// Whether `body` changes this session's state, so it must run alone
     /// (in order with the requests around it) rather than concurrently.
     pub fn is_stateful(body: &Body) -> bool {
-        matches!(
-            body,
-            Body::Signup(_)
-                | Body::Login(_)
-                | Body::Logout(_)
-                | Body::Sync(_)
-                | Body::AckFeed(_)
-                | Body::Typing(_)
-                | Body::VerifyMfa(_)
-                | Body::StartPasswordReset(_)
-                | Body::ResetPassword(_)
-                | Body::StartEmailVerification(_)
-                | Body::EnableTotp(_)
-                | Body::ConfirmTotp(_)
-                | Body::StartPhone(_)
-                | Body::VerifyPhone(_)
-        )
+        matches!(body, stateful!())
     }
 
     /// Handles a request that changes session state (see [`Session::is_stateful`]).
@@ -666,22 +671,7 @@ impl Service {
                 Body::VerifyEmail(req) => self.verify_email(&me, req).await,
                 Body::DisableTotp(req) => self.disable_totp(&me, req).await,
                 Body::NewRecoveryCodes(req) => self.new_recovery_codes(&me, req).await,
-                Body::Signup(_)
-                | Body::Login(_)
-                | Body::Logout(_)
-                | Body::Sync(_)
-                | Body::AckFeed(_)
-                | Body::Typing(_)
-                | Body::VerifyMfa(_)
-                | Body::StartPasswordReset(_)
-                | Body::ResetPassword(_)
-                | Body::StartEmailVerification(_)
-                | Body::EnableTotp(_)
-                | Body::ConfirmTotp(_)
-                | Body::StartPhone(_)
-                | Body::VerifyPhone(_) => {
-                    unreachable!("stateful requests go through Session::handle_stateful")
-                }
+                stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };
         result.unwrap_or_else(|e| Reply::Error(e.to_wire()))

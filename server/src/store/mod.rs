@@ -361,6 +361,20 @@ pub(crate) const SELECT_SUMMARIES: &str = "SELECT c.conversation_id, c.last_acti
     JOIN conversations c ON c.conversation_id = m.conversation_id
     LEFT JOIN receipts r ON r.conversation_id = m.conversation_id AND r.user_id = m.user_id";
 
+/// The read models, which `rebuild` empties and refills from the log (the
+/// same tables in both backends; `auth_state` is not among them).
+pub(crate) const READ_MODELS: &[&str] = &[
+    "users",
+    "sessions",
+    "recovery_codes",
+    "conversations",
+    "members",
+    "messages",
+    "feed",
+    "receipts",
+    "device_receipts",
+];
+
 /// A user's live sessions, oldest first (`$1` the user; both dialects accept
 /// `$n` placeholders in order of appearance).
 pub(crate) const SELECT_SESSIONS_OF: &str = "SELECT token_hash, device_id, device_name, method, created_at_ms

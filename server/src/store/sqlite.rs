@@ -440,21 +440,8 @@ fn import_in_tx(conn: &Connection, events: &[RecordedEvent]) -> Result<(), Appen
     Ok(())
 }
 
-/// The read models, which `rebuild` empties and refills from the log.
-const READ_MODELS: &[&str] = &[
-    "users",
-    "sessions",
-    "recovery_codes",
-    "conversations",
-    "members",
-    "messages",
-    "feed",
-    "receipts",
-    "device_receipts",
-];
-
 fn rebuild_in_tx(conn: &Connection) -> Result<(), AppendError> {
-    for table in READ_MODELS {
+    for table in super::READ_MODELS {
         conn.execute(&format!("DELETE FROM {table}"), [])?;
     }
     let mut after = 0u64;

@@ -16,6 +16,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Mail, MailConfig, MailConfigError, MailError, Mailer, SmtpTls};
+use crate::auth::Redactor;
 
 /// How long a caller should wait before trying a temporarily failed mail again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -55,7 +56,7 @@ impl SmtpMailer {
                 (None, Some(path)) => read_password_file(path)?,
                 (None, None) => return Err(MailConfigError::Invalid("mail.smtp_username needs a password".into())),
             };
-            redact = Redactor::new(username, &password);
+            redact = redactor(username, &password);
             builder = builder.credentials(Credentials::new(username.clone(), password));
         }
         Ok(Self {
@@ -126,27 +127,11 @@ fn read_password_file(path: &std::path::Path) -> Result<String, MailConfigError>
     Ok(password.to_owned())
 }
 
-/// Removes the password, and the AUTH strings that carry it, from text a relay
-/// may have echoed.
-#[derive(Default)]
-struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    fn new(username: &str, password: &str) -> Self {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut secrets =
-            vec![password.to_owned(), b64.encode(password), b64.encode(format!("\0{username}\0{password}"))];
-        // Longest first, so a secret inside another is not left half-replaced.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.retain(|s| !s.is_empty());
-        Self { secrets }
-    }
-
-    fn scrub(&self, text: &str) -> String {
-        self.secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "<redacted>"))
-    }
+/// The password, and the AUTH strings that carry it: what a relay's echo must
+/// not show.
+fn redactor(username: &str, password: &str) -> Redactor {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Redactor::new(vec![password.to_owned(), b64.encode(password), b64.encode(format!("\0{username}\0{password}"))])
 }
 
 #[cfg(test)]
@@ -217,7 +202,7 @@ mod tests {
 
     #[test]
     fn echoed_secrets_are_redacted() {
-        let r = Redactor::new("natter", "pa55word");
+        let r = redactor("natter", "pa55word");
         let plain = base64::engine::general_purpose::STANDARD.encode("\0natter\0pa55word");
         let said = format!("535 bad credentials pa55word ({plain})");
         let scrubbed = r.scrub(&said);

@@ -15,6 +15,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use super::{is_e164, read_token, SmsConfig, SmsConfigError, SmsError, SmsProvider};
+use crate::auth::Redactor;
 
 /// How long a caller should wait before trying again when Twilio did not say.
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -163,7 +164,7 @@ impl TwilioHttp {
             (Some(host), None) => host.to_owned(),
             (None, _) => return Err(SmsConfigError::Invalid("sms.base_url has no host".into())),
         };
-        let redact = Redactor::new(&account_sid, &auth_token);
+        let redact = redactor(&account_sid, &auth_token);
         Ok(Self {
             client: super::http_client(config.timeout())?,
             base,
@@ -263,25 +264,11 @@ fn parse_retry_after(value: &reqwest::header::HeaderValue) -> Option<Duration> {
     Some(Duration::from_secs(seconds).clamp(Duration::from_secs(1), MAX_RETRY_AFTER))
 }
 
-/// Removes the auth token, and the Basic credentials that carry it, from text
-/// an answer may have echoed.
-struct Redactor {
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    fn new(account_sid: &str, auth_token: &str) -> Self {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut secrets = vec![auth_token.to_owned(), b64.encode(format!("{account_sid}:{auth_token}"))];
-        // Longest first, so a secret inside another is not left half-replaced.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.retain(|s| !s.is_empty());
-        Self { secrets }
-    }
-
-    fn scrub(&self, text: &str) -> String {
-        self.secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret.as_str(), "<redacted>"))
-    }
+/// The auth token, and the Basic credentials that carry it: what an answer's
+/// echo must not show.
+fn redactor(account_sid: &str, auth_token: &str) -> Redactor {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Redactor::new(vec![auth_token.to_owned(), b64.encode(format!("{account_sid}:{auth_token}"))])
 }
 
 #[cfg(test)]

@@ -870,21 +870,8 @@ async fn import(
     plan.run(client).await
 }
 
-/// The read models, which `rebuild` empties and refills from the log.
-const READ_MODELS: &[&str] = &[
-    "users",
-    "sessions",
-    "recovery_codes",
-    "conversations",
-    "members",
-    "messages",
-    "feed",
-    "receipts",
-    "device_receipts",
-];
-
 async fn rebuild(client: &Conn) -> Result<(), StoreError> {
-    for table in READ_MODELS {
+    for table in crate::store::READ_MODELS {
         client.execute(&format!("DELETE FROM {table}"), &[]).await?;
     }
     let mut after = 0i64;
