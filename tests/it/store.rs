@@ -135,10 +135,15 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it.
+    // Back to version 3, as an older natterd left it (undoing 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE conversations DROP COLUMN changed_seq; DELETE FROM schema_migrations WHERE version = 4",
+        "DROP TABLE recovery_codes; DROP INDEX users_by_phone;
+         ALTER TABLE users DROP COLUMN phone; ALTER TABLE users DROP COLUMN email_verified_at_ms;
+         ALTER TABLE users DROP COLUMN totp_sealed_secret; ALTER TABLE users DROP COLUMN totp_enabled_at_ms;
+         ALTER TABLE sessions DROP COLUMN method;
+         ALTER TABLE conversations DROP COLUMN changed_seq;
+         DELETE FROM schema_migrations WHERE version >= 4",
     )
     .unwrap();
     drop(conn);
@@ -147,6 +152,9 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     assert_eq!((group.version, group.changed), (Seq(8), Seq(7)));
     let dm = store.conversation(w.dm).await.unwrap().unwrap();
     assert_eq!(dm.changed, Seq(1), "a direct conversation's only change is its start");
+    // Migration 5 ran too: sessions from before it signed in with a password.
+    let sessions = store.sessions_of(w.alice).await.unwrap();
+    assert_eq!(sessions.iter().map(|s| s.method).collect::<Vec<_>>(), [SignInMethod::Password]);
     store.shutdown().await;
 }
 
