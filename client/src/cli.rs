@@ -485,6 +485,7 @@ impl Cli {
         let (token, who) = client.login(email, &password, &device_name(None)).await?;
         self.signed_in(token, &who.email)?;
         println!("signed up and signed in as {} ({})", who.email, who.display_name);
+        println!("a code to verify {} was mailed to it: `natter verify-email` asks for it", who.email);
         client.close().await;
         Ok(())
     }
