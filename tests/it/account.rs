@@ -344,15 +344,15 @@ async fn the_totp_secret_is_never_in_the_log_in_plaintext_and_a_wrong_key_stops_
     let original = std::fs::read(&key).unwrap();
     std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
     let mut config = natter_tests::test_config(server.data_dir());
-    let err = natter_server::start(config.clone()).await.err().expect("a different key is refused");
+    let err = natter_tests::start_when_free(config.clone()).await.err().expect("a different key is refused");
     assert!(matches!(err, natter_server::StartError::WrongServerKey), "{err:?}");
     std::fs::write(&key, original).unwrap();
     // A configured key file that is missing: refused too.
     config.auth.secret_key_file = Some(server.data_dir().join("no-such.key"));
-    let err = natter_server::start(config.clone()).await.err().expect("a missing key file is refused");
+    let err = natter_tests::start_when_free(config.clone()).await.err().expect("a missing key file is refused");
     assert!(format!("{:#}", anyhow::Error::from(err)).contains("no-such.key"));
     config.auth.secret_key_file = None;
-    natter_server::start(config).await.expect("the original key works").shutdown().await;
+    natter_tests::start_when_free(config).await.expect("the original key works").shutdown().await;
 }
 
 #[tokio::test]

@@ -90,6 +90,6 @@ async fn one_natterd_per_data_directory_until_it_dies() {
     assert!(refused.to_string().contains("in use by another natterd"), "{refused}");
     // The lock dies with its holder, however it dies.
     running.kill9();
-    let server = natter_server::start(config).await.expect("the data directory is free again");
+    let server = natter_tests::start_when_free(config).await.expect("the data directory is free again");
     server.shutdown().await;
 }

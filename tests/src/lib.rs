@@ -203,9 +203,29 @@ impl TestServer {
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = self.addr;
-        let server = natter_server::start(config).await.expect("natterd restarts");
+        let server = start_when_free(config).await.expect("natterd restarts");
         assert_eq!(server.fingerprint(), self.fingerprint, "the certificate is kept across restarts");
         self.server = Some(server);
+    }
+}
+
+/// `natter_server::start` on a data directory an in-process natterd of this
+/// test just released. Its lock is closed, but a child process that another
+/// test forks at that moment shares the lock's open file until it execs
+/// (close-on-exec), so the lock can outlive the stop by a moment; nothing
+/// signals its release, so this waits for it, for at most 5 s.
+///
+/// # Errors
+/// Whatever `start` says once the directory is free (or still in use after 5 s).
+pub async fn start_when_free(config: Config) -> Result<RunningServer, natter_server::StartError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match natter_server::start(config.clone()).await {
+            Err(natter_server::StartError::DataDirInUse(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            started => return started,
+        }
     }
 }
 
