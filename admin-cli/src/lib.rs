@@ -124,6 +124,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     let mut tokens: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut conversations: BTreeMap<ConversationId, BTreeSet<UserId>> = BTreeMap::new();
     let mut recovery_codes: BTreeSet<(UserId, [u8; 32])> = BTreeSet::new();
+    let mut identities = BTreeSet::new();
     let mut after = 0;
     loop {
         let events = store.read_all(after, 1000).await?;
@@ -132,7 +133,13 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
         for rec in &events {
             match &rec.event {
                 Event::UserRegistered(u) => {
-                    users.insert(u.user_id, u.email.clone());
+                    users.insert(u.user_id, Some(u.email.clone()));
+                }
+                Event::AccountOpened(a) => {
+                    users.insert(a.user_id, a.email.clone());
+                }
+                Event::IdentityLinked { identity, .. } => {
+                    identities.insert((identity.provider, identity.subject.clone()));
                 }
                 Event::SessionStarted(s) => {
                     tokens.insert(s.token_hash.0);
@@ -159,10 +166,17 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     put("stats".into(), format!("{:?}", store.stats().await?));
     put("head".into(), format!("{:?}", store.head().await?));
     put("last_seen".into(), format!("{:?}", store.last_seen_all().await?));
+    for (provider, subject) in &identities {
+        let owner = store.user_by_identity(*provider, subject).await?.map(|u| u.user_id);
+        put(format!("user_by_identity {} {subject}", provider.as_str()), format!("{owner:?}"));
+    }
     for (user, email) in &users {
         put(format!("user_by_id {user}"), format!("{:?}", store.user_by_id(*user).await?));
-        put(format!("user_by_email {email}"), format!("{:?}", store.user_by_email(email).await?));
+        if let Some(email) = email {
+            put(format!("user_by_email {email}"), format!("{:?}", store.user_by_email(email).await?));
+        }
         put(format!("sessions_of {user}"), format!("{:?}", store.sessions_of(*user).await?));
+        put(format!("identities_of {user}"), format!("{:?}", store.identities_of(*user).await?));
         if let Some(phone) = store.user_by_id(*user).await?.and_then(|u| u.phone) {
             put(format!("user_by_phone {phone}"), format!("{:?}", store.user_by_phone(&phone).await?));
         }

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{self, GetHistory};
-use crate::{Client, ClientConfig, ClientError, ConnectError, FeedItem, Identity, Trust};
+use crate::{oauth, Client, ClientConfig, ClientError, ConnectError, FeedItem, Identity, Trust};
 
 /// What `natter --help` says first.
 const ABOUT: &str = "natter: chat from a terminal with the people on a natterd server";
@@ -58,16 +58,33 @@ enum Command {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Sign in on this device.
+    /// Sign in on this device: with your password, a texted code (--phone),
+    /// or your Google or GitHub account in the browser (--google, --github).
+    #[command(group(clap::ArgGroup::new("provider").args(["google", "github"])))]
     Login {
         /// Your account's email. Default: the email this profile last signed in with.
-        #[arg(long, conflicts_with = "phone")]
+        #[arg(long, conflicts_with_all = ["phone", "provider"])]
         email: Option<String>,
         /// Sign in with a code texted to this number instead of a password
-        /// (international form: +4915123456789). The number must be on the
-        /// account (`natter add-phone`).
-        #[arg(long, value_name = "+NUMBER")]
+        /// (international form: +4915123456789): the number of your account
+        /// (`natter add-phone`), or a number no account has yet, which creates one.
+        #[arg(long, value_name = "+NUMBER", conflicts_with = "provider")]
         phone: Option<String>,
+        /// With --phone: the name others see, if the number creates a new account.
+        #[arg(long, requires = "phone")]
+        name: Option<String>,
+        /// Sign in with your Google account, in the browser. The first time,
+        /// this creates a natter account for it (unless an account has its
+        /// email: then sign in to that one and `natter link --google`).
+        #[arg(long)]
+        google: bool,
+        /// Sign in with your GitHub account, in the browser (as --google).
+        #[arg(long)]
+        github: bool,
+        /// With --google or --github: how long to wait for the browser to come
+        /// back, in seconds. Default 300
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, requires = "provider")]
+        timeout: Option<Duration>,
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
@@ -82,6 +99,22 @@ enum Command {
     },
     /// Sign out (revokes this device's session).
     Logout,
+    /// Link your Google or GitHub account to your natter account, so that
+    /// `natter login --google` (or --github) signs in to it.
+    Link {
+        #[command(flatten)]
+        provider: ProviderChoice,
+        /// How long to wait for the browser to come back, in seconds. Default 300
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        timeout: Option<Duration>,
+    },
+    /// Unlink your Google or GitHub account (another way of signing in must remain).
+    Unlink {
+        #[command(flatten)]
+        provider: ProviderChoice,
+    },
+    /// List the Google and GitHub accounts linked to yours.
+    Identities,
     /// Add a phone number to your account (a texted code proves it is yours);
     /// then `natter login --phone` signs in with it.
     AddPhone {
@@ -287,6 +320,35 @@ enum SessionsCommand {
     },
 }
 
+/// `--google` or `--github`: exactly one.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ProviderChoice {
+    /// Your Google account.
+    #[arg(long)]
+    google: bool,
+    /// Your GitHub account.
+    #[arg(long)]
+    github: bool,
+}
+
+impl ProviderChoice {
+    fn provider(&self) -> proto::OAuthProvider {
+        chosen_provider(self.google, self.github).unwrap_or(proto::OAuthProvider::Google)
+    }
+}
+
+fn chosen_provider(google: bool, github: bool) -> Option<proto::OAuthProvider> {
+    match (google, github) {
+        (true, _) => Some(proto::OAuthProvider::Google),
+        (false, true) => Some(proto::OAuthProvider::Github),
+        (false, false) => None,
+    }
+}
+
+/// How long `login --google` and `link` wait for the browser by default.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
     /// Sends and reads messages.
@@ -388,13 +450,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Signup { email, name, password_stdin } => {
             cli.signup(&email, name.as_deref().unwrap_or_default(), password_stdin).await
         }
-        Command::Login { email, phone, password_stdin, code_stdin, device } => {
+        Command::Login { email, phone, name, google, github, timeout, password_stdin, code_stdin, device } => {
             let stdin = FromStdin { password: password_stdin, code: code_stdin };
-            match phone {
-                Some(phone) => cli.login_by_phone(&phone, stdin, device).await,
-                None => cli.login(email, stdin, device).await,
+            match (chosen_provider(google, github), phone) {
+                (Some(provider), _) => {
+                    cli.login_in_browser(provider, stdin, device, timeout.unwrap_or(BROWSER_TIMEOUT)).await
+                }
+                (None, Some(phone)) => cli.login_by_phone(&phone, &name.unwrap_or_default(), stdin, device).await,
+                (None, None) => cli.login(email, stdin, device).await,
             }
         }
+        Command::Link { provider, timeout } => cli.link(provider.provider(), timeout.unwrap_or(BROWSER_TIMEOUT)).await,
+        Command::Unlink { provider } => cli.unlink(provider.provider()).await,
+        Command::Identities => cli.identities().await,
         Command::AddPhone { phone, code_stdin } => cli.add_phone(&phone, code_stdin).await,
         Command::Logout => cli.logout().await,
         Command::VerifyEmail { resend, code_stdin } => cli.verify_email(resend, code_stdin).await,
@@ -496,56 +564,133 @@ impl Cli {
         let mut answers = Answers::new(stdin);
         let password = answers.password(&format!("password for {email}: "))?;
         let client = Client::connect(&config).await?;
-        let (token, who) = match client.login(&email, &password, &device_name(device)).await {
-            Ok(signed_in) => signed_in,
-            Err(ClientError::MfaRequired { challenge, .. }) => {
-                let client = &client;
-                let challenge = challenge.as_str();
-                with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move {
-                    client.verify_mfa(challenge, &code, !is_totp_code(&code)).await
-                })
-                .await?
-            }
-            Err(e) => return Err(e.into()),
-        };
-        self.signed_in(token, &who.email)?;
-        println!("signed in as {}", who.email);
-        client.close().await;
-        Ok(())
+        let first = client.login(&email, &password, &device_name(device)).await.map_err(Into::into);
+        self.finish_sign_in(client, &mut answers, first).await
     }
 
-    async fn login_by_phone(&mut self, phone: &str, stdin: FromStdin, device: Option<String>) -> anyhow::Result<()> {
+    async fn login_by_phone(
+        &mut self,
+        phone: &str,
+        name: &str,
+        stdin: FromStdin,
+        device: Option<String>,
+    ) -> anyhow::Result<()> {
         let config = self.config(false)?;
         let mut answers = Answers::new(stdin);
         let client = Client::connect(&config).await?;
         let valid = client.start_phone(phone).await?;
         eprintln!("a code was texted to {phone}, valid {}", how_long(valid));
         let device = device_name(device);
-        let signed_in = {
+        let first = {
             let (client, device) = (&client, device.as_str());
             with_code(&mut answers, "texted code: ", |code| async move {
-                client.sign_in_with_phone(phone, &code, device).await
+                client.sign_in_with_phone(phone, &code, device, name).await
             })
             .await
         };
-        let (token, who) = match signed_in {
-            Ok(signed_in) => signed_in,
-            Err(e) => match e.downcast::<ClientError>() {
-                Ok(ClientError::MfaRequired { challenge, .. }) => {
-                    let client = &client;
-                    let challenge = challenge.as_str();
-                    with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move {
-                        client.verify_mfa(challenge, &code, !is_totp_code(&code)).await
-                    })
-                    .await?
-                }
-                Ok(e) => return Err(e.into()),
-                Err(e) => return Err(e),
-            },
+        self.finish_sign_in(client, &mut answers, first).await
+    }
+
+    /// `login --google`, `login --github`: the provider's page in the browser,
+    /// then natterd redeems what it sends back.
+    async fn login_in_browser(
+        &mut self,
+        provider: proto::OAuthProvider,
+        stdin: FromStdin,
+        device: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let config = self.config(false)?;
+        let oauth = {
+            let client = Client::connect(&config).await?;
+            let oauth = oauth_config(&client, provider).await?;
+            client.close().await;
+            oauth
         };
+        let grant = browser_grant(&oauth, timeout, IdentityAction::Login).await?;
+        // A new connection: the first may not have lived through minutes in the browser.
+        let client = Client::connect(&config).await?;
+        let mut answers = Answers::new(stdin);
+        let first = client
+            .oauth_login(&grant, &device_name(device))
+            .await
+            .map_err(|e| identity_error(e, provider, IdentityAction::Login));
+        self.finish_sign_in(client, &mut answers, first).await
+    }
+
+    /// The end of every way of signing in: the second factor when the account
+    /// has it on (the first factor answered `MFA_REQUIRED`), then the session
+    /// saved in the profile.
+    async fn finish_sign_in(
+        &mut self,
+        client: Client,
+        answers: &mut Answers,
+        first: anyhow::Result<(String, Identity)>,
+    ) -> anyhow::Result<()> {
+        let challenge = match first.map_err(anyhow::Error::downcast::<ClientError>) {
+            Ok((token, who)) => return self.save_sign_in(client, token, &who).await,
+            Err(Ok(ClientError::MfaRequired { challenge, .. })) => challenge,
+            Err(Ok(e)) => return Err(e.into()),
+            Err(Err(e)) => return Err(e),
+        };
+        let (token, who) = {
+            let (client, challenge) = (&client, challenge.as_str());
+            with_code(answers, SECOND_FACTOR_PROMPT, |code| async move {
+                client.verify_mfa(challenge, &code, !is_totp_code(&code)).await
+            })
+            .await?
+        };
+        self.save_sign_in(client, token, &who).await
+    }
+
+    async fn save_sign_in(&mut self, client: Client, token: String, who: &Identity) -> anyhow::Result<()> {
         self.signed_in(token, &who.email)?;
-        println!("signed in as {}", who.email);
+        // An account made by phone has no email.
+        let name = [&who.email, &who.display_name, &who.user_id].into_iter().find(|n| !n.is_empty());
+        println!("signed in as {}", name.map_or("", String::as_str));
         client.close().await;
+        Ok(())
+    }
+
+    async fn link(&mut self, provider: proto::OAuthProvider, timeout: Duration) -> anyhow::Result<()> {
+        let oauth = {
+            let client = self.connect_signed_in().await?;
+            let oauth = oauth_config(&client, provider).await?;
+            client.close().await;
+            oauth
+        };
+        let grant = browser_grant(&oauth, timeout, IdentityAction::Link).await?;
+        let client = self.connect_signed_in().await?;
+        let linked =
+            client.link_identity(&grant).await.map_err(|e| identity_error(e, provider, IdentityAction::Link))?;
+        client.close().await;
+        let (name, flag) = (oauth::provider_name(provider), provider_flag(provider));
+        let which = if linked.email.is_empty() { String::new() } else { format!(" {}", linked.email) };
+        println!("linked your {name} account{which}: `natter login {flag}` signs in to this account");
+        Ok(())
+    }
+
+    async fn unlink(&mut self, provider: proto::OAuthProvider) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let remaining =
+            client.unlink_identity(provider).await.map_err(|e| identity_error(e, provider, IdentityAction::Unlink))?;
+        client.close().await;
+        println!("your {} account is no longer linked", oauth::provider_name(provider));
+        if !remaining.is_empty() {
+            print!("still linked:\n{}", identities_table(&remaining));
+        }
+        Ok(())
+    }
+
+    async fn identities(&mut self) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let identities = client.identities().await?;
+        client.close().await;
+        if identities.is_empty() {
+            println!("(no Google or GitHub account is linked: `natter link --google` or `--github` links one)");
+        } else {
+            print!("{}", identities_table(&identities));
+        }
         Ok(())
     }
 
@@ -962,6 +1107,157 @@ impl Cli {
     }
 }
 
+/// What the user was doing with a Google or GitHub account, for what to tell
+/// them when it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdentityAction {
+    Login,
+    Link,
+    Unlink,
+}
+
+impl IdentityAction {
+    fn command(self) -> &'static str {
+        match self {
+            IdentityAction::Login => "login",
+            IdentityAction::Link => "link",
+            IdentityAction::Unlink => "unlink",
+        }
+    }
+}
+
+/// `--google`, `--github`.
+fn provider_flag(provider: proto::OAuthProvider) -> &'static str {
+    match provider {
+        proto::OAuthProvider::Github => "--github",
+        _ => "--google",
+    }
+}
+
+/// natterd's `OAuthConfig` for `provider`; natterd without it configured is
+/// told as such.
+async fn oauth_config(client: &Client, provider: proto::OAuthProvider) -> anyhow::Result<proto::OAuthConfig> {
+    match client.oauth_config(provider).await {
+        Ok(config) => Ok(config),
+        Err(e) if e.code() == Some(natter_proto::ErrorCode::NOT_FOUND) => {
+            let name = oauth::provider_name(provider);
+            bail!("natterd has no {name} sign-in configured: see README, Configuring {name}")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends the person to the provider's page and waits for the browser to
+/// come back with the grant. The page's URL goes to standard error on a line
+/// of its own (`open this page to sign in with Google: URL`), for when no
+/// browser opens.
+async fn browser_grant(
+    config: &proto::OAuthConfig,
+    timeout: Duration,
+    action: IdentityAction,
+) -> anyhow::Result<oauth::Grant> {
+    let provider = config.provider();
+    let (name, again) =
+        (oauth::provider_name(provider), format!("natter {} {}", action.command(), provider_flag(provider)));
+    let pending = oauth::begin(config).await.with_context(|| format!("starting the {name} sign-in"))?;
+    {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "{}", sign_in_line(name, pending.url()))?;
+        err.flush()?;
+    }
+    oauth::open_in_browser(pending.url());
+    pending.wait(timeout).await.map_err(|e| match e {
+        oauth::OAuthError::TimedOut => anyhow::anyhow!(
+            "the browser did not come back from {name} within {}: run `{again}` again (--timeout SECONDS waits longer)",
+            how_long(timeout)
+        ),
+        oauth::OAuthError::Denied { error, description } => {
+            let why = if description.is_empty() { error } else { format!("{error}: {description}") };
+            anyhow::anyhow!("{name} did not sign you in ({why}); nothing changed")
+        }
+        oauth::OAuthError::StateMismatch => anyhow::anyhow!(
+            "the browser came back from another sign-in than this one, so it was ignored: run `{again}` again and \
+             finish it in the page it opens"
+        ),
+        oauth::OAuthError::NoCode => {
+            anyhow::anyhow!("{name} sent the browser back without an authorization code: run `{again}` again")
+        }
+    })
+}
+
+/// The line that tells where to sign in.
+fn sign_in_line(provider_name: &str, url: &str) -> String {
+    format!("open this page to sign in with {provider_name}: {url}")
+}
+
+/// A clear next step for what can go wrong signing in with, linking or
+/// unlinking a Google or GitHub account; other errors pass unchanged (a
+/// `MFA_REQUIRED` stays a [`ClientError`]).
+fn identity_error(e: ClientError, provider: proto::OAuthProvider, action: IdentityAction) -> anyhow::Error {
+    use natter_proto::ErrorCode;
+    let (name, flag) = (oauth::provider_name(provider), provider_flag(provider));
+    let other = match provider {
+        proto::OAuthProvider::Github => "--google",
+        _ => "--github",
+    };
+    let message = match (e.code(), action) {
+        (Some(ErrorCode::IDENTITY_NOT_LINKED), IdentityAction::Unlink) => {
+            format!("no {name} account is linked to yours (`natter identities` lists them)")
+        }
+        (Some(ErrorCode::IDENTITY_NOT_LINKED), _) => {
+            let email = email_in(&e).unwrap_or_else(|| format!("the email of your {name} account"));
+            format!(
+                "an account already uses {email}: sign in to it (`natter login`) and run `natter link {flag}`; from \
+                 then on `natter login {flag}` signs in to it"
+            )
+        }
+        (Some(ErrorCode::IDENTITY_TAKEN), _) => format!(
+            "this {name} account is linked to another natter account: `natter login {flag}` signs in to that one, \
+             and `natter unlink {flag}` there frees it"
+        ),
+        (Some(ErrorCode::LAST_SIGN_IN_METHOD), _) => format!(
+            "{name} is the only way of signing in to this account, so it stays linked: first set a password \
+             (`natter password reset`), add a phone number (`natter add-phone`) or link another account \
+             (`natter link {other}`)"
+        ),
+        (Some(ErrorCode::OAUTH_REJECTED), _) => format!(
+            "{name} did not confirm the sign-in (its code had expired or was used already, or its answer did not \
+             check out): run `natter {} {flag}` again",
+            action.command()
+        ),
+        _ => return e.into(),
+    };
+    anyhow::anyhow!(message)
+}
+
+/// An email address in natterd's error message, if it names one.
+fn email_in(e: &ClientError) -> Option<String> {
+    let ClientError::Server { message, .. } = e else { return None };
+    message
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !(c.is_alphanumeric() || c == '@')))
+        .find(|w| w.contains('@') && !w.starts_with('@') && !w.ends_with('@'))
+        .map(str::to_owned)
+}
+
+/// `natter identities`: one linked account a line.
+fn identities_table(identities: &[proto::LinkedIdentity]) -> String {
+    let mut rows = vec![["PROVIDER", "EMAIL", "LINKED (UTC)"].map(str::to_owned).to_vec()];
+    for i in identities {
+        let provider = match i.provider() {
+            proto::OAuthProvider::Google => "google".to_owned(),
+            proto::OAuthProvider::Github => "github".to_owned(),
+            proto::OAuthProvider::OauthProviderUnspecified => format!("provider {}", i.provider),
+        };
+        rows.push(vec![
+            provider,
+            if i.email.is_empty() { "-".into() } else { i.email.clone() },
+            if i.linked_at_ms == 0 { "-".into() } else { utc_minute(i.linked_at_ms) },
+        ]);
+    }
+    table(&rows)
+}
+
 /// Whether `listen` should connect again after this error: the server is away
 /// or busy. A certificate that does not match the pin is final.
 fn worth_retrying(e: &ClientError) -> bool {
@@ -1281,7 +1577,17 @@ fn clock(ms: u64) -> String {
 }
 
 fn format_message(m: &proto::Message) -> String {
-    format!("[{}] #{} {}: {}", clock(m.sent_at_ms), m.seq, m.sender_email, text_of(m))
+    format!("[{}] #{} {}: {}", clock(m.sent_at_ms), m.seq, sender(m), text_of(m))
+}
+
+/// Who sent a message, for people: the email, or the name of a sender
+/// without one (an account made by phone).
+fn sender(m: &proto::Message) -> &str {
+    match (m.sender_email.as_str(), m.sender_name.as_str()) {
+        ("", "") => "(someone)",
+        ("", name) => name,
+        (email, _) => email,
+    }
 }
 
 /// Which conversations a command may name.
@@ -1415,7 +1721,7 @@ impl Names {
     }
 
     fn person(&mut self, user_id: &str, email: &str, display_name: &str) {
-        if user_id.is_empty() || email.is_empty() {
+        if user_id.is_empty() || (email.is_empty() && display_name.is_empty()) {
             return;
         }
         let p = self.people.entry(user_id.to_owned()).or_default();
@@ -1441,7 +1747,7 @@ impl Names {
         use proto::group_event::Change;
         let id = match item {
             FeedItem::Message { message, .. } => {
-                self.person(&message.sender_user_id, &message.sender_email, "");
+                self.person(&message.sender_user_id, &message.sender_email, &message.sender_name);
                 &message.conversation_id
             }
             FeedItem::ConversationStarted { conversation, .. } => {
@@ -1584,7 +1890,7 @@ fn human_line(item: &FeedItem, names: &Names) -> Option<String> {
                 Some(_) => String::new(),
                 None => format!("({}) ", names.title(&m.conversation_id)),
             };
-            Some(format!("[{}] {place}#{} {}: {}", clock(m.sent_at_ms), m.seq, m.sender_email, text_of(m)))
+            Some(format!("[{}] {place}#{} {}: {}", clock(m.sent_at_ms), m.seq, sender(m), text_of(m)))
         }
         FeedItem::ConversationStarted { conversation, .. } => {
             Some(format!("* new conversation with {}", title(conversation, &names.me.email)))
@@ -1657,6 +1963,7 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
             "conversation_id": message.conversation_id,
             "seq": message.seq,
             "sender": message.sender_email,
+            "sender_name": message.sender_name,
             "sender_user_id": message.sender_user_id,
             "client_msg_id": message.client_msg_id,
             "text": text_of(message),
@@ -1763,6 +2070,98 @@ mod tests {
         let login = cmd.find_subcommand_mut("login").unwrap();
         let email = login.get_arguments().find(|a| a.get_id() == "email").unwrap();
         assert!(!email.is_required_set(), "login can use the profile's email");
+    }
+
+    #[test]
+    fn sign_in_methods_exclude_each_other() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["natter"], args].concat());
+        let Command::Login { google, github, timeout, .. } =
+            parse(&["login", "--google", "--timeout", "60"]).unwrap().command
+        else {
+            panic!("login")
+        };
+        assert!(google && !github && timeout == Some(Duration::from_secs(60)));
+        for refused in [
+            &["login", "--google", "--phone", "+4915123456789"][..],
+            &["login", "--github", "--email", "a@example.org"],
+            &["login", "--google", "--github"],
+            &["login", "--timeout", "60"],
+            &["login", "--name", "Alice"],
+            &["link"],
+            &["link", "--google", "--github"],
+            &["unlink"],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?} should be refused");
+        }
+        let Command::Login { phone, name, .. } =
+            parse(&["login", "--phone", "+4915123456789", "--name", "Alice"]).unwrap().command
+        else {
+            panic!("login")
+        };
+        assert_eq!((phone.as_deref(), name.as_deref()), (Some("+4915123456789"), Some("Alice")));
+        let Command::Unlink { provider } = parse(&["unlink", "--github"]).unwrap().command else { panic!("unlink") };
+        assert_eq!(provider.provider(), proto::OAuthProvider::Github);
+    }
+
+    #[test]
+    fn the_sign_in_line_is_the_url_alone_after_its_prefix() {
+        let line = sign_in_line("Google", "https://accounts.example.com/auth?a=1&b=2");
+        assert_eq!(line, "open this page to sign in with Google: https://accounts.example.com/auth?a=1&b=2");
+    }
+
+    #[test]
+    fn identity_errors_say_what_to_do() {
+        use natter_proto::ErrorCode;
+        let server = |code, message: &str| ClientError::Server { code, message: message.into(), retry_after_ms: 0 };
+        let google = proto::OAuthProvider::Google;
+        let e = identity_error(
+            server(ErrorCode::IDENTITY_NOT_LINKED, "an account already uses alice@example.com; sign in and link"),
+            google,
+            IdentityAction::Login,
+        );
+        assert_eq!(
+            e.to_string(),
+            "an account already uses alice@example.com: sign in to it (`natter login`) and run `natter link --google`; \
+             from then on `natter login --google` signs in to it"
+        );
+        let e = identity_error(server(ErrorCode::IDENTITY_NOT_LINKED, "no"), google, IdentityAction::Login);
+        assert!(e.to_string().starts_with("an account already uses the email of your Google account: "), "{e}");
+        let e = identity_error(
+            server(ErrorCode::IDENTITY_TAKEN, "taken"),
+            proto::OAuthProvider::Github,
+            IdentityAction::Link,
+        );
+        assert!(
+            e.to_string().contains("GitHub account is linked to another") && e.to_string().contains("--github"),
+            "{e}"
+        );
+        let e = identity_error(server(ErrorCode::LAST_SIGN_IN_METHOD, "last"), google, IdentityAction::Unlink);
+        assert!(e.to_string().contains("natter link --github") && e.to_string().contains("add-phone"), "{e}");
+        let e = identity_error(server(ErrorCode::OAUTH_REJECTED, "bad"), google, IdentityAction::Link);
+        assert!(e.to_string().ends_with("run `natter link --google` again"), "{e}");
+        let mfa = ClientError::MfaRequired { challenge: "c".into(), message: "m".into() };
+        let e = identity_error(mfa, google, IdentityAction::Login);
+        assert!(matches!(e.downcast_ref::<ClientError>(), Some(ClientError::MfaRequired { .. })), "MFA passes through");
+    }
+
+    #[test]
+    fn the_identities_table_names_provider_email_and_date() {
+        let table = identities_table(&[
+            proto::LinkedIdentity {
+                provider: proto::OAuthProvider::Google as i32,
+                email: "alice@example.com".into(),
+                linked_at_ms: 1_700_000_000_000,
+            },
+            proto::LinkedIdentity {
+                provider: proto::OAuthProvider::Github as i32,
+                email: String::new(),
+                linked_at_ms: 0,
+            },
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "PROVIDER  EMAIL              LINKED (UTC)");
+        assert_eq!(lines[1], "google    alice@example.com  2023-11-14 22:13");
+        assert_eq!(lines[2], "github    -                  -");
     }
 
     #[test]

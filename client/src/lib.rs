@@ -6,6 +6,7 @@
 //! stream for pipelined requests, and a server-opened feed stream for events.
 
 pub mod cli;
+pub mod oauth;
 mod trust;
 
 use std::collections::HashMap;
@@ -590,7 +591,8 @@ impl Client {
     }
 
     /// Signs in with the texted code as a new device of the account with this
-    /// number.
+    /// number. When no account has the number yet, one is created with
+    /// `display_name` (empty: natterd chooses).
     ///
     /// # Errors
     /// `CODE_INVALID`, `CODE_EXPIRED`, `NOT_FOUND` (no account has the number),
@@ -600,11 +602,13 @@ impl Client {
         phone: &str,
         code: &str,
         device_name: &str,
+        display_name: &str,
     ) -> Result<(String, Identity), ClientError> {
         let body = Body::VerifyPhone(wire::VerifyPhone {
             phone: phone.into(),
             code: code.into(),
             device_name: device_name.into(),
+            display_name: display_name.into(),
         });
         let answer = self.request(body).await?;
         self.signed_in(answer)
@@ -617,9 +621,103 @@ impl Client {
     /// `CODE_INVALID`, `CODE_EXPIRED`, `PHONE_TAKEN`.
     pub async fn add_phone(&self, phone: &str, code: &str) -> Result<String, ClientError> {
         let body =
-            Body::VerifyPhone(wire::VerifyPhone { phone: phone.into(), code: code.into(), device_name: String::new() });
+            Body::VerifyPhone(wire::VerifyPhone { phone: phone.into(), code: code.into(), ..Default::default() });
         match self.request(body).await? {
             response::Result::PhoneAdded(p) => Ok(p.phone),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What this client needs to send a person to `provider` ([`oauth::begin`]);
+    /// allowed before signing in.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` when natterd has no such provider configured.
+    pub async fn oauth_config(&self, provider: wire::OAuthProvider) -> Result<wire::OAuthConfig, ClientError> {
+        match self.request(Body::GetOauthConfig(wire::GetOAuthConfig { provider: provider as i32 })).await? {
+            response::Result::OauthConfig(mut config) => {
+                if config.provider == wire::OAuthProvider::OauthProviderUnspecified as i32 {
+                    config.provider = provider as i32;
+                }
+                if config.provider() != provider {
+                    return Err(ClientError::Protocol(format!(
+                        "asked for the {provider:?} configuration, natterd answered with {:?}'s",
+                        config.provider()
+                    )));
+                }
+                Ok(config)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Signs this connection in with a Google or GitHub grant as a new device:
+    /// of the account bound to the identity, or of a new account when the
+    /// provider's verified email is not in use. Returns the session token to save.
+    ///
+    /// # Errors
+    /// `IDENTITY_NOT_LINKED` (an account has the email: sign in to it and
+    /// [`Client::link_identity`]), `OAUTH_REJECTED`, `NOT_FOUND` (provider not
+    /// configured), `ALREADY_AUTHENTICATED`, [`ClientError::MfaRequired`].
+    pub async fn oauth_login(
+        &self,
+        grant: &oauth::Grant,
+        device_name: &str,
+    ) -> Result<(String, Identity), ClientError> {
+        let body = Body::OauthLogin(wire::OAuthLogin {
+            provider: grant.provider as i32,
+            code: grant.code.clone(),
+            code_verifier: grant.code_verifier.clone(),
+            redirect_uri: grant.redirect_uri.clone(),
+            nonce: grant.nonce.clone(),
+            device_name: device_name.into(),
+        });
+        let answer = self.request(body).await?;
+        self.signed_in(answer)
+    }
+
+    /// Binds the identity of a Google or GitHub grant to this (signed-in) account.
+    ///
+    /// # Errors
+    /// `IDENTITY_TAKEN` (another account has it), `OAUTH_REJECTED`, `NOT_FOUND`,
+    /// `UNAUTHENTICATED`.
+    pub async fn link_identity(&self, grant: &oauth::Grant) -> Result<wire::LinkedIdentity, ClientError> {
+        let body = Body::LinkIdentity(wire::LinkIdentity {
+            provider: grant.provider as i32,
+            code: grant.code.clone(),
+            code_verifier: grant.code_verifier.clone(),
+            redirect_uri: grant.redirect_uri.clone(),
+            nonce: grant.nonce.clone(),
+        });
+        match self.request(body).await? {
+            response::Result::IdentityLinked(linked) => Ok(linked),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Unbinds this account's identity of `provider`; returns the identities
+    /// that remain.
+    ///
+    /// # Errors
+    /// `LAST_SIGN_IN_METHOD` (nothing else signs in to the account),
+    /// `IDENTITY_NOT_LINKED`, `UNAUTHENTICATED`.
+    pub async fn unlink_identity(
+        &self,
+        provider: wire::OAuthProvider,
+    ) -> Result<Vec<wire::LinkedIdentity>, ClientError> {
+        match self.request(Body::UnlinkIdentity(wire::UnlinkIdentity { provider: provider as i32 })).await? {
+            response::Result::Identities(list) => Ok(list.identities),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The Google and GitHub identities linked to this account.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn identities(&self) -> Result<Vec<wire::LinkedIdentity>, ClientError> {
+        match self.request(Body::ListIdentities(wire::ListIdentities {})).await? {
+            response::Result::Identities(list) => Ok(list.identities),
             other => Err(unexpected(&other)),
         }
     }

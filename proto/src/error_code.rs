@@ -42,6 +42,10 @@ codes! {
     MFA_ALREADY_ENABLED = 211, "The second factor is already on; turn it off first to set up a new one.";
     INVALID_PHONE = 212, "The phone number is not valid (give it in international form, with + and the country code).";
     PHONE_TAKEN = 213, "Another account has this phone number.";
+    IDENTITY_NOT_LINKED = 214, "An account already uses the provider's email; sign in to it and link the identity (LinkIdentity).";
+    IDENTITY_TAKEN = 215, "The Google or GitHub identity belongs to another account.";
+    LAST_SIGN_IN_METHOD = 216, "This is the account's last way of signing in; add another before removing it.";
+    OAUTH_REJECTED = 217, "The provider refused the authorization code, or its answer did not check out; sign in again.";
     // 3xx: request content
     INVALID_ARGUMENT = 300, "A field is missing, malformed or out of range.";
     TEXT_TOO_LONG = 301, "The message text exceeds the maximum text size.";

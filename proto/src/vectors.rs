@@ -64,6 +64,7 @@ fn message() -> Message {
         content: text("hello bob"),
         sent_at_ms: 1_795_000_000_000,
         sender_email: "alice@example.org".into(),
+        sender_name: String::new(),
     }
 }
 
@@ -417,6 +418,199 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     phone: "+4915123456789".into(),
                     code: "482913".into(),
                     device_name: "phone".into(),
+                    display_name: String::new(),
+                }),
+            ),
+        ),
+        (
+            "request_verify_phone_new_account",
+            "Request 10: VerifyPhone for a number no account has: the account is made, named \"Zoe\"",
+            req(
+                10,
+                request::Body::VerifyPhone(VerifyPhone {
+                    phone: "+33612345678".into(),
+                    code: "205117".into(),
+                    device_name: "phone".into(),
+                    display_name: "Zoe".into(),
+                }),
+            ),
+        ),
+        (
+            "response_phone_added",
+            "Response 10: the number is on the account, in E.164",
+            resp(10, response::Result::PhoneAdded(PhoneAddedOk { phone: "+4915123456789".into() })),
+        ),
+        (
+            "request_change_password",
+            "Request 11: ChangePassword (every other session is signed out)",
+            req(
+                11,
+                request::Body::ChangePassword(ChangePassword {
+                    old_password: "correct horse battery staple".into(),
+                    new_password: "a new long passphrase".into(),
+                }),
+            ),
+        ),
+        (
+            "response_password",
+            "Response 11: the password changed and 2 other sessions were signed out",
+            resp(11, response::Result::Password(PasswordOk { revoked_sessions: 2 })),
+        ),
+        (
+            "request_revoke_session",
+            "Request 12: RevokeSession of one of the caller's devices",
+            req(12, request::Body::RevokeSession(RevokeSession { session_id: DEVICE.into() })),
+        ),
+        (
+            "request_revoke_other_sessions",
+            "Request 13: RevokeOtherSessions (an empty message): sign out everywhere else",
+            req(13, request::Body::RevokeOtherSessions(RevokeOtherSessions {})),
+        ),
+        (
+            "response_revoked",
+            "Response 13: 3 sessions revoked",
+            resp(13, response::Result::Revoked(RevokeOk { revoked: 3 })),
+        ),
+        (
+            "request_start_email_verification",
+            "Request 14: StartEmailVerification (an empty message)",
+            req(14, request::Body::StartEmailVerification(StartEmailVerification {})),
+        ),
+        (
+            "response_code_sent",
+            "Response 14: a code was sent, valid 300000 ms",
+            resp(14, response::Result::CodeSent(CodeSent { expires_in_ms: 300_000 })),
+        ),
+        (
+            "request_verify_email",
+            "Request 15: VerifyEmail with the mailed code 031842",
+            req(15, request::Body::VerifyEmail(VerifyEmail { code: "031842".into() })),
+        ),
+        (
+            "response_email_verified",
+            "Response 15: the address is verified",
+            resp(15, response::Result::EmailVerified(EmailVerifiedOk { email: "alice@example.org".into() })),
+        ),
+        (
+            "request_confirm_totp",
+            "Request 16: ConfirmTotp with a current code from the app",
+            req(16, request::Body::ConfirmTotp(ConfirmTotp { code: "287082".into() })),
+        ),
+        (
+            "response_recovery_codes",
+            "Response 16: two recovery codes (a real answer has 10)",
+            resp(
+                16,
+                response::Result::RecoveryCodes(RecoveryCodes {
+                    codes: vec!["k3f9-w2mx-8qtd".into(), "p7vh-c4ne-r6ja".into()],
+                }),
+            ),
+        ),
+        (
+            "request_disable_totp",
+            "Request 17: DisableTotp with a current code",
+            req(17, request::Body::DisableTotp(DisableTotp { code: "359152".into() })),
+        ),
+        (
+            "request_new_recovery_codes",
+            "Request 18: NewRecoveryCodes with a current code",
+            req(18, request::Body::NewRecoveryCodes(NewRecoveryCodes { code: "969429".into() })),
+        ),
+        (
+            "request_get_oauth_config",
+            "Request 19: GetOAuthConfig for Google",
+            req(19, request::Body::GetOauthConfig(GetOAuthConfig { provider: OAuthProvider::Google as i32 })),
+        ),
+        (
+            "response_oauth_config",
+            "Response 19: Google's authorization endpoint, the client id, the scopes; a nonce is used",
+            resp(
+                19,
+                response::Result::OauthConfig(OAuthConfig {
+                    provider: OAuthProvider::Google as i32,
+                    authorization_endpoint: "https://accounts.google.com/o/oauth2/v2/auth".into(),
+                    client_id: "1234.apps.googleusercontent.com".into(),
+                    scopes: vec!["openid".into(), "email".into(), "profile".into()],
+                    uses_nonce: true,
+                }),
+            ),
+        ),
+        (
+            "request_oauth_login",
+            "Request 20: OAuthLogin with Google's code, the PKCE verifier of RFC 7636 appendix B, the loopback redirect and the nonce",
+            req(
+                20,
+                request::Body::OauthLogin(OAuthLogin {
+                    provider: OAuthProvider::Google as i32,
+                    code: "4/0AbCdEf".into(),
+                    code_verifier: "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into(),
+                    redirect_uri: "http://127.0.0.1:49152/".into(),
+                    nonce: "n-0S6_WzA2Mj".into(),
+                    device_name: "laptop".into(),
+                }),
+            ),
+        ),
+        (
+            "request_link_identity",
+            "Request 21: LinkIdentity with GitHub's code (GitHub takes no nonce)",
+            req(
+                21,
+                request::Body::LinkIdentity(LinkIdentity {
+                    provider: OAuthProvider::Github as i32,
+                    code: "d2f1c0ffee".into(),
+                    code_verifier: "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into(),
+                    redirect_uri: "http://127.0.0.1:49153/".into(),
+                    nonce: String::new(),
+                }),
+            ),
+        ),
+        (
+            "response_identity_linked",
+            "Response 21: GitHub is linked, with the provider's verified email",
+            resp(
+                21,
+                response::Result::IdentityLinked(LinkedIdentity {
+                    provider: OAuthProvider::Github as i32,
+                    email: "alice@example.org".into(),
+                    linked_at_ms: 1_795_000_000_000,
+                }),
+            ),
+        ),
+        (
+            "request_unlink_identity",
+            "Request 22: UnlinkIdentity of GitHub",
+            req(22, request::Body::UnlinkIdentity(UnlinkIdentity { provider: OAuthProvider::Github as i32 })),
+        ),
+        (
+            "request_list_identities",
+            "Request 23: ListIdentities (an empty message)",
+            req(23, request::Body::ListIdentities(ListIdentities {})),
+        ),
+        (
+            "response_identities",
+            "Response 23: one identity remains linked (Google)",
+            resp(
+                23,
+                response::Result::Identities(IdentityList {
+                    identities: vec![LinkedIdentity {
+                        provider: OAuthProvider::Google as i32,
+                        email: "alice@example.org".into(),
+                        linked_at_ms: 1_795_000_000_000,
+                    }],
+                }),
+            ),
+        ),
+        (
+            "error_identity_not_linked",
+            "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
+            resp(
+                24,
+                response::Result::Error(Error {
+                    code: 214,
+                    message: "an account already uses alice@example.org: sign in to it another way and link Google to it"
+                        .into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
                 }),
             ),
         ),

@@ -54,6 +54,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub mail: crate::auth::mail::MailConfig,
     pub sms: crate::auth::sms::SmsConfig,
+    /// Google sign-in (or any OpenID provider): enabled by `client_id`.
+    pub google: crate::auth::oauth::GoogleConfig,
+    /// GitHub sign-in: enabled by `client_id`.
+    pub github: crate::auth::oauth::GithubConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -191,6 +195,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             mail: crate::auth::mail::MailConfig::default(),
             sms: crate::auth::sms::SmsConfig::default(),
+            google: crate::auth::oauth::GoogleConfig::default(),
+            github: crate::auth::oauth::GithubConfig::default(),
         }
     }
 }
@@ -203,7 +209,8 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] = &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms"];
+const TABLES: &[&str] =
+    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 

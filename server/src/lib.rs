@@ -62,6 +62,8 @@ pub enum StartError {
     Mail(#[from] auth::mail::MailConfigError),
     #[error("sms")]
     Sms(#[from] auth::sms::SmsConfigError),
+    #[error("sign-in providers: {0}")]
+    OAuth(String),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -238,6 +240,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
     let mailer = auth::mail::mailer(&config.mail)?;
     let sms = auth::sms::sms_provider(&config.sms)?;
+    let oauth = auth::oauth::Providers::from_config(&config.google, &config.github).map_err(StartError::OAuth)?;
 
     let shutdown = CancellationToken::new();
     let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
@@ -266,7 +269,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
         },
-        session::Security { auth_state, server_key, mailer, sms },
+        session::Security { auth_state, server_key, mailer, sms, oauth },
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,

@@ -13,6 +13,7 @@ mod mail;
 mod metrics;
 mod natterd;
 mod nodes;
+mod oauth;
 mod phone;
 mod presence;
 mod protocol;

@@ -410,6 +410,9 @@ async fn texts_to_a_number_are_limited_over_every_node() {
     assert_eq!(fake.sent().len(), 3);
     // A code texted through one node is checked on the other.
     let code: String = fake.sent()[2].body.chars().filter(char::is_ascii_digit).take(6).collect();
-    let e = node_b.client().await.sign_in_with_phone("+4915123456789", &code, "d").await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND), "the right code (no account has the number): {e}");
+    let (token, who) = node_b.client().await.sign_in_with_phone("+4915123456789", &code, "d", "Zoe").await.unwrap();
+    assert_eq!((who.email.as_str(), who.display_name.as_str()), ("", "Zoe"), "a new account, made by the number");
+    // The account made through node B signs in on node A.
+    let on_a = node_a.resume(&token).await;
+    assert_eq!(on_a.identity().unwrap().user_id, who.user_id);
 }

@@ -74,21 +74,67 @@ async fn a_number_is_added_with_a_texted_code_and_then_signs_in() {
     let phone = server.client().await;
     phone.start_phone(E164).await.unwrap();
     let code = texted_code(&fake, E164, 1).await;
-    let (_, who) = phone.sign_in_with_phone(E164, &code, "phone").await.unwrap();
+    let (_, who) = phone.sign_in_with_phone(E164, &code, "phone", "").await.unwrap();
     assert_eq!(who.email, "alice@example.org");
     let sessions = alice.sessions().await.unwrap();
     let by_phone = sessions.iter().find(|s| s.device_name == "phone").expect("the new device");
     assert_eq!(by_phone.method, "phone");
     // The code worked once.
     let again = server.client().await;
-    let e = again.sign_in_with_phone(E164, &code, "again").await.unwrap_err();
+    let e = again.sign_in_with_phone(E164, &code, "again", "").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::CODE_EXPIRED));
-    // A number no account has: the right code proves the number, and then says so.
-    let stranger = server.client().await;
-    stranger.start_phone("+33 6 12 34 56 78").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_number_no_account_has_makes_one_that_chats_without_an_email() {
+    let fake = TwilioFake::start().await;
+    let server = server_with_twilio(&fake).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let zoe = server.client().await;
+    zoe.start_phone("+33 6 12 34 56 78").await.unwrap();
     let code = texted_code(&fake, "+33612345678", 0).await;
-    let e = stranger.sign_in_with_phone("+33612345678", &code, "d").await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND), "{e}");
+    // A bad name is refused before the code is looked at: the code still works.
+    let e = zoe.sign_in_with_phone("+33612345678", &code, "d", "bad\u{7}name").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "{e}");
+    let (token, who) = zoe.sign_in_with_phone("+33612345678", &code, "phone", " Zoe ").await.unwrap();
+    assert_eq!((who.email.as_str(), who.display_name.as_str()), ("", "Zoe"));
+    assert_eq!(zoe.sessions().await.unwrap()[0].method, "phone");
+
+    // She writes to Alice, who sees her by name (there is no email to show).
+    let conv = zoe.open_direct("alice@example.org").await.unwrap();
+    zoe.send_text(&conv.conversation_id, "m1", "bonjour").await.unwrap();
+    let page = alice
+        .history(natter_client::proto::GetHistory {
+            conversation_id: conv.conversation_id.clone(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = &page.messages[0];
+    assert_eq!((m.sender_email.as_str(), m.sender_name.as_str()), ("", "Zoe"));
+    assert!(conv.members.iter().any(|m| m.email.is_empty() && m.display_name == "Zoe"));
+
+    // No email, so no password: password requests say why.
+    let e = zoe.change_password("anything at all", "a new long passphrase").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "{e}");
+    let e = zoe.start_email_verification().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "{e}");
+    // TOTP works, labelled with the number.
+    let setup = zoe.enable_totp().await.unwrap();
+    assert!(setup.otpauth_uri.contains("%2B33612345678"), "{}", setup.otpauth_uri);
+
+    // Signed out and in again: the same account, not a second one.
+    zoe.logout().await.unwrap();
+    drop(zoe);
+    let mut config = server.client_config();
+    config.session_token = Some(token);
+    assert!(natter_client::Client::connect(&config).await.is_err(), "the old session is gone");
+    let again = server.client().await;
+    again.start_phone("+33612345678").await.unwrap();
+    let code = texted_code(&fake, "+33612345678", 1).await;
+    let (_, back) = again.sign_in_with_phone("+33612345678", &code, "phone 2", "Another Name").await.unwrap();
+    assert_eq!((back.user_id.as_str(), back.display_name.as_str()), (who.user_id.as_str(), "Zoe"));
 }
 
 #[tokio::test]
@@ -123,7 +169,7 @@ async fn texts_are_limited_per_number_and_provider_failures_are_typed_without_se
         right = texted_code(&fake, number, round).await;
         let wrong = if right == "000000" { "111111" } else { "000000" };
         for i in 0..5 {
-            let e = c2.sign_in_with_phone(number, wrong, "d").await.unwrap_err();
+            let e = c2.sign_in_with_phone(number, wrong, "d", "").await.unwrap_err();
             assert_eq!(e.code(), Some(ErrorCode::CODE_INVALID), "{round}/{i}: {e}");
         }
     }
@@ -133,7 +179,7 @@ async fn texts_are_limited_per_number_and_provider_failures_are_typed_without_se
     } else {
         right
     };
-    let e = c2.sign_in_with_phone(number, &right, "d").await.unwrap_err();
+    let e = c2.sign_in_with_phone(number, &right, "d", "").await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::RATE_LIMITED), "even the right code waits: {e}");
 }
 
@@ -152,9 +198,9 @@ async fn with_twilio_verify_twilio_owns_the_code() {
     let phone = server.client().await;
     phone.start_phone(E164).await.unwrap();
     let code = fake.verify_code(E164).unwrap();
-    phone.sign_in_with_phone(E164, &code, "phone").await.unwrap();
+    phone.sign_in_with_phone(E164, &code, "phone", "").await.unwrap();
     // Approved once: the same code again is refused.
     let again = server.client().await;
-    assert_eq!(again.sign_in_with_phone(E164, &code, "x").await.unwrap_err().code(), Some(ErrorCode::CODE_INVALID));
+    assert_eq!(again.sign_in_with_phone(E164, &code, "x", "").await.unwrap_err().code(), Some(ErrorCode::CODE_INVALID));
     let _ = PASSWORD;
 }

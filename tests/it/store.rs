@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use natter_server::domain::conversation::ConversationKind;
 use natter_server::domain::{
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Role, Seq, SessionStarted,
-    SignInMethod, TokenHash, UserId, UserRegistered,
+    AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
+    MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
 };
 use natter_server::store::auth_state::{AuthState, CodeCheck, CodePurpose, PendingChallenge};
 use natter_server::store::postgres::{PostgresConfig, PostgresStore};
@@ -135,10 +135,11 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it (undoing 5, then 4).
+    // Back to version 3, as an older natterd left it (undoing 6, 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE recovery_codes; DROP INDEX users_by_phone;
+        "DROP TABLE identities;
+         DROP TABLE recovery_codes; DROP INDEX users_by_phone;
          ALTER TABLE users DROP COLUMN phone; ALTER TABLE users DROP COLUMN email_verified_at_ms;
          ALTER TABLE users DROP COLUMN totp_sealed_secret; ALTER TABLE users DROP COLUMN totp_enabled_at_ms;
          ALTER TABLE sessions DROP COLUMN method;
@@ -155,6 +156,11 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     // Migration 5 ran too: sessions from before it signed in with a password.
     let sessions = store.sessions_of(w.alice).await.unwrap();
     assert_eq!(sessions.iter().map(|s| s.method).collect::<Vec<_>>(), [SignInMethod::Password]);
+    // And 6: the users were copied into the table where email and password may be missing.
+    let alice = store.user_by_id(w.alice).await.unwrap().unwrap();
+    assert_eq!(alice.email.as_ref().map(Email::as_str), Some("alice@example.org"));
+    assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$changed"));
+    assert!(store.identities_of(w.alice).await.unwrap().is_empty());
     store.shutdown().await;
 }
 
@@ -175,6 +181,7 @@ conformance!(
     subscribers_see_every_event_once_in_order_under_concurrent_writers,
     nodes_racing_for_one_stream_version_get_one_winner_and_typed_refusals,
     account_security_read_models_answer,
+    accounts_without_a_password_and_identities_answer,
     auth_state_is_shared_by_nodes_and_atomic,
 );
 
@@ -670,7 +677,7 @@ async fn read_models_answer_every_query(b: &Backend) {
 
     let alice = s.user_by_email(&Email::parse("Alice@Example.org").unwrap()).await.unwrap().unwrap();
     assert_eq!((alice.user_id, alice.display_name.as_str(), alice.created_at), (w.alice, "alice", Millis(10)));
-    assert_eq!(s.user_by_id(w.bob).await.unwrap().unwrap().email.as_str(), "bob@example.org");
+    assert_eq!(s.user_by_id(w.bob).await.unwrap().unwrap().email.unwrap().as_str(), "bob@example.org");
     assert_eq!(s.user_by_id(uid(0xdead)).await.unwrap(), None);
     assert_eq!(s.user_by_email(&Email::parse("nobody@example.org").unwrap()).await.unwrap(), None);
 
@@ -838,7 +845,7 @@ async fn account_security_read_models_answer(b: &Backend) {
     let s = &b.store;
     let w = populate(s).await;
     let alice = s.user_by_id(w.alice).await.unwrap().unwrap();
-    assert_eq!(alice.password_hash, "$argon2id$changed", "PasswordChanged replaces the hash");
+    assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$changed"), "PasswordChanged replaces the hash");
     assert!(!alice.email_verified && alice.totp_sealed_secret.is_none());
     let bob = s.user_by_email(&Email::parse("bob@example.org").unwrap()).await.unwrap().unwrap();
     assert!(bob.email_verified);
@@ -869,6 +876,84 @@ async fn account_security_read_models_answer(b: &Backend) {
     append_one(s, StreamName::user(w.alice), NewEvent::fresh(again)).await;
     assert!(!s.recovery_code_unused(w.alice, [0xa1; 32]).await.unwrap());
     assert!(s.recovery_code_unused(w.alice, [0xa2; 32]).await.unwrap());
+}
+
+/// Accounts made by a texted code (no email, no password) or by Google or
+/// GitHub, and the identities an account may sign in with.
+async fn accounts_without_a_password_and_identities_answer(b: &Backend) {
+    let s = &b.store;
+    let (zoe, yan) = (uid(0x20), uid(0x21));
+    let phone = Phone::parse("+33612345678").unwrap();
+    let opened = |user_id, email: Option<&str>| {
+        NewEvent::fresh(Event::AccountOpened(AccountOpened {
+            user_id,
+            display_name: format!("user {user_id}"),
+            email: email.map(|e| Email::parse(e).unwrap()),
+            email_verified: email.is_some(),
+            at: Millis(5),
+        }))
+    };
+    let added = NewEvent::fresh(Event::PhoneAdded { user_id: zoe, phone: phone.clone(), at: Millis(6) });
+    s.append(vec![StreamAppend::new(StreamName::user(zoe), ExpectedVersion::NoStream, vec![opened(zoe, None), added])])
+        .await
+        .unwrap();
+    let google = ExternalIdentity {
+        provider: IdentityProvider::Google,
+        subject: "10769150350006150715113082367".into(),
+        email: Some(Email::parse("yan@example.org").unwrap()),
+    };
+    let linked = |identity: &ExternalIdentity, at| {
+        NewEvent::fresh(Event::IdentityLinked { user_id: yan, identity: identity.clone(), at: Millis(at) })
+    };
+    s.append(vec![StreamAppend::new(
+        StreamName::user(yan),
+        ExpectedVersion::NoStream,
+        vec![opened(yan, Some("yan@example.org")), linked(&google, 7)],
+    )])
+    .await
+    .unwrap();
+    // Two accounts without an email, one without a password: both fine.
+    s.append(vec![StreamAppend::new(
+        StreamName::user(uid(0x22)),
+        ExpectedVersion::NoStream,
+        vec![opened(uid(0x22), None)],
+    )])
+    .await
+    .unwrap();
+
+    let z = s.user_by_phone(&phone).await.unwrap().unwrap();
+    assert_eq!((z.user_id, z.email.clone(), z.password_hash.clone(), z.email_verified), (zoe, None, None, false));
+    let y = s.user_by_email(&Email::parse("yan@example.org").unwrap()).await.unwrap().unwrap();
+    assert_eq!((y.user_id, y.password_hash.clone(), y.email_verified), (yan, None, true), "the provider verified it");
+    let owner = s.user_by_identity(IdentityProvider::Google, &google.subject).await.unwrap().map(|u| u.user_id);
+    assert_eq!(owner, Some(yan));
+    assert!(s.user_by_identity(IdentityProvider::GitHub, &google.subject).await.unwrap().is_none(), "per provider");
+    let github = ExternalIdentity { provider: IdentityProvider::GitHub, subject: "583231".into(), email: None };
+    append_one(s, StreamName::user(yan), linked(&github, 8)).await;
+    let mine = s.identities_of(yan).await.unwrap();
+    let listed: Vec<_> = mine.iter().map(|r| (r.provider, r.subject.as_str(), r.email.clone(), r.linked_at)).collect();
+    assert_eq!(
+        listed,
+        [
+            (IdentityProvider::GitHub, "583231", None, Millis(8)),
+            (IdentityProvider::Google, google.subject.as_str(), google.email.clone(), Millis(7)),
+        ],
+        "by provider name"
+    );
+    assert!(s.identities_of(zoe).await.unwrap().is_empty(), "someone else's");
+    let unlinked = Event::IdentityUnlinked {
+        user_id: yan,
+        provider: IdentityProvider::Google,
+        subject: google.subject.clone(),
+        at: Millis(9),
+    };
+    append_one(s, StreamName::user(yan), NewEvent::fresh(unlinked)).await;
+    assert!(s.user_by_identity(IdentityProvider::Google, &google.subject).await.unwrap().is_none());
+    assert_eq!(s.identities_of(yan).await.unwrap().len(), 1);
+    // The read models come back the same from the log.
+    s.rebuild().await.unwrap();
+    assert_eq!(s.identities_of(yan).await.unwrap().len(), 1);
+    assert_eq!(s.user_by_phone(&phone).await.unwrap().unwrap().email, None);
 }
 
 async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {

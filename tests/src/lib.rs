@@ -3,6 +3,9 @@
 //! processes, and helpers to make signed-in clients. Nothing is shared between
 //! tests, so they run in parallel.
 
+pub mod github_fake;
+mod http_fake;
+pub mod oidc_provider;
 pub mod smtp_sink;
 pub mod twilio_fake;
 

@@ -37,10 +37,10 @@ use base64::Engine;
 use natter_server::auth::sms::{SmsConfig, SmsProviderKind};
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+
+use crate::http_fake::{self, reason, Form, HttpRequest, HttpResponse};
 
 /// The fake's account, unless configured otherwise.
 pub const ACCOUNT_SID: &str = "ACf4ce0000000000000000000000000001";
@@ -60,11 +60,6 @@ pub const VERIFICATION_TTL: Duration = Duration::from_secs(600);
 
 /// Most connections served at once; further ones wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
-/// Longest request line or header line, CRLF included.
-const MAX_LINE: usize = 8 * 1024;
-const MAX_HEADERS: usize = 100;
-/// Largest request body read.
-const MAX_BODY: usize = 64 * 1024;
 /// Twilio's limit on `Body`.
 const MAX_BODY_CHARS: usize = 1_600;
 
@@ -311,27 +306,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     .await;
 }
 
-/// One parsed request.
-struct HttpRequest {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// HTTP/1.0, or `Connection: close`.
-    close: bool,
-}
-
-impl HttpRequest {
-    /// The first header `name` (case-insensitive).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target.as_str(), |(path, _)| path)
-    }
-}
-
 /// An answer: status, extra headers, JSON.
 struct Response {
     status: u16,
@@ -358,148 +332,36 @@ impl Response {
     }
 }
 
-/// A request the fake cannot read: answered with `status`, then the
-/// connection is closed.
-struct Unreadable(u16);
+impl From<Response> for HttpResponse {
+    fn from(response: Response) -> Self {
+        HttpResponse {
+            status: response.status,
+            headers: response.headers,
+            content_type: "application/json; charset=utf-8",
+            body: response.body.to_string(),
+        }
+    }
+}
+
+/// Twilio's error body as the answer to a request the fake cannot read.
+fn unreadable(status: u16) -> HttpResponse {
+    Response::error(status, 0, reason(status)).into()
+}
 
 async fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let (read, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let (response, close) = match read_request(&mut reader).await? {
-            None => return Ok(()),
-            Some(Err(Unreadable(status))) => (Response::error(status, 0, reason(status)), true),
-            Some(Ok(request)) => {
-                let response = answer(shared, &request);
-                let mut state = shared.state();
-                state.requests.push(Request {
-                    method: request.method.clone(),
-                    path: request.path().to_owned(),
-                    status: response.status,
-                });
-                drop(state);
-                shared.changed.notify_waiters();
-                (response, request.close)
-            }
-        };
-        let body = response.body.to_string();
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
-            response.status,
-            reason(response.status),
-            body.len()
-        );
-        for (name, value) in &response.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if close {
-            head.push_str("Connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        head.push_str(&body);
-        // One write per answer: two small segments would wait on a delayed ACK.
-        writer.write_all(head.as_bytes()).await?;
-        writer.flush().await?;
-        if close {
-            return Ok(());
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Failing",
-    }
-}
-
-/// The next request on the connection: `None` at a clean end of stream.
-async fn read_request(
-    reader: &mut BufReader<OwnedReadHalf>,
-) -> std::io::Result<Option<Result<HttpRequest, Unreadable>>> {
-    let mut line = Vec::new();
-    let Some(request_line) = read_line(reader, &mut line).await? else {
-        return Ok(None);
+    let respond = |request: &HttpRequest| -> HttpResponse {
+        let response = answer(shared, request);
+        let mut state = shared.state();
+        state.requests.push(Request {
+            method: request.method.clone(),
+            path: request.path().to_owned(),
+            status: response.status,
+        });
+        drop(state);
+        shared.changed.notify_waiters();
+        response.into()
     };
-    let Ok(request_line) = request_line else { return Ok(Some(Err(Unreadable(431)))) };
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Ok(Some(Err(Unreadable(400))));
-    };
-    let (method, target) = (method.to_owned(), target.to_owned());
-    let close = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Ok(Some(Err(Unreadable(505)))),
-    };
-    let mut headers = Vec::new();
-    loop {
-        let Some(header) = read_line(reader, &mut line).await? else {
-            return Ok(None); // Cut short: nothing to answer.
-        };
-        let Ok(header) = header else { return Ok(Some(Err(Unreadable(431)))) };
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else { return Ok(Some(Err(Unreadable(400)))) };
-        if name.is_empty() || name.contains([' ', '\t']) || headers.len() == MAX_HEADERS {
-            return Ok(Some(Err(Unreadable(400))));
-        }
-        headers.push((name.to_owned(), value.trim().to_owned()));
-    }
-    let mut request = HttpRequest { method, target, headers, body: Vec::new(), close };
-    if request.header("Host").is_none() {
-        return Ok(Some(Err(Unreadable(400))));
-    }
-    if request.header("Transfer-Encoding").is_some() {
-        // Twilio's clients send a length; so does reqwest for a form.
-        return Ok(Some(Err(Unreadable(411))));
-    }
-    let length = match request.header("Content-Length").map(|v| v.parse::<usize>()) {
-        None => 0,
-        Some(Ok(length)) if length <= MAX_BODY => length,
-        Some(Ok(_)) => return Ok(Some(Err(Unreadable(413)))),
-        Some(Err(_)) => return Ok(Some(Err(Unreadable(400)))),
-    };
-    request.body = vec![0; length];
-    reader.read_exact(&mut request.body).await?;
-    if request.header("Connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
-        request.close = true;
-    }
-    Ok(Some(Ok(request)))
-}
-
-/// A line without its CRLF: `None` at end of stream, `Err(())` when too long
-/// or not UTF-8.
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-    line: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<String, ()>>> {
-    line.clear();
-    let n = reader.take(MAX_LINE as u64).read_until(b'\n', line).await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") {
-        return Ok(Some(Err(())));
-    }
-    let text = std::str::from_utf8(line).map_err(|_| ()).map(|l| l.trim_end_matches(['\r', '\n']).to_owned());
-    Ok(Some(text))
+    http_fake::serve(stream, respond, unreadable).await
 }
 
 /// What Twilio answers to `request`.
@@ -575,27 +437,6 @@ fn authenticated(config: &FakeConfig, request: &HttpRequest) -> bool {
     let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credentials.trim()) else { return false };
     let Ok(decoded) = String::from_utf8(decoded) else { return false };
     decoded.split_once(':').is_some_and(|(user, password)| user == config.account_sid && password == config.auth_token)
-}
-
-/// The form fields of a request; none unless it is
-/// `application/x-www-form-urlencoded`.
-struct Form(Vec<(String, String)>);
-
-impl Form {
-    fn of(request: &HttpRequest) -> Self {
-        let is_form = request.header("Content-Type").is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-        });
-        if !is_form {
-            return Self(Vec::new());
-        }
-        Self(form_urlencoded::parse(&request.body).into_owned().collect())
-    }
-
-    /// The first value of `name`, `None` when missing or empty.
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
-    }
 }
 
 /// Twilio's own view of a phone number: `+`, then 7 to 15 digits, the first
@@ -784,6 +625,7 @@ fn verification_check(config: &FakeConfig, state: &mut State, form: &Form, path:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     /// Sends `request` as is and reads one answer: status, headers, JSON body.
     async fn exchange(conn: &mut BufReader<TcpStream>, request: &str) -> (u16, Vec<(String, String)>, Value) {

@@ -4,7 +4,9 @@
 //! random bytes (base64url); only its SHA-256 is ever stored.
 
 pub mod codes;
+pub(crate) mod http;
 pub mod mail;
+pub mod oauth;
 pub mod server_key;
 pub mod sms;
 pub mod totp;

@@ -163,6 +163,91 @@ pub enum Event {
         phone: Phone,
         at: Millis,
     },
+    /// The first event of an account made without a password: by a texted
+    /// code (no email) or by Google or GitHub (their verified email).
+    AccountOpened(AccountOpened),
+    /// In the `identity:<provider>:<subject>` stream: an identity belongs to
+    /// one account at a time (claimed with "no stream", or at the exact
+    /// version after a release).
+    IdentityClaimed {
+        user_id: UserId,
+        at: Millis,
+    },
+    IdentityReleased {
+        user_id: UserId,
+        at: Millis,
+    },
+    /// The user may sign in with this Google or GitHub identity.
+    IdentityLinked {
+        user_id: UserId,
+        identity: ExternalIdentity,
+        at: Millis,
+    },
+    IdentityUnlinked {
+        user_id: UserId,
+        provider: IdentityProvider,
+        subject: String,
+        at: Millis,
+    },
+}
+
+/// A new account without a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountOpened {
+    pub user_id: UserId,
+    pub display_name: String,
+    pub email: Option<Email>,
+    /// The provider verified the address.
+    pub email_verified: bool,
+    pub at: Millis,
+}
+
+/// A provider of external identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdentityProvider {
+    Google,
+    GitHub,
+}
+
+impl IdentityProvider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityProvider::Google => "google",
+            IdentityProvider::GitHub => "github",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "google" => Some(IdentityProvider::Google),
+            "github" => Some(IdentityProvider::GitHub),
+            _ => None,
+        }
+    }
+
+    /// For people: "Google", "GitHub".
+    pub fn title(self) -> &'static str {
+        match self {
+            IdentityProvider::Google => "Google",
+            IdentityProvider::GitHub => "GitHub",
+        }
+    }
+
+    pub fn sign_in_method(self) -> SignInMethod {
+        match self {
+            IdentityProvider::Google => SignInMethod::Google,
+            IdentityProvider::GitHub => SignInMethod::GitHub,
+        }
+    }
+}
+
+/// Who a provider says the person is: its stable subject (OIDC `sub`,
+/// GitHub's numeric id) and their verified email, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub provider: IdentityProvider,
+    pub subject: String,
+    pub email: Option<Email>,
 }
 
 /// How a session was signed in.
@@ -269,6 +354,11 @@ impl Event {
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             Event::PhoneClaimed { .. } => "PhoneClaimed",
             Event::PhoneAdded { .. } => "PhoneAdded",
+            Event::AccountOpened(_) => "AccountOpened",
+            Event::IdentityClaimed { .. } => "IdentityClaimed",
+            Event::IdentityReleased { .. } => "IdentityReleased",
+            Event::IdentityLinked { .. } => "IdentityLinked",
+            Event::IdentityUnlinked { .. } => "IdentityUnlinked",
         }
     }
 
@@ -312,7 +402,12 @@ impl Event {
             | Event::RecoveryCodesIssued { .. }
             | Event::RecoveryCodeUsed { .. }
             | Event::PhoneClaimed { .. }
-            | Event::PhoneAdded { .. } => None,
+            | Event::PhoneAdded { .. }
+            | Event::AccountOpened(_)
+            | Event::IdentityClaimed { .. }
+            | Event::IdentityReleased { .. }
+            | Event::IdentityLinked { .. }
+            | Event::IdentityUnlinked { .. } => None,
         }
     }
 }

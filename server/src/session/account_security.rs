@@ -140,7 +140,7 @@ impl Service {
         Ok(())
     }
 
-    async fn user(&self, user: UserId) -> Result<UserRecord, WireError> {
+    pub(super) async fn user(&self, user: UserId) -> Result<UserRecord, WireError> {
         self.store
             .user_by_id(user)
             .await?
@@ -276,7 +276,13 @@ impl Service {
             return Err(WireError::new(ErrorCode::MFA_ALREADY_ENABLED, "two-factor sign-in is already on"));
         }
         let secret = TotpSecret::generate();
-        let uri = totp::otpauth_uri(&secret, TOTP_ISSUER, user.email.as_str()).map_err(|e| {
+        // The account's name in the app: its email, else its number, else its name.
+        let label = match (&user.email, &user.phone) {
+            (Some(email), _) => email.as_str(),
+            (None, Some(phone)) => phone.as_str(),
+            (None, None) => user.display_name.as_str(),
+        };
+        let uri = totp::otpauth_uri(&secret, TOTP_ISSUER, label).map_err(|e| {
             tracing::error!(error = %e, "otpauth URI");
             WireError::new(ErrorCode::INTERNAL, "internal error")
         })?;
@@ -408,9 +414,15 @@ impl Service {
 
     pub(super) async fn change_password(&self, me: &Identity, req: wire::ChangePassword) -> Result<Reply, WireError> {
         let user = self.user(me.user_id).await?;
-        account::check_password(&req.new_password, &user.email)?;
-        let ok = self.verify_password(req.old_password, Some(user.password_hash.clone())).await?;
-        self.record_login(&user.email, ok).await?;
+        let email = user.email.as_ref().ok_or_else(|| {
+            super::invalid("password", "an account without an email address has no password (it signs in by text)")
+        })?;
+        let stored = user.password_hash.clone().ok_or_else(|| {
+            super::invalid("old_password", "this account has no password yet: set one with a password reset")
+        })?;
+        account::check_password(&req.new_password, email)?;
+        let ok = self.verify_password(req.old_password, Some(stored)).await?;
+        self.record_login(email, ok).await?;
         if !ok {
             return Err(WireError::new(ErrorCode::INVALID_CREDENTIALS, "the current password is wrong"));
         }
@@ -481,7 +493,7 @@ impl Service {
     ) -> Result<Reply, WireError> {
         let email = Email::parse(&req.email)?;
         let user = self.store.user_by_email(&email).await?;
-        let to = user.as_ref().map(|u| &u.email);
+        let to = user.as_ref().and_then(|u| u.email.as_ref());
         self.mail_code(CodePurpose::ResetPassword, email.as_str(), to, remote).await
     }
 
@@ -497,7 +509,7 @@ impl Service {
         let event = Event::PasswordChanged { user_id: user.user_id, password_hash: hash, at: self.now() };
         self.append_to_user(user.user_id, vec![event]).await?;
         // The right code proves the mailbox: a lock-out of the account ends.
-        self.record_login(&user.email, true).await?;
+        self.record_login(&email, true).await?;
         let revoked_sessions = self.revoke(user.user_id, None).await?;
         Ok(Reply::Password(wire::PasswordOk { revoked_sessions }))
     }
@@ -529,7 +541,8 @@ impl Service {
         user: &UserRecord,
         remote: std::net::IpAddr,
     ) -> Result<Reply, WireError> {
-        self.mail_code(CodePurpose::VerifyEmail, &user.user_id.to_string(), Some(&user.email), remote).await
+        let email = user.email.as_ref().ok_or_else(no_email)?;
+        self.mail_code(CodePurpose::VerifyEmail, &user.user_id.to_string(), Some(email), remote).await
     }
 
     pub(super) async fn start_email_verification(
@@ -538,20 +551,24 @@ impl Service {
         remote: std::net::IpAddr,
     ) -> Result<Reply, WireError> {
         let user = self.user(me.user_id).await?;
-        if user.email_verified {
-            return Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email: user.email.as_str().to_owned() }));
+        if let (true, Some(email)) = (user.email_verified, &user.email) {
+            return Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email: email.as_str().to_owned() }));
         }
         self.send_verification(&user, remote).await
     }
 
     pub(super) async fn verify_email(&self, me: &Identity, req: wire::VerifyEmail) -> Result<Reply, WireError> {
         let user = self.user(me.user_id).await?;
-        let email = user.email.as_str().to_owned();
+        let email = user.email.clone().ok_or_else(no_email)?;
         if !user.email_verified {
             self.check_code(CodePurpose::VerifyEmail, &user.user_id.to_string(), &req.code).await?;
-            let event = Event::EmailVerified { user_id: user.user_id, email: user.email, at: self.now() };
+            let event = Event::EmailVerified { user_id: user.user_id, email: email.clone(), at: self.now() };
             self.append_to_user(me.user_id, vec![event]).await?;
         }
-        Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email }))
+        Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email: email.as_str().to_owned() }))
     }
+}
+
+fn no_email() -> WireError {
+    super::invalid("email", "this account has no email address (it was made by a texted code)")
 }

@@ -8,11 +8,16 @@ use crate::domain::{
 };
 use crate::store::MessageRecord;
 
+/// An email for the wire: empty for an account without one.
+pub fn email_text(email: &Option<crate::domain::Email>) -> String {
+    email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default()
+}
+
 pub fn identity(id: &Identity) -> wire::Identity {
     wire::Identity {
         user_id: id.user_id.to_string(),
         device_id: id.device_id.to_string(),
-        email: id.email.to_string(),
+        email: email_text(&id.email),
         display_name: id.display_name.clone(),
     }
 }
@@ -29,7 +34,7 @@ pub fn role(role: Role) -> wire::Role {
 pub fn member(user: UserId, r: Option<Role>, info: &UserInfo) -> wire::Member {
     wire::Member {
         user_id: user.to_string(),
-        email: info.email.to_string(),
+        email: email_text(&info.email),
         display_name: info.display_name.clone(),
         role: r.map_or(wire::Role::Unspecified, role) as i32,
     }
@@ -52,7 +57,8 @@ pub fn message_record(m: &MessageRecord, sender: &UserInfo) -> wire::Message {
         client_msg_id: m.client_msg_id.as_str().to_owned(),
         content: Some(content(&m.content)),
         sent_at_ms: m.at.0,
-        sender_email: sender.email.to_string(),
+        sender_email: email_text(&sender.email),
+        sender_name: sender.display_name.clone(),
     }
 }
 
@@ -65,7 +71,8 @@ pub fn message_event(m: &MessageSent, seq: u64, sender: &UserInfo) -> wire::Mess
         client_msg_id: m.client_msg_id.as_str().to_owned(),
         content: Some(content(&m.content)),
         sent_at_ms: m.at.0,
-        sender_email: sender.email.to_string(),
+        sender_email: email_text(&sender.email),
+        sender_name: sender.display_name.clone(),
     }
 }
 

@@ -215,7 +215,12 @@ impl FeedSource {
             | Event::RecoveryCodesIssued { .. }
             | Event::RecoveryCodeUsed { .. }
             | Event::PhoneClaimed { .. }
-            | Event::PhoneAdded { .. } => None,
+            | Event::PhoneAdded { .. }
+            | Event::AccountOpened(_)
+            | Event::IdentityClaimed { .. }
+            | Event::IdentityReleased { .. }
+            | Event::IdentityLinked { .. }
+            | Event::IdentityUnlinked { .. } => None,
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod feed;
 mod groups;
 pub mod guard;
 mod messaging;
+mod oauth;
 mod phone;
 mod presence;
 
@@ -80,12 +81,15 @@ pub struct Security {
     pub server_key: Arc<crate::auth::server_key::ServerKey>,
     pub mailer: Arc<dyn crate::auth::mail::Mailer>,
     pub sms: Arc<dyn crate::auth::sms::SmsProvider>,
+    /// Google and GitHub, as configured.
+    pub oauth: crate::auth::oauth::Providers,
 }
 
 /// What the feed shows of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
-    pub email: Email,
+    /// None for an account made by a texted code (shown by name only).
+    pub email: Option<Email>,
     pub display_name: String,
 }
 
@@ -95,7 +99,7 @@ pub struct Identity {
     pub user_id: UserId,
     pub device_id: DeviceId,
     pub token_hash: TokenHash,
-    pub email: Email,
+    pub email: Option<Email>,
     pub display_name: String,
 }
 
@@ -202,6 +206,8 @@ macro_rules! stateful {
             | Body::ConfirmTotp(_)
             | Body::StartPhone(_)
             | Body::VerifyPhone(_)
+            | Body::GetOauthConfig(_)
+            | Body::OauthLogin(_)
     };
 }
 
@@ -505,6 +511,8 @@ impl Session {
                 self.service.start_phone(me.as_ref(), req, self.remote).await.map(Handled::from)
             }
             Body::VerifyPhone(req) => self.verify_phone(req).await.map(Handled::from),
+            Body::GetOauthConfig(req) => self.service.oauth_config(req).await.map(Handled::from),
+            Body::OauthLogin(req) => self.oauth_login(req).await.map(Handled::from),
             Body::EnableTotp(_) => self.enable_totp().await.map(Handled::from),
             Body::ConfirmTotp(req) => self.confirm_totp(req).await.map(Handled::from),
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
@@ -513,24 +521,35 @@ impl Session {
     }
 
     async fn verify_mfa(&mut self, req: wire::VerifyMfa) -> Result<Reply, WireError> {
-        if self.signed_in.is_some() {
-            return Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in"));
+        self.refuse_if_signed_in()?;
+        let signed_in = self.service.verify_mfa(req, self.remote).await?;
+        Ok(self.signed_in_as(signed_in))
+    }
+
+    async fn oauth_login(&mut self, req: wire::OAuthLogin) -> Result<Reply, WireError> {
+        self.refuse_if_signed_in()?;
+        let signed_in = self.service.oauth_login(req, self.remote).await?;
+        Ok(self.signed_in_as(signed_in))
+    }
+
+    fn refuse_if_signed_in(&self) -> Result<(), WireError> {
+        match self.signed_in {
+            Some(_) => Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in")),
+            None => Ok(()),
         }
-        let (token, identity) = self.service.verify_mfa(req, self.remote).await?;
+    }
+
+    /// Signs the connection in after a sign-in request succeeded.
+    fn signed_in_as(&mut self, (token, identity): (String, Identity)) -> Reply {
         let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
         self.sign_in(identity);
-        Ok(reply)
+        reply
     }
 
     async fn verify_phone(&mut self, req: wire::VerifyPhone) -> Result<Reply, WireError> {
         let me = self.identity().cloned();
         match self.service.verify_phone(me.as_ref(), req, self.remote).await? {
-            phone::Verified::SignedIn(token, identity) => {
-                let reply =
-                    Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
-                self.sign_in(identity);
-                Ok(reply)
-            }
+            phone::Verified::SignedIn(token, identity) => Ok(self.signed_in_as((token, identity))),
             phone::Verified::Added(reply) => Ok(reply),
         }
     }
@@ -555,14 +574,9 @@ impl Session {
     }
 
     async fn login(&mut self, req: wire::Login) -> Result<Reply, WireError> {
-        if self.signed_in.is_some() {
-            return Err(WireError::new(ErrorCode::ALREADY_AUTHENTICATED, "this connection is already signed in"));
-        }
-        let identity = self.service.login(req, self.remote).await?;
-        let (token, identity) = identity;
-        let reply = Reply::Login(wire::LoginOk { session_token: token, identity: Some(convert::identity(&identity)) });
-        self.sign_in(identity);
-        Ok(reply)
+        self.refuse_if_signed_in()?;
+        let signed_in = self.service.login(req, self.remote).await?;
+        Ok(self.signed_in_as(signed_in))
     }
 
     async fn logout(&mut self) -> Result<Reply, WireError> {
@@ -671,6 +685,9 @@ impl Service {
                 Body::VerifyEmail(req) => self.verify_email(&me, req).await,
                 Body::DisableTotp(req) => self.disable_totp(&me, req).await,
                 Body::NewRecoveryCodes(req) => self.new_recovery_codes(&me, req).await,
+                Body::LinkIdentity(req) => self.link_identity(&me, req).await,
+                Body::UnlinkIdentity(req) => self.unlink_identity(&me, req).await,
+                Body::ListIdentities(_) => self.list_identities(&me).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };
@@ -691,9 +708,9 @@ impl Service {
         let Event::UserRegistered(new_user) = &registered else { unreachable!("register makes a registration") };
         let new_user = UserRecord {
             user_id,
-            email: new_user.email.clone(),
+            email: Some(new_user.email.clone()),
             display_name: new_user.display_name.clone(),
-            password_hash: String::new(),
+            password_hash: None,
             created_at: new_user.at,
             email_verified: false,
             totp_sealed_secret: None,
@@ -779,7 +796,8 @@ impl Service {
         };
         // Checked before the password, so this answer says nothing about it.
         account::check_name("device_name", req.device_name.trim())?;
-        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        // An account without a password answers like a wrong one.
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let ok = self.verify_password(req.password, stored).await?;
         if let Some(email) = &email {
             // Unknown accounts count too: probing them is throttled the same way.

@@ -14,9 +14,13 @@ use natter_proto::ErrorCode;
 use super::{Identity, Service, WireError};
 use crate::auth::codes;
 use crate::auth::sms::SmsError;
-use crate::domain::{Event, Millis, Phone, SignInMethod};
+use crate::domain::{account, AccountOpened, Event, Millis, Phone, SignInMethod, UserId};
 use crate::store::auth_state::CodePurpose;
-use crate::store::{AppendError, ExpectedVersion, NewEvent, StreamAppend, StreamName};
+use crate::store::{AppendError, ExpectedVersion, NewEvent, StreamAppend, StreamName, UserRecord};
+use uuid::Uuid;
+
+/// The display name of an account made by a number with none given.
+const NO_NAME: &str = "natter user";
 
 const TEXTS_PER_NUMBER_PER_10_MIN: u32 = 3;
 const TEXTS_PER_NUMBER_PER_DAY: u32 = 10;
@@ -92,6 +96,45 @@ impl Service {
         Ok(Reply::CodeSent(wire::CodeSent { expires_in_ms: codes::CODE_TTL.as_millis() as u32 }))
     }
 
+    /// The account a number makes on its first sign-in (no email, no
+    /// password): or the one a sign-in racing this one made.
+    async fn open_phone_account(&self, phone: &Phone, display_name: &str) -> Result<UserRecord, WireError> {
+        let display_name = display_name.trim();
+        account::check_name("display_name", display_name)?;
+        let display_name = if display_name.is_empty() { NO_NAME } else { display_name };
+        let user_id = UserId(Uuid::new_v4());
+        let at = self.now();
+        let opened =
+            AccountOpened { user_id, display_name: display_name.to_owned(), email: None, email_verified: false, at };
+        let appends = vec![
+            StreamAppend::new(
+                StreamName::phone(phone),
+                ExpectedVersion::NoStream,
+                vec![NewEvent::fresh(Event::PhoneClaimed { user_id, at })],
+            ),
+            StreamAppend::new(
+                StreamName::user(user_id),
+                ExpectedVersion::NoStream,
+                vec![
+                    NewEvent::fresh(Event::AccountOpened(opened)),
+                    NewEvent::fresh(Event::PhoneAdded { user_id, phone: phone.clone(), at }),
+                ],
+            ),
+        ];
+        match self.store.append(appends).await {
+            Ok(_) => {
+                tracing::info!(%user_id, "account opened by a texted code");
+                self.user(user_id).await
+            }
+            Err(AppendError::WrongExpectedVersion { .. }) => self
+                .store
+                .user_by_phone(phone)
+                .await?
+                .ok_or_else(|| WireError::new(ErrorCode::CONFLICT, "the number was being claimed; try again")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A number may be added by an account without one, if no one else has it.
     async fn check_can_add(&self, me: &Identity, phone: &Phone) -> Result<(), WireError> {
         if let Some(owner) = self.store.user_by_phone(phone).await? {
@@ -119,6 +162,11 @@ impl Service {
         remote: std::net::IpAddr,
     ) -> Result<Verified, WireError> {
         let phone = Phone::parse(&req.phone)?;
+        if me.is_none() {
+            // Checked before the code, so a bad name does not spend it.
+            account::check_name("device_name", req.device_name.trim())?;
+            account::check_name("display_name", req.display_name.trim())?;
+        }
         let wrong_key = format!("sms-wrong:{phone}");
         let hour = Duration::from_secs(3600);
         let now = self.now();
@@ -145,12 +193,10 @@ impl Service {
         }
         match me {
             None => {
-                let user = self.store.user_by_phone(&phone).await?.ok_or_else(|| {
-                    WireError::new(
-                        ErrorCode::NOT_FOUND,
-                        "no account has this number: sign up with an email address, then add the number",
-                    )
-                })?;
+                let user = match self.store.user_by_phone(&phone).await? {
+                    Some(user) => user,
+                    None => self.open_phone_account(&phone, &req.display_name).await?,
+                };
                 let (token, identity) =
                     self.first_factor_passed(&user, &req.device_name, SignInMethod::Phone, remote).await?;
                 Ok(Verified::SignedIn(token, identity))

@@ -88,7 +88,7 @@ impl Service {
             let last_seen = if online || record.hide_last_seen { 0 } else { record.last_seen.map_or(0, |m| m.0) };
             out.push(wire::PresenceSignal {
                 user_id: record.user.to_string(),
-                email: info.email.to_string(),
+                email: super::convert::email_text(&info.email),
                 online,
                 last_seen_ms: last_seen,
             });
@@ -129,12 +129,12 @@ impl Service {
             Ephemeral::Typing { conversation, user, ttl_ms } => Kind::Typing(wire::TypingSignal {
                 conversation_id: conversation.to_string(),
                 user_id: user.to_string(),
-                email: self.user_info(*user).await?.email.to_string(),
+                email: super::convert::email_text(&self.user_info(*user).await?.email),
                 expires_in_ms: *ttl_ms,
             }),
             Ephemeral::Presence { user, online, last_seen } => Kind::Presence(wire::PresenceSignal {
                 user_id: user.to_string(),
-                email: self.user_info(*user).await?.email.to_string(),
+                email: super::convert::email_text(&self.user_info(*user).await?.email),
                 online: *online,
                 last_seen_ms: last_seen.map_or(0, |m| m.0),
             }),

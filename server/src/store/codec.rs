@@ -8,8 +8,8 @@ use prost::Message;
 use uuid::Uuid;
 
 use crate::domain::{
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, MessageSent, Millis, Phone, Role, Seq,
-    SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
+    AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
+    MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -142,6 +142,35 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::PhoneAdded { user_id: user_id.to_string(), phone: phone.as_str().to_owned(), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::AccountOpened(a) => pb::AccountOpened {
+            user_id: a.user_id.to_string(),
+            display_name: a.display_name.clone(),
+            email: a.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
+            email_verified: a.email_verified,
+            at_ms: a.at.0,
+        }
+        .encode_to_vec(),
+        Event::IdentityClaimed { user_id, at } => {
+            pb::IdentityClaimed { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::IdentityReleased { user_id, at } => {
+            pb::IdentityReleased { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::IdentityLinked { user_id, identity, at } => pb::IdentityLinked {
+            user_id: user_id.to_string(),
+            provider: identity.provider.as_str().to_owned(),
+            subject: identity.subject.clone(),
+            email: identity.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::IdentityUnlinked { user_id, provider, subject, at } => pb::IdentityUnlinked {
+            user_id: user_id.to_string(),
+            provider: provider.as_str().to_owned(),
+            subject: subject.clone(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
         Event::PrivacyChanged { user_id, hide_last_seen, at } => {
             pb::PrivacyChanged { user_id: user_id.to_string(), hide_last_seen: *hide_last_seen, at_ms: at.0 }
                 .encode_to_vec()
@@ -392,6 +421,45 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "AccountOpened" => {
+            let e = pb::AccountOpened::decode(payload).map_err(bad)?;
+            Event::AccountOpened(AccountOpened {
+                user_id: UserId(uuid(&e.user_id)?),
+                display_name: e.display_name,
+                email: optional_email(e.email),
+                email_verified: e.email_verified,
+                at: Millis(e.at_ms),
+            })
+        }
+        "IdentityClaimed" => {
+            let e = pb::IdentityClaimed::decode(payload).map_err(bad)?;
+            Event::IdentityClaimed { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
+        }
+        "IdentityReleased" => {
+            let e = pb::IdentityReleased::decode(payload).map_err(bad)?;
+            Event::IdentityReleased { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
+        }
+        "IdentityLinked" => {
+            let e = pb::IdentityLinked::decode(payload).map_err(bad)?;
+            Event::IdentityLinked {
+                user_id: UserId(uuid(&e.user_id)?),
+                identity: ExternalIdentity {
+                    provider: provider(&e.provider)?,
+                    subject: e.subject,
+                    email: optional_email(e.email),
+                },
+                at: Millis(e.at_ms),
+            }
+        }
+        "IdentityUnlinked" => {
+            let e = pb::IdentityUnlinked::decode(payload).map_err(bad)?;
+            Event::IdentityUnlinked {
+                user_id: UserId(uuid(&e.user_id)?),
+                provider: provider(&e.provider)?,
+                subject: e.subject,
+                at: Millis(e.at_ms),
+            }
+        }
         "PrivacyChanged" => {
             let e = pb::PrivacyChanged::decode(payload).map_err(bad)?;
             Event::PrivacyChanged {
@@ -402,6 +470,14 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
         }
         other => return Err(format!("unknown event type {other:?}")),
     })
+}
+
+fn optional_email(s: String) -> Option<Email> {
+    (!s.is_empty()).then(|| Email::from_normalized(s))
+}
+
+fn provider(s: &str) -> Result<IdentityProvider, String> {
+    IdentityProvider::parse(s).ok_or_else(|| format!("unknown identity provider {s:?}"))
 }
 
 fn uuid(s: &str) -> Result<Uuid, String> {
@@ -486,6 +562,42 @@ mod tests {
             Event::TotpDisabled { user_id: u, at: Millis(22) },
             Event::PhoneClaimed { user_id: u, at: Millis(23) },
             Event::PhoneAdded { user_id: u, phone: Phone::parse("+49 151 23456789").unwrap(), at: Millis(24) },
+            Event::AccountOpened(AccountOpened {
+                user_id: v,
+                display_name: "Vee".into(),
+                email: None,
+                email_verified: false,
+                at: Millis(25),
+            }),
+            Event::AccountOpened(AccountOpened {
+                user_id: u,
+                display_name: "You".into(),
+                email: Some(Email::parse("u@example.org").unwrap()),
+                email_verified: true,
+                at: Millis(26),
+            }),
+            Event::IdentityClaimed { user_id: u, at: Millis(27) },
+            Event::IdentityReleased { user_id: u, at: Millis(28) },
+            Event::IdentityLinked {
+                user_id: u,
+                identity: ExternalIdentity {
+                    provider: IdentityProvider::GitHub,
+                    subject: "583231".into(),
+                    email: Some(Email::parse("u@example.org").unwrap()),
+                },
+                at: Millis(29),
+            },
+            Event::IdentityLinked {
+                user_id: v,
+                identity: ExternalIdentity { provider: IdentityProvider::Google, subject: "1087".into(), email: None },
+                at: Millis(30),
+            },
+            Event::IdentityUnlinked {
+                user_id: u,
+                provider: IdentityProvider::GitHub,
+                subject: "583231".into(),
+                at: Millis(31),
+            },
         ]
     }
 

@@ -41,6 +41,10 @@ impl StreamName {
     pub fn phone(phone: &crate::domain::Phone) -> Self {
         Self(format!("phone:{phone}"))
     }
+    /// Who holds a Google or GitHub identity.
+    pub fn identity(provider: crate::domain::IdentityProvider, subject: &str) -> Self {
+        Self(format!("identity:{}:{subject}", provider.as_str()))
+    }
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
     }
@@ -250,9 +254,12 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub user_id: UserId,
-    pub email: Email,
+    /// None for an account made by a texted code.
+    pub email: Option<Email>,
     pub display_name: String,
-    pub password_hash: String,
+    /// None for an account made without a password (phone, Google, GitHub)
+    /// until a password reset sets one.
+    pub password_hash: Option<String>,
     pub created_at: Millis,
     /// Set once the user proved they receive mail there (`EmailVerified`).
     pub email_verified: bool,
@@ -260,6 +267,36 @@ pub struct UserRecord {
     pub totp_sealed_secret: Option<Vec<u8>>,
     /// A number the user proved (`PhoneAdded`), for signing in by text.
     pub phone: Option<crate::domain::Phone>,
+}
+
+/// A Google or GitHub identity an account may sign in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub provider: crate::domain::IdentityProvider,
+    pub subject: String,
+    pub email: Option<Email>,
+    pub linked_at: Millis,
+}
+
+/// The account holding an identity (`$1` provider, `$2` subject).
+pub(crate) const SELECT_IDENTITY_OWNER: &str = "SELECT user_id FROM identities WHERE provider = $1 AND subject = $2";
+/// A user's identities (`$1`), by provider.
+pub(crate) const SELECT_IDENTITIES_OF: &str =
+    "SELECT provider, subject, email, linked_at_ms FROM identities WHERE user_id = $1 ORDER BY provider, subject";
+
+pub(crate) fn identity_record(
+    provider: &str,
+    subject: String,
+    email: Option<String>,
+    linked_at: i64,
+) -> Result<IdentityRecord, StoreError> {
+    Ok(IdentityRecord {
+        provider: crate::domain::IdentityProvider::parse(provider)
+            .ok_or_else(|| StoreError::Database(format!("stored identity provider {provider:?}")))?,
+        subject,
+        email: email.map(Email::from_normalized),
+        linked_at: Millis(linked_at as u64),
+    })
 }
 
 /// A session (one per device login).
@@ -367,6 +404,7 @@ pub(crate) const READ_MODELS: &[&str] = &[
     "users",
     "sessions",
     "recovery_codes",
+    "identities",
     "conversations",
     "members",
     "messages",
@@ -527,6 +565,14 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError>;
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
     /// A user's sessions that are not revoked, oldest first.
+    /// The account a Google or GitHub identity signs in to.
+    async fn user_by_identity(
+        &self,
+        provider: crate::domain::IdentityProvider,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// The identities linked to an account.
+    async fn identities_of(&self, user: UserId) -> Result<Vec<IdentityRecord>, StoreError>;
     async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;
     /// Whether `code_hash` is one of the user's recovery codes, not yet used.
     async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError>;

@@ -36,10 +36,11 @@ use uuid::Uuid;
 mod write;
 
 use super::{
-    codec, device_session, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook, CommitStats, CommittedBatch,
-    CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, Membership, MessageRecord, Position,
-    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
-    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
+    codec, device_session, identity_record, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook,
+    CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord,
+    Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
+    StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF,
+    SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -50,6 +51,7 @@ use crate::domain::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_account_security.sql")),
+    (3, include_str!("../../migrations/postgres/0003_identities.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -824,7 +826,7 @@ const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, c
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         user_id: UserId(parse_uuid(row.get(0))?),
-        email: Email::from_normalized(row.get::<_, String>(1)),
+        email: row.get::<_, Option<String>>(1).map(Email::from_normalized),
         display_name: row.get(2),
         password_hash: row.get(3),
         created_at: Millis(row.get::<_, i64>(4) as u64),
@@ -1006,6 +1008,27 @@ impl Store for PostgresStore {
         self.read(|conn| async move {
             let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE phone = $1"), &[&phone.as_str()]).await?;
             rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn user_by_identity(
+        &self,
+        provider: crate::domain::IdentityProvider,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.read(|conn| async move {
+            let sql = format!("{SELECT_USER} WHERE user_id = ({SELECT_IDENTITY_OWNER})");
+            let rows = cached_query(&conn, &sql, &[&provider.as_str(), &subject]).await?;
+            rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn identities_of(&self, user: UserId) -> Result<Vec<IdentityRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_IDENTITIES_OF, &[&user.to_string()]).await?;
+            rows.iter().map(|r| identity_record(r.get(0), r.get(1), r.get(2), r.get::<_, i64>(3))).collect()
         })
         .await
     }

@@ -18,10 +18,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use super::{
-    check_distinct_streams, codec, device_session, kind_to_str, role_from_str, role_to_str, AppendError, AppendOutcome,
-    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage,
-    Membership, MessageRecord, Position, Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord,
-    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
+    check_distinct_streams, codec, device_session, identity_record, kind_to_str, role_from_str, role_to_str,
+    AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary,
+    DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position, Precondition,
+    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
+    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
     SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use crate::domain::{
@@ -36,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/sqlite/0003_presence.sql")),
     (4, include_str!("../../migrations/sqlite/0004_group_changed.sql")),
     (5, include_str!("../../migrations/sqlite/0005_account_security.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_identities.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -513,6 +515,39 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             .execute(params![u.user_id.to_string(), u.email.as_str(), u.display_name, u.password_hash, u.at.0 as i64])?;
             return Ok(Vec::new());
         }
+        Event::AccountOpened(a) => {
+            conn.prepare_cached(
+                "INSERT INTO users (user_id, email, display_name, created_at_ms, email_verified_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                a.user_id.to_string(),
+                a.email.as_ref().map(Email::as_str),
+                a.display_name,
+                a.at.0 as i64,
+                a.email_verified.then_some(a.at.0 as i64)
+            ])?;
+            return Ok(Vec::new());
+        }
+        Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } => return Ok(Vec::new()),
+        Event::IdentityLinked { user_id, identity, at } => {
+            conn.prepare_cached(
+                "INSERT INTO identities (provider, subject, user_id, email, linked_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                identity.provider.as_str(),
+                identity.subject,
+                user_id.to_string(),
+                identity.email.as_ref().map(Email::as_str),
+                at.0 as i64
+            ])?;
+            return Ok(Vec::new());
+        }
+        Event::IdentityUnlinked { user_id, provider, subject, .. } => {
+            conn.prepare_cached("DELETE FROM identities WHERE provider = ?1 AND subject = ?2 AND user_id = ?3")?
+                .execute(params![provider.as_str(), subject, user_id.to_string()])?;
+            return Ok(Vec::new());
+        }
         Event::EmailClaimed { .. } => return Ok(Vec::new()),
         Event::SessionStarted(s) => {
             conn.prepare_cached(
@@ -938,7 +973,7 @@ fn collect_messages(
     Ok(out)
 }
 
-type UserRow = (String, String, String, String, i64, bool, Option<Vec<u8>>, Option<String>);
+type UserRow = (String, Option<String>, String, Option<String>, i64, bool, Option<Vec<u8>>, Option<String>);
 
 fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?))
@@ -947,7 +982,7 @@ fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
 fn user_record((id, email, name, hash, created, verified, totp, phone): UserRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
         user_id: UserId(parse_uuid(&id)?),
-        email: Email::from_normalized(email),
+        email: email.map(Email::from_normalized),
         display_name: name,
         password_hash: hash,
         created_at: Millis(created as u64),
@@ -1044,6 +1079,43 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(user_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn user_by_identity(
+        &self,
+        provider: crate::domain::IdentityProvider,
+        subject: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let subject = subject.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("{SELECT_USER} WHERE user_id = ({SELECT_IDENTITY_OWNER})"))?
+                .query_row(params![provider.as_str(), subject], row_to_user)
+                .optional()?
+                .map(user_record)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn identities_of(&self, user: UserId) -> Result<Vec<IdentityRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT_IDENTITIES_OF)?;
+            let rows = stmt.query_map([user.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (provider, subject, email, at) = row?;
+                out.push(identity_record(&provider, subject, email, at)?);
+            }
+            Ok(out)
         })
         .await
     }

@@ -16,7 +16,6 @@ mod twilio;
 mod twilio_verify;
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -292,7 +291,14 @@ impl SmsConfig {
             (Some(token), None) if token.trim().is_empty() => return Err("sms.auth_token is empty".into()),
             _ => {}
         }
-        validate_base_url(self.base_url(), self.allow_http_loopback)
+        crate::auth::http::validate_url(
+            "sms",
+            "base_url",
+            self.base_url(),
+            self.allow_http_loopback,
+            "sms.account_sid and sms.auth_token_file",
+            false,
+        )
     }
 }
 
@@ -308,43 +314,6 @@ fn check_sid(key: &str, sid: &str, prefix: &str) -> Result<(), String> {
     }
 }
 
-/// `https://host[:port][/path]`, or `http://` to a loopback address when
-/// allowed; no credentials, query or fragment.
-fn validate_base_url(base: &str, allow_http_loopback: bool) -> Result<(), String> {
-    let url = reqwest::Url::parse(base).map_err(|e| format!("sms.base_url {base:?} is not a URL: {e}"))?;
-    let host = match url.host_str() {
-        Some(host) if !host.is_empty() => host,
-        _ => return Err(format!("sms.base_url {base:?} has no host")),
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        // Not echoed: it may hold a secret.
-        return Err("sms.base_url must not carry credentials (set sms.account_sid and sms.auth_token_file)".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("sms.base_url {base:?} must not have a query or fragment"));
-    }
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback_host(host) && allow_http_loopback => Ok(()),
-        "http" if is_loopback_host(host) => Err(format!(
-            "sms.base_url {base:?} is plain http: allowed to a loopback address only with \
-             sms.allow_http_loopback = true (for tests); use https"
-        )),
-        "http" => Err(format!(
-            "sms.base_url {base:?} is plain http: use https (plain http is allowed only to a loopback \
-             address, with sms.allow_http_loopback)"
-        )),
-        other => Err(format!("sms.base_url {base:?}: the scheme must be https, not {other:?}")),
-    }
-}
-
-/// `localhost`, or an address in 127.0.0.0/8 or `::1` (as `url` writes them).
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    host.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Whether `number` is written as E.164: `+`, then 2 to 15 digits, the first
 /// not 0. (Whether the number exists is the provider's to say.)
 pub fn is_e164(number: &str) -> bool {
@@ -353,54 +322,25 @@ pub fn is_e164(number: &str) -> bool {
     })
 }
 
-/// The HTTPS client natter's outgoing requests share: rustls with the ring
-/// provider and Mozilla's roots (never a process-wide default), TLS 1.2 and
-/// 1.3, HTTP/1.1, `timeout` for the whole request, no redirects (a request
-/// carrying credentials goes only where it was addressed). Proxies named by
-/// `HTTPS_PROXY`/`NO_PROXY` are honoured.
-///
-/// # Errors
-/// Only if TLS cannot be set up (ring supports every version asked for, so in
-/// practice never).
+/// The HTTPS client of the Twilio providers (`auth::http::client`).
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, SmsConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SmsConfigError::HttpClient(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("natter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| SmsConfigError::HttpClient(e.to_string()))
+    crate::auth::http::client(timeout).map_err(SmsConfigError::HttpClient)
 }
 
-/// The auth token: `auth_token`, or the file's content with one trailing line
-/// break (as `echo` writes it) removed.
+/// The auth token: `auth_token`, or the file's content.
 fn read_token(config: &SmsConfig) -> Result<String, SmsConfigError> {
-    let token = match (&config.auth_token, &config.auth_token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| SmsConfigError::TokenFile { path: path.to_owned(), source })?;
-            text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned()
+    crate::auth::http::read_secret(
+        "sms",
+        ("auth_token", config.auth_token.as_ref()),
+        ("auth_token_file", config.auth_token_file.as_deref()),
+    )
+    .map_err(|e| match e {
+        crate::auth::http::SecretError::File { path, source, .. } => SmsConfigError::TokenFile { path, source },
+        crate::auth::http::SecretError::Missing(_) => {
+            SmsConfigError::Invalid("a Twilio sms.provider needs an auth token".into())
         }
-        (None, None) => return Err(SmsConfigError::Invalid("a Twilio sms.provider needs an auth token".into())),
-    };
-    if token.trim().is_empty() {
-        let from = match &config.auth_token_file {
-            Some(path) if config.auth_token.is_none() => format!("sms.auth_token_file {}", path.display()),
-            _ => "sms.auth_token".into(),
-        };
-        return Err(SmsConfigError::Invalid(format!("{from} is empty")));
-    }
-    Ok(token)
+        e @ crate::auth::http::SecretError::Empty(_) => SmsConfigError::Invalid(e.to_string()),
+    })
 }
 
 /// The backend `config` names, built once (the token file is read here).

@@ -314,6 +314,41 @@ impl Plan {
                 return (None, None);
             }
             Event::EmailClaimed { .. } => return (None, None),
+            Event::AccountOpened(a) => {
+                self.push(
+                    "INSERT INTO users (user_id, email, display_name, created_at_ms, email_verified_at_ms)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        p(a.user_id.to_string()),
+                        p(a.email.as_ref().map(|e| e.as_str().to_owned())),
+                        p(a.display_name.clone()),
+                        p(a.at.0 as i64),
+                        p(a.email_verified.then_some(a.at.0 as i64)),
+                    ],
+                );
+                return (None, None);
+            }
+            Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } => return (None, None),
+            Event::IdentityLinked { user_id, identity, at } => {
+                self.push(
+                    "INSERT INTO identities (provider, subject, user_id, email, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
+                    vec![
+                        p(identity.provider.as_str()),
+                        p(identity.subject.clone()),
+                        p(user_id.to_string()),
+                        p(identity.email.as_ref().map(|e| e.as_str().to_owned())),
+                        p(at.0 as i64),
+                    ],
+                );
+                return (None, None);
+            }
+            Event::IdentityUnlinked { user_id, provider, subject, .. } => {
+                self.push(
+                    "DELETE FROM identities WHERE provider = $1 AND subject = $2 AND user_id = $3",
+                    vec![p(provider.as_str()), p(subject.clone()), p(user_id.to_string())],
+                );
+                return (None, None);
+            }
             Event::SessionStarted(s) => {
                 self.push(
                     "INSERT INTO sessions (token_hash, user_id, device_id, device_name, created_at_ms, method)
