@@ -550,4 +550,27 @@ mod tests {
         assert_eq!(c.store.backend, StoreBackend::Postgres);
         assert_eq!(c.store.url.as_deref(), Some("postgres://natter@127.0.0.1/natter"));
     }
+
+    #[test]
+    fn sign_in_providers_from_the_environment_and_secrets_stay_out_of_errors() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("NATTER_GOOGLE_CLIENT_ID", "1234.apps.googleusercontent.com"),
+                ("NATTER_GOOGLE_CLIENT_SECRET_FILE", "/etc/natter/google-secret"),
+                ("NATTER_GITHUB_CLIENT_ID", "Iv1.abc"),
+                ("NATTER_GITHUB_API_BASE", "https://github.example.org/api/v3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.google.client_id.as_deref(), Some("1234.apps.googleusercontent.com"));
+        assert_eq!(c.google.client_secret_file.as_deref(), Some(std::path::Path::new("/etc/natter/google-secret")));
+        assert_eq!(c.google.issuer, "https://accounts.google.com");
+        assert_eq!(c.github.api_base, "https://github.example.org/api/v3");
+        let e =
+            Config::load(None, env(&[("NATTER_GITHUB_CLIENT_SECRET", "s3cret"), ("NATTER_GITHUB_TIMEOUT_MS", "x")]))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("NATTER_GITHUB_TIMEOUT_MS") && !e.contains("s3cret"), "{e}");
+    }
 }

@@ -269,7 +269,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
         },
-        session::Security { auth_state, server_key, mailer, sms, oauth },
+        session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
@@ -279,6 +279,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let endpoint = transport::endpoint(identity, config.listen, &transport_config)?;
     let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
+    tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         // Held until the log is closed: one natterd per data directory.
@@ -292,4 +293,26 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tracing::info!("natterd stopped");
     });
     Ok(RunningServer { local_addr, fingerprint, cert_path, metrics_addr, shutdown, task })
+}
+
+/// Drops the short-lived auth state that can no longer matter (expired codes
+/// and challenges, old counters) at start and every 10 minutes, until shutdown.
+/// Every node does it; the deletes are idempotent.
+async fn sweep_auth_state(state: Arc<dyn store::auth_state::AuthState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                match state.sweep(domain::Millis(now)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "expired auth state swept"),
+                    Err(e) => tracing::warn!(error = %e, "expired auth state not swept"),
+                }
+            }
+        }
+    }
 }

@@ -812,3 +812,77 @@ async fn a_phone_is_added_and_then_signs_in_with_a_texted_code() {
     let err = run_fail(cmd(&server, &phone, &["login", "--phone", "0151 2345", "--code-stdin"]), "").await;
     assert!(err.contains("INVALID_PHONE") && err.contains("country code"), "{err}");
 }
+
+/// Runs a `natter` command that signs in with a provider: reads the page it
+/// prints, approves it like a browser would, and returns what it printed.
+async fn with_browser(mut c: Command, provider: &str) -> (String, String) {
+    c.env("NATTER_NO_BROWSER", "1");
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn natter");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let prefix = format!("open this page to sign in with {provider}: ");
+    let mut before = String::new();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), stderr.next_line())
+            .await
+            .expect("natter prints the page")
+            .unwrap()
+            .unwrap_or_else(|| panic!("natter ended without a page: {before}"));
+        if let Some(url) = line.strip_prefix(&prefix) {
+            break url.to_owned();
+        }
+        before.push_str(&line);
+        before.push('\n');
+    };
+    natter_tests::oidc_provider::browse(&url).await.expect("the loopback listener answered the browser");
+    let mut rest = String::new();
+    let mut err = stderr.into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        err.read_to_string(&mut rest).await.unwrap();
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("natter finishes");
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(status.success(), "natter failed: {before}{rest}\n{out}");
+    (out, format!("{before}{rest}"))
+}
+
+#[tokio::test]
+async fn natter_signs_in_with_google_links_github_and_unlinks_while_another_way_remains() {
+    use natter_tests::github_fake::GithubFake;
+    use natter_tests::oidc_provider::{OidcProvider, OidcUser};
+    let idp = OidcProvider::start(crate::oauth::CLIENT_ID, crate::oauth::CLIENT_SECRET).await;
+    let hub = GithubFake::start(crate::oauth::CLIENT_ID, crate::oauth::CLIENT_SECRET).await;
+    let (google, github) = (crate::oauth::google_config(&idp), crate::oauth::github_config(&hub));
+    let server = TestServer::start_with(move |c| {
+        c.google = google;
+        c.github = github;
+    })
+    .await;
+    idp.set_user(OidcUser {
+        sub: "4711".into(),
+        email: "erin@example.com".into(),
+        name: "Erin".into(),
+        email_verified: true,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path();
+    let (out, err) = with_browser(cmd(&server, profile, &["login", "--google"]), "Google").await;
+    assert!(format!("{out}{err}").contains("erin@example.com"), "{out}{err}");
+    // The profile keeps the session.
+    let sessions = run(cmd(&server, profile, &["sessions"]), "").await;
+    assert!(sessions.contains("google"), "{sessions}");
+    with_browser(cmd(&server, profile, &["link", "--github"]), "GitHub").await;
+    let linked = run(cmd(&server, profile, &["identities"]), "").await;
+    assert!(linked.contains("google") && linked.contains("github") && linked.contains("erin@example.com"), "{linked}");
+    run(cmd(&server, profile, &["unlink", "--google"]), "").await;
+    let e = run_fail(cmd(&server, profile, &["unlink", "--github"]), "").await;
+    assert!(e.contains("only way"), "{e}");
+    // Not configured for Google any more? The message says where to look.
+    let other = TestServer::start().await;
+    let e = run_fail(cmd(&other, &dir.path().join("p2"), &["login", "--google"]), "").await;
+    assert!(e.contains("no Google sign-in configured") && e.contains("README"), "{e}");
+}

@@ -17,11 +17,11 @@ use natter_tests::github_fake::{GithubEmail, GithubFake, GithubUser};
 use natter_tests::oidc_provider::{browse, OidcProvider, OidcUser, Tamper};
 use natter_tests::{TestServer, PASSWORD};
 
-const CLIENT_ID: &str = "natter-test.apps.example.org";
-const CLIENT_SECRET: &str = "GOCSPX-test-secret-never-logged";
+pub(crate) const CLIENT_ID: &str = "natter-test.apps.example.org";
+pub(crate) const CLIENT_SECRET: &str = "GOCSPX-test-secret-never-logged";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn google_config(provider: &OidcProvider) -> GoogleConfig {
+pub(crate) fn google_config(provider: &OidcProvider) -> GoogleConfig {
     GoogleConfig {
         client_id: Some(CLIENT_ID.into()),
         client_secret: Some(CLIENT_SECRET.into()),
@@ -31,7 +31,7 @@ fn google_config(provider: &OidcProvider) -> GoogleConfig {
     }
 }
 
-fn github_config(fake: &GithubFake) -> GithubConfig {
+pub(crate) fn github_config(fake: &GithubFake) -> GithubConfig {
     GithubConfig {
         client_id: Some(CLIENT_ID.into()),
         client_secret: Some(CLIENT_SECRET.into()),

@@ -1034,6 +1034,22 @@ async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {
     assert!(one.check_key_id("key-1").await.unwrap());
     assert!(two.check_key_id("key-1").await.unwrap());
     assert!(!two.check_key_id("key-2").await.unwrap(), "another key is refused");
+
+    // A sweep drops what can no longer matter, and nothing else.
+    let later = Millis(now.0 + 3 * 86_400_000);
+    one.put_code(purpose, "old@example.org", [1; 32], Millis(later.0 - 1), 3).await.unwrap();
+    one.put_code(purpose, "new@example.org", [1; 32], Millis(later.0 + 300_000), 3).await.unwrap();
+    one.put_challenge([5; 32], &pending, Millis(later.0 - 1), 3).await.unwrap();
+    one.put_challenge([6; 32], &pending, Millis(later.0 + 300_000), 3).await.unwrap();
+    one.hit("recent", window, Millis(later.0 - 60_000)).await.unwrap();
+    let swept = two.sweep(later).await.unwrap();
+    assert_eq!(swept, 4, "the old code, the old challenge, the two counters of the first day");
+    assert_eq!(one.check_code(purpose, "new@example.org", [1; 32], later).await.unwrap(), CodeCheck::Accepted);
+    assert_eq!(one.challenge([6; 32], later).await.unwrap(), Some(pending.clone()));
+    assert_eq!(one.hits("recent", window, Millis(later.0 - 60_000)).await.unwrap(), 1, "a recent counter stays");
+    assert_eq!(one.hits("k", window, Millis(now.0 + 600_000)).await.unwrap(), 0, "an old one went");
+    assert_eq!(two.sweep(later).await.unwrap(), 0, "nothing left to sweep");
+    assert!(one.check_key_id("key-1").await.unwrap(), "the key's id is never swept");
 }
 
 async fn rebuild_restores_every_answer(b: &Backend) {

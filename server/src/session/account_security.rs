@@ -152,9 +152,23 @@ impl Service {
         let now = self.now();
         let count = self.security.auth_state.hit(&key, window, now).await?;
         if count > max {
-            let w = window.as_millis() as u64;
-            let wait = Duration::from_millis(w - now.0 % w);
-            return Err(WireError::rate_limited(what, wait));
+            return Err(WireError::rate_limited(what, until_next(window, now)));
+        }
+        Ok(())
+    }
+
+    /// Refuses while `key` has `max` hits in the current window (the hits
+    /// are counted elsewhere, after the fact: wrong codes, wrong factors).
+    pub(super) async fn refuse_while_over(
+        &self,
+        key: &str,
+        window: Duration,
+        max: u32,
+        what: &str,
+    ) -> Result<(), WireError> {
+        let now = self.now();
+        if self.security.auth_state.hits(key, window, now).await? >= max {
+            return Err(WireError::rate_limited(what, until_next(window, now)));
         }
         Ok(())
     }
@@ -202,12 +216,9 @@ impl Service {
         // Wrong factors are counted (after the fact); at the limit even a
         // right one waits for the window to pass.
         let failures = format!("mfa-failures:{}", user.user_id);
+        let what = "too many wrong second factors for this account";
+        self.refuse_while_over(&failures, MFA_WINDOW, MFA_ATTEMPTS_PER_WINDOW, what).await?;
         let now = self.now();
-        if self.security.auth_state.hits(&failures, MFA_WINDOW, now).await? >= MFA_ATTEMPTS_PER_WINDOW {
-            let w = MFA_WINDOW.as_millis() as u64;
-            let wait = Duration::from_millis(w - now.0 % w);
-            return Err(WireError::rate_limited("too many wrong second factors for this account", wait));
-        }
         let checked = self.check_factor(user, sealed, factor).await;
         if matches!(&checked, Err(e) if e.code == ErrorCode::CODE_INVALID) {
             self.security.auth_state.hit(&failures, MFA_WINDOW, now).await?;
@@ -567,6 +578,13 @@ impl Service {
         }
         Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email: email.as_str().to_owned() }))
     }
+}
+
+/// How long until the fixed window that `now` is in ends (counters are per
+/// window, so that is when a refused request succeeds).
+fn until_next(window: Duration, now: Millis) -> Duration {
+    let w = (window.as_millis() as u64).max(1);
+    Duration::from_millis(w - now.0 % w)
 }
 
 fn no_email() -> WireError {

@@ -169,12 +169,9 @@ impl Service {
         }
         let wrong_key = format!("sms-wrong:{phone}");
         let hour = Duration::from_secs(3600);
+        let what = "too many wrong codes for this number";
+        self.refuse_while_over(&wrong_key, hour, WRONG_CODES_PER_NUMBER_PER_HOUR, what).await?;
         let now = self.now();
-        if self.security.auth_state.hits(&wrong_key, hour, now).await? >= WRONG_CODES_PER_NUMBER_PER_HOUR {
-            let w = hour.as_millis() as u64;
-            let wait = Duration::from_millis(w - now.0 % w);
-            return Err(WireError::rate_limited("too many wrong codes for this number", wait));
-        }
         let checked = if self.security.sms.owns_code() {
             let (purpose, subject) = purpose(me, &phone);
             self.check_code(purpose, &subject, &req.code).await

@@ -132,7 +132,16 @@ pub trait AuthState: Send + Sync {
     /// Records `key_id` the first time; afterwards answers whether it is the
     /// one recorded (a different server key cannot open the sealed secrets).
     async fn check_key_id(&self, key_id: &str) -> Result<bool, StoreError>;
+
+    /// Forgets what can no longer matter at `now`: expired codes and
+    /// challenges, and counters whose window ended more than
+    /// [`COUNTER_RETENTION`] ago. Returns how many rows went.
+    async fn sweep(&self, now: Millis) -> Result<u64, StoreError>;
 }
+
+/// Counters outlive their window by this much before a sweep drops them
+/// (longer than the longest window, a day).
+pub const COUNTER_RETENTION: Duration = Duration::from_secs(2 * 86_400);
 
 /// The start of the fixed window of `window` that `now` falls into. Shared by
 /// both backends.

@@ -261,4 +261,15 @@ impl AuthState for PostgresAuthState {
         let row = conn.query_one("SELECT value FROM auth_meta WHERE key = 'server_key_id'", &[]).await?;
         Ok(row.get::<_, String>(0) == key_id)
     }
+
+    async fn sweep(&self, now: Millis) -> Result<u64, StoreError> {
+        let now = now.0 as i64;
+        let counters_before = now - super::COUNTER_RETENTION.as_millis() as i64;
+        let conn = self.conn().await?;
+        let codes = conn.execute("DELETE FROM auth_codes WHERE expires_at_ms <= $1", &[&now]).await?;
+        let challenges = conn.execute("DELETE FROM auth_challenges WHERE expires_at_ms <= $1", &[&now]).await?;
+        let counters =
+            conn.execute("DELETE FROM auth_counters WHERE window_start_ms < $1", &[&counters_before]).await?;
+        Ok(codes + challenges + counters)
+    }
 }

@@ -297,6 +297,18 @@ impl AuthState for SqliteAuthState {
         })
         .await
     }
+
+    async fn sweep(&self, now: Millis) -> Result<u64, StoreError> {
+        let now = now.0 as i64;
+        let counters_before = now - super::COUNTER_RETENTION.as_millis() as i64;
+        self.with(move |c| {
+            let codes = c.execute("DELETE FROM auth_codes WHERE expires_at_ms <= ?1", [now])?;
+            let challenges = c.execute("DELETE FROM auth_challenges WHERE expires_at_ms <= ?1", [now])?;
+            let counters = c.execute("DELETE FROM auth_counters WHERE window_start_ms < ?1", [counters_before])?;
+            Ok((codes + challenges + counters) as u64)
+        })
+        .await
+    }
 }
 
 pub(crate) fn pending(user: &str, device_name: String, method: &str) -> Result<PendingChallenge, StoreError> {
