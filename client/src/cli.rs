@@ -125,6 +125,9 @@ enum Command {
         #[arg(long)]
         code_stdin: bool,
     },
+    /// Take your phone number off your account (it no longer signs in); allowed
+    /// while another way of signing in remains.
+    RemovePhone,
     /// Prove your email address with the code natterd mailed to it at signup.
     VerifyEmail {
         /// Mail a new code first (the previous one stops working).
@@ -464,6 +467,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Unlink { provider } => cli.unlink(provider.provider()).await,
         Command::Identities => cli.identities().await,
         Command::AddPhone { phone, code_stdin } => cli.add_phone(&phone, code_stdin).await,
+        Command::RemovePhone => cli.remove_phone().await,
         Command::Logout => cli.logout().await,
         Command::VerifyEmail { resend, code_stdin } => cli.verify_email(resend, code_stdin).await,
         Command::Password(PasswordCommand::Change { password_stdin }) => cli.change_password(password_stdin).await,
@@ -679,6 +683,20 @@ impl Cli {
         if !remaining.is_empty() {
             print!("still linked:\n{}", identities_table(&remaining));
         }
+        Ok(())
+    }
+
+    async fn remove_phone(&mut self) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let removed = client.remove_phone().await.map_err(|e| match e.code() {
+            Some(natter_proto::ErrorCode::LAST_SIGN_IN_METHOD) => anyhow::anyhow!(
+                "the number is this account's only way to sign in: link Google or GitHub (`natter link`) first"
+            ),
+            Some(natter_proto::ErrorCode::NOT_FOUND) => anyhow::anyhow!("this account has no phone number"),
+            _ => e.into(),
+        })?;
+        client.close().await;
+        println!("{removed} is no longer on your account");
         Ok(())
     }
 

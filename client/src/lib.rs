@@ -628,6 +628,18 @@ impl Client {
         }
     }
 
+    /// Takes the number off the signed-in account; returns it (E.164).
+    ///
+    /// # Errors
+    /// `NOT_FOUND` without a number, `LAST_SIGN_IN_METHOD` when it is the only
+    /// way in.
+    pub async fn remove_phone(&self) -> Result<String, ClientError> {
+        match self.request(Body::RemovePhone(wire::RemovePhone {})).await? {
+            response::Result::PhoneRemoved(p) => Ok(p.phone),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// What this client needs to send a person to `provider` ([`oauth::begin`]);
     /// allowed before signing in.
     ///

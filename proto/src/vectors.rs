@@ -601,6 +601,16 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_remove_phone",
+            "Request 25: RemovePhone (an empty message)",
+            req(25, request::Body::RemovePhone(RemovePhone {})),
+        ),
+        (
+            "response_phone_removed",
+            "Response 25: the number is off the account",
+            resp(25, response::Result::PhoneRemoved(PhoneRemovedOk { phone: "+4915123456789".into() })),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

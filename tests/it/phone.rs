@@ -204,3 +204,32 @@ async fn with_twilio_verify_twilio_owns_the_code() {
     assert_eq!(again.sign_in_with_phone(E164, &code, "x", "").await.unwrap_err().code(), Some(ErrorCode::CODE_INVALID));
     let _ = PASSWORD;
 }
+
+#[tokio::test]
+async fn a_number_is_removed_while_another_way_remains_and_can_then_go_to_someone_else() {
+    let fake = TwilioFake::start().await;
+    let server = server_with_twilio(&fake).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    assert_eq!(alice.remove_phone().await.unwrap_err().code(), Some(ErrorCode::NOT_FOUND), "no number yet");
+    alice.start_phone(E164).await.unwrap();
+    let code = texted_code(&fake, E164, 0).await;
+    alice.add_phone(E164, &code).await.unwrap();
+
+    // Alice changes numbers: she takes it off (she has a password besides).
+    assert_eq!(alice.remove_phone().await.unwrap(), E164);
+    let signed_out = server.client().await;
+    signed_out.start_phone(E164).await.unwrap();
+    let code = texted_code(&fake, E164, 1).await;
+    // The number's new owner now signs in to an account of their own, not Alice's.
+    let (_, newcomer) = signed_out.sign_in_with_phone(E164, &code, "phone", "Nico").await.unwrap();
+    assert_ne!(newcomer.user_id, alice.identity().unwrap().user_id);
+    assert_eq!(newcomer.display_name, "Nico");
+    // Nico's only way in is the number: it stays.
+    let e = signed_out.remove_phone().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::LAST_SIGN_IN_METHOD), "{e}");
+    // And Alice cannot take it back while Nico has it.
+    assert_eq!(alice.start_phone(E164).await.unwrap_err().code(), Some(ErrorCode::PHONE_TAKEN));
+    // Signed out, there is nothing to remove.
+    let e = server.client().await.remove_phone().await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UNAUTHENTICATED));
+}

@@ -163,6 +163,17 @@ pub enum Event {
         phone: Phone,
         at: Millis,
     },
+    /// In the `phone:` stream: the holder took the number off their account.
+    PhoneReleased {
+        user_id: UserId,
+        at: Millis,
+    },
+    /// The number no longer signs in to the account.
+    PhoneRemoved {
+        user_id: UserId,
+        phone: Phone,
+        at: Millis,
+    },
     /// The first event of an account made without a password: by a texted
     /// code (no email) or by Google or GitHub (their verified email).
     AccountOpened(AccountOpened),
@@ -354,6 +365,8 @@ impl Event {
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             Event::PhoneClaimed { .. } => "PhoneClaimed",
             Event::PhoneAdded { .. } => "PhoneAdded",
+            Event::PhoneReleased { .. } => "PhoneReleased",
+            Event::PhoneRemoved { .. } => "PhoneRemoved",
             Event::AccountOpened(_) => "AccountOpened",
             Event::IdentityClaimed { .. } => "IdentityClaimed",
             Event::IdentityReleased { .. } => "IdentityReleased",
@@ -403,6 +416,8 @@ impl Event {
             | Event::RecoveryCodeUsed { .. }
             | Event::PhoneClaimed { .. }
             | Event::PhoneAdded { .. }
+            | Event::PhoneReleased { .. }
+            | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }

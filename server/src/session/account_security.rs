@@ -147,6 +147,55 @@ impl Service {
             .ok_or_else(|| StoreError::Database(format!("user {user} signed in but not in the read model")).into())
     }
 
+    /// The newest event of a stream, with its version.
+    pub(super) async fn last_event(&self, stream: &StreamName) -> Result<Option<(u64, Event)>, WireError> {
+        let mut last = None;
+        loop {
+            let after = last.as_ref().map_or(0, |(v, _)| *v);
+            let page = self.store.read_stream(stream, after, 1000).await?;
+            let full = page.len() == 1000;
+            if let Some(rec) = page.into_iter().last() {
+                last = Some((rec.version, rec.event));
+            }
+            if !full {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// How to claim a number's or an identity's stream (`phone:`,
+    /// `identity:`): it was never claimed, or its last holder released it.
+    /// `Err` with the holder while someone holds it.
+    pub(super) async fn claim_of(&self, stream: &StreamName) -> Result<Result<ExpectedVersion, UserId>, WireError> {
+        Ok(match self.last_event(stream).await? {
+            None => Ok(ExpectedVersion::NoStream),
+            Some((version, Event::IdentityReleased { .. } | Event::PhoneReleased { .. })) => {
+                Ok(ExpectedVersion::Exact(version))
+            }
+            Some((_, Event::IdentityClaimed { user_id, .. } | Event::PhoneClaimed { user_id, .. })) => Err(user_id),
+            Some((_, other)) => {
+                return Err(StoreError::Database(format!("{stream} holds an unexpected {}", other.type_name())).into())
+            }
+        })
+    }
+
+    /// The ways into an account, with the version of its stream they were
+    /// read at: a change that removes one appends at that version, so two
+    /// removals cannot both leave the other one as the last.
+    pub(super) async fn ways_in(&self, user: UserId) -> Result<(u64, Vec<WayIn>), WireError> {
+        let version = self.last_event(&StreamName::user(user)).await?.map_or(0, |(v, _)| v);
+        let record = self.user(user).await?;
+        let mut ways = Vec::new();
+        if record.password_hash.is_some() && record.email.is_some() {
+            ways.push(WayIn::Password);
+        }
+        if record.phone.is_some() {
+            ways.push(WayIn::Phone);
+        }
+        ways.extend(self.store.identities_of(user).await?.iter().map(|i| WayIn::Identity(i.provider)));
+        Ok((version, ways))
+    }
+
     /// Counts a hit against a limit shared by every node.
     pub(super) async fn limit(&self, key: String, window: Duration, max: u32, what: &str) -> Result<(), WireError> {
         let now = self.now();
@@ -578,6 +627,29 @@ impl Service {
         }
         Ok(Reply::EmailVerified(wire::EmailVerifiedOk { email: email.as_str().to_owned() }))
     }
+}
+
+/// A way of signing in to an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WayIn {
+    Password,
+    Phone,
+    Identity(crate::domain::IdentityProvider),
+}
+
+/// `LAST_SIGN_IN_METHOD` when `removing` is the only one of `ways` (`what`
+/// names it for people).
+pub(super) fn refuse_last_way(ways: &[WayIn], removing: WayIn, what: &str) -> Result<(), WireError> {
+    if ways.iter().any(|w| *w != removing) {
+        return Ok(());
+    }
+    Err(WireError::new(
+        ErrorCode::LAST_SIGN_IN_METHOD,
+        format!(
+            "{what} is this account's only way to sign in: add a phone number, link Google or GitHub, or set a \
+             password (password reset) first"
+        ),
+    ))
 }
 
 /// How long until the fixed window that `now` is in ends (counters are per

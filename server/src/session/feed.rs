@@ -216,6 +216,8 @@ impl FeedSource {
             | Event::RecoveryCodeUsed { .. }
             | Event::PhoneClaimed { .. }
             | Event::PhoneAdded { .. }
+            | Event::PhoneReleased { .. }
+            | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }

@@ -688,6 +688,7 @@ impl Service {
                 Body::LinkIdentity(req) => self.link_identity(&me, req).await,
                 Body::UnlinkIdentity(req) => self.unlink_identity(&me, req).await,
                 Body::ListIdentities(_) => self.list_identities(&me).await,
+                Body::RemovePhone(_) => self.remove_phone(&me).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };

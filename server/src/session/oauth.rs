@@ -12,9 +12,10 @@ use natter_proto::wire::{self, response::Result as Reply};
 use natter_proto::ErrorCode;
 use uuid::Uuid;
 
+use super::account_security::WayIn;
 use super::{Identity, Service, WireError};
 use crate::auth::oauth::{Grant, IdentityBackend, OAuthError, Provided};
-use crate::domain::{account, AccountOpened, Event, ExternalIdentity, IdentityProvider, UserId};
+use crate::domain::{account, AccountOpened, Event, IdentityProvider, UserId};
 use crate::store::{AppendError, ExpectedVersion, IdentityRecord, NewEvent, StreamAppend, StreamName, UserRecord};
 
 /// The display name of an account whose provider gave none.
@@ -97,41 +98,6 @@ impl Service {
         backend.identify(&grant).await.map_err(oauth_error)
     }
 
-    /// How to claim an identity's stream: it was never claimed, or its last
-    /// holder released it. `Err` with the holder when someone holds it.
-    async fn identity_claim(&self, identity: &ExternalIdentity) -> Result<Result<ExpectedVersion, UserId>, WireError> {
-        let stream = StreamName::identity(identity.provider, &identity.subject);
-        let last = self.last_event(&stream).await?;
-        Ok(match last {
-            None => Ok(ExpectedVersion::NoStream),
-            Some((version, Event::IdentityReleased { .. })) => Ok(ExpectedVersion::Exact(version)),
-            Some((_, Event::IdentityClaimed { user_id, .. })) => Err(user_id),
-            Some((_, other)) => {
-                return Err(crate::store::StoreError::Database(format!(
-                    "{stream} holds an unexpected {}",
-                    other.type_name()
-                ))
-                .into())
-            }
-        })
-    }
-
-    /// The newest event of a stream, with its version.
-    async fn last_event(&self, stream: &StreamName) -> Result<Option<(u64, Event)>, WireError> {
-        let mut last = None;
-        loop {
-            let after = last.as_ref().map_or(0, |(v, _)| *v);
-            let page = self.store.read_stream(stream, after, 1000).await?;
-            let full = page.len() == 1000;
-            if let Some(rec) = page.into_iter().last() {
-                last = Some((rec.version, rec.event));
-            }
-            if !full {
-                return Ok(last);
-            }
-        }
-    }
-
     pub(super) async fn oauth_login(
         &self,
         req: wire::OAuthLogin,
@@ -185,7 +151,9 @@ impl Service {
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(not_linked());
         }
-        let Ok(claim) = self.identity_claim(identity).await? else { return Ok(None) };
+        let Ok(claim) = self.claim_of(&StreamName::identity(identity.provider, &identity.subject)).await? else {
+            return Ok(None);
+        };
         let display_name = provided
             .display_name
             .as_deref()
@@ -249,7 +217,7 @@ impl Service {
             }
             return Err(super::invalid("provider", "another identity of this provider is linked: unlink it first"));
         }
-        let claim = match self.identity_claim(&identity).await? {
+        let claim = match self.claim_of(&StreamName::identity(identity.provider, &identity.subject)).await? {
             Ok(claim) => claim,
             Err(holder) if holder == me.user_id => {
                 return Err(WireError::new(ErrorCode::CONFLICT, "the identity is being linked; try again"))
@@ -285,26 +253,12 @@ impl Service {
     pub(super) async fn unlink_identity(&self, me: &Identity, req: wire::UnlinkIdentity) -> Result<Reply, WireError> {
         let provider = provider_of(req.provider)?;
         let user_stream = StreamName::user(me.user_id);
-        // The check and the change hold together: the account's stream must not
-        // change in between (another unlink could remove the other way in).
-        let version = self.last_event(&user_stream).await?.map_or(0, |(v, _)| v);
-        let user = self.user(me.user_id).await?;
+        let (version, ways) = self.ways_in(me.user_id).await?;
         let mine = self.store.identities_of(me.user_id).await?;
         let record = mine.iter().find(|r| r.provider == provider).ok_or_else(|| {
             WireError::new(ErrorCode::NOT_FOUND, format!("no {} identity is linked to this account", provider.title()))
         })?;
-        let password = user.password_hash.is_some() && user.email.is_some();
-        let others = mine.iter().filter(|r| r.provider != provider).count();
-        if !password && user.phone.is_none() && others == 0 {
-            return Err(WireError::new(
-                ErrorCode::LAST_SIGN_IN_METHOD,
-                format!(
-                    "{} is this account's only way to sign in: add a phone number, link another provider \
-                     or set a password (password reset) first",
-                    provider.title()
-                ),
-            ));
-        }
+        super::account_security::refuse_last_way(&ways, WayIn::Identity(provider), provider.title())?;
         let identity_stream = StreamName::identity(provider, &record.subject);
         let claimed = self.last_event(&identity_stream).await?.map_or(0, |(v, _)| v);
         let at = self.now();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use natter_proto::wire::{self, response::Result as Reply};
 use natter_proto::ErrorCode;
 
+use super::account_security::WayIn;
 use super::{Identity, Service, WireError};
 use crate::auth::codes;
 use crate::auth::sms::SmsError;
@@ -106,10 +107,16 @@ impl Service {
         let at = self.now();
         let opened =
             AccountOpened { user_id, display_name: display_name.to_owned(), email: None, email_verified: false, at };
+        let claim = match self.claim_of(&StreamName::phone(phone)).await? {
+            Ok(claim) => claim,
+            // Held by an account the read model did not show a moment ago:
+            // the append fails and the sign-in finds it.
+            Err(_) => ExpectedVersion::NoStream,
+        };
         let appends = vec![
             StreamAppend::new(
                 StreamName::phone(phone),
-                ExpectedVersion::NoStream,
+                claim,
                 vec![NewEvent::fresh(Event::PhoneClaimed { user_id, at })],
             ),
             StreamAppend::new(
@@ -200,9 +207,13 @@ impl Service {
             }
             Some(me) => {
                 self.check_can_add(me, &phone).await?;
+                let expected = match self.claim_of(&StreamName::phone(&phone)).await? {
+                    Ok(expected) => expected,
+                    Err(_) => return Err(WireError::new(ErrorCode::PHONE_TAKEN, "another account has this number")),
+                };
                 let claim = StreamAppend::new(
                     StreamName::phone(&phone),
-                    ExpectedVersion::NoStream,
+                    expected,
                     vec![NewEvent::fresh(Event::PhoneClaimed { user_id: me.user_id, at: now })],
                 );
                 let added = StreamAppend::new(
@@ -218,6 +229,39 @@ impl Service {
                     Err(e) => Err(e.into()),
                 }
             }
+        }
+    }
+
+    /// Takes the number off the caller's account, while another way in remains.
+    pub(super) async fn remove_phone(&self, me: &Identity) -> Result<Reply, WireError> {
+        let (version, ways) = self.ways_in(me.user_id).await?;
+        let phone = self
+            .user(me.user_id)
+            .await?
+            .phone
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "this account has no phone number"))?;
+        super::account_security::refuse_last_way(&ways, WayIn::Phone, "the phone number")?;
+        let phone_stream = StreamName::phone(&phone);
+        let held = self.last_event(&phone_stream).await?.map_or(0, |(v, _)| v);
+        let at = self.now();
+        let appends = vec![
+            StreamAppend::new(
+                phone_stream,
+                ExpectedVersion::Exact(held),
+                vec![NewEvent::fresh(Event::PhoneReleased { user_id: me.user_id, at })],
+            ),
+            StreamAppend::new(
+                StreamName::user(me.user_id),
+                ExpectedVersion::Exact(version),
+                vec![NewEvent::fresh(Event::PhoneRemoved { user_id: me.user_id, phone: phone.clone(), at })],
+            ),
+        ];
+        match self.store.append(appends).await {
+            Ok(_) => Ok(Reply::PhoneRemoved(wire::PhoneRemovedOk { phone: phone.to_string() })),
+            Err(AppendError::WrongExpectedVersion { .. }) => {
+                Err(WireError::new(ErrorCode::CONFLICT, "the account changed meanwhile; try again"))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -142,6 +142,13 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::PhoneAdded { user_id: user_id.to_string(), phone: phone.as_str().to_owned(), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::PhoneReleased { user_id, at } => {
+            pb::PhoneReleased { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::PhoneRemoved { user_id, phone, at } => {
+            pb::PhoneRemoved { user_id: user_id.to_string(), phone: phone.as_str().to_owned(), at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::AccountOpened(a) => pb::AccountOpened {
             user_id: a.user_id.to_string(),
             display_name: a.display_name.clone(),
@@ -421,6 +428,18 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "PhoneReleased" => {
+            let e = pb::PhoneReleased::decode(payload).map_err(bad)?;
+            Event::PhoneReleased { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
+        }
+        "PhoneRemoved" => {
+            let e = pb::PhoneRemoved::decode(payload).map_err(bad)?;
+            Event::PhoneRemoved {
+                user_id: UserId(uuid(&e.user_id)?),
+                phone: Phone::from_normalized(e.phone),
+                at: Millis(e.at_ms),
+            }
+        }
         "AccountOpened" => {
             let e = pb::AccountOpened::decode(payload).map_err(bad)?;
             Event::AccountOpened(AccountOpened {
@@ -576,6 +595,8 @@ mod tests {
                 email_verified: true,
                 at: Millis(26),
             }),
+            Event::PhoneReleased { user_id: u, at: Millis(32) },
+            Event::PhoneRemoved { user_id: u, phone: Phone::parse("+49 151 23456789").unwrap(), at: Millis(33) },
             Event::IdentityClaimed { user_id: u, at: Millis(27) },
             Event::IdentityReleased { user_id: u, at: Millis(28) },
             Event::IdentityLinked {

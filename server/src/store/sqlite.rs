@@ -529,7 +529,14 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             ])?;
             return Ok(Vec::new());
         }
-        Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } => return Ok(Vec::new()),
+        Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } | Event::PhoneReleased { .. } => {
+            return Ok(Vec::new())
+        }
+        Event::PhoneRemoved { user_id, phone, .. } => {
+            conn.prepare_cached("UPDATE users SET phone = NULL WHERE user_id = ?1 AND phone = ?2")?
+                .execute(params![user_id.to_string(), phone.as_str()])?;
+            return Ok(Vec::new());
+        }
         Event::IdentityLinked { user_id, identity, at } => {
             conn.prepare_cached(
                 "INSERT INTO identities (provider, subject, user_id, email, linked_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -403,6 +403,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::LinkIdentity(_) => "link_identity",
         Body::UnlinkIdentity(_) => "unlink_identity",
         Body::ListIdentities(_) => "list_identities",
+        Body::RemovePhone(_) => "remove_phone",
         Body::EnableTotp(_) => "enable_totp",
         Body::ConfirmTotp(_) => "confirm_totp",
         Body::DisableTotp(_) => "disable_totp",

@@ -328,7 +328,16 @@ impl Plan {
                 );
                 return (None, None);
             }
-            Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } => return (None, None),
+            Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } | Event::PhoneReleased { .. } => {
+                return (None, None)
+            }
+            Event::PhoneRemoved { user_id, phone, .. } => {
+                self.push(
+                    "UPDATE users SET phone = NULL WHERE user_id = $1 AND phone = $2",
+                    vec![p(user_id.to_string()), p(phone.as_str().to_owned())],
+                );
+                return (None, None);
+            }
             Event::IdentityLinked { user_id, identity, at } => {
                 self.push(
                     "INSERT INTO identities (provider, subject, user_id, email, linked_at_ms) VALUES ($1, $2, $3, $4, $5)",
