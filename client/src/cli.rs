@@ -161,6 +161,28 @@ enum Command {
         /// The message text (quote it when it has spaces).
         text: String,
     },
+    /// Send a file (a photo, a video, a PDF, …) into a conversation. An upload
+    /// cut off goes on where natterd has it when you run the same command again.
+    SendFile {
+        /// An email (direct message), a group name or a conversation id.
+        to: String,
+        /// The file to send.
+        path: PathBuf,
+        /// Text shown with the file.
+        #[arg(long, default_value = "")]
+        caption: String,
+    },
+    /// Save the file of a media message (its number, as `history` shows it).
+    /// A download cut off goes on from what is already saved.
+    Download {
+        /// An email (direct message), a group name or a conversation id.
+        conversation: String,
+        /// The message's number (#N in `history`).
+        seq: u64,
+        /// Where to save it (default: the file's name, in this directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Show the history of a conversation (email, group name or id). Groups
     /// you left or were removed from show their messages up to then.
     History {
@@ -479,6 +501,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Sessions { command: Some(SessionsCommand::Revoke { id }), .. } => cli.revoke_session(&id).await,
         Command::Sessions { command: None, .. } => cli.sessions().await,
         Command::Send { to, text } => cli.send(&to, &text).await,
+        Command::SendFile { to, path, caption } => cli.send_file(&to, &path, &caption).await,
+        Command::Download { conversation, seq, output } => cli.download(&conversation, seq, output).await,
         Command::History { conversation, limit } => cli.history(&conversation, limit).await,
         Command::Conversations => cli.conversations().await,
         Command::Read { conversation } => cli.read(&conversation).await,
@@ -908,6 +932,109 @@ impl Cli {
         let id = uuid::Uuid::new_v4().to_string();
         let sent = client.send_text(&conv.conversation_id, &id, text).await?;
         println!("sent #{} to {}", sent.seq, title(&conv, &self.me()));
+        client.close().await;
+        Ok(())
+    }
+
+    /// Where an unfinished upload of the file with this SHA-256 is noted, to
+    /// resume it: `<profile>/uploads/<sha256>`.
+    fn upload_note(&self, sha256: &[u8; 32]) -> PathBuf {
+        let hex: String = sha256.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("uploads").join(hex)
+    }
+
+    async fn send_file(&mut self, to: &str, path: &Path, caption: &str) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, to, Reach::Member, &self.me()).await?;
+        let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;
+        let (sha256, size) = crate::transfer::digest(&mut file).await?;
+        let file_name =
+            path.file_name().and_then(|n| n.to_str()).context("the file's name is not UTF-8: rename it")?.to_owned();
+        let note = self.upload_note(&sha256);
+        // An earlier try of this file for this conversation: go on with it.
+        let upload_id = std::fs::read_to_string(&note)
+            .ok()
+            .and_then(|t| t.split_once(' ').map(|(c, id)| (c.to_owned(), id.trim().to_owned())))
+            .filter(|(c, _)| *c == conv.conversation_id)
+            .map(|(_, id)| id);
+        let spec = crate::transfer::UploadSpec {
+            conversation_id: conv.conversation_id.clone(),
+            file_name,
+            size,
+            sha256,
+            upload_id,
+        };
+        let bar = progress_bar(size, "sending");
+        let uploaded = client.upload(&spec, &mut file, |n| bar.set_position(n)).await;
+        bar.finish();
+        let media = match uploaded {
+            Ok(media) => media,
+            Err(e) => {
+                if let Some(id) = &e.upload_id {
+                    std::fs::create_dir_all(note.parent().expect("a parent"))?;
+                    std::fs::write(&note, format!("{} {id}\n", conv.conversation_id))?;
+                    if !matches!(e.error, ClientError::Server { .. }) {
+                        anyhow::bail!("{}: run the same command again to go on where it stopped", e.error);
+                    }
+                }
+                let _ = std::fs::remove_file(&note);
+                return Err(e.error.into());
+            }
+        };
+        let _ = std::fs::remove_file(&note);
+        let id = uuid::Uuid::new_v4().to_string();
+        let sent = client.send_media(&conv.conversation_id, &id, &media.media_id, caption).await?;
+        println!("sent #{} to {}: {}", sent.seq, title(&conv, &self.me()), media_line(&media));
+        client.close().await;
+        Ok(())
+    }
+
+    async fn download(&mut self, target: &str, seq: u64, output: Option<PathBuf>) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
+        let page = client
+            .history(GetHistory {
+                conversation_id: conv.conversation_id.clone(),
+                after_seq: seq.saturating_sub(1),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?;
+        let media = match page.messages.first().filter(|m| m.seq == seq).and_then(|m| m.content.clone()?.body) {
+            Some(proto::content::Body::Media(m)) => m,
+            Some(_) => anyhow::bail!("#{seq} in {} is not a file", title(&conv, &self.me())),
+            None => anyhow::bail!("{} has no message #{seq} (see `natter history`)", title(&conv, &self.me())),
+        };
+        let output = match output {
+            Some(path) => path,
+            // Only the name's last part, whatever the sender called it.
+            None => {
+                PathBuf::from(Path::new(&media.file_name).file_name().context("the file has no usable name: use -o")?)
+            }
+        };
+        let partial = PathBuf::from(format!("{}.part", output.display()));
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .await
+            .with_context(|| format!("cannot write {}", partial.display()))?;
+        let have = file.metadata().await?.len().min(media.size);
+        let bar = progress_bar(media.size, "receiving");
+        bar.set_position(have);
+        if have < media.size {
+            client.download(&media.media_id, have, 0, &mut file, |n| bar.set_position(have + n)).await?;
+        }
+        bar.finish();
+        file.sync_all().await?;
+        drop(file);
+        let (sha256, size) = crate::transfer::digest(&mut tokio::fs::File::open(&partial).await?).await?;
+        if sha256.as_slice() != media.sha256.as_slice() || size != media.size {
+            let _ = std::fs::remove_file(&partial);
+            anyhow::bail!("the saved bytes are not the file's (SHA-256 differs): removed; run the command again");
+        }
+        std::fs::rename(&partial, &output)?;
+        println!("saved {} ({})", output.display(), media_line(&media));
         client.close().await;
         Ok(())
     }
@@ -1581,11 +1708,81 @@ fn device_name(explicit: Option<String>) -> String {
         .unwrap_or_else(|| "natter-cli".into())
 }
 
-fn text_of(m: &proto::Message) -> &str {
+fn text_of(m: &proto::Message) -> std::borrow::Cow<'_, str> {
     match m.content.as_ref().and_then(|c| c.body.as_ref()) {
-        Some(proto::content::Body::Text(t)) => &t.body,
-        None => "(unsupported content)",
+        Some(proto::content::Body::Text(t)) => t.body.as_str().into(),
+        Some(proto::content::Body::Media(media)) => media_line(media).into(),
+        None => "(unsupported content)".into(),
     }
+}
+
+/// A media message for people: `[file cat.png, image/png, 1.2 MiB, 640×480] caption`.
+fn media_line(m: &proto::Media) -> String {
+    let mut out = format!("[file {}, {}, {}", m.file_name, m.mime_type, human_size(m.size));
+    if m.width > 0 && m.height > 0 {
+        out.push_str(&format!(", {}×{}", m.width, m.height));
+    }
+    out.push(']');
+    if !m.caption.is_empty() {
+        out.push(' ');
+        out.push_str(&m.caption);
+    }
+    out
+}
+
+/// A progress bar on a terminal; plain lines (one per 10 %) otherwise.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { what: &'static str, len: u64, next_tenth: std::sync::atomic::AtomicU64 },
+}
+
+impl Progress {
+    fn set_position(&self, n: u64) {
+        match self {
+            Progress::Bar(bar) => bar.set_position(n),
+            Progress::Lines { what, len, next_tenth } => {
+                let tenth = if *len == 0 { 10 } else { n.saturating_mul(10) / len };
+                if tenth >= next_tenth.load(std::sync::atomic::Ordering::Relaxed) {
+                    next_tenth.store(tenth + 1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("{what}: {}% ({} of {})", tenth * 10, human_size(n), human_size(*len));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn progress_bar(len: u64, what: &'static str) -> Progress {
+    if !std::io::stderr().is_terminal() {
+        return Progress::Lines { what, len, next_tenth: std::sync::atomic::AtomicU64::new(0) };
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what);
+    Progress::Bar(bar)
+}
+
+/// 1023 B, 1.5 KiB, 12.0 MiB, …
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// `HH:MM:SS` UTC of a Unix time in milliseconds.

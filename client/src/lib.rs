@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod oauth;
+pub mod transfer;
 mod trust;
 
 use std::collections::HashMap;

@@ -50,6 +50,10 @@ codes! {
     INVALID_ARGUMENT = 300, "A field is missing, malformed or out of range.";
     TEXT_TOO_LONG = 301, "The message text exceeds the maximum text size.";
     EMPTY_MESSAGE = 302, "The message has no content.";
+    MEDIA_TOO_LARGE = 303, "The file is larger than the server accepts.";
+    QUOTA_EXCEEDED = 304, "The file would take the uploader over their storage quota.";
+    MEDIA_TYPE_REFUSED = 305, "The file's bytes are of a type the server does not accept (the name does not count).";
+    MEDIA_MISMATCH = 306, "The bytes received are not the declared size or SHA-256; nothing was stored.";
     // 4xx: resources and permissions
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";

@@ -15,6 +15,8 @@ enum Frame {
     Client(ClientFrame),
     Server(ServerFrame),
     Feed(FeedFrame),
+    TransferRequest(TransferRequest),
+    TransferReply(TransferReply),
 }
 
 impl Frame {
@@ -23,6 +25,8 @@ impl Frame {
             Frame::Client(_) => "ClientFrame",
             Frame::Server(_) => "ServerFrame",
             Frame::Feed(_) => "FeedFrame",
+            Frame::TransferRequest(_) => "TransferRequest",
+            Frame::TransferReply(_) => "TransferReply",
         }
     }
     fn encode(&self) -> Vec<u8> {
@@ -31,6 +35,8 @@ impl Frame {
             Frame::Client(m) => encode_frame(m, max),
             Frame::Server(m) => encode_frame(m, max),
             Frame::Feed(m) => encode_frame(m, max),
+            Frame::TransferRequest(m) => encode_frame(m, max),
+            Frame::TransferReply(m) => encode_frame(m, max),
         }
         .expect("vectors are small")
         .to_vec()
@@ -53,6 +59,20 @@ const CONV: &str = "0f5e2a64-3c1d-5b8e-9a47-2d6c1e8b4f90";
 const ALICE: &str = "6a1f0c2e-8d4b-4e7a-9c3f-1b2d3e4f5a6b";
 const BOB: &str = "7b2e1d3f-9e5c-4f8b-8d40-2c3e4f5a6b7c";
 const DEVICE: &str = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
+const MEDIA: &str = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
+
+fn media() -> Media {
+    Media {
+        media_id: MEDIA.into(),
+        file_name: "beach.png".into(),
+        mime_type: "image/png".into(),
+        size: 1234,
+        sha256: vec![0xab; 32],
+        width: 640,
+        height: 480,
+        ..Media::default()
+    }
+}
 
 fn message() -> Message {
     Message {
@@ -611,6 +631,86 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             resp(25, response::Result::PhoneRemoved(PhoneRemovedOk { phone: "+4915123456789".into() })),
         ),
         (
+            "transfer_upload_start",
+            "Transfer stream, client: upload a 1234-byte photo for a conversation (SHA-256 of 32 bytes 0xab)",
+            Frame::TransferRequest(TransferRequest {
+                kind: Some(transfer_request::Kind::Upload(UploadStart {
+                    conversation_id: CONV.into(),
+                    size: 1234,
+                    sha256: vec![0xab; 32],
+                    file_name: "beach.png".into(),
+                    upload_id: String::new(),
+                })),
+            }),
+        ),
+        (
+            "transfer_upload_ready",
+            "Transfer stream, server: send from offset 0 (a resumed upload gets the offset natterd holds)",
+            Frame::TransferReply(TransferReply {
+                kind: Some(transfer_reply::Kind::Ready(UploadReady {
+                    upload_id: "4be0643f1d98573b97cdca98a65347dd".into(),
+                    offset: 0,
+                })),
+            }),
+        ),
+        (
+            "transfer_upload_done",
+            "Transfer stream, server: stored; the type was read from the bytes, the size from the header",
+            Frame::TransferReply(TransferReply { kind: Some(transfer_reply::Kind::Done(media())) }),
+        ),
+        (
+            "transfer_download_start",
+            "Transfer stream, client: download 500 bytes from offset 1000",
+            Frame::TransferRequest(TransferRequest {
+                kind: Some(transfer_request::Kind::Download(DownloadStart {
+                    media_id: MEDIA.into(),
+                    offset: 1000,
+                    length: 500,
+                })),
+            }),
+        ),
+        (
+            "transfer_download_header",
+            "Transfer stream, server: the media and the range; exactly 500 raw bytes follow",
+            Frame::TransferReply(TransferReply {
+                kind: Some(transfer_reply::Kind::Header(DownloadHeader {
+                    media: Some(media()),
+                    offset: 1000,
+                    length: 500,
+                })),
+            }),
+        ),
+        (
+            "transfer_error_type_refused",
+            "Transfer stream, server: MEDIA_TYPE_REFUSED (305), then the stream is finished",
+            Frame::TransferReply(TransferReply {
+                kind: Some(transfer_reply::Kind::Error(Error {
+                    code: 305,
+                    message: "the file's bytes are application/x-executable, which this server does not accept".into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
+                })),
+            }),
+        ),
+        (
+            "request_send_media",
+            "Request 26: SendMessage of an uploaded photo with a caption (natterd fills in the rest)",
+            req(
+                26,
+                request::Body::SendMessage(SendMessage {
+                    conversation_id: CONV.into(),
+                    client_msg_id: "m-photo-1".into(),
+                    content: Some(Content {
+                        body: Some(content::Body::Media(Media {
+                            media_id: MEDIA.into(),
+                            caption: "the beach".into(),
+                            ..Media::default()
+                        })),
+                    }),
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(
@@ -704,6 +804,8 @@ fn spec_vectors_decode_and_reencode_byte_for_byte() {
             Frame::Client(m) => decode_as(&bytes, m),
             Frame::Server(m) => decode_as(&bytes, m),
             Frame::Feed(m) => decode_as(&bytes, m),
+            Frame::TransferRequest(m) => decode_as(&bytes, m),
+            Frame::TransferReply(m) => decode_as(&bytes, m),
         }
     }
 }

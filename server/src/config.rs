@@ -58,6 +58,10 @@ pub struct Config {
     pub google: crate::auth::oauth::GoogleConfig,
     /// GitHub sign-in: enabled by `client_id`.
     pub github: crate::auth::oauth::GithubConfig,
+    /// Where media bytes live: files under the data directory, or S3.
+    pub blob: crate::blob::BlobConfig,
+    /// What media natterd accepts: size, quota, types.
+    pub media: crate::media::MediaConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -197,6 +201,8 @@ impl Default for Config {
             sms: crate::auth::sms::SmsConfig::default(),
             google: crate::auth::oauth::GoogleConfig::default(),
             github: crate::auth::oauth::GithubConfig::default(),
+            blob: crate::blob::BlobConfig::default(),
+            media: crate::media::MediaConfig::default(),
         }
     }
 }
@@ -210,7 +216,7 @@ pub enum ConfigError {
 }
 
 const TABLES: &[&str] =
-    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github"];
+    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github", "blob", "media"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -301,6 +307,8 @@ impl Config {
         }
         self.mail.validate().map_err(|e| ConfigError::Invalid(format!("mail: {e}")))?;
         self.sms.validate().map_err(|e| ConfigError::Invalid(format!("sms: {e}")))?;
+        self.media.validate().map_err(ConfigError::Invalid)?;
+        self.blob.validate().map_err(|e| ConfigError::Invalid(format!("blob: {e}")))?;
         Ok(())
     }
 }

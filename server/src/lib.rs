@@ -6,9 +6,11 @@
 //! `auth`, `tls` and `config` are siblings. See ARCHITECTURE.md.
 
 pub mod auth;
+pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod media;
 pub mod metrics;
 pub mod projection;
 pub mod session;
@@ -64,6 +66,8 @@ pub enum StartError {
     Sms(#[from] auth::sms::SmsConfigError),
     #[error("sign-in providers: {0}")]
     OAuth(String),
+    #[error("media store: {0}")]
+    Blob(#[from] blob::BlobConfigError),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -241,6 +245,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let mailer = auth::mail::mailer(&config.mail)?;
     let sms = auth::sms::sms_provider(&config.sms)?;
     let oauth = auth::oauth::Providers::from_config(&config.google, &config.github).map_err(StartError::OAuth)?;
+    let blobs = blob::open(&config.blob, &config.data_dir)?;
 
     let shutdown = CancellationToken::new();
     let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
@@ -270,6 +275,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             login_guard,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
+        session::media::MediaService::new(blobs.clone(), config.media.clone()),
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
@@ -280,6 +286,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
+    tokio::spawn(sweep_stale_uploads(blobs, shutdown.clone()));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         // Held until the log is closed: one natterd per data directory.
@@ -313,6 +320,22 @@ async fn sweep_auth_state(state: Arc<dyn store::auth_state::AuthState>, shutdown
                     Err(e) => tracing::warn!(error = %e, "expired auth state not swept"),
                 }
             }
+        }
+    }
+}
+
+/// Drops uploads nobody finished within `blob.partial_ttl_secs`, every 10
+/// minutes until shutdown.
+async fn sweep_stale_uploads(blobs: Arc<dyn blob::BlobStore>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => match blobs.sweep_stale_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, "stale uploads removed"),
+                Err(e) => tracing::warn!(error = %e, "stale uploads not swept"),
+            },
         }
     }
 }

@@ -886,3 +886,35 @@ async fn natter_signs_in_with_google_links_github_and_unlinks_while_another_way_
     let e = run_fail(cmd(&other, &dir.path().join("p2"), &["login", "--google"]), "").await;
     assert!(e.contains("no Google sign-in configured") && e.contains("README"), "{e}");
 }
+
+#[tokio::test]
+async fn a_pdf_is_sent_with_send_file_and_saved_with_download() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = format!("{PASSWORD}\n");
+    run(cmd(&server, &alice, &["signup", "--email", "alice@example.org", "--password-stdin"]), &pw).await;
+    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--password-stdin"]), &pw).await;
+    let mut pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n".to_vec();
+    pdf.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    let path = dir.path().join("minutes.pdf");
+    std::fs::write(&path, &pdf).unwrap();
+    let out = run(
+        cmd(&server, &alice, &["send-file", "bob@example.org", path.to_str().unwrap(), "--caption", "today's minutes"]),
+        "",
+    )
+    .await;
+    assert!(out.starts_with("sent #2 to bob@example.org") && out.contains("application/pdf"), "{out}");
+    let history = run(cmd(&server, &bob, &["history", "alice@example.org"]), "").await;
+    assert!(history.contains("[file minutes.pdf, application/pdf, 195.3 KiB] today's minutes"), "{history}");
+    let saved = dir.path().join("saved.pdf");
+    let out = run(cmd(&server, &bob, &["download", "alice@example.org", "2", "-o", saved.to_str().unwrap()]), "").await;
+    assert!(out.starts_with("saved"), "{out}");
+    assert_eq!(std::fs::read(&saved).unwrap(), pdf);
+    // A message that is not a file, and one that does not exist.
+    run(cmd(&server, &alice, &["send", "bob@example.org", "see the pdf"]), "").await;
+    let e = run_fail(cmd(&server, &bob, &["download", "alice@example.org", "3"]), "").await;
+    assert!(e.contains("not a file"), "{e}");
+    let e = run_fail(cmd(&server, &bob, &["download", "alice@example.org", "99"]), "").await;
+    assert!(e.contains("no message #99"), "{e}");
+}

@@ -4,12 +4,14 @@
 mod account;
 mod admin;
 mod auth;
+mod blob;
 mod cli;
 mod crash;
 mod dm;
 mod groups;
 mod loadgen;
 mod mail;
+mod media;
 mod metrics;
 mod natterd;
 mod nodes;

@@ -69,3 +69,40 @@ async fn metrics_move_with_traffic_and_health_says_writable() {
     assert_eq!(get(addr, "/nope").await.0, 404);
     assert_eq!(http(addr, "POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
 }
+
+#[tokio::test]
+async fn transfers_are_counted_by_direction_result_and_bytes() {
+    let server = TestServer::start_with(|c| c.metrics.listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let addr = server.metrics_addr().expect("metrics enabled");
+    let (alice, _) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let pdf = [b"%PDF-1.7\n".as_slice(), &[7u8; 10_000]].concat();
+    let (sha256, size) = natter_client::transfer::digest(&mut std::io::Cursor::new(&pdf)).await.unwrap();
+    let spec = natter_client::transfer::UploadSpec {
+        conversation_id: conv,
+        file_name: "a.pdf".into(),
+        size,
+        sha256,
+        upload_id: None,
+    };
+    let media = alice.upload(&spec, &mut std::io::Cursor::new(pdf.clone()), |_| {}).await.unwrap();
+    let mut out = Vec::new();
+    alice.download(&media.media_id, 9, 100, &mut out, |_| {}).await.unwrap();
+    let _ = alice.download("00000000-0000-4000-8000-000000000000", 0, 0, &mut out, |_| {}).await;
+    // The counters move when each stream ends, just after its last byte.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = get(addr, "/metrics").await.1;
+        if sample(&text, "natter_media_transfers_total{direction=\"download\",result=\"NOT_FOUND\"}") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sample(&text, "natter_media_transfers_total{direction=\"upload\",result=\"ok\"}"), 1.0, "{text}");
+    assert_eq!(sample(&text, "natter_media_transfers_total{direction=\"download\",result=\"ok\"}"), 1.0);
+    assert_eq!(sample(&text, "natter_media_transfers_total{direction=\"download\",result=\"NOT_FOUND\"}"), 1.0);
+    assert_eq!(sample(&text, "natter_media_transfer_bytes_total{direction=\"upload\"}"), pdf.len() as f64);
+    assert_eq!(sample(&text, "natter_media_transfer_bytes_total{direction=\"download\"}"), 100.0);
+    assert_eq!(sample(&text, "natter_media_transfers_active"), 0.0);
+}

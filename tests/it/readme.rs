@@ -62,6 +62,8 @@ fn shell(command: &str, home: &Path, bin: &Path) -> Command {
     let mut c = Command::new("bash");
     c.arg("-c").arg(command);
     c.env("HOME", home);
+    // Files the walkthrough makes (what it sends) go there too.
+    c.current_dir(home);
     c.env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()));
     c.env_remove("NATTER_PROFILE");
     c.kill_on_drop(true);
@@ -122,7 +124,9 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     let mut terminals = Vec::new();
     let mut outputs = Vec::new();
     for command in walkthrough.drain(..) {
-        assert!(command.starts_with("natter "), "the walkthrough uses the installed `natter`: {command}");
+        // `printf` makes a file to send; everything else is the installed `natter`.
+        let ok = command.starts_with("natter ") || command.starts_with("printf ");
+        assert!(ok, "the walkthrough uses the installed `natter`: {command}");
         let real = command.replace(README_PIN, server.fingerprint()).replace(README_SERVER, &server.addr().to_string());
         let mut c = shell(&real, home.path(), bin.path());
         if command.contains(" listen") && !command.contains("--count") {
@@ -154,6 +158,10 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     assert!(said("receipts team 2").contains("read by 1 of 2"));
     assert!(said("history crew").contains("hello team"), "a removed member reads what was said while she was in");
     assert!(said("group show crew").contains("bob@example.org (owner)"));
+    assert!(said("send-file bob@example.org minutes.pdf").contains("application/pdf"));
+    assert!(said("download alice@example.org 4").contains("saved minutes-from-alice.pdf"));
+    let saved = std::fs::read(home.path().join("minutes-from-alice.pdf")).expect("Bob saved the file");
+    assert_eq!(saved, std::fs::read(home.path().join("minutes.pdf")).unwrap(), "byte for byte");
     let (alice_listen, alice) = terminals.remove(0);
     assert!(alice_listen.contains("natter-alice listen"), "{alice_listen}");
     let alice = alice.output().await;

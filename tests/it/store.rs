@@ -13,6 +13,7 @@ use natter_server::domain::{
     AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
     MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
 };
+use natter_server::domain::{MediaId, MediaRef, MediaUploaded};
 use natter_server::store::auth_state::{AuthState, CodeCheck, CodePurpose, PendingChallenge};
 use natter_server::store::postgres::{PostgresConfig, PostgresStore};
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
@@ -135,10 +136,11 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it (undoing 6, 5, then 4).
+    // Back to version 3, as an older natterd left it (undoing 7, 6, 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE identities;
+        "DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;
+         DROP TABLE identities;
          DROP TABLE recovery_codes; DROP INDEX users_by_phone;
          ALTER TABLE users DROP COLUMN phone; ALTER TABLE users DROP COLUMN email_verified_at_ms;
          ALTER TABLE users DROP COLUMN totp_sealed_secret; ALTER TABLE users DROP COLUMN totp_enabled_at_ms;
@@ -182,6 +184,7 @@ conformance!(
     nodes_racing_for_one_stream_version_get_one_winner_and_typed_refusals,
     account_security_read_models_answer,
     accounts_without_a_password_and_identities_answer,
+    media_and_media_messages_answer,
     auth_state_is_shared_by_nodes_and_atomic,
 );
 
@@ -954,6 +957,79 @@ async fn accounts_without_a_password_and_identities_answer(b: &Backend) {
     s.rebuild().await.unwrap();
     assert_eq!(s.identities_of(yan).await.unwrap().len(), 1);
     assert_eq!(s.user_by_phone(&phone).await.unwrap().unwrap().email, None);
+}
+
+/// Uploads (`MediaUploaded`), media messages (their content kept whole, the
+/// first seq that sent each upload), and a user's bytes, through a rebuild.
+async fn media_and_media_messages_answer(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let upload = |id: u128, size: u64| MediaUploaded {
+        media_id: MediaId(Uuid::from_u128(id)),
+        uploader: w.alice,
+        conversation_id: w.dm,
+        sha256: [id as u8; 32],
+        size,
+        mime_type: "image/png".into(),
+        file_name: format!("{id}.png"),
+        width: 64,
+        height: 48,
+        at: Millis(90),
+    };
+    for (id, size) in [(0x51, 1_000), (0x52, 2_500)] {
+        let up = upload(id, size);
+        s.append(vec![StreamAppend::new(
+            StreamName::media(up.media_id),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::fresh(Event::MediaUploaded(up))],
+        )])
+        .await
+        .unwrap();
+    }
+    assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
+    assert_eq!(s.media_bytes_of(w.bob).await.unwrap(), 0);
+    let first = s.media(MediaId(Uuid::from_u128(0x51))).await.unwrap().unwrap();
+    assert_eq!((first.size, first.first_seq, first.conversation_id), (1_000, None, w.dm), "not sent yet");
+    let media = Content::Media(MediaRef {
+        media_id: first.media_id,
+        file_name: first.file_name.clone(),
+        mime_type: first.mime_type.clone(),
+        size: first.size,
+        sha256: first.sha256,
+        width: 64,
+        height: 48,
+        duration_ms: 0,
+        caption: "a caption".into(),
+        preview: None,
+    });
+    let send = |n: u32| {
+        NewEvent::fresh(Event::MessageSent(MessageSent {
+            conversation_id: w.dm,
+            sender_user_id: w.alice,
+            sender_device_id: DeviceId(Uuid::from_u128(7)),
+            client_msg_id: ClientMsgId::parse(&format!("media-{n}")).unwrap(),
+            content: media.clone(),
+            at: Millis(91),
+        }))
+    };
+    // Sent twice in one batch: the first seq counts.
+    let sent = appended(
+        s.append(vec![StreamAppend::new(StreamName::conversation(w.dm), ExpectedVersion::Any, vec![send(1), send(2)])])
+            .await
+            .unwrap(),
+    );
+    let seq = Seq(sent[0].version);
+    let check = || async {
+        let m = s.media(MediaId(Uuid::from_u128(0x51))).await.unwrap().unwrap();
+        assert_eq!(m.first_seq, Some(seq));
+        assert_eq!(s.media(MediaId(Uuid::from_u128(0x52))).await.unwrap().unwrap().first_seq, None);
+        assert_eq!(s.message(w.dm, seq).await.unwrap().unwrap().content, media, "the content comes back whole");
+        assert!(s.media(MediaId(Uuid::from_u128(0x53))).await.unwrap().is_none());
+    };
+    check().await;
+    s.rebuild().await.unwrap();
+    check().await;
+    assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
 }
 
 async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {

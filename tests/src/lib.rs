@@ -6,6 +6,7 @@
 pub mod github_fake;
 mod http_fake;
 pub mod oidc_provider;
+pub mod seaweed;
 pub mod smtp_sink;
 pub mod twilio_fake;
 
@@ -350,6 +351,7 @@ pub fn message_texts(messages: &[natter_client::proto::Message]) -> Vec<String> 
 fn text_of(message: &natter_client::proto::Message) -> Option<String> {
     match message.content.as_ref()?.body.as_ref()? {
         natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
+        natter_client::proto::content::Body::Media(_) => None,
     }
 }
 

@@ -51,7 +51,14 @@ pub(crate) fn validate_url(
     query_ok: bool,
 ) -> Result<(), String> {
     let name = format!("{table}.{key}");
-    let url = reqwest::Url::parse(value).map_err(|e| format!("{name} {value:?} is not a URL: {e}"))?;
+    let url = reqwest::Url::parse(value).map_err(|e| {
+        if value.contains('@') {
+            // Perhaps credentials that did not parse: not echoed.
+            format!("{name} is not a URL ({e}); it must not carry credentials either (set {secret_keys})")
+        } else {
+            format!("{name} {value:?} is not a URL: {e}")
+        }
+    })?;
     let host = match url.host_str() {
         Some(host) if !host.is_empty() => host,
         _ => return Err(format!("{name} {value:?} has no host")),
@@ -125,4 +132,26 @@ pub(crate) fn read_secret(
         }));
     }
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_that_does_not_parse_is_not_echoed_when_it_may_hold_credentials() {
+        let e =
+            validate_url("sms", "base_url", "https://AC1:s3cret/with/slash@host", false, "sms.auth_token_file", false)
+                .unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("sms.base_url"), "{e}");
+        let e = validate_url("sms", "base_url", "not a url", false, "x", false).unwrap_err();
+        assert!(e.contains("\"not a url\""), "{e}");
+        let e =
+            validate_url("github", "api_base", "https://u:p@api.example", false, "github.client_secret_file", false)
+                .unwrap_err();
+        assert!(!e.contains("u:p") && e.contains("github.client_secret_file"), "{e}");
+        assert!(validate_url("google", "issuer", "http://127.0.0.1:8080", false, "x", false).is_err());
+        assert!(validate_url("google", "issuer", "http://127.0.0.1:8080", true, "x", false).is_ok());
+        assert!(validate_url("google", "issuer", "http://example.org", true, "x", false).is_err());
+    }
 }

@@ -337,6 +337,11 @@ pub fn decide_send(state: &ConversationState, cmd: SendCommand, at: Millis) -> R
                 return Err(Rejection::TextTooLong { len: text.len(), max: MAX_TEXT_BYTES });
             }
         }
+        Content::Media(media) => {
+            if media.caption.len() > MAX_TEXT_BYTES {
+                return Err(Rejection::TextTooLong { len: media.caption.len(), max: MAX_TEXT_BYTES });
+            }
+        }
     }
     Ok(Event::MessageSent(MessageSent {
         conversation_id: state.id,

@@ -54,6 +54,11 @@ uuid_id!(
     ConversationId,
     "conversation_id"
 );
+uuid_id!(
+    /// An uploaded file.
+    MediaId,
+    "media_id"
+);
 
 /// Namespace for ids derived by hashing (direct conversations, message event ids).
 const NATTER_NAMESPACE: Uuid = Uuid::from_u128(0x6e61_7474_6572_4000_8000_6e61_7474_6572);

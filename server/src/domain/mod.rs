@@ -174,6 +174,7 @@ pub enum Event {
         phone: Phone,
         at: Millis,
     },
+    MediaUploaded(MediaUploaded),
     /// The first event of an account made without a password: by a texted
     /// code (no email) or by Google or GitHub (their verified email).
     AccountOpened(AccountOpened),
@@ -331,11 +332,42 @@ pub struct MessageSent {
     pub at: Millis,
 }
 
-/// Message content. A closed set that grows (media, MLS ciphertext, edits…);
-/// only `Text` exists today.
+/// Message content. A closed set that grows (MLS ciphertext, edits…).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
     Text(String),
+    Media(MediaRef),
+}
+
+/// A file in a message: what natterd knew of the upload when it was sent,
+/// and the sender's caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRef {
+    pub media_id: MediaId,
+    pub file_name: String,
+    pub mime_type: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub width: u32,
+    pub height: u32,
+    pub duration_ms: u64,
+    pub caption: String,
+    pub preview: Option<MediaId>,
+}
+
+/// A file received whole and checked, in its own `media:` stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaUploaded {
+    pub media_id: MediaId,
+    pub uploader: UserId,
+    pub conversation_id: ConversationId,
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub mime_type: String,
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
+    pub at: Millis,
 }
 
 impl Event {
@@ -368,6 +400,7 @@ impl Event {
             Event::PhoneReleased { .. } => "PhoneReleased",
             Event::PhoneRemoved { .. } => "PhoneRemoved",
             Event::AccountOpened(_) => "AccountOpened",
+            Event::MediaUploaded(_) => "MediaUploaded",
             Event::IdentityClaimed { .. } => "IdentityClaimed",
             Event::IdentityReleased { .. } => "IdentityReleased",
             Event::IdentityLinked { .. } => "IdentityLinked",
@@ -419,6 +452,7 @@ impl Event {
             | Event::PhoneReleased { .. }
             | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
+            | Event::MediaUploaded(_)
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }

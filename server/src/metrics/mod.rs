@@ -42,6 +42,19 @@ struct CloseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransferLabels {
+    /// `upload` or `download`.
+    direction: &'static str,
+    /// `ok` or the error code's name.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     /// The request type (`send_message`, `login`, …).
     kind: &'static str,
@@ -68,6 +81,9 @@ pub struct Metrics {
     signals_on_stream: Counter,
     signals_dropped: Counter,
     resident_bytes: Gauge,
+    transfers_active: Gauge,
+    transfers: Family<TransferLabels, Counter>,
+    transfer_bytes: Family<DirectionLabels, Counter>,
 }
 
 impl Metrics {
@@ -90,6 +106,9 @@ impl Metrics {
             signals_on_stream: Counter::default(),
             signals_dropped: Counter::default(),
             resident_bytes: Gauge::default(),
+            transfers_active: Gauge::default(),
+            transfers: Family::default(),
+            transfer_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
@@ -120,6 +139,13 @@ impl Metrics {
         );
         registry.register("signals_dropped", "Ephemeral signals dropped (queue full)", m.signals_dropped.clone());
         registry.register("process_resident_bytes", "Resident memory of natterd", m.resident_bytes.clone());
+        registry.register("media_transfers_active", "Uploads and downloads running now", m.transfers_active.clone());
+        registry.register(
+            "media_transfers",
+            "Uploads and downloads ended, by direction and result (store failures: UNAVAILABLE, INTERNAL)",
+            m.transfers.clone(),
+        );
+        registry.register("media_transfer_bytes", "File bytes received and sent", m.transfer_bytes.clone());
         Arc::new(Self { registry, ..m })
     }
 
@@ -165,6 +191,18 @@ impl Metrics {
 
     pub fn signal_on_stream(&self) {
         self.signals_on_stream.inc();
+    }
+
+    pub fn transfer_started(&self) {
+        self.transfers_active.inc();
+    }
+
+    /// A transfer ended: which way, how (`ok` or an error code's name), and
+    /// the file bytes it moved.
+    pub fn transfer_ended(&self, direction: &'static str, result: &'static str, bytes: u64) {
+        self.transfers_active.dec();
+        self.transfers.get_or_create(&TransferLabels { direction, result }).inc();
+        self.transfer_bytes.get_or_create(&DirectionLabels { direction }).inc_by(bytes);
     }
 
     pub fn signal_dropped(&self) {

@@ -45,6 +45,36 @@ pub fn content(c: &Content) -> wire::Content {
         Content::Text(body) => {
             wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })) }
         }
+        Content::Media(m) => wire::Content { body: Some(wire::content::Body::Media(media(m))) },
+    }
+}
+
+pub fn media(m: &crate::domain::MediaRef) -> wire::Media {
+    wire::Media {
+        media_id: m.media_id.to_string(),
+        file_name: m.file_name.clone(),
+        mime_type: m.mime_type.clone(),
+        size: m.size,
+        sha256: m.sha256.to_vec(),
+        width: m.width,
+        height: m.height,
+        duration_ms: m.duration_ms,
+        caption: m.caption.clone(),
+        preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
+    }
+}
+
+/// An upload as the uploader learns of it (no caption yet).
+pub fn media_record(r: &crate::store::MediaRecord) -> wire::Media {
+    wire::Media {
+        media_id: r.media_id.to_string(),
+        file_name: r.file_name.clone(),
+        mime_type: r.mime_type.clone(),
+        size: r.size,
+        sha256: r.sha256.to_vec(),
+        width: r.width,
+        height: r.height,
+        ..wire::Media::default()
     }
 }
 

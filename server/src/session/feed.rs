@@ -219,6 +219,7 @@ impl FeedSource {
             | Event::PhoneReleased { .. }
             | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
+            | Event::MediaUploaded(_)
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }

@@ -69,11 +69,12 @@ impl Service {
 
     pub(super) async fn send_message(&self, me: &Identity, req: wire::SendMessage) -> Result<Reply, WireError> {
         let client_msg_id = ClientMsgId::parse(&req.client_msg_id)?;
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
         let content = match req.content.and_then(|c| c.body) {
             Some(wire::content::Body::Text(t)) => Content::Text(t.body),
+            Some(wire::content::Body::Media(m)) => self.media_to_send(me, state.id, m).await?,
             None => return Err(Rejection::EmptyMessage.into()),
         };
-        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
         let event_id = client_msg_id.event_id(state.id, me.user_id);
         let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
         let event = conversation::decide_send(&state, cmd, self.now())?;
@@ -94,6 +95,39 @@ impl Service {
             _ => rec.recorded_at.0,
         };
         Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
+    }
+
+    /// A media message's content: the sender's upload for this conversation,
+    /// described by what natterd received (never by what the client claims).
+    async fn media_to_send(
+        &self,
+        me: &Identity,
+        conversation: ConversationId,
+        m: wire::Media,
+    ) -> Result<Content, WireError> {
+        let id = crate::domain::MediaId::parse(&m.media_id)?;
+        // Someone else's upload is as unknown as one that does not exist.
+        let record = self
+            .store
+            .media(id)
+            .await?
+            .filter(|r| r.uploader == me.user_id)
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such upload of yours"))?;
+        if record.conversation_id != conversation {
+            return Err(invalid("media_id", "uploaded for another conversation: upload it there"));
+        }
+        Ok(Content::Media(crate::domain::MediaRef {
+            media_id: record.media_id,
+            file_name: record.file_name,
+            mime_type: record.mime_type,
+            size: record.size,
+            sha256: record.sha256,
+            width: record.width,
+            height: record.height,
+            duration_ms: 0,
+            caption: m.caption,
+            preview: None,
+        }))
     }
 
     pub(super) async fn history(&self, me: &Identity, req: wire::GetHistory) -> Result<Reply, WireError> {

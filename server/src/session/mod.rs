@@ -9,6 +9,7 @@ mod convert;
 pub mod feed;
 mod groups;
 pub mod guard;
+pub mod media;
 mod messaging;
 mod oauth;
 mod phone;
@@ -72,6 +73,7 @@ pub struct Service {
     /// store stops.
     background: TaskTracker,
     security: Security,
+    media: media::MediaService,
 }
 
 /// What account security needs besides the log: short-lived state, the
@@ -251,6 +253,7 @@ impl Service {
         router: Arc<Router>,
         config: ServiceConfig,
         security: Security,
+        media: media::MediaService,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -265,6 +268,7 @@ impl Service {
             conversations: Mutex::new(HashMap::new()),
             background: TaskTracker::new(),
             security,
+            media,
         })
     }
 
@@ -550,7 +554,7 @@ impl Session {
         let me = self.identity().cloned();
         match self.service.verify_phone(me.as_ref(), req, self.remote).await? {
             phone::Verified::SignedIn(token, identity) => Ok(self.signed_in_as((token, identity))),
-            phone::Verified::Added(reply) => Ok(reply),
+            phone::Verified::Added(reply) => Ok(*reply),
         }
     }
 

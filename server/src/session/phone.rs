@@ -34,7 +34,7 @@ pub(super) enum Verified {
     /// Signed in (token, identity).
     SignedIn(String, Identity),
     /// Added to the signed-in account.
-    Added(Reply),
+    Added(Box<Reply>),
 }
 
 /// What the code is for, and whose it is.
@@ -222,7 +222,9 @@ impl Service {
                     vec![NewEvent::fresh(Event::PhoneAdded { user_id: me.user_id, phone: phone.clone(), at: now })],
                 );
                 match self.store.append(vec![claim, added]).await {
-                    Ok(_) => Ok(Verified::Added(Reply::PhoneAdded(wire::PhoneAddedOk { phone: phone.to_string() }))),
+                    Ok(_) => Ok(Verified::Added(Box::new(Reply::PhoneAdded(wire::PhoneAddedOk {
+                        phone: phone.to_string(),
+                    })))),
                     Err(AppendError::WrongExpectedVersion { .. }) => {
                         Err(WireError::new(ErrorCode::PHONE_TAKEN, "another account has this number"))
                     }

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use crate::domain::{
     AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
-    MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
+    MediaId, MediaRef, MediaUploaded, MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash,
+    UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -149,6 +150,19 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::PhoneRemoved { user_id: user_id.to_string(), phone: phone.as_str().to_owned(), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::MediaUploaded(m) => pb::MediaUploaded {
+            media_id: m.media_id.to_string(),
+            uploader_user_id: m.uploader.to_string(),
+            conversation_id: m.conversation_id.to_string(),
+            sha256: m.sha256.to_vec(),
+            size: m.size,
+            mime_type: m.mime_type.clone(),
+            file_name: m.file_name.clone(),
+            width: m.width,
+            height: m.height,
+            at_ms: m.at.0,
+        }
+        .encode_to_vec(),
         Event::AccountOpened(a) => pb::AccountOpened {
             user_id: a.user_id.to_string(),
             display_name: a.display_name.clone(),
@@ -218,12 +232,48 @@ fn group_members_from(members: Vec<pb::GroupMember>) -> Result<Vec<(UserId, Role
     members.into_iter().map(|m| Ok((UserId(uuid(&m.user_id)?), role_from_pb(m.role)?))).collect()
 }
 
-fn encode_content(content: &Content) -> pb::MessageContent {
-    match content {
-        Content::Text(body) => {
-            pb::MessageContent { body: Some(pb::message_content::Body::Text(pb::TextContent { body: body.clone() })) }
-        }
-    }
+/// Message content as the log stores it (the read models keep it too, for
+/// content other than text).
+pub fn encode_content(content: &Content) -> pb::MessageContent {
+    let body = match content {
+        Content::Text(body) => pb::message_content::Body::Text(pb::TextContent { body: body.clone() }),
+        Content::Media(m) => pb::message_content::Body::Media(pb::MediaContent {
+            media_id: m.media_id.to_string(),
+            file_name: m.file_name.clone(),
+            mime_type: m.mime_type.clone(),
+            size: m.size,
+            sha256: m.sha256.to_vec(),
+            width: m.width,
+            height: m.height,
+            duration_ms: m.duration_ms,
+            caption: m.caption.clone(),
+            preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
+        }),
+    };
+    pb::MessageContent { body: Some(body) }
+}
+
+/// The inverse of [`encode_content`].
+///
+/// # Errors
+/// No content, or a malformed media reference.
+pub fn decode_content(content: Option<pb::MessageContent>) -> Result<Content, String> {
+    Ok(match content.and_then(|c| c.body) {
+        Some(pb::message_content::Body::Text(t)) => Content::Text(t.body),
+        Some(pb::message_content::Body::Media(m)) => Content::Media(MediaRef {
+            media_id: MediaId(uuid(&m.media_id)?),
+            file_name: m.file_name,
+            mime_type: m.mime_type,
+            size: m.size,
+            sha256: token_hash(&m.sha256).map_err(|_| "media sha256 is not 32 bytes".to_owned())?.0,
+            width: m.width,
+            height: m.height,
+            duration_ms: m.duration_ms,
+            caption: m.caption,
+            preview: if m.preview_media_id.is_empty() { None } else { Some(MediaId(uuid(&m.preview_media_id)?)) },
+        }),
+        None => return Err("message without content".into()),
+    })
 }
 
 /// Decodes (and, for older schema versions, upcasts) a stored event.
@@ -284,10 +334,7 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
         }
         "MessageSent" => {
             let e = pb::MessageSent::decode(payload).map_err(bad)?;
-            let content = match e.content.and_then(|c| c.body) {
-                Some(pb::message_content::Body::Text(t)) => Content::Text(t.body),
-                None => return Err("MessageSent without content".into()),
-            };
+            let content = decode_content(e.content)?;
             Event::MessageSent(MessageSent {
                 conversation_id: ConversationId(uuid(&e.conversation_id)?),
                 sender_user_id: UserId(uuid(&e.sender_user_id)?),
@@ -439,6 +486,21 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 phone: Phone::from_normalized(e.phone),
                 at: Millis(e.at_ms),
             }
+        }
+        "MediaUploaded" => {
+            let e = pb::MediaUploaded::decode(payload).map_err(bad)?;
+            Event::MediaUploaded(MediaUploaded {
+                media_id: MediaId(uuid(&e.media_id)?),
+                uploader: UserId(uuid(&e.uploader_user_id)?),
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                sha256: token_hash(&e.sha256).map_err(|_| "media sha256 is not 32 bytes".to_owned())?.0,
+                size: e.size,
+                mime_type: e.mime_type,
+                file_name: e.file_name,
+                width: e.width,
+                height: e.height,
+                at: Millis(e.at_ms),
+            })
         }
         "AccountOpened" => {
             let e = pb::AccountOpened::decode(payload).map_err(bad)?;
@@ -596,6 +658,37 @@ mod tests {
                 at: Millis(26),
             }),
             Event::PhoneReleased { user_id: u, at: Millis(32) },
+            Event::MediaUploaded(MediaUploaded {
+                media_id: MediaId(Uuid::from_u128(0x77)),
+                uploader: u,
+                conversation_id: conv,
+                sha256: [0xab; 32],
+                size: 123_456,
+                mime_type: "image/png".into(),
+                file_name: "cat.png".into(),
+                width: 640,
+                height: 480,
+                at: Millis(34),
+            }),
+            Event::MessageSent(MessageSent {
+                conversation_id: conv,
+                sender_user_id: u,
+                sender_device_id: DeviceId(Uuid::from_u128(4)),
+                client_msg_id: ClientMsgId::parse("m-media").unwrap(),
+                content: Content::Media(MediaRef {
+                    media_id: MediaId(Uuid::from_u128(0x77)),
+                    file_name: "cat.png".into(),
+                    mime_type: "image/png".into(),
+                    size: 123_456,
+                    sha256: [0xab; 32],
+                    width: 640,
+                    height: 480,
+                    duration_ms: 0,
+                    caption: "our cat".into(),
+                    preview: Some(MediaId(Uuid::from_u128(0x78))),
+                }),
+                at: Millis(35),
+            }),
             Event::PhoneRemoved { user_id: u, phone: Phone::parse("+49 151 23456789").unwrap(), at: Millis(33) },
             Event::IdentityClaimed { user_id: u, at: Millis(27) },
             Event::IdentityReleased { user_id: u, at: Millis(28) },

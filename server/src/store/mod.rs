@@ -45,6 +45,10 @@ impl StreamName {
     pub fn identity(provider: crate::domain::IdentityProvider, subject: &str) -> Self {
         Self(format!("identity:{}:{subject}", provider.as_str()))
     }
+    /// An upload's record.
+    pub fn media(id: crate::domain::MediaId) -> Self {
+        Self(format!("media:{id}"))
+    }
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
     }
@@ -269,6 +273,72 @@ pub struct UserRecord {
     pub phone: Option<crate::domain::Phone>,
 }
 
+/// A message's content from its read-model columns: `text`, or the stored
+/// `MessageContent` of other kinds.
+pub(crate) fn stored_content(kind: &str, text: Option<String>, pb: Option<Vec<u8>>) -> Result<Content, StoreError> {
+    use prost::Message as _;
+    match (kind, text, pb) {
+        ("text", Some(t), _) => Ok(Content::Text(t)),
+        ("media", _, Some(pb)) => natter_proto::events::MessageContent::decode(pb.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|c| codec::decode_content(Some(c)))
+            .map_err(|e| StoreError::Database(format!("stored media content: {e}"))),
+        (k, _, _) => Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
+    }
+}
+
+/// A stored upload (`MediaUploaded`), and the first message that sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    pub media_id: crate::domain::MediaId,
+    pub uploader: UserId,
+    pub conversation_id: ConversationId,
+    pub sha256: [u8; 32],
+    pub size: u64,
+    pub mime_type: String,
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
+    pub uploaded_at: Millis,
+    pub first_seq: Option<Seq>,
+}
+
+/// A stored upload by id (`$1`).
+pub(crate) const SELECT_MEDIA: &str = "SELECT media_id, uploader_user_id, conversation_id, sha256, size, mime_type,
+        file_name, width, height, uploaded_at_ms, first_seq FROM media WHERE media_id = $1";
+/// The bytes a user's uploads take (`$1`): their quota's use.
+pub(crate) const SELECT_MEDIA_BYTES: &str =
+    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader_user_id = $1";
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn media_record(
+    id: &str,
+    uploader: &str,
+    conversation: &str,
+    sha256: &[u8],
+    size: i64,
+    mime_type: String,
+    file_name: String,
+    (width, height): (i64, i64),
+    uploaded_at: i64,
+    first_seq: Option<i64>,
+) -> Result<MediaRecord, StoreError> {
+    let bad = |what: &str| StoreError::Database(format!("stored media: {what}"));
+    Ok(MediaRecord {
+        media_id: crate::domain::MediaId(Uuid::try_parse(id).map_err(|_| bad("id"))?),
+        uploader: UserId(Uuid::try_parse(uploader).map_err(|_| bad("uploader"))?),
+        conversation_id: ConversationId(Uuid::try_parse(conversation).map_err(|_| bad("conversation"))?),
+        sha256: sha256.try_into().map_err(|_| bad("sha256"))?,
+        size: size as u64,
+        mime_type,
+        file_name,
+        width: width as u32,
+        height: height as u32,
+        uploaded_at: Millis(uploaded_at as u64),
+        first_seq: first_seq.map(|s| Seq(s as u64)),
+    })
+}
+
 /// A Google or GitHub identity an account may sign in with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityRecord {
@@ -405,6 +475,7 @@ pub(crate) const READ_MODELS: &[&str] = &[
     "sessions",
     "recovery_codes",
     "identities",
+    "media",
     "conversations",
     "members",
     "messages",
@@ -573,6 +644,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<UserRecord>, StoreError>;
     /// The identities linked to an account.
     async fn identities_of(&self, user: UserId) -> Result<Vec<IdentityRecord>, StoreError>;
+    /// A stored upload.
+    async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError>;
+    /// The bytes `user`'s uploads take.
+    async fn media_bytes_of(&self, user: UserId) -> Result<u64, StoreError>;
     async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;
     /// Whether `code_hash` is one of the user's recovery codes, not yet used.
     async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError>;

@@ -36,15 +36,16 @@ use uuid::Uuid;
 mod write;
 
 use super::{
-    codec, device_session, identity_record, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook,
-    CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord,
-    Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
-    StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF,
-    SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
+    codec, device_session, identity_record, media_record, role_from_str, AppendError, AppendOutcome, Cluster,
+    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage,
+    IdentityRecord, Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord,
+    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
+    SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
+use super::{MediaRecord, SELECT_MEDIA, SELECT_MEDIA_BYTES};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
-    ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Role, Seq, TokenHash, UserId,
+    ClientMsgId, ConversationId, DeviceId, Email, Event, Millis, Role, Seq, TokenHash, UserId,
 };
 
 /// Versioned migrations, applied in order at start-up. Never edit a shipped one.
@@ -52,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_account_security.sql")),
     (3, include_str!("../../migrations/postgres/0003_identities.sql")),
+    (4, include_str!("../../migrations/postgres/0004_media.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -799,14 +801,10 @@ impl Cluster for PgCluster {
 }
 
 const SELECT_MESSAGE: &str = "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                                     content_kind, text, sent_at_ms FROM messages";
+                                     content_kind, text, sent_at_ms, content_pb FROM messages";
 
 fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
-    let kind: &str = row.get(6);
-    let content = match (kind, row.get::<_, Option<String>>(7)) {
-        ("text", Some(t)) => Content::Text(t),
-        (k, _) => return Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
-    };
+    let content = super::stored_content(row.get(6), row.get(7), row.get(9))?;
     Ok(MessageRecord {
         conversation_id: ConversationId(parse_uuid(row.get(0))?),
         seq: Seq(row.get::<_, i64>(1) as u64),
@@ -1021,6 +1019,37 @@ impl Store for PostgresStore {
             let sql = format!("{SELECT_USER} WHERE user_id = ({SELECT_IDENTITY_OWNER})");
             let rows = cached_query(&conn, &sql, &[&provider.as_str(), &subject]).await?;
             rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_MEDIA, &[&id.to_string()]).await?;
+            rows.first()
+                .map(|r| {
+                    media_record(
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get(6),
+                        (i64::from(r.get::<_, i32>(7)), i64::from(r.get::<_, i32>(8))),
+                        r.get(9),
+                        r.get(10),
+                    )
+                })
+                .transpose()
+        })
+        .await
+    }
+
+    async fn media_bytes_of(&self, user: UserId) -> Result<u64, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_MEDIA_BYTES, &[&user.to_string()]).await?;
+            Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
         })
         .await
     }

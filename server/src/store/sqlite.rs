@@ -17,14 +17,17 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use prost::Message as _;
+
 use super::{
-    check_distinct_streams, codec, device_session, identity_record, kind_to_str, role_from_str, role_to_str,
-    AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary,
-    DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position, Precondition,
-    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
-    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
+    check_distinct_streams, codec, device_session, identity_record, kind_to_str, media_record, role_from_str,
+    role_to_str, AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent,
+    ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position,
+    Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
+    StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
     SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
+use super::{MediaRecord, SELECT_MEDIA, SELECT_MEDIA_BYTES};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
     ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
@@ -38,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/sqlite/0004_group_changed.sql")),
     (5, include_str!("../../migrations/sqlite/0005_account_security.sql")),
     (6, include_str!("../../migrations/sqlite/0006_identities.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_media.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -529,6 +533,26 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             ])?;
             return Ok(Vec::new());
         }
+        Event::MediaUploaded(m) => {
+            conn.prepare_cached(
+                "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
+                                    width, height, uploaded_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                m.media_id.to_string(),
+                m.uploader.to_string(),
+                m.conversation_id.to_string(),
+                m.sha256.as_slice(),
+                m.size as i64,
+                m.mime_type,
+                m.file_name,
+                m.width,
+                m.height,
+                m.at.0 as i64
+            ])?;
+            return Ok(Vec::new());
+        }
         Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } | Event::PhoneReleased { .. } => {
             return Ok(Vec::new())
         }
@@ -665,11 +689,18 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
         }
         Event::MessageSent(m) => {
             let conv = m.conversation_id.to_string();
-            let Content::Text(text) = &m.content;
+            let (kind, text, content_pb) = match &m.content {
+                Content::Text(text) => ("text", text.as_str(), None),
+                Content::Media(media) => {
+                    conn.prepare_cached("UPDATE media SET first_seq = ?2 WHERE media_id = ?1 AND first_seq IS NULL")?
+                        .execute(params![media.media_id.to_string(), version])?;
+                    ("media", media.caption.as_str(), Some(codec::encode_content(&m.content).encode_to_vec()))
+                }
+            };
             conn.prepare_cached(
                 "INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                                       content_kind, text, sent_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'text', ?7, ?8)",
+                                       content_kind, text, sent_at_ms, content_pb)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?9, ?7, ?8, ?10)",
             )?
             .execute(params![
                 conv,
@@ -679,7 +710,9 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 m.sender_device_id.to_string(),
                 m.client_msg_id.as_str(),
                 text,
-                m.at.0 as i64
+                m.at.0 as i64,
+                kind,
+                content_pb
             ])?;
             touch_conversation(conn, &conv, rec)?;
         }
@@ -937,7 +970,7 @@ fn load_summaries(c: &Connection, user: UserId, which: Summaries) -> Result<Vec<
 }
 
 const SELECT_MESSAGE: &str = "SELECT conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                                     content_kind, text, sent_at_ms FROM messages";
+                                     content_kind, text, sent_at_ms, content_pb FROM messages";
 
 fn row_to_message(row: &Row<'_>) -> rusqlite::Result<Result<MessageRecord, StoreError>> {
     let conv: String = row.get(0)?;
@@ -949,11 +982,9 @@ fn row_to_message(row: &Row<'_>) -> rusqlite::Result<Result<MessageRecord, Store
     let kind: String = row.get(6)?;
     let text: Option<String> = row.get(7)?;
     let at = row.get::<_, i64>(8)? as u64;
+    let content_pb: Option<Vec<u8>> = row.get(9)?;
     Ok((|| {
-        let content = match (kind.as_str(), text) {
-            ("text", Some(t)) => Content::Text(t),
-            (k, _) => return Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
-        };
+        let content = super::stored_content(&kind, text, content_pb)?;
         Ok(MessageRecord {
             conversation_id: ConversationId(parse_uuid(&conv)?),
             seq: Seq(seq),
@@ -1102,6 +1133,40 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(user_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError> {
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(SELECT_MEDIA)?
+                .query_row([id.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, String>(6)?,
+                        (r.get::<_, i64>(7)?, r.get::<_, i64>(8)?),
+                        r.get::<_, i64>(9)?,
+                        r.get::<_, Option<i64>>(10)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(id, up, conv, sha, size, mime, name, dims, at, first)| {
+                media_record(&id, &up, &conv, &sha, size, mime, name, dims, at, first)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn media_bytes_of(&self, user: UserId) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(SELECT_MEDIA_BYTES)?.query_row([user.to_string()], |r| r.get::<_, i64>(0))? as u64)
         })
         .await
     }

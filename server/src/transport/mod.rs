@@ -23,6 +23,8 @@ use crate::metrics::{CloseReason, Metrics};
 use crate::session::{FeedSource, Service, Session, WireError};
 use crate::tls::TlsIdentity;
 
+mod transfer;
+
 /// How the transport behaves.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -231,6 +233,9 @@ impl Connection {
 
         let inflight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
         let mut tasks = JoinSet::new();
+        // Transfer streams run beside the control stream, and end with the connection.
+        let mut transfers = JoinSet::new();
+        let max_transfers = self.service.max_transfers_per_connection();
         // Ends the feed task with the connection (or with shutdown, its parent).
         let feed_stop = self.shutdown.child_token();
         let mut feed_task = None;
@@ -240,6 +245,19 @@ impl Connection {
                 () = self.shutdown.cancelled() => break End::Done,
                 () = async { match &revoked { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
                     break End::Close(ErrorCode::SESSION_INVALID, "session revoked".into());
+                }
+                bi = self.conn.accept_bi() => {
+                    let Ok((send, recv)) = bi else { break End::Gone };
+                    while transfers.try_join_next().is_some() {}
+                    let (service, identity) = (self.service.clone(), session.identity().cloned());
+                    if transfers.len() >= max_transfers {
+                        let mut e = WireError::new(ErrorCode::RATE_LIMITED, "too many transfers on this connection");
+                        e.retry_after_ms = 1_000;
+                        transfers.spawn(transfer::refuse(send, recv, e));
+                    } else {
+                        transfers.spawn(transfer::serve(service, identity, send, recv, self.metrics.clone()));
+                    }
+                    continue;
                 }
                 d = self.conn.read_datagram() => {
                     match d {
@@ -309,6 +327,7 @@ impl Connection {
         };
         // Drain: in-flight requests finish and are answered before we close.
         drain(&mut tasks).await;
+        transfers.abort_all();
         feed_stop.cancel();
         if let Some(feed) = feed_task {
             let _ = feed.await;

@@ -25,6 +25,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use prost::Message as _;
+
 use super::{parse_uuid, query, row_to_event, Conn, Failure, LOG_LOCK, SELECT_EVENT};
 use crate::domain::conversation::ConversationKind;
 use crate::domain::{Content, ConversationId, Event, Millis, Role, UserId};
@@ -88,6 +90,10 @@ struct MessageRun {
     client_msg_id: Vec<String>,
     text: Vec<String>,
     sent_at: Vec<i64>,
+    /// `text` or `media`; the content as stored for media; the media sent.
+    content_kind: Vec<&'static str>,
+    content_pb: Vec<Option<Vec<u8>>>,
+    media_id: Vec<Option<String>>,
 }
 
 const INSERT_EVENT: &str =
@@ -104,16 +110,21 @@ macro_rules! messages_sql {
             "WITH i AS (
                  SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bytea[], $5::text[], $6::int[],
                                       $7::bytea[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[],
-                                      $13::text[], $14::bigint[])
+                                      $13::text[], $14::bigint[], $15::text[], $16::bytea[], $17::text[])
                      AS i(position, stream, version, event_id, event_type, schema_version, payload, recorded_at_ms,
-                          conversation_id, sender_user_id, sender_device_id, client_msg_id, text, sent_at_ms)),",
+                          conversation_id, sender_user_id, sender_device_id, client_msg_id, text, sent_at_ms,
+                          content_kind, content_pb, media_id)),",
             $events,
             "m AS (
                  INSERT INTO messages (conversation_id, seq, position, sender_user_id, sender_device_id, client_msg_id,
-                                       content_kind, text, sent_at_ms)
-                 SELECT conversation_id, version, position, sender_user_id, sender_device_id, client_msg_id, 'text',
-                        text, sent_at_ms
+                                       content_kind, text, sent_at_ms, content_pb)
+                 SELECT conversation_id, version, position, sender_user_id, sender_device_id, client_msg_id,
+                        content_kind, text, sent_at_ms, content_pb
                  FROM i),
+             md AS (
+                 UPDATE media SET first_seq = f.seq
+                 FROM (SELECT media_id, MIN(version) AS seq FROM i WHERE media_id IS NOT NULL GROUP BY media_id) f
+                 WHERE media.media_id = f.media_id AND media.first_seq IS NULL),
              t AS (
                  UPDATE conversations c
                  SET last_seq = l.version, last_position = l.position,
@@ -181,6 +192,9 @@ impl Plan {
                 p(run.client_msg_id),
                 p(run.text),
                 p(run.sent_at),
+                p(run.content_kind),
+                p(run.content_pb),
+                p(run.media_id),
             ],
         });
     }
@@ -194,7 +208,15 @@ impl Plan {
                 self.messages.with_rows = with_row;
             }
             let (ty, schema, payload) = codec::encode(&rec.event);
-            let Content::Text(text) = &m.content;
+            let (kind, text, content_pb, media_id) = match &m.content {
+                Content::Text(text) => ("text", text.clone(), None, None),
+                Content::Media(media) => (
+                    "media",
+                    media.caption.clone(),
+                    Some(codec::encode_content(&m.content).encode_to_vec()),
+                    Some(media.media_id.to_string()),
+                ),
+            };
             let run = &mut self.messages;
             run.events.push(self.events.len());
             run.position.push(rec.position as i64);
@@ -209,8 +231,11 @@ impl Plan {
             run.sender_user.push(m.sender_user_id.to_string());
             run.sender_device.push(m.sender_device_id.to_string());
             run.client_msg_id.push(m.client_msg_id.as_str().to_owned());
-            run.text.push(text.clone());
+            run.text.push(text);
             run.sent_at.push(m.at.0 as i64);
+            run.content_kind.push(kind);
+            run.content_pb.push(content_pb);
+            run.media_id.push(media_id);
             self.events.push(PlannedEvent { event: rec, feed: None, extra: None });
             return;
         }
@@ -314,6 +339,26 @@ impl Plan {
                 return (None, None);
             }
             Event::EmailClaimed { .. } => return (None, None),
+            Event::MediaUploaded(m) => {
+                self.push(
+                    "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
+                                        width, height, uploaded_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    vec![
+                        p(m.media_id.to_string()),
+                        p(m.uploader.to_string()),
+                        p(m.conversation_id.to_string()),
+                        p(m.sha256.to_vec()),
+                        p(m.size as i64),
+                        p(m.mime_type.clone()),
+                        p(m.file_name.clone()),
+                        p(m.width as i32),
+                        p(m.height as i32),
+                        p(m.at.0 as i64),
+                    ],
+                );
+                return (None, None);
+            }
             Event::AccountOpened(a) => {
                 self.push(
                     "INSERT INTO users (user_id, email, display_name, created_at_ms, email_verified_at_ms)

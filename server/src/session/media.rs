@@ -1,0 +1,373 @@
+//! Media transfers for a signed-in person: declaring an upload (checked
+//! before any byte moves), receiving it into the blob store (the size limit
+//! and the type enforced while bytes arrive), recording it (`MediaUploaded`),
+//! and downloads by range for whoever can read a message that sent it.
+//!
+//! The transport owns the stream; this module sees a reader of the upload's
+//! bytes and hands back a reader of a download's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use natter_proto::wire;
+use natter_proto::ErrorCode;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use uuid::Uuid;
+
+use super::{convert, Identity, Service, WireError};
+use crate::blob::{BlobError, BlobId, BlobRead, BlobStore, ByteRange, UploadId};
+use crate::domain::{ConversationId, Event, MediaId, MediaUploaded, UserId};
+use crate::media::{self, MediaConfig, SNIFF_BYTES};
+use crate::store::{AppendError, ExpectedVersion, MediaRecord, Membership, NewEvent, StreamAppend, StreamName};
+
+/// Longest file name kept, in bytes.
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// The media side of the service: the blob store, the limits, and who started
+/// which upload (an upload id is given only to its uploader; after a restart
+/// the id, with the same size and SHA-256, is what proves it).
+pub struct MediaService {
+    pub blob: Arc<dyn BlobStore>,
+    pub config: MediaConfig,
+    pending: Mutex<HashMap<UploadId, UserId>>,
+}
+
+impl MediaService {
+    pub fn new(blob: Arc<dyn BlobStore>, config: MediaConfig) -> Self {
+        Self { blob, config, pending: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// An upload that natterd accepted: where the client resumes.
+#[derive(Debug, Clone)]
+pub struct UploadPlan {
+    pub upload: UploadId,
+    pub offset: u64,
+    size: u64,
+    blob: BlobId,
+    conversation: ConversationId,
+    file_name: String,
+}
+
+impl UploadPlan {
+    pub fn ready(&self) -> wire::UploadReady {
+        wire::UploadReady { upload_id: self.upload.to_string(), offset: self.offset }
+    }
+}
+
+fn blob_error(e: BlobError) -> WireError {
+    match e {
+        BlobError::Unavailable { retry_after, reason } => {
+            tracing::warn!(reason = %reason, "blob store unavailable");
+            let mut e = WireError::new(ErrorCode::UNAVAILABLE, "the file store cannot be reached; retry");
+            e.retry_after_ms = retry_after.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            e
+        }
+        BlobError::UploadNotFound => WireError::new(ErrorCode::NOT_FOUND, "no such upload (finished, or expired)"),
+        BlobError::UploadBusy => {
+            let mut e = WireError::new(ErrorCode::CONFLICT, "the upload is still busy on another stream; retry");
+            e.retry_after_ms = 1_000;
+            e
+        }
+        BlobError::Mismatch(m) => WireError::new(ErrorCode::MEDIA_MISMATCH, format!("{m}; nothing was stored")),
+        BlobError::TooLarge { limit } => WireError::new(
+            ErrorCode::MEDIA_MISMATCH,
+            format!("more bytes than the {limit} declared; nothing was stored"),
+        ),
+        BlobError::Incomplete { received, size } => {
+            WireError::new(ErrorCode::MEDIA_MISMATCH, format!("{received} of {size} bytes arrived; resume the upload"))
+        }
+        BlobError::RangeNotSatisfiable { offset, size } => super::WireError::new(
+            ErrorCode::INVALID_ARGUMENT,
+            format!("the range starts at {offset}, past the end ({size} bytes)"),
+        ),
+        BlobError::Interrupted { offset, .. } => {
+            WireError::new(ErrorCode::UNAVAILABLE, format!("the upload stopped at {offset}; resume it from there"))
+        }
+        e => {
+            tracing::error!(error = %e, "blob store failure");
+            WireError::new(ErrorCode::INTERNAL, "internal error")
+        }
+    }
+}
+
+fn check_file_name(name: &str) -> Result<(), WireError> {
+    let bad = |reason| Err(super::invalid("file_name", reason));
+    if name.trim().is_empty() || name.len() > MAX_FILE_NAME_BYTES {
+        return bad("1 to 255 bytes");
+    }
+    if name.chars().any(|c| c.is_control() || c == '/' || c == '\\') || name == "." || name == ".." {
+        return bad("no control characters, slashes, or . and ..");
+    }
+    Ok(())
+}
+
+/// The bytes that came with the request frame, then the stream.
+struct Chained<'a> {
+    early: &'a [u8],
+    rest: &'a mut (dyn AsyncRead + Send + Unpin),
+}
+
+impl AsyncRead for Chained<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early = &self.early[n..];
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut *self.rest).poll_read(cx, buf)
+    }
+}
+
+impl Service {
+    fn media(&self) -> &MediaService {
+        &self.media
+    }
+
+    /// Transfers one connection may run at once.
+    pub fn max_transfers_per_connection(&self) -> usize {
+        self.media.config.transfers_per_connection as usize
+    }
+
+    /// Checks a declared upload (or a resumed one) before any byte moves.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`, `NOT_A_MEMBER`, `NOT_FOUND`, `INVALID_ARGUMENT`,
+    /// `MEDIA_TOO_LARGE`, `QUOTA_EXCEEDED`, `UNAVAILABLE`.
+    pub async fn upload_ready(&self, me: &Identity, req: &wire::UploadStart) -> Result<UploadPlan, WireError> {
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        check_file_name(&req.file_name)?;
+        let blob =
+            BlobId(<[u8; 32]>::try_from(req.sha256.as_slice()).map_err(|_| super::invalid("sha256", "32 bytes"))?);
+        if req.size == 0 {
+            return Err(super::invalid("size", "an empty file has nothing to send"));
+        }
+        let config = &self.media().config;
+        if req.size > config.max_file_bytes {
+            return Err(WireError::new(
+                ErrorCode::MEDIA_TOO_LARGE,
+                format!("{} bytes; the limit is {}", req.size, config.max_file_bytes),
+            ));
+        }
+        let used = self.store.media_bytes_of(me.user_id).await?;
+        if used.saturating_add(req.size) > config.quota_bytes {
+            return Err(WireError::new(
+                ErrorCode::QUOTA_EXCEEDED,
+                format!("your files take {used} of {} bytes; this one needs {}", config.quota_bytes, req.size),
+            ));
+        }
+        let status = if req.upload_id.is_empty() {
+            let status = self.media().blob.begin_upload(blob, req.size).await.map_err(blob_error)?;
+            self.media().pending.lock().expect("pending lock").insert(status.upload.clone(), me.user_id);
+            status
+        } else {
+            let not_found = || WireError::new(ErrorCode::NOT_FOUND, "no such upload of yours");
+            let upload = UploadId::parse(&req.upload_id).ok_or_else(not_found)?;
+            let holder = self.media().pending.lock().expect("pending lock").get(&upload).copied();
+            if holder.is_some_and(|u| u != me.user_id) {
+                return Err(not_found());
+            }
+            let status = self.media().blob.upload_status(&upload).await.map_err(|e| match e {
+                BlobError::UploadNotFound => not_found(),
+                e => blob_error(e),
+            })?;
+            if status.blob != blob || status.size != req.size {
+                return Err(not_found());
+            }
+            self.media().pending.lock().expect("pending lock").insert(upload, me.user_id);
+            status
+        };
+        Ok(UploadPlan {
+            upload: status.upload,
+            offset: status.offset,
+            size: req.size,
+            blob,
+            conversation: state.id,
+            file_name: req.file_name.trim().to_owned(),
+        })
+    }
+
+    /// Receives an accepted upload's bytes (`early` came with the request
+    /// frame), checks and stores them, and records the media.
+    ///
+    /// # Errors
+    /// `MEDIA_TYPE_REFUSED` (from the first 8 KiB), `MEDIA_MISMATCH`,
+    /// `QUOTA_EXCEEDED`, `UNAVAILABLE` (the bytes stopped: resume), store errors.
+    pub async fn upload_receive(
+        &self,
+        me: &Identity,
+        plan: UploadPlan,
+        early: &[u8],
+        stream: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> Result<wire::Media, WireError> {
+        let blob = &self.media().blob;
+        let mut body = Chained { early, rest: stream };
+        let mut offset = plan.offset;
+        if offset == 0 {
+            // The type first: a refused file is stopped after its first 8 KiB.
+            let want = SNIFF_BYTES.min(plan.size as usize);
+            let mut head = vec![0u8; want];
+            let mut got = 0;
+            while got < want {
+                match body.read(&mut head[got..]).await {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(_) => break,
+                }
+            }
+            head.truncate(got);
+            if got == want {
+                self.refuse_type(&head).inspect_err(|_| self.forget_upload(&plan.upload))?;
+            }
+            let status = blob.append(&plan.upload, 0, &mut std::io::Cursor::new(head)).await.map_err(blob_error)?;
+            offset = status.offset;
+        }
+        let status = blob.append(&plan.upload, offset, &mut body).await.map_err(blob_error)?;
+        if status.offset < plan.size {
+            return Err(WireError::new(
+                ErrorCode::UNAVAILABLE,
+                format!("the upload stopped at {}; resume it from there", status.offset),
+            ));
+        }
+        let mut one = [0u8; 1];
+        if matches!(body.read(&mut one).await, Ok(n) if n > 0) {
+            self.forget_upload(&plan.upload);
+            let _ = blob.abort_upload(&plan.upload).await;
+            return Err(WireError::new(ErrorCode::MEDIA_MISMATCH, "more bytes than declared; nothing was stored"));
+        }
+        let outcome = blob.finish_upload(&plan.upload).await.map_err(blob_error);
+        if !matches!(outcome, Err(ref e) if e.code == ErrorCode::UNAVAILABLE) {
+            self.forget_upload(&plan.upload);
+        }
+        let outcome = outcome?;
+        // The stored bytes decide (a resumed upload's start came earlier).
+        let head = blob
+            .get(plan.blob, Some(ByteRange { offset: 0, len: SNIFF_BYTES as u64 }))
+            .await
+            .map_err(blob_error)?
+            .into_bytes()
+            .await
+            .map_err(blob_error)?;
+        let mime = match self.refuse_type(&head) {
+            Ok(mime) => mime,
+            Err(e) => {
+                if !outcome.deduplicated {
+                    let _ = blob.delete(plan.blob).await;
+                }
+                return Err(e);
+            }
+        };
+        let (width, height) = media::image_size(mime, &head);
+        let used = self.store.media_bytes_of(me.user_id).await?;
+        if used.saturating_add(plan.size) > self.media().config.quota_bytes {
+            return Err(WireError::new(ErrorCode::QUOTA_EXCEEDED, "your files would exceed your quota"));
+        }
+        let uploaded = MediaUploaded {
+            media_id: MediaId(Uuid::new_v4()),
+            uploader: me.user_id,
+            conversation_id: plan.conversation,
+            sha256: plan.blob.0,
+            size: plan.size,
+            mime_type: mime.to_owned(),
+            file_name: plan.file_name,
+            width,
+            height,
+            at: self.now(),
+        };
+        let stream = StreamName::media(uploaded.media_id);
+        let append = StreamAppend::new(
+            stream,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::fresh(Event::MediaUploaded(uploaded.clone()))],
+        );
+        match self.store.append(vec![append]).await {
+            Ok(_) => {}
+            Err(AppendError::WrongExpectedVersion { .. }) => {
+                return Err(WireError::new(ErrorCode::CONFLICT, "retry the upload"))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let record = MediaRecord {
+            media_id: uploaded.media_id,
+            uploader: uploaded.uploader,
+            conversation_id: uploaded.conversation_id,
+            sha256: uploaded.sha256,
+            size: uploaded.size,
+            mime_type: uploaded.mime_type,
+            file_name: uploaded.file_name,
+            width,
+            height,
+            uploaded_at: uploaded.at,
+            first_seq: None,
+        };
+        Ok(convert::media_record(&record))
+    }
+
+    fn forget_upload(&self, upload: &UploadId) {
+        self.media().pending.lock().expect("pending lock").remove(upload);
+    }
+
+    /// The detected type, or `MEDIA_TYPE_REFUSED`.
+    fn refuse_type(&self, head: &[u8]) -> Result<&'static str, WireError> {
+        let mime = media::detect(head);
+        if self.media().config.allows(mime) {
+            Ok(mime)
+        } else {
+            Err(WireError::new(
+                ErrorCode::MEDIA_TYPE_REFUSED,
+                format!("the file's bytes are {mime}, which this server does not accept"),
+            ))
+        }
+    }
+
+    /// Whether `me` may read the media: its uploader, or anyone who can read
+    /// the first message that sent it.
+    async fn may_read(&self, me: UserId, record: &MediaRecord) -> Result<bool, WireError> {
+        if record.uploader == me {
+            return Ok(true);
+        }
+        let Some(first) = record.first_seq else { return Ok(false) };
+        Ok(match self.store.membership(record.conversation_id, me).await? {
+            Some(Membership::Active(_)) => true,
+            Some(Membership::Former { left_at }) => first <= left_at,
+            None => false,
+        })
+    }
+
+    /// Opens a download: the header to send, then the bytes.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` (no such media, or not the caller's to read),
+    /// `INVALID_ARGUMENT` (a range past the end), `UNAVAILABLE`.
+    pub async fn download_open(
+        &self,
+        me: &Identity,
+        req: &wire::DownloadStart,
+    ) -> Result<(wire::DownloadHeader, BlobRead), WireError> {
+        let not_found = || WireError::new(ErrorCode::NOT_FOUND, "no such media");
+        let id = MediaId::parse(&req.media_id)?;
+        let record = self.store.media(id).await?.ok_or_else(not_found)?;
+        if !self.may_read(me.user_id, &record).await? {
+            return Err(not_found());
+        }
+        let past_end = req.offset > record.size || req.offset.saturating_add(req.length) > record.size;
+        if past_end {
+            return Err(super::invalid("offset", "the range runs past the end of the file"));
+        }
+        let len = if req.length == 0 { record.size - req.offset } else { req.length };
+        let read = self
+            .media()
+            .blob
+            .get(BlobId(record.sha256), Some(ByteRange { offset: req.offset, len }))
+            .await
+            .map_err(blob_error)?;
+        let header =
+            wire::DownloadHeader { media: Some(convert::media_record(&record)), offset: read.offset, length: read.len };
+        Ok((header, read))
+    }
+}

@@ -1,0 +1,269 @@
+//! Media through the protocol: uploads and downloads on transfer streams of
+//! their own, media messages, and who may read what. The blob store is the
+//! default (files under the data directory).
+
+use std::io::Cursor;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use natter_client::proto::{self, content::Body as ContentBody};
+use natter_client::transfer::{digest, UploadSpec};
+use natter_client::Client;
+use natter_proto::ErrorCode;
+use natter_tests::TestServer;
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+
+/// A PNG of `w`×`h` (its header; the rest is noise, which is all a type
+/// check and a byte-for-byte round trip need).
+fn png(w: u32, h: u32, len: usize) -> Vec<u8> {
+    let mut b = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+    b.extend_from_slice(&w.to_be_bytes());
+    b.extend_from_slice(&h.to_be_bytes());
+    b.extend_from_slice(&[8, 6, 0, 0, 0]);
+    let mut x: u32 = 0x9e37_79b9;
+    while b.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        b.push(x as u8);
+    }
+    b
+}
+
+async fn spec_of(conversation: &str, name: &str, bytes: &[u8]) -> UploadSpec {
+    let (sha256, size) = digest(&mut Cursor::new(bytes)).await.unwrap();
+    UploadSpec { conversation_id: conversation.into(), file_name: name.into(), size, sha256, upload_id: None }
+}
+
+async fn upload(c: &Client, conversation: &str, name: &str, bytes: &[u8]) -> Result<proto::Media, ErrorCode> {
+    let spec = spec_of(conversation, name, bytes).await;
+    c.upload(&spec, &mut Cursor::new(bytes.to_vec()), |_| {}).await.map_err(|e| e.error.code().expect("a server error"))
+}
+
+async fn download(c: &Client, media_id: &str, offset: u64, length: u64) -> Result<Vec<u8>, ErrorCode> {
+    let mut out = Vec::new();
+    c.download(media_id, offset, length, &mut out, |_| {}).await.map_err(|e| e.code().expect("a server error"))?;
+    Ok(out)
+}
+
+/// The media of the newest message `c` can see in `conversation`.
+async fn last_media(c: &Client, conversation: &str) -> proto::Media {
+    let page = c
+        .history(proto::GetHistory { conversation_id: conversation.into(), limit: 1, ..Default::default() })
+        .await
+        .unwrap();
+    match page.messages[0].content.clone().and_then(|c| c.body) {
+        Some(ContentBody::Media(m)) => m,
+        other => panic!("not a media message: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_photo_goes_up_is_sent_and_comes_down_byte_for_byte_and_by_range() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let photo = png(640, 480, 300 * 1024 + 7);
+    let mut seen = Vec::new();
+    let spec = spec_of(&dm, "holiday.png", &photo).await;
+    let media = alice.upload(&spec, &mut Cursor::new(photo.clone()), |n| seen.push(n)).await.unwrap();
+    assert_eq!(
+        (media.mime_type.as_str(), media.size, media.width, media.height),
+        ("image/png", photo.len() as u64, 640, 480)
+    );
+    assert_eq!(media.file_name, "holiday.png");
+    assert_eq!(media.sha256, spec.sha256.to_vec());
+    assert_eq!(seen.last(), Some(&(photo.len() as u64)), "progress reached the end");
+    // Before it is sent, only Alice can read it.
+    assert_eq!(download(&bob, &media.media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND));
+    assert_eq!(download(&alice, &media.media_id, 0, 0).await.unwrap(), photo);
+
+    alice.send_media(&dm, "m1", &media.media_id, "the beach").await.unwrap();
+    let got = last_media(&bob, &dm).await;
+    assert_eq!(
+        (got.media_id.as_str(), got.caption.as_str(), got.mime_type.as_str()),
+        (media.media_id.as_str(), "the beach", "image/png")
+    );
+    assert_eq!(download(&bob, &got.media_id, 0, 0).await.unwrap(), photo, "byte for byte");
+    // A range, as a player seeks; the end; past the end.
+    assert_eq!(download(&bob, &got.media_id, 1000, 5000).await.unwrap(), &photo[1000..6000]);
+    let n = photo.len() as u64;
+    assert_eq!(download(&bob, &got.media_id, n - 10, 0).await.unwrap(), &photo[photo.len() - 10..]);
+    assert_eq!(download(&bob, &got.media_id, n, 1).await, Err(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(download(&bob, &got.media_id, n + 1, 0).await, Err(ErrorCode::INVALID_ARGUMENT));
+    // Chat goes on beside transfers on the same connection.
+    bob.send_text(&dm, "b1", "nice!").await.unwrap();
+}
+
+#[tokio::test]
+async fn uploads_are_checked_before_and_while_bytes_arrive() {
+    let server = TestServer::start_with(|c| {
+        c.media.max_file_bytes = 1024 * 1024;
+        c.media.quota_bytes = 1536 * 1024;
+    })
+    .await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (mallory, _) = server.new_user("mallory@example.org").await;
+    let dm = alice.open_direct("mallory@example.org").await.unwrap().conversation_id;
+    let (carol, _) = server.new_user("carol@example.org").await;
+
+    // An executable called a photo: the bytes decide.
+    let mut elf = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0".to_vec();
+    elf.resize(64 * 1024, 0x90);
+    assert_eq!(upload(&alice, &dm, "cat.jpg", &elf).await, Err(ErrorCode::MEDIA_TYPE_REFUSED));
+    // Too large, refused before a byte; nothing; a bad name.
+    assert_eq!(upload(&alice, &dm, "big.png", &png(1, 1, 1024 * 1024 + 1)).await, Err(ErrorCode::MEDIA_TOO_LARGE));
+    assert_eq!(upload(&alice, &dm, "empty.txt", b"").await, Err(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(upload(&alice, &dm, "../etc/passwd", b"hello").await, Err(ErrorCode::INVALID_ARGUMENT));
+    // Bytes that are not the declared ones.
+    let photo = png(2, 2, 4096);
+    let mut spec = spec_of(&dm, "a.png", &photo).await;
+    spec.sha256[0] ^= 1;
+    let e = alice.upload(&spec, &mut Cursor::new(photo.clone()), |_| {}).await.unwrap_err();
+    assert_eq!(e.error.code(), Some(ErrorCode::MEDIA_MISMATCH), "{e}");
+    // Not a member; not signed in.
+    assert_eq!(upload(&carol, &dm, "a.png", &photo).await, Err(ErrorCode::NOT_A_MEMBER));
+    let anonymous = server.client().await;
+    assert_eq!(upload(&anonymous, &dm, "a.png", &photo).await, Err(ErrorCode::UNAUTHENTICATED));
+    assert_eq!(
+        download(&anonymous, "6f9c1a3e-0000-4000-8000-000000000000", 0, 0).await,
+        Err(ErrorCode::UNAUTHENTICATED)
+    );
+
+    // The quota: 1 MiB stored, another 1 MiB would pass 1.5 MiB.
+    let first = upload(&alice, &dm, "one.png", &png(8, 8, 1024 * 1024)).await.unwrap();
+    assert_eq!(upload(&alice, &dm, "two.png", &png(8, 9, 1024 * 1024)).await, Err(ErrorCode::QUOTA_EXCEEDED));
+    // Mallory's quota is his own.
+    upload(&mallory, &dm, "his.png", &png(9, 9, 1024)).await.unwrap();
+
+    // Sending: only your own upload, only where it was uploaded for.
+    let e = mallory.send_media(&dm, "x", &first.media_id, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND), "someone else's upload: {e}");
+    let group = alice.create_group("crew", &["mallory@example.org"]).await.unwrap().conversation_id;
+    let e = alice.send_media(&group, "y", &first.media_id, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "uploaded for another conversation: {e}");
+    let e = alice.send_media(&dm, "z", "not-an-id", "").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "{e}");
+    alice.send_media(&dm, "ok", &first.media_id, "").await.unwrap();
+    assert_eq!(download(&carol, &first.media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND), "not in the conversation");
+}
+
+#[tokio::test]
+async fn a_removed_member_keeps_the_media_sent_before_and_gets_none_after() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let group = alice.create_group("crew", &["bob@example.org"]).await.unwrap();
+    let g = group.conversation_id.clone();
+    let before = upload(&alice, &g, "before.png", &png(3, 3, 2048)).await.unwrap();
+    alice.send_media(&g, "m1", &before.media_id, "").await.unwrap();
+    let bob_id = bob.identity().unwrap().user_id;
+    alice.remove_member(&g, &bob_id).await.unwrap();
+    let after = upload(&alice, &g, "after.png", &png(4, 4, 2048)).await.unwrap();
+    alice.send_media(&g, "m2", &after.media_id, "").await.unwrap();
+    assert_eq!(download(&bob, &before.media_id, 0, 0).await.unwrap().len(), 2048, "sent while he was a member");
+    assert_eq!(download(&bob, &after.media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND), "sent after his removal");
+}
+
+/// Yields `limit` bytes of `inner`, then fails: a connection that breaks.
+struct Breaks {
+    inner: Cursor<Vec<u8>>,
+    limit: u64,
+}
+
+impl AsyncRead for Breaks {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let left = self.limit.saturating_sub(self.inner.position());
+        if left == 0 {
+            return Poll::Ready(Err(std::io::Error::other("the network went away")));
+        }
+        let mut small = buf.take(left as usize);
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut small);
+        let n = small.filled().len();
+        buf.advance(n);
+        r
+    }
+}
+
+impl AsyncSeek for Breaks {
+    fn start_seek(mut self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
+        Pin::new(&mut self.inner).start_seek(position)
+    }
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        Pin::new(&mut self.inner).poll_complete(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_resumes_where_natterd_has_it() {
+    let server = TestServer::start().await;
+    let (alice, token) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let video = {
+        let mut v = b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2avc1mp41".to_vec();
+        v.extend(png(1, 1, 3 * 1024 * 1024).into_iter().skip(16));
+        v
+    };
+    let spec = spec_of(&dm, "clip.mp4", &video).await;
+    let cut = 1024 * 1024 + 12_345;
+    let e =
+        alice.upload(&spec, &mut Breaks { inner: Cursor::new(video.clone()), limit: cut }, |_| {}).await.unwrap_err();
+    let upload_id = e.upload_id.clone().expect("natterd accepted it before the cut");
+    alice.close().await;
+
+    // The id is Alice's: Carol, who saw it somehow, cannot take the upload over.
+    let (carol, _) = server.new_user("carol@example.org").await;
+    let hers = carol.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let theft = UploadSpec { conversation_id: hers, upload_id: Some(upload_id.clone()), ..spec.clone() };
+    let e = carol.upload(&theft, &mut Cursor::new(video.clone()), |_| {}).await.unwrap_err();
+    assert_eq!(e.error.code(), Some(ErrorCode::NOT_FOUND), "{e}");
+
+    // Later, on another connection: natterd says where to go on from.
+    let again = server.resume(&token).await;
+    let mut resumed_at = None;
+    let spec = UploadSpec { upload_id: Some(upload_id.clone()), ..spec };
+    let media = again
+        .upload(&spec, &mut Cursor::new(video.clone()), |n| {
+            resumed_at.get_or_insert(n);
+        })
+        .await
+        .unwrap();
+    let at = resumed_at.unwrap();
+    assert!(at > 0 && at <= cut, "resumed at {at}, the cut was at {cut}");
+    assert_eq!(media.mime_type, "video/mp4");
+    assert_eq!(download(&again, &media.media_id, 0, 0).await.unwrap(), video);
+    // Finished: the id resumes nothing any more.
+    let e = again.upload(&spec, &mut Cursor::new(video.clone()), |_| {}).await.unwrap_err();
+    assert_eq!(e.error.code(), Some(ErrorCode::NOT_FOUND), "{e}");
+}
+
+#[tokio::test]
+async fn on_the_s3_store_a_video_round_trips_and_seeks_and_identical_bytes_are_stored_once() {
+    let weed = natter_tests::seaweed::Seaweed::start();
+    let blob = weed.blob_config("natter-media-test");
+    let config = blob.clone();
+    let server = TestServer::start_with(move |c| c.blob = blob).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    // 12 MiB: more than two multipart parts.
+    let mut video = b"\0\0\0\x20ftypisom\0\0\x02\0isomiso2avc1mp41".to_vec();
+    video.extend(png(1, 1, 12 * 1024 * 1024).into_iter().skip(16));
+    let media = upload(&alice, &dm, "clip.mp4", &video).await.unwrap();
+    assert_eq!(media.mime_type, "video/mp4");
+    alice.send_media(&dm, "v1", &media.media_id, "").await.unwrap();
+    assert_eq!(download(&bob, &media.media_id, 0, 0).await.unwrap(), video);
+    let at = 7 * 1024 * 1024 + 3;
+    assert_eq!(download(&bob, &media.media_id, at, 4096).await.unwrap(), &video[at as usize..at as usize + 4096]);
+    // Bob sends the same bytes back: a media of his own, the same object in the store.
+    let again = upload(&bob, &dm, "same.mp4", &video).await.unwrap();
+    assert_ne!(again.media_id, media.media_id);
+    assert_eq!(again.sha256, media.sha256);
+    assert_eq!(download(&bob, &again.media_id, 0, 16).await.unwrap(), &video[..16]);
+    let store = natter_server::blob::open(&config, server.data_dir()).unwrap();
+    let objects = store.list(None, 100).await.unwrap();
+    assert_eq!(objects.len(), 1, "one object for both uploads: {objects:?}");
+    assert_eq!(objects[0].size, video.len() as u64);
+}
