@@ -229,4 +229,16 @@ impl Client {
             other => Err(super::unexpected(&other)),
         }
     }
+
+    /// A short-lived URL that fetches the media straight from the S3 store.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `DIRECT_URL_UNSUPPORTED` (the server keeps files itself).
+    pub async fn media_url(&self, media_id: &str) -> Result<wire::MediaUrl, ClientError> {
+        let body = wire::request::Body::GetMediaUrl(wire::GetMediaUrl { media_id: media_id.into() });
+        match self.request(body).await? {
+            wire::response::Result::MediaUrl(u) => Ok(u),
+            other => Err(super::unexpected(&other)),
+        }
+    }
 }

@@ -54,6 +54,7 @@ codes! {
     QUOTA_EXCEEDED = 304, "The file would take the uploader over their storage quota.";
     MEDIA_TYPE_REFUSED = 305, "The file's bytes are of a type the server does not accept (the name does not count).";
     MEDIA_MISMATCH = 306, "The bytes received are not the declared size or SHA-256; nothing was stored.";
+    DIRECT_URL_UNSUPPORTED = 307, "The server's file store has no direct URLs; download over a transfer stream.";
     // 4xx: resources and permissions
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";

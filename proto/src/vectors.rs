@@ -711,6 +711,22 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_get_media_url",
+            "Request 27: GetMediaUrl for a media (S3 store: a presigned URL)",
+            req(27, request::Body::GetMediaUrl(GetMediaUrl { media_id: MEDIA.into() })),
+        ),
+        (
+            "response_media_url",
+            "Response 27: the URL and when it stops working",
+            resp(
+                27,
+                response::Result::MediaUrl(MediaUrl {
+                    url: "https://s3.example.org/natter-media/blobs/abab?X-Amz-Expires=300&X-Amz-Signature=0f1e".into(),
+                    expires_at_ms: 1_795_000_300_000,
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

@@ -262,8 +262,49 @@ async fn on_the_s3_store_a_video_round_trips_and_seeks_and_identical_bytes_are_s
     assert_ne!(again.media_id, media.media_id);
     assert_eq!(again.sha256, media.sha256);
     assert_eq!(download(&bob, &again.media_id, 0, 16).await.unwrap(), &video[..16]);
+    // A direct URL from the store: for those who may read it, and for a while.
+    let url = bob.media_url(&media.media_id).await.unwrap();
+    let http = natter_tests::http_client();
+    let got = http.get(&url.url).header("Range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(got.status().as_u16(), 206);
+    assert_eq!(got.headers()["content-type"], "video/mp4");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &video[100..200]);
+    let (carol, _) = server.new_user("carol@example.org").await;
+    assert_eq!(carol.media_url(&media.media_id).await.unwrap_err().code(), Some(ErrorCode::NOT_FOUND));
+    let anonymous = server.client().await;
+    assert_eq!(anonymous.media_url(&media.media_id).await.unwrap_err().code(), Some(ErrorCode::UNAUTHENTICATED));
     let store = natter_server::blob::open(&config, server.data_dir()).unwrap();
     let objects = store.list(None, 100).await.unwrap();
     assert_eq!(objects.len(), 1, "one object for both uploads: {objects:?}");
     assert_eq!(objects[0].size, video.len() as u64);
+}
+
+#[tokio::test]
+async fn a_direct_url_expires_and_the_fs_store_has_none() {
+    let weed = natter_tests::seaweed::Seaweed::start();
+    let blob = weed.blob_config("natter-url-expiry");
+    let server = TestServer::start_with(move |c| {
+        c.blob = blob;
+        c.media.url_expiry_secs = 1;
+    })
+    .await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let photo = png(5, 5, 4096);
+    let media = upload(&alice, &dm, "p.png", &photo).await.unwrap();
+    let url = alice.media_url(&media.media_id).await.unwrap();
+    let http = natter_tests::http_client();
+    assert_eq!(http.get(&url.url).send().await.unwrap().bytes().await.unwrap().as_ref(), photo.as_slice());
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let late = http.get(&url.url).send().await.unwrap();
+    assert_eq!(late.status().as_u16(), 403, "the store refuses an expired URL");
+
+    let fs = TestServer::start().await;
+    let (alice, _) = fs.new_user("alice@example.org").await;
+    fs.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let media = upload(&alice, &dm, "p.png", &photo).await.unwrap();
+    let e = alice.media_url(&media.media_id).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::DIRECT_URL_UNSUPPORTED), "{e}");
 }

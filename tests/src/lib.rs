@@ -73,6 +73,25 @@ impl TestServer {
     }
 }
 
+/// An HTTP client as the harness builds them: rustls with ring (no roots:
+/// the test servers speak plain HTTP on loopback), redirects not followed,
+/// a browser's name.
+pub fn http_client() -> reqwest::Client {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .user_agent("Mozilla/5.0 (natter tests)")
+        .build()
+        .expect("http client")
+}
+
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 

@@ -21,7 +21,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -110,7 +109,7 @@ impl OidcProvider {
         };
         let issuer = issuer
             .unwrap_or_else(|| panic!("the OIDC provider said {line:?}, not `listening URL` (its stderr is above)"));
-        let provider = Self { issuer, http: http_client(), _child: child };
+        let provider = Self { issuer, http: crate::http_client(), _child: child };
         provider.set_user(OidcUser::default()).await;
         provider
     }
@@ -220,24 +219,6 @@ impl Drop for Flock<'_> {
     }
 }
 
-/// An HTTP client as the harness builds them: rustls with ring (no roots:
-/// the test servers speak plain HTTP on loopback), redirects not followed.
-fn http_client() -> reqwest::Client {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .user_agent("Mozilla/5.0 (natter tests)")
-        .build()
-        .expect("http client")
-}
-
 /// What a browser does when a person approves: GETs `url`, follows
 /// redirects (relative or absolute `Location`, at most 10, to the provider,
 /// the GitHub fake or a loopback listener alike) and returns the final page's
@@ -247,7 +228,7 @@ fn http_client() -> reqwest::Client {
 /// The final status when it is 400 or more, with the body; a redirect
 /// without a `Location`; too many redirects; a request that fails.
 pub async fn browse(url: &str) -> Result<String, String> {
-    let client = http_client();
+    let client = crate::http_client();
     let mut url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
     for _ in 0..=MAX_REDIRECTS {
         let response = client.get(url.clone()).send().await.map_err(|e| format!("GET {url}: {e}"))?;

@@ -110,21 +110,8 @@ impl Drop for Seaweed {
 }
 
 /// An HTTP client for what a person's client fetches straight from the store
-/// (presigned URLs): plain http to loopback, no TLS roots needed.
-pub fn http_client() -> reqwest::Client {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("http client")
-}
+/// (presigned URLs): the harness's own.
+pub use crate::http_client;
 
 /// `NATTERTEST_WEED`, else `weed` on the PATH, checked by running it.
 fn weed_binary() -> PathBuf {

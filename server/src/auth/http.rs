@@ -17,6 +17,15 @@ use std::time::Duration;
 /// Only if TLS cannot be set up (ring supports every version asked for, so in
 /// practice never).
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    client_builder()?.timeout(timeout).connect_timeout(timeout).build().map_err(|e| e.to_string())
+}
+
+/// [`client`]'s builder before any timeout is set: for a client whose
+/// requests may stream for long (the S3 store bounds each wait instead).
+///
+/// # Errors
+/// As [`client`].
+pub(crate) fn client_builder() -> Result<reqwest::ClientBuilder, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -25,14 +34,10 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(timeout)
-        .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("natter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())
+        .user_agent(concat!("natter/", env!("CARGO_PKG_VERSION"))))
 }
 
 /// Checks the address in config key `table.key`: `https://host[:port][/path]`,

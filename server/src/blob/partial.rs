@@ -142,6 +142,21 @@ impl Partials {
         Ok(Active { id: id.clone(), active: Arc::clone(&self.active) })
     }
 
+    /// Claims `id` for one append and loads its record, which must be at
+    /// `offset` (the confirmed offset the caller resumes from).
+    ///
+    /// # Errors
+    /// [`BlobError::UploadBusy`], [`BlobError::UploadNotFound`],
+    /// [`BlobError::WrongOffset`]; storage failures.
+    pub(crate) async fn resume(&self, id: &UploadId, offset: u64) -> Result<(Active, UploadState), BlobError> {
+        let active = self.claim(id)?;
+        let state = self.load(id).await?;
+        if offset != state.offset {
+            return Err(BlobError::WrongOffset { confirmed: state.offset, got: offset });
+        }
+        Ok((active, state))
+    }
+
     /// Makes a new upload: an empty data file and its first record.
     pub(crate) async fn create(&self, state: &UploadState) -> Result<(UploadId, Active), BlobError> {
         let id = UploadId::random();

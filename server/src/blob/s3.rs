@@ -384,11 +384,7 @@ impl BlobStore for S3BlobStore {
         offset: u64,
         body: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<UploadStatus, BlobError> {
-        let _active = self.partials.claim(upload)?;
-        let mut state = self.partials.load(upload).await?;
-        if offset != state.offset {
-            return Err(BlobError::WrongOffset { confirmed: state.offset, got: offset });
-        }
+        let (_active, mut state) = self.partials.resume(upload, offset).await?;
         let part_size = progress(&mut state)?.part_size;
         let mut file = self.partials.open_data(upload, state.staged()).await?;
         let mut buf = vec![0u8; partial::CHUNK];
@@ -645,20 +641,9 @@ fn read_secret(config: &BlobConfig) -> Result<String, BlobConfigError> {
 /// whole request, which may stream gigabytes: `timeout` bounds connecting and
 /// each wait for bytes.
 fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+    crate::auth::http::client_builder()?
         .connect_timeout(timeout)
         .read_timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("natter/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())
 }

@@ -20,6 +20,8 @@ pub struct MediaConfig {
     pub allowed_types: Vec<String>,
     /// Uploads at most this many at once per connection.
     pub transfers_per_connection: u32,
+    /// How long a `GetMediaUrl` URL works, in seconds (S3 store).
+    pub url_expiry_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -49,6 +51,7 @@ impl Default for MediaConfig {
             .map(str::to_owned)
             .to_vec(),
             transfers_per_connection: 4,
+            url_expiry_secs: 300,
         }
     }
 }
@@ -59,6 +62,9 @@ impl MediaConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_file_bytes == 0 {
             return Err("media.max_file_bytes must be at least 1".into());
+        }
+        if !(1..=7 * 86_400).contains(&self.url_expiry_secs) {
+            return Err("media.url_expiry_secs must be 1 to 604800 (S3 allows at most 7 days)".into());
         }
         if self.transfers_per_connection == 0 {
             return Err("media.transfers_per_connection must be at least 1".into());
@@ -94,6 +100,24 @@ pub fn detect(head: &[u8]) -> &'static str {
         Some(t) if !t.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t' | '\u{c}')) => "text/plain",
         _ => "application/octet-stream",
     }
+}
+
+/// A `Content-Disposition` naming the file: an ASCII fallback, and the name
+/// itself in RFC 5987 form.
+pub fn attachment(file_name: &str) -> String {
+    let ascii: String = file_name
+        .chars()
+        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' })
+        .collect();
+    let mut encoded = String::new();
+    for b in file_name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 /// Image dimensions from the header, when the type is one whose header is
@@ -169,6 +193,12 @@ mod tests {
         assert!(c.validate().is_ok());
         let bad = MediaConfig { allowed_types: vec!["png".into()], ..MediaConfig::default() };
         assert!(bad.validate().unwrap_err().contains("media.allowed_types"));
+    }
+
+    #[test]
+    fn attachments_name_the_file_safely() {
+        assert_eq!(attachment("a b.pdf"), "attachment; filename=\"a b.pdf\"; filename*=UTF-8''a%20b.pdf");
+        assert_eq!(attachment("q\"é.png"), "attachment; filename=\"q__.png\"; filename*=UTF-8''q%22%C3%A9.png");
     }
 
     #[test]

@@ -370,4 +370,31 @@ impl Service {
             wire::DownloadHeader { media: Some(convert::media_record(&record)), offset: read.offset, length: read.len };
         Ok((header, read))
     }
+
+    /// A presigned URL for the media, for whoever may download it.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `DIRECT_URL_UNSUPPORTED` (fs store), `UNAVAILABLE`.
+    pub(super) async fn get_media_url(&self, me: &Identity, req: wire::GetMediaUrl) -> Result<super::Reply, WireError> {
+        let not_found = || WireError::new(ErrorCode::NOT_FOUND, "no such media");
+        let id = MediaId::parse(&req.media_id)?;
+        let record = self.store.media(id).await?.ok_or_else(not_found)?;
+        if !self.may_read(me.user_id, &record).await? {
+            return Err(not_found());
+        }
+        let expires_in = std::time::Duration::from_secs(self.media().config.url_expiry_secs);
+        let options = crate::blob::PresignOptions {
+            expires_in,
+            content_type: Some(record.mime_type.clone()),
+            content_disposition: Some(media::attachment(&record.file_name)),
+        };
+        let expires_at_ms = self.now().0 + expires_in.as_millis() as u64;
+        match self.media().blob.presign_get(BlobId(record.sha256), &options).await.map_err(blob_error)? {
+            Some(url) => Ok(super::Reply::MediaUrl(wire::MediaUrl { url, expires_at_ms })),
+            None => Err(WireError::new(
+                ErrorCode::DIRECT_URL_UNSUPPORTED,
+                "this server keeps files itself: download over a transfer stream",
+            )),
+        }
+    }
 }

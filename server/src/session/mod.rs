@@ -693,6 +693,7 @@ impl Service {
                 Body::UnlinkIdentity(req) => self.unlink_identity(&me, req).await,
                 Body::ListIdentities(_) => self.list_identities(&me).await,
                 Body::RemovePhone(_) => self.remove_phone(&me).await,
+                Body::GetMediaUrl(req) => self.get_media_url(&me, req).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };

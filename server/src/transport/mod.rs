@@ -423,6 +423,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::UnlinkIdentity(_) => "unlink_identity",
         Body::ListIdentities(_) => "list_identities",
         Body::RemovePhone(_) => "remove_phone",
+        Body::GetMediaUrl(_) => "get_media_url",
         Body::EnableTotp(_) => "enable_totp",
         Body::ConfirmTotp(_) => "confirm_totp",
         Body::DisableTotp(_) => "disable_totp",
