@@ -308,3 +308,85 @@ async fn a_direct_url_expires_and_the_fs_store_has_none() {
     let e = alice.media_url(&media.media_id).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::DIRECT_URL_UNSUPPORTED), "{e}");
 }
+
+#[tokio::test]
+async fn natterd_killed_mid_upload_shows_no_partial_file_and_the_upload_resumes_after_restart() {
+    use natter_tests::{ChildServer, PASSWORD};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = crate::crash::free_udp_port();
+    let mut server = Some(ChildServer::spawn(&crate::natterd(), dir.path(), addr));
+    let mut config = server.as_ref().unwrap().client_config();
+    // A killed server sends nothing more: notice it soon.
+    config.idle_timeout = std::time::Duration::from_secs(2);
+    config.keep_alive = std::time::Duration::from_millis(500);
+    let alice = Client::connect(&config).await.unwrap();
+    alice.signup("alice@example.org", PASSWORD, "").await.unwrap();
+    let (token, _) = alice.login("alice@example.org", PASSWORD, "d").await.unwrap();
+    Client::connect(&config).await.unwrap().signup("bob@example.org", PASSWORD, "").await.unwrap();
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let photo = png(800, 600, 12 * 1024 * 1024);
+    let spec = spec_of(&dm, "big.png", &photo).await;
+    // SIGKILL once 6 MiB are on their way: no shutdown path runs.
+    let kill_at = 6 * 1024 * 1024;
+    let e = alice
+        .upload(&spec, &mut Cursor::new(photo.clone()), |n| {
+            if n >= kill_at {
+                if let Some(mut s) = server.take() {
+                    s.kill9();
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+    let upload_id = e.upload_id.clone().expect("accepted before the kill");
+    drop(alice);
+    let blob = natter_server::blob::BlobId(spec.sha256);
+    assert!(!natter_server::blob::fs::object_path(dir.path(), blob).exists(), "no half object is visible");
+
+    let _server = ChildServer::spawn(&crate::natterd(), dir.path(), addr);
+    let mut config = config.clone();
+    config.session_token = Some(token);
+    let again = Client::connect(&config).await.unwrap();
+    let mut resumed_at = None;
+    let spec = UploadSpec { upload_id: Some(upload_id), ..spec };
+    let media = again
+        .upload(&spec, &mut Cursor::new(photo.clone()), |n| {
+            resumed_at.get_or_insert(n);
+        })
+        .await
+        .unwrap();
+    let at = resumed_at.unwrap();
+    assert!(at > 0 && at <= kill_at, "what natterd had made durable before the kill: {at}");
+    assert_eq!((media.width, media.height), (800, 600));
+    assert_eq!(download(&again, &media.media_id, 0, 0).await.unwrap(), photo);
+    assert!(natter_server::blob::fs::object_path(dir.path(), blob).exists());
+}
+
+#[tokio::test]
+async fn an_unreachable_s3_store_is_unavailable_and_chat_goes_on() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let blob = natter_server::blob::BlobConfig {
+        backend: natter_server::blob::BlobBackend::S3,
+        bucket: Some("natter-media".into()),
+        endpoint: Some(format!("http://{closed}")),
+        path_style: true,
+        access_key_id: Some("natter".into()),
+        secret_access_key: Some("not-a-real-secret-at-all".into()),
+        allow_http_loopback: true,
+        timeout_ms: 1_000,
+        ..natter_server::blob::BlobConfig::default()
+    };
+    let server = TestServer::start_with(move |c| c.blob = blob).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let photo = png(2, 2, 64 * 1024);
+    let spec = spec_of(&dm, "p.png", &photo).await;
+    let e = alice.upload(&spec, &mut Cursor::new(photo), |_| {}).await.unwrap_err();
+    assert_eq!(e.error.code(), Some(ErrorCode::UNAVAILABLE), "{e}");
+    assert!(!e.to_string().contains("not-a-real-secret"), "{e}");
+    // Chat is not affected.
+    alice.send_text(&dm, "t1", "the photo will come later").await.unwrap();
+    let page = bob.history(proto::GetHistory { conversation_id: dm, limit: 5, ..Default::default() }).await.unwrap();
+    assert_eq!(natter_tests::message_texts(&page.messages), ["the photo will come later"]);
+}
