@@ -292,19 +292,7 @@ impl Service {
             }
             Err(e) => return Err(e.into()),
         }
-        let record = MediaRecord {
-            media_id: uploaded.media_id,
-            uploader: uploaded.uploader,
-            conversation_id: uploaded.conversation_id,
-            sha256: uploaded.sha256,
-            size: uploaded.size,
-            mime_type: uploaded.mime_type,
-            file_name: uploaded.file_name,
-            width,
-            height,
-            uploaded_at: uploaded.at,
-            first_seq: None,
-        };
+        let record = MediaRecord::from(uploaded);
         Ok(convert::media_record(&record))
     }
 

@@ -303,6 +303,25 @@ pub struct MediaRecord {
     pub first_seq: Option<Seq>,
 }
 
+impl From<crate::domain::MediaUploaded> for MediaRecord {
+    /// The record an upload makes, before any message sent it.
+    fn from(u: crate::domain::MediaUploaded) -> Self {
+        Self {
+            media_id: u.media_id,
+            uploader: u.uploader,
+            conversation_id: u.conversation_id,
+            sha256: u.sha256,
+            size: u.size,
+            mime_type: u.mime_type,
+            file_name: u.file_name,
+            width: u.width,
+            height: u.height,
+            uploaded_at: u.at,
+            first_seq: None,
+        }
+    }
+}
+
 /// A stored upload by id (`$1`).
 pub(crate) const SELECT_MEDIA: &str = "SELECT media_id, uploader_user_id, conversation_id, sha256, size, mime_type,
         file_name, width, height, uploaded_at_ms, first_seq FROM media WHERE media_id = $1";
