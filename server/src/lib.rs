@@ -275,7 +275,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             login_guard,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
-        session::media::MediaService::new(blobs.clone(), config.media.clone()),
+        session::media::MediaService::new(blobs.clone(), config.media.clone(), metrics.clone()),
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
@@ -286,7 +286,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
-    tokio::spawn(sweep_stale_uploads(blobs, shutdown.clone()));
+    tokio::spawn(sweep_stale_uploads(blobs.clone(), shutdown.clone()));
+    tokio::spawn(media::gc::every_interval(
+        store.clone(),
+        blobs,
+        config.media.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    ));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         // Held until the log is closed: one natterd per data directory.

@@ -975,11 +975,13 @@ async fn media_and_media_messages_answer(b: &Backend) {
         width: 64,
         height: 48,
         at: Millis(90),
+        preview_of: None,
+        preview: None,
     };
     for (id, size) in [(0x51, 1_000), (0x52, 2_500)] {
         let up = upload(id, size);
         s.append(vec![StreamAppend::new(
-            StreamName::media(up.media_id),
+            StreamName::blob(&up.sha256),
             ExpectedVersion::NoStream,
             vec![NewEvent::fresh(Event::MediaUploaded(up))],
         )])
@@ -987,6 +989,12 @@ async fn media_and_media_messages_answer(b: &Backend) {
         .unwrap();
     }
     assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
+    assert_eq!(s.media_refs([0x51; 32]).await.unwrap(), 1);
+    assert_eq!(s.media_refs([0x50; 32]).await.unwrap(), 0);
+    let last = s.last_in_stream(&StreamName::blob(&[0x52; 32])).await.unwrap().unwrap();
+    assert_eq!(last.version, 1);
+    assert!(matches!(last.event, Event::MediaUploaded(ref m) if m.size == 2_500));
+    assert!(s.last_in_stream(&StreamName::blob(&[0x50; 32])).await.unwrap().is_none());
     assert_eq!(s.media_bytes_of(w.bob).await.unwrap(), 0);
     let first = s.media(MediaId(Uuid::from_u128(0x51))).await.unwrap().unwrap();
     assert_eq!((first.size, first.first_seq, first.conversation_id), (1_000, None, w.dm), "not sent yet");
@@ -1030,6 +1038,72 @@ async fn media_and_media_messages_answer(b: &Backend) {
     s.rebuild().await.unwrap();
     check().await;
     assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
+    // Unsent before a time: only the upload no message sent.
+    let unsent = |before: u64| async move {
+        s.media_unsent(Millis(before), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.media_id.0.as_u128())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(unsent(91).await, vec![0x52]);
+    assert_eq!(unsent(90).await, Vec::<u128>::new(), "made at 90, not before");
+    // A preview pair: the preview is never unsent on its own, and names its media.
+    let mut main = upload(0x54, 4_000);
+    main.preview = Some(MediaId(Uuid::from_u128(0x55)));
+    let mut small = upload(0x55, 300);
+    small.preview_of = Some(main.media_id);
+    small.mime_type = "image/jpeg".into();
+    for up in [main, small] {
+        s.append(vec![StreamAppend::new(
+            StreamName::blob(&up.sha256),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::fresh(Event::MediaUploaded(up))],
+        )])
+        .await
+        .unwrap();
+    }
+    assert_eq!(unsent(91).await, vec![0x52, 0x54]);
+    let pair = s.media(MediaId(Uuid::from_u128(0x54))).await.unwrap().unwrap();
+    assert_eq!(pair.preview, Some(MediaId(Uuid::from_u128(0x55))));
+    let preview = s.media(MediaId(Uuid::from_u128(0x55))).await.unwrap().unwrap();
+    assert_eq!((preview.preview_of, preview.preview), (Some(pair.media_id), None));
+    // Discarding removes the record (and its bytes' reference); a rebuild agrees.
+    for (id, sha) in [(0x52u128, 0x52u8), (0x55, 0x55)] {
+        let discarded =
+            Event::MediaDiscarded { media_id: MediaId(Uuid::from_u128(id)), sha256: [sha; 32], at: Millis(95) };
+        s.append(vec![StreamAppend::new(
+            StreamName::blob(&[sha; 32]),
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::fresh(discarded)],
+        )])
+        .await
+        .unwrap();
+    }
+    let gone = || async {
+        assert!(s.media(MediaId(Uuid::from_u128(0x52))).await.unwrap().is_none());
+        assert!(s.media(MediaId(Uuid::from_u128(0x55))).await.unwrap().is_none());
+        assert_eq!(s.media_refs([0x52; 32]).await.unwrap(), 0);
+        assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 5_000);
+        assert_eq!(unsent(91).await, vec![0x54]);
+    };
+    gone().await;
+    s.rebuild().await.unwrap();
+    gone().await;
+    // The collector's events are in the blob's stream only.
+    let collected = Event::BlobCollected { sha256: [0x52; 32], at: Millis(96) };
+    let erased = Event::BlobErased { sha256: [0x52; 32], at: Millis(97) };
+    s.append(vec![StreamAppend::new(
+        StreamName::blob(&[0x52; 32]),
+        ExpectedVersion::Exact(2),
+        vec![NewEvent::fresh(collected), NewEvent::fresh(erased)],
+    )])
+    .await
+    .unwrap();
+    let last = s.last_in_stream(&StreamName::blob(&[0x52; 32])).await.unwrap().unwrap();
+    assert_eq!(last.version, 4);
+    assert!(matches!(last.event, Event::BlobErased { .. }));
 }
 
 async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {

@@ -151,7 +151,7 @@ impl BlobStore for FsBlobStore {
 
     async fn stat(&self, blob: BlobId) -> Result<Option<BlobStat>, BlobError> {
         match tokio::fs::metadata(self.path(blob)).await {
-            Ok(m) => Ok(Some(BlobStat { blob, size: m.len() })),
+            Ok(m) => Ok(Some(BlobStat { blob, size: m.len(), stored_at_ms: modified_ms(&m) })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(BlobError::io("looking for a blob", e)),
         }
@@ -242,6 +242,11 @@ fn publish(root: &Path, data: &Path, blob: BlobId) -> std::io::Result<bool> {
 
 /// Blobs after `after` in id order, walking only the directories that can
 /// hold them.
+/// A file's modification time in milliseconds since the epoch (0 if unknown).
+fn modified_ms(m: &std::fs::Metadata) -> u64 {
+    m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn list_blobs(root: &Path, after: Option<BlobId>, limit: usize) -> std::io::Result<Vec<BlobStat>> {
     let after_hex = after.map(|a| a.to_hex());
     let floor = after_hex.as_deref().unwrap_or("");
@@ -278,13 +283,13 @@ fn list_blobs(root: &Path, after: Option<BlobId>, limit: usize) -> std::io::Resu
                 if name.as_str() <= floor || !name.starts_with(&format!("{a}{b}")) {
                     continue;
                 }
-                let size = match std::fs::metadata(dir.join(&name)) {
-                    Ok(m) => m.len(),
+                let (size, stored_at_ms) = match std::fs::metadata(dir.join(&name)) {
+                    Ok(m) => (m.len(), modified_ms(&m)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
                 let blob = BlobId::from_hex(&name).expect("64 hex digits");
-                out.push(BlobStat { blob, size });
+                out.push(BlobStat { blob, size, stored_at_ms });
                 if out.len() >= limit {
                     return Ok(out);
                 }

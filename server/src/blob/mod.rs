@@ -158,6 +158,9 @@ pub struct PutOutcome {
 pub struct BlobStat {
     pub blob: BlobId,
     pub size: u64,
+    /// When its bytes were last written, in milliseconds since the epoch (the
+    /// collector leaves young blobs alone).
+    pub stored_at_ms: u64,
 }
 
 /// Bytes `offset..offset + len` of a blob. A range that runs past the end is

@@ -229,7 +229,11 @@ impl S3BlobStore {
 
     async fn head(&self, blob: BlobId) -> Result<Option<BlobStat>, BlobError> {
         match self.client.head_object().bucket(&self.bucket).key(self.key(blob)).send().await {
-            Ok(head) => Ok(Some(BlobStat { blob, size: head.content_length().unwrap_or(0).max(0) as u64 })),
+            Ok(head) => Ok(Some(BlobStat {
+                blob,
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                stored_at_ms: millis(head.last_modified()),
+            })),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(sdk_error("looking for a blob", e)),
         }
@@ -510,7 +514,11 @@ impl BlobStore for S3BlobStore {
                     .filter(|hex| hex.bytes().all(|b| !b.is_ascii_uppercase()))
                     .and_then(BlobId::from_hex);
                 if let Some(blob) = blob {
-                    out.push(BlobStat { blob, size: object.size().unwrap_or(0).max(0) as u64 });
+                    out.push(BlobStat {
+                        blob,
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        stored_at_ms: millis(object.last_modified()),
+                    });
                     if out.len() == limit {
                         break;
                     }
@@ -680,6 +688,11 @@ impl HttpClient for ReqwestConnector {
     fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
         SharedHttpConnector::new(self.clone())
     }
+}
+
+/// An S3 time in milliseconds since the epoch (0 if absent).
+fn millis(t: Option<&aws_sdk_s3::primitives::DateTime>) -> u64 {
+    t.and_then(|t| t.to_millis().ok()).map_or(0, |ms| ms.max(0) as u64)
 }
 
 #[cfg(test)]

@@ -175,6 +175,24 @@ pub enum Event {
         at: Millis,
     },
     MediaUploaded(MediaUploaded),
+    /// In the `blob:` stream: an upload never sent in time (or the preview of
+    /// one) is gone from the read models.
+    MediaDiscarded {
+        media_id: MediaId,
+        sha256: [u8; 32],
+        at: Millis,
+    },
+    /// In the `blob:` stream: nothing refers to the blob; its bytes are being
+    /// deleted.
+    BlobCollected {
+        sha256: [u8; 32],
+        at: Millis,
+    },
+    /// In the `blob:` stream: the collected blob's bytes are deleted.
+    BlobErased {
+        sha256: [u8; 32],
+        at: Millis,
+    },
     /// The first event of an account made without a password: by a texted
     /// code (no email) or by Google or GitHub (their verified email).
     AccountOpened(AccountOpened),
@@ -355,7 +373,7 @@ pub struct MediaRef {
     pub preview: Option<MediaId>,
 }
 
-/// A file received whole and checked, in its own `media:` stream.
+/// A file received whole and checked, in its blob's `blob:` stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaUploaded {
     pub media_id: MediaId,
@@ -368,6 +386,10 @@ pub struct MediaUploaded {
     pub width: u32,
     pub height: u32,
     pub at: Millis,
+    /// On a preview natterd made: the media it shows.
+    pub preview_of: Option<MediaId>,
+    /// On media that has a preview: the preview.
+    pub preview: Option<MediaId>,
 }
 
 impl Event {
@@ -401,6 +423,9 @@ impl Event {
             Event::PhoneRemoved { .. } => "PhoneRemoved",
             Event::AccountOpened(_) => "AccountOpened",
             Event::MediaUploaded(_) => "MediaUploaded",
+            Event::MediaDiscarded { .. } => "MediaDiscarded",
+            Event::BlobCollected { .. } => "BlobCollected",
+            Event::BlobErased { .. } => "BlobErased",
             Event::IdentityClaimed { .. } => "IdentityClaimed",
             Event::IdentityReleased { .. } => "IdentityReleased",
             Event::IdentityLinked { .. } => "IdentityLinked",
@@ -453,6 +478,9 @@ impl Event {
             | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
             | Event::MediaUploaded(_)
+            | Event::MediaDiscarded { .. }
+            | Event::BlobCollected { .. }
+            | Event::BlobErased { .. }
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }

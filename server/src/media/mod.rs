@@ -3,6 +3,9 @@
 //! and the per-user quota. The bytes themselves live in the blob store
 //! (`crate::blob`); transfers are `session::media`.
 
+pub mod gc;
+pub mod picture;
+
 use serde::{Deserialize, Serialize};
 
 /// Bytes of a file's start that decide its type.
@@ -22,6 +25,19 @@ pub struct MediaConfig {
     pub transfers_per_connection: u32,
     /// How long a `GetMediaUrl` URL works, in seconds (S3 store).
     pub url_expiry_secs: u64,
+    /// Remove location and camera metadata (EXIF, XMP, IPTC) from stored
+    /// JPEG, PNG and WebP images.
+    pub strip_metadata: bool,
+    /// Images with more pixels are stored but not decoded (no preview): the
+    /// limit against decompression bombs.
+    pub max_image_pixels: u64,
+    /// Uploads no message sent within this many seconds are discarded.
+    pub unsent_ttl_secs: u64,
+    /// How often the collector runs, in seconds.
+    pub gc_interval_secs: u64,
+    /// Stored bytes younger than this many seconds are never collected (an
+    /// upload may be about to refer to them).
+    pub gc_grace_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -52,6 +68,11 @@ impl Default for MediaConfig {
             .to_vec(),
             transfers_per_connection: 4,
             url_expiry_secs: 300,
+            strip_metadata: true,
+            max_image_pixels: 50_000_000,
+            unsent_ttl_secs: 86_400,
+            gc_interval_secs: 600,
+            gc_grace_secs: 3_600,
         }
     }
 }
@@ -66,6 +87,12 @@ impl MediaConfig {
         if !(1..=7 * 86_400).contains(&self.url_expiry_secs) {
             return Err("media.url_expiry_secs must be 1 to 604800 (S3 allows at most 7 days)".into());
         }
+        if self.max_image_pixels == 0 {
+            return Err("media.max_image_pixels must be at least 1".into());
+        }
+        if self.unsent_ttl_secs < 60 || self.gc_interval_secs == 0 {
+            return Err("media.unsent_ttl_secs must be at least 60 and media.gc_interval_secs at least 1".into());
+        }
         if self.transfers_per_connection == 0 {
             return Err("media.transfers_per_connection must be at least 1".into());
         }
@@ -73,6 +100,14 @@ impl MediaConfig {
             return Err(format!("media.allowed_types: {bad:?} is not a type (\"image/png\") or family (\"image/\")"));
         }
         Ok(())
+    }
+
+    /// How long before discarding an unsent upload natterd stops accepting it
+    /// in a message: the collector never discards media a send is still
+    /// deciding on (a 24th of the time to live: one hour of a day).
+    pub fn send_deadline(&self) -> std::time::Duration {
+        let ttl = self.unsent_ttl_secs * 1000;
+        std::time::Duration::from_millis(ttl - ttl / 24)
     }
 
     /// Whether `mime` is on the allow-list.

@@ -84,6 +84,15 @@ pub struct Metrics {
     transfers_active: Gauge,
     transfers: Family<TransferLabels, Counter>,
     transfer_bytes: Family<DirectionLabels, Counter>,
+    media_discarded: Counter,
+    blobs_collected: Counter,
+    blob_bytes_collected: Counter,
+    previews: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl Metrics {
@@ -109,6 +118,10 @@ impl Metrics {
             transfers_active: Gauge::default(),
             transfers: Family::default(),
             transfer_bytes: Family::default(),
+            media_discarded: Counter::default(),
+            blobs_collected: Counter::default(),
+            blob_bytes_collected: Counter::default(),
+            previews: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
@@ -146,6 +159,18 @@ impl Metrics {
             m.transfers.clone(),
         );
         registry.register("media_transfer_bytes", "File bytes received and sent", m.transfer_bytes.clone());
+        registry.register("media_discarded", "Uploads discarded, never sent in time", m.media_discarded.clone());
+        registry.register(
+            "media_blobs_collected",
+            "Blobs deleted, nothing referring to them",
+            m.blobs_collected.clone(),
+        );
+        registry.register("media_blob_collected_bytes", "Bytes of the blobs deleted", m.blob_bytes_collected.clone());
+        registry.register(
+            "media_previews",
+            "Images looked at for a preview, by result (made, small, too_many_pixels, undecodable)",
+            m.previews.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
@@ -191,6 +216,18 @@ impl Metrics {
 
     pub fn signal_on_stream(&self) {
         self.signals_on_stream.inc();
+    }
+
+    /// One collector pass.
+    pub fn media_collected(&self, discarded: u64, blobs: u64, bytes: u64) {
+        self.media_discarded.inc_by(discarded);
+        self.blobs_collected.inc_by(blobs);
+        self.blob_bytes_collected.inc_by(bytes);
+    }
+
+    /// An image looked at for a preview.
+    pub fn preview(&self, result: &'static str) {
+        self.previews.get_or_create(&ResultLabels { result }).inc();
     }
 
     pub fn transfer_started(&self) {

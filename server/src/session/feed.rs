@@ -220,6 +220,9 @@ impl FeedSource {
             | Event::PhoneRemoved { .. }
             | Event::AccountOpened(_)
             | Event::MediaUploaded(_)
+            | Event::MediaDiscarded { .. }
+            | Event::BlobCollected { .. }
+            | Event::BlobErased { .. }
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }

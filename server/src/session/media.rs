@@ -17,7 +17,8 @@ use uuid::Uuid;
 use super::{convert, Identity, Service, WireError};
 use crate::blob::{BlobError, BlobId, BlobRead, BlobStore, ByteRange, UploadId};
 use crate::domain::{ConversationId, Event, MediaId, MediaUploaded, UserId};
-use crate::media::{self, MediaConfig, SNIFF_BYTES};
+use crate::media::gc::{self, GcError};
+use crate::media::{self, picture, MediaConfig, SNIFF_BYTES};
 use crate::store::{AppendError, ExpectedVersion, MediaRecord, Membership, NewEvent, StreamAppend, StreamName};
 
 /// Longest file name kept, in bytes.
@@ -30,11 +31,42 @@ pub struct MediaService {
     pub blob: Arc<dyn BlobStore>,
     pub config: MediaConfig,
     pending: Mutex<HashMap<UploadId, UserId>>,
+    /// Images decoded at once (each may take `media.max_image_pixels` × 4 bytes).
+    pictures: tokio::sync::Semaphore,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl MediaService {
-    pub fn new(blob: Arc<dyn BlobStore>, config: MediaConfig) -> Self {
-        Self { blob, config, pending: Mutex::new(HashMap::new()) }
+    pub fn new(blob: Arc<dyn BlobStore>, config: MediaConfig, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { blob, config, pending: Mutex::new(HashMap::new()), pictures: tokio::sync::Semaphore::new(1), metrics }
+    }
+}
+
+/// What natterd stores for an image besides (or instead of) what arrived.
+struct Pictures {
+    /// The image without its metadata, when it had some.
+    stripped: Option<Vec<u8>>,
+    preview: Option<picture::Preview>,
+}
+
+/// Bytes natterd is about to refer to, and the version of their blob's
+/// stream read before they were stored (see `media::gc`).
+struct Referred {
+    blob: BlobId,
+    version: u64,
+}
+
+fn collecting() -> WireError {
+    let mut e = WireError::new(ErrorCode::UNAVAILABLE, "the file store is busy with these bytes; retry the upload");
+    e.retry_after_ms = 5_000;
+    e
+}
+
+fn gc_error(e: GcError) -> WireError {
+    match e {
+        GcError::Collecting => collecting(),
+        GcError::Store(e) => e.into(),
+        GcError::Blob(e) => blob_error(e),
     }
 }
 
@@ -91,6 +123,17 @@ fn blob_error(e: BlobError) -> WireError {
     }
 }
 
+/// A preview's file name: the media's, as a JPEG.
+fn preview_name(file_name: &str) -> String {
+    let mut stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
+    let room = MAX_FILE_NAME_BYTES - ".preview.jpg".len();
+    if stem.len() > room {
+        let cut = (0..=room).rev().find(|&i| stem.is_char_boundary(i)).unwrap_or(0);
+        stem = &stem[..cut];
+    }
+    format!("{stem}.preview.jpg")
+}
+
 fn check_file_name(name: &str) -> Result<(), WireError> {
     let bad = |reason| Err(super::invalid("file_name", reason));
     if name.trim().is_empty() || name.len() > MAX_FILE_NAME_BYTES {
@@ -127,6 +170,10 @@ impl AsyncRead for Chained<'_> {
 impl Service {
     fn media(&self) -> &MediaService {
         &self.media
+    }
+
+    pub(super) fn media_config(&self) -> &MediaConfig {
+        &self.media.config
     }
 
     /// Transfers one connection may run at once.
@@ -240,6 +287,8 @@ impl Service {
             let _ = blob.abort_upload(&plan.upload).await;
             return Err(WireError::new(ErrorCode::MEDIA_MISMATCH, "more bytes than declared; nothing was stored"));
         }
+        // Read before the bytes are stored (or found): see media::gc.
+        let arrived = self.referred(plan.blob).await?;
         let outcome = blob.finish_upload(&plan.upload).await.map_err(blob_error);
         if !matches!(outcome, Err(ref e) if e.code == ErrorCode::UNAVAILABLE) {
             self.forget_upload(&plan.upload);
@@ -267,7 +316,9 @@ impl Service {
         if used.saturating_add(plan.size) > self.media().config.quota_bytes {
             return Err(WireError::new(ErrorCode::QUOTA_EXCEEDED, "your files would exceed your quota"));
         }
-        let uploaded = MediaUploaded {
+        let pictures = self.pictures(mime, plan.blob).await?;
+        let at = self.now();
+        let mut main = MediaUploaded {
             media_id: MediaId(Uuid::new_v4()),
             uploader: me.user_id,
             conversation_id: plan.conversation,
@@ -277,23 +328,148 @@ impl Service {
             file_name: plan.file_name,
             width,
             height,
-            at: self.now(),
+            at,
+            preview_of: None,
+            preview: None,
         };
-        let stream = StreamName::media(uploaded.media_id);
-        let append = StreamAppend::new(
-            stream,
-            ExpectedVersion::NoStream,
-            vec![NewEvent::fresh(Event::MediaUploaded(uploaded.clone()))],
-        );
-        match self.store.append(vec![append]).await {
-            Ok(_) => {}
-            Err(AppendError::WrongExpectedVersion { .. }) => {
-                return Err(WireError::new(ErrorCode::CONFLICT, "retry the upload"))
-            }
-            Err(e) => return Err(e.into()),
+        let mut referred = vec![arrived];
+        if let Some(stripped) = pictures.stripped {
+            let stored = self.store_bytes(stripped).await?;
+            main.sha256 = stored.blob.0;
+            main.size = self.media().blob.stat(stored.blob).await.map_err(blob_error)?.map_or(0, |s| s.size);
+            referred[0] = stored;
         }
-        let record = MediaRecord::from(uploaded);
+        let mut uploads = vec![main.clone()];
+        if let Some(p) = pictures.preview {
+            let size = p.jpeg.len() as u64;
+            let stored = self.store_bytes(p.jpeg).await?;
+            if stored.blob.0 != main.sha256 {
+                let preview = MediaUploaded {
+                    media_id: MediaId(Uuid::new_v4()),
+                    sha256: stored.blob.0,
+                    size,
+                    mime_type: "image/jpeg".into(),
+                    file_name: preview_name(&main.file_name),
+                    width: p.width,
+                    height: p.height,
+                    preview_of: Some(main.media_id),
+                    preview: None,
+                    ..main.clone()
+                };
+                main.preview = Some(preview.media_id);
+                uploads = vec![main.clone(), preview];
+                referred.push(stored);
+            }
+        }
+        self.record_uploads(uploads, referred).await?;
+        let record = MediaRecord::from(main);
         Ok(convert::media_record(&record))
+    }
+
+    /// The version of `blob`'s stream, read before natterd stores or finds
+    /// those bytes.
+    async fn referred(&self, blob: BlobId) -> Result<Referred, WireError> {
+        let version = gc::blob_version(self.store.as_ref(), self.media().blob.as_ref(), blob, self.now())
+            .await
+            .map_err(gc_error)?;
+        Ok(Referred { blob, version })
+    }
+
+    /// Stores bytes natterd made (a stripped image, a preview).
+    async fn store_bytes(&self, bytes: Vec<u8>) -> Result<Referred, WireError> {
+        let id = BlobId::of(&bytes);
+        let referred = self.referred(id).await?;
+        let size = bytes.len() as u64;
+        self.media().blob.put(id, size, &mut std::io::Cursor::new(bytes)).await.map_err(blob_error)?;
+        Ok(referred)
+    }
+
+    /// Appends the uploads' `MediaUploaded` events, each in its blob's stream
+    /// at the version read before the bytes were stored. When another upload
+    /// of the same bytes came first, that is no harm and the append is tried
+    /// again; when a collection came first, the bytes may be gone: the client
+    /// uploads again.
+    async fn record_uploads(&self, uploads: Vec<MediaUploaded>, mut referred: Vec<Referred>) -> Result<(), WireError> {
+        for _ in 0..5 {
+            let appends = uploads
+                .iter()
+                .zip(&referred)
+                .map(|(u, r)| {
+                    StreamAppend::new(
+                        StreamName::blob(&u.sha256),
+                        ExpectedVersion::Exact(r.version),
+                        vec![NewEvent::fresh(Event::MediaUploaded(u.clone()))],
+                    )
+                })
+                .collect();
+            match self.store.append(appends).await {
+                Ok(_) => return Ok(()),
+                Err(AppendError::WrongExpectedVersion { stream, expected: ExpectedVersion::Exact(v), .. }) => {
+                    let since = self.store.read_stream(&stream, v, 1_000).await?;
+                    let collected = since.iter().any(|e| matches!(e.event, Event::BlobCollected { .. }));
+                    if collected || since.len() >= 1_000 {
+                        return Err(collecting());
+                    }
+                    for r in referred.iter_mut().filter(|r| StreamName::blob(&r.blob.0) == stream) {
+                        r.version = since.last().map_or(v, |e| e.version);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(collecting())
+    }
+
+    /// For an image: it without its metadata (`media.strip_metadata`) and its
+    /// preview, made on the blocking pool, one image at a time.
+    async fn pictures(&self, mime: &'static str, blob: BlobId) -> Result<Pictures, WireError> {
+        let config = &self.media().config;
+        let strip = config.strip_metadata && matches!(mime, "image/jpeg" | "image/png" | "image/webp");
+        let previewable = matches!(mime, "image/jpeg" | "image/png" | "image/webp" | "image/gif");
+        if !strip && !previewable {
+            return Ok(Pictures { stripped: None, preview: None });
+        }
+        let _permit = self
+            .media()
+            .pictures
+            .acquire()
+            .await
+            .map_err(|_| WireError::new(ErrorCode::UNAVAILABLE, "shutting down"))?;
+        let bytes =
+            self.media().blob.get(blob, None).await.map_err(blob_error)?.into_bytes().await.map_err(blob_error)?;
+        let max_pixels = config.max_image_pixels;
+        let (stripped, preview) = tokio::task::spawn_blocking(move || {
+            let stripped = if strip { picture::strip_metadata(mime, &bytes) } else { None };
+            let preview = if previewable {
+                Some(picture::preview(stripped.as_deref().unwrap_or(&bytes), max_pixels))
+            } else {
+                None
+            };
+            (stripped, preview)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "image processing panicked");
+            WireError::new(ErrorCode::INTERNAL, "internal error")
+        })?;
+        let preview = match preview {
+            Some(Ok(p)) => {
+                self.media().metrics.preview("made");
+                Some(p)
+            }
+            Some(Err(e)) => {
+                let result = match e {
+                    picture::NoPreview::Small => "small",
+                    picture::NoPreview::TooManyPixels { .. } => "too_many_pixels",
+                    picture::NoPreview::Undecodable(_) => "undecodable",
+                };
+                tracing::debug!(reason = %e, "no preview");
+                self.media().metrics.preview(result);
+                None
+            }
+            None => None,
+        };
+        Ok(Pictures { stripped, preview })
     }
 
     fn forget_upload(&self, upload: &UploadId) {
@@ -316,6 +492,13 @@ impl Service {
     /// Whether `me` may read the media: its uploader, or anyone who can read
     /// the first message that sent it.
     async fn may_read(&self, me: UserId, record: &MediaRecord) -> Result<bool, WireError> {
+        if let Some(shown) = record.preview_of {
+            // A preview is readable by whoever may read what it shows.
+            return match self.store.media(shown).await? {
+                Some(main) => Box::pin(self.may_read(me, &main)).await,
+                None => Ok(false),
+            };
+        }
         if record.uploader == me {
             return Ok(true);
         }

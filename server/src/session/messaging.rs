@@ -116,6 +116,15 @@ impl Service {
         if record.conversation_id != conversation {
             return Err(invalid("media_id", "uploaded for another conversation: upload it there"));
         }
+        if record.preview_of.is_some() {
+            return Err(invalid("media_id", "a preview goes with its media: send that"));
+        }
+        // Unsent uploads are discarded after media.unsent_ttl_secs; one is
+        // accepted only until well before, so no send races its discarding.
+        let age = std::time::Duration::from_millis(self.now().0.saturating_sub(record.uploaded_at.0));
+        if record.first_seq.is_none() && age > self.media_config().send_deadline() {
+            return Err(WireError::new(ErrorCode::NOT_FOUND, "the upload is too old to send: upload the file again"));
+        }
         Ok(Content::Media(crate::domain::MediaRef {
             media_id: record.media_id,
             file_name: record.file_name,
@@ -126,7 +135,7 @@ impl Service {
             height: record.height,
             duration_ms: 0,
             caption: m.caption,
-            preview: None,
+            preview: record.preview,
         }))
     }
 

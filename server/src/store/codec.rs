@@ -161,8 +161,17 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             width: m.width,
             height: m.height,
             at_ms: m.at.0,
+            preview_of: m.preview_of.map(|p| p.to_string()).unwrap_or_default(),
+            preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
         }
         .encode_to_vec(),
+        Event::MediaDiscarded { media_id, sha256, at } => {
+            pb::MediaDiscarded { media_id: media_id.to_string(), sha256: sha256.to_vec(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::BlobCollected { sha256, at } => {
+            pb::BlobCollected { sha256: sha256.to_vec(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::BlobErased { sha256, at } => pb::BlobErased { sha256: sha256.to_vec(), at_ms: at.0 }.encode_to_vec(),
         Event::AccountOpened(a) => pb::AccountOpened {
             user_id: a.user_id.to_string(),
             display_name: a.display_name.clone(),
@@ -493,14 +502,32 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 media_id: MediaId(uuid(&e.media_id)?),
                 uploader: UserId(uuid(&e.uploader_user_id)?),
                 conversation_id: ConversationId(uuid(&e.conversation_id)?),
-                sha256: token_hash(&e.sha256).map_err(|_| "media sha256 is not 32 bytes".to_owned())?.0,
+                sha256: sha256(&e.sha256)?,
                 size: e.size,
                 mime_type: e.mime_type,
                 file_name: e.file_name,
                 width: e.width,
                 height: e.height,
                 at: Millis(e.at_ms),
+                preview_of: optional_media(&e.preview_of)?,
+                preview: optional_media(&e.preview_media_id)?,
             })
+        }
+        "MediaDiscarded" => {
+            let e = pb::MediaDiscarded::decode(payload).map_err(bad)?;
+            Event::MediaDiscarded {
+                media_id: MediaId(uuid(&e.media_id)?),
+                sha256: sha256(&e.sha256)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "BlobCollected" => {
+            let e = pb::BlobCollected::decode(payload).map_err(bad)?;
+            Event::BlobCollected { sha256: sha256(&e.sha256)?, at: Millis(e.at_ms) }
+        }
+        "BlobErased" => {
+            let e = pb::BlobErased::decode(payload).map_err(bad)?;
+            Event::BlobErased { sha256: sha256(&e.sha256)?, at: Millis(e.at_ms) }
         }
         "AccountOpened" => {
             let e = pb::AccountOpened::decode(payload).map_err(bad)?;
@@ -563,6 +590,18 @@ fn provider(s: &str) -> Result<IdentityProvider, String> {
 
 fn uuid(s: &str) -> Result<Uuid, String> {
     Uuid::try_parse(s).map_err(|e| format!("bad id {s:?}: {e}"))
+}
+
+fn sha256(bytes: &[u8]) -> Result<[u8; 32], String> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| "a blob's sha256 is not 32 bytes".to_owned())
+}
+
+fn optional_media(s: &str) -> Result<Option<MediaId>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        uuid(s).map(|u| Some(MediaId(u)))
+    }
 }
 
 fn token_hash(bytes: &[u8]) -> Result<TokenHash, String> {
@@ -669,7 +708,26 @@ mod tests {
                 width: 640,
                 height: 480,
                 at: Millis(34),
+                preview_of: None,
+                preview: Some(MediaId(Uuid::from_u128(0x78))),
             }),
+            Event::MediaUploaded(MediaUploaded {
+                media_id: MediaId(Uuid::from_u128(0x78)),
+                uploader: u,
+                conversation_id: conv,
+                sha256: [0xac; 32],
+                size: 9_876,
+                mime_type: "image/jpeg".into(),
+                file_name: "cat.png".into(),
+                width: 320,
+                height: 240,
+                at: Millis(34),
+                preview_of: Some(MediaId(Uuid::from_u128(0x77))),
+                preview: None,
+            }),
+            Event::MediaDiscarded { media_id: MediaId(Uuid::from_u128(0x79)), sha256: [0xad; 32], at: Millis(35) },
+            Event::BlobCollected { sha256: [0xad; 32], at: Millis(36) },
+            Event::BlobErased { sha256: [0xad; 32], at: Millis(37) },
             Event::MessageSent(MessageSent {
                 conversation_id: conv,
                 sender_user_id: u,

@@ -45,9 +45,9 @@ impl StreamName {
     pub fn identity(provider: crate::domain::IdentityProvider, subject: &str) -> Self {
         Self(format!("identity:{}:{subject}", provider.as_str()))
     }
-    /// An upload's record.
-    pub fn media(id: crate::domain::MediaId) -> Self {
-        Self(format!("media:{id}"))
+    /// Everything that refers to the blob with this SHA-256, and its collection.
+    pub fn blob(sha256: &[u8; 32]) -> Self {
+        Self(format!("blob:{}", hex::encode(sha256)))
     }
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
@@ -301,6 +301,10 @@ pub struct MediaRecord {
     pub height: u32,
     pub uploaded_at: Millis,
     pub first_seq: Option<Seq>,
+    /// The preview natterd made of it.
+    pub preview: Option<crate::domain::MediaId>,
+    /// What it previews, when it is a preview.
+    pub preview_of: Option<crate::domain::MediaId>,
 }
 
 impl From<crate::domain::MediaUploaded> for MediaRecord {
@@ -318,44 +322,72 @@ impl From<crate::domain::MediaUploaded> for MediaRecord {
             height: u.height,
             uploaded_at: u.at,
             first_seq: None,
+            preview: u.preview,
+            preview_of: u.preview_of,
         }
     }
 }
 
+/// The media table's columns, in [`MediaRow`]'s order.
+macro_rules! media_columns {
+    () => {
+        "media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name, width, height,
+         uploaded_at_ms, first_seq, preview_media_id, preview_of FROM media"
+    };
+}
+
 /// A stored upload by id (`$1`).
-pub(crate) const SELECT_MEDIA: &str = "SELECT media_id, uploader_user_id, conversation_id, sha256, size, mime_type,
-        file_name, width, height, uploaded_at_ms, first_seq FROM media WHERE media_id = $1";
+pub(crate) const SELECT_MEDIA: &str = concat!("SELECT ", media_columns!(), " WHERE media_id = $1");
+/// Uploads no message sent, made before `$1` (ms), oldest first, at most `$2`
+/// (previews go with their media).
+pub(crate) const SELECT_MEDIA_UNSENT: &str = concat!(
+    "SELECT ",
+    media_columns!(),
+    " WHERE first_seq IS NULL AND preview_of IS NULL AND uploaded_at_ms < $1 ORDER BY uploaded_at_ms LIMIT $2"
+);
+/// How many stored uploads have the bytes `$1` (SHA-256).
+pub(crate) const SELECT_MEDIA_REFS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM media WHERE sha256 = $1";
 /// The bytes a user's uploads take (`$1`): their quota's use.
 pub(crate) const SELECT_MEDIA_BYTES: &str =
     "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader_user_id = $1";
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn media_record(
-    id: &str,
-    uploader: &str,
-    conversation: &str,
-    sha256: &[u8],
-    size: i64,
-    mime_type: String,
-    file_name: String,
-    (width, height): (i64, i64),
-    uploaded_at: i64,
-    first_seq: Option<i64>,
-) -> Result<MediaRecord, StoreError> {
-    let bad = |what: &str| StoreError::Database(format!("stored media: {what}"));
-    Ok(MediaRecord {
-        media_id: crate::domain::MediaId(Uuid::try_parse(id).map_err(|_| bad("id"))?),
-        uploader: UserId(Uuid::try_parse(uploader).map_err(|_| bad("uploader"))?),
-        conversation_id: ConversationId(Uuid::try_parse(conversation).map_err(|_| bad("conversation"))?),
-        sha256: sha256.try_into().map_err(|_| bad("sha256"))?,
-        size: size as u64,
-        mime_type,
-        file_name,
-        width: width as u32,
-        height: height as u32,
-        uploaded_at: Millis(uploaded_at as u64),
-        first_seq: first_seq.map(|s| Seq(s as u64)),
-    })
+/// A media row as the database gives it.
+pub(crate) struct MediaRow {
+    pub id: String,
+    pub uploader: String,
+    pub conversation: String,
+    pub sha256: Vec<u8>,
+    pub size: i64,
+    pub mime_type: String,
+    pub file_name: String,
+    pub width: i64,
+    pub height: i64,
+    pub uploaded_at: i64,
+    pub first_seq: Option<i64>,
+    pub preview: Option<String>,
+    pub preview_of: Option<String>,
+}
+
+impl MediaRow {
+    pub(crate) fn into_record(self) -> Result<MediaRecord, StoreError> {
+        let bad = |what: &str| StoreError::Database(format!("stored media: {what}"));
+        let media_id = |s: &str, what: &str| Uuid::try_parse(s).map(crate::domain::MediaId).map_err(|_| bad(what));
+        Ok(MediaRecord {
+            media_id: media_id(&self.id, "id")?,
+            uploader: UserId(Uuid::try_parse(&self.uploader).map_err(|_| bad("uploader"))?),
+            conversation_id: ConversationId(Uuid::try_parse(&self.conversation).map_err(|_| bad("conversation"))?),
+            sha256: self.sha256.as_slice().try_into().map_err(|_| bad("sha256"))?,
+            size: self.size as u64,
+            mime_type: self.mime_type,
+            file_name: self.file_name,
+            width: self.width as u32,
+            height: self.height as u32,
+            uploaded_at: Millis(self.uploaded_at as u64),
+            first_seq: self.first_seq.map(|s| Seq(s as u64)),
+            preview: self.preview.as_deref().map(|p| media_id(p, "preview")).transpose()?,
+            preview_of: self.preview_of.as_deref().map(|p| media_id(p, "preview_of")).transpose()?,
+        })
+    }
 }
 
 /// A Google or GitHub identity an account may sign in with.
@@ -639,6 +671,9 @@ pub trait Store: Send + Sync + 'static {
     /// Events of one stream with version > `after`, ascending, at most `limit`.
     async fn read_stream(&self, stream: &StreamName, after: u64, limit: u32) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// A stream's newest event (`None`: no such stream).
+    async fn last_in_stream(&self, stream: &StreamName) -> Result<Option<RecordedEvent>, StoreError>;
+
     /// The newest committed position (0 for an empty log).
     async fn head(&self) -> Result<Position, StoreError>;
 
@@ -667,6 +702,11 @@ pub trait Store: Send + Sync + 'static {
     async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError>;
     /// The bytes `user`'s uploads take.
     async fn media_bytes_of(&self, user: UserId) -> Result<u64, StoreError>;
+    /// Uploads that no message sent, made before `before`, oldest first
+    /// (previews are not listed: they go with their media).
+    async fn media_unsent(&self, before: Millis, limit: u32) -> Result<Vec<MediaRecord>, StoreError>;
+    /// How many stored uploads have these bytes.
+    async fn media_refs(&self, sha256: [u8; 32]) -> Result<u64, StoreError>;
     async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;
     /// Whether `code_hash` is one of the user's recovery codes, not yet used.
     async fn recovery_code_unused(&self, user: UserId, code_hash: [u8; 32]) -> Result<bool, StoreError>;

@@ -36,13 +36,13 @@ use uuid::Uuid;
 mod write;
 
 use super::{
-    codec, device_session, identity_record, media_record, role_from_str, AppendError, AppendOutcome, Cluster,
-    CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage,
-    IdentityRecord, Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord,
-    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
-    SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
+    codec, device_session, identity_record, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook,
+    CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord,
+    Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
+    StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF,
+    SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
-use super::{MediaRecord, SELECT_MEDIA, SELECT_MEDIA_BYTES};
+use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
     ClientMsgId, ConversationId, DeviceId, Email, Event, Millis, Role, Seq, TokenHash, UserId,
@@ -54,6 +54,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_account_security.sql")),
     (3, include_str!("../../migrations/postgres/0003_identities.sql")),
     (4, include_str!("../../migrations/postgres/0004_media.sql")),
+    (5, include_str!("../../migrations/postgres/0005_media_previews.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -962,6 +963,14 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn last_in_stream(&self, stream: &StreamName) -> Result<Option<RecordedEvent>, StoreError> {
+        self.read(|conn| async move {
+            let sql = format!("{SELECT_EVENT} WHERE stream = $1 ORDER BY version DESC LIMIT 1");
+            Ok(events_from(&cached_query(&conn, &sql, &[&stream.as_str()]).await?)?.pop())
+        })
+        .await
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         self.read(|conn| async move { head_position(&conn).await }).await
     }
@@ -1026,22 +1035,23 @@ impl Store for PostgresStore {
     async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError> {
         self.read(|conn| async move {
             let rows = cached_query(&conn, SELECT_MEDIA, &[&id.to_string()]).await?;
-            rows.first()
-                .map(|r| {
-                    media_record(
-                        r.get(0),
-                        r.get(1),
-                        r.get(2),
-                        r.get(3),
-                        r.get(4),
-                        r.get(5),
-                        r.get(6),
-                        (i64::from(r.get::<_, i32>(7)), i64::from(r.get::<_, i32>(8))),
-                        r.get(9),
-                        r.get(10),
-                    )
-                })
-                .transpose()
+            rows.first().map(|r| pg_media_row(r).into_record()).transpose()
+        })
+        .await
+    }
+
+    async fn media_unsent(&self, before: Millis, limit: u32) -> Result<Vec<MediaRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_MEDIA_UNSENT, &[&(before.0 as i64), &i64::from(limit)]).await?;
+            rows.iter().map(|r| pg_media_row(r).into_record()).collect()
+        })
+        .await
+    }
+
+    async fn media_refs(&self, sha256: [u8; 32]) -> Result<u64, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_MEDIA_REFS, &[&sha256.as_slice()]).await?;
+            Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64)
         })
         .await
     }
@@ -1317,5 +1327,24 @@ impl Store for PostgresStore {
             }
         }
         self.pool.close();
+    }
+}
+
+/// A media row (the columns of `media_columns!`).
+fn pg_media_row(r: &tokio_postgres::Row) -> MediaRow {
+    MediaRow {
+        id: r.get(0),
+        uploader: r.get(1),
+        conversation: r.get(2),
+        sha256: r.get(3),
+        size: r.get(4),
+        mime_type: r.get(5),
+        file_name: r.get(6),
+        width: i64::from(r.get::<_, i32>(7)),
+        height: i64::from(r.get::<_, i32>(8)),
+        uploaded_at: r.get(9),
+        first_seq: r.get(10),
+        preview: r.get(11),
+        preview_of: r.get(12),
     }
 }

@@ -20,14 +20,14 @@ use uuid::Uuid;
 use prost::Message as _;
 
 use super::{
-    check_distinct_streams, codec, device_session, identity_record, kind_to_str, media_record, role_from_str,
-    role_to_str, AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent,
-    ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position,
-    Precondition, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats,
-    StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
+    check_distinct_streams, codec, device_session, identity_record, kind_to_str, role_from_str, role_to_str,
+    AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary,
+    DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position, Precondition,
+    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
+    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
     SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
-use super::{MediaRecord, SELECT_MEDIA, SELECT_MEDIA_BYTES};
+use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
     ClientMsgId, Content, ConversationId, DeviceId, Email, Event, Millis, Seq, TokenHash, UserId,
@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_account_security.sql")),
     (6, include_str!("../../migrations/sqlite/0006_identities.sql")),
     (7, include_str!("../../migrations/sqlite/0007_media.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_media_previews.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -495,6 +496,25 @@ fn check_precondition(conn: &Connection, pre: Precondition) -> Result<(), Append
     }
 }
 
+/// A media row (the columns of `media_columns!`).
+fn sqlite_media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
+    Ok(MediaRow {
+        id: r.get(0)?,
+        uploader: r.get(1)?,
+        conversation: r.get(2)?,
+        sha256: r.get(3)?,
+        size: r.get(4)?,
+        mime_type: r.get(5)?,
+        file_name: r.get(6)?,
+        width: r.get(7)?,
+        height: r.get(8)?,
+        uploaded_at: r.get(9)?,
+        first_seq: r.get(10)?,
+        preview: r.get(11)?,
+        preview_of: r.get(12)?,
+    })
+}
+
 /// A user's recovery codes become exactly `codes` (none: TOTP is off).
 fn replace_recovery_codes(conn: &Connection, user: &str, codes: &[[u8; 32]]) -> Result<(), rusqlite::Error> {
     conn.prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")?.execute([user])?;
@@ -536,8 +556,8 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
         Event::MediaUploaded(m) => {
             conn.prepare_cached(
                 "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
-                                    width, height, uploaded_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                    width, height, uploaded_at_ms, preview_media_id, preview_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 m.media_id.to_string(),
@@ -549,10 +569,17 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 m.file_name,
                 m.width,
                 m.height,
-                m.at.0 as i64
+                m.at.0 as i64,
+                m.preview.map(|p| p.to_string()),
+                m.preview_of.map(|p| p.to_string()),
             ])?;
             return Ok(Vec::new());
         }
+        Event::MediaDiscarded { media_id, .. } => {
+            conn.prepare_cached("DELETE FROM media WHERE media_id = ?1")?.execute([media_id.to_string()])?;
+            return Ok(Vec::new());
+        }
+        Event::BlobCollected { .. } | Event::BlobErased { .. } => return Ok(Vec::new()),
         Event::IdentityClaimed { .. } | Event::IdentityReleased { .. } | Event::PhoneReleased { .. } => {
             return Ok(Vec::new())
         }
@@ -1062,6 +1089,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_in_stream(&self, stream: &StreamName) -> Result<Option<RecordedEvent>, StoreError> {
+        let stream = stream.as_str().to_owned();
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("{SELECT_EVENT} WHERE stream = ?1 ORDER BY version DESC LIMIT 1"))?;
+            Ok(collect_events(&mut stmt, params![stream])?.pop())
+        })
+        .await
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         self.read(|c| {
             Ok(c.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get::<_, i64>(0))? as u64)
@@ -1139,27 +1176,24 @@ impl Store for SqliteStore {
 
     async fn media(&self, id: crate::domain::MediaId) -> Result<Option<MediaRecord>, StoreError> {
         self.read(move |c| {
-            let row = c
-                .prepare_cached(SELECT_MEDIA)?
-                .query_row([id.to_string()], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, String>(5)?,
-                        r.get::<_, String>(6)?,
-                        (r.get::<_, i64>(7)?, r.get::<_, i64>(8)?),
-                        r.get::<_, i64>(9)?,
-                        r.get::<_, Option<i64>>(10)?,
-                    ))
-                })
-                .optional()?;
-            row.map(|(id, up, conv, sha, size, mime, name, dims, at, first)| {
-                media_record(&id, &up, &conv, &sha, size, mime, name, dims, at, first)
-            })
-            .transpose()
+            let row = c.prepare_cached(SELECT_MEDIA)?.query_row([id.to_string()], sqlite_media_row).optional()?;
+            row.map(MediaRow::into_record).transpose()
+        })
+        .await
+    }
+
+    async fn media_unsent(&self, before: Millis, limit: u32) -> Result<Vec<MediaRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT_MEDIA_UNSENT)?;
+            let rows = stmt.query_map(params![before.0 as i64, limit], sqlite_media_row)?;
+            rows.map(|r| r.map_err(StoreError::from).and_then(MediaRow::into_record)).collect()
+        })
+        .await
+    }
+
+    async fn media_refs(&self, sha256: [u8; 32]) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(SELECT_MEDIA_REFS)?.query_row([sha256.as_slice()], |r| r.get::<_, i64>(0))? as u64)
         })
         .await
     }

@@ -342,8 +342,8 @@ impl Plan {
             Event::MediaUploaded(m) => {
                 self.push(
                     "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
-                                        width, height, uploaded_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                        width, height, uploaded_at_ms, preview_media_id, preview_of)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                     vec![
                         p(m.media_id.to_string()),
                         p(m.uploader.to_string()),
@@ -355,10 +355,17 @@ impl Plan {
                         p(m.width as i32),
                         p(m.height as i32),
                         p(m.at.0 as i64),
+                        p(m.preview.map(|id| id.to_string())),
+                        p(m.preview_of.map(|id| id.to_string())),
                     ],
                 );
                 return (None, None);
             }
+            Event::MediaDiscarded { media_id, .. } => {
+                self.push("DELETE FROM media WHERE media_id = $1", vec![p(media_id.to_string())]);
+                return (None, None);
+            }
+            Event::BlobCollected { .. } | Event::BlobErased { .. } => return (None, None),
             Event::AccountOpened(a) => {
                 self.push(
                     "INSERT INTO users (user_id, email, display_name, created_at_ms, email_verified_at_ms)

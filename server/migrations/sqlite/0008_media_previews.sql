@@ -1,0 +1,8 @@
+-- natter embedded store, schema version 8: previews and collection of media (issue 10).
+
+-- A preview natterd made (preview_of: the media it shows), and the preview of
+-- media that has one.
+ALTER TABLE media ADD COLUMN preview_media_id TEXT;
+ALTER TABLE media ADD COLUMN preview_of TEXT;
+-- Uploads no message sent, oldest first: what the collector discards.
+CREATE INDEX media_unsent ON media (uploaded_at_ms) WHERE first_seq IS NULL AND preview_of IS NULL;
