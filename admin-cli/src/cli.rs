@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// natter-admin: operate a natter deployment.
@@ -39,6 +40,30 @@ enum Command {
         /// A data directory (stop natterd first) or a `postgres://` URL.
         #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
         store: String,
+    },
+    /// Uploads and stored bytes.
+    Media {
+        #[command(subcommand)]
+        command: MediaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MediaCommand {
+    /// Discard uploads no message sent within media.unsent_ttl_secs and delete
+    /// the stored bytes nothing refers to (what natterd does every
+    /// media.gc_interval_secs).
+    Gc {
+        /// natterd's configuration file (its store and blob store); NATTER_*
+        /// environment variables override it, as for natterd.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// natterd's data directory. Default: the configuration's (./natter-data)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Only report what would be discarded and deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -83,6 +108,20 @@ pub fn main_entry() -> anyhow::Result<()> {
         Command::Rebuild { store } => {
             let answers = runtime.block_on(crate::rebuild(&crate::Location::parse(&store)))?;
             println!("read models rebuilt from the log; {answers} answers identical before and after");
+            Ok(())
+        }
+        Command::Media { command: MediaCommand::Gc { config, data_dir, dry_run } } => {
+            let mut config = natter_server::config::Config::load(config.as_deref(), std::env::vars())
+                .context("loading configuration")?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("the clock is before 1970")?;
+            let now = natter_server::domain::Millis(now.as_millis() as u64);
+            let report = runtime.block_on(crate::media::gc(&config, dry_run, now))?;
+            print!("{}", crate::media::render(&report, dry_run));
             Ok(())
         }
     }

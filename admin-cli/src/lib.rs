@@ -7,6 +7,7 @@
 //! asking both sides every read-model question and comparing the answers.
 
 pub mod cli;
+pub mod media;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -83,7 +84,7 @@ impl Location {
 
 /// The PostgreSQL store as the admin tool uses it: not a node (no tailer, no
 /// heartbeat), a few readers.
-async fn open_postgres(url: &str) -> anyhow::Result<PostgresStore> {
+pub(crate) async fn open_postgres(url: &str) -> anyhow::Result<PostgresStore> {
     let mut config = PostgresConfig::new(url);
     config.serve = false;
     config.readers = 4;

@@ -12,6 +12,7 @@ mod groups;
 mod loadgen;
 mod mail;
 mod media;
+mod media_gc;
 mod metrics;
 mod natterd;
 mod nodes;

@@ -30,24 +30,100 @@ fn png(w: u32, h: u32, len: usize) -> Vec<u8> {
     b
 }
 
-async fn spec_of(conversation: &str, name: &str, bytes: &[u8]) -> UploadSpec {
+/// The GPS latitude a camera wrote (52° 31' 12.34"): its bytes in the EXIF block.
+pub(crate) const LATITUDE: [u8; 24] = {
+    let mut b = [0u8; 24];
+    let parts = [52u32, 1, 31, 1, 1234, 100];
+    let mut i = 0;
+    while i < 6 {
+        let le = parts[i].to_le_bytes();
+        let mut j = 0;
+        while j < 4 {
+            b[i * 4 + j] = le[j];
+            j += 1;
+        }
+        i += 1;
+    }
+    b
+};
+
+/// A `w`×`h` JPEG (made by the `image` crate, its pattern set by `seed`) as a
+/// phone writes it: an APP1 EXIF block with the camera's make and a GPS IFD
+/// (latitude N 52° 31' 12.34").
+pub(crate) fn photo_with_location(w: u32, h: u32, seed: u8) -> Vec<u8> {
+    let pixels = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x / 4) as u8 ^ seed, (y / 4) as u8, seed]));
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 85).encode_image(&pixels).unwrap();
+    // TIFF, little-endian: IFD0 {Make, GPSInfo} at 8, "Canon" at 38, the GPS
+    // IFD {LatitudeRef "N", Latitude} at 44, its three rationals at 74.
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    let entry = |t: &mut Vec<u8>, tag: u16, kind: u16, count: u32, value: [u8; 4]| {
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&kind.to_le_bytes());
+        t.extend_from_slice(&count.to_le_bytes());
+        t.extend_from_slice(&value);
+    };
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    entry(&mut tiff, 0x010F, 2, 6, 38u32.to_le_bytes());
+    entry(&mut tiff, 0x8825, 4, 1, 44u32.to_le_bytes());
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    tiff.extend_from_slice(b"Canon\0");
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    entry(&mut tiff, 0x0001, 2, 2, *b"N\0\0\0");
+    entry(&mut tiff, 0x0002, 5, 3, 74u32.to_le_bytes());
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    assert_eq!(tiff.len(), 74);
+    tiff.extend_from_slice(&LATITUDE);
+    let mut app1 = vec![0xFF, 0xE1];
+    app1.extend_from_slice(&((tiff.len() + 8) as u16).to_be_bytes());
+    app1.extend_from_slice(b"Exif\0\0");
+    app1.extend_from_slice(&tiff);
+    let mut out = plain[..2].to_vec();
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&plain[2..]);
+    out
+}
+
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn any_file_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            any_file_holds(&path, needle)
+        } else {
+            std::fs::read(&path).is_ok_and(|bytes| contains(&bytes, needle))
+        }
+    })
+}
+
+pub(crate) async fn spec_of(conversation: &str, name: &str, bytes: &[u8]) -> UploadSpec {
     let (sha256, size) = digest(&mut Cursor::new(bytes)).await.unwrap();
     UploadSpec { conversation_id: conversation.into(), file_name: name.into(), size, sha256, upload_id: None }
 }
 
-async fn upload(c: &Client, conversation: &str, name: &str, bytes: &[u8]) -> Result<proto::Media, ErrorCode> {
+pub(crate) async fn upload(
+    c: &Client,
+    conversation: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<proto::Media, ErrorCode> {
     let spec = spec_of(conversation, name, bytes).await;
     c.upload(&spec, &mut Cursor::new(bytes.to_vec()), |_| {}).await.map_err(|e| e.error.code().expect("a server error"))
 }
 
-async fn download(c: &Client, media_id: &str, offset: u64, length: u64) -> Result<Vec<u8>, ErrorCode> {
+pub(crate) async fn download(c: &Client, media_id: &str, offset: u64, length: u64) -> Result<Vec<u8>, ErrorCode> {
     let mut out = Vec::new();
     c.download(media_id, offset, length, &mut out, |_| {}).await.map_err(|e| e.code().expect("a server error"))?;
     Ok(out)
 }
 
 /// The media of the newest message `c` can see in `conversation`.
-async fn last_media(c: &Client, conversation: &str) -> proto::Media {
+pub(crate) async fn last_media(c: &Client, conversation: &str) -> proto::Media {
     let page = c
         .history(proto::GetHistory { conversation_id: conversation.into(), limit: 1, ..Default::default() })
         .await
@@ -389,4 +465,113 @@ async fn an_unreachable_s3_store_is_unavailable_and_chat_goes_on() {
     alice.send_text(&dm, "t1", "the photo will come later").await.unwrap();
     let page = bob.history(proto::GetHistory { conversation_id: dm, limit: 5, ..Default::default() }).await.unwrap();
     assert_eq!(natter_tests::message_texts(&page.messages), ["the photo will come later"]);
+}
+
+#[tokio::test]
+async fn a_photos_location_and_camera_are_removed_and_members_get_a_small_preview() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let (carol, _) = server.new_user("carol@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let photo = photo_with_location(1200, 900, 7);
+    assert!(contains(&photo, &LATITUDE) && contains(&photo, b"Canon"));
+    let media = upload(&alice, &dm, "IMG_0001.jpg", &photo).await.unwrap();
+    assert_eq!((media.mime_type.as_str(), media.width, media.height), ("image/jpeg", 1200, 900));
+
+    // What natterd keeps: the same picture, without where or with what.
+    let stored = download(&alice, &media.media_id, 0, 0).await.unwrap();
+    assert!(!contains(&stored, &LATITUDE) && !contains(&stored, b"Canon"), "location and camera removed");
+    assert_eq!(media.size, stored.len() as u64);
+    assert_eq!(media.sha256, digest(&mut Cursor::new(&stored)).await.unwrap().0.to_vec(), "describes what is stored");
+    let decoded = |b: &[u8]| image::load_from_memory(b).unwrap().to_rgb8();
+    assert_eq!(decoded(&stored), decoded(&photo), "the pixels are untouched");
+    assert!(!any_file_holds(server.data_dir(), &LATITUDE), "the bytes as uploaded are gone from the data directory");
+
+    // The preview: a JPEG, 320 px on the long side, readable as its media is.
+    assert!(!media.preview_media_id.is_empty());
+    let small = download(&alice, &media.preview_media_id, 0, 0).await.unwrap();
+    let preview = image::load_from_memory_with_format(&small, image::ImageFormat::Jpeg).unwrap();
+    assert_eq!((preview.width(), preview.height()), (320, 240));
+    assert!(!contains(&small, &LATITUDE));
+    assert_eq!(download(&bob, &media.preview_media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND), "not sent yet");
+    // A preview is not sent on its own.
+    let e = alice.send_media(&dm, "p1", &media.preview_media_id, "").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::INVALID_ARGUMENT), "{e}");
+
+    alice.send_media(&dm, "m1", &media.media_id, "from the hill").await.unwrap();
+    let got = last_media(&bob, &dm).await;
+    assert_eq!(got.preview_media_id, media.preview_media_id);
+    assert_eq!(download(&bob, &got.preview_media_id, 0, 0).await.unwrap(), small);
+    assert_eq!(download(&bob, &got.media_id, 0, 0).await.unwrap(), stored);
+    // Someone who cannot read the message cannot read either.
+    assert_eq!(download(&carol, &media.preview_media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND));
+    assert_eq!(download(&carol, &media.media_id, 0, 0).await, Err(ErrorCode::NOT_FOUND));
+    let anonymous = server.client().await;
+    assert_eq!(download(&anonymous, &media.preview_media_id, 0, 0).await, Err(ErrorCode::UNAUTHENTICATED));
+    // The same photo again: stored once, with the same preview bytes.
+    let again = upload(&bob, &dm, "same.jpg", &photo).await.unwrap();
+    assert_eq!(again.sha256, media.sha256);
+    assert_eq!(download(&bob, &again.preview_media_id, 0, 0).await.unwrap(), small);
+}
+
+/// A PNG whose header claims `w`×`h` pixels in 8-bit grey: the first rows
+/// (zeros) compress to almost nothing, and a decoder that believed the
+/// header would allocate `w`·`h` bytes before finding the data short.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let rows = image::GrayImage::new(w, 16);
+    let mut png = Vec::new();
+    rows.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    png[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_stored_without_a_preview_and_the_limits_come_from_config() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let bomb = png_bomb(30_000, 30_000);
+    assert!(bomb.len() < 64 * 1024, "{} bytes claiming 900 megapixels", bomb.len());
+    let media = upload(&alice, &dm, "bomb.png", &bomb).await.unwrap();
+    assert_eq!((media.width, media.height), (30_000, 30_000));
+    assert_eq!(media.preview_media_id, "", "never decoded");
+    assert_eq!(download(&alice, &media.media_id, 0, 0).await.unwrap(), bomb, "kept as it came");
+    // natterd is fine, and so is chat.
+    alice.send_media(&dm, "b1", &media.media_id, "").await.unwrap();
+    alice.send_text(&dm, "t1", "still here").await.unwrap();
+    let page =
+        bob.history(proto::GetHistory { conversation_id: dm.clone(), limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(natter_tests::message_texts(&page.messages), ["still here"]);
+    // A photo under the default limit has its preview.
+    let photo = photo_with_location(1200, 900, 3);
+    assert!(!upload(&alice, &dm, "p.jpg", &photo).await.unwrap().preview_media_id.is_empty());
+
+    // The limit is the operator's, and so is stripping.
+    let strict = TestServer::start_with(|c| {
+        c.media.max_image_pixels = 1_000_000;
+        c.media.strip_metadata = false;
+    })
+    .await;
+    let (alice, _) = strict.new_user("alice@example.org").await;
+    strict.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let media = upload(&alice, &dm, "p.jpg", &photo).await.unwrap();
+    assert_eq!(media.preview_media_id, "", "1.08 megapixels is over this server's limit");
+    assert_eq!(download(&alice, &media.media_id, 0, 0).await.unwrap(), photo, "stored as sent, location and all");
 }

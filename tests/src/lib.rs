@@ -178,6 +178,11 @@ impl TestServer {
         self.server.as_ref().and_then(RunningServer::metrics_addr)
     }
 
+    /// What it was started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

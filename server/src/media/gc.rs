@@ -209,6 +209,21 @@ pub async fn run(
     Ok(report)
 }
 
+/// Deletes `blob` now if no stored upload has it (an upload whose metadata
+/// natterd stripped leaves the bytes as they arrived behind). Returns
+/// whether it was deleted.
+///
+/// # Errors
+/// Store and blob store failures.
+pub async fn collect_unreferenced(
+    store: &dyn Store,
+    blobs: &dyn BlobStore,
+    blob: BlobId,
+    now: Millis,
+) -> Result<bool, GcError> {
+    Ok(matches!(collect(store, blobs, blob, now).await?, Collect::Deleted))
+}
+
 enum Collect {
     Deleted,
     Referred,

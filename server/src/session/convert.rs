@@ -74,6 +74,7 @@ pub fn media_record(r: &crate::store::MediaRecord) -> wire::Media {
         sha256: r.sha256.to_vec(),
         width: r.width,
         height: r.height,
+        preview_media_id: r.preview.map(|p| p.to_string()).unwrap_or_default(),
         ..wire::Media::default()
     }
 }

@@ -362,6 +362,15 @@ impl Service {
             }
         }
         self.record_uploads(uploads, referred).await?;
+        if main.sha256 != plan.blob.0 {
+            // The bytes as they arrived (their location, their camera) go now,
+            // unless another upload has them.
+            if let Err(e) =
+                gc::collect_unreferenced(self.store.as_ref(), self.media().blob.as_ref(), plan.blob, self.now()).await
+            {
+                tracing::warn!(error = %e, "the bytes as uploaded stay until the collector runs");
+            }
+        }
         let record = MediaRecord::from(main);
         Ok(convert::media_record(&record))
     }
