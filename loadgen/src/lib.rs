@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use natter_client::{Client, ClientConfig, ClientEndpoint, Feed, FeedItem};
 
+pub mod media;
 pub mod relay;
 
 /// Password of the accounts a run creates.
@@ -368,6 +369,22 @@ pub async fn dm_pairs(
     text_size: usize,
     counters: Arc<Counters>,
 ) -> anyhow::Result<Report> {
+    dm_pairs_with(target, users_n, pace, timing, text_size, counters, || {}).await
+}
+
+/// [`dm_pairs`], calling `ready` once everyone is set up, as sending starts.
+///
+/// # Errors
+/// When setting up users or conversations fails.
+pub async fn dm_pairs_with(
+    target: &Target,
+    users_n: usize,
+    pace: Pace,
+    timing: Timing,
+    text_size: usize,
+    counters: Arc<Counters>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<Report> {
     if users_n < 2 || !users_n.is_multiple_of(2) {
         bail!("dm-pairs needs an even number of users, at least 2");
     }
@@ -389,6 +406,7 @@ pub async fn dm_pairs(
     }
     let until = Instant::now() + timing.warmup + timing.duration;
     let measure_start = run.start + timing.warmup;
+    ready();
     let senders = plans.len();
     let tasks = plans.into_iter().map(|(client, conv)| sender(run.clone(), client, conv, pace, senders, until));
     futures::future::join_all(tasks).await;

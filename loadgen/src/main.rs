@@ -93,6 +93,29 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// Transfers: upload and download throughput against raw QUIC, natterd's
+    /// memory during an upload, and S1 chat latency with and without one.
+    /// natterd must accept files of --size-mib (NATTER_MEDIA_MAX_FILE_BYTES,
+    /// NATTER_MEDIA_QUOTA_BYTES).
+    Media {
+        /// MiB per transfer.
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        /// Chat users (in pairs), open loop at --rate sends per second.
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Unmeasured chat seconds first.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Measured chat seconds: keep them inside the upload's time.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// natterd's pid, to read its resident memory from /proc.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -196,6 +219,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::QuicRelay { .. } => unreachable!("handled above"),
         Scenario::Mixed { users, rate, duration } => {
             let r = natter_loadgen::mixed(&target, users, rate, Duration::from_secs_f64(duration)).await?;
+            (r.table(), r.json())
+        }
+        Scenario::Media { size_mib, users, rate, warmup, duration, server_pid } => {
+            let t = Timing { warmup: Duration::from_secs_f64(warmup), duration: Duration::from_secs_f64(duration) };
+            let r = natter_loadgen::media::media(&target, size_mib * 1024 * 1024, users, rate, t, server_pid, counters)
+                .await?;
             (r.table(), r.json())
         }
         Scenario::Idle { connections, duration, server_pid } => {

@@ -36,11 +36,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Starts the relay on `listen`; returns its address and certificate.
-///
-/// # Errors
-/// Certificate or socket setup.
-pub fn start_relay(listen: SocketAddr) -> anyhow::Result<(SocketAddr, CertificateDer<'static>, quinn::Endpoint)> {
+/// A bare quinn server endpoint (TLS 1.3, a fresh self-signed certificate for
+/// `localhost`, quinn's default transport settings).
+fn server_endpoint(listen: SocketAddr, alpn: &[u8]) -> anyhow::Result<(quinn::Endpoint, CertificateDer<'static>)> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
     let der = cert.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
@@ -48,9 +46,32 @@ pub fn start_relay(listen: SocketAddr) -> anyhow::Result<(SocketAddr, Certificat
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![der.clone()], key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let endpoint = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), listen)?;
+    Ok((quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), listen)?, der))
+}
+
+/// A bare quinn client endpoint that trusts `cert`.
+fn client_endpoint(cert: CertificateDer<'static>, alpn: &[u8]) -> anyhow::Result<quinn::Endpoint> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let client_config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(client_config);
+    Ok(endpoint)
+}
+
+/// Starts the relay on `listen`; returns its address and certificate.
+///
+/// # Errors
+/// Certificate or socket setup.
+pub fn start_relay(listen: SocketAddr) -> anyhow::Result<(SocketAddr, CertificateDer<'static>, quinn::Endpoint)> {
+    let (endpoint, der) = server_endpoint(listen, ALPN)?;
     let addr = endpoint.local_addr()?;
     let peers: Arc<Mutex<HashMap<u32, mpsc::Sender<Vec<u8>>>>> = Arc::default();
     let accept = endpoint.clone();
@@ -119,16 +140,7 @@ pub async fn relay_pairs(
     timing: Timing,
     text_size: usize,
 ) -> anyhow::Result<Report> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let client_config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(client_config);
+    let endpoint = client_endpoint(cert, ALPN)?;
 
     let start = Instant::now();
     let measure_from = timing.warmup;
@@ -239,4 +251,97 @@ pub async fn relay_pairs(
         errors: Default::default(),
     };
     Ok(report)
+}
+
+const BULK_ALPN: &[u8] = b"natter-bulk-bench";
+/// Bulk stream requests: upload (the client sends until it finishes; the
+/// sink answers the count) and download (the client names a count).
+const BULK_UP: u8 = b'U';
+const BULK_DOWN: u8 = b'D';
+const CHUNK: usize = 64 * 1024;
+
+/// The raw-QUIC baseline for transfers: `size` bytes up one bidirectional
+/// stream to a sink in this process, then `size` bytes down one, on quinn's
+/// defaults and with nothing else. Returns the two durations.
+///
+/// `source` makes the bytes sent up (so the baseline pays for making them as
+/// the natter upload does).
+///
+/// # Errors
+/// Socket, TLS or stream failures.
+pub async fn raw_transfer<R: tokio::io::AsyncRead + Unpin>(
+    size: u64,
+    source: &mut R,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (server, cert) = server_endpoint("127.0.0.1:0".parse()?, BULK_ALPN)?;
+    let addr = server.local_addr()?;
+    let sink = server.clone();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = sink.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        match recv.read_u8().await {
+                            Ok(BULK_UP) => {
+                                let mut n = 0u64;
+                                while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                                    n += chunk.bytes.len() as u64;
+                                }
+                                let _ = send.write_u64(n).await;
+                            }
+                            Ok(BULK_DOWN) => {
+                                let Ok(mut left) = recv.read_u64().await else { return };
+                                let block = bytes::Bytes::from(vec![0x5a; CHUNK]);
+                                while left > 0 {
+                                    let n = left.min(CHUNK as u64) as usize;
+                                    if send.write_chunk(block.slice(..n)).await.is_err() {
+                                        return;
+                                    }
+                                    left -= n as u64;
+                                }
+                            }
+                            _ => return,
+                        }
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    });
+                }
+            });
+        }
+    });
+    let client = client_endpoint(cert, BULK_ALPN)?;
+    let conn = client.connect(addr, "localhost")?.await.context("connecting to the bulk sink")?;
+
+    let started = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_u8(BULK_UP).await?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(CHUNK as u64) as usize;
+        source.read_exact(&mut buf[..want]).await?;
+        send.write_all(&buf[..want]).await?;
+        left -= want as u64;
+    }
+    send.finish()?;
+    let got = recv.read_u64().await?;
+    let up = started.elapsed();
+    anyhow::ensure!(got == size, "the sink counted {got} of {size} bytes");
+
+    let started = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_u8(BULK_DOWN).await?;
+    send.write_u64(size).await?;
+    send.finish()?;
+    let mut got = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        got += chunk.bytes.len() as u64;
+    }
+    let down = started.elapsed();
+    anyhow::ensure!(got == size, "received {got} of {size} bytes");
+    conn.close(0u32.into(), b"done");
+    server.close(0u32.into(), b"done");
+    task.abort();
+    Ok((up, down))
 }

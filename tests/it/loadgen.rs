@@ -112,3 +112,53 @@ async fn a_rate_limited_load_generator_says_what_to_do_and_load_test_mode_lifts_
         .unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_smoke_moves_every_byte_both_ways_and_chats_beside_an_upload() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let size = 4 * 1024 * 1024;
+    let short = Timing { warmup: Duration::from_millis(100), duration: Duration::from_millis(300) };
+    let r = natter_loadgen::media::media(&target(&server), size, 2, 100.0, short, Some(std::process::id()), counters)
+        .await
+        .unwrap();
+    assert_eq!(r.size, size);
+    assert!(r.rss_before.is_some() && r.rss_growth().is_some());
+    for chat in [&r.chat_alone, &r.chat_during] {
+        assert!(chat.errors.is_empty(), "{:?}", chat.errors);
+        assert!(chat.sends > 0);
+        assert_eq!(chat.total_deliveries, chat.total_sends);
+    }
+    let table = r.table();
+    assert!(table.contains("of raw") && table.contains("during an upload"), "{table}");
+    assert_eq!(r.json()["size_bytes"], size);
+}
+
+#[test]
+fn the_benchmark_video_is_the_same_bytes_however_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let size = 100_003;
+        let mut whole = Vec::new();
+        natter_loadgen::media::Video::new(7, size).read_to_end(&mut whole).await.unwrap();
+        assert_eq!(whole.len() as u64, size);
+        assert_eq!(&whole[4..8], b"ftyp");
+        // In odd pieces, from an odd offset: the same bytes.
+        let mut v = natter_loadgen::media::Video::new(7, size);
+        v.seek(std::io::SeekFrom::Start(13)).await.unwrap();
+        let mut piece = vec![0u8; 997];
+        let mut got = Vec::new();
+        loop {
+            let n = v.read(&mut piece).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, whole[13..]);
+        let mut other = Vec::new();
+        natter_loadgen::media::Video::new(8, size).read_to_end(&mut other).await.unwrap();
+        assert_ne!(other[24..], whole[24..], "another seed, other bytes");
+    });
+}
