@@ -66,7 +66,7 @@ codes! {
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";
     SHUTTING_DOWN = 502, "The server is shutting down; reconnect (possibly to another node).";
     INTERNAL = 503, "An internal error; it has been logged. Retrying may help.";
-    UNAVAILABLE = 504, "The server cannot reach its database for the moment; retry after retry_after_ms (a retried write is not duplicated).";
+    UNAVAILABLE = 504, "A service the server depends on (its database, file store, mail or SMS provider, an OpenID provider) cannot be reached for the moment, or the uploaded bytes are being deleted; retry after retry_after_ms (a retried write is not duplicated).";
 }
 
 impl ErrorCode {
