@@ -1716,11 +1716,16 @@ fn text_of(m: &proto::Message) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A media message for people: `[file cat.png, image/png, 1.2 MiB, 640×480] caption`.
+/// A media message for people: `[file cat.png, image/png, 1.2 MiB, 640×480] caption`,
+/// `[file clip.mp4, video/mp4, 31.0 MiB, 1:33]`.
 fn media_line(m: &proto::Media) -> String {
     let mut out = format!("[file {}, {}, {}", m.file_name, m.mime_type, human_size(m.size));
     if m.width > 0 && m.height > 0 {
         out.push_str(&format!(", {}×{}", m.width, m.height));
+    }
+    if m.duration_ms > 0 {
+        let s = m.duration_ms / 1000;
+        out.push_str(&format!(", {}:{:02}", s / 60, s % 60));
     }
     out.push(']');
     if !m.caption.is_empty() {
@@ -2239,6 +2244,28 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn a_media_line_says_what_is_known_of_the_file() {
+        let clip = proto::Media {
+            file_name: "clip.mp4".into(),
+            mime_type: "video/mp4".into(),
+            size: 31 * 1024 * 1024,
+            duration_ms: 93_500,
+            caption: "the goal".into(),
+            ..proto::Media::default()
+        };
+        assert_eq!(media_line(&clip), "[file clip.mp4, video/mp4, 31.0 MiB, 1:33] the goal");
+        let photo = proto::Media {
+            file_name: "cat.png".into(),
+            mime_type: "image/png".into(),
+            size: 2048,
+            width: 640,
+            height: 480,
+            ..proto::Media::default()
+        };
+        assert_eq!(media_line(&photo), "[file cat.png, image/png, 2.0 KiB, 640×480]");
+    }
 
     /// Every subcommand and argument (`natter help …`) says what it is for.
     #[test]

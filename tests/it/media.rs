@@ -575,3 +575,62 @@ async fn a_decompression_bomb_is_stored_without_a_preview_and_the_limits_come_fr
     assert_eq!(media.preview_media_id, "", "1.08 megapixels is over this server's limit");
     assert_eq!(download(&alice, &media.media_id, 0, 0).await.unwrap(), photo, "stored as sent, location and all");
 }
+
+/// An MP4: `ftyp`, `mdat` of `data` noise bytes, and a `moov` whose `mvhd`
+/// (version `version`) says `duration` units at `timescale`; `moov` first
+/// ("fast start") or last.
+fn mp4(moov_first: bool, version: u8, timescale: u32, duration: u64, data: usize) -> Vec<u8> {
+    let boxed = |kind: &[u8], contents: &[u8]| {
+        let mut b = ((contents.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(contents);
+        b
+    };
+    let mut mvhd = vec![version, 0, 0, 0];
+    if version == 0 {
+        mvhd.extend_from_slice(&[0; 8]);
+        mvhd.extend_from_slice(&timescale.to_be_bytes());
+        mvhd.extend_from_slice(&(duration as u32).to_be_bytes());
+    } else {
+        mvhd.extend_from_slice(&[0; 16]);
+        mvhd.extend_from_slice(&timescale.to_be_bytes());
+        mvhd.extend_from_slice(&duration.to_be_bytes());
+    }
+    mvhd.resize(mvhd.len() + 80, 0);
+    let moov = boxed(b"moov", &boxed(b"mvhd", &mvhd));
+    let mdat = boxed(b"mdat", &png(1, 1, data + 16)[16..]);
+    let mut file = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec();
+    if moov_first {
+        file.extend(moov);
+        file.extend(mdat);
+    } else {
+        file.extend(mdat);
+        file.extend(moov);
+    }
+    file
+}
+
+#[tokio::test]
+async fn a_videos_length_comes_from_its_movie_header_wherever_that_is() {
+    let server = TestServer::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    // After 2 MiB of data (as a camera writes it), version 0: 93.5 s.
+    let late = mp4(false, 0, 600, 56_100, 2 * 1024 * 1024);
+    let media = upload(&alice, &dm, "late.mp4", &late).await.unwrap();
+    assert_eq!((media.mime_type.as_str(), media.duration_ms), ("video/mp4", 93_500));
+    alice.send_media(&dm, "v1", &media.media_id, "").await.unwrap();
+    assert_eq!(last_media(&bob, &dm).await.duration_ms, 93_500, "the message carries it");
+    // Fast start, version 1 (64-bit): 12 s.
+    let early = mp4(true, 1, 90_000, 1_080_000, 64 * 1024);
+    assert_eq!(upload(&alice, &dm, "early.mp4", &early).await.unwrap().duration_ms, 12_000);
+    // An unknown duration, or no movie header at all: 0, and the file is taken.
+    let unknown = mp4(true, 0, 600, u64::from(u32::MAX), 4096);
+    assert_eq!(upload(&alice, &dm, "unknown.mp4", &unknown).await.unwrap().duration_ms, 0);
+    let mut headless = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec();
+    headless.extend(png(1, 1, 8192).into_iter().skip(16));
+    assert_eq!(upload(&alice, &dm, "headless.mp4", &headless).await.unwrap().duration_ms, 0);
+    // A photo has none.
+    assert_eq!(upload(&alice, &dm, "p.png", &png(4, 4, 4096)).await.unwrap().duration_ms, 0);
+}

@@ -977,6 +977,7 @@ async fn media_and_media_messages_answer(b: &Backend) {
         at: Millis(90),
         preview_of: None,
         preview: None,
+        duration_ms: 0,
     };
     for (id, size) in [(0x51, 1_000), (0x52, 2_500)] {
         let up = upload(id, size);
@@ -1104,6 +1105,20 @@ async fn media_and_media_messages_answer(b: &Backend) {
     let last = s.last_in_stream(&StreamName::blob(&[0x52; 32])).await.unwrap().unwrap();
     assert_eq!(last.version, 4);
     assert!(matches!(last.event, Event::BlobErased { .. }));
+    // A video's length comes back as it went in.
+    let mut clip = upload(0x56, 9_000);
+    clip.mime_type = "video/mp4".into();
+    clip.duration_ms = 93_500;
+    s.append(vec![StreamAppend::new(
+        StreamName::blob(&clip.sha256),
+        ExpectedVersion::NoStream,
+        vec![NewEvent::fresh(Event::MediaUploaded(clip))],
+    )])
+    .await
+    .unwrap();
+    assert_eq!(s.media(MediaId(Uuid::from_u128(0x56))).await.unwrap().unwrap().duration_ms, 93_500);
+    s.rebuild().await.unwrap();
+    assert_eq!(s.media(MediaId(Uuid::from_u128(0x56))).await.unwrap().unwrap().duration_ms, 93_500);
 }
 
 async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {

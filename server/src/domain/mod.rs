@@ -390,6 +390,8 @@ pub struct MediaUploaded {
     pub preview_of: Option<MediaId>,
     /// On media that has a preview: the preview.
     pub preview: Option<MediaId>,
+    /// A video's or audio's length, from its container; 0 when unknown.
+    pub duration_ms: u64,
 }
 
 impl Event {

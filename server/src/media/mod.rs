@@ -4,6 +4,7 @@
 //! (`crate::blob`); transfers are `session::media`.
 
 pub mod gc;
+pub mod mp4;
 pub mod picture;
 
 use serde::{Deserialize, Serialize};

@@ -75,6 +75,7 @@ pub fn media_record(r: &crate::store::MediaRecord) -> wire::Media {
         width: r.width,
         height: r.height,
         preview_media_id: r.preview.map(|p| p.to_string()).unwrap_or_default(),
+        duration_ms: r.duration_ms,
         ..wire::Media::default()
     }
 }

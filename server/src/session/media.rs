@@ -18,7 +18,7 @@ use super::{convert, Identity, Service, WireError};
 use crate::blob::{BlobError, BlobId, BlobRead, BlobStore, ByteRange, UploadId};
 use crate::domain::{ConversationId, Event, MediaId, MediaUploaded, UserId};
 use crate::media::gc::{self, GcError};
-use crate::media::{self, picture, MediaConfig, SNIFF_BYTES};
+use crate::media::{self, mp4, picture, MediaConfig, SNIFF_BYTES};
 use crate::store::{AppendError, ExpectedVersion, MediaRecord, Membership, NewEvent, StreamAppend, StreamName};
 
 /// Longest file name kept, in bytes.
@@ -316,6 +316,7 @@ impl Service {
         if used.saturating_add(plan.size) > self.media().config.quota_bytes {
             return Err(WireError::new(ErrorCode::QUOTA_EXCEEDED, "your files would exceed your quota"));
         }
+        let duration_ms = if head.get(4..8) == Some(b"ftyp".as_slice()) { self.duration(plan.blob).await } else { 0 };
         let pictures = self.pictures(mime, plan.blob).await?;
         let at = self.now();
         let mut main = MediaUploaded {
@@ -331,6 +332,7 @@ impl Service {
             at,
             preview_of: None,
             preview: None,
+            duration_ms,
         };
         let mut referred = vec![arrived];
         if let Some(stripped) = pictures.stripped {
@@ -354,6 +356,7 @@ impl Service {
                     height: p.height,
                     preview_of: Some(main.media_id),
                     preview: None,
+                    duration_ms: 0,
                     ..main.clone()
                 };
                 main.preview = Some(preview.media_id);
@@ -373,6 +376,29 @@ impl Service {
         }
         let record = MediaRecord::from(main);
         Ok(convert::media_record(&record))
+    }
+
+    /// An MP4/MOV/M4A's length from its `mvhd` (0 when it has none natterd
+    /// can read): the top-level box headers are walked by ranged reads.
+    async fn duration(&self, blob: BlobId) -> u64 {
+        let read = |offset: u64, len: u64| async move {
+            let bytes = self.media().blob.get(blob, Some(ByteRange { offset, len })).await?.into_bytes().await?;
+            Ok::<_, crate::blob::BlobError>(bytes)
+        };
+        let mut at = 0u64;
+        for _ in 0..mp4::MAX_BOXES {
+            let Ok(head) = read(at, mp4::HEADER_BYTES).await else { return 0 };
+            let Some(header) = mp4::box_header(&head) else { return 0 };
+            if &header.kind == b"moov" {
+                let Ok(contents) = read(at + header.header_len, mp4::MOOV_PREFIX).await else { return 0 };
+                return mp4::mvhd_duration_ms(&contents).unwrap_or(0);
+            }
+            match header.size.and_then(|size| at.checked_add(size)) {
+                Some(next) => at = next,
+                None => return 0,
+            }
+        }
+        0
     }
 
     /// The version of `blob`'s stream, read before natterd stores or finds

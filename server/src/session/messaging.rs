@@ -133,7 +133,7 @@ impl Service {
             sha256: record.sha256,
             width: record.width,
             height: record.height,
-            duration_ms: 0,
+            duration_ms: record.duration_ms,
             caption: m.caption,
             preview: record.preview,
         }))

@@ -163,6 +163,7 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: m.at.0,
             preview_of: m.preview_of.map(|p| p.to_string()).unwrap_or_default(),
             preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
+            duration_ms: m.duration_ms,
         }
         .encode_to_vec(),
         Event::MediaDiscarded { media_id, sha256, at } => {
@@ -511,6 +512,7 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
                 preview_of: optional_media(&e.preview_of)?,
                 preview: optional_media(&e.preview_media_id)?,
+                duration_ms: e.duration_ms,
             })
         }
         "MediaDiscarded" => {
@@ -710,6 +712,7 @@ mod tests {
                 at: Millis(34),
                 preview_of: None,
                 preview: Some(MediaId(Uuid::from_u128(0x78))),
+                duration_ms: 0,
             }),
             Event::MediaUploaded(MediaUploaded {
                 media_id: MediaId(Uuid::from_u128(0x78)),
@@ -724,6 +727,22 @@ mod tests {
                 at: Millis(34),
                 preview_of: Some(MediaId(Uuid::from_u128(0x77))),
                 preview: None,
+                duration_ms: 0,
+            }),
+            Event::MediaUploaded(MediaUploaded {
+                media_id: MediaId(Uuid::from_u128(0x7a)),
+                uploader: u,
+                conversation_id: conv,
+                sha256: [0xae; 32],
+                size: 40_000_000,
+                mime_type: "video/mp4".into(),
+                file_name: "clip.mp4".into(),
+                width: 0,
+                height: 0,
+                at: Millis(34),
+                preview_of: None,
+                preview: None,
+                duration_ms: 93_500,
             }),
             Event::MediaDiscarded { media_id: MediaId(Uuid::from_u128(0x79)), sha256: [0xad; 32], at: Millis(35) },
             Event::BlobCollected { sha256: [0xad; 32], at: Millis(36) },

@@ -305,6 +305,8 @@ pub struct MediaRecord {
     pub preview: Option<crate::domain::MediaId>,
     /// What it previews, when it is a preview.
     pub preview_of: Option<crate::domain::MediaId>,
+    /// 0 when unknown.
+    pub duration_ms: u64,
 }
 
 impl From<crate::domain::MediaUploaded> for MediaRecord {
@@ -324,6 +326,7 @@ impl From<crate::domain::MediaUploaded> for MediaRecord {
             first_seq: None,
             preview: u.preview,
             preview_of: u.preview_of,
+            duration_ms: u.duration_ms,
         }
     }
 }
@@ -332,7 +335,7 @@ impl From<crate::domain::MediaUploaded> for MediaRecord {
 macro_rules! media_columns {
     () => {
         "media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name, width, height,
-         uploaded_at_ms, first_seq, preview_media_id, preview_of FROM media"
+         uploaded_at_ms, first_seq, preview_media_id, preview_of, duration_ms FROM media"
     };
 }
 
@@ -366,6 +369,7 @@ pub(crate) struct MediaRow {
     pub first_seq: Option<i64>,
     pub preview: Option<String>,
     pub preview_of: Option<String>,
+    pub duration_ms: i64,
 }
 
 impl MediaRow {
@@ -386,6 +390,7 @@ impl MediaRow {
             first_seq: self.first_seq.map(|s| Seq(s as u64)),
             preview: self.preview.as_deref().map(|p| media_id(p, "preview")).transpose()?,
             preview_of: self.preview_of.as_deref().map(|p| media_id(p, "preview_of")).transpose()?,
+            duration_ms: self.duration_ms as u64,
         })
     }
 }

@@ -1346,5 +1346,6 @@ fn pg_media_row(r: &tokio_postgres::Row) -> MediaRow {
         first_seq: r.get(10),
         preview: r.get(11),
         preview_of: r.get(12),
+        duration_ms: r.get(13),
     }
 }

@@ -512,6 +512,7 @@ fn sqlite_media_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MediaRow> {
         first_seq: r.get(10)?,
         preview: r.get(11)?,
         preview_of: r.get(12)?,
+        duration_ms: r.get(13)?,
     })
 }
 
@@ -556,8 +557,8 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
         Event::MediaUploaded(m) => {
             conn.prepare_cached(
                 "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
-                                    width, height, uploaded_at_ms, preview_media_id, preview_of)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                    width, height, uploaded_at_ms, preview_media_id, preview_of, duration_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 m.media_id.to_string(),
@@ -572,6 +573,7 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 m.at.0 as i64,
                 m.preview.map(|p| p.to_string()),
                 m.preview_of.map(|p| p.to_string()),
+                m.duration_ms as i64,
             ])?;
             return Ok(Vec::new());
         }

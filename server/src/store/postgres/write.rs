@@ -342,8 +342,8 @@ impl Plan {
             Event::MediaUploaded(m) => {
                 self.push(
                     "INSERT INTO media (media_id, uploader_user_id, conversation_id, sha256, size, mime_type, file_name,
-                                        width, height, uploaded_at_ms, preview_media_id, preview_of)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                        width, height, uploaded_at_ms, preview_media_id, preview_of, duration_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                     vec![
                         p(m.media_id.to_string()),
                         p(m.uploader.to_string()),
@@ -357,6 +357,7 @@ impl Plan {
                         p(m.at.0 as i64),
                         p(m.preview.map(|id| id.to_string())),
                         p(m.preview_of.map(|id| id.to_string())),
+                        p(m.duration_ms as i64),
                     ],
                 );
                 return (None, None);
