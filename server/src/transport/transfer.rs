@@ -17,6 +17,8 @@ use crate::session::{Identity, Service, WireError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request frame.
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Bytes read from the blob store at a time for a download.
+const DOWNLOAD_CHUNK: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 async fn reply(send: &mut quinn::SendStream, kind: transfer_reply::Kind) -> bool {
@@ -151,7 +153,7 @@ async fn run(
             }
         }
         transfer_request::Kind::Download(start) => {
-            let (header, mut read) = match service.download_open(&me, &start).await {
+            let (header, read) = match service.download_open(&me, &start).await {
                 Ok(opened) => opened,
                 Err(e) => return ("download", refused(send, recv, e).await),
             };
@@ -159,7 +161,10 @@ async fn run(
             if !reply(&mut send, transfer_reply::Kind::Header(header)).await {
                 return ("download", Err(ErrorCode::UNAVAILABLE));
             }
-            match tokio::io::copy(&mut read.body, &mut send).await {
+            // Large reads: a file read is a trip to the blocking pool, and
+            // quinn takes a large write as cheaply as a small one.
+            let mut body = tokio::io::BufReader::with_capacity(DOWNLOAD_CHUNK, read.body);
+            match tokio::io::copy_buf(&mut body, &mut send).await {
                 Ok(n) if n == read.len => {
                     let _ = send.finish();
                     let _ = send.stopped().await;
