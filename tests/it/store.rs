@@ -959,6 +959,18 @@ async fn accounts_without_a_password_and_identities_answer(b: &Backend) {
     assert_eq!(s.user_by_phone(&phone).await.unwrap().unwrap().email, None);
 }
 
+/// Appends a first `MediaUploaded` of its bytes, as an upload does.
+async fn record_upload(s: &dyn Store, up: MediaUploaded) {
+    let stream = StreamName::blob(&up.sha256);
+    s.append(vec![StreamAppend::new(
+        stream,
+        ExpectedVersion::NoStream,
+        vec![NewEvent::fresh(Event::MediaUploaded(up))],
+    )])
+    .await
+    .unwrap();
+}
+
 /// Uploads (`MediaUploaded`), media messages (their content kept whole, the
 /// first seq that sent each upload), and a user's bytes, through a rebuild.
 async fn media_and_media_messages_answer(b: &Backend) {
@@ -980,14 +992,7 @@ async fn media_and_media_messages_answer(b: &Backend) {
         duration_ms: 0,
     };
     for (id, size) in [(0x51, 1_000), (0x52, 2_500)] {
-        let up = upload(id, size);
-        s.append(vec![StreamAppend::new(
-            StreamName::blob(&up.sha256),
-            ExpectedVersion::NoStream,
-            vec![NewEvent::fresh(Event::MediaUploaded(up))],
-        )])
-        .await
-        .unwrap();
+        record_upload(s.as_ref(), upload(id, size)).await;
     }
     assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
     assert_eq!(s.media_refs([0x51; 32]).await.unwrap(), 1);
@@ -1057,13 +1062,7 @@ async fn media_and_media_messages_answer(b: &Backend) {
     small.preview_of = Some(main.media_id);
     small.mime_type = "image/jpeg".into();
     for up in [main, small] {
-        s.append(vec![StreamAppend::new(
-            StreamName::blob(&up.sha256),
-            ExpectedVersion::NoStream,
-            vec![NewEvent::fresh(Event::MediaUploaded(up))],
-        )])
-        .await
-        .unwrap();
+        record_upload(s.as_ref(), up).await;
     }
     assert_eq!(unsent(91).await, vec![0x52, 0x54]);
     let pair = s.media(MediaId(Uuid::from_u128(0x54))).await.unwrap().unwrap();
@@ -1109,13 +1108,7 @@ async fn media_and_media_messages_answer(b: &Backend) {
     let mut clip = upload(0x56, 9_000);
     clip.mime_type = "video/mp4".into();
     clip.duration_ms = 93_500;
-    s.append(vec![StreamAppend::new(
-        StreamName::blob(&clip.sha256),
-        ExpectedVersion::NoStream,
-        vec![NewEvent::fresh(Event::MediaUploaded(clip))],
-    )])
-    .await
-    .unwrap();
+    record_upload(s.as_ref(), clip).await;
     assert_eq!(s.media(MediaId(Uuid::from_u128(0x56))).await.unwrap().unwrap().duration_ms, 93_500);
     s.rebuild().await.unwrap();
     assert_eq!(s.media(MediaId(Uuid::from_u128(0x56))).await.unwrap().unwrap().duration_ms, 93_500);
