@@ -92,6 +92,9 @@ impl Client {
         kind: transfer_request::Kind,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
         let (mut send, recv) = self.conn.open_bi().await.map_err(lost)?;
+        // Below the control stream's 0: chat goes first while an upload's
+        // bytes are queued on this connection.
+        let _ = send.set_priority(-1);
         let frame = encode_frame(&wire::TransferRequest { kind: Some(kind) }, self.max_frame_bytes)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         send.write_all(&frame).await.map_err(lost)?;

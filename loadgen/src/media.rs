@@ -15,7 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -192,14 +192,14 @@ impl MediaReport {
 fn sample_rss(pid: Option<u32>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Option<u64>> {
     tokio::spawn(async move {
         let pid = pid?;
-        let peak = AtomicU64::new(0);
+        let mut peak = 0;
         while !stop.load(Ordering::Relaxed) {
             if let Some(rss) = crate::rss_of(pid) {
-                peak.fetch_max(rss, Ordering::Relaxed);
+                peak = peak.max(rss);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Some(peak.load(Ordering::Relaxed))
+        Some(peak)
     })
 }
 

@@ -90,10 +90,10 @@ impl BlobStore for FsBlobStore {
         offset: u64,
         body: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<UploadStatus, BlobError> {
-        let (_active, mut state) = self.partials.resume(upload, offset).await?;
+        let (active, mut state) = self.partials.resume(upload, offset).await?;
         let mut file = self.partials.open_data(upload, state.staged()).await?;
         let mut buf = vec![0u8; partial::CHUNK];
-        partial::receive(&self.partials, upload, &mut state, &mut file, body, None, &mut buf).await?;
+        partial::receive(&self.partials, &active, &mut state, &mut file, body, None, &mut buf).await?;
         state.status(upload)
     }
 

@@ -96,20 +96,30 @@ impl UploadState {
 }
 
 /// The staging directory and which uploads a transfer is using right now.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Partials {
     dir: PathBuf,
     active: Arc<Mutex<HashSet<UploadId>>>,
 }
 
-/// Holds an upload for one transfer; released on drop.
+/// Holds an upload for one transfer; released when the last clone is
+/// dropped (a checkpoint still running holds one).
+#[derive(Debug, Clone)]
+pub(crate) struct Active(Arc<Held>);
+
 #[derive(Debug)]
-pub(crate) struct Active {
+struct Held {
     id: UploadId,
     active: Arc<Mutex<HashSet<UploadId>>>,
 }
 
-impl Drop for Active {
+impl Active {
+    pub(crate) fn id(&self) -> &UploadId {
+        &self.0.id
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
@@ -139,7 +149,7 @@ impl Partials {
         if !active.insert(id.clone()) {
             return Err(BlobError::UploadBusy);
         }
-        Ok(Active { id: id.clone(), active: Arc::clone(&self.active) })
+        Ok(Active(Arc::new(Held { id: id.clone(), active: Arc::clone(&self.active) })))
     }
 
     /// Claims `id` for one append and loads its record, which must be at
@@ -281,9 +291,15 @@ impl Partials {
 /// checkpointing every [`CHECKPOINT_BYTES`], until `body` ends, `state.size`
 /// is reached, or `limit` more bytes are staged (`None`: no limit). Returns
 /// whether the body ended. A failing body is checkpointed, then reported.
+/// `upload` is the transfer's claim on the upload.
+///
+/// A checkpoint's fsyncs run beside the receiving of the next bytes (at most
+/// one in flight): waiting for them would halve the throughput, and a
+/// checkpoint only ever claims bytes written before its fsync began. Every
+/// checkpoint has finished when this returns.
 pub(crate) async fn receive(
     partials: &Partials,
-    id: &UploadId,
+    upload: &Active,
     state: &mut UploadState,
     file: &mut tokio::fs::File,
     body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
@@ -293,6 +309,8 @@ pub(crate) async fn receive(
     let mut staged = 0u64;
     let mut unsynced = 0u64;
     let mut ended = false;
+    let id = upload.id();
+    let mut pending: Option<Checkpoint> = None;
     loop {
         let room = limit.map_or(u64::MAX, |l| l - staged).min(state.size - state.offset);
         let want = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
@@ -306,6 +324,7 @@ pub(crate) async fn receive(
             }
             Ok(n) => n,
             Err(e) => {
+                Checkpoint::finish(pending.take()).await?;
                 checkpoint(partials, id, state, file).await?;
                 return Err(BlobError::Interrupted { offset: state.offset, reason: e.to_string() });
             }
@@ -316,14 +335,51 @@ pub(crate) async fn receive(
         staged += n as u64;
         unsynced += n as u64;
         if unsynced >= CHECKPOINT_BYTES {
-            checkpoint(partials, id, state, file).await?;
+            Checkpoint::finish(pending.take()).await?;
+            pending = Some(Checkpoint::start(partials, upload, state, file).await?);
             unsynced = 0;
         }
     }
+    Checkpoint::finish(pending.take()).await?;
     if unsynced > 0 {
         checkpoint(partials, id, state, file).await?;
     }
     Ok(ended)
+}
+
+/// A checkpoint running on its own: the data file's fsync, then the record.
+/// It holds the upload's claim, so a transfer dropped meanwhile cannot be
+/// resumed until its last record is written (and two records are never
+/// written at once).
+struct Checkpoint(tokio::task::JoinHandle<Result<(), BlobError>>);
+
+impl Checkpoint {
+    /// Hands what `file` has been given to the OS and starts making it and
+    /// `state` durable.
+    async fn start(
+        partials: &Partials,
+        upload: &Active,
+        state: &UploadState,
+        file: &mut tokio::fs::File,
+    ) -> Result<Self, BlobError> {
+        file.flush().await.map_err(|e| BlobError::io("writing an upload", e))?;
+        let data = file.try_clone().await.map_err(|e| BlobError::io("syncing an upload", e))?;
+        let (partials, upload, state) = (partials.clone(), upload.clone(), state.clone());
+        Ok(Self(tokio::spawn(async move {
+            data.sync_data().await.map_err(|e| BlobError::io("syncing an upload", e))?;
+            partials.save(upload.id(), &state).await
+        })))
+    }
+
+    /// Waits for a checkpoint in flight, if any.
+    async fn finish(pending: Option<Self>) -> Result<(), BlobError> {
+        match pending {
+            None => Ok(()),
+            Some(Self(task)) => {
+                task.await.map_err(|e| BlobError::Storage(format!("an upload checkpoint failed: {e}")))?
+            }
+        }
+    }
 }
 
 /// Makes `state` true on disk: the data first, then the record.
@@ -365,7 +421,7 @@ mod tests {
 
         let mut file = partials.open_data(&id, 0).await.unwrap();
         let mut body: &[u8] = &data[..600];
-        let ended = receive(&partials, &id, &mut state, &mut file, &mut body, None, &mut [0; 128]).await.unwrap();
+        let ended = receive(&partials, &active, &mut state, &mut file, &mut body, None, &mut [0; 128]).await.unwrap();
         assert!(ended);
         // Bytes written after the checkpoint (a crash before the next one).
         file.write_all(&[9; 50]).await.unwrap();
@@ -373,17 +429,19 @@ mod tests {
         drop((file, active));
 
         let partials = Partials::open(dir.path().join("partial")).unwrap();
+        let active = partials.claim(&id).unwrap();
         let mut state = partials.load(&id).await.unwrap();
         assert_eq!(state.offset, 600);
         let mut file = partials.open_data(&id, state.staged()).await.unwrap();
         assert_eq!(file.metadata().await.unwrap().len(), 600);
         let mut body: &[u8] = &data[600..];
-        receive(&partials, &id, &mut state, &mut file, &mut body, Some(300), &mut [0; 128]).await.unwrap();
+        receive(&partials, &active, &mut state, &mut file, &mut body, Some(300), &mut [0; 128]).await.unwrap();
         assert_eq!(state.offset, 900);
         let mut back = [0u8; 10];
         read_at(&mut file, 595, &mut back).await.unwrap();
         assert_eq!(back, [7; 10]);
         assert_eq!(partials.load(&id).await.unwrap().offset, 900);
+        drop(active);
 
         assert!(partials.stale(Duration::from_secs(3600)).await.unwrap().is_empty());
         assert_eq!(partials.stale(Duration::ZERO).await.unwrap(), vec![id.clone()]);
@@ -394,6 +452,53 @@ mod tests {
         partials.remove(&id).await.unwrap();
         assert_eq!(partials.load(&id).await.unwrap_err(), BlobError::UploadNotFound);
         assert!(std::fs::read_dir(dir.path().join("partial")).unwrap().next().is_none());
+    }
+
+    /// Gives `good` bytes of 5s, then fails.
+    struct Failing {
+        good: usize,
+    }
+
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.good == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("connection lost")));
+            }
+            let n = self.good.min(buf.remaining());
+            buf.put_slice(&vec![5u8; n]);
+            self.good -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_beside_receiving_all_finish_before_an_interruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let partials = Partials::open(dir.path().to_owned()).unwrap();
+        let good = CHECKPOINT_BYTES as usize * 5 / 2 + 17;
+        let mut state = UploadState::new(BlobId::of(b"whatever"), good as u64 * 2, None);
+        let (id, active) = partials.create(&state).await.unwrap();
+        let mut file = partials.open_data(&id, 0).await.unwrap();
+        let mut buf = vec![0u8; CHUNK];
+        let e = receive(&partials, &active, &mut state, &mut file, &mut Failing { good }, None, &mut buf)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BlobError::Interrupted { offset, .. } if offset == good as u64), "{e}");
+        // The record says exactly what arrived, and the data is all there.
+        let saved = partials.load(&id).await.unwrap();
+        assert_eq!(saved.sha256, state.sha256);
+        assert_eq!(saved.offset, good as u64);
+        let mut hashed = Sha256State::default();
+        hashed.update(&vec![5u8; good]);
+        assert_eq!(saved.sha256, hashed);
+        assert_eq!(std::fs::metadata(partials.data_path(&id)).unwrap().len(), good as u64);
+        // No checkpoint is left running with the claim.
+        drop(active);
+        let _again = partials.claim(&id).unwrap();
     }
 
     #[tokio::test]

@@ -388,7 +388,7 @@ impl BlobStore for S3BlobStore {
         offset: u64,
         body: &mut (dyn AsyncRead + Send + Unpin),
     ) -> Result<UploadStatus, BlobError> {
-        let (_active, mut state) = self.partials.resume(upload, offset).await?;
+        let (active, mut state) = self.partials.resume(upload, offset).await?;
         let part_size = progress(&mut state)?.part_size;
         let mut file = self.partials.open_data(upload, state.staged()).await?;
         let mut buf = vec![0u8; partial::CHUNK];
@@ -400,7 +400,7 @@ impl BlobStore for S3BlobStore {
             }
             let room = part_size - state.staged();
             let ended =
-                partial::receive(&self.partials, upload, &mut state, &mut file, body, Some(room), &mut buf).await?;
+                partial::receive(&self.partials, &active, &mut state, &mut file, body, Some(room), &mut buf).await?;
             if ended {
                 break;
             }

@@ -336,9 +336,9 @@ impl Service {
         };
         let mut referred = vec![arrived];
         if let Some(stripped) = pictures.stripped {
+            main.size = stripped.len() as u64;
             let stored = self.store_bytes(stripped).await?;
             main.sha256 = stored.blob.0;
-            main.size = self.media().blob.stat(stored.blob).await.map_err(blob_error)?.map_or(0, |s| s.size);
             referred[0] = stored;
         }
         let mut uploads = vec![main.clone()];

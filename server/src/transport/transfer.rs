@@ -20,6 +20,8 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// Bytes read from the blob store at a time for a download.
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
+/// Send priority of a download's stream, below the control stream's 0.
+const TRANSFER_PRIORITY: i32 = -1;
 
 async fn reply(send: &mut quinn::SendStream, kind: transfer_reply::Kind) -> bool {
     match encode_frame(&wire::TransferReply { kind: Some(kind) }, MAX_REQUEST_BYTES * 4) {
@@ -158,6 +160,9 @@ async fn run(
                 Err(e) => return ("download", refused(send, recv, e).await),
             };
             let _ = recv.stop(VarInt::from_u32(0));
+            // The control stream (priority 0) goes first when both have
+            // data queued on this connection: a download never delays chat.
+            let _ = send.set_priority(TRANSFER_PRIORITY);
             if !reply(&mut send, transfer_reply::Kind::Header(header)).await {
                 return ("download", Err(ErrorCode::UNAVAILABLE));
             }
