@@ -192,6 +192,22 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Search the messages you may read: words, "quoted phrases", and the
+    /// last word as a prefix. Results are grouped by conversation, the
+    /// matches in [brackets].
+    Search {
+        /// What to look for.
+        text: String,
+        /// Only in this conversation (a person's email, a group name or an id).
+        #[arg(long = "in")]
+        conversation: Option<String>,
+        /// Only messages from this person (their email).
+        #[arg(long)]
+        from: Option<String>,
+        /// At most this many hits.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// List your conversations, most recent first, with unread counts.
     Conversations,
     /// Mark a conversation read up to its newest message.
@@ -504,6 +520,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::SendFile { to, path, caption } => cli.send_file(&to, &path, &caption).await,
         Command::Download { conversation, seq, output } => cli.download(&conversation, seq, output).await,
         Command::History { conversation, limit } => cli.history(&conversation, limit).await,
+        Command::Search { text, conversation, from, limit } => {
+            cli.search(&text, conversation.as_deref(), from.as_deref(), limit).await
+        }
         Command::Conversations => cli.conversations().await,
         Command::Read { conversation } => cli.read(&conversation).await,
         Command::Receipts { conversation, seq } => cli.receipts(&conversation, seq).await,
@@ -1057,6 +1076,64 @@ impl Cli {
         }
         if !conv.active {
             println!("(you are no longer a member of {}: this is its history up to then)", title(&conv, &self.me()));
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn search(&mut self, text: &str, within: Option<&str>, from: Option<&str>, limit: u32) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let me = self.me();
+        let conversation_id = match within {
+            Some(target) => resolve(&client, target, Reach::Former, &me).await?.conversation_id,
+            None => String::new(),
+        };
+        let titles: HashMap<String, String> =
+            client.conversations(100).await?.iter().map(|c| (c.conversation_id.clone(), title(c, &me))).collect();
+        let mut cursor = String::new();
+        let mut shown = 0;
+        let mut retries = 0;
+        while shown < limit {
+            let req = proto::Search {
+                query: text.into(),
+                conversation_id: conversation_id.clone(),
+                from_email: from.unwrap_or_default().into(),
+                limit: (limit - shown).min(50),
+                cursor: cursor.clone(),
+                ..Default::default()
+            };
+            let page = match client.search(req).await {
+                // The server is still building its index: wait as it asks, a few times.
+                Err(ClientError::Server { code: natter_proto::ErrorCode::UNAVAILABLE, retry_after_ms, .. })
+                    if retry_after_ms > 0 && retries < 5 =>
+                {
+                    retries += 1;
+                    eprintln!("(the server is still indexing; retrying in {retry_after_ms} ms)");
+                    tokio::time::sleep(std::time::Duration::from_millis(retry_after_ms.into())).await;
+                    continue;
+                }
+                other => other?,
+            };
+            for g in &page.groups {
+                let name = match (titles.get(&g.conversation_id), g.name.as_str()) {
+                    (_, name) if !name.is_empty() => format!("'{name}'"),
+                    (Some(t), _) => t.clone(),
+                    (None, _) => g.conversation_id.clone(),
+                };
+                println!("{name}");
+                for h in &g.hits {
+                    let who = if h.sender_email.is_empty() { &h.sender_name } else { &h.sender_email };
+                    println!("  [{}] #{} {who}: {}", clock(h.at_ms), h.seq, marked(&h.snippet, &h.highlights));
+                    shown += 1;
+                }
+            }
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        if shown == 0 {
+            println!("(nothing found for {text:?})");
         }
         client.close().await;
         Ok(())
@@ -1794,6 +1871,28 @@ fn human_size(bytes: u64) -> String {
 fn clock(ms: u64) -> String {
     let s = (ms / 1000) % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// A snippet with its matches in brackets.
+fn marked(snippet: &str, highlights: &[proto::Highlight]) -> String {
+    let mut out = String::with_capacity(snippet.len() + 2 * highlights.len());
+    let mut at = 0;
+    for h in highlights {
+        let (start, end) = (h.start as usize, h.end as usize);
+        match (snippet.get(at..start), snippet.get(start..end)) {
+            (Some(before), Some(word)) => {
+                out.push_str(before);
+                out.push('[');
+                out.push_str(word);
+                out.push(']');
+                at = end;
+            }
+            // A range that is not in the snippet (a misbehaving server): ignored.
+            _ => continue,
+        }
+    }
+    out.push_str(snippet.get(at..).unwrap_or_default());
+    out
 }
 
 fn format_message(m: &proto::Message) -> String {

@@ -929,6 +929,18 @@ impl Client {
         }
     }
 
+    /// Searches the messages the caller may read (spec/protocol.md, "Search").
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `NOT_A_MEMBER`, `UNAVAILABLE` (with
+    /// `retry_after_ms` while the server builds its index).
+    pub async fn search(&self, req: wire::Search) -> Result<wire::SearchResults, ClientError> {
+        match self.request(Body::Search(req)).await? {
+            response::Result::Search(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The caller's conversations, most recent activity first.
     ///
     /// # Errors

@@ -727,6 +727,46 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_search",
+            "Request 28: Search for a phrase and a word being typed, in one conversation, 10 hits a page",
+            req(
+                28,
+                request::Body::Search(Search {
+                    query: "\"harbour trip\" fri".into(),
+                    conversation_id: CONV.into(),
+                    limit: 10,
+                    ..Search::default()
+                }),
+            ),
+        ),
+        (
+            "response_search",
+            "Response 28: one conversation's hit, its snippet with three highlights, and the next page's cursor",
+            resp(
+                28,
+                response::Result::Search(SearchResults {
+                    groups: vec![SearchGroup {
+                        conversation_id: CONV.into(),
+                        name: String::new(),
+                        hits: vec![SearchHit {
+                            seq: 42,
+                            at_ms: 1_795_000_000_000,
+                            sender_user_id: ALICE.into(),
+                            snippet: "the harbour trip is on Friday".into(),
+                            highlights: vec![
+                                Highlight { start: 4, end: 11 },
+                                Highlight { start: 12, end: 16 },
+                                Highlight { start: 23, end: 29 },
+                            ],
+                            sender_email: "alice@example.org".into(),
+                            sender_name: "Alice".into(),
+                        }],
+                    }],
+                    next_cursor: "o10".into(),
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

@@ -62,6 +62,8 @@ pub struct Config {
     pub blob: crate::blob::BlobConfig,
     /// What media natterd accepts: size, quota, types.
     pub media: crate::media::MediaConfig,
+    /// The full-text search index.
+    pub search: crate::search::SearchConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -203,6 +205,7 @@ impl Default for Config {
             github: crate::auth::oauth::GithubConfig::default(),
             blob: crate::blob::BlobConfig::default(),
             media: crate::media::MediaConfig::default(),
+            search: crate::search::SearchConfig::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod media;
 pub mod metrics;
 pub mod projection;
+pub mod search;
 pub mod session;
 pub mod store;
 pub mod tls;
@@ -68,6 +69,8 @@ pub enum StartError {
     OAuth(String),
     #[error("media store: {0}")]
     Blob(#[from] blob::BlobConfigError),
+    #[error("search: {0}")]
+    Search(#[from] search::SearchError),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -260,6 +263,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
+    let (search, indexer) = match search::start(&config.search, data_dir, store.clone(), shutdown.clone())? {
+        Some((handle, task)) => (Some(handle), Some(task)),
+        None => (None, None),
+    };
     let service = session::Service::new(
         store.clone(),
         hasher,
@@ -276,6 +283,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
         session::media::MediaService::new(blobs.clone(), config.media.clone(), metrics.clone()),
+        search,
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
@@ -302,6 +310,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         // Every connection is closed; what their sessions left behind (users'
         // last-seen times) goes to the log before it is flushed and closed.
         service.drain_background(grace.max(Duration::from_secs(1))).await;
+        // The search projection commits what it indexed (or indexes it again
+        // from its checkpoint at the next start).
+        if let Some(indexer) = indexer {
+            let _ = tokio::time::timeout(Duration::from_secs(5), indexer).await;
+        }
         store.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         tracing::info!("natterd stopped");

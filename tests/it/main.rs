@@ -22,6 +22,7 @@ mod presence;
 mod protocol;
 mod readme;
 mod receipts;
+mod search;
 mod sms;
 mod store;
 

@@ -113,7 +113,9 @@ impl Terminal {
 #[tokio::test]
 async fn the_readme_walkthrough_runs_in_order_as_written() {
     let text = readme();
-    let server = TestServer::start().await;
+    // A reader types slower than this harness: new messages are searchable
+    // within a second, and the walkthrough searches soon after sending.
+    let server = TestServer::start_with(|c| c.search.commit_interval_ms = 100).await;
     let home = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test")), bin.path().join("natter"))
@@ -158,6 +160,9 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     assert!(said("receipts team 2").contains("read by 1 of 2"));
     assert!(said("history crew").contains("hello team"), "a removed member reads what was said while she was in");
     assert!(said("group show crew").contains("bob@example.org (owner)"));
+    let found = said("natter-carol search");
+    assert!(found.contains("'crew'") && found.contains("[hello] [team]"), "Carol finds the group's message:\n{found}");
+    assert!(said("natter-bob search").contains("[minutes]"), "Bob finds the file by its caption");
     assert!(said("send-file bob@example.org minutes.pdf").contains("application/pdf"));
     assert!(said("download alice@example.org 4").contains("saved minutes-from-alice.pdf"));
     let saved = std::fs::read(home.path().join("minutes-from-alice.pdf")).expect("Bob saved the file");

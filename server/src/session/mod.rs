@@ -14,6 +14,7 @@ mod messaging;
 mod oauth;
 mod phone;
 mod presence;
+mod search;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +75,7 @@ pub struct Service {
     background: TaskTracker,
     security: Security,
     media: media::MediaService,
+    search: search::Handle,
 }
 
 /// What account security needs besides the log: short-lived state, the
@@ -254,6 +256,7 @@ impl Service {
         config: ServiceConfig,
         security: Security,
         media: media::MediaService,
+        search: search::Handle,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -269,6 +272,7 @@ impl Service {
             background: TaskTracker::new(),
             security,
             media,
+            search,
         })
     }
 
@@ -694,6 +698,7 @@ impl Service {
                 Body::ListIdentities(_) => self.list_identities(&me).await,
                 Body::RemovePhone(_) => self.remove_phone(&me).await,
                 Body::GetMediaUrl(req) => self.get_media_url(&me, req).await,
+                Body::Search(req) => self.search(&me, req).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };

@@ -424,6 +424,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::ListIdentities(_) => "list_identities",
         Body::RemovePhone(_) => "remove_phone",
         Body::GetMediaUrl(_) => "get_media_url",
+        Body::Search(_) => "search",
         Body::EnableTotp(_) => "enable_totp",
         Body::ConfirmTotp(_) => "confirm_totp",
         Body::DisableTotp(_) => "disable_totp",

@@ -1,0 +1,281 @@
+//! Full-text search: a projection of the log into a search index
+//! (spec/protocol.md, "Search"). `SearchIndex` is what a backend does;
+//! `tantivy` is the embedded one, in `<data_dir>/search/`. [`follow`] feeds
+//! an index from the log and [`Search`] answers queries, only ever from
+//! messages the searcher may read.
+//!
+//! The index keeps, with each commit, the log position it holds everything
+//! up to (tantivy: the commit's payload). After a crash or a restart the
+//! projection resumes from there; a document is keyed by conversation and
+//! seq, so an event indexed again replaces itself and nothing is ever found
+//! twice. Commits are batched by time and size, never one per event. Every
+//! node keeps its own index of the shared log.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Content, ConversationId, Event, Millis, Seq, UserId};
+use crate::store::{Position, RecordedEvent, Store, StoreError};
+
+pub mod tantivy;
+pub mod text;
+
+pub use text::{Clause, QueryError, Snippet};
+
+/// `[search]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    pub backend: SearchBackend,
+    /// The longest a new message waits to become searchable.
+    pub commit_interval_ms: u64,
+    /// Documents that force a commit sooner (catching up on a long log).
+    pub commit_docs: usize,
+    /// The index writer's memory budget, in bytes.
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            backend: SearchBackend::Tantivy,
+            commit_interval_ms: 1000,
+            commit_docs: 50_000,
+            writer_memory_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which backend holds the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchBackend {
+    /// Embedded, in `<data_dir>/search/`.
+    #[default]
+    Tantivy,
+    /// No index: `Search` answers `UNAVAILABLE`.
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("search index: {0}")]
+    Index(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One message as the index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub at: Millis,
+    pub text: String,
+}
+
+/// What the searcher may read of one conversation: everything, or up to the
+/// seq at which they left or were removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visible {
+    pub conversation: ConversationId,
+    pub upto: Option<Seq>,
+}
+
+/// A query as a backend runs it; the visibility filter is part of it.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub clauses: Vec<Clause>,
+    /// Only these conversations (never empty: an empty list finds nothing
+    /// without asking the index).
+    pub visible: Vec<Visible>,
+    pub from: Option<UserId>,
+    /// `at` strictly after / before, in ms.
+    pub after: Option<Millis>,
+    pub before: Option<Millis>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One message found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+    pub sender: UserId,
+    pub at: Millis,
+    pub score: f32,
+    pub snippet: Snippet,
+}
+
+/// Hits ordered by relevance, then recency; `more` when a next page exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub hits: Vec<Hit>,
+    pub more: bool,
+}
+
+/// A search backend. Writes come only from [`follow`], one task per index.
+#[async_trait]
+pub trait SearchIndex: Send + Sync + 'static {
+    /// The log position the index holds everything up to, durably.
+    async fn checkpoint(&self) -> Result<Position, SearchError>;
+    /// Adds (or replaces) documents; durable at the next commit.
+    async fn add(&self, docs: Vec<Doc>) -> Result<(), SearchError>;
+    /// Makes what was added durable and searchable, recording `upto`.
+    async fn commit(&self, upto: Position) -> Result<(), SearchError>;
+    async fn search(&self, query: Query) -> Result<Page, SearchError>;
+}
+
+/// The text of an event that the index holds, if any: a text message, or a
+/// file's name and caption.
+pub fn doc_of(recorded: &RecordedEvent) -> Option<Doc> {
+    let Event::MessageSent(m) = &recorded.event else { return None };
+    let text = match &m.content {
+        Content::Text(t) => t.clone(),
+        Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
+        Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
+    };
+    Some(Doc { conversation: m.conversation_id, seq: Seq(recorded.version), sender: m.sender_user_id, at: m.at, text })
+}
+
+/// Where the projection is, shared with [`Search`].
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The position committed to the index.
+    pub indexed: AtomicU64,
+    /// The log's head when the projection started: until `indexed` reaches
+    /// it, searches would miss old messages and are refused.
+    pub caught_up: AtomicBool,
+}
+
+/// Events read from the log at a time.
+const READ_BATCH: u32 = 2000;
+
+/// Feeds `index` from the log until `shutdown`, then commits what it has.
+/// Errors are logged and retried after a second: the index is a projection,
+/// and the log still holds everything.
+pub async fn follow(
+    store: Arc<dyn Store>,
+    index: Arc<dyn SearchIndex>,
+    config: SearchConfig,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match follow_once(&store, &index, &config, &progress, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "search projection failed; resuming from its checkpoint");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn follow_once(
+    store: &Arc<dyn Store>,
+    index: &Arc<dyn SearchIndex>,
+    config: &SearchConfig,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> Result<(), SearchError> {
+    let interval = Duration::from_millis(config.commit_interval_ms.max(1));
+    let mut committed = index.checkpoint().await?;
+    let mut at = committed;
+    progress.indexed.store(committed, Ordering::Relaxed);
+    // Subscribe before reading the head: nothing committed after it is missed.
+    let mut batches = store.subscribe();
+    let target = store.head().await?;
+    let mut pending = 0usize;
+    let mut last_commit = Instant::now();
+    let started = Instant::now();
+    loop {
+        if !progress.caught_up.load(Ordering::Relaxed) && committed >= target {
+            progress.caught_up.store(true, Ordering::Relaxed);
+            tracing::info!(
+                position = committed,
+                took_ms = started.elapsed().as_millis() as u64,
+                "search index caught up"
+            );
+        }
+        let events = store.read_all(at, READ_BATCH).await?;
+        if let Some(last) = events.last() {
+            at = last.position;
+            let docs: Vec<Doc> = events.iter().filter_map(doc_of).collect();
+            pending += docs.len();
+            if !docs.is_empty() {
+                index.add(docs).await?;
+            }
+        }
+        let full = events.len() == READ_BATCH as usize;
+        let due = last_commit.elapsed() >= interval || pending >= config.commit_docs;
+        // Catching up commits by size; once at the head, by time.
+        if at > committed && (due || (!full && !progress.caught_up.load(Ordering::Relaxed))) {
+            index.commit(at).await?;
+            committed = at;
+            pending = 0;
+            last_commit = Instant::now();
+            progress.indexed.store(committed, Ordering::Relaxed);
+            continue;
+        }
+        if full {
+            continue;
+        }
+        // At the head: wait for the next batch, or for a commit to fall due.
+        let wait = if at > committed { interval.saturating_sub(last_commit.elapsed()) } else { Duration::from_secs(5) };
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                if at > committed {
+                    index.commit(at).await?;
+                    progress.indexed.store(at, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+            r = batches.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What the session layer searches with: the index and how far it is.
+#[derive(Clone)]
+pub struct SearchHandle {
+    pub index: Arc<dyn SearchIndex>,
+    pub progress: Arc<Progress>,
+}
+
+/// Opens the configured backend under `data_dir` and starts its projection
+/// (`None` when search is off).
+///
+/// # Errors
+/// The index cannot be opened or made.
+pub fn start(
+    config: &SearchConfig,
+    data_dir: &std::path::Path,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<Option<(SearchHandle, tokio::task::JoinHandle<()>)>, SearchError> {
+    let index: Arc<dyn SearchIndex> = match config.backend {
+        SearchBackend::Off => return Ok(None),
+        SearchBackend::Tantivy => {
+            Arc::new(tantivy::TantivyIndex::open(&data_dir.join("search"), config.writer_memory_bytes)?)
+        }
+    };
+    let progress = Arc::new(Progress::default());
+    let task = tokio::spawn(follow(store, index.clone(), config.clone(), progress.clone(), shutdown));
+    Ok(Some((SearchHandle { index, progress }, task)))
+}
