@@ -41,6 +41,17 @@ enum Command {
         #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
         store: String,
     },
+    /// Drop this node's search index and build it again from the log (stop
+    /// natterd on the data directory first).
+    Reindex {
+        /// natterd's configuration file (its store and search settings);
+        /// NATTER_* environment variables override it, as for natterd.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// natterd's data directory. Default: the configuration's (./natter-data)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Uploads and stored bytes.
     Media {
         #[command(subcommand)]
@@ -110,12 +121,35 @@ pub fn main_entry() -> anyhow::Result<()> {
             println!("read models rebuilt from the log; {answers} answers identical before and after");
             Ok(())
         }
-        Command::Media { command: MediaCommand::Gc { config, data_dir, dry_run } } => {
-            let mut config = natter_server::config::Config::load(config.as_deref(), std::env::vars())
-                .context("loading configuration")?;
-            if let Some(dir) = data_dir {
-                config.data_dir = dir;
+        Command::Reindex { config, data_dir } => {
+            let config = load_config(config, data_dir)?;
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut shown = 0;
+            let report = runtime.block_on(crate::search::reindex(&config, |at, of| {
+                if terminal {
+                    eprint!("\rindexed up to position {at} of {of}");
+                } else if at == of || at * 10 / of.max(1) > shown {
+                    shown = at * 10 / of.max(1);
+                    eprintln!("indexed up to position {at} of {of}");
+                }
+            }))?;
+            if terminal {
+                eprintln!();
             }
+            let secs = report.took.as_secs_f64().max(1e-9);
+            println!(
+                "search index rebuilt: {} messages of {} events in {:.2} s ({:.0} messages/s, {:.0} events/s), up to position {}",
+                report.messages,
+                report.events,
+                secs,
+                report.messages as f64 / secs,
+                report.events as f64 / secs,
+                report.position
+            );
+            Ok(())
+        }
+        Command::Media { command: MediaCommand::Gc { config, data_dir, dry_run } } => {
+            let config = load_config(config, data_dir)?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("the clock is before 1970")?;
@@ -125,4 +159,14 @@ pub fn main_entry() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// natterd's configuration as natterd would load it, with `--data-dir` on top.
+fn load_config(file: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<natter_server::config::Config> {
+    let mut config =
+        natter_server::config::Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    Ok(config)
 }

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod media;
+pub mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -263,10 +263,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
-    let (search, indexer) = match search::start(&config.search, data_dir, store.clone(), shutdown.clone())? {
-        Some((handle, task)) => (Some(handle), Some(task)),
-        None => (None, None),
-    };
+    let (search, indexer) =
+        match search::start(&config.search, data_dir, store.clone(), shutdown.clone(), metrics.clone())? {
+            Some((handle, task)) => (Some(handle), Some(task)),
+            None => (None, None),
+        };
     let service = session::Service::new(
         store.clone(),
         hasher,

@@ -106,3 +106,31 @@ async fn transfers_are_counted_by_direction_result_and_bytes() {
     assert_eq!(sample(&text, "natter_media_transfer_bytes_total{direction=\"download\"}"), 100.0);
     assert_eq!(sample(&text, "natter_media_transfers_active"), 0.0);
 }
+
+#[tokio::test]
+async fn the_search_projection_reports_its_position_and_lag() {
+    let server = TestServer::start_with(|c| {
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.search.commit_interval_ms = 50;
+    })
+    .await;
+    let addr = server.metrics_addr().expect("metrics enabled");
+    let (alice, _) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    for i in 0..5 {
+        alice.send_text(&dm, &format!("m{i}"), "metrics are searchable").await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, text) = get(addr, "/metrics").await;
+        let documents = sample(&text, "natter_search_documents_total ");
+        if documents >= 5.0 && sample(&text, "natter_search_lag_events ") == 0.0 {
+            assert!(sample(&text, "natter_search_indexed_position ") > 0.0, "{text}");
+            assert!(sample(&text, "natter_search_commits_total ") >= 1.0, "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the projection never caught up:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

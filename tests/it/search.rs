@@ -390,3 +390,44 @@ async fn two_nodes_each_index_the_shared_log_and_answer_alike() {
     assert!(node_b.data_dir().join("search/tantivy-v1/meta.json").exists());
     assert_ne!(node_a.data_dir(), node_b.data_dir());
 }
+
+#[tokio::test]
+async fn natter_admin_reindex_rebuilds_a_stopped_nodes_index_from_the_log() {
+    let mut server = server().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (_, bob_token) = server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let mut sent = HashSet::new();
+    for i in 0..40 {
+        sent.insert(alice.send_text(&dm, &format!("r{i}"), &format!("orchard {i}")).await.unwrap().seq);
+    }
+    search_until(&alice, proto::Search { limit: 50, ..query("orchard ") }, |r| hits(r).len() == 40).await;
+    let data_dir = server.data_dir().to_owned();
+    let reindex = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_natter-admin-under-test"))
+            .arg("reindex")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("NATTER_SEARCH_BACKEND")
+            .output()
+            .unwrap()
+    };
+    let busy = reindex();
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("natterd is running on"), "{busy:?}");
+    drop(alice);
+    server.stop().await;
+    // Damage the index: reindex replaces it whatever state it is in.
+    std::fs::write(server.data_dir().join("search/tantivy-v1/meta.json"), b"garbage").unwrap();
+
+    let out = reindex();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("search index rebuilt: 40 messages of"), "{said}");
+
+    server.restart().await;
+    let bob = server.resume(&bob_token).await;
+    // Caught up at once: everything is in the index already.
+    let r = bob.search(proto::Search { limit: 50, ..query("orchard ") }).await.unwrap();
+    assert_eq!(hits(&r).into_iter().map(|h| h.1).collect::<HashSet<_>>(), sent);
+}

@@ -88,6 +88,10 @@ pub struct Metrics {
     blobs_collected: Counter,
     blob_bytes_collected: Counter,
     previews: Family<ResultLabels, Counter>,
+    search_position: Gauge,
+    search_lag: Gauge,
+    search_commits: Counter,
+    search_documents: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +126,10 @@ impl Metrics {
             blobs_collected: Counter::default(),
             blob_bytes_collected: Counter::default(),
             previews: Family::default(),
+            search_position: Gauge::default(),
+            search_lag: Gauge::default(),
+            search_commits: Counter::default(),
+            search_documents: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
@@ -171,7 +179,29 @@ impl Metrics {
             "Images looked at for a preview, by result (made, small, too_many_pixels, undecodable)",
             m.previews.clone(),
         );
+        registry.register(
+            "search_indexed_position",
+            "The log position the search index holds everything up to",
+            m.search_position.clone(),
+        );
+        registry.register(
+            "search_lag_events",
+            "Log positions the search index is behind the newest it has seen",
+            m.search_lag.clone(),
+        );
+        registry.register("search_commits", "Search index commits", m.search_commits.clone());
+        registry.register("search_documents", "Messages added to the search index", m.search_documents.clone());
         Arc::new(Self { registry, ..m })
+    }
+
+    /// The search projection added `documents` and stands at `indexed` of `seen`.
+    pub fn search_progress(&self, documents: u64, indexed: u64, seen: u64, committed: bool) {
+        self.search_documents.inc_by(documents);
+        if committed {
+            self.search_commits.inc();
+        }
+        self.search_position.set(i64::try_from(indexed).unwrap_or(i64::MAX));
+        self.search_lag.set(i64::try_from(seen.saturating_sub(indexed)).unwrap_or(i64::MAX));
     }
 
     pub fn connection_opened(&self) {

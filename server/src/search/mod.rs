@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Content, ConversationId, Event, Millis, Seq, UserId};
+use crate::metrics::Metrics;
 use crate::store::{Position, RecordedEvent, Store, StoreError};
 
 pub mod tantivy;
@@ -167,9 +168,10 @@ pub async fn follow(
     config: SearchConfig,
     progress: Arc<Progress>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     loop {
-        match follow_once(&store, &index, &config, &progress, &shutdown).await {
+        match follow_once(&store, &index, &config, &progress, &shutdown, &metrics).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "search projection failed; resuming from its checkpoint");
@@ -188,6 +190,7 @@ async fn follow_once(
     config: &SearchConfig,
     progress: &Progress,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> Result<(), SearchError> {
     let interval = Duration::from_millis(config.commit_interval_ms.max(1));
     let mut committed = index.checkpoint().await?;
@@ -213,6 +216,7 @@ async fn follow_once(
             at = last.position;
             let docs: Vec<Doc> = events.iter().filter_map(doc_of).collect();
             pending += docs.len();
+            metrics.search_progress(docs.len() as u64, committed, at.max(target), false);
             if !docs.is_empty() {
                 index.add(docs).await?;
             }
@@ -226,6 +230,7 @@ async fn follow_once(
             pending = 0;
             last_commit = Instant::now();
             progress.indexed.store(committed, Ordering::Relaxed);
+            metrics.search_progress(0, committed, at.max(target), true);
             continue;
         }
         if full {
@@ -268,6 +273,7 @@ pub fn start(
     data_dir: &std::path::Path,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> Result<Option<(SearchHandle, tokio::task::JoinHandle<()>)>, SearchError> {
     let index: Arc<dyn SearchIndex> = match config.backend {
         SearchBackend::Off => return Ok(None),
@@ -276,6 +282,61 @@ pub fn start(
         }
     };
     let progress = Arc::new(Progress::default());
-    let task = tokio::spawn(follow(store, index.clone(), config.clone(), progress.clone(), shutdown));
+    let task = tokio::spawn(follow(store, index.clone(), config.clone(), progress.clone(), shutdown, metrics));
     Ok(Some((SearchHandle { index, progress }, task)))
+}
+
+/// What [`reindex`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReindexReport {
+    /// Log events read, and the messages among them indexed.
+    pub events: u64,
+    pub messages: u64,
+    /// The position the new index holds everything up to.
+    pub position: Position,
+    pub took: Duration,
+}
+
+/// Drops the index under `data_dir` and builds it again from the whole log,
+/// telling `progress` (position reached, log head) after each batch. The
+/// node's natterd must be stopped (the caller holds the data directory).
+///
+/// # Errors
+/// The store or the index fails; search is off in `config`.
+pub async fn reindex(
+    store: &dyn Store,
+    config: &SearchConfig,
+    data_dir: &std::path::Path,
+    mut progress: impl FnMut(Position, Position),
+) -> Result<ReindexReport, SearchError> {
+    let started = Instant::now();
+    let index: Arc<dyn SearchIndex> = match config.backend {
+        SearchBackend::Off => return Err(SearchError::Index("search.backend is off: there is no index".into())),
+        SearchBackend::Tantivy => {
+            let dir = data_dir.join("search");
+            tantivy::TantivyIndex::drop_in(&dir)?;
+            Arc::new(tantivy::TantivyIndex::open(&dir, config.writer_memory_bytes)?)
+        }
+    };
+    let head = store.head().await?;
+    let (mut at, mut events, mut messages, mut pending) = (0, 0u64, 0u64, 0usize);
+    loop {
+        let batch = store.read_all(at, READ_BATCH).await?;
+        let Some(last) = batch.last() else { break };
+        at = last.position;
+        events += batch.len() as u64;
+        let docs: Vec<Doc> = batch.iter().filter_map(doc_of).collect();
+        messages += docs.len() as u64;
+        pending += docs.len();
+        if !docs.is_empty() {
+            index.add(docs).await?;
+        }
+        if pending >= config.commit_docs {
+            index.commit(at).await?;
+            pending = 0;
+        }
+        progress(at, head.max(at));
+    }
+    index.commit(at).await?;
+    Ok(ReindexReport { events, messages, position: at, took: started.elapsed() })
 }

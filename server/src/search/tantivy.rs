@@ -105,6 +105,18 @@ impl TantivyIndex {
         Ok(Self { inner: Arc::new(Inner { index, writer: Mutex::new(writer), reader, fields }) })
     }
 
+    /// Deletes the index under `dir` (`<data_dir>/search`), if there is one.
+    ///
+    /// # Errors
+    /// It cannot be deleted.
+    pub fn drop_in(dir: &Path) -> Result<(), SearchError> {
+        match std::fs::remove_dir_all(dir.join(DIR)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(index_error(e)),
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Inner) -> Result<T, SearchError> + Send + 'static,
