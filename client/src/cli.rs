@@ -208,6 +208,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Find people and groups by the start of a name or email: your groups,
+    /// people you share a conversation with, anyone else by their exact email.
+    Find {
+        /// The start of a name or an email address.
+        prefix: String,
+    },
     /// List your conversations, most recent first, with unread counts.
     Conversations,
     /// Mark a conversation read up to its newest message.
@@ -523,6 +529,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Search { text, conversation, from, limit } => {
             cli.search(&text, conversation.as_deref(), from.as_deref(), limit).await
         }
+        Command::Find { prefix } => cli.find(&prefix).await,
         Command::Conversations => cli.conversations().await,
         Command::Read { conversation } => cli.read(&conversation).await,
         Command::Receipts { conversation, seq } => cli.receipts(&conversation, seq).await,
@@ -1134,6 +1141,24 @@ impl Cli {
         }
         if shown == 0 {
             println!("(nothing found for {text:?})");
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn find(&mut self, prefix: &str) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let found = client.search_directory(prefix, 20).await?;
+        for c in &found.conversations {
+            let gone = if c.active { "" } else { " (left)" };
+            println!("group '{}'{gone}  {}", c.name, c.conversation_id);
+        }
+        for p in &found.people {
+            let email = if p.email.is_empty() { "(no email)" } else { &p.email };
+            println!("{} <{email}>", p.display_name);
+        }
+        if found.conversations.is_empty() && found.people.is_empty() {
+            println!("(nobody and no group found for {prefix:?})");
         }
         client.close().await;
         Ok(())

@@ -941,6 +941,18 @@ impl Client {
         }
     }
 
+    /// People and conversations whose name or email starts with `prefix`
+    /// (autocomplete; spec/protocol.md, "SearchDirectory").
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT`.
+    pub async fn search_directory(&self, prefix: &str, limit: u32) -> Result<wire::DirectoryResults, ClientError> {
+        match self.request(Body::SearchDirectory(wire::SearchDirectory { prefix: prefix.into(), limit })).await? {
+            response::Result::Directory(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The caller's conversations, most recent activity first.
     ///
     /// # Errors

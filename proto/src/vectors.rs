@@ -767,6 +767,30 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_search_directory",
+            "Request 29: SearchDirectory, people and groups starting with \"bo\"",
+            req(29, request::Body::SearchDirectory(SearchDirectory { prefix: "bo".into(), limit: 0 })),
+        ),
+        (
+            "response_directory",
+            "Response 29: one group and one person",
+            resp(
+                29,
+                response::Result::Directory(DirectoryResults {
+                    conversations: vec![DirectoryConversation {
+                        conversation_id: CONV.into(),
+                        name: "Book club".into(),
+                        active: true,
+                    }],
+                    people: vec![DirectoryPerson {
+                        user_id: BOB.into(),
+                        email: "bob@example.org".into(),
+                        display_name: "Bob".into(),
+                    }],
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

@@ -163,6 +163,7 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     let found = said("natter-carol search");
     assert!(found.contains("'crew'") && found.contains("[hello] [team]"), "Carol finds the group's message:\n{found}");
     assert!(said("natter-bob search").contains("[minutes]"), "Bob finds the file by its caption");
+    assert!(said("find da").contains("dave@example.org"), "Bob finds Dave, with whom he is in 'crew'");
     assert!(said("send-file bob@example.org minutes.pdf").contains("application/pdf"));
     assert!(said("download alice@example.org 4").contains("saved minutes-from-alice.pdf"));
     let saved = std::fs::read(home.path().join("minutes-from-alice.pdf")).expect("Bob saved the file");

@@ -431,3 +431,42 @@ async fn natter_admin_reindex_rebuilds_a_stopped_nodes_index_from_the_log() {
     let r = bob.search(proto::Search { limit: 50, ..query("orchard ") }).await.unwrap();
     assert_eq!(hits(&r).into_iter().map(|h| h.1).collect::<HashSet<_>>(), sent);
 }
+
+#[tokio::test]
+async fn the_directory_finds_own_groups_and_contacts_by_prefix_and_strangers_only_by_exact_email() {
+    let server = server().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let bob = server.client().await;
+    bob.signup("bob@example.org", PASSWORD, "Bob Marlowe").await.unwrap();
+    bob.login("bob@example.org", PASSWORD, "d").await.unwrap();
+    let stranger = server.client().await;
+    stranger.signup("bobby@example.net", PASSWORD, "Bobby Stranger").await.unwrap();
+    let (carol, _) = server.new_user("carol@example.org").await;
+    let team = alice.create_group("Bob's fan club", &["bob@example.org", "carol@example.org"]).await.unwrap();
+    let other = carol.create_group("Robots", &["bob@example.org"]).await.unwrap();
+
+    let found = alice.search_directory("bo", 0).await.unwrap();
+    let groups: Vec<&str> = found.conversations.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(groups, ["Bob's fan club"], "her group, never carol's");
+    let people: Vec<&str> = found.people.iter().map(|p| p.email.as_str()).collect();
+    assert_eq!(people, ["bob@example.org"], "a contact by name prefix; the stranger is not listed");
+    assert_eq!(found.people[0].display_name, "Bob Marlowe");
+    // A later word, accents folded, an email prefix.
+    assert_eq!(alice.search_directory("MARLÖ", 0).await.unwrap().people.len(), 1);
+    assert_eq!(alice.search_directory("carol@ex", 0).await.unwrap().people[0].email, "carol@example.org");
+    assert_eq!(alice.search_directory("fan", 0).await.unwrap().conversations[0].conversation_id, team.conversation_id);
+    // The stranger only by their exact address.
+    assert!(alice.search_directory("bobby@example.ne", 0).await.unwrap().people.is_empty());
+    let exact = alice.search_directory("Bobby@Example.net", 0).await.unwrap();
+    assert_eq!(exact.people.iter().map(|p| p.email.as_str()).collect::<Vec<_>>(), ["bobby@example.net"]);
+    // Bob sees both his groups; nobody finds themselves.
+    let found = bob.search_directory("ro", 0).await.unwrap();
+    assert_eq!(found.conversations.iter().map(|c| &c.conversation_id).collect::<Vec<_>>(), [&other.conversation_id]);
+    assert!(bob.search_directory("bob", 0).await.unwrap().people.iter().all(|p| p.email != "bob@example.org"));
+
+    let code = |r: Result<proto::DirectoryResults, ClientError>| r.unwrap_err().code();
+    assert_eq!(code(server.client().await.search_directory("bo", 0).await), Some(ErrorCode::UNAUTHENTICATED));
+    assert_eq!(code(alice.search_directory("  ", 0).await), Some(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(code(alice.search_directory("bo", 51).await), Some(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(code(alice.search_directory(&"b".repeat(255), 0).await), Some(ErrorCode::INVALID_ARGUMENT));
+}

@@ -699,6 +699,7 @@ impl Service {
                 Body::RemovePhone(_) => self.remove_phone(&me).await,
                 Body::GetMediaUrl(req) => self.get_media_url(&me, req).await,
                 Body::Search(req) => self.search(&me, req).await,
+                Body::SearchDirectory(req) => self.search_directory(&me, req).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };

@@ -157,3 +157,116 @@ impl Service {
 
 /// The search backend `natterd` was started with, if any.
 pub type Handle = Option<search::SearchHandle>;
+
+/// Directory answers when the request names no limit, and the most.
+const DEFAULT_DIRECTORY_LIMIT: usize = 10;
+const MAX_DIRECTORY_LIMIT: usize = 50;
+const MAX_PREFIX_BYTES: usize = 254;
+
+/// How well `prefix` (folded) matches `name`: 0 the whole name, 1 its start,
+/// 2 the start of a later word; `None` not at all.
+fn rank(analyzer: &mut ::tantivy::tokenizer::TextAnalyzer, prefix: &str, name: &str) -> Option<u8> {
+    let words: Vec<String> = text::tokens(analyzer, name).into_iter().map(|t| t.text).collect();
+    let folded = words.join(" ");
+    if folded == prefix {
+        Some(0)
+    } else if folded.starts_with(prefix) {
+        Some(1)
+    } else if words.iter().skip(1).any(|w| w.starts_with(prefix)) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+impl Service {
+    /// People and conversations whose name (or email) starts with the prefix:
+    /// `me`'s groups, people in `me`'s current conversations, and anyone else
+    /// only by their exact email.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (prefix, limit).
+    pub(super) async fn search_directory(&self, me: &Identity, req: wire::SearchDirectory) -> Result<Reply, WireError> {
+        let limit = match req.limit as usize {
+            0 => DEFAULT_DIRECTORY_LIMIT,
+            n if n <= MAX_DIRECTORY_LIMIT => n,
+            _ => return Err(invalid("limit", "at most 50")),
+        };
+        let raw = req.prefix.trim();
+        if raw.len() > MAX_PREFIX_BYTES {
+            return Err(invalid("prefix", "at most 254 bytes"));
+        }
+        let mut analyzer = text::analyzer();
+        let prefix: String = text::tokens(&mut analyzer, raw).into_iter().map(|t| t.text).collect::<Vec<_>>().join(" ");
+        if prefix.is_empty() {
+            return Err(invalid("prefix", "no letters or digits"));
+        }
+        let mut conversations: Vec<(u8, String, wire::DirectoryConversation)> = Vec::new();
+        let mut people: HashMap<crate::domain::UserId, (u8, wire::DirectoryPerson)> = HashMap::new();
+        let mut before = None;
+        loop {
+            let page = self.store.conversations_for_user(me.user_id, before, CONVERSATION_PAGE).await?;
+            for s in &page {
+                let active = s.left_at.is_none();
+                if let Some(name) = &s.state.name {
+                    if let Some(r) = rank(&mut analyzer, &prefix, name) {
+                        let c = wire::DirectoryConversation {
+                            conversation_id: s.state.id.0.to_string(),
+                            name: name.clone(),
+                            active,
+                        };
+                        conversations.push((r, name.to_lowercase(), c));
+                    }
+                }
+                // A former member does not learn who is in the group now.
+                if !active {
+                    continue;
+                }
+                for m in &s.state.members {
+                    if m.user == me.user_id || people.contains_key(&m.user) {
+                        continue;
+                    }
+                    let info = self.user_info(m.user).await?;
+                    let email = info.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
+                    let by_name = rank(&mut analyzer, &prefix, &info.display_name);
+                    let by_email = (!email.is_empty() && email.starts_with(&raw.to_lowercase())).then_some(1);
+                    if let Some(r) = by_name.into_iter().chain(by_email).min() {
+                        let r = if email == raw.to_lowercase() { 0 } else { r };
+                        let p = wire::DirectoryPerson {
+                            user_id: m.user.0.to_string(),
+                            email,
+                            display_name: info.display_name.clone(),
+                        };
+                        people.insert(m.user, (r, p));
+                    }
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == CONVERSATION_PAGE as usize => before = Some(last.activity),
+                _ => break,
+            }
+        }
+        // Anyone else: only by their whole email address.
+        if let Ok(email) = Email::parse(raw) {
+            if let Some(user) = self.store.user_by_email(&email).await? {
+                if user.user_id != me.user_id && !people.contains_key(&user.user_id) {
+                    let p = wire::DirectoryPerson {
+                        user_id: user.user_id.0.to_string(),
+                        email: email.as_str().to_owned(),
+                        display_name: user.display_name.clone(),
+                    };
+                    people.insert(user.user_id, (0, p));
+                }
+            }
+        }
+        conversations.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut people: Vec<(u8, wire::DirectoryPerson)> = people.into_values().collect();
+        people.sort_by(|a, b| {
+            (a.0, a.1.display_name.to_lowercase(), &a.1.email).cmp(&(b.0, b.1.display_name.to_lowercase(), &b.1.email))
+        });
+        Ok(Reply::Directory(wire::DirectoryResults {
+            conversations: conversations.into_iter().take(limit).map(|c| c.2).collect(),
+            people: people.into_iter().take(limit).map(|p| p.1).collect(),
+        }))
+    }
+}

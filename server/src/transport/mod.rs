@@ -425,6 +425,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::RemovePhone(_) => "remove_phone",
         Body::GetMediaUrl(_) => "get_media_url",
         Body::Search(_) => "search",
+        Body::SearchDirectory(_) => "search_directory",
         Body::EnableTotp(_) => "enable_totp",
         Body::ConfirmTotp(_) => "confirm_totp",
         Body::DisableTotp(_) => "disable_totp",
