@@ -96,20 +96,9 @@ pub fn main_entry() -> anyhow::Result<()> {
             if !matches!(to, crate::Location::Postgres(_)) {
                 anyhow::bail!("--to must be a postgres:// URL");
             }
-            // On a terminal one line that counts up; in a log a line per tenth.
-            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut shown = 0;
-            let report = runtime.block_on(crate::copy_log(&from, &to, |at, of| {
-                if terminal {
-                    eprint!("\rcopied up to position {at} of {of}");
-                } else if at == of || at * 10 / of.max(1) > shown {
-                    shown = at * 10 / of.max(1);
-                    eprintln!("copied up to position {at} of {of}");
-                }
-            }))?;
-            if terminal {
-                eprintln!();
-            }
+            let mut progress = Progress::new("copied");
+            let report = runtime.block_on(crate::copy_log(&from, &to, |at, of| progress.show(at, of)))?;
+            progress.done();
             println!(
                 "copied {} events (log head {}); {} read-model answers identical on both sides",
                 report.copied, report.head, report.verified_answers
@@ -123,19 +112,9 @@ pub fn main_entry() -> anyhow::Result<()> {
         }
         Command::Reindex { config, data_dir } => {
             let config = load_config(config, data_dir)?;
-            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut shown = 0;
-            let report = runtime.block_on(crate::search::reindex(&config, |at, of| {
-                if terminal {
-                    eprint!("\rindexed up to position {at} of {of}");
-                } else if at == of || at * 10 / of.max(1) > shown {
-                    shown = at * 10 / of.max(1);
-                    eprintln!("indexed up to position {at} of {of}");
-                }
-            }))?;
-            if terminal {
-                eprintln!();
-            }
+            let mut progress = Progress::new("indexed");
+            let report = runtime.block_on(crate::search::reindex(&config, |at, of| progress.show(at, of)))?;
+            progress.done();
             let secs = report.took.as_secs_f64().max(1e-9);
             println!(
                 "search index rebuilt: {} messages of {} events in {:.2} s ({:.0} messages/s, {:.0} events/s), up to position {}",
@@ -169,4 +148,33 @@ fn load_config(file: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Resu
         config.data_dir = dir;
     }
     Ok(config)
+}
+
+/// Progress through the log on stderr: on a terminal one line that counts
+/// up, in a log a line per tenth.
+struct Progress {
+    verb: &'static str,
+    terminal: bool,
+    shown: u64,
+}
+
+impl Progress {
+    fn new(verb: &'static str) -> Self {
+        Self { verb, terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()), shown: 0 }
+    }
+
+    fn show(&mut self, at: u64, of: u64) {
+        if self.terminal {
+            eprint!("\r{} up to position {at} of {of}", self.verb);
+        } else if at == of || at * 10 / of.max(1) > self.shown {
+            self.shown = at * 10 / of.max(1);
+            eprintln!("{} up to position {at} of {of}", self.verb);
+        }
+    }
+
+    fn done(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
 }

@@ -85,6 +85,39 @@ impl Location {
 
 /// The PostgreSQL store as the admin tool uses it: not a node (no tailer, no
 /// heartbeat), a few readers.
+/// The store natterd's `config` names: PostgreSQL, or the data directory's
+/// SQLite database (read-only, or for writing; the caller holds the lock).
+///
+/// # Errors
+/// No URL for PostgreSQL, no database in the data directory, or it cannot be opened.
+pub(crate) async fn open_configured(
+    config: &natter_server::config::Config,
+    read_only: bool,
+) -> anyhow::Result<std::sync::Arc<dyn natter_server::store::Store>> {
+    use natter_server::config::StoreBackend;
+    use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
+    let data_dir = &config.data_dir;
+    Ok(match config.store.backend {
+        StoreBackend::Postgres => {
+            let url = config.store.url.as_deref().context("store.backend is postgres but store.url is not set")?;
+            std::sync::Arc::new(open_postgres(url).await?)
+        }
+        StoreBackend::Sqlite => {
+            let sqlite = SqliteConfig::in_dir(data_dir);
+            if !sqlite.path.exists() {
+                anyhow::bail!("{} holds no natter database (is this a natterd data directory?)", data_dir.display());
+            }
+            if read_only {
+                std::sync::Arc::new(SqliteStore::open_read_only(&sqlite.path)?)
+            } else {
+                std::sync::Arc::new(
+                    SqliteStore::open(&sqlite).with_context(|| format!("opening {}", data_dir.display()))?,
+                )
+            }
+        }
+    })
+}
+
 pub(crate) async fn open_postgres(url: &str) -> anyhow::Result<PostgresStore> {
     let mut config = PostgresConfig::new(url);
     config.serve = false;

@@ -8,16 +8,12 @@
 //! database read-only beside a running natterd; a real run takes the data
 //! directory's lock, since only one process may write that log.
 
-use std::fmt::Write as _;
-use std::path::Path;
-use std::sync::Arc;
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 use natter_server::config::{Config, StoreBackend};
 use natter_server::domain::Millis;
 use natter_server::media::gc::{self, Policy, Report};
-use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
-use natter_server::store::Store;
+use std::fmt::Write as _;
+use std::path::Path;
 
 /// Runs one collector pass on the deployment `config` describes, as at `now`.
 ///
@@ -28,24 +24,10 @@ pub async fn gc(config: &Config, dry_run: bool, now: Millis) -> anyhow::Result<R
     let data_dir = &config.data_dir;
     // Held until the run ends: natterd cannot start on the directory meanwhile.
     let mut _lock = None;
-    let store: Arc<dyn Store> = match config.store.backend {
-        StoreBackend::Postgres => {
-            let url = config.store.url.as_deref().context("store.backend is postgres but store.url is not set")?;
-            Arc::new(crate::open_postgres(url).await?)
-        }
-        StoreBackend::Sqlite => {
-            let sqlite = SqliteConfig::in_dir(data_dir);
-            if !sqlite.path.exists() {
-                bail!("{} holds no natter database (is this a natterd data directory?)", data_dir.display());
-            }
-            if dry_run {
-                Arc::new(SqliteStore::open_read_only(&sqlite.path)?)
-            } else {
-                _lock = Some(natter_server::lock_data_dir(data_dir)?.with_context(|| busy(data_dir))?);
-                Arc::new(SqliteStore::open(&sqlite).with_context(|| format!("opening {}", data_dir.display()))?)
-            }
-        }
-    };
+    if config.store.backend == StoreBackend::Sqlite && !dry_run {
+        _lock = Some(natter_server::lock_data_dir(data_dir)?.with_context(|| busy(data_dir))?);
+    }
+    let store = crate::open_configured(config, dry_run).await?;
     let blobs = natter_server::blob::open(&config.blob, data_dir).context("opening the blob store")?;
     Ok(gc::run(store.as_ref(), blobs.as_ref(), Policy::from(&config.media), now, dry_run).await?)
 }

@@ -3,13 +3,10 @@
 //! directory (it rebuilds a missing index by itself at start-up, serving
 //! meanwhile; this is the offline way, and it says how fast it went).
 
-use std::sync::Arc;
-
-use anyhow::{bail, Context};
-use natter_server::config::{Config, StoreBackend};
+use anyhow::Context;
+use natter_server::config::Config;
 use natter_server::search::{self, ReindexReport};
-use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
-use natter_server::store::{Position, Store};
+use natter_server::store::Position;
 
 /// Rebuilds the index of the node `config` describes, calling `progress`
 /// (position, head) as it goes.
@@ -27,18 +24,6 @@ pub async fn reindex(config: &Config, progress: impl FnMut(Position, Position)) 
             data_dir.display()
         )
     })?;
-    let store: Arc<dyn Store> = match config.store.backend {
-        StoreBackend::Postgres => {
-            let url = config.store.url.as_deref().context("store.backend is postgres but store.url is not set")?;
-            Arc::new(crate::open_postgres(url).await?)
-        }
-        StoreBackend::Sqlite => {
-            let sqlite = SqliteConfig::in_dir(data_dir);
-            if !sqlite.path.exists() {
-                bail!("{} holds no natter database (is this a natterd data directory?)", data_dir.display());
-            }
-            Arc::new(SqliteStore::open_read_only(&sqlite.path)?)
-        }
-    };
+    let store = crate::open_configured(config, true).await?;
     Ok(search::reindex(store.as_ref(), &config.search, data_dir, progress).await?)
 }
