@@ -132,6 +132,9 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// Makes what was added durable and searchable, recording `upto`.
     async fn commit(&self, upto: Position) -> Result<(), SearchError>;
     async fn search(&self, query: Query) -> Result<Page, SearchError>;
+    /// Lets merges finish and releases the index for writing (the
+    /// projection's last step at shutdown; nothing is added afterwards).
+    async fn close(&self) -> Result<(), SearchError>;
 }
 
 /// The text of an event that the index holds, if any: a text message, or a
@@ -172,15 +175,19 @@ pub async fn follow(
 ) {
     loop {
         match follow_once(&store, &index, &config, &progress, &shutdown, &metrics).await {
-            Ok(()) => return,
+            Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "search projection failed; resuming from its checkpoint");
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
+    }
+    // The next natterd on this data directory (a restart) opens the index for writing.
+    if let Err(e) = index.close().await {
+        tracing::warn!(error = %e, "the search index did not close cleanly");
     }
 }
 
@@ -338,5 +345,6 @@ pub async fn reindex(
         progress(at, head.max(at));
     }
     index.commit(at).await?;
+    index.close().await?;
     Ok(ReindexReport { events, messages, position: at, took: started.elapsed() })
 }

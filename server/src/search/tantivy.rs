@@ -63,6 +63,10 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
+fn closed() -> SearchError {
+    SearchError::Index("the index is closed".into())
+}
+
 fn index_error(e: impl std::fmt::Display) -> SearchError {
     SearchError::Index(e.to_string())
 }
@@ -74,7 +78,8 @@ pub struct TantivyIndex {
 
 struct Inner {
     index: Index,
-    writer: Mutex<IndexWriter<TantivyDocument>>,
+    /// `None` once closed.
+    writer: Mutex<Option<IndexWriter<TantivyDocument>>>,
     reader: IndexReader,
     fields: Fields,
 }
@@ -102,7 +107,7 @@ impl TantivyIndex {
         // tantivy asks at least 15 MB per indexing thread.
         let writer = index.writer_with_num_threads(1, writer_memory_bytes.max(15_000_000)).map_err(index_error)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
-        Ok(Self { inner: Arc::new(Inner { index, writer: Mutex::new(writer), reader, fields }) })
+        Ok(Self { inner: Arc::new(Inner { index, writer: Mutex::new(Some(writer)), reader, fields }) })
     }
 
     /// Deletes the index under `dir` (`<data_dir>/search`), if there is one.
@@ -274,7 +279,8 @@ impl SearchIndex for TantivyIndex {
     async fn add(&self, docs: Vec<Doc>) -> Result<(), SearchError> {
         self.blocking(move |inner| {
             let f = inner.fields;
-            let writer = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let guard = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let writer = guard.as_ref().ok_or_else(closed)?;
             for d in docs {
                 let k = key(d.conversation, d.seq);
                 writer.delete_term(Term::from_field_text(f.key, &k));
@@ -294,11 +300,12 @@ impl SearchIndex for TantivyIndex {
 
     async fn commit(&self, upto: Position) -> Result<(), SearchError> {
         self.blocking(move |inner| {
-            let mut writer = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let writer = guard.as_mut().ok_or_else(closed)?;
             let mut prepared = writer.prepare_commit().map_err(index_error)?;
             prepared.set_payload(&upto.to_string());
             prepared.commit().map_err(index_error)?;
-            drop(writer);
+            drop(guard);
             inner.reader.reload().map_err(index_error)
         })
         .await
@@ -306,5 +313,17 @@ impl SearchIndex for TantivyIndex {
 
     async fn search(&self, query: Query) -> Result<Page, SearchError> {
         self.blocking(move |inner| inner.search(&query)).await
+    }
+
+    async fn close(&self) -> Result<(), SearchError> {
+        self.blocking(|inner| {
+            let writer = inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match writer {
+                // Dropping it releases the lock; waiting lets merges finish first.
+                Some(w) => w.wait_merging_threads().map_err(index_error),
+                None => Ok(()),
+            }
+        })
+        .await
     }
 }
