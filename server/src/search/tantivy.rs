@@ -104,8 +104,21 @@ impl TantivyIndex {
             }
         };
         index.tokenizers().register(text::ANALYZER, text::analyzer());
-        // tantivy asks at least 15 MB per indexing thread.
-        let writer = index.writer_with_num_threads(1, writer_memory_bytes.max(15_000_000)).map_err(index_error)?;
+        // tantivy asks at least 15 MB per indexing thread. Only the natterd
+        // holding the data directory opens the writer, so a busy lock is a
+        // moment's overlap (a child process forked elsewhere in this process
+        // shares the lock's file until it execs): wait for it, at most 5 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let writer = loop {
+            match index.writer_with_num_threads(1, writer_memory_bytes.max(15_000_000)) {
+                Err(::tantivy::TantivyError::LockFailure(::tantivy::directory::error::LockError::LockBusy, _))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.map_err(index_error)?,
+            }
+        };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
         Ok(Self { inner: Arc::new(Inner { index, writer: Mutex::new(Some(writer)), reader, fields }) })
     }
