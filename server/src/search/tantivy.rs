@@ -244,17 +244,23 @@ impl Inner {
         }
         let searcher = self.reader.searcher();
         let query = self.query(q);
-        // Relevance first, then the newer message.
+        // Relevance first, then the newer message: by time, and by seq
+        // among messages of the same millisecond (a stable order, so pages
+        // at an offset neither repeat nor skip a hit).
         let collector =
             TopDocs::with_limit(q.limit + 1).and_offset(q.offset).tweak_score(move |segment: &SegmentReader| {
                 let at = segment.fast_fields().u64("at").ok();
-                move |doc, score: Score| (score, at.as_ref().and_then(|c| c.first(doc)).unwrap_or(0))
+                let seq = segment.fast_fields().u64("seq").ok();
+                move |doc, score: Score| {
+                    let of = |c: &Option<_>| c.as_ref().and_then(|c: &::tantivy::columnar::Column<u64>| c.first(doc));
+                    (score, of(&at).unwrap_or(0), of(&seq).unwrap_or(0))
+                }
             });
-        let found: Vec<((Score, u64), DocAddress)> = searcher.search(&query, &collector).map_err(index_error)?;
+        let found: Vec<((Score, u64, u64), DocAddress)> = searcher.search(&query, &collector).map_err(index_error)?;
         let more = found.len() > q.limit;
         let mut analyzer = text::analyzer();
         let mut hits = Vec::with_capacity(found.len().min(q.limit));
-        for ((score, _), address) in found.into_iter().take(q.limit) {
+        for ((score, _, _), address) in found.into_iter().take(q.limit) {
             let doc: TantivyDocument = searcher.doc(address).map_err(index_error)?;
             let str_of = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
             let u64_of = |field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
