@@ -11,7 +11,7 @@
 //! twice. Commits are batched by time and size, never one per event. Every
 //! node keeps its own index of the shared log.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -152,10 +152,9 @@ pub fn doc_of(recorded: &RecordedEvent) -> Option<Doc> {
 /// Where the projection is, shared with [`Search`].
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// The position committed to the index.
-    pub indexed: AtomicU64,
-    /// The log's head when the projection started: until `indexed` reaches
-    /// it, searches would miss old messages and are refused.
+    /// Whether the index has committed the log's head as it was when the
+    /// projection started: until then, searches would miss old messages and
+    /// are refused.
     pub caught_up: AtomicBool,
 }
 
@@ -202,7 +201,6 @@ async fn follow_once(
     let interval = Duration::from_millis(config.commit_interval_ms.max(1));
     let mut committed = index.checkpoint().await?;
     let mut at = committed;
-    progress.indexed.store(committed, Ordering::Relaxed);
     // Subscribe before reading the head: nothing committed after it is missed.
     let mut batches = store.subscribe();
     let target = store.head().await?;
@@ -236,7 +234,6 @@ async fn follow_once(
             committed = at;
             pending = 0;
             last_commit = Instant::now();
-            progress.indexed.store(committed, Ordering::Relaxed);
             metrics.search_progress(0, committed, at.max(target), true);
             continue;
         }
@@ -249,7 +246,6 @@ async fn follow_once(
             () = shutdown.cancelled() => {
                 if at > committed {
                     index.commit(at).await?;
-                    progress.indexed.store(at, Ordering::Relaxed);
                 }
                 return Ok(());
             }
