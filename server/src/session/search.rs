@@ -12,6 +12,7 @@ use natter_proto::ErrorCode;
 use super::{invalid, Identity, Reply, Service, WireError};
 use crate::domain::{ConversationId, Email, Millis};
 use crate::search::{self, text, Query, SearchError, Visible};
+use crate::store::ConversationSummary;
 
 /// Hits per page when the request names none, and the most.
 const DEFAULT_LIMIT: usize = 20;
@@ -67,12 +68,25 @@ impl Service {
         if req.after_ms != 0 && req.before_ms != 0 && req.after_ms >= req.before_ms {
             return Err(invalid("after_ms", "must be before before_ms"));
         }
-        let (mut visible, names) = self.readable_conversations(me).await?;
-        if !req.conversation_id.is_empty() {
+        let (visible, names) = if req.conversation_id.is_empty() {
+            let mut names = HashMap::new();
+            let mut visible = Vec::new();
+            for s in self.all_conversations(me).await? {
+                visible.push(Visible { conversation: s.state.id, upto: s.left_at });
+                if let Some(name) = s.state.name {
+                    names.insert(s.state.id, name);
+                }
+            }
+            (visible, names)
+        } else {
             let id = ConversationId::parse(&req.conversation_id)?;
             let upto = self.readable_upto(me.user_id, id).await?;
-            visible = vec![Visible { conversation: id, upto }];
-        }
+            let names = match self.conversation(id).await?.and_then(|c| c.name.clone()) {
+                Some(name) => HashMap::from([(id, name)]),
+                None => HashMap::new(),
+            };
+            (vec![Visible { conversation: id, upto }], names)
+        };
         let from = if req.from_email.is_empty() {
             None
         } else {
@@ -130,26 +144,17 @@ impl Service {
         Ok(Reply::Search(wire::SearchResults { groups, next_cursor }))
     }
 
-    /// Every conversation `me` is or was in, with how far they may read it,
-    /// and the groups' names.
-    async fn readable_conversations(
-        &self,
-        me: &Identity,
-    ) -> Result<(Vec<Visible>, HashMap<ConversationId, String>), WireError> {
-        let mut visible = Vec::new();
-        let mut names = HashMap::new();
+    /// Every conversation `me` is or was in, newest activity first.
+    async fn all_conversations(&self, me: &Identity) -> Result<Vec<ConversationSummary>, WireError> {
+        let mut all = Vec::new();
         let mut before = None;
         loop {
             let page = self.store.conversations_for_user(me.user_id, before, CONVERSATION_PAGE).await?;
-            for s in &page {
-                visible.push(Visible { conversation: s.state.id, upto: s.left_at });
-                if let Some(name) = &s.state.name {
-                    names.insert(s.state.id, name.clone());
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() == CONVERSATION_PAGE as usize => before = Some(last.activity),
-                _ => return Ok((visible, names)),
+            let full = page.len() == CONVERSATION_PAGE as usize;
+            before = page.last().map(|last| last.activity);
+            all.extend(page);
+            if !full {
+                return Ok(all);
             }
         }
     }
@@ -203,47 +208,39 @@ impl Service {
         }
         let mut conversations: Vec<(u8, String, wire::DirectoryConversation)> = Vec::new();
         let mut people: HashMap<crate::domain::UserId, (u8, wire::DirectoryPerson)> = HashMap::new();
-        let mut before = None;
-        loop {
-            let page = self.store.conversations_for_user(me.user_id, before, CONVERSATION_PAGE).await?;
-            for s in &page {
-                let active = s.left_at.is_none();
-                if let Some(name) = &s.state.name {
-                    if let Some(r) = rank(&mut analyzer, &prefix, name) {
-                        let c = wire::DirectoryConversation {
-                            conversation_id: s.state.id.0.to_string(),
-                            name: name.clone(),
-                            active,
-                        };
-                        conversations.push((r, name.to_lowercase(), c));
-                    }
-                }
-                // A former member does not learn who is in the group now.
-                if !active {
-                    continue;
-                }
-                for m in &s.state.members {
-                    if m.user == me.user_id || people.contains_key(&m.user) {
-                        continue;
-                    }
-                    let info = self.user_info(m.user).await?;
-                    let email = info.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
-                    let by_name = rank(&mut analyzer, &prefix, &info.display_name);
-                    let by_email = (!email.is_empty() && email.starts_with(&raw.to_lowercase())).then_some(1);
-                    if let Some(r) = by_name.into_iter().chain(by_email).min() {
-                        let r = if email == raw.to_lowercase() { 0 } else { r };
-                        let p = wire::DirectoryPerson {
-                            user_id: m.user.0.to_string(),
-                            email,
-                            display_name: info.display_name.clone(),
-                        };
-                        people.insert(m.user, (r, p));
-                    }
+        for s in &self.all_conversations(me).await? {
+            let active = s.left_at.is_none();
+            if let Some(name) = &s.state.name {
+                if let Some(r) = rank(&mut analyzer, &prefix, name) {
+                    let c = wire::DirectoryConversation {
+                        conversation_id: s.state.id.0.to_string(),
+                        name: name.clone(),
+                        active,
+                    };
+                    conversations.push((r, name.to_lowercase(), c));
                 }
             }
-            match page.last() {
-                Some(last) if page.len() == CONVERSATION_PAGE as usize => before = Some(last.activity),
-                _ => break,
+            // A former member does not learn who is in the group now.
+            if !active {
+                continue;
+            }
+            for m in &s.state.members {
+                if m.user == me.user_id || people.contains_key(&m.user) {
+                    continue;
+                }
+                let info = self.user_info(m.user).await?;
+                let email = info.email.as_ref().map(|e| e.as_str().to_owned()).unwrap_or_default();
+                let by_name = rank(&mut analyzer, &prefix, &info.display_name);
+                let by_email = (!email.is_empty() && email.starts_with(&raw.to_lowercase())).then_some(1);
+                if let Some(r) = by_name.into_iter().chain(by_email).min() {
+                    let r = if email == raw.to_lowercase() { 0 } else { r };
+                    let p = wire::DirectoryPerson {
+                        user_id: m.user.0.to_string(),
+                        email,
+                        display_name: info.display_name.clone(),
+                    };
+                    people.insert(m.user, (r, p));
+                }
             }
         }
         // Anyone else: only by their whole email address.
