@@ -160,6 +160,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     let mut conversations: BTreeMap<ConversationId, BTreeSet<UserId>> = BTreeMap::new();
     let mut recovery_codes: BTreeSet<(UserId, [u8; 32])> = BTreeSet::new();
     let mut identities = BTreeSet::new();
+    let mut devices: BTreeSet<(UserId, natter_server::domain::DeviceId)> = BTreeSet::new();
     let mut after = 0;
     loop {
         let events = store.read_all(after, 1000).await?;
@@ -178,6 +179,10 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
                 }
                 Event::SessionStarted(s) => {
                     tokens.insert(s.token_hash.0);
+                    devices.insert((s.user_id, s.device_id));
+                }
+                Event::PushSubscribed(p) => {
+                    devices.insert((p.user_id, p.device_id));
                 }
                 Event::TotpEnabled { user_id, recovery_codes: codes, .. }
                 | Event::RecoveryCodesIssued { user_id, recovery_codes: codes, .. } => {
@@ -242,6 +247,9 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
             }
         }
     }
+    for (user, device) in &devices {
+        put(format!("push_settings {user} {device}"), format!("{:?}", store.push_settings(*user, *device).await?));
+    }
     for token in &tokens {
         put(format!("session {}", hex_of(token)), format!("{:?}", store.session_by_token(TokenHash(*token)).await?));
     }
@@ -254,6 +262,8 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     for (conv, members) in &conversations {
         put(format!("conversation {conv}"), format!("{:?}", store.conversation(*conv).await?));
         put(format!("receipts {conv}"), format!("{:?}", store.receipts(*conv).await?));
+        let everyone: Vec<UserId> = members.iter().copied().collect();
+        put(format!("push_targets {conv}"), format!("{:?}", store.push_targets(*conv, &everyone).await?));
         for user in members {
             put(format!("membership {conv} {user}"), format!("{:?}", store.membership(*conv, *user).await?));
             put(format!("summary {conv} {user}"), format!("{:?}", store.conversation_summary(*user, *conv).await?));

@@ -11,15 +11,16 @@ use std::time::Duration;
 use natter_server::domain::conversation::ConversationKind;
 use natter_server::domain::{
     AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
-    MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash, UserId, UserRegistered,
+    MessageSent, Millis, Phone, PushSubscription, Role, Seq, SessionStarted, SignInMethod, TokenHash, Unsubscribed,
+    UserId, UserRegistered,
 };
 use natter_server::domain::{MediaId, MediaRef, MediaUploaded};
 use natter_server::store::auth_state::{AuthState, CodeCheck, CodePurpose, PendingChallenge};
 use natter_server::store::postgres::{PostgresConfig, PostgresStore};
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
 use natter_server::store::{
-    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, Membership, NewEvent, Precondition, RecordedEvent, Store,
-    StreamAppend, StreamName,
+    AppendError, AppendOutcome, ExpectedVersion, HistoryPage, Membership, NewEvent, Precondition, PushSettings,
+    PushSubscriptionRecord, PushTarget, RecordedEvent, Store, StreamAppend, StreamName,
 };
 use natter_tests::PgDatabase;
 use uuid::Uuid;
@@ -136,10 +137,12 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it (undoing 7, 6, 5, then 4).
+    // Back to version 3, as an older natterd left it (undoing 9, 8 and 7, 6, 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;
+        "DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
+         ALTER TABLE users DROP COLUMN push_show_text;
+         DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;
          DROP TABLE identities;
          DROP TABLE recovery_codes; DROP INDEX users_by_phone;
          ALTER TABLE users DROP COLUMN phone; ALTER TABLE users DROP COLUMN email_verified_at_ms;
@@ -186,6 +189,8 @@ conformance!(
     accounts_without_a_password_and_identities_answer,
     media_and_media_messages_answer,
     auth_state_is_shared_by_nodes_and_atomic,
+    push_read_models_answer,
+    the_follower_lease_has_one_holder_and_its_position_only_moves_forward,
 );
 
 fn stream(name: &str) -> StreamName {
@@ -586,6 +591,149 @@ async fn populate(s: &Arc<dyn Store>) -> World {
     s.set_last_seen(alice, Millis(500)).await.unwrap();
     s.set_last_seen(carol, Millis(600)).await.unwrap();
     World { alice, bob, carol, dm, group, alice_token: TokenHash([1; 32]), bob_token: TokenHash([2; 32]) }
+}
+
+const A1: &str = "https://push.example.net/a1";
+const B1: &str = "https://push.example.net/b1";
+const B2: &str = "https://push.example.net/b2";
+const C1: &str = "https://push.example.net/c1";
+const A5: &str = "https://push.example.net/a5";
+
+fn dev(n: u128) -> DeviceId {
+    DeviceId(Uuid::from_u128(n))
+}
+
+fn subscribed(user: UserId, device: DeviceId, endpoint: &str) -> Event {
+    Event::PushSubscribed(PushSubscription {
+        user_id: user,
+        device_id: device,
+        endpoint: endpoint.into(),
+        p256dh: vec![4; 65],
+        auth: vec![device.0.as_u128() as u8; 16],
+        at: Millis(70),
+    })
+}
+
+/// Push subscriptions and settings on top of [`populate`]'s world: alice's
+/// device 1001 and bob's 1002 (resubscribed: B2 replaced B1, and a late
+/// "gone" for B1 changes nothing), carol's 1004 with previews off and the
+/// group muted, alice's dm muted until 999, and alice's device 1005 signed
+/// out (its subscription with it).
+async fn populate_push(s: &Arc<dyn Store>, w: &World) {
+    s.append(vec![session(w.alice, 5, 70)]).await.unwrap();
+    for (user, event) in [
+        (w.alice, subscribed(w.alice, dev(1001), A1)),
+        (w.bob, subscribed(w.bob, dev(1002), B1)),
+        (w.bob, subscribed(w.bob, dev(1002), B2)),
+        (
+            w.bob,
+            Event::PushUnsubscribed {
+                user_id: w.bob,
+                device_id: dev(1002),
+                endpoint: B1.into(),
+                reason: Unsubscribed::Gone,
+                at: Millis(71),
+            },
+        ),
+        (w.carol, subscribed(w.carol, dev(1004), C1)),
+        (w.carol, Event::PushPreviewsSet { user_id: w.carol, show_text: false, at: Millis(72) }),
+        (w.carol, Event::ConversationMuted { user_id: w.carol, conversation_id: w.group, until: None, at: Millis(73) }),
+        (w.alice, Event::ConversationMuted { user_id: w.alice, conversation_id: w.group, until: None, at: Millis(73) }),
+        (w.alice, Event::ConversationUnmuted { user_id: w.alice, conversation_id: w.group, at: Millis(74) }),
+        (
+            w.alice,
+            Event::ConversationMuted {
+                user_id: w.alice,
+                conversation_id: w.dm,
+                until: Some(Millis(999)),
+                at: Millis(75),
+            },
+        ),
+        (w.alice, subscribed(w.alice, dev(1005), A5)),
+        (w.alice, Event::SessionRevoked { user_id: w.alice, token_hash: TokenHash([5; 32]), at: Millis(76) }),
+    ] {
+        append_one(s, StreamName::user(user), NewEvent::fresh(event)).await;
+    }
+}
+
+async fn push_read_models_answer(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    populate_push(s, &w).await;
+    let record = |user, device, endpoint: &str| PushSubscriptionRecord {
+        user,
+        device,
+        endpoint: endpoint.into(),
+        p256dh: vec![4; 65],
+        auth: vec![device.0.as_u128() as u8; 16],
+    };
+    let targets = s.push_targets(w.dm, &[w.bob, w.alice, w.bob]).await.unwrap();
+    assert_eq!(
+        targets,
+        [
+            PushTarget {
+                subscription: record(w.alice, dev(1001), A1),
+                show_text: true,
+                muted_until: Some(Some(Millis(999)))
+            },
+            PushTarget { subscription: record(w.bob, dev(1002), B2), show_text: true, muted_until: None },
+        ],
+        "by user, one per device, the newest subscription, the late 'gone' of the old one ignored"
+    );
+    let targets = s.push_targets(w.group, &[w.carol, w.alice]).await.unwrap();
+    assert_eq!(
+        targets,
+        [
+            PushTarget { subscription: record(w.alice, dev(1001), A1), show_text: true, muted_until: None },
+            PushTarget { subscription: record(w.carol, dev(1004), C1), show_text: false, muted_until: Some(None) },
+        ]
+    );
+    assert!(s.push_targets(w.dm, &[uid(0xdead)]).await.unwrap().is_empty());
+
+    let carol = s.push_settings(w.carol, dev(1004)).await.unwrap();
+    assert_eq!(
+        carol,
+        PushSettings {
+            show_text: false,
+            muted: vec![(w.group, None)],
+            subscription: Some(record(w.carol, dev(1004), C1))
+        }
+    );
+    let alice = s.push_settings(w.alice, dev(1005)).await.unwrap();
+    assert_eq!(alice, PushSettings { show_text: true, muted: vec![(w.dm, Some(Millis(999)))], subscription: None });
+    // Another user's device is not yours.
+    assert_eq!(s.push_settings(w.alice, dev(1002)).await.unwrap().subscription, None);
+}
+
+async fn the_follower_lease_has_one_holder_and_its_position_only_moves_forward(b: &Backend) {
+    let s = &b.store;
+    let ttl = Duration::from_millis(1000);
+    assert_eq!(s.follower_lease("push", "node-a", Millis(10_000), ttl, None).await.unwrap(), Some(0));
+    assert_eq!(s.follower_lease("push", "node-b", Millis(10_500), ttl, Some(7)).await.unwrap(), None, "held by a");
+    assert_eq!(s.follower_lease("push", "node-a", Millis(10_600), ttl, Some(40)).await.unwrap(), Some(40));
+    assert_eq!(
+        s.follower_lease("push", "node-a", Millis(10_700), ttl, Some(30)).await.unwrap(),
+        Some(40),
+        "forward only"
+    );
+    assert_eq!(s.follower_lease("push", "node-b", Millis(11_500), ttl, None).await.unwrap(), None, "renewed at 10 700");
+    // a stopped renewing: b takes over where a was.
+    assert_eq!(s.follower_lease("push", "node-b", Millis(11_800), ttl, None).await.unwrap(), Some(40));
+    assert_eq!(s.follower_lease("push", "node-a", Millis(11_900), ttl, Some(50)).await.unwrap(), None);
+    // Another follower's lease is its own.
+    assert_eq!(s.follower_lease("other", "node-a", Millis(11_900), ttl, None).await.unwrap(), Some(0));
+    // Nodes racing for a free lease: exactly one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.follower_lease("race", &format!("n{i}"), Millis(1), ttl, None).await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for r in racers {
+        winners += usize::from(r.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
 }
 
 async fn subscribers_get_commits_with_their_audience(b: &Backend) {
@@ -1212,6 +1360,7 @@ async fn auth_state_is_shared_by_nodes_and_atomic(b: &Backend) {
 
 async fn rebuild_restores_every_answer(b: &Backend) {
     let w = populate(&b.store).await;
+    populate_push(&b.store, &w).await;
     let before = natter_admin::snapshot(b.store.as_ref()).await.unwrap();
     b.damage_read_models().await;
     assert_eq!(b.store.conversation(w.group).await.unwrap().unwrap().members, [], "damaged");
@@ -1227,7 +1376,8 @@ async fn rebuild_restores_every_answer(b: &Backend) {
 
 async fn import_reproduces_every_answer(b: &Backend) {
     let source = Backend::sqlite().await;
-    populate(&source.store).await;
+    let w = populate(&source.store).await;
+    populate_push(&source.store, &w).await;
     let report = natter_admin::copy_between(source.store.as_ref(), b.store.as_ref(), &mut |_, _| {}).await.unwrap();
     assert_eq!(report.head, source.store.head().await.unwrap());
     assert_eq!(report.copied, report.head);

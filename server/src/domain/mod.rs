@@ -119,6 +119,31 @@ pub enum Event {
         hide_last_seen: bool,
         at: Millis,
     },
+    PushSubscribed(PushSubscription),
+    PushUnsubscribed {
+        user_id: UserId,
+        device_id: DeviceId,
+        endpoint: String,
+        reason: Unsubscribed,
+        at: Millis,
+    },
+    PushPreviewsSet {
+        user_id: UserId,
+        show_text: bool,
+        at: Millis,
+    },
+    /// `until: None` mutes until unmuted.
+    ConversationMuted {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        until: Option<Millis>,
+        at: Millis,
+    },
+    ConversationUnmuted {
+        user_id: UserId,
+        conversation_id: ConversationId,
+        at: Millis,
+    },
     PasswordChanged {
         user_id: UserId,
         password_hash: String,
@@ -219,6 +244,46 @@ pub enum Event {
         subject: String,
         at: Millis,
     },
+}
+
+/// A device's Web Push subscription (RFC 8030; keys as RFC 8291 names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub endpoint: String,
+    /// P-256, uncompressed (65 bytes).
+    pub p256dh: Vec<u8>,
+    /// 16 bytes.
+    pub auth: Vec<u8>,
+    pub at: Millis,
+}
+
+/// Why a push subscription went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsubscribed {
+    /// The device asked.
+    Unregistered,
+    /// The push service answered 404 or 410: the subscription expired or the
+    /// user agent dropped it.
+    Gone,
+}
+
+impl Unsubscribed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unsubscribed::Unregistered => "unregistered",
+            Unsubscribed::Gone => "gone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unregistered" => Some(Unsubscribed::Unregistered),
+            "gone" => Some(Unsubscribed::Gone),
+            _ => None,
+        }
+    }
 }
 
 /// A new account without a password.
@@ -413,6 +478,11 @@ impl Event {
             Event::DeliveredUpTo { .. } => "DeliveredUpTo",
             Event::ReadUpTo { .. } => "ReadUpTo",
             Event::PrivacyChanged { .. } => "PrivacyChanged",
+            Event::PushSubscribed(_) => "PushSubscribed",
+            Event::PushUnsubscribed { .. } => "PushUnsubscribed",
+            Event::PushPreviewsSet { .. } => "PushPreviewsSet",
+            Event::ConversationMuted { .. } => "ConversationMuted",
+            Event::ConversationUnmuted { .. } => "ConversationUnmuted",
             Event::PasswordChanged { .. } => "PasswordChanged",
             Event::EmailVerified { .. } => "EmailVerified",
             Event::TotpEnabled { .. } => "TotpEnabled",
@@ -486,7 +556,12 @@ impl Event {
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }
-            | Event::IdentityUnlinked { .. } => None,
+            | Event::IdentityUnlinked { .. }
+            | Event::PushSubscribed(_)
+            | Event::PushUnsubscribed { .. }
+            | Event::PushPreviewsSet { .. }
+            | Event::ConversationMuted { .. }
+            | Event::ConversationUnmuted { .. } => None,
         }
     }
 }

@@ -208,6 +208,11 @@ impl FeedSource {
             | Event::SessionStarted(_)
             | Event::SessionRevoked { .. }
             | Event::PrivacyChanged { .. }
+            | Event::PushSubscribed(_)
+            | Event::PushUnsubscribed { .. }
+            | Event::PushPreviewsSet { .. }
+            | Event::ConversationMuted { .. }
+            | Event::ConversationUnmuted { .. }
             | Event::PasswordChanged { .. }
             | Event::EmailVerified { .. }
             | Event::TotpEnabled { .. }

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use crate::domain::{
     AccountOpened, ClientMsgId, Content, ConversationId, DeviceId, Email, Event, ExternalIdentity, IdentityProvider,
-    MediaId, MediaRef, MediaUploaded, MessageSent, Millis, Phone, Role, Seq, SessionStarted, SignInMethod, TokenHash,
-    UserId, UserRegistered,
+    MediaId, MediaRef, MediaUploaded, MessageSent, Millis, Phone, PushSubscription, Role, Seq, SessionStarted,
+    SignInMethod, TokenHash, Unsubscribed, UserId, UserRegistered,
 };
 use natter_proto::events as pb;
 
@@ -206,6 +206,39 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::PrivacyChanged { user_id: user_id.to_string(), hide_last_seen: *hide_last_seen, at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::PushSubscribed(p) => pb::PushSubscribed {
+            user_id: p.user_id.to_string(),
+            device_id: p.device_id.0.to_string(),
+            endpoint: p.endpoint.clone(),
+            p256dh: p.p256dh.clone(),
+            auth: p.auth.clone(),
+            at_ms: p.at.0,
+        }
+        .encode_to_vec(),
+        Event::PushUnsubscribed { user_id, device_id, endpoint, reason, at } => pb::PushUnsubscribed {
+            user_id: user_id.to_string(),
+            device_id: device_id.0.to_string(),
+            endpoint: endpoint.clone(),
+            reason: reason.as_str().to_owned(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::PushPreviewsSet { user_id, show_text, at } => {
+            pb::PushPreviewsSet { user_id: user_id.to_string(), show_text: *show_text, at_ms: at.0 }.encode_to_vec()
+        }
+        Event::ConversationMuted { user_id, conversation_id, until, at } => pb::ConversationMuted {
+            user_id: user_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+            until_ms: until.map_or(0, |u| u.0),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::ConversationUnmuted { user_id, conversation_id, at } => pb::ConversationUnmuted {
+            user_id: user_id.to_string(),
+            conversation_id: conversation_id.to_string(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
         Event::ReadUpTo { conversation_id, user, seq, at } => pb::ReadUpTo {
             conversation_id: conversation_id.to_string(),
             user_id: user.to_string(),
@@ -578,6 +611,48 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "PushSubscribed" => {
+            let e = pb::PushSubscribed::decode(payload).map_err(bad)?;
+            Event::PushSubscribed(PushSubscription {
+                user_id: UserId(uuid(&e.user_id)?),
+                device_id: DeviceId(uuid(&e.device_id)?),
+                endpoint: e.endpoint,
+                p256dh: e.p256dh,
+                auth: e.auth,
+                at: Millis(e.at_ms),
+            })
+        }
+        "PushUnsubscribed" => {
+            let e = pb::PushUnsubscribed::decode(payload).map_err(bad)?;
+            Event::PushUnsubscribed {
+                user_id: UserId(uuid(&e.user_id)?),
+                device_id: DeviceId(uuid(&e.device_id)?),
+                endpoint: e.endpoint,
+                reason: Unsubscribed::parse(&e.reason).ok_or_else(|| format!("unknown reason {:?}", e.reason))?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "PushPreviewsSet" => {
+            let e = pb::PushPreviewsSet::decode(payload).map_err(bad)?;
+            Event::PushPreviewsSet { user_id: UserId(uuid(&e.user_id)?), show_text: e.show_text, at: Millis(e.at_ms) }
+        }
+        "ConversationMuted" => {
+            let e = pb::ConversationMuted::decode(payload).map_err(bad)?;
+            Event::ConversationMuted {
+                user_id: UserId(uuid(&e.user_id)?),
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                until: (e.until_ms != 0).then_some(Millis(e.until_ms)),
+                at: Millis(e.at_ms),
+            }
+        }
+        "ConversationUnmuted" => {
+            let e = pb::ConversationUnmuted::decode(payload).map_err(bad)?;
+            Event::ConversationUnmuted {
+                user_id: UserId(uuid(&e.user_id)?),
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                at: Millis(e.at_ms),
+            }
+        }
         other => return Err(format!("unknown event type {other:?}")),
     })
 }
@@ -671,6 +746,25 @@ mod tests {
             },
             Event::ReadUpTo { conversation_id: conv, user: v, seq: Seq(2), at: Millis(15) },
             Event::PrivacyChanged { user_id: v, hide_last_seen: true, at: Millis(16) },
+            Event::PushSubscribed(PushSubscription {
+                user_id: v,
+                device_id: DeviceId(Uuid::from_u128(4)),
+                endpoint: "https://push.example.net/s/abc".into(),
+                p256dh: vec![4; 65],
+                auth: vec![9; 16],
+                at: Millis(40),
+            }),
+            Event::PushUnsubscribed {
+                user_id: v,
+                device_id: DeviceId(Uuid::from_u128(4)),
+                endpoint: "https://push.example.net/s/abc".into(),
+                reason: Unsubscribed::Gone,
+                at: Millis(41),
+            },
+            Event::PushPreviewsSet { user_id: v, show_text: false, at: Millis(42) },
+            Event::ConversationMuted { user_id: v, conversation_id: conv, until: None, at: Millis(43) },
+            Event::ConversationMuted { user_id: v, conversation_id: conv, until: Some(Millis(99)), at: Millis(44) },
+            Event::ConversationUnmuted { user_id: v, conversation_id: conv, at: Millis(45) },
             Event::PasswordChanged { user_id: u, password_hash: "$argon2id$v=19$x".into(), at: Millis(17) },
             Event::EmailVerified { user_id: u, email: Email::parse("a@example.org").unwrap(), at: Millis(18) },
             Event::TotpEnabled {

@@ -491,6 +491,54 @@ pub struct PresenceRecord {
     pub hide_last_seen: bool,
 }
 
+/// A device's push subscription as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscriptionRecord {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub endpoint: String,
+    pub p256dh: Vec<u8>,
+    pub auth: Vec<u8>,
+}
+
+/// One subscription that may be told of a message, with its user's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub subscription: PushSubscriptionRecord,
+    pub show_text: bool,
+    /// `None`: not muted; `Some(None)`: until unmuted.
+    pub muted_until: Option<Option<Millis>>,
+}
+
+/// A user's notification settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSettings {
+    pub show_text: bool,
+    /// Muted conversations, by id, and until when (`None`: until unmuted).
+    pub muted: Vec<(ConversationId, Option<Millis>)>,
+    /// The asking device's subscription.
+    pub subscription: Option<PushSubscriptionRecord>,
+}
+
+/// The follower lease as one statement in both dialects (`$1` name, `$2`
+/// holder, `$3` lease end, `$4` position to advance to or 0, `$5` now;
+/// placeholders in order of appearance, as SQLite numbers them):
+/// a row nobody holds, or whose lease ran out, or that `$2` holds, is taken;
+/// the position only moves forward.
+pub(crate) const FOLLOWER_LEASE: &str = "INSERT INTO followers (name, holder, lease_until_ms, position)
+     VALUES ($1, $2, $3, $4)
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until_ms = excluded.lease_until_ms,
+         position = CASE WHEN followers.position > excluded.position THEN followers.position ELSE excluded.position END
+     WHERE followers.holder = excluded.holder OR followers.lease_until_ms < $5
+     RETURNING position";
+
+/// `$1` conversation, `$2` user: the user's subscriptions with their settings.
+pub(crate) const SELECT_PUSH_TARGETS: &str =
+    "SELECT s.device_id, s.endpoint, s.p256dh, s.auth, u.push_show_text, m.conversation_id, m.until_ms
+     FROM push_subscriptions s JOIN users u ON u.user_id = s.user_id
+     LEFT JOIN push_mutes m ON m.user_id = s.user_id AND m.conversation_id = $1
+     WHERE s.user_id = $2 ORDER BY s.device_id";
+
 /// A user's receipt watermarks in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceiptRecord {
@@ -538,6 +586,8 @@ pub(crate) const READ_MODELS: &[&str] = &[
     "feed",
     "receipts",
     "device_receipts",
+    "push_subscriptions",
+    "push_mutes",
 ];
 
 /// A user's live sessions, oldest first (`$1` the user; both dialects accept
@@ -763,6 +813,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored last-seen time, by user (operator tools: copying a deployment).
     async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError>;
+
+    /// The push subscriptions of `users` that could be told of a message in
+    /// `conversation`, each with its user's settings (users without one are
+    /// absent).
+    async fn push_targets(&self, conversation: ConversationId, users: &[UserId])
+        -> Result<Vec<PushTarget>, StoreError>;
+    /// A user's notification settings and this device's subscription.
+    async fn push_settings(&self, user: UserId, device: DeviceId) -> Result<PushSettings, StoreError>;
+
+    /// Takes or renews the lease on the log follower `name` for `holder`
+    /// until `now + ttl` (when it is free, expired or already `holder`'s),
+    /// first moving its position forward to `advance` if given. Answers the
+    /// follower's position when `holder` holds the lease, `None` when another
+    /// holder does. Durable like an append.
+    async fn follower_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: std::time::Duration,
+        advance: Option<Position>,
+    ) -> Result<Option<Position>, StoreError>;
 
     /// Writes events read from another log as they are (positions, versions,
     /// ids and times kept) and projects them, atomically. Moving a deployment

@@ -38,9 +38,10 @@ mod write;
 use super::{
     codec, device_session, identity_record, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook,
     CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord,
-    Membership, MessageRecord, Position, PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store,
-    StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF,
-    SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
+    Membership, MessageRecord, Position, PresenceRecord, PushSettings, PushSubscriptionRecord, PushTarget,
+    ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries,
+    UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
+    SELECT_SUMMARIES,
 };
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
@@ -55,6 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/postgres/0003_identities.sql")),
     (4, include_str!("../../migrations/postgres/0004_media.sql")),
     (5, include_str!("../../migrations/postgres/0005_media_previews.sql")),
+    (6, include_str!("../../migrations/postgres/0006_push.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -1285,6 +1287,102 @@ impl Store for PostgresStore {
             )
             .await?;
             rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+        })
+        .await
+    }
+
+    async fn push_targets(
+        &self,
+        conversation: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<PushTarget>, StoreError> {
+        let (conv, ids) = (conversation.to_string(), users.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let (conv, ids) = (&conv, &ids);
+        self.read(|conn| async move {
+            let rows = conn
+                .query_typed(
+                    "SELECT s.user_id, s.device_id, s.endpoint, s.p256dh, s.auth, u.push_show_text,
+                            m.conversation_id, m.until_ms
+                     FROM push_subscriptions s JOIN users u ON u.user_id = s.user_id
+                     LEFT JOIN push_mutes m ON m.user_id = s.user_id AND m.conversation_id = $1
+                     WHERE s.user_id = ANY($2) ORDER BY s.user_id, s.device_id",
+                    &[(conv, Type::TEXT), (ids, Type::TEXT_ARRAY)],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let muted: Option<String> = r.get(6);
+                let until: Option<i64> = r.get(7);
+                out.push(PushTarget {
+                    subscription: PushSubscriptionRecord {
+                        user: UserId(parse_uuid(r.get(0))?),
+                        device: DeviceId(parse_uuid(r.get(1))?),
+                        endpoint: r.get(2),
+                        p256dh: r.get(3),
+                        auth: r.get(4),
+                    },
+                    show_text: r.get(5),
+                    muted_until: muted.map(|_| until.map(|u| Millis(u as u64))),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn push_settings(&self, user: UserId, device: DeviceId) -> Result<PushSettings, StoreError> {
+        let (user_s, device_s) = (user.to_string(), device.to_string());
+        let (user_s, device_s) = (&user_s, &device_s);
+        self.read(|conn| async move {
+            let show_text = cached_query(&conn, "SELECT push_show_text FROM users WHERE user_id = $1", &[user_s])
+                .await?
+                .first()
+                .is_none_or(|r| r.get::<_, bool>(0));
+            let mut muted = Vec::new();
+            for r in cached_query(
+                &conn,
+                "SELECT conversation_id, until_ms FROM push_mutes WHERE user_id = $1 ORDER BY conversation_id",
+                &[user_s],
+            )
+            .await?
+            {
+                let until: Option<i64> = r.get(1);
+                muted.push((ConversationId(parse_uuid(r.get(0))?), until.map(|u| Millis(u as u64))));
+            }
+            let subscription = cached_query(
+                &conn,
+                "SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE device_id = $1 AND user_id = $2",
+                &[device_s, user_s],
+            )
+            .await?
+            .first()
+            .map(|r| PushSubscriptionRecord {
+                user,
+                device,
+                endpoint: r.get(0),
+                p256dh: r.get(1),
+                auth: r.get(2),
+            });
+            Ok(PushSettings { show_text, muted, subscription })
+        })
+        .await
+    }
+
+    async fn follower_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Duration,
+        advance: Option<Position>,
+    ) -> Result<Option<Position>, StoreError> {
+        let until = now.0.saturating_add(ttl.as_millis() as u64) as i64;
+        let (advance, now) = (advance.unwrap_or(0) as i64, now.0 as i64);
+        self.read(|conn| async move {
+            // One statement, so atomic on its own: two nodes racing for an
+            // expired lease serialize on the row, and one of them wins.
+            let rows = cached_query(&conn, super::FOLLOWER_LEASE, &[&name, &holder, &until, &advance, &now]).await?;
+            Ok(rows.first().map(|r| r.get::<_, i64>(0) as Position))
         })
         .await
     }

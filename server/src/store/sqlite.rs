@@ -23,9 +23,10 @@ use super::{
     check_distinct_streams, codec, device_session, identity_record, kind_to_str, role_from_str, role_to_str,
     AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary,
     DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position, Precondition,
-    PresenceRecord, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
-    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER,
-    SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
+    PresenceRecord, PushSettings, PushSubscriptionRecord, PushTarget, ReceiptRecord, RecordedEvent, SessionRecord,
+    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
+    SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_PUSH_TARGETS, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
+    SELECT_SUMMARIES,
 };
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
@@ -43,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/sqlite/0006_identities.sql")),
     (7, include_str!("../../migrations/sqlite/0007_media.sql")),
     (8, include_str!("../../migrations/sqlite/0008_media_previews.sql")),
+    (9, include_str!("../../migrations/sqlite/0009_push.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -85,6 +87,10 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReaderPool>,
     committed: broadcast::Sender<CommittedBatch>,
+    /// Log followers' leases and positions (`followers`): small writes a few
+    /// times a minute, on a connection of their own beside the writer (each
+    /// waits for the other's lock, briefly).
+    followers: Option<Arc<Mutex<Connection>>>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -138,7 +144,15 @@ impl SqliteStore {
             move || writer_loop(conn, rx, publish, max_batch, hook)
         })?;
         let readers = open_readers(&config.path, config.readers)?;
-        Ok(Self { writer: Mutex::new(Some(tx)), writer_thread: Mutex::new(Some(thread)), readers, committed })
+        let followers = Connection::open(&config.path)?;
+        followers.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")?;
+        Ok(Self {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            readers,
+            committed,
+            followers: Some(Arc::new(Mutex::new(followers))),
+        })
     }
 
     /// Opens an existing database for queries only (operator tools). Appends
@@ -155,7 +169,7 @@ impl SqliteStore {
         }
         let readers = open_readers(path, 1)?;
         let (committed, _) = broadcast::channel(1);
-        Ok(Self { writer: Mutex::new(None), writer_thread: Mutex::new(None), readers, committed })
+        Ok(Self { writer: Mutex::new(None), writer_thread: Mutex::new(None), readers, committed, followers: None })
     }
 
     /// Hands non-append work to the writer and waits for its commit.
@@ -674,6 +688,55 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 "UPDATE sessions SET revoked_at_ms = ?2 WHERE token_hash = ?1 AND revoked_at_ms IS NULL",
             )?
             .execute(params![token_hash.0.as_slice(), at.0 as i64])?;
+            // Signing out removes the device's push subscription.
+            conn.prepare_cached(
+                "DELETE FROM push_subscriptions WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = ?1)",
+            )?
+            .execute(params![token_hash.0.as_slice()])?;
+            return Ok(Vec::new());
+        }
+        Event::PushSubscribed(sub) => {
+            conn.prepare_cached(
+                "INSERT INTO push_subscriptions (device_id, user_id, endpoint, p256dh, auth, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id, endpoint = excluded.endpoint,
+                     p256dh = excluded.p256dh, auth = excluded.auth, created_at_ms = excluded.created_at_ms",
+            )?
+            .execute(params![
+                sub.device_id.to_string(),
+                sub.user_id.to_string(),
+                sub.endpoint,
+                sub.p256dh,
+                sub.auth,
+                sub.at.0 as i64
+            ])?;
+            return Ok(Vec::new());
+        }
+        Event::PushUnsubscribed { device_id, endpoint, .. } => {
+            conn.prepare_cached("DELETE FROM push_subscriptions WHERE device_id = ?1 AND endpoint = ?2")?
+                .execute(params![device_id.to_string(), endpoint])?;
+            return Ok(Vec::new());
+        }
+        Event::PushPreviewsSet { user_id, show_text, .. } => {
+            conn.prepare_cached("UPDATE users SET push_show_text = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), *show_text])?;
+            return Ok(Vec::new());
+        }
+        Event::ConversationMuted { user_id, conversation_id, until, .. } => {
+            conn.prepare_cached(
+                "INSERT INTO push_mutes (user_id, conversation_id, until_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, conversation_id) DO UPDATE SET until_ms = excluded.until_ms",
+            )?
+            .execute(params![
+                user_id.to_string(),
+                conversation_id.to_string(),
+                until.map(|u| u.0 as i64)
+            ])?;
+            return Ok(Vec::new());
+        }
+        Event::ConversationUnmuted { user_id, conversation_id, .. } => {
+            conn.prepare_cached("DELETE FROM push_mutes WHERE user_id = ?1 AND conversation_id = ?2")?
+                .execute(params![user_id.to_string(), conversation_id.to_string()])?;
             return Ok(Vec::new());
         }
         Event::DirectConversationStarted { conversation_id, members, at } => {
@@ -1405,6 +1468,105 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn push_targets(
+        &self,
+        conversation: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<PushTarget>, StoreError> {
+        // By user id, as PostgreSQL answers.
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT_PUSH_TARGETS)?;
+            let mut out = Vec::new();
+            for user in users {
+                let rows = stmt.query_map(params![conversation.to_string(), user.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, bool>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (device, endpoint, p256dh, auth, show_text, muted, until) = row?;
+                    out.push(PushTarget {
+                        subscription: PushSubscriptionRecord {
+                            user,
+                            device: DeviceId(parse_uuid(&device)?),
+                            endpoint,
+                            p256dh,
+                            auth,
+                        },
+                        show_text,
+                        muted_until: muted.map(|_| until.map(|u| Millis(u as u64))),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn push_settings(&self, user: UserId, device: DeviceId) -> Result<PushSettings, StoreError> {
+        self.read(move |c| {
+            let show_text = c
+                .prepare_cached("SELECT push_show_text FROM users WHERE user_id = ?1")?
+                .query_row([user.to_string()], |r| r.get::<_, bool>(0))
+                .optional()?
+                .unwrap_or(true);
+            let mut muted = Vec::new();
+            let mut stmt = c.prepare_cached(
+                "SELECT conversation_id, until_ms FROM push_mutes WHERE user_id = ?1 ORDER BY conversation_id",
+            )?;
+            for row in
+                stmt.query_map([user.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))?
+            {
+                let (conv, until) = row?;
+                muted.push((ConversationId(parse_uuid(&conv)?), until.map(|u| Millis(u as u64))));
+            }
+            let subscription = c
+                .prepare_cached(
+                    "SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE device_id = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![device.to_string(), user.to_string()], |r| {
+                    Ok(PushSubscriptionRecord { user, device, endpoint: r.get(0)?, p256dh: r.get(1)?, auth: r.get(2)? })
+                })
+                .optional()?;
+            Ok(PushSettings { show_text, muted, subscription })
+        })
+        .await
+    }
+
+    async fn follower_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: std::time::Duration,
+        advance: Option<Position>,
+    ) -> Result<Option<Position>, StoreError> {
+        let conn = self.followers.clone().ok_or(StoreError::Closed)?;
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let until = now.0.saturating_add(ttl.as_millis() as u64);
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().expect("followers connection");
+            let position = conn
+                .prepare_cached(super::FOLLOWER_LEASE)?
+                .query_row(params![name, holder, until as i64, advance.unwrap_or(0) as i64, now.0 as i64], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?;
+            Ok(position.map(|p| p as Position))
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("follower lease task: {e}")))?
     }
 
     async fn import(&self, events: Vec<RecordedEvent>) -> Result<(), StoreError> {

@@ -481,6 +481,58 @@ impl Plan {
                     "UPDATE sessions SET revoked_at_ms = $2 WHERE token_hash = $1 AND revoked_at_ms IS NULL",
                     vec![p(token_hash.0.to_vec()), p(at.0 as i64)],
                 );
+                // Signing out removes the device's push subscription.
+                self.push(
+                    "DELETE FROM push_subscriptions
+                     WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = $1)",
+                    vec![p(token_hash.0.to_vec())],
+                );
+                return (None, None);
+            }
+            Event::PushSubscribed(sub) => {
+                self.push(
+                    "INSERT INTO push_subscriptions (device_id, user_id, endpoint, p256dh, auth, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id, endpoint = excluded.endpoint,
+                         p256dh = excluded.p256dh, auth = excluded.auth, created_at_ms = excluded.created_at_ms",
+                    vec![
+                        p(sub.device_id.to_string()),
+                        p(sub.user_id.to_string()),
+                        p(sub.endpoint.clone()),
+                        p(sub.p256dh.clone()),
+                        p(sub.auth.clone()),
+                        p(sub.at.0 as i64),
+                    ],
+                );
+                return (None, None);
+            }
+            Event::PushUnsubscribed { device_id, endpoint, .. } => {
+                self.push(
+                    "DELETE FROM push_subscriptions WHERE device_id = $1 AND endpoint = $2",
+                    vec![p(device_id.to_string()), p(endpoint.clone())],
+                );
+                return (None, None);
+            }
+            Event::PushPreviewsSet { user_id, show_text, .. } => {
+                self.push(
+                    "UPDATE users SET push_show_text = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(*show_text)],
+                );
+                return (None, None);
+            }
+            Event::ConversationMuted { user_id, conversation_id, until, .. } => {
+                self.push(
+                    "INSERT INTO push_mutes (user_id, conversation_id, until_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET until_ms = excluded.until_ms",
+                    vec![p(user_id.to_string()), p(conversation_id.to_string()), p(until.map(|u| u.0 as i64))],
+                );
+                return (None, None);
+            }
+            Event::ConversationUnmuted { user_id, conversation_id, .. } => {
+                self.push(
+                    "DELETE FROM push_mutes WHERE user_id = $1 AND conversation_id = $2",
+                    vec![p(user_id.to_string()), p(conversation_id.to_string())],
+                );
                 return (None, None);
             }
             Event::PrivacyChanged { user_id, hide_last_seen, .. } => {
