@@ -953,6 +953,67 @@ impl Client {
         }
     }
 
+    /// Hands this device's Web Push subscription to the server
+    /// (spec/protocol.md, "Push notifications"); replaces an earlier one.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (an endpoint that is not https, keys of the wrong
+    /// length), `UNAVAILABLE` (push off).
+    pub async fn register_push(&self, endpoint: &str, p256dh: &[u8], auth: &[u8]) -> Result<(), ClientError> {
+        let req = wire::RegisterPush { endpoint: endpoint.into(), p256dh: p256dh.to_vec(), auth: auth.to_vec() };
+        self.push_request(Body::RegisterPush(req)).await
+    }
+
+    /// Removes this device's subscription.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn unregister_push(&self) -> Result<(), ClientError> {
+        self.push_request(Body::UnregisterPush(wire::UnregisterPush {})).await
+    }
+
+    /// The VAPID key to subscribe with, and the user's notification settings.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` (push off).
+    pub async fn push_config(&self) -> Result<wire::PushConfig, ClientError> {
+        match self.request(Body::GetPushConfig(wire::GetPushConfig {})).await? {
+            response::Result::PushConfig(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Whether notifications may show message text.
+    ///
+    /// # Errors
+    /// `UNAUTHENTICATED`.
+    pub async fn set_push_previews(&self, show_text: bool) -> Result<(), ClientError> {
+        self.push_request(Body::SetPushPreviews(wire::SetPushPreviews { show_text })).await
+    }
+
+    /// No notifications for the conversation until `until_ms` (0: until unmuted).
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `NOT_A_MEMBER`.
+    pub async fn mute(&self, conversation_id: &str, until_ms: u64) -> Result<(), ClientError> {
+        let req = wire::MuteConversation { conversation_id: conversation_id.into(), until_ms };
+        self.push_request(Body::MuteConversation(req)).await
+    }
+
+    /// # Errors
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `NOT_A_MEMBER`.
+    pub async fn unmute(&self, conversation_id: &str) -> Result<(), ClientError> {
+        let req = wire::UnmuteConversation { conversation_id: conversation_id.into() };
+        self.push_request(Body::UnmuteConversation(req)).await
+    }
+
+    async fn push_request(&self, body: Body) -> Result<(), ClientError> {
+        match self.request(body).await? {
+            response::Result::Push(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The caller's conversations, most recent activity first.
     ///
     /// # Errors

@@ -64,6 +64,8 @@ pub struct Config {
     pub media: crate::media::MediaConfig,
     /// The full-text search index.
     pub search: crate::search::SearchConfig,
+    /// Web Push notifications.
+    pub push: crate::push::PushConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -206,6 +208,7 @@ impl Default for Config {
             blob: crate::blob::BlobConfig::default(),
             media: crate::media::MediaConfig::default(),
             search: crate::search::SearchConfig::default(),
+            push: crate::push::PushConfig::default(),
         }
     }
 }

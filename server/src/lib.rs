@@ -13,6 +13,7 @@ pub mod domain;
 pub mod media;
 pub mod metrics;
 pub mod projection;
+pub mod push;
 pub mod search;
 pub mod session;
 pub mod store;
@@ -71,6 +72,8 @@ pub enum StartError {
     Blob(#[from] blob::BlobConfigError),
     #[error("search: {0}")]
     Search(#[from] search::SearchError),
+    #[error("push: {0}")]
+    Push(String),
     #[error(
         "data directory {0} holds load-test data (it has {LOAD_TEST_MARKER}): start natterd --load-test on it, or \
          use another --data-dir for people"
@@ -268,6 +271,31 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             Some((handle, task)) => (Some(handle), Some(task)),
             None => (None, None),
         };
+    let push = if config.push.enabled {
+        config.push.validate().map_err(StartError::Push)?;
+        let vapid = Arc::new(
+            push::vapid::VapidKey::load(config.push.vapid_key_file.as_deref(), &server_key)
+                .map_err(|e| StartError::Push(e.to_string()))?,
+        );
+        let service = push::webpush::WebPush::new(
+            vapid.clone(),
+            config.push.subject.clone(),
+            Duration::from_millis(config.push.request_timeout_ms.max(1)),
+        )
+        .map_err(StartError::Push)?;
+        let worker = push::worker::Worker::new(
+            store.clone(),
+            Arc::new(service),
+            router.clone(),
+            config.push.clone(),
+            push_holder(data_dir),
+            metrics.clone(),
+        );
+        tokio::spawn(worker.run(shutdown.clone()));
+        Some(session::push::PushSetup { vapid, allow_http_loopback: config.push.allow_http_loopback })
+    } else {
+        None
+    };
     let service = session::Service::new(
         store.clone(),
         hasher,
@@ -283,8 +311,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             login_guard,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
-        session::media::MediaService::new(blobs.clone(), config.media.clone(), metrics.clone()),
-        search,
+        session::Capabilities {
+            media: session::media::MediaService::new(blobs.clone(), config.media.clone(), metrics.clone()),
+            search,
+            push,
+        },
     );
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
@@ -321,6 +352,14 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tracing::info!("natterd stopped");
     });
     Ok(RunningServer { local_addr, fingerprint, cert_path, metrics_addr, shutdown, task })
+}
+
+/// Who holds the push worker's lease: this host and data directory, the same
+/// after a restart (which so takes its own lease back at once).
+fn push_holder(data_dir: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_owned());
+    format!("{}:{}", host.trim(), dir.display())
 }
 
 /// Drops the short-lived auth state that can no longer matter (expired codes

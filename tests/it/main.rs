@@ -20,6 +20,7 @@ mod oauth;
 mod phone;
 mod presence;
 mod protocol;
+mod push;
 mod readme;
 mod receipts;
 mod search;

@@ -77,6 +77,15 @@ pub(crate) async fn serve(
     mut answer: impl FnMut(&HttpRequest) -> HttpResponse,
     unreadable: impl Fn(u16) -> HttpResponse,
 ) -> std::io::Result<()> {
+    serve_async(stream, move |request| std::future::ready(answer(&request)), unreadable).await
+}
+
+/// [`serve`] with an answer that may take its time (a fake that hangs).
+pub(crate) async fn serve_async<Fut: std::future::Future<Output = HttpResponse>>(
+    stream: TcpStream,
+    mut answer: impl FnMut(HttpRequest) -> Fut,
+    unreadable: impl Fn(u16) -> HttpResponse,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, mut writer) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -84,7 +93,10 @@ pub(crate) async fn serve(
         let (response, close) = match read_request(&mut reader).await? {
             None => return Ok(()),
             Some(Err(Unreadable(status))) => (unreadable(status), true),
-            Some(Ok(request)) => (answer(&request), request.close),
+            Some(Ok(request)) => {
+                let close = request.close;
+                (answer(request).await, close)
+            }
         };
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",

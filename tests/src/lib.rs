@@ -6,6 +6,7 @@
 pub mod github_fake;
 mod http_fake;
 pub mod oidc_provider;
+pub mod push_service;
 pub mod seaweed;
 pub mod smtp_sink;
 pub mod twilio_fake;

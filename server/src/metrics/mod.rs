@@ -92,6 +92,11 @@ pub struct Metrics {
     search_lag: Gauge,
     search_commits: Counter,
     search_documents: Counter,
+    pushes: Family<ResultLabels, Counter>,
+    push_retries: Counter,
+    push_subscriptions_removed: Counter,
+    push_position: Gauge,
+    push_lag: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +135,11 @@ impl Metrics {
             search_lag: Gauge::default(),
             search_commits: Counter::default(),
             search_documents: Counter::default(),
+            pushes: Family::default(),
+            push_retries: Counter::default(),
+            push_subscriptions_removed: Counter::default(),
+            push_position: Gauge::default(),
+            push_lag: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
@@ -190,6 +200,27 @@ impl Metrics {
             m.search_lag.clone(),
         );
         registry.register("search_commits", "Search index commits", m.search_commits.clone());
+        registry.register(
+            "push_notifications",
+            "Web Push requests ended, by result (delivered, gone, too_large, gave_up, refused)",
+            m.pushes.clone(),
+        );
+        registry.register("push_retries", "Web Push requests tried again (429, 5xx, timeouts)", m.push_retries.clone());
+        registry.register(
+            "push_subscriptions_removed",
+            "Push subscriptions deleted because the push service said 404 or 410",
+            m.push_subscriptions_removed.clone(),
+        );
+        registry.register(
+            "push_handled_position",
+            "The log position the push worker has handled everything up to",
+            m.push_position.clone(),
+        );
+        registry.register(
+            "push_lag_events",
+            "Log positions the push worker is behind the newest it has seen",
+            m.push_lag.clone(),
+        );
         registry.register("search_documents", "Messages added to the search index", m.search_documents.clone());
         Arc::new(Self { registry, ..m })
     }
@@ -202,6 +233,25 @@ impl Metrics {
         }
         self.search_position.set(i64::try_from(indexed).unwrap_or(i64::MAX));
         self.search_lag.set(i64::try_from(seen.saturating_sub(indexed)).unwrap_or(i64::MAX));
+    }
+
+    /// A Web Push request ended with `result`.
+    pub fn push(&self, result: &'static str) {
+        self.pushes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn push_retry(&self) {
+        self.push_retries.inc();
+    }
+
+    pub fn push_subscription_removed(&self) {
+        self.push_subscriptions_removed.inc();
+    }
+
+    /// The push worker has handled everything up to `handled` of `seen`.
+    pub fn push_progress(&self, handled: u64, seen: u64) {
+        self.push_position.set(i64::try_from(handled).unwrap_or(i64::MAX));
+        self.push_lag.set(i64::try_from(seen.saturating_sub(handled)).unwrap_or(i64::MAX));
     }
 
     pub fn connection_opened(&self) {

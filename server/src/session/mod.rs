@@ -14,6 +14,7 @@ mod messaging;
 mod oauth;
 mod phone;
 mod presence;
+pub mod push;
 mod search;
 
 use std::collections::HashMap;
@@ -76,6 +77,7 @@ pub struct Service {
     security: Security,
     media: media::MediaService,
     search: search::Handle,
+    push: push::Handle,
 }
 
 /// What account security needs besides the log: short-lived state, the
@@ -87,6 +89,13 @@ pub struct Security {
     pub sms: Arc<dyn crate::auth::sms::SmsProvider>,
     /// Google and GitHub, as configured.
     pub oauth: crate::auth::oauth::Providers,
+}
+
+/// What natterd does beyond chat, as configured.
+pub struct Capabilities {
+    pub media: media::MediaService,
+    pub search: search::Handle,
+    pub push: push::Handle,
 }
 
 /// What the feed shows of a user.
@@ -255,9 +264,9 @@ impl Service {
         router: Arc<Router>,
         config: ServiceConfig,
         security: Security,
-        media: media::MediaService,
-        search: search::Handle,
+        capabilities: Capabilities,
     ) -> Arc<Self> {
+        let Capabilities { media, search, push } = capabilities;
         Arc::new(Self {
             store,
             hasher,
@@ -273,6 +282,7 @@ impl Service {
             security,
             media,
             search,
+            push,
         })
     }
 
@@ -700,6 +710,12 @@ impl Service {
                 Body::GetMediaUrl(req) => self.get_media_url(&me, req).await,
                 Body::Search(req) => self.search(&me, req).await,
                 Body::SearchDirectory(req) => self.search_directory(&me, req).await,
+                Body::RegisterPush(req) => self.register_push(&me, req).await,
+                Body::UnregisterPush(_) => self.unregister_push(&me).await,
+                Body::GetPushConfig(_) => self.get_push_config(&me).await,
+                Body::SetPushPreviews(req) => self.set_push_previews(&me, req).await,
+                Body::MuteConversation(req) => self.mute_conversation(&me, req).await,
+                Body::UnmuteConversation(req) => self.unmute_conversation(&me, req).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };
