@@ -791,6 +791,64 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_get_push_config",
+            "Request 30: GetPushConfig (an empty message)",
+            req(30, request::Body::GetPushConfig(GetPushConfig {})),
+        ),
+        (
+            "response_push_config",
+            "Response 30: the VAPID key (65 bytes), this device registered, previews on, one conversation muted for ever",
+            resp(
+                30,
+                response::Result::PushConfig(PushConfig {
+                    application_server_key: [vec![4u8], vec![0x11; 32], vec![0x22; 32]].concat(),
+                    registered: true,
+                    endpoint: "https://push.example.net/wpush/v2/abc".into(),
+                    show_text: true,
+                    muted: vec![MutedConversation { conversation_id: CONV.into(), until_ms: 0 }],
+                }),
+            ),
+        ),
+        (
+            "request_register_push",
+            "Request 31: RegisterPush, a browser's subscription (p256dh 65 bytes, auth 16)",
+            req(
+                31,
+                request::Body::RegisterPush(RegisterPush {
+                    endpoint: "https://push.example.net/wpush/v2/abc".into(),
+                    p256dh: [vec![4u8], vec![0x33; 32], vec![0x44; 32]].concat(),
+                    auth: vec![0x55; 16],
+                }),
+            ),
+        ),
+        ("response_push_ok", "Response 31: PushOk (an empty message)", resp(31, response::Result::Push(PushOk {}))),
+        (
+            "request_mute_conversation",
+            "Request 32: MuteConversation until 2026-12-01T08:00:00Z",
+            req(
+                32,
+                request::Body::MuteConversation(MuteConversation {
+                    conversation_id: CONV.into(),
+                    until_ms: 1_796_112_000_000,
+                }),
+            ),
+        ),
+        (
+            "request_unmute_conversation",
+            "Request 33: UnmuteConversation",
+            req(33, request::Body::UnmuteConversation(UnmuteConversation { conversation_id: CONV.into() })),
+        ),
+        (
+            "request_set_push_previews",
+            "Request 34: SetPushPreviews off: notifications carry no text",
+            req(34, request::Body::SetPushPreviews(SetPushPreviews { show_text: false })),
+        ),
+        (
+            "request_unregister_push",
+            "Request 35: UnregisterPush (an empty message)",
+            req(35, request::Body::UnregisterPush(UnregisterPush {})),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(
