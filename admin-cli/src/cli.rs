@@ -57,6 +57,26 @@ enum Command {
         #[command(subcommand)]
         command: MediaCommand,
     },
+    /// The VAPID key natterd signs Web Push requests with.
+    Vapid {
+        #[command(subcommand)]
+        command: VapidCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VapidCommand {
+    /// Print the public key (the application server key web clients subscribe
+    /// with), base64url, as natterd's configuration gives it.
+    Show {
+        /// natterd's configuration file (push.vapid_key_file, auth.secret_key_file);
+        /// NATTER_* environment variables override it, as for natterd.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// natterd's data directory. Default: the configuration's (./natter-data)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +145,11 @@ pub fn main_entry() -> anyhow::Result<()> {
                 report.events as f64 / secs,
                 report.position
             );
+            Ok(())
+        }
+        Command::Vapid { command: VapidCommand::Show { config, data_dir } } => {
+            let config = load_config(config, data_dir)?;
+            println!("{}", crate::vapid_public_key(&config)?);
             Ok(())
         }
         Command::Media { command: MediaCommand::Gc { config, data_dir, dry_run } } => {

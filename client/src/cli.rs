@@ -237,6 +237,23 @@ enum Command {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Web Push notifications for this device (a browser's or a UnifiedPush
+    /// distributor's subscription), and whether they show message text.
+    #[command(subcommand)]
+    Push(PushCommand),
+    /// No notifications from a conversation: until `natter unmute`, or for a while.
+    Mute {
+        /// A person's email, a group name or a conversation id.
+        conversation: String,
+        /// For this long only: 90s, 30m, 8h, 2d.
+        #[arg(long = "for", value_parser = parse_span)]
+        span: Option<Duration>,
+    },
+    /// Notifications from a conversation again.
+    Unmute {
+        /// A person's email, a group name or a conversation id.
+        conversation: String,
+    },
     /// Print events as they arrive; resumes from the saved cursor after a
     /// reconnect, so nothing is missed or shown twice.
     Listen {
@@ -247,6 +264,71 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Hand a Web Push subscription to natter for this device (what
+    /// `PushManager.subscribe()` or a UnifiedPush distributor gives; subscribe
+    /// with the key `natter push status` shows). Replaces an earlier one.
+    Register {
+        /// The push resource (https).
+        #[arg(long)]
+        endpoint: String,
+        /// The subscription's P-256 key, base64url (`keys.p256dh`).
+        #[arg(long)]
+        p256dh: String,
+        /// Its authentication secret, base64url (`keys.auth`).
+        #[arg(long)]
+        auth: String,
+    },
+    /// Stop notifications to this device.
+    Unregister,
+    /// The server's application server key (VAPID), this device's
+    /// subscription, your preview setting and muted conversations.
+    Status,
+    /// Whether notifications show message text.
+    Previews {
+        /// on: the sender's name and the text; off: only who wrote, and how many messages.
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    /// Show message text.
+    On,
+    /// Never show message text.
+    Off,
+}
+
+/// `90s`, `30m`, `8h`, `2d` (a number and a unit).
+fn parse_span(text: &str) -> Result<Duration, String> {
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: a number and a unit (s, m, h, d), e.g. 8h"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(secs) {
+        Some(total) if total > 0 => Ok(Duration::from_secs(total)),
+        _ => Err(format!("{text:?}: must be more than zero and not absurdly long")),
+    }
+}
+
+/// A base64url key as browsers write them (padding and the standard
+/// alphabet accepted too).
+fn base64url(field: &str, text: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let clean: String = text.trim().trim_end_matches('=').replace('+', "-").replace('/', "_");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(clean)
+        .with_context(|| format!("--{field} is not base64url"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -469,7 +551,14 @@ impl Profile {
 pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(run(args))
+    let result = runtime.block_on(run(args));
+    if result.is_err() {
+        // A command that failed dropped its connection, which queues QUIC's
+        // CONNECTION_CLOSE: a moment for it to go out, or natterd would count
+        // this device as connected (no push notifications) until its idle timeout.
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+    }
+    result
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -535,6 +624,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Receipts { conversation, seq } => cli.receipts(&conversation, seq).await,
         Command::Typing { conversation } => cli.typing(&conversation).await,
         Command::Group(g) => cli.group(g).await,
+        Command::Push(p) => cli.push(p).await,
+        Command::Mute { conversation, span } => cli.mute(&conversation, span).await,
+        Command::Unmute { conversation } => cli.unmute(&conversation).await,
         Command::Listen { json, count } => cli.listen(json, count).await,
     }
 }
@@ -1177,6 +1269,75 @@ impl Cli {
             let gone = if c.active { "" } else { " (left)" };
             println!("{}{unread}{gone}  {last}", title(c, &me));
         }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn push(&mut self, command: PushCommand) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        match command {
+            PushCommand::Register { endpoint, p256dh, auth } => {
+                let (p256dh, auth) = (base64url("p256dh", &p256dh)?, base64url("auth", &auth)?);
+                client.register_push(&endpoint, &p256dh, &auth).await?;
+                println!("notifications for this device go to {endpoint}");
+            }
+            PushCommand::Unregister => {
+                client.unregister_push().await?;
+                println!("no notifications for this device");
+            }
+            PushCommand::Status => {
+                use base64::Engine as _;
+                let c = client.push_config().await?;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&c.application_server_key);
+                println!("application server key: {key}");
+                if c.registered {
+                    println!("this device: {}", c.endpoint);
+                } else {
+                    println!("this device: no subscription (`natter push register`)");
+                }
+                println!("message text in notifications: {}", if c.show_text { "on" } else { "off" });
+                for m in &c.muted {
+                    let until = if m.until_ms == 0 {
+                        "until unmuted".to_owned()
+                    } else {
+                        format!("until {}", date_time(m.until_ms))
+                    };
+                    println!("muted {}: {until}", m.conversation_id);
+                }
+            }
+            PushCommand::Previews { state } => {
+                client.set_push_previews(state == OnOff::On).await?;
+                println!("message text in notifications: {}", if state == OnOff::On { "on" } else { "off" });
+            }
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn mute(&mut self, target: &str, span: Option<Duration>) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
+        let until = match span {
+            None => 0,
+            Some(span) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                (now + span).as_millis() as u64
+            }
+        };
+        client.mute(&conv.conversation_id, until).await?;
+        match span {
+            None => println!("{} muted until `natter unmute`", title(&conv, &self.me())),
+            Some(_) => println!("{} muted until {}", title(&conv, &self.me()), date_time(until)),
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn unmute(&mut self, target: &str) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
+        client.unmute(&conv.conversation_id).await?;
+        println!("{} unmuted", title(&conv, &self.me()));
         client.close().await;
         Ok(())
     }
@@ -1892,6 +2053,23 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time in milliseconds (days to the civil
+/// date as in Howard Hinnant's `civil_from_days`).
+fn date_time(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let s = (ms / 1000) % 86_400;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", s / 3600, (s / 60) % 60)
+}
+
 /// `HH:MM:SS` UTC of a Unix time in milliseconds.
 fn clock(ms: u64) -> String {
     let s = (ms / 1000) % 86_400;
@@ -2368,6 +2546,22 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn spans_dates_and_keys_read_as_people_write_them() {
+        assert_eq!(parse_span("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_span("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_span("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        for bad in ["", "8", "h", "0m", "8w", "-1h", "99999999999999999999d"] {
+            assert!(parse_span(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(date_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date_time(1_796_112_000_000), "2026-12-01 08:00 UTC");
+        assert_eq!(date_time(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(base64url("auth", "AAECAwQFBgcICQoLDA0ODw==").unwrap(), (0u8..16).collect::<Vec<_>>());
+        assert_eq!(base64url("auth", " AAECAwQFBgcICQoLDA0ODw ").unwrap().len(), 16);
+        assert!(base64url("auth", "not base64!").is_err());
+    }
 
     #[test]
     fn a_media_line_says_what_is_known_of_the_file() {

@@ -918,3 +918,64 @@ async fn a_pdf_is_sent_with_send_file_and_saved_with_download() {
     let e = run_fail(cmd(&server, &bob, &["download", "alice@example.org", "99"]), "").await;
     assert!(e.contains("no message #99"), "{e}");
 }
+
+#[tokio::test]
+async fn push_notifications_are_set_up_muted_and_shaped_with_the_cli() {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let server = TestServer::start_with(|c| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = 100;
+    })
+    .await;
+    let push = natter_tests::push_service::PushServiceFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    signup(&server, &alice, "alice@example.org").await;
+    signup(&server, &bob, "bob@example.org").await;
+    run(cmd(&server, &alice, &["send", "bob@example.org", "hi"]), "").await;
+
+    // The key a browser subscribes with, then the subscription handed over.
+    let status = run(cmd(&server, &bob, &["push", "status"]), "").await;
+    let key = status.lines().find_map(|l| l.strip_prefix("application server key: ")).expect("the key");
+    assert!(status.contains("no subscription"), "{status}");
+    let sub = push.subscribe(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(key).unwrap());
+    let args =
+        ["push", "register", "--endpoint", &sub.endpoint, "--p256dh", &b64(&sub.p256dh), "--auth", &b64(&sub.auth)];
+    let out = run(cmd(&server, &bob, &args), "").await;
+    assert!(out.contains(&sub.endpoint), "{out}");
+    let bad = ["push", "register", "--endpoint", "http://push.example.net/x", "--p256dh", "AAAA", "--auth", "AAAA"];
+    let e = run_fail(cmd(&server, &bob, &bad), "").await;
+    assert!(e.contains("INVALID_ARGUMENT"), "{e}");
+
+    let out = run(cmd(&server, &bob, &["mute", "alice@example.org", "--for", "8h"]), "").await;
+    assert!(out.contains("muted until") && out.contains("UTC"), "{out}");
+    let status = run(cmd(&server, &bob, &["push", "status"]), "").await;
+    assert!(status.contains(&format!("this device: {}", sub.endpoint)) && status.contains("muted "), "{status}");
+    assert!(run_fail(cmd(&server, &bob, &["mute", "alice@example.org", "--for", "8w"]), "").await.contains("unit"));
+    // Muted: alice's message brings nothing (bob's natter is not connected).
+    run(cmd(&server, &alice, &["send", "bob@example.org", "muted"]), "").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(push.received().is_empty(), "{:?}", push.received());
+
+    run(cmd(&server, &bob, &["unmute", "alice@example.org"]), "").await;
+    let out = run(cmd(&server, &bob, &["push", "previews", "off"]), "").await;
+    assert!(out.contains("off"), "{out}");
+    // Once natterd has seen bob's last command's connection close, he is offline.
+    let (probe, _) = server.new_device("alice@example.org", "probe").await;
+    let dm = probe.open_direct("bob@example.org").await.unwrap();
+    let bob_id = dm.members.iter().find(|m| m.email == "bob@example.org").unwrap().user_id.clone();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probe.presence(&[bob_id.as_str()]).await.unwrap().iter().any(|p| p.online) {
+        assert!(tokio::time::Instant::now() < deadline, "bob still online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    run(cmd(&server, &alice, &["send", "bob@example.org", "a secret"]), "").await;
+    let got = push.wait_for(WAIT, "bob's notification", |r| !r.is_empty()).await;
+    assert!(got[0].payload.get("text").is_none(), "{:?}", got[0].payload);
+    assert_eq!(got[0].payload["conversation_kind"], "direct");
+
+    run(cmd(&server, &bob, &["push", "unregister"]), "").await;
+    let status = run(cmd(&server, &bob, &["push", "status"]), "").await;
+    assert!(status.contains("no subscription") && status.contains("message text in notifications: off"), "{status}");
+}

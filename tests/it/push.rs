@@ -331,3 +331,28 @@ async fn with_push_off_registering_is_unavailable() {
     let e = bob.register_push("https://push.example.net/x", &[4; 65], &[0; 16]).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UNAVAILABLE));
 }
+
+#[tokio::test]
+async fn natter_admin_vapid_show_prints_the_key_clients_subscribe_with() {
+    use base64::Engine as _;
+    let server = server().await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let key = bob.push_config().await.unwrap().application_server_key;
+    let show = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_natter-admin-under-test"))
+            .args(["vapid", "show", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let out = show(server.data_dir());
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(printed.trim()).unwrap(), key);
+    // Never a key of its own: a directory natterd never started on has none.
+    let empty = tempfile::tempdir().unwrap();
+    let out = show(empty.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server key"), "{out:?}");
+    assert!(!empty.path().join("secret.key").exists());
+}

@@ -101,14 +101,21 @@ impl ServerKey {
     /// regular file, accessible by group or others, not hex or not 64 characters
     /// (an existing file is never replaced); IO failures while generating.
     pub fn load_or_generate(data_dir: &Path, configured: Option<&Path>) -> Result<Self, ServerKeyError> {
-        if let Some(path) = configured {
-            return read_key_file(path);
-        }
-        let path = data_dir.join(KEY_FILE_NAME);
-        match read_key_file(&path) {
-            Err(ServerKeyError::Missing { .. }) => generate_key_file(&path),
+        match Self::load(data_dir, configured) {
+            Err(ServerKeyError::Missing { .. }) if configured.is_none() => {
+                generate_key_file(&data_dir.join(KEY_FILE_NAME))
+            }
             other => other,
         }
+    }
+
+    /// The key natterd would use, without generating one (operator tools).
+    ///
+    /// # Errors
+    /// As [`Self::load_or_generate`], and `Missing` when natterd never started
+    /// on `data_dir`.
+    pub fn load(data_dir: &Path, configured: Option<&Path>) -> Result<Self, ServerKeyError> {
+        read_key_file(&configured.map_or_else(|| data_dir.join(KEY_FILE_NAME), Path::to_owned))
     }
 
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {

@@ -215,8 +215,14 @@ impl Worker {
         let mut conversations: HashMap<ConversationId, Option<Arc<ConversationState>>> = HashMap::new();
         let mut names: HashMap<UserId, String> = HashMap::new();
         let now = Instant::now();
+        // A notification the push service would keep no longer is not sent
+        // (a worker far behind, or a first start on a long log).
+        let too_old = now_ms().0.saturating_sub(u64::from(self.config.ttl_secs) * 1000);
         for rec in events {
             let Event::MessageSent(m) = &rec.event else { continue };
+            if m.at.0 < too_old {
+                continue;
+            }
             let state = match conversations.get(&m.conversation_id) {
                 Some(s) => s.clone(),
                 None => {
