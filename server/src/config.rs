@@ -406,6 +406,15 @@ fn check_env_value(
     if !value.is_str() && fits(&as_string).is_ok() {
         return Ok(as_string);
     }
+    // 1 and 0 are how environments often say yes and no.
+    let flag = match raw {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    };
+    if let Some(flag) = flag.map(toml::Value::Boolean).filter(|v| fits(v).is_ok()) {
+        return Ok(flag);
+    }
     let shown =
         if key.contains("password") || key.contains("secret") || key.contains("token") { "<redacted>" } else { raw };
     Err(ConfigError::Invalid(format!("{name}={shown}: {}", plain_expectation(error.message()))))
@@ -518,6 +527,20 @@ mod tests {
         // Keys whose default is unset are keys too.
         let c = Config::load(None, env(&[("NATTER_METRICS_LISTEN", "127.0.0.1:9464")])).unwrap();
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_flag_is_true_false_1_or_0() {
+        let c = Config::load(None, env(&[("NATTER_PUSH_ALLOW_HTTP_LOOPBACK", "1"), ("NATTER_PUSH_ENABLED", "0")]));
+        let c = c.unwrap();
+        assert!(c.push.allow_http_loopback && !c.push.enabled);
+        let c = Config::load(None, env(&[("NATTER_PUSH_ALLOW_HTTP_LOOPBACK", "true")])).unwrap();
+        assert!(c.push.allow_http_loopback);
+        let e = Config::load(None, env(&[("NATTER_PUSH_ENABLED", "2")])).unwrap_err().to_string();
+        assert!(e.contains("NATTER_PUSH_ENABLED=2: expected true or false"), "{e}");
+        // A number key keeps its number.
+        let c = Config::load(None, env(&[("NATTER_PUSH_MAX_ATTEMPTS", "1")])).unwrap();
+        assert_eq!(c.push.max_attempts, 1);
     }
 
     #[test]

@@ -356,3 +356,156 @@ async fn natter_admin_vapid_show_prints_the_key_clients_subscribe_with() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("server key"), "{out:?}");
     assert!(!empty.path().join("secret.key").exists());
 }
+
+fn free_udp_port() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// What a natterd child needs to send to the test push service.
+const PUSH_ENV: &[(&str, &str)] =
+    &[("NATTER_PUSH_ALLOW_HTTP_LOOPBACK", "1"), ("NATTER_PUSH_COALESCE_MS", "100"), ("NATTER_PUSH_LEASE_MS", "1500")];
+
+/// Signs `email` up on `node` with a subscription of `push`, then
+/// disconnects; returns the subscription.
+async fn offline_subscriber(
+    config: &natter_client::ClientConfig,
+    email: &str,
+    push: &PushServiceFake,
+) -> FakeSubscription {
+    let c = Client::connect(config).await.unwrap();
+    c.signup(email, natter_tests::PASSWORD, "").await.unwrap();
+    c.login(email, natter_tests::PASSWORD, "phone").await.unwrap();
+    let sub = subscribe(&c, push).await;
+    c.close().await;
+    sub
+}
+
+async fn signed_in(config: &natter_client::ClientConfig, email: &str) -> Client {
+    let c = Client::connect(config).await.unwrap();
+    c.signup(email, natter_tests::PASSWORD, "").await.unwrap();
+    c.login(email, natter_tests::PASSWORD, "laptop").await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn natterd_killed_mid_burst_sends_every_due_notification_after_restart() {
+    let push = PushServiceFake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_udp_port();
+    // Retries far apart: at the kill, every notification is waiting for one.
+    let mut env = PUSH_ENV.to_vec();
+    env.extend([("NATTER_PUSH_RETRY_BASE_MS", "60000"), ("NATTER_PUSH_MAX_ATTEMPTS", "5")]);
+    let mut node = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir.path(), addr, &env);
+    let config = node.client_config();
+    let alice = signed_in(&config, "alice@example.org").await;
+    let mut due = Vec::new();
+    for i in 0..8 {
+        let email = format!("bob{i}@example.org");
+        let sub = offline_subscriber(&config, &email, &push).await;
+        let dm = alice.open_direct(&email).await.unwrap().conversation_id;
+        due.push((sub, dm));
+    }
+    push.answer_next(500, None, 1000);
+    let mut last = Vec::new();
+    for (_, dm) in &due {
+        alice.send_text(dm, "m1", "first").await.unwrap();
+        last.push(alice.send_text(dm, "m2", "second").await.unwrap().seq);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while push.attempts().len() < due.len() {
+        assert!(tokio::time::Instant::now() < deadline, "not attempted: {:?}", push.attempts());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(alice);
+    node.kill9();
+    assert!(push.received().is_empty());
+
+    push.clear_script();
+    let _node = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir.path(), addr, &env);
+    let got = push
+        .wait_for(WAIT, "a notification of every conversation's newest message", |r| {
+            due.iter().zip(&last).all(|((sub, _), seq)| {
+                r.iter().any(|n| n.endpoint == sub.endpoint && n.payload["seq"].as_u64() == Some(*seq))
+            })
+        })
+        .await;
+    assert!(got.iter().all(|n| n.payload["text"] == "second" || n.payload["text"] == "first"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_send_each_notification_once_and_the_survivor_takes_over_the_lease() {
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let push = PushServiceFake::start().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut env_a = PUSH_ENV.to_vec();
+    env_a.extend([("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())]);
+    let node_a = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir_a.path(), free_udp_port(), &env_a);
+    // One certificate and one server key (so one VAPID key) for both.
+    let cert = dir_a.path().join("tls/cert.pem");
+    let key = dir_a.path().join("tls/key.pem");
+    let secret = dir_a.path().join("secret.key");
+    let mut env_b = env_a.clone();
+    env_b.extend([
+        ("NATTER_TLS_CERT", cert.to_str().unwrap()),
+        ("NATTER_TLS_KEY", key.to_str().unwrap()),
+        ("NATTER_AUTH_SECRET_KEY_FILE", secret.to_str().unwrap()),
+    ]);
+    let node_b = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir_b.path(), free_udp_port(), &env_b);
+
+    // Who holds the lease: its holder names the node's data directory.
+    let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let holder = loop {
+        let rows = pg.query("SELECT holder FROM followers WHERE name = 'push'", &[]).await.unwrap();
+        if let Some(row) = rows.first() {
+            break row.get::<_, String>(0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let a_holds = holder.ends_with(&dir_a.path().canonicalize().unwrap().display().to_string());
+    let (mut holding, other) = if a_holds { (node_a, node_b) } else { (node_b, node_a) };
+
+    // Alice writes on the node that will survive; Bob is offline.
+    let config = other.client_config();
+    let bob = offline_subscriber(&config, "bob@example.org", &push).await;
+    let alice = signed_in(&config, "alice@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    alice.send_text(&dm, "m1", "one").await.unwrap();
+    push.wait_for(WAIT, "the first notification", |r| !r.is_empty()).await;
+    // Both nodes follow the log; one sends.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(push.received().len(), 1, "{:?}", push.received());
+
+    holding.kill9();
+    let mut last = 0;
+    for i in 2..=5 {
+        last = alice.send_text(&dm, &format!("m{i}"), &format!("message {i}")).await.unwrap().seq;
+    }
+    let got = push
+        .wait_for(WAIT, "the rest, from the surviving node", |r| {
+            r.iter().any(|n| n.payload["seq"].as_u64() == Some(last))
+        })
+        .await;
+    let after: u64 = got[1..].iter().map(|n| n.payload["count"].as_u64().unwrap()).sum();
+    assert!(after >= 4, "every later message counted: {got:?}");
+    assert!(got.iter().all(|n| n.endpoint == bob.endpoint));
+}
+
+#[tokio::test]
+async fn too_large_is_sent_again_without_the_text() {
+    let server = server().await;
+    let push = PushServiceFake::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let bob_id = bob.identity().unwrap().user_id;
+    subscribe(&bob, &push).await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    go_offline(bob, &alice, &bob_id).await;
+    push.answer_next(413, None, 1);
+    alice.send_text(&dm, "m1", &"long words ".repeat(300)).await.unwrap();
+    let got = push.wait_for(WAIT, "the smaller notification", |r| !r.is_empty()).await;
+    assert!(got[0].payload.get("text").is_none(), "{:?}", got[0].payload);
+    assert_eq!(got[0].payload["count"], 1);
+    let statuses: Vec<u16> = push.attempts().iter().map(|a| a.1).collect();
+    assert_eq!(statuses, vec![413, 201]);
+}

@@ -133,6 +133,11 @@ impl PushServiceFake {
         state.scripted.extend(std::iter::repeat_n((status, retry_after), times));
     }
 
+    /// Forgets the statuses [`Self::answer_next`] set that are not used yet.
+    pub fn clear_script(&self) {
+        self.shared.state.lock().unwrap().scripted.clear();
+    }
+
     /// Holds every request without an answer while on.
     pub fn hang(&self, on: bool) {
         self.shared.state.lock().unwrap().hang = on;

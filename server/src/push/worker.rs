@@ -173,11 +173,13 @@ impl Worker {
             let wake = next_due.map_or(next_renew, |d| d.min(next_renew));
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    // What was not sent is sent by the next holder, from here.
+                    // What was not sent is sent by the next holder, from here;
+                    // the lease ends now, so another node need not wait it out.
                     tasks.abort_all();
                     let oldest = pending.values().map(|p| p.first).chain(in_flight.keys().copied()).min();
                     let safe = oldest.map_or(at, |p| p.saturating_sub(1));
-                    let _ = self.store.follower_lease(FOLLOWER, &self.node, now_ms(), self.lease(), Some(safe)).await;
+                    let ended = Duration::ZERO;
+                    let _ = self.store.follower_lease(FOLLOWER, &self.node, now_ms(), ended, Some(safe)).await;
                     return Ok(());
                 }
                 r = batches.recv() => {
