@@ -13,6 +13,10 @@ use tokio::process::{Child, Command};
 /// The placeholders a reader replaces by hand.
 const README_PIN: &str = "sha256:3f9c…e1";
 const README_SERVER: &str = "127.0.0.1:7443";
+/// The subscription the walkthrough hands over (a reader's comes from their browser).
+const README_ENDPOINT: &str = "https://push.example.net/wpush/v2/gAAAAABk";
+const README_P256DH: &str = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
+const README_AUTH: &str = "tBHItJI5svbpez7KI4CCXg";
 
 fn readme() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
@@ -115,7 +119,20 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     let text = readme();
     // A reader types slower than this harness: new messages are searchable
     // within a second, and the walkthrough searches soon after sending.
-    let server = TestServer::start_with(|c| c.search.commit_interval_ms = 100).await;
+    let server = TestServer::start_with(|c| {
+        c.search.commit_interval_ms = 100;
+        c.push.allow_http_loopback = true;
+    })
+    .await;
+    // Dave's subscription is one of the push service in the harness.
+    let push = natter_tests::push_service::PushServiceFake::start().await;
+    let (probe, _) = server.new_user("probe@example.org").await;
+    let sub = push.subscribe(&probe.push_config().await.unwrap().application_server_key);
+    probe.close().await;
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
     let home = tempfile::tempdir().unwrap();
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test")), bin.path().join("natter"))
@@ -129,7 +146,12 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
         // `printf` makes a file to send; everything else is the installed `natter`.
         let ok = command.starts_with("natter ") || command.starts_with("printf ");
         assert!(ok, "the walkthrough uses the installed `natter`: {command}");
-        let real = command.replace(README_PIN, server.fingerprint()).replace(README_SERVER, &server.addr().to_string());
+        let real = command
+            .replace(README_PIN, server.fingerprint())
+            .replace(README_SERVER, &server.addr().to_string())
+            .replace(README_ENDPOINT, &sub.endpoint)
+            .replace(README_P256DH, &b64(&sub.p256dh))
+            .replace(README_AUTH, &b64(&sub.auth));
         let mut c = shell(&real, home.path(), bin.path());
         if command.contains(" listen") && !command.contains("--count") {
             c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -168,6 +190,10 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     assert!(said("download alice@example.org 4").contains("saved minutes-from-alice.pdf"));
     let saved = std::fs::read(home.path().join("minutes-from-alice.pdf")).expect("Bob saved the file");
     assert_eq!(saved, std::fs::read(home.path().join("minutes.pdf")).unwrap(), "byte for byte");
+    assert!(said("push status").contains("application server key: "));
+    let told = push.wait_for(Duration::from_secs(20), "Dave's notification", |r| !r.is_empty()).await;
+    assert_eq!(told[0].payload["sender_name"], "Alice");
+    assert!(told[0].payload.get("text").is_none(), "previews are off: {:?}", told[0].payload);
     let (alice_listen, alice) = terminals.remove(0);
     assert!(alice_listen.contains("natter-alice listen"), "{alice_listen}");
     let alice = alice.output().await;
