@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use natter_client::{Client, ClientConfig, ClientEndpoint, Feed, FeedItem};
 
 pub mod media;
+pub mod push;
 pub mod relay;
 
 /// Password of the accounts a run creates.

@@ -116,6 +116,22 @@ enum Scenario {
         #[arg(long)]
         server_pid: Option<u32>,
     },
+    /// Web Push: offline recipients subscribed to a push sink in this
+    /// process; each round every sender writes once to each of its
+    /// recipients. Notifications per second and ack → notification latency.
+    /// natterd must run with NATTER_PUSH_ALLOW_HTTP_LOOPBACK=1.
+    Push {
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Offline recipients per sender (one direct conversation each).
+        #[arg(long, default_value_t = 50)]
+        per_sender: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds between rounds: more than natterd's push.coalesce_ms.
+        #[arg(long, default_value_t = 3.5)]
+        gap: f64,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -225,6 +241,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let t = Timing { warmup: Duration::from_secs_f64(warmup), duration: Duration::from_secs_f64(duration) };
             let r = natter_loadgen::media::media(&target, size_mib * 1024 * 1024, users, rate, t, server_pid, counters)
                 .await?;
+            (r.table(), r.json())
+        }
+        Scenario::Push { senders, per_sender, rounds, gap } => {
+            let r =
+                natter_loadgen::push::push(&target, senders, per_sender, rounds, Duration::from_secs_f64(gap)).await?;
             (r.table(), r.json())
         }
         Scenario::Idle { connections, duration, server_pid } => {

@@ -134,6 +134,21 @@ async fn media_smoke_moves_every_byte_both_ways_and_chats_beside_an_upload() {
     assert_eq!(r.json()["size_bytes"], size);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_smoke_notifies_every_offline_recipient_every_round() {
+    let server = TestServer::start_with(|c| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = 100;
+    })
+    .await;
+    let r = natter_loadgen::push::push(&target(&server), 2, 3, 2, Duration::from_millis(200)).await.unwrap();
+    assert_eq!((r.recipients, r.rounds, r.per_second.len()), (6, 2, 2));
+    assert_eq!(r.latency.len(), 12, "one notification per message");
+    assert!(r.per_second.iter().all(|x| *x > 0.0));
+    assert!(r.table().contains("notifications/s"), "{}", r.table());
+    assert_eq!(r.json()["recipients"], 6);
+}
+
 #[test]
 fn the_benchmark_video_is_the_same_bytes_however_it_is_read() {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};

@@ -509,3 +509,31 @@ async fn too_large_is_sent_again_without_the_text() {
     let statuses: Vec<u16> = push.attempts().iter().map(|a| a.1).collect();
     assert_eq!(statuses, vec![413, 201]);
 }
+
+#[tokio::test]
+async fn membership_changes_are_followed_a_removed_member_is_not_told_and_a_new_one_is() {
+    let server = server().await;
+    let push = PushServiceFake::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let (dave, _) = server.new_user("dave@example.org").await;
+    let (bob_id, dave_id) = (bob.identity().unwrap().user_id, dave.identity().unwrap().user_id);
+    let bob_sub = subscribe(&bob, &push).await;
+    let dave_sub = subscribe(&dave, &push).await;
+    let group = alice.create_group("crew", &["bob@example.org"]).await.unwrap().conversation_id;
+    go_offline(bob, &alice, &bob_id).await;
+    go_offline(dave, &alice, &dave_id).await;
+
+    alice.send_text(&group, "g1", "one").await.unwrap();
+    push.wait_for(WAIT, "bob's notification", |r| r.len() == 1).await;
+    alice.remove_member(&group, &bob_id).await.unwrap();
+    alice.add_members(&group, &["dave@example.org"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 2)).await;
+    let seq = alice.send_text(&group, "g2", "two").await.unwrap().seq;
+    let got = push.wait_for(WAIT, "dave's notification", |r| r.len() == 2).await;
+    assert_eq!(got[1].endpoint, dave_sub.endpoint);
+    assert_eq!(got[1].payload["seq"], seq);
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    let to_bob = for_endpoint(&push.received(), &bob_sub).len();
+    assert_eq!(to_bob, 1, "nothing for bob after his removal: {:?}", push.received());
+}

@@ -162,8 +162,21 @@ pub fn check_subscription(
     if endpoint.len() > 2048 {
         return Err(("endpoint", "longer than 2048 bytes".into()));
     }
-    crate::auth::http::validate_url("push", "endpoint", endpoint, allow_http_loopback, "nothing", true)
-        .map_err(|e| ("endpoint", e))?;
+    let url = reqwest::Url::parse(endpoint).map_err(|e| ("endpoint", format!("not a URL: {e}")))?;
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or(("endpoint", "has no host".to_owned()))?;
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(("endpoint", "must not carry credentials or a fragment".into()));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http_loopback && crate::auth::http::is_loopback_host(host) => {}
+        _ => {
+            return Err((
+                "endpoint",
+                "must be an https URL (plain http only to loopback on a server set up for tests)".into(),
+            ));
+        }
+    }
     if p256dh.len() != 65 || p256dh[0] != 4 {
         return Err(("p256dh", "must be an uncompressed P-256 point (65 bytes, 0x04 first)".into()));
     }

@@ -76,6 +76,29 @@ struct Pending {
 
 type Key = (UserId, ConversationId);
 
+/// What the worker remembers between batches so that a message costs no
+/// read: each conversation's members and name as of the log position read
+/// (dropped when an event changes them), and senders' names.
+#[derive(Default)]
+struct Known {
+    conversations: HashMap<ConversationId, Option<Arc<ConversationState>>>,
+    names: HashMap<UserId, String>,
+}
+
+impl Known {
+    /// At most this many of each; beyond, forgotten and read again.
+    const MAX: usize = 50_000;
+
+    fn bound(&mut self) {
+        if self.conversations.len() > Self::MAX {
+            self.conversations.clear();
+        }
+        if self.names.len() > Self::MAX {
+            self.names.clear();
+        }
+    }
+}
+
 pub struct Worker {
     store: Arc<dyn Store>,
     service: Arc<dyn PushService>,
@@ -137,6 +160,7 @@ impl Worker {
         let mut tasks: JoinSet<Position> = JoinSet::new();
         let mut next_renew = Instant::now() + renew_every;
         let mut caught_up = false;
+        let mut known = Known::default();
         loop {
             while let Some(done) = tasks.try_join_next() {
                 finished(&mut in_flight, done);
@@ -148,7 +172,7 @@ impl Worker {
                 full = events.len() == READ_BATCH as usize;
                 if let Some(last) = events.last() {
                     let upto = last.position;
-                    self.gather(&events, &mut pending, &last_sent, coalesce).await?;
+                    self.gather(&events, &mut pending, &last_sent, &mut known, coalesce).await?;
                     at = upto;
                     seen = seen.max(at);
                 }
@@ -212,15 +236,23 @@ impl Worker {
         events: &[RecordedEvent],
         pending: &mut HashMap<Key, Pending>,
         last_sent: &HashMap<Key, Instant>,
+        known: &mut Known,
         coalesce: Duration,
     ) -> Result<(), StoreError> {
-        let mut conversations: HashMap<ConversationId, Option<Arc<ConversationState>>> = HashMap::new();
-        let mut names: HashMap<UserId, String> = HashMap::new();
+        known.bound();
+        let Known { conversations, names } = known;
         let now = Instant::now();
         // A notification the push service would keep no longer is not sent
         // (a worker far behind, or a first start on a long log).
         let too_old = now_ms().0.saturating_sub(u64::from(self.config.ttl_secs) * 1000);
         for rec in events {
+            // The log is read in order: a change of members or name is seen
+            // before the messages that follow it.
+            if rec.event.changes_group() {
+                if let Some(id) = rec.event.conversation_id() {
+                    conversations.remove(&id);
+                }
+            }
             let Event::MessageSent(m) = &rec.event else { continue };
             if m.at.0 < too_old {
                 continue;
