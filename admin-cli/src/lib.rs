@@ -432,6 +432,20 @@ pub async fn rebuild_store(store: &dyn Store) -> anyhow::Result<usize> {
     Ok(before.answers.len())
 }
 
+/// The application server key (VAPID public key, base64url) natterd with
+/// `config` signs push requests with.
+///
+/// # Errors
+/// The server key (or push.vapid_key_file) cannot be read.
+pub fn vapid_public_key(config: &natter_server::config::Config) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let server_key =
+        natter_server::auth::server_key::ServerKey::load(&config.data_dir, config.auth.secret_key_file.as_deref())
+            .context("the server key (natterd makes it on its first start)")?;
+    let key = natter_server::push::vapid::VapidKey::load(config.push.vapid_key_file.as_deref(), &server_key)?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,18 +463,4 @@ mod tests {
         let diff = snapshot(a).first_difference(&snapshot(b)).expect("a difference");
         assert_eq!(diff.0, "feed u page 0");
     }
-}
-
-/// The application server key (VAPID public key, base64url) natterd with
-/// `config` signs push requests with.
-///
-/// # Errors
-/// The server key (or push.vapid_key_file) cannot be read.
-pub fn vapid_public_key(config: &natter_server::config::Config) -> anyhow::Result<String> {
-    use base64::Engine as _;
-    let server_key =
-        natter_server::auth::server_key::ServerKey::load(&config.data_dir, config.auth.secret_key_file.as_deref())
-            .context("the server key (natterd makes it on its first start)")?;
-    let key = natter_server::push::vapid::VapidKey::load(config.push.vapid_key_file.as_deref(), &server_key)?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key()))
 }

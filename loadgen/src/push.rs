@@ -215,9 +215,10 @@ pub async fn push(
             let conversations = &conversations;
             async move {
                 let mut acks = Vec::with_capacity(per_sender);
-                for i in s * per_sender..(s + 1) * per_sender {
+                let first = s * per_sender;
+                for (i, conversation) in conversations.iter().enumerate().skip(first).take(per_sender) {
                     let id = format!("push-{round}-{i}");
-                    sender.client.send_text(&conversations[i], &id, "are you there?").await?;
+                    sender.client.send_text(conversation, &id, "are you there?").await?;
                     acks.push((i, Instant::now()));
                 }
                 anyhow::Ok(acks)

@@ -134,3 +134,57 @@ async fn the_search_projection_reports_its_position_and_lag() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_push_worker_counts_results_retries_removals_and_its_lag() {
+    use natter_tests::push_service::PushServiceFake;
+    let server = TestServer::start_with(|c| {
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = 50;
+        c.push.max_attempts = 2;
+        c.push.retry_base_ms = 20;
+        c.push.lease_ms = 300;
+    })
+    .await;
+    let addr = server.metrics_addr().expect("metrics enabled");
+    let push = PushServiceFake::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let bob_id = bob.identity().unwrap().user_id;
+    let key = bob.push_config().await.unwrap().application_server_key;
+    let sub = push.subscribe(&key);
+    bob.register_push(&sub.endpoint, &sub.p256dh, &sub.auth).await.unwrap();
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    drop(bob);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while alice.presence(&[bob_id.as_str()]).await.unwrap().iter().any(|p| p.online) {
+        assert!(std::time::Instant::now() < deadline, "bob still online");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Delivered; then two 500s (given up after max_attempts = 2, one retry); then 410.
+    let wait_for = |name: &'static str, want: f64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, text) = get(addr, "/metrics").await;
+            if sample(&text, name) >= want {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} never reached {want}:\n{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    alice.send_text(&dm, "m1", "one").await.unwrap();
+    wait_for("natter_push_notifications_total{result=\"delivered\"} ", 1.0).await;
+    push.answer_next(500, None, 2);
+    alice.send_text(&dm, "m2", "two").await.unwrap();
+    let text = wait_for("natter_push_notifications_total{result=\"gave_up\"} ", 1.0).await;
+    assert_eq!(sample(&text, "natter_push_retries_total "), 1.0, "{text}");
+    push.answer_next(410, None, 1);
+    alice.send_text(&dm, "m3", "three").await.unwrap();
+    let text = wait_for("natter_push_subscriptions_removed_total ", 1.0).await;
+    assert_eq!(sample(&text, "natter_push_notifications_total{result=\"gone\"} "), 1.0, "{text}");
+    // Renewals report the position and a lag of nothing once all is handled.
+    let text = wait_for("natter_push_handled_position ", 1.0).await;
+    assert!(text.contains("natter_push_lag_events "), "{text}");
+}

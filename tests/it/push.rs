@@ -46,6 +46,29 @@ async fn go_offline(client: Client, observer: &Client, user_id: &str) {
     }
 }
 
+/// Alice, and Bob subscribed to a new push service and offline, in a direct
+/// conversation.
+struct Dm {
+    server: TestServer,
+    push: PushServiceFake,
+    alice: Client,
+    bob_token: String,
+    bob_id: String,
+    dm: String,
+}
+
+async fn alice_and_offline_bob() -> Dm {
+    let server = server().await;
+    let push = PushServiceFake::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, bob_token) = server.new_user("bob@example.org").await;
+    let bob_id = bob.identity().unwrap().user_id;
+    subscribe(&bob, &push).await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    go_offline(bob, &alice, &bob_id).await;
+    Dm { server, push, alice, bob_token, bob_id, dm }
+}
+
 fn for_endpoint<'a>(received: &'a [Received], sub: &FakeSubscription) -> Vec<&'a Received> {
     received.iter().filter(|r| r.endpoint == sub.endpoint).collect()
 }
@@ -99,13 +122,8 @@ async fn an_offline_recipient_gets_one_encrypted_signed_notification_and_an_onli
 
 #[tokio::test]
 async fn muted_conversations_are_silent_and_previews_can_be_turned_off() {
-    let server = server().await;
-    let push = PushServiceFake::start().await;
-    let (alice, _) = server.new_user("alice@example.org").await;
-    let (bob, bob_token) = server.new_user("bob@example.org").await;
-    let bob_id = bob.identity().unwrap().user_id;
-    subscribe(&bob, &push).await;
-    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let Dm { server, push, alice, bob_token, bob_id, dm, .. } = alice_and_offline_bob().await;
+    let bob = server.resume(&bob_token).await;
     bob.mute(&dm, 0).await.unwrap();
     let config = bob.push_config().await.unwrap();
     assert!(config.registered && config.show_text);
@@ -142,14 +160,7 @@ async fn muted_conversations_are_silent_and_previews_can_be_turned_off() {
 
 #[tokio::test]
 async fn a_burst_is_coalesced_into_few_notifications_that_count_every_message() {
-    let server = server().await;
-    let push = PushServiceFake::start().await;
-    let (alice, _) = server.new_user("alice@example.org").await;
-    let (bob, _) = server.new_user("bob@example.org").await;
-    let bob_id = bob.identity().unwrap().user_id;
-    subscribe(&bob, &push).await;
-    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    go_offline(bob, &alice, &bob_id).await;
+    let Dm { server: _server, push, alice, dm, .. } = alice_and_offline_bob().await;
 
     let mut last = 0;
     for i in 0..20 {
@@ -170,14 +181,7 @@ async fn a_burst_is_coalesced_into_few_notifications_that_count_every_message() 
 
 #[tokio::test]
 async fn a_gone_subscription_is_removed_and_never_tried_again() {
-    let server = server().await;
-    let push = PushServiceFake::start().await;
-    let (alice, _) = server.new_user("alice@example.org").await;
-    let (bob, bob_token) = server.new_user("bob@example.org").await;
-    let bob_id = bob.identity().unwrap().user_id;
-    subscribe(&bob, &push).await;
-    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    go_offline(bob, &alice, &bob_id).await;
+    let Dm { server, push, alice, bob_token, bob_id, dm, .. } = alice_and_offline_bob().await;
     push.answer_next(410, None, 1);
     alice.send_text(&dm, "m1", "hello?").await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -199,14 +203,7 @@ async fn a_gone_subscription_is_removed_and_never_tried_again() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_then_given_up_and_retry_after_is_honoured() {
-    let server = server().await;
-    let push = PushServiceFake::start().await;
-    let (alice, _) = server.new_user("alice@example.org").await;
-    let (bob, _) = server.new_user("bob@example.org").await;
-    let bob_id = bob.identity().unwrap().user_id;
-    subscribe(&bob, &push).await;
-    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    go_offline(bob, &alice, &bob_id).await;
+    let Dm { server: _server, push, alice, dm, .. } = alice_and_offline_bob().await;
 
     // max_attempts = 3: three 500s, and the notification is given up.
     push.answer_next(500, None, 3);
@@ -493,14 +490,7 @@ async fn two_nodes_send_each_notification_once_and_the_survivor_takes_over_the_l
 
 #[tokio::test]
 async fn too_large_is_sent_again_without_the_text() {
-    let server = server().await;
-    let push = PushServiceFake::start().await;
-    let (alice, _) = server.new_user("alice@example.org").await;
-    let (bob, _) = server.new_user("bob@example.org").await;
-    let bob_id = bob.identity().unwrap().user_id;
-    subscribe(&bob, &push).await;
-    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    go_offline(bob, &alice, &bob_id).await;
+    let Dm { server: _server, push, alice, dm, .. } = alice_and_offline_bob().await;
     push.answer_next(413, None, 1);
     alice.send_text(&dm, "m1", &"long words ".repeat(300)).await.unwrap();
     let got = push.wait_for(WAIT, "the smaller notification", |r| !r.is_empty()).await;

@@ -183,8 +183,7 @@ impl Worker {
             }
             self.flush(&mut pending, &mut last_sent, &mut in_flight, &mut tasks, &permits, coalesce).await;
 
-            let oldest = pending.values().map(|p| p.first).chain(in_flight.keys().copied()).min();
-            let safe = oldest.map_or(at, |p| p.saturating_sub(1));
+            let safe = handled(&pending, &in_flight, at);
             if Instant::now() >= next_renew {
                 self.renew(safe, &mut tasks).await?;
                 self.metrics.push_progress(safe, seen);
@@ -200,8 +199,7 @@ impl Worker {
                     // What was not sent is sent by the next holder, from here;
                     // the lease ends now, so another node need not wait it out.
                     tasks.abort_all();
-                    let oldest = pending.values().map(|p| p.first).chain(in_flight.keys().copied()).min();
-                    let safe = oldest.map_or(at, |p| p.saturating_sub(1));
+                    let safe = handled(&pending, &in_flight, at);
                     let ended = Duration::ZERO;
                     let _ = self.store.follower_lease(FOLLOWER, &self.node, now_ms(), ended, Some(safe)).await;
                     return Ok(());
@@ -449,6 +447,13 @@ impl Worker {
             Err(e) => tracing::warn!(error = %e, "a gone push subscription could not be removed"),
         }
     }
+}
+
+/// The position everything up to is handled: just before the oldest message
+/// whose notification is waiting or in flight, else how far the log was read.
+fn handled(pending: &HashMap<Key, Pending>, in_flight: &BTreeMap<Position, usize>, read: Position) -> Position {
+    let oldest = pending.values().map(|p| p.first).chain(in_flight.keys().copied()).min();
+    oldest.map_or(read, |p| p.saturating_sub(1))
 }
 
 fn finished(in_flight: &mut BTreeMap<Position, usize>, done: Result<Position, tokio::task::JoinError>) {
