@@ -965,11 +965,7 @@ async fn push_notifications_are_set_up_muted_and_shaped_with_the_cli() {
     let (probe, _) = server.new_device("alice@example.org", "probe").await;
     let dm = probe.open_direct("bob@example.org").await.unwrap();
     let bob_id = dm.members.iter().find(|m| m.email == "bob@example.org").unwrap().user_id.clone();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while probe.presence(&[bob_id.as_str()]).await.unwrap().iter().any(|p| p.online) {
-        assert!(tokio::time::Instant::now() < deadline, "bob still online");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    natter_tests::wait_offline(&probe, &bob_id).await;
     run(cmd(&server, &alice, &["send", "bob@example.org", "a secret"]), "").await;
     let got = push.wait_for(WAIT, "bob's notification", |r| !r.is_empty()).await;
     assert!(got[0].payload.get("text").is_none(), "{:?}", got[0].payload);

@@ -157,11 +157,7 @@ async fn the_push_worker_counts_results_retries_removals_and_its_lag() {
     bob.register_push(&sub.endpoint, &sub.p256dh, &sub.auth).await.unwrap();
     let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
     drop(bob);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while alice.presence(&[bob_id.as_str()]).await.unwrap().iter().any(|p| p.online) {
-        assert!(std::time::Instant::now() < deadline, "bob still online");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    natter_tests::wait_offline(&alice, &bob_id).await;
     // Delivered; then two 500s (given up after max_attempts = 2, one retry); then 410.
     let wait_for = |name: &'static str, want: f64| async move {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

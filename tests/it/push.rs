@@ -35,15 +35,7 @@ async fn subscribe(client: &Client, push: &PushServiceFake) -> FakeSubscription 
 /// Drops `client` and waits until `observer` sees `user_id` offline.
 async fn go_offline(client: Client, observer: &Client, user_id: &str) {
     drop(client);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let p = observer.presence(&[user_id]).await.unwrap();
-        if p.iter().all(|s| !s.online) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{user_id} still online");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    natter_tests::wait_offline(observer, user_id).await;
 }
 
 /// Alice, and Bob subscribed to a new push service and offline, in a direct
@@ -354,10 +346,6 @@ async fn natter_admin_vapid_show_prints_the_key_clients_subscribe_with() {
     assert!(!empty.path().join("secret.key").exists());
 }
 
-fn free_udp_port() -> std::net::SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 /// What a natterd child needs to send to the test push service.
 const PUSH_ENV: &[(&str, &str)] =
     &[("NATTER_PUSH_ALLOW_HTTP_LOOPBACK", "1"), ("NATTER_PUSH_COALESCE_MS", "100"), ("NATTER_PUSH_LEASE_MS", "1500")];
@@ -388,7 +376,7 @@ async fn signed_in(config: &natter_client::ClientConfig, email: &str) -> Client 
 async fn natterd_killed_mid_burst_sends_every_due_notification_after_restart() {
     let push = PushServiceFake::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let addr = free_udp_port();
+    let addr = crate::crash::free_udp_port();
     // Retries far apart: at the kill, every notification is waiting for one.
     let mut env = PUSH_ENV.to_vec();
     env.extend([("NATTER_PUSH_RETRY_BASE_MS", "60000"), ("NATTER_PUSH_MAX_ATTEMPTS", "5")]);
@@ -436,7 +424,12 @@ async fn two_nodes_send_each_notification_once_and_the_survivor_takes_over_the_l
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut env_a = PUSH_ENV.to_vec();
     env_a.extend([("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())]);
-    let node_a = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir_a.path(), free_udp_port(), &env_a);
+    let node_a = natter_tests::ChildServer::spawn_with_env(
+        &crate::natterd(),
+        dir_a.path(),
+        crate::crash::free_udp_port(),
+        &env_a,
+    );
     // One certificate and one server key (so one VAPID key) for both.
     let cert = dir_a.path().join("tls/cert.pem");
     let key = dir_a.path().join("tls/key.pem");
@@ -447,7 +440,12 @@ async fn two_nodes_send_each_notification_once_and_the_survivor_takes_over_the_l
         ("NATTER_TLS_KEY", key.to_str().unwrap()),
         ("NATTER_AUTH_SECRET_KEY_FILE", secret.to_str().unwrap()),
     ]);
-    let node_b = natter_tests::ChildServer::spawn_with_env(&crate::natterd(), dir_b.path(), free_udp_port(), &env_b);
+    let node_b = natter_tests::ChildServer::spawn_with_env(
+        &crate::natterd(),
+        dir_b.path(),
+        crate::crash::free_udp_port(),
+        &env_b,
+    );
 
     // Who holds the lease: its holder names the node's data directory.
     let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();

@@ -340,6 +340,16 @@ pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, String)> {
 
 /// Reads feed items until `pred` says stop, failing after `timeout` (a
 /// deadline on the wait for an event, not a sleep).
+/// Waits until `observer` sees `user_id` offline (natterd has handled the
+/// close of their last connection), or panics after 20 s.
+pub async fn wait_offline(observer: &Client, user_id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while observer.presence(&[user_id]).await.expect("presence").iter().any(|p| p.online) {
+        assert!(tokio::time::Instant::now() < deadline, "{user_id} still online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn feed_until(feed: &mut Feed, timeout: Duration, mut pred: impl FnMut(&FeedItem) -> bool) -> Vec<FeedItem> {
     let mut items = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;

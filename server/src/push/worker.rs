@@ -152,7 +152,6 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let mut batches = self.store.subscribe();
         let mut at = from;
-        let mut seen = from;
         let mut pending: HashMap<Key, Pending> = HashMap::new();
         let mut last_sent: HashMap<Key, Instant> = HashMap::new();
         // The oldest position each task in flight covers, counted.
@@ -174,7 +173,6 @@ impl Worker {
                     let upto = last.position;
                     self.gather(&events, &mut pending, &last_sent, &mut known, coalesce).await?;
                     at = upto;
-                    seen = seen.max(at);
                 }
                 if !full && !caught_up {
                     caught_up = true;
@@ -183,10 +181,10 @@ impl Worker {
             }
             self.flush(&mut pending, &mut last_sent, &mut in_flight, &mut tasks, &permits, coalesce).await;
 
-            let safe = handled(&pending, &in_flight, at);
             if Instant::now() >= next_renew {
-                self.renew(safe, &mut tasks).await?;
-                self.metrics.push_progress(safe, seen);
+                let safe = handled(&pending, &in_flight, at);
+                self.renew(safe).await?;
+                self.metrics.push_progress(safe, at);
                 next_renew = Instant::now() + renew_every;
             }
             if full && room {
@@ -215,15 +213,12 @@ impl Worker {
         }
     }
 
-    /// Renews the lease, saving `safe`; a lost lease stops the work (the
-    /// new holder sends what is pending here).
-    async fn renew(&self, safe: Position, tasks: &mut JoinSet<Position>) -> Result<(), StoreError> {
+    /// Renews the lease, saving `safe`; a lost lease stops the work (its
+    /// tasks end with it, and the new holder sends what is pending here).
+    async fn renew(&self, safe: Position) -> Result<(), StoreError> {
         match self.store.follower_lease(FOLLOWER, &self.node, now_ms(), self.lease(), Some(safe)).await? {
             Some(_) => Ok(()),
-            None => {
-                tasks.abort_all();
-                Err(StoreError::Database("another node took the push worker's lease".into()))
-            }
+            None => Err(StoreError::Database("another node took the push worker's lease".into())),
         }
     }
 
