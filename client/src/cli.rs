@@ -2298,6 +2298,7 @@ impl Names {
                 self.person(&p.user_id, &p.email, "");
                 return;
             }
+            FeedItem::KeyPackageStock(_) => return,
             FeedItem::CaughtUp { .. } => return,
         };
         if self.conversations.contains_key(id) {
@@ -2471,7 +2472,8 @@ fn human_line(item: &FeedItem, names: &Names) -> Option<String> {
                 format!("* {who} is offline")
             })
         }
-        FeedItem::CaughtUp { .. } => None,
+        // `listen` tops the stock up itself; nothing to show.
+        FeedItem::CaughtUp { .. } | FeedItem::KeyPackageStock(_) => None,
     }
 }
 
@@ -2536,6 +2538,10 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
         FeedItem::Presence(p) => serde_json::json!({
             "type": "presence", "user_id": p.user_id, "email": p.email, "online": p.online,
             "last_seen_ms": p.last_seen_ms,
+        }),
+        FeedItem::KeyPackageStock(s) => serde_json::json!({
+            "type": "key_package_stock", "device_id": s.device_id, "remaining": s.remaining,
+            "has_last_resort": s.has_last_resort, "low_water": s.low_water,
         }),
     };
     Some(value.to_string())

@@ -6,6 +6,7 @@
 //! stream for pipelined requests, and a server-opened feed stream for events.
 
 pub mod cli;
+pub mod e2ee;
 pub mod oauth;
 pub mod transfer;
 mod trust;
@@ -201,6 +202,10 @@ pub enum FeedItem {
     },
     /// A contact came online or went offline (ephemeral: no cursor).
     Presence(wire::PresenceSignal),
+    /// A claim took a device's KeyPackage stock low (ephemeral: no cursor).
+    /// Meant for the device it names (`device_id`): it should top up
+    /// ([`e2ee::MlsDevice::top_up`]).
+    KeyPackageStock(wire::KeyPackageStock),
     /// The backlog asked for by `sync` is delivered; live events follow.
     CaughtUp {
         cursor: u64,
@@ -217,7 +222,10 @@ impl FeedItem {
             | FeedItem::Group { cursor, .. }
             | FeedItem::Receipt { cursor, .. }
             | FeedItem::CaughtUp { cursor } => Some(*cursor),
-            FeedItem::Typing { .. } | FeedItem::TypingStopped { .. } | FeedItem::Presence(_) => None,
+            FeedItem::Typing { .. }
+            | FeedItem::TypingStopped { .. }
+            | FeedItem::Presence(_)
+            | FeedItem::KeyPackageStock(_) => None,
         }
     }
 }
@@ -306,6 +314,7 @@ fn signal_item(signal: wire::Signal) -> Option<FeedItem> {
             expires_in_ms: t.expires_in_ms,
         }),
         wire::signal::Kind::Presence(p) => Some(FeedItem::Presence(p)),
+        wire::signal::Kind::KeyPackageStock(s) => Some(FeedItem::KeyPackageStock(s)),
     }
 }
 

@@ -55,12 +55,15 @@ codes! {
     MEDIA_TYPE_REFUSED = 305, "The file's bytes are of a type the server does not accept (the name does not count).";
     MEDIA_MISMATCH = 306, "The bytes received are not the declared size or SHA-256; nothing was stored.";
     DIRECT_URL_UNSUPPORTED = 307, "The server's file store has no direct URLs; download over a transfer stream.";
+    KEY_PACKAGE_INVALID = 308, "A KeyPackage does not validate (encoding, signatures, ciphersuite, credential, the device's signature key, lifetime or last-resort marking); nothing was stored.";
+    KEY_PACKAGES_FULL = 309, "The device's KeyPackage stock would exceed its capacity; publish fewer.";
     // 4xx: resources and permissions
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";
     CONFLICT = 402, "A concurrent change won; retry the request.";
     FORBIDDEN = 403, "Your role in this conversation does not allow this.";
     GROUP_FULL = 404, "The group has reached its member limit.";
+    NO_DEVICE_KEY = 405, "The calling device has registered no MLS signature key (RegisterDeviceKey first).";
     // 5xx: server side
     RATE_LIMITED = 500, "Too many requests; retry after retry_after_ms.";
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";

@@ -66,6 +66,8 @@ pub struct Config {
     pub search: crate::search::SearchConfig,
     /// Web Push notifications.
     pub push: crate::push::PushConfig,
+    /// End-to-end encryption's delivery service: KeyPackage stock and claims.
+    pub mls: crate::mls::MlsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -209,6 +211,7 @@ impl Default for Config {
             media: crate::media::MediaConfig::default(),
             search: crate::search::SearchConfig::default(),
             push: crate::push::PushConfig::default(),
+            mls: crate::mls::MlsConfig::default(),
         }
     }
 }
@@ -222,7 +225,7 @@ pub enum ConfigError {
 }
 
 const TABLES: &[&str] =
-    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github", "blob", "media"];
+    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github", "blob", "media", "search", "push", "mls"];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 
@@ -315,6 +318,7 @@ impl Config {
         self.sms.validate().map_err(|e| ConfigError::Invalid(format!("sms: {e}")))?;
         self.media.validate().map_err(ConfigError::Invalid)?;
         self.blob.validate().map_err(|e| ConfigError::Invalid(format!("blob: {e}")))?;
+        self.mls.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

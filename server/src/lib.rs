@@ -13,6 +13,7 @@ pub mod domain;
 pub mod media;
 pub mod metrics;
 pub mod projection;
+pub mod mls;
 pub mod push;
 pub mod search;
 pub mod session;
@@ -245,6 +246,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         )?),
         StoreBackend::Sqlite => Arc::new(store::auth_state::sqlite::SqliteAuthState::open(data_dir)?),
     };
+    let key_packages: Arc<dyn mls::KeyPackageStore> = match config.store.backend {
+        StoreBackend::Postgres => Arc::new(mls::postgres::PostgresKeyPackages::new(
+            config.store.url.as_deref().ok_or(StartError::NoStoreUrl)?,
+        )?),
+        StoreBackend::Sqlite => Arc::new(mls::sqlite::SqliteKeyPackages::open(data_dir)?),
+    };
     if !auth_state.check_key_id(&server_key.key_id()).await? {
         return Err(StartError::WrongServerKey);
     }
@@ -315,6 +322,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             media: session::media::MediaService::new(blobs.clone(), config.media.clone(), metrics.clone()),
             search,
             push,
+            mls: session::mls::MlsSetup { key_packages: key_packages.clone(), config: config.mls.clone() },
         },
     );
     let transport_config = transport::TransportConfig {
@@ -326,6 +334,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
+    tokio::spawn(sweep_key_packages(key_packages, shutdown.clone()));
     tokio::spawn(sweep_stale_uploads(blobs.clone(), shutdown.clone()));
     tokio::spawn(media::gc::every_interval(
         store.clone(),
@@ -378,6 +387,27 @@ async fn sweep_auth_state(state: Arc<dyn store::auth_state::AuthState>, shutdown
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(rows = n, "expired auth state swept"),
                     Err(e) => tracing::warn!(error = %e, "expired auth state not swept"),
+                }
+            }
+        }
+    }
+}
+
+/// Drops expired KeyPackages at start and every hour, until shutdown. Every
+/// node does it; the deletes are idempotent.
+async fn sweep_key_packages(store: Arc<dyn mls::KeyPackageStore>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                match store.sweep(domain::Millis(now)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(packages = n, "expired KeyPackages swept"),
+                    Err(e) => tracing::warn!(error = %e, "expired KeyPackages not swept"),
                 }
             }
         }

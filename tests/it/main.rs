@@ -8,6 +8,7 @@ mod blob;
 mod cli;
 mod crash;
 mod dm;
+mod e2ee;
 mod groups;
 mod loadgen;
 mod mail;

@@ -120,6 +120,14 @@ pub enum Event {
         at: Millis,
     },
     PushSubscribed(PushSubscription),
+    /// The device's MLS signature public key (Ed25519), registered by the
+    /// device with proof of possession; a newer one replaces it.
+    DeviceKeyRegistered {
+        user_id: UserId,
+        device_id: DeviceId,
+        signature_key: Vec<u8>,
+        at: Millis,
+    },
     PushUnsubscribed {
         user_id: UserId,
         device_id: DeviceId,
@@ -479,6 +487,7 @@ impl Event {
             Event::ReadUpTo { .. } => "ReadUpTo",
             Event::PrivacyChanged { .. } => "PrivacyChanged",
             Event::PushSubscribed(_) => "PushSubscribed",
+            Event::DeviceKeyRegistered { .. } => "DeviceKeyRegistered",
             Event::PushUnsubscribed { .. } => "PushUnsubscribed",
             Event::PushPreviewsSet { .. } => "PushPreviewsSet",
             Event::ConversationMuted { .. } => "ConversationMuted",
@@ -558,6 +567,7 @@ impl Event {
             | Event::IdentityLinked { .. }
             | Event::IdentityUnlinked { .. }
             | Event::PushSubscribed(_)
+            | Event::DeviceKeyRegistered { .. }
             | Event::PushUnsubscribed { .. }
             | Event::PushPreviewsSet { .. }
             | Event::ConversationMuted { .. }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{ConversationId, Event, Millis, TokenHash, UserId};
+use crate::domain::{ConversationId, DeviceId, Event, Millis, TokenHash, UserId};
 use crate::metrics::Metrics;
 use crate::store::{Cluster, CommittedEvent, RecordedEvent, Store};
 
@@ -46,6 +46,9 @@ impl LagFlag {
 pub enum Ephemeral {
     Typing { conversation: ConversationId, user: UserId, ttl_ms: u32 },
     Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    /// A claim took `device`'s KeyPackage stock under its low-water mark (or
+    /// took its last-resort package): the device should publish more.
+    KeyPackageStock { device: DeviceId, remaining: u32, has_last_resort: bool },
 }
 
 /// What a connection receives once its feed runs.
@@ -340,6 +343,9 @@ fn cluster_messages(signal: &Ephemeral, users: &[UserId]) -> Vec<String> {
             let seen = last_seen.map_or_else(|| "-".to_owned(), |m| m.0.to_string());
             format!("P {user} {} {seen}", u8::from(*online))
         }
+        Ephemeral::KeyPackageStock { device, remaining, has_last_resort } => {
+            format!("K {} {remaining} {}", device.0, u8::from(*has_last_resort))
+        }
     };
     let per_message = (CLUSTER_RECIPIENT_BYTES / 37).max(1);
     users
@@ -379,6 +385,18 @@ fn parse_cluster_message(message: &str) -> Option<(Vec<UserId>, Ephemeral)> {
                 },
             },
         )),
+        ["K", device, remaining, last_resort, list] => Some((
+            users(list)?,
+            Ephemeral::KeyPackageStock {
+                device: DeviceId(uuid::Uuid::parse_str(device).ok()?),
+                remaining: remaining.parse().ok()?,
+                has_last_resort: match *last_resort {
+                    "1" => true,
+                    "0" => false,
+                    _ => return None,
+                },
+            },
+        )),
         _ => None,
     }
 }
@@ -395,6 +413,7 @@ mod tests {
             Ephemeral::Typing { conversation: ConversationId(Uuid::from_u128(9)), user: users[0], ttl_ms: 6000 },
             Ephemeral::Presence { user: users[1], online: false, last_seen: Some(Millis(1234)) },
             Ephemeral::Presence { user: users[2], online: true, last_seen: None },
+            Ephemeral::KeyPackageStock { device: DeviceId(Uuid::from_u128(7)), remaining: 3, has_last_resort: true },
         ];
         for signal in signals {
             let messages = cluster_messages(&signal, &users);

@@ -209,6 +209,7 @@ impl FeedSource {
             | Event::SessionRevoked { .. }
             | Event::PrivacyChanged { .. }
             | Event::PushSubscribed(_)
+            | Event::DeviceKeyRegistered { .. }
             | Event::PushUnsubscribed { .. }
             | Event::PushPreviewsSet { .. }
             | Event::ConversationMuted { .. }

@@ -11,6 +11,7 @@ mod groups;
 pub mod guard;
 pub mod media;
 mod messaging;
+pub mod mls;
 mod oauth;
 mod phone;
 mod presence;
@@ -78,6 +79,7 @@ pub struct Service {
     media: media::MediaService,
     search: search::Handle,
     push: push::Handle,
+    mls: mls::MlsSetup,
 }
 
 /// What account security needs besides the log: short-lived state, the
@@ -96,6 +98,7 @@ pub struct Capabilities {
     pub media: media::MediaService,
     pub search: search::Handle,
     pub push: push::Handle,
+    pub mls: mls::MlsSetup,
 }
 
 /// What the feed shows of a user.
@@ -266,7 +269,7 @@ impl Service {
         security: Security,
         capabilities: Capabilities,
     ) -> Arc<Self> {
-        let Capabilities { media, search, push } = capabilities;
+        let Capabilities { media, search, push, mls } = capabilities;
         Arc::new(Self {
             store,
             hasher,
@@ -283,6 +286,7 @@ impl Service {
             media,
             search,
             push,
+            mls,
         })
     }
 
@@ -712,6 +716,11 @@ impl Service {
                 Body::SearchDirectory(req) => self.search_directory(&me, req).await,
                 Body::RegisterPush(req) => self.register_push(&me, req).await,
                 Body::UnregisterPush(_) => self.unregister_push(&me).await,
+                Body::RegisterDeviceKey(req) => self.register_device_key(&me, req).await,
+                Body::ListDeviceKeys(req) => self.list_device_keys(&me, req).await,
+                Body::PublishKeyPackages(req) => self.publish_key_packages(&me, req).await,
+                Body::GetKeyPackageStock(_) => self.key_package_stock(&me).await,
+                Body::ClaimKeyPackages(req) => self.claim_key_packages(&me, req).await,
                 Body::GetPushConfig(_) => self.get_push_config(&me).await,
                 Body::SetPushPreviews(req) => self.set_push_previews(&me, req).await,
                 Body::MuteConversation(req) => self.mute_conversation(&me, req).await,

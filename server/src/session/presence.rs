@@ -138,6 +138,9 @@ impl Service {
                 online: *online,
                 last_seen_ms: last_seen.map_or(0, |m| m.0),
             }),
+            Ephemeral::KeyPackageStock { device, remaining, has_last_resort } => {
+                Kind::KeyPackageStock(self.stock_to_wire(*device, *remaining, *has_last_resort))
+            }
         };
         Ok(wire::Signal { kind: Some(kind) })
     }

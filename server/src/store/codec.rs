@@ -215,6 +215,13 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: p.at.0,
         }
         .encode_to_vec(),
+        Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => pb::DeviceKeyRegistered {
+            user_id: user_id.to_string(),
+            device_id: device_id.0.to_string(),
+            signature_key: signature_key.clone(),
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
         Event::PushUnsubscribed { user_id, device_id, endpoint, reason, at } => pb::PushUnsubscribed {
             user_id: user_id.to_string(),
             device_id: device_id.0.to_string(),
@@ -622,6 +629,15 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             })
         }
+        "DeviceKeyRegistered" => {
+            let e = pb::DeviceKeyRegistered::decode(payload).map_err(bad)?;
+            Event::DeviceKeyRegistered {
+                user_id: UserId(uuid(&e.user_id)?),
+                device_id: DeviceId(uuid(&e.device_id)?),
+                signature_key: e.signature_key,
+                at: Millis(e.at_ms),
+            }
+        }
         "PushUnsubscribed" => {
             let e = pb::PushUnsubscribed::decode(payload).map_err(bad)?;
             Event::PushUnsubscribed {
@@ -760,6 +776,12 @@ mod tests {
                 endpoint: "https://push.example.net/s/abc".into(),
                 reason: Unsubscribed::Gone,
                 at: Millis(41),
+            },
+            Event::DeviceKeyRegistered {
+                user_id: v,
+                device_id: DeviceId(Uuid::from_u128(4)),
+                signature_key: vec![7; 32],
+                at: Millis(46),
             },
             Event::PushPreviewsSet { user_id: v, show_text: false, at: Millis(42) },
             Event::ConversationMuted { user_id: v, conversation_id: conv, until: None, at: Millis(43) },

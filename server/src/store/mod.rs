@@ -510,6 +510,33 @@ pub struct PushTarget {
     pub muted_until: Option<Option<Millis>>,
 }
 
+/// A device's MLS signature public key (`DeviceKeyRegistered`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeyRecord {
+    pub device_id: DeviceId,
+    pub signature_key: Vec<u8>,
+    pub registered_at: Millis,
+}
+
+/// A user's device keys by device id (`$1` the user).
+pub(crate) const SELECT_DEVICE_KEYS: &str =
+    "SELECT device_id, signature_key, registered_at_ms FROM device_keys WHERE user_id = $1 ORDER BY device_id";
+
+/// Whether `$1` and `$2` are both current members of some conversation.
+pub(crate) const SELECT_SHARE_CONVERSATION: &str = "SELECT 1 FROM members me
+    JOIN members other ON other.conversation_id = me.conversation_id
+    WHERE me.user_id = $1 AND other.user_id = $2 AND me.left_seq IS NULL AND other.left_seq IS NULL LIMIT 1";
+
+pub(crate) fn device_key(device: &str, signature_key: Vec<u8>, at: i64) -> Result<DeviceKeyRecord, StoreError> {
+    Ok(DeviceKeyRecord {
+        device_id: DeviceId(
+            uuid::Uuid::parse_str(device).map_err(|_| StoreError::Database("stored device key: device id".into()))?,
+        ),
+        signature_key,
+        registered_at: Millis(at as u64),
+    })
+}
+
 /// A user's notification settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushSettings {
@@ -588,6 +615,7 @@ pub(crate) const READ_MODELS: &[&str] = &[
     "device_receipts",
     "push_subscriptions",
     "push_mutes",
+    "device_keys",
 ];
 
 /// A user's live sessions, oldest first (`$1` the user; both dialects accept
@@ -810,6 +838,10 @@ pub trait Store: Send + Sync + 'static {
     async fn presence_info(&self, users: Vec<UserId>) -> Result<Vec<PresenceRecord>, StoreError>;
     /// Everyone who shares a current conversation with `user` (not `user`).
     async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+    /// Whether `a` and `b` are both current members of some conversation.
+    async fn share_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
+    /// The MLS signature keys of `user`'s devices, by device id.
+    async fn device_keys(&self, user: UserId) -> Result<Vec<DeviceKeyRecord>, StoreError>;
 
     /// Every stored last-seen time, by user (operator tools: copying a deployment).
     async fn last_seen_all(&self) -> Result<Vec<(UserId, Millis)>, StoreError>;

@@ -43,6 +43,7 @@ use super::{
     UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
     SELECT_SUMMARIES,
 };
+use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -57,6 +58,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/postgres/0004_media.sql")),
     (5, include_str!("../../migrations/postgres/0005_media_previews.sql")),
     (6, include_str!("../../migrations/postgres/0006_push.sql")),
+    (7, include_str!("../../migrations/postgres/0007_mls.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -1287,6 +1289,22 @@ impl Store for PostgresStore {
             )
             .await?;
             rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
+        })
+        .await
+    }
+
+    async fn share_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_SHARE_CONVERSATION, &[&a.to_string(), &b.to_string()]).await?;
+            Ok(!rows.is_empty())
+        })
+        .await
+    }
+
+    async fn device_keys(&self, user: UserId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, SELECT_DEVICE_KEYS, &[&user.to_string()]).await?;
+            rows.iter().map(|r| device_key(r.get(0), r.get(1), r.get(2))).collect()
         })
         .await
     }

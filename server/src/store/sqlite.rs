@@ -28,6 +28,7 @@ use super::{
     SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_PUSH_TARGETS, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
     SELECT_SUMMARIES,
 };
+use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -45,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/sqlite/0007_media.sql")),
     (8, include_str!("../../migrations/sqlite/0008_media_previews.sql")),
     (9, include_str!("../../migrations/sqlite/0009_push.sql")),
+    (10, include_str!("../../migrations/sqlite/0010_device_keys.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -693,6 +695,20 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 "DELETE FROM push_subscriptions WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = ?1)",
             )?
             .execute(params![token_hash.0.as_slice()])?;
+            // And its MLS signature key.
+            conn.prepare_cached(
+                "DELETE FROM device_keys WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = ?1)",
+            )?
+            .execute(params![token_hash.0.as_slice()])?;
+            return Ok(Vec::new());
+        }
+        Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => {
+            conn.prepare_cached(
+                "INSERT INTO device_keys (device_id, user_id, signature_key, registered_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id,
+                     signature_key = excluded.signature_key, registered_at_ms = excluded.registered_at_ms",
+            )?
+            .execute(params![device_id.to_string(), user_id.to_string(), signature_key, at.0 as i64])?;
             return Ok(Vec::new());
         }
         Event::PushSubscribed(sub) => {
@@ -1608,6 +1624,33 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for id in rows {
                 out.push(UserId(parse_uuid(&id?)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn share_conversation(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        self.read(move |c| {
+            let found = c
+                .prepare_cached(SELECT_SHARE_CONVERSATION)?
+                .query_row(params![a.to_string(), b.to_string()], |_| Ok(()))
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    async fn device_keys(&self, user: UserId) -> Result<Vec<DeviceKeyRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(SELECT_DEVICE_KEYS)?;
+            let rows = stmt.query_map([user.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (device, key, at) = row?;
+                out.push(device_key(&device, key, at)?);
             }
             Ok(out)
         })

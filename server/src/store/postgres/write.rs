@@ -487,6 +487,20 @@ impl Plan {
                      WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = $1)",
                     vec![p(token_hash.0.to_vec())],
                 );
+                // And its MLS signature key.
+                self.push(
+                    "DELETE FROM device_keys WHERE device_id IN (SELECT device_id FROM sessions WHERE token_hash = $1)",
+                    vec![p(token_hash.0.to_vec())],
+                );
+                return (None, None);
+            }
+            Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => {
+                self.push(
+                    "INSERT INTO device_keys (device_id, user_id, signature_key, registered_at_ms) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (device_id) DO UPDATE SET user_id = excluded.user_id,
+                         signature_key = excluded.signature_key, registered_at_ms = excluded.registered_at_ms",
+                    vec![p(device_id.to_string()), p(user_id.to_string()), p(signature_key.clone()), p(at.0 as i64)],
+                );
                 return (None, None);
             }
             Event::PushSubscribed(sub) => {

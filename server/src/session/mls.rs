@@ -1,0 +1,213 @@
+//! End-to-end encryption requests (spec/protocol.md, "End-to-end
+//! encryption"): device signature keys and KeyPackages. What natterd checks
+//! of a KeyPackage and how the stock is kept is in `crate::mls`.
+
+use std::sync::Arc;
+
+use natter_proto::wire;
+use natter_proto::ErrorCode;
+
+use super::{invalid, Identity, Reply, Service, WireError};
+use crate::domain::{DeviceId, Event, UserId};
+use crate::mls::{KeyPackageStore, MlsConfig, PublishError, CLAIM_WINDOW};
+use crate::projection::router::Ephemeral;
+
+/// What the session layer needs of MLS.
+pub struct MlsSetup {
+    pub key_packages: Arc<dyn KeyPackageStore>,
+    pub config: MlsConfig,
+}
+
+fn no_device_key() -> WireError {
+    WireError::new(ErrorCode::NO_DEVICE_KEY, "this device has registered no MLS signature key (RegisterDeviceKey)")
+}
+
+impl Service {
+    pub(super) fn stock_to_wire(&self, device: DeviceId, remaining: u32, has_last_resort: bool) -> wire::KeyPackageStock {
+        wire::KeyPackageStock {
+            remaining,
+            has_last_resort,
+            low_water: self.mls.config.low_water,
+            capacity: self.mls.config.stock_capacity,
+            device_id: device.0.to_string(),
+        }
+    }
+
+    /// The calling device's registered signature key.
+    async fn device_key_of(&self, me: &Identity) -> Result<Vec<u8>, WireError> {
+        let keys = self.store.device_keys(me.user_id).await?;
+        keys.into_iter().find(|k| k.device_id == me.device_id).map(|k| k.signature_key).ok_or_else(no_device_key)
+    }
+
+    /// `target` is the caller or shares a current conversation with them;
+    /// anyone else is `NOT_FOUND` (as if there were no such user).
+    async fn visible_user(&self, me: &Identity, raw: &str) -> Result<UserId, WireError> {
+        let target = UserId::parse(raw)?;
+        if target != me.user_id && !self.store.share_conversation(me.user_id, target).await? {
+            return Err(WireError::new(ErrorCode::NOT_FOUND, "no such user shares a conversation with you"));
+        }
+        Ok(target)
+    }
+
+    /// # Errors
+    /// `INVALID_ARGUMENT` (key length, a proof that does not verify).
+    pub(super) async fn register_device_key(
+        &self,
+        me: &Identity,
+        req: wire::RegisterDeviceKey,
+    ) -> Result<Reply, WireError> {
+        crate::mls::check_device_key(&req.signature_key, &req.proof, me.user_id, me.device_id)
+            .map_err(|(field, why)| invalid(field, why))?;
+        let current = self.store.device_keys(me.user_id).await?;
+        if current.iter().any(|k| k.device_id == me.device_id && k.signature_key == req.signature_key) {
+            return Ok(Reply::DeviceKey(wire::DeviceKeyOk { changed: false }));
+        }
+        let event = Event::DeviceKeyRegistered {
+            user_id: me.user_id,
+            device_id: me.device_id,
+            signature_key: req.signature_key,
+            at: self.now(),
+        };
+        self.append_to_user(me.user_id, vec![event]).await?;
+        Ok(Reply::DeviceKey(wire::DeviceKeyOk { changed: true }))
+    }
+
+    /// # Errors
+    /// `INVALID_ARGUMENT` (the id), `NOT_FOUND` (no such user shares a
+    /// conversation with the caller).
+    pub(super) async fn list_device_keys(&self, me: &Identity, req: wire::ListDeviceKeys) -> Result<Reply, WireError> {
+        let user = self.visible_user(me, &req.user_id).await?;
+        let devices = self
+            .store
+            .device_keys(user)
+            .await?
+            .into_iter()
+            .map(|k| wire::DeviceKey {
+                device_id: k.device_id.0.to_string(),
+                signature_key: k.signature_key,
+                registered_at_ms: k.registered_at.0,
+            })
+            .collect();
+        Ok(Reply::DeviceKeys(wire::DeviceKeyList { user_id: user.to_string(), devices }))
+    }
+
+    /// # Errors
+    /// `NO_DEVICE_KEY`, `INVALID_ARGUMENT` (nothing to publish),
+    /// `KEY_PACKAGE_INVALID` (naming the package), `KEY_PACKAGES_FULL`.
+    pub(super) async fn publish_key_packages(
+        &self,
+        me: &Identity,
+        req: wire::PublishKeyPackages,
+    ) -> Result<Reply, WireError> {
+        let config = &self.mls.config;
+        if req.key_packages.is_empty() && req.last_resort.is_empty() {
+            return Err(invalid("key_packages", "is empty and so is last_resort: nothing to publish"));
+        }
+        if req.key_packages.len() > config.stock_capacity as usize {
+            return Err(WireError::new(
+                ErrorCode::KEY_PACKAGES_FULL,
+                format!("{} KeyPackages at once; a device's stock holds {}", req.key_packages.len(), config.stock_capacity),
+            ));
+        }
+        let key = self.device_key_of(me).await?;
+        let now = self.now();
+        let check = |bytes: &[u8], last_resort: bool| {
+            crate::mls::check(bytes, me.user_id, me.device_id, &key, last_resort, now, config)
+        };
+        let mut packages = Vec::with_capacity(req.key_packages.len());
+        for (i, bytes) in req.key_packages.iter().enumerate() {
+            packages.push(
+                check(bytes, false)
+                    .map_err(|why| WireError::new(ErrorCode::KEY_PACKAGE_INVALID, format!("key_packages[{i}] {why}")))?,
+            );
+        }
+        let last_resort = if req.last_resort.is_empty() {
+            None
+        } else {
+            Some(
+                check(&req.last_resort, true)
+                    .map_err(|why| WireError::new(ErrorCode::KEY_PACKAGE_INVALID, format!("last_resort {why}")))?,
+            )
+        };
+        let stock = self
+            .mls
+            .key_packages
+            .publish(me.user_id, me.device_id, &key, packages, last_resort, config.stock_capacity, now)
+            .await
+            .map_err(|e| match e {
+                PublishError::Full { .. } => WireError::new(ErrorCode::KEY_PACKAGES_FULL, e.to_string()),
+                PublishError::Store(e) => e.into(),
+            })?;
+        Ok(Reply::KeyPackageStock(self.stock_to_wire(me.device_id, stock.remaining, stock.has_last_resort)))
+    }
+
+    /// # Errors
+    /// `NO_DEVICE_KEY`.
+    pub(super) async fn key_package_stock(&self, me: &Identity) -> Result<Reply, WireError> {
+        let key = self.device_key_of(me).await?;
+        let stock = self.mls.key_packages.stock(me.device_id, &key, self.now()).await?;
+        Ok(Reply::KeyPackageStock(self.stock_to_wire(me.device_id, stock.remaining, stock.has_last_resort)))
+    }
+
+    /// # Errors
+    /// `INVALID_ARGUMENT` (the id), `NOT_FOUND` (as [`Self::list_device_keys`]),
+    /// `RATE_LIMITED` (per caller, per target).
+    pub(super) async fn claim_key_packages(
+        &self,
+        me: &Identity,
+        req: wire::ClaimKeyPackages,
+    ) -> Result<Reply, WireError> {
+        let target = self.visible_user(me, &req.user_id).await?;
+        let config = &self.mls.config;
+        self.limit(
+            format!("mls_claims_by:{}", me.user_id),
+            CLAIM_WINDOW,
+            config.claims_per_caller_per_hour,
+            "too many KeyPackage claims from this account",
+        )
+        .await?;
+        self.limit(
+            format!("mls_claims_of:{target}"),
+            CLAIM_WINDOW,
+            config.claims_per_target_per_hour,
+            "too many KeyPackage claims of this user",
+        )
+        .await?;
+        let now = self.now();
+        let mut packages = Vec::new();
+        let mut exhausted = Vec::new();
+        for device in self.store.device_keys(target).await? {
+            if device.device_id == me.device_id {
+                continue;
+            }
+            match self.mls.key_packages.claim(device.device_id, &device.signature_key, now).await? {
+                Some(claimed) => {
+                    if claimed.last_resort || claimed.stock.remaining < config.low_water {
+                        let signal = Ephemeral::KeyPackageStock {
+                            device: device.device_id,
+                            remaining: claimed.stock.remaining,
+                            has_last_resort: claimed.stock.has_last_resort,
+                        };
+                        self.router.signal(&[target], signal);
+                    }
+                    packages.push(wire::ClaimedKeyPackage {
+                        device_id: device.device_id.0.to_string(),
+                        key_package: claimed.bytes,
+                        last_resort: claimed.last_resort,
+                    });
+                }
+                None => {
+                    let signal =
+                        Ephemeral::KeyPackageStock { device: device.device_id, remaining: 0, has_last_resort: false };
+                    self.router.signal(&[target], signal);
+                    exhausted.push(device.device_id.0.to_string());
+                }
+            }
+        }
+        Ok(Reply::ClaimedKeyPackages(wire::ClaimedKeyPackages {
+            user_id: target.to_string(),
+            packages,
+            exhausted_device_ids: exhausted,
+        }))
+    }
+}
