@@ -217,6 +217,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
         }
         put(format!("sessions_of {user}"), format!("{:?}", store.sessions_of(*user).await?));
         put(format!("identities_of {user}"), format!("{:?}", store.identities_of(*user).await?));
+        put(format!("device_keys {user}"), format!("{:?}", store.device_keys(*user).await?));
         if let Some(phone) = store.user_by_id(*user).await?.and_then(|u| u.phone) {
             put(format!("user_by_phone {phone}"), format!("{:?}", store.user_by_phone(&phone).await?));
         }

@@ -154,6 +154,19 @@ enum Command {
         #[command(subcommand)]
         command: Option<SessionsCommand>,
     },
+    /// End-to-end encryption: set up this device's MLS identity (its key
+    /// registered, KeyPackages published) and list your devices' keys.
+    Devices,
+    /// Show the safety number you and EMAIL compare (read it aloud, or side
+    /// by side) to know natterd shows each of you the other's real keys, and
+    /// warn if their keys changed since you last looked.
+    Verify {
+        /// The person's email (you share a conversation).
+        email: String,
+        /// You compared the numbers and they match: remember these keys as verified.
+        #[arg(long)]
+        confirmed: bool,
+    },
     /// Send a message: to a person (their email) or a group (its name or id).
     Send {
         /// An email (direct message), a group name or a conversation id.
@@ -611,6 +624,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Sessions { others: true, .. } => cli.revoke_other_sessions().await,
         Command::Sessions { command: Some(SessionsCommand::Revoke { id }), .. } => cli.revoke_session(&id).await,
         Command::Sessions { command: None, .. } => cli.sessions().await,
+        Command::Devices => cli.devices().await,
+        Command::Verify { email, confirmed } => cli.verify(&email, confirmed).await,
         Command::Send { to, text } => cli.send(&to, &text).await,
         Command::SendFile { to, path, caption } => cli.send_file(&to, &path, &caption).await,
         Command::Download { conversation, seq, output } => cli.download(&conversation, seq, output).await,
@@ -1020,6 +1035,78 @@ impl Cli {
         let sessions = client.sessions().await?;
         client.close().await;
         print!("{}", sessions_table(&sessions));
+        Ok(())
+    }
+
+    /// This device's MLS state (`<profile>/mls/<device id>.db`), its key
+    /// registered and its KeyPackage stock topped up.
+    async fn mls_device(&self, client: &Client) -> anyhow::Result<crate::e2ee::MlsDevice> {
+        let id = client.identity().context("not signed in")?;
+        let device = crate::e2ee::MlsDevice::open(&self.dir.join("mls"), &id.user_id, &id.device_id)?;
+        device.register(client).await?;
+        device.top_up(client).await?;
+        Ok(device)
+    }
+
+    async fn devices(&mut self) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let device = self.mls_device(&client).await?;
+        let me = client.identity().context("not signed in")?;
+        let keys = crate::e2ee::device_keys(&client, &me.user_id).await?;
+        let stock = crate::e2ee::key_package_stock(&client).await?;
+        client.close().await;
+        for k in &keys.devices {
+            let this = if k.device_id == device.device_id() { "* " } else { "  " };
+            println!("{this}{}  key {}", k.device_id, key_text(&k.signature_key));
+        }
+        let last = if stock.has_last_resort { " and a last-resort one" } else { "" };
+        println!("this device has {} KeyPackages waiting on the server{last}", stock.remaining);
+        Ok(())
+    }
+
+    async fn verify(&mut self, email: &str, confirmed: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        self.mls_device(&client).await?;
+        let me = client.identity().context("not signed in")?;
+        let found = client.search_directory(email.trim(), 20).await?;
+        let Some(them) = found.people.iter().find(|p| p.email.eq_ignore_ascii_case(email.trim())) else {
+            bail!("no one with the email {email} shares a conversation with you");
+        };
+        let pairs = |list: &crate::proto::DeviceKeyList| -> Vec<(String, Vec<u8>)> {
+            list.devices.iter().map(|d| (d.device_id.clone(), d.signature_key.clone())).collect()
+        };
+        let mine = pairs(&crate::e2ee::device_keys(&client, &me.user_id).await?);
+        let theirs = pairs(&crate::e2ee::device_keys(&client, &them.user_id).await?);
+        client.close().await;
+        if theirs.is_empty() {
+            bail!("{email} has no device set up for end-to-end encryption yet");
+        }
+        let mut known = crate::e2ee::KnownKeys::load(&self.dir.join("known-keys.toml"))?;
+        match known.check(&them.user_id, email, &theirs)? {
+            crate::e2ee::KeyCheck::FirstSeen => println!("first time you see {email}'s keys: remembered"),
+            crate::e2ee::KeyCheck::Same { verified: true } => println!("{email}'s keys are the ones you verified"),
+            crate::e2ee::KeyCheck::Same { verified: false } => println!("{email}'s keys are as before (not verified)"),
+            crate::e2ee::KeyCheck::Changed { added, removed, rekeyed, was_verified } => {
+                eprintln!("WARNING: {email}'s keys CHANGED since you last saw them.");
+                for (what, list) in [("new device", added), ("device gone", removed), ("new key", rekeyed)] {
+                    for d in list {
+                        eprintln!("WARNING:   {what}: {d}");
+                    }
+                }
+                if was_verified {
+                    eprintln!("WARNING: your earlier verification no longer holds: compare the safety number again.");
+                }
+            }
+        }
+        let number = crate::e2ee::safety_number((&me.user_id, &mine), (&them.user_id, &theirs))?;
+        println!("safety number with {email}:");
+        for line in number.split(' ').collect::<Vec<_>>().chunks(4) {
+            println!("  {}", line.join(" "));
+        }
+        if confirmed {
+            known.mark_verified(&them.user_id)?;
+            println!("marked {email}'s keys as verified");
+        }
         Ok(())
     }
 
@@ -2399,6 +2486,11 @@ impl Names {
             _ => format!(" in {}", self.title(conversation_id)),
         }
     }
+}
+
+/// A key as people compare it: hex in groups of four.
+fn key_text(key: &[u8]) -> String {
+    hex::encode(key).as_bytes().chunks(8).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(" ")
 }
 
 fn human_line(item: &FeedItem, names: &Names) -> Option<String> {

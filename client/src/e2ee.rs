@@ -24,9 +24,9 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
 use openmls_sqlite_storage::{Codec, Connection, SqliteStorageProvider};
-use rusqlite::OptionalExtension as _;
 use openmls_traits::signatures::Signer as _;
 use openmls_traits::types::SignatureScheme;
+use rusqlite::OptionalExtension as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha512};
 
@@ -145,7 +145,8 @@ impl MlsDevice {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| state(e.to_string()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| state(e.to_string()))?;
         }
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| state(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
@@ -340,10 +341,7 @@ fn digits(fp: &[u8; 30]) -> Vec<String> {
 ///
 /// # Errors
 /// Ids that are not UUIDs.
-pub fn safety_number(
-    a: (&str, &[(String, Vec<u8>)]),
-    b: (&str, &[(String, Vec<u8>)]),
-) -> Result<String, E2eeError> {
+pub fn safety_number(a: (&str, &[(String, Vec<u8>)]), b: (&str, &[(String, Vec<u8>)])) -> Result<String, E2eeError> {
     let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
     let mut groups = digits(&fingerprint(first.0, first.1)?);
     groups.extend(digits(&fingerprint(second.0, second.1)?));
@@ -444,5 +442,61 @@ impl KnownKeys {
         let mut f = opts.open(&tmp).map_err(|e| state(e.to_string()))?;
         f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| state(e.to_string()))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| state(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str = "6a1f0c2e-8d4b-4e7a-9c3f-1b2d3e4f5a6b";
+    const BOB: &str = "7b2e1d3f-9e5c-4f8b-8d40-2c3e4f5a6b7c";
+
+    fn devices(n: u8) -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into(), vec![n; 32]),
+            ("1c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into(), vec![n + 1; 32]),
+        ]
+    }
+
+    #[test]
+    fn the_safety_number_is_the_spec_vector_the_same_both_ways_and_changes_with_a_key() {
+        let a = devices(1);
+        let b = devices(7);
+        let number = safety_number((ALICE, &a), (BOB, &b)).unwrap();
+        // spec/protocol.md section 5.28 gives this vector.
+        assert_eq!(number, "42042 07797 75144 38705 14394 99857 07180 77075 63285 07228 11843 92345");
+        assert_eq!(safety_number((BOB, &b), (ALICE, &a)).unwrap(), number);
+        let mut reordered = a.clone();
+        reordered.reverse();
+        assert_eq!(safety_number((ALICE, &reordered), (BOB, &b)).unwrap(), number, "device order does not count");
+        assert_ne!(safety_number((ALICE, &devices(2)), (BOB, &b)).unwrap(), number);
+        assert!(safety_number(("nope", &a), (BOB, &b)).is_err());
+    }
+
+    #[test]
+    fn known_keys_remember_the_first_set_and_report_each_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known-keys.toml");
+        let mut known = KnownKeys::load(&path).unwrap();
+        assert_eq!(known.check(BOB, "bob", &devices(1)).unwrap(), KeyCheck::FirstSeen);
+        known.mark_verified(BOB).unwrap();
+        let mut known = KnownKeys::load(&path).unwrap();
+        assert_eq!(known.check(BOB, "bob", &devices(1)).unwrap(), KeyCheck::Same { verified: true });
+        let mut changed = devices(1);
+        changed[0].1 = vec![9; 32];
+        changed.remove(1);
+        changed.push(("5c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into(), vec![3; 32]));
+        let check = known.check(BOB, "bob", &changed).unwrap();
+        assert_eq!(
+            check,
+            KeyCheck::Changed {
+                added: vec!["5c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into()],
+                removed: vec!["1c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into()],
+                rekeyed: vec!["3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into()],
+                was_verified: true,
+            }
+        );
+        assert_eq!(known.check(BOB, "bob", &changed).unwrap(), KeyCheck::Same { verified: false });
     }
 }

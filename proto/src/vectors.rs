@@ -849,6 +849,71 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             req(35, request::Body::UnregisterPush(UnregisterPush {})),
         ),
         (
+            "request_register_device_key",
+            "Request 36: RegisterDeviceKey, an Ed25519 public key (32 bytes) and its proof (64 bytes)",
+            req(
+                36,
+                request::Body::RegisterDeviceKey(RegisterDeviceKey {
+                    signature_key: vec![0x61; 32],
+                    proof: vec![0x62; 64],
+                }),
+            ),
+        ),
+        (
+            "response_device_key",
+            "Response 36: DeviceKeyOk, the device's record changed",
+            resp(36, response::Result::DeviceKey(DeviceKeyOk { changed: true })),
+        ),
+        (
+            "request_claim_key_packages",
+            "Request 37: ClaimKeyPackages of Bob's devices",
+            req(37, request::Body::ClaimKeyPackages(ClaimKeyPackages { user_id: BOB.into() })),
+        ),
+        (
+            "response_claimed_key_packages",
+            "Response 37: one KeyPackage (bytes shortened here) for one device, another device exhausted",
+            resp(
+                37,
+                response::Result::ClaimedKeyPackages(ClaimedKeyPackages {
+                    user_id: BOB.into(),
+                    packages: vec![ClaimedKeyPackage {
+                        device_id: DEVICE.into(),
+                        key_package: vec![0x00, 0x01, 0x00, 0x01, 0x20],
+                        last_resort: false,
+                    }],
+                    exhausted_device_ids: vec!["4d5e6f7a-8b9c-4d0e-9f1a-2b3c4d5e6f7a".into()],
+                }),
+            ),
+        ),
+        (
+            "feed_key_package_stock",
+            "FeedFrame: a Signal telling a device its KeyPackage stock is under its low-water mark",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Signal(Signal {
+                    kind: Some(signal::Kind::KeyPackageStock(KeyPackageStock {
+                        remaining: 19,
+                        has_last_resort: true,
+                        low_water: 20,
+                        capacity: 200,
+                        device_id: DEVICE.into(),
+                    })),
+                })),
+            }),
+        ),
+        (
+            "error_key_package_invalid",
+            "Response 38: KEY_PACKAGE_INVALID (308): a package signed with another key",
+            resp(
+                38,
+                response::Result::Error(Error {
+                    code: 308,
+                    message: "key_packages[3] is not signed with the device's registered signature key".into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

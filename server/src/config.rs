@@ -224,8 +224,23 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-const TABLES: &[&str] =
-    &["tls", "auth", "store", "delivery", "ephemeral", "metrics", "mail", "sms", "google", "github", "blob", "media", "search", "push", "mls"];
+const TABLES: &[&str] = &[
+    "tls",
+    "auth",
+    "store",
+    "delivery",
+    "ephemeral",
+    "metrics",
+    "mail",
+    "sms",
+    "google",
+    "github",
+    "blob",
+    "media",
+    "search",
+    "push",
+    "mls",
+];
 /// `NATTER_*` variables that are not configuration keys.
 const NOT_CONFIG: &[&str] = &["LOG"];
 

@@ -975,3 +975,48 @@ async fn push_notifications_are_set_up_muted_and_shaped_with_the_cli() {
     let status = run(cmd(&server, &bob, &["push", "status"]), "").await;
     assert!(status.contains("no subscription") && status.contains("message text in notifications: off"), "{status}");
 }
+
+/// The safety number line(s) of `natter verify`'s output, joined.
+fn safety_number_of(out: &str) -> String {
+    out.lines().filter(|l| l.starts_with("  ")).map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn devices_and_verify_show_keys_the_same_safety_number_and_warn_when_keys_change() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    signup(&server, &alice, "alice@example.org").await;
+    signup(&server, &bob, "bob@example.org").await;
+    run(cmd(&server, &alice, &["send", "bob@example.org", "hi"]), "").await;
+
+    let out = run(cmd(&server, &alice, &["devices"]), "").await;
+    assert!(out.lines().next().unwrap().starts_with("* "), "this device is marked: {out}");
+    assert!(out.contains("this device has 100 KeyPackages waiting on the server and a last-resort one"), "{out}");
+    // Bob has not set up his device yet.
+    let e = run_fail(cmd(&server, &alice, &["verify", "bob@example.org"]), "").await;
+    assert!(e.contains("no device set up for end-to-end encryption"), "{e}");
+    run(cmd(&server, &bob, &["devices"]), "").await;
+
+    let from_alice = run(cmd(&server, &alice, &["verify", "bob@example.org"]), "").await;
+    assert!(from_alice.contains("first time you see bob@example.org's keys"), "{from_alice}");
+    let from_bob = run(cmd(&server, &bob, &["verify", "alice@example.org", "--confirmed"]), "").await;
+    let number = safety_number_of(&from_alice);
+    assert_eq!(number.split(' ').count(), 12, "{from_alice}");
+    assert!(number.split(' ').all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())), "{number}");
+    assert_eq!(safety_number_of(&from_bob), number, "both see the same number");
+    assert!(from_bob.contains("marked alice@example.org's keys as verified"), "{from_bob}");
+    let again = run(cmd(&server, &bob, &["verify", "alice@example.org"]), "").await;
+    assert!(again.contains("keys are the ones you verified"), "{again}");
+
+    // Alice's device loses its state: a new key. Bob is warned, loudly.
+    std::fs::remove_dir_all(alice.join("mls")).unwrap();
+    run(cmd(&server, &alice, &["devices"]), "").await;
+    let mut c = cmd(&server, &bob, &["verify", "alice@example.org"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = c.output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stderr.contains("WARNING: alice@example.org's keys CHANGED"), "{stderr}");
+    assert!(stderr.contains("new key: ") && stderr.contains("earlier verification no longer holds"), "{stderr}");
+    assert_ne!(safety_number_of(&stdout), number, "a new key, a new number");
+}

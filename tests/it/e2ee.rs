@@ -79,9 +79,11 @@ async fn a_contact_claims_each_key_package_once_then_the_last_resort_and_the_dev
     let stock = e2ee::key_package_stock(&alice).await.unwrap();
     assert_eq!((stock.remaining, stock.has_last_resort), (0, true));
     // Alice's connection heard that her stock ran low.
-    let items = natter_tests::feed_until(&mut feed, Duration::from_secs(5), |i| {
-        matches!(i, FeedItem::KeyPackageStock(s) if s.remaining == 0)
-    })
+    let items = natter_tests::feed_until(
+        &mut feed,
+        Duration::from_secs(5),
+        |i| matches!(i, FeedItem::KeyPackageStock(s) if s.remaining == 0),
+    )
     .await;
     let FeedItem::KeyPackageStock(signal) = items.last().unwrap() else { panic!("no stock signal: {items:?}") };
     assert_eq!((signal.device_id.as_str(), signal.low_water), (&*alice_id.device_id, 3));
@@ -156,9 +158,8 @@ async fn bad_keys_and_key_packages_get_typed_errors_and_store_nothing() {
     assert_eq!(code(e2ee::key_package_stock(&alice).await.unwrap_err()), ErrorCode::NO_DEVICE_KEY);
 
     // A key with someone else's proof, or the wrong length.
-    let register = |key: Vec<u8>, proof: Vec<u8>| {
-        Body::RegisterDeviceKey(proto::RegisterDeviceKey { signature_key: key, proof })
-    };
+    let register =
+        |key: Vec<u8>, proof: Vec<u8>| Body::RegisterDeviceKey(proto::RegisterDeviceKey { signature_key: key, proof });
     // Bob's registration, replayed by Alice: his proof is for his ids.
     let bobs_registration = bob_device.register_request().unwrap();
     for body in [

@@ -137,10 +137,11 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it (undoing 9, 8 and 7, 6, 5, then 4).
+    // Back to version 3, as an older natterd left it (undoing 10, 9, 8 and 7, 6, 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
+        "DROP TABLE device_keys;
+         DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
          ALTER TABLE users DROP COLUMN push_show_text;
          DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;
          DROP TABLE identities;
@@ -614,6 +615,10 @@ fn subscribed(user: UserId, device: DeviceId, endpoint: &str) -> Event {
     })
 }
 
+fn device_key(user: UserId, device: DeviceId, key: u8) -> Event {
+    Event::DeviceKeyRegistered { user_id: user, device_id: device, signature_key: vec![key; 32], at: Millis(80) }
+}
+
 /// Push subscriptions and settings on top of [`populate`]'s world: alice's
 /// device 1001 and bob's 1002 (resubscribed: B2 replaced B1, and a late
 /// "gone" for B1 changes nothing), carol's 1004 with previews off and the
@@ -636,6 +641,10 @@ async fn populate_push(s: &Arc<dyn Store>, w: &World) {
             },
         ),
         (w.carol, subscribed(w.carol, dev(1004), C1)),
+        (w.alice, device_key(w.alice, dev(1001), 1)),
+        (w.alice, device_key(w.alice, dev(1005), 2)),
+        (w.bob, device_key(w.bob, dev(1002), 3)),
+        (w.bob, device_key(w.bob, dev(1002), 4)),
         (w.carol, Event::PushPreviewsSet { user_id: w.carol, show_text: false, at: Millis(72) }),
         (w.carol, Event::ConversationMuted { user_id: w.carol, conversation_id: w.group, until: None, at: Millis(73) }),
         (w.alice, Event::ConversationMuted { user_id: w.alice, conversation_id: w.group, until: None, at: Millis(73) }),
@@ -703,6 +712,21 @@ async fn push_read_models_answer(b: &Backend) {
     assert_eq!(alice, PushSettings { show_text: true, muted: vec![(w.dm, Some(Millis(999)))], subscription: None });
     // Another user's device is not yours.
     assert_eq!(s.push_settings(w.alice, dev(1002)).await.unwrap().subscription, None);
+
+    // Device keys: the newest per device; the signed-out device's is gone.
+    let alice_keys = s.device_keys(w.alice).await.unwrap();
+    assert_eq!(
+        alice_keys.iter().map(|k| (k.device_id, k.signature_key.clone())).collect::<Vec<_>>(),
+        [(dev(1001), vec![1; 32])]
+    );
+    let bob_keys = s.device_keys(w.bob).await.unwrap();
+    assert_eq!(
+        bob_keys.iter().map(|k| (k.device_id, k.signature_key.clone())).collect::<Vec<_>>(),
+        [(dev(1002), vec![4; 32])]
+    );
+    assert!(s.device_keys(uid(0xdead)).await.unwrap().is_empty());
+    assert!(s.share_conversation(w.alice, w.bob).await.unwrap());
+    assert!(!s.share_conversation(w.alice, uid(0xdead)).await.unwrap());
 }
 
 async fn the_follower_lease_has_one_holder_and_its_position_only_moves_forward(b: &Backend) {

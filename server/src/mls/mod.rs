@@ -205,6 +205,16 @@ pub struct Claimed {
     pub stock: Stock,
 }
 
+/// What a device publishes: packages checked against its `signature_key`.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub signature_key: Vec<u8>,
+    pub packages: Vec<CheckedPackage>,
+    pub last_resort: Option<CheckedPackage>,
+}
+
 /// Why a publication was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -223,16 +233,7 @@ pub trait KeyPackageStore: Send + Sync {
     /// one transaction: packages already in stock are left as they are, and a
     /// stock that would exceed `capacity` refuses all of them. Packages of
     /// another signature key (the device's earlier one) are dropped.
-    async fn publish(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        signature_key: &[u8],
-        packages: Vec<CheckedPackage>,
-        last_resort: Option<CheckedPackage>,
-        capacity: u32,
-        now: Millis,
-    ) -> Result<Stock, PublishError>;
+    async fn publish(&self, publication: Publication, capacity: u32, now: Millis) -> Result<Stock, PublishError>;
 
     /// `device`'s stock of packages signed with `signature_key` at `now`.
     async fn stock(&self, device: DeviceId, signature_key: &[u8], now: Millis) -> Result<Stock, StoreError>;

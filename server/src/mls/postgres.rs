@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use tokio_postgres::GenericClient;
 
-use super::{CheckedPackage, Claimed, KeyPackageStore, PublishError, Stock};
-use crate::domain::{DeviceId, Millis, UserId};
+use super::{Claimed, KeyPackageStore, Publication, PublishError, Stock};
+use crate::domain::{DeviceId, Millis};
 use crate::store::StoreError;
 
 /// Connections for KeyPackages (their requests are short).
@@ -52,21 +52,15 @@ const INSERT: &str = "INSERT INTO mls_key_packages
 
 #[async_trait]
 impl KeyPackageStore for PostgresKeyPackages {
-    async fn publish(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        signature_key: &[u8],
-        packages: Vec<CheckedPackage>,
-        last_resort: Option<CheckedPackage>,
-        capacity: u32,
-        now: Millis,
-    ) -> Result<Stock, PublishError> {
-        let (device, user) = (device.to_string(), user.to_string());
+    async fn publish(&self, publication: Publication, capacity: u32, now: Millis) -> Result<Stock, PublishError> {
+        let Publication { user, device, signature_key, packages, last_resort } = publication;
+        let (device, user, signature_key) = (device.to_string(), user.to_string(), signature_key.as_slice());
         let at = now.0 as i64;
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(StoreError::from)?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&device]).await.map_err(StoreError::from)?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", &[&device])
+            .await
+            .map_err(StoreError::from)?;
         tx.execute(
             "DELETE FROM mls_key_packages WHERE device_id = $1 AND (signature_key <> $2 OR not_after_ms <= $3)",
             &[&device, &signature_key, &at],

@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{CheckedPackage, Claimed, KeyPackageStore, PublishError, Stock};
-use crate::domain::{DeviceId, Millis, UserId};
+use super::{Claimed, KeyPackageStore, Publication, PublishError, Stock};
+use crate::domain::{DeviceId, Millis};
 use crate::store::StoreError;
 
 /// The file beside the log.
@@ -101,17 +101,9 @@ fn stock_of(c: &Connection, device: &str, key: &[u8], now: Millis) -> Result<Sto
 
 #[async_trait]
 impl KeyPackageStore for SqliteKeyPackages {
-    async fn publish(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        signature_key: &[u8],
-        packages: Vec<CheckedPackage>,
-        last_resort: Option<CheckedPackage>,
-        capacity: u32,
-        now: Millis,
-    ) -> Result<Stock, PublishError> {
-        let (device, user, key) = (device.to_string(), user.to_string(), signature_key.to_vec());
+    async fn publish(&self, publication: Publication, capacity: u32, now: Millis) -> Result<Stock, PublishError> {
+        let Publication { user, device, signature_key, packages, last_resort } = publication;
+        let (device, user, key) = (device.to_string(), user.to_string(), signature_key);
         Ok(self
             .with(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -151,7 +143,15 @@ impl KeyPackageStore for SqliteKeyPackages {
                          VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7)
                          ON CONFLICT (device_id, package_ref) DO UPDATE SET last_resort = 1",
                     )?
-                    .execute(params![device, p.package_ref, user, key, p.not_after.0 as i64, now.0 as i64, p.bytes])?;
+                    .execute(params![
+                        device,
+                        p.package_ref,
+                        user,
+                        key,
+                        p.not_after.0 as i64,
+                        now.0 as i64,
+                        p.bytes
+                    ])?;
                 }
                 let stock = stock_of(&tx, &device, &key, now)?;
                 tx.commit()?;

@@ -44,11 +44,23 @@ impl LagFlag {
 /// connection cannot keep up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ephemeral {
-    Typing { conversation: ConversationId, user: UserId, ttl_ms: u32 },
-    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        ttl_ms: u32,
+    },
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: Option<Millis>,
+    },
     /// A claim took `device`'s KeyPackage stock under its low-water mark (or
     /// took its last-resort package): the device should publish more.
-    KeyPackageStock { device: DeviceId, remaining: u32, has_last_resort: bool },
+    KeyPackageStock {
+        device: DeviceId,
+        remaining: u32,
+        has_last_resort: bool,
+    },
 }
 
 /// What a connection receives once its feed runs.

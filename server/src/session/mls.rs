@@ -9,7 +9,7 @@ use natter_proto::ErrorCode;
 
 use super::{invalid, Identity, Reply, Service, WireError};
 use crate::domain::{DeviceId, Event, UserId};
-use crate::mls::{KeyPackageStore, MlsConfig, PublishError, CLAIM_WINDOW};
+use crate::mls::{KeyPackageStore, MlsConfig, Publication, PublishError, CLAIM_WINDOW};
 use crate::projection::router::Ephemeral;
 
 /// What the session layer needs of MLS.
@@ -23,7 +23,12 @@ fn no_device_key() -> WireError {
 }
 
 impl Service {
-    pub(super) fn stock_to_wire(&self, device: DeviceId, remaining: u32, has_last_resort: bool) -> wire::KeyPackageStock {
+    pub(super) fn stock_to_wire(
+        &self,
+        device: DeviceId,
+        remaining: u32,
+        has_last_resort: bool,
+    ) -> wire::KeyPackageStock {
         wire::KeyPackageStock {
             remaining,
             has_last_resort,
@@ -106,7 +111,11 @@ impl Service {
         if req.key_packages.len() > config.stock_capacity as usize {
             return Err(WireError::new(
                 ErrorCode::KEY_PACKAGES_FULL,
-                format!("{} KeyPackages at once; a device's stock holds {}", req.key_packages.len(), config.stock_capacity),
+                format!(
+                    "{} KeyPackages at once; a device's stock holds {}",
+                    req.key_packages.len(),
+                    config.stock_capacity
+                ),
             ));
         }
         let key = self.device_key_of(me).await?;
@@ -117,8 +126,9 @@ impl Service {
         let mut packages = Vec::with_capacity(req.key_packages.len());
         for (i, bytes) in req.key_packages.iter().enumerate() {
             packages.push(
-                check(bytes, false)
-                    .map_err(|why| WireError::new(ErrorCode::KEY_PACKAGE_INVALID, format!("key_packages[{i}] {why}")))?,
+                check(bytes, false).map_err(|why| {
+                    WireError::new(ErrorCode::KEY_PACKAGE_INVALID, format!("key_packages[{i}] {why}"))
+                })?,
             );
         }
         let last_resort = if req.last_resort.is_empty() {
@@ -132,7 +142,11 @@ impl Service {
         let stock = self
             .mls
             .key_packages
-            .publish(me.user_id, me.device_id, &key, packages, last_resort, config.stock_capacity, now)
+            .publish(
+                Publication { user: me.user_id, device: me.device_id, signature_key: key, packages, last_resort },
+                config.stock_capacity,
+                now,
+            )
             .await
             .map_err(|e| match e {
                 PublishError::Full { .. } => WireError::new(ErrorCode::KEY_PACKAGES_FULL, e.to_string()),
