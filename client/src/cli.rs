@@ -167,8 +167,21 @@ enum Command {
         #[arg(long)]
         confirmed: bool,
     },
+    /// Open (or find) the direct conversation with a person.
+    Dm {
+        /// Their email.
+        email: String,
+        /// The end-to-end encrypted conversation with them (another one than
+        /// the plaintext one): natterd relays what it cannot read.
+        #[arg(long)]
+        e2ee: bool,
+    },
     /// Send a message: to a person (their email) or a group (its name or id).
     Send {
+        /// With an email: the end-to-end encrypted conversation with them.
+        /// (A group or id that is encrypted is encrypted to anyway.)
+        #[arg(long)]
+        e2ee: bool,
         /// An email (direct message), a group name or a conversation id.
         to: String,
         /// The message text (quote it when it has spaces).
@@ -352,6 +365,9 @@ enum GroupCommand {
         name: String,
         /// Emails of the people to add (you are its owner).
         emails: Vec<String>,
+        /// End-to-end encrypted: natterd relays what it cannot read.
+        #[arg(long)]
+        e2ee: bool,
     },
     /// Add members (owners and admins).
     Add {
@@ -626,7 +642,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Sessions { command: None, .. } => cli.sessions().await,
         Command::Devices => cli.devices().await,
         Command::Verify { email, confirmed } => cli.verify(&email, confirmed).await,
-        Command::Send { to, text } => cli.send(&to, &text).await,
+        Command::Dm { email, e2ee } => cli.dm(&email, e2ee).await,
+        Command::Send { to, text, e2ee } => cli.send(&to, &text, e2ee).await,
         Command::SendFile { to, path, caption } => cli.send_file(&to, &path, &caption).await,
         Command::Download { conversation, seq, output } => cli.download(&conversation, seq, output).await,
         Command::History { conversation, limit } => cli.history(&conversation, limit).await,
@@ -1131,12 +1148,64 @@ impl Cli {
         Ok(())
     }
 
-    async fn send(&mut self, to: &str, text: &str) -> anyhow::Result<()> {
+    async fn dm(&mut self, email: &str, e2ee: bool) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
-        let conv = resolve(&client, to, Reach::Member, &self.me()).await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let sent = client.send_text(&conv.conversation_id, &id, text).await?;
-        println!("sent #{} to {}", sent.seq, title(&conv, &self.me()));
+        let conv = client.open_direct_with(email, e2ee).await?;
+        if e2ee {
+            let device = self.mls_device(&client).await?;
+            self.ready_to_encrypt(&client, &device, &conv).await?;
+            println!("end-to-end encrypted conversation with {email}: {}", conv.conversation_id);
+        } else {
+            println!("conversation with {email}: {}", conv.conversation_id);
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    /// Brings this device up to date in an encrypted conversation and its
+    /// group up to the conversation's devices (starting it if nobody has).
+    async fn ready_to_encrypt(
+        &self,
+        client: &Client,
+        device: &crate::e2ee::MlsDevice,
+        conv: &proto::Conversation,
+    ) -> anyhow::Result<()> {
+        device.catch_up(client, &conv.conversation_id).await?;
+        if device.epoch(&conv.conversation_id)?.is_none() && conv.last_seq > 2 {
+            bail!(
+                "this device is not in {}'s encryption group yet: a member adds it when they next send (run \
+                 `natter listen` meanwhile)",
+                title(conv, &self.me())
+            );
+        }
+        match device.create_group(client, conv).await {
+            Ok(_) => Ok(()),
+            // Someone else changed the group meanwhile: catch up once more.
+            Err(e) if crate::e2ee::is_stale_epoch(&e) => {
+                device.catch_up(client, &conv.conversation_id).await?;
+                device.create_group(client, conv).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn send(&mut self, to: &str, text: &str, e2ee: bool) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = if e2ee && to.contains('@') {
+            client.open_direct_with(to, true).await?
+        } else {
+            resolve(&client, to, Reach::Member, &self.me()).await?
+        };
+        let seq = if conv.e2ee {
+            let device = self.mls_device(&client).await?;
+            self.ready_to_encrypt(&client, &device, &conv).await?;
+            device.send_text(&client, &conv.conversation_id, text).await?
+        } else {
+            client.send_text(&conv.conversation_id, &uuid::Uuid::new_v4().to_string(), text).await?.seq
+        };
+        let lock = if conv.e2ee { " (end-to-end encrypted)" } else { "" };
+        println!("sent #{seq} to {}{lock}", title(&conv, &self.me()));
         client.close().await;
         Ok(())
     }
@@ -1251,11 +1320,25 @@ impl Cli {
     async fn history(&mut self, target: &str, limit: u32) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
         let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
+        let device = if conv.e2ee {
+            let device = self.mls_device(&client).await?;
+            device.catch_up(&client, &conv.conversation_id).await?;
+            Some(device)
+        } else {
+            None
+        };
         let page = client
             .history(GetHistory { conversation_id: conv.conversation_id.clone(), limit, ..Default::default() })
             .await?;
         for m in &page.messages {
-            println!("{}", format_message(m));
+            match &device {
+                Some(device) => {
+                    if let Some(m) = decrypted(device, m) {
+                        println!("{}", format_message(&m));
+                    }
+                }
+                None => println!("{}", format_message(m)),
+            }
         }
         if page.messages.is_empty() {
             println!("(no messages in {} yet)", title(&conv, &self.me()));
@@ -1485,9 +1568,13 @@ impl Cli {
         let client = self.connect_signed_in().await?;
         let me = self.me();
         let shown = match cmd {
-            GroupCommand::Create { name, emails } => {
+            GroupCommand::Create { name, emails, e2ee } => {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
-                Some(client.create_group(&name, &emails).await?)
+                let group = client.create_group_with(&name, &emails, e2ee).await?;
+                if e2ee {
+                    self.mls_device(&client).await?.create_group(&client, &group).await?;
+                }
+                Some(group)
             }
             GroupCommand::Add { group, emails } => {
                 let conv = resolve(&client, &group, Reach::Member, &me).await?;
@@ -1562,6 +1649,8 @@ impl Cli {
             if let Some(me) = client.identity() {
                 names.me(&me);
             }
+            // This device's MLS identity: registered, its KeyPackages topped up.
+            let device = self.mls_device(&client).await?;
             let mut out = std::io::stdout().lock();
             let mut caught_up = false;
             while let Some(item) = feed.next().await {
@@ -1571,6 +1660,21 @@ impl Cli {
                         eprintln!("natter: connection lost ({e}); reconnecting");
                         break;
                     }
+                };
+                let item = match item {
+                    FeedItem::KeyPackageStock(s) if s.device_id == device.device_id() => {
+                        device.top_up(&client).await?;
+                        continue;
+                    }
+                    FeedItem::Message { cursor, message } if is_mls(&message) => match decrypted(&device, &message) {
+                        Some(message) => FeedItem::Message { cursor, message },
+                        None => {
+                            self.profile.cursor = Some(cursor);
+                            self.profile.save(&self.dir)?;
+                            continue;
+                        }
+                    },
+                    other => other,
                 };
                 if !caught_up && matches!(item, FeedItem::CaughtUp { .. }) {
                     // On stderr, so stdout stays the events alone (--json).
@@ -2058,10 +2162,40 @@ fn device_name(explicit: Option<String>) -> String {
         .unwrap_or_else(|| "natter-cli".into())
 }
 
+fn is_mls(m: &proto::Message) -> bool {
+    matches!(
+        m.content.as_ref().and_then(|c| c.body.as_ref()),
+        Some(proto::content::Body::Mls(_) | proto::content::Body::MlsCommit(_))
+    )
+}
+
+/// An encrypted conversation's message as people see it: its text decrypted
+/// (or what it is when it has none); `None` for a commit (group bookkeeping).
+fn decrypted(device: &crate::e2ee::MlsDevice, m: &proto::Message) -> Option<proto::Message> {
+    if !is_mls(m) {
+        return Some(m.clone());
+    }
+    let text = match device.open_message(m) {
+        Ok(crate::e2ee::Opened::Text { text, .. }) => format!("[e2ee] {text}"),
+        Ok(crate::e2ee::Opened::NotForMe)
+            if matches!(m.content.as_ref().and_then(|c| c.body.as_ref()), Some(proto::content::Body::Mls(_))) =>
+        {
+            "[e2ee] (sent before this device joined: it has no keys for it)".into()
+        }
+        Ok(_) => return None,
+        Err(e) => format!("[e2ee] (could not be decrypted: {e})"),
+    };
+    let mut m = m.clone();
+    m.content = Some(proto::Content { body: Some(proto::content::Body::Text(proto::Text { body: text })) });
+    Some(m)
+}
+
 fn text_of(m: &proto::Message) -> std::borrow::Cow<'_, str> {
     match m.content.as_ref().and_then(|c| c.body.as_ref()) {
         Some(proto::content::Body::Text(t)) => t.body.as_str().into(),
         Some(proto::content::Body::Media(media)) => media_line(media).into(),
+        Some(proto::content::Body::Mls(_)) => "(end-to-end encrypted)".into(),
+        Some(proto::content::Body::MlsCommit(_)) => "(encryption keys changed)".into(),
         None => "(unsupported content)".into(),
     }
 }
@@ -2582,7 +2716,8 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
             "sender_name": message.sender_name,
             "sender_user_id": message.sender_user_id,
             "client_msg_id": message.client_msg_id,
-            "text": text_of(message),
+            "text": text_of(message).strip_prefix("[e2ee] ").map_or_else(|| text_of(message).into_owned(), str::to_owned),
+            "e2ee": names.known(&message.conversation_id).is_some_and(|c| c.e2ee),
             "sent_at_ms": message.sent_at_ms,
         }),
         FeedItem::ConversationStarted { cursor, conversation } => serde_json::json!({

@@ -899,7 +899,16 @@ impl Client {
     /// # Errors
     /// `NOT_FOUND`, `INVALID_ARGUMENT` (yourself), `UNAUTHENTICATED`.
     pub async fn open_direct(&self, peer_email: &str) -> Result<wire::Conversation, ClientError> {
-        match self.request(Body::OpenDirect(wire::OpenDirect { peer_email: peer_email.into() })).await? {
+        self.open_direct_with(peer_email, false).await
+    }
+
+    /// Opens (or finds) the direct conversation with `peer_email`: the end-to-end
+    /// encrypted one when `e2ee` (another conversation than the plaintext one).
+    ///
+    /// # Errors
+    /// As [`Self::open_direct`].
+    pub async fn open_direct_with(&self, peer_email: &str, e2ee: bool) -> Result<wire::Conversation, ClientError> {
+        match self.request(Body::OpenDirect(wire::OpenDirect { peer_email: peer_email.into(), e2ee })).await? {
             response::Result::Conversation(c) => Ok(c),
             other => Err(unexpected(&other)),
         }
@@ -920,6 +929,28 @@ impl Client {
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
             content: Some(wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: text.into() })) }),
+        });
+        match self.request(body).await? {
+            response::Result::Sent(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends any content (text, media, MLS); answers once it is durable.
+    ///
+    /// # Errors
+    /// As [`Self::send_text`], and `ENCRYPTION_MISMATCH`, `MLS_MESSAGE_INVALID`,
+    /// `STALE_EPOCH` for MLS content.
+    pub async fn send_content(
+        &self,
+        conversation_id: &str,
+        client_msg_id: &str,
+        content: wire::Content,
+    ) -> Result<wire::Sent, ClientError> {
+        let body = Body::SendMessage(wire::SendMessage {
+            conversation_id: conversation_id.into(),
+            client_msg_id: client_msg_id.into(),
+            content: Some(content),
         });
         match self.request(body).await? {
             response::Result::Sent(s) => Ok(s),
@@ -1061,8 +1092,21 @@ impl Client {
     /// # Errors
     /// `NOT_FOUND` (an unknown email), `GROUP_FULL`, `INVALID_ARGUMENT`.
     pub async fn create_group(&self, name: &str, member_emails: &[&str]) -> Result<wire::Conversation, ClientError> {
+        self.create_group_with(name, member_emails, false).await
+    }
+
+    /// Creates a group, end-to-end encrypted when `e2ee`.
+    ///
+    /// # Errors
+    /// As [`Self::create_group`].
+    pub async fn create_group_with(
+        &self,
+        name: &str,
+        member_emails: &[&str],
+        e2ee: bool,
+    ) -> Result<wire::Conversation, ClientError> {
         let member_emails = member_emails.iter().map(|e| e.to_string()).collect();
-        self.group_request(Body::CreateGroup(wire::CreateGroup { name: name.into(), member_emails })).await
+        self.group_request(Body::CreateGroup(wire::CreateGroup { name: name.into(), member_emails, e2ee })).await
     }
 
     /// Adds members (owners and admins).

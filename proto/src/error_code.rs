@@ -57,6 +57,8 @@ codes! {
     DIRECT_URL_UNSUPPORTED = 307, "The server's file store has no direct URLs; download over a transfer stream.";
     KEY_PACKAGE_INVALID = 308, "A KeyPackage does not validate (encoding, signatures, ciphersuite, credential, the device's signature key, lifetime or last-resort marking); nothing was stored.";
     KEY_PACKAGES_FULL = 309, "The device's KeyPackage stock would exceed its capacity; publish fewer.";
+    ENCRYPTION_MISMATCH = 310, "End-to-end encrypted conversations take only MLS content, and other conversations none.";
+    MLS_MESSAGE_INVALID = 311, "The MLS content does not decode, or is not for this conversation's group.";
     // 4xx: resources and permissions
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";
@@ -64,6 +66,7 @@ codes! {
     FORBIDDEN = 403, "Your role in this conversation does not allow this.";
     GROUP_FULL = 404, "The group has reached its member limit.";
     NO_DEVICE_KEY = 405, "The calling device has registered no MLS signature key (RegisterDeviceKey first).";
+    STALE_EPOCH = 406, "The MLS message is for an epoch that is not the conversation's current one (another commit won); fetch what you missed, process it and retry.";
     // 5xx: server side
     RATE_LIMITED = 500, "Too many requests; retry after retry_after_ms.";
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";

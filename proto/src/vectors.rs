@@ -143,7 +143,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
         (
             "request_open_direct",
             "Request 3: OpenDirect with bob@example.org",
-            req(3, request::Body::OpenDirect(OpenDirect { peer_email: "bob@example.org".into() })),
+            req(3, request::Body::OpenDirect(OpenDirect { peer_email: "bob@example.org".into(), e2ee: false })),
         ),
         (
             "request_send_text",
@@ -285,6 +285,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                 request::Body::CreateGroup(CreateGroup {
                     name: "team".into(),
                     member_emails: vec!["bob@example.org".into(), "carol@example.org".into()],
+                    e2ee: false,
                 }),
             ),
         ),
@@ -899,6 +900,59 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     })),
                 })),
             }),
+        ),
+        (
+            "request_open_direct_e2ee",
+            "Request 39: OpenDirect, the end-to-end encrypted conversation with bob@example.org",
+            req(39, request::Body::OpenDirect(OpenDirect { peer_email: "bob@example.org".into(), e2ee: true })),
+        ),
+        (
+            "request_send_mls_commit",
+            "Request 40: SendMessage with an MLS commit, Welcome and GroupInfo (bytes shortened here)",
+            req(
+                40,
+                request::Body::SendMessage(SendMessage {
+                    conversation_id: CONV.into(),
+                    client_msg_id: "c-1".into(),
+                    content: Some(Content {
+                        body: Some(content::Body::MlsCommit(MlsCommit {
+                            commit: vec![0x00, 0x01, 0x00, 0x01],
+                            welcome: vec![0x00, 0x01, 0x00, 0x03],
+                            group_info: vec![0x00, 0x01, 0x00, 0x04],
+                            epoch: 0,
+                        })),
+                    }),
+                }),
+            ),
+        ),
+        (
+            "request_send_mls",
+            "Request 41: SendMessage with an MLS application message (a PrivateMessage, shortened here)",
+            req(
+                41,
+                request::Body::SendMessage(SendMessage {
+                    conversation_id: CONV.into(),
+                    client_msg_id: "m-9".into(),
+                    content: Some(Content {
+                        body: Some(content::Body::Mls(MlsMessage { message: vec![0x00, 0x01, 0x00, 0x02] })),
+                    }),
+                }),
+            ),
+        ),
+        (
+            "error_stale_epoch",
+            "Response 40: STALE_EPOCH (406): another commit closed epoch 0 first",
+            resp(
+                40,
+                response::Result::Error(Error {
+                    code: 406,
+                    message: "the commit is for epoch 0; the conversation's group is at epoch 1: process the commits \
+                              since and retry"
+                        .into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
+                }),
+            ),
         ),
         (
             "error_key_package_invalid",

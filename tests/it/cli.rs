@@ -1020,3 +1020,69 @@ async fn devices_and_verify_show_keys_the_same_safety_number_and_warn_when_keys_
     assert!(stderr.contains("new key: ") && stderr.contains("earlier verification no longer holds"), "{stderr}");
     assert_ne!(safety_number_of(&stdout), number, "a new key, a new number");
 }
+
+#[tokio::test]
+async fn an_encrypted_dm_and_group_through_the_cli_and_natterd_never_holds_the_text() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob, carol) = (dir.path().join("alice"), dir.path().join("bob"), dir.path().join("carol"));
+    for (profile, email) in [(&alice, "alice@example.org"), (&bob, "bob@example.org"), (&carol, "carol@example.org")] {
+        signup(&server, profile, email).await;
+        // Each device sets up its MLS identity (key, KeyPackages).
+        run(cmd(&server, profile, &["devices"]), "").await;
+    }
+    let secret = "zebra-crossing-7731";
+
+    // Bob listens; Alice starts an encrypted DM and sends into it.
+    let mut listen = cmd(&server, &bob, &["listen", "--json", "--count", "1"]);
+    listen.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut listener = listen.spawn().unwrap();
+    let mut lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let out = run(cmd(&server, &alice, &["dm", "bob@example.org", "--e2ee"]), "").await;
+    assert!(out.starts_with("end-to-end encrypted conversation with bob@example.org"), "{out}");
+    let out = run(cmd(&server, &alice, &["send", "--e2ee", "bob@example.org", &format!("{secret} one")]), "").await;
+    assert!(out.contains("(end-to-end encrypted)"), "{out}");
+    let line = line_where(&mut lines, "the message", |l| l.contains(r#""type":"message""#)).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["text"], format!("{secret} one"), "{v}");
+    assert_eq!(v["e2ee"], true, "{v}");
+    assert!(listener.wait().await.unwrap().success());
+
+    // Bob answers by the conversation's id; both histories show the text.
+    let conv = run(cmd(&server, &bob, &["dm", "alice@example.org", "--e2ee"]), "").await;
+    let conv = conv.trim().rsplit(' ').next().unwrap().to_owned();
+    run(cmd(&server, &bob, &["send", &conv, &format!("{secret} two")]), "").await;
+    let history = run(cmd(&server, &alice, &["history", &conv]), "").await;
+    assert!(
+        history.contains(&format!("[e2ee] {secret} one")) && history.contains(&format!("[e2ee] {secret} two")),
+        "{history}"
+    );
+    let history = run(cmd(&server, &bob, &["history", &conv]), "").await;
+    assert!(
+        history.contains(&format!("[e2ee] {secret} one")) && history.contains(&format!("[e2ee] {secret} two")),
+        "{history}"
+    );
+
+    // An encrypted group of three.
+    run(cmd(&server, &alice, &["group", "create", "vault", "--e2ee", "bob@example.org", "carol@example.org"]), "")
+        .await;
+    run(cmd(&server, &carol, &["send", "vault", &format!("{secret} three")]), "").await;
+    for profile in [&alice, &bob] {
+        let history = run(cmd(&server, profile, &["history", "vault"]), "").await;
+        assert!(history.contains(&format!("[e2ee] {secret} three")), "{history}");
+    }
+
+    let mut found = Vec::new();
+    let mut stack = vec![server.data_dir().to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).unwrap().windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                found.push(path);
+            }
+        }
+    }
+    assert!(found.is_empty(), "the text is in {found:?}");
+}

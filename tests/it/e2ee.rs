@@ -282,3 +282,229 @@ async fn two_nodes_on_postgres_hand_each_key_package_out_once_under_concurrent_c
     let stock = e2ee::key_package_stock(&alice).await.unwrap();
     assert_eq!((stock.remaining, stock.has_last_resort), (0, true));
 }
+
+/// A signed-in device with its MLS state set up: key registered, stock full.
+struct Member {
+    client: Client,
+    device: MlsDevice,
+    dir: tempfile::TempDir,
+}
+
+impl Member {
+    async fn new(client: Client) -> Self {
+        let (device, dir) = device_of(&client);
+        device.register(&client).await.unwrap();
+        device.top_up(&client).await.unwrap();
+        Self { client, device, dir }
+    }
+
+    fn user_id(&self) -> String {
+        self.client.identity().unwrap().user_id
+    }
+
+    /// Opens everything new in the conversation; returns the texts.
+    async fn read(&self, conv: &str) -> Vec<String> {
+        let opened = self.device.catch_up(&self.client, conv).await.unwrap();
+        opened
+            .into_iter()
+            .filter_map(|o| if let e2ee::Opened::Text { text, .. } = o { Some(text) } else { None })
+            .collect()
+    }
+}
+
+const MARKER: &str = "MARKER-4f1c9e-plaintext";
+
+/// Every file under `dir` (recursively) that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn mls_history(page: &proto::HistoryPage) -> (usize, usize) {
+    let kinds = page.messages.iter().filter_map(|m| m.content.as_ref().and_then(|c| c.body.as_ref()));
+    kinds.fold((0, 0), |(apps, commits), body| match body {
+        proto::content::Body::Mls(_) => (apps + 1, commits),
+        proto::content::Body::MlsCommit(_) => (apps, commits + 1),
+        other => panic!("plaintext in an encrypted conversation: {other:?}"),
+    })
+}
+
+async fn history(client: &Client, conv: &str) -> proto::HistoryPage {
+    client.history(proto::GetHistory { conversation_id: conv.into(), limit: 100, ..Default::default() }).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_dm_and_a_group_with_a_two_device_member_chat_encrypted_and_no_server_file_holds_the_text() {
+    let server = TestServer::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let carol = Member::new(server.new_user("carol@example.org").await.0).await;
+    let carol2 = Member::new(server.new_device("carol@example.org", "carol's laptop").await.0).await;
+
+    // A direct conversation: its own id, apart from the plaintext one.
+    let plain = alice.client.open_direct("bob@example.org").await.unwrap();
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    assert!(dm.e2ee && !plain.e2ee);
+    assert_ne!(dm.conversation_id, plain.conversation_id);
+    let again = bob.client.open_direct_with("alice@example.org", true).await.unwrap();
+    assert_eq!(again.conversation_id, dm.conversation_id, "the same from either side");
+    let dm = dm.conversation_id;
+    alice.device.create_group(&alice.client, &again).await.unwrap();
+    assert_eq!(bob.device.catch_up(&bob.client, &dm).await.unwrap(), [e2ee::Opened::Joined { epoch: 1 }]);
+    alice.device.send_text(&alice.client, &dm, &format!("{MARKER} hello bob")).await.unwrap();
+    assert_eq!(bob.read(&dm).await, [format!("{MARKER} hello bob")]);
+    bob.device.send_text(&bob.client, &dm, &format!("{MARKER} hi alice")).await.unwrap();
+    assert_eq!(alice.read(&dm).await, [format!("{MARKER} hi alice")]);
+
+    // A group of three, Carol with two devices: every device is a leaf.
+    let group = alice.client.create_group_with("trio", &["bob@example.org", "carol@example.org"], true).await.unwrap();
+    assert!(group.e2ee);
+    let g = group.conversation_id.clone();
+    alice.device.create_group(&alice.client, &group).await.unwrap();
+    for m in [&bob, &carol, &carol2] {
+        assert_eq!(m.device.catch_up(&m.client, &g).await.unwrap(), [e2ee::Opened::Joined { epoch: 1 }]);
+    }
+    let same = alice.device.epoch_authenticator(&g).unwrap();
+    for m in [&bob, &carol, &carol2] {
+        assert_eq!(m.device.epoch_authenticator(&g).unwrap(), same, "one group state");
+    }
+    carol2.device.send_text(&carol2.client, &g, &format!("{MARKER} from carol's laptop")).await.unwrap();
+    for m in [&alice, &bob, &carol] {
+        assert_eq!(m.read(&g).await, [format!("{MARKER} from carol's laptop")]);
+    }
+    alice.device.send_text(&alice.client, &g, &format!("{MARKER} from alice")).await.unwrap();
+    for m in [&bob, &carol, &carol2] {
+        assert_eq!(m.read(&g).await, [format!("{MARKER} from alice")]);
+    }
+    // The sender's own message opens from what it kept.
+    let page = history(&alice.client, &g).await;
+    let own = page.messages.last().unwrap();
+    assert_eq!(
+        alice.device.open_message(own).unwrap(),
+        e2ee::Opened::Text { sender_user_id: alice.user_id(), text: format!("{MARKER} from alice") }
+    );
+    assert_eq!(mls_history(&page), (2, 1), "two application messages and the commit, nothing else");
+
+    // A restarted client carries on with its groups.
+    let Member { client: bob_client, device, dir: bob_dir } = bob;
+    drop(device);
+    let id = bob_client.identity().unwrap();
+    let device = MlsDevice::open(bob_dir.path(), &id.user_id, &id.device_id).unwrap();
+    assert_eq!(device.epoch(&g).unwrap(), Some(1));
+    carol.device.send_text(&carol.client, &g, "after bob's restart").await.unwrap();
+    let opened = device.catch_up(&bob_client, &g).await.unwrap();
+    assert!(matches!(&opened[..], [e2ee::Opened::Text { text, .. }] if text == "after bob's restart"), "{opened:?}");
+
+    // What natterd refuses.
+    let text = |t: &str| proto::Content { body: Some(proto::content::Body::Text(proto::Text { body: t.into() })) };
+    let e = alice.client.send_content(&g, "plain-1", text("in the clear")).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::ENCRYPTION_MISMATCH);
+    let ciphertext = page.messages.last().unwrap().content.clone().unwrap();
+    let e = alice.client.send_content(&plain.conversation_id, "mls-1", ciphertext.clone()).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::ENCRYPTION_MISMATCH);
+    let e = alice.client.send_content(&dm, "mls-2", ciphertext).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::MLS_MESSAGE_INVALID, "the group's message does not go in the DM");
+    let garbage =
+        proto::Content { body: Some(proto::content::Body::Mls(proto::MlsMessage { message: vec![0, 1, 2] })) };
+    assert_eq!(
+        code(alice.client.send_content(&g, "mls-3", garbage).await.unwrap_err()),
+        ErrorCode::MLS_MESSAGE_INVALID
+    );
+    let e = carol.client.send_content(&dm, "mls-4", text("x")).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::NOT_A_MEMBER, "someone else's conversation");
+    let anonymous = server.client().await;
+    assert_eq!(code(anonymous.send_content(&dm, "mls-5", text("x")).await.unwrap_err()), ErrorCode::UNAUTHENTICATED);
+
+    // natterd's files never held the text: database, WAL, the MLS store, the
+    // search index, the media store.
+    let found = files_containing(server.data_dir(), MARKER.as_bytes());
+    assert!(found.is_empty(), "plaintext in {found:?}");
+    // (the check can fail: a plaintext message's text is there)
+    alice.client.send_text(&plain.conversation_id, "p-1", MARKER).await.unwrap();
+    assert!(!files_containing(server.data_dir(), MARKER.as_bytes()).is_empty());
+    drop((carol2, bob_client));
+}
+
+#[tokio::test]
+async fn two_commits_in_one_epoch_one_wins_the_loser_catches_up_and_a_refused_welcome_is_never_delivered() {
+    let server = TestServer::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    bob.device.catch_up(&bob.client, &conv).await.unwrap();
+
+    // Both commit in epoch 1 at once: exactly one wins.
+    let (a, b) = tokio::join!(alice.device.update(&alice.client, &conv), bob.device.update(&bob.client, &conv));
+    let (winner, loser, lost) = match (a, b) {
+        (Ok(_), Err(e)) => (&alice, &bob, e),
+        (Err(e), Ok(_)) => (&bob, &alice, e),
+        (a, b) => panic!("not exactly one winner: {a:?} {b:?}"),
+    };
+    assert!(e2ee::is_stale_epoch(&lost), "{lost}");
+    assert_eq!(winner.device.epoch(&conv).unwrap(), Some(2));
+    assert_eq!(loser.device.epoch(&conv).unwrap(), Some(1), "the refused commit was dropped");
+    assert_eq!(loser.device.catch_up(&loser.client, &conv).await.unwrap(), [e2ee::Opened::Commit { epoch: 2 }]);
+    loser.device.update(&loser.client, &conv).await.unwrap();
+    winner.device.catch_up(&winner.client, &conv).await.unwrap();
+    assert_eq!(alice.device.epoch(&conv).unwrap(), Some(3));
+    assert_eq!(bob.device.epoch(&conv).unwrap(), Some(3));
+    assert_eq!(alice.device.epoch_authenticator(&conv).unwrap(), bob.device.epoch_authenticator(&conv).unwrap());
+
+    // A replayed old commit changes nothing; tampered ciphertext is refused
+    // and the group stays usable.
+    let page = history(&bob.client, &conv).await;
+    let first_commit = page
+        .messages
+        .iter()
+        .find(|m| matches!(m.content.as_ref().and_then(|c| c.body.as_ref()), Some(proto::content::Body::MlsCommit(_))))
+        .unwrap();
+    assert_eq!(bob.device.open_message(first_commit).unwrap(), e2ee::Opened::Commit { epoch: 3 });
+    let seq = alice.device.send_text(&alice.client, &conv, "intact").await.unwrap();
+    let page = history(&bob.client, &conv).await;
+    let mut tampered = page.messages.iter().find(|m| m.seq == seq).unwrap().clone();
+    if let Some(proto::content::Body::Mls(m)) = tampered.content.as_mut().and_then(|c| c.body.as_mut()) {
+        let last = m.message.len() - 1;
+        m.message[last] ^= 0x40;
+    }
+    assert!(bob.device.open_message(&tampered).is_err(), "tampered ciphertext does not open");
+    assert_eq!(bob.read(&conv).await, ["intact"], "the real one still does");
+
+    // Bob's new device, added by Alice, who is behind: her commit is refused
+    // with its Welcome, which therefore never reaches the device.
+    let bob2 = Member::new(server.new_device("bob@example.org", "bob's phone").await.0).await;
+    bob.device.update(&bob.client, &conv).await.unwrap();
+    let e = alice.device.create_group(&alice.client, &dm).await.unwrap_err();
+    assert!(e2ee::is_stale_epoch(&e), "{e}");
+    let welcomes = |page: &proto::HistoryPage| {
+        page.messages
+            .iter()
+            .filter(|m| matches!(m.content.as_ref().and_then(|c| c.body.as_ref()), Some(proto::content::Body::MlsCommit(c)) if !c.welcome.is_empty()))
+            .count()
+    };
+    assert_eq!(welcomes(&history(&bob2.client, &conv).await), 1, "only the first commit's Welcome is stored");
+    assert!(bob2.device.catch_up(&bob2.client, &conv).await.unwrap().iter().all(|o| *o == e2ee::Opened::NotForMe));
+    alice.device.catch_up(&alice.client, &conv).await.unwrap();
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    assert_eq!(welcomes(&history(&bob2.client, &conv).await), 2);
+    let joined = bob2.device.catch_up(&bob2.client, &conv).await.unwrap();
+    assert!(matches!(joined.last(), Some(e2ee::Opened::Joined { .. })), "{joined:?}");
+    bob.device.catch_up(&bob.client, &conv).await.unwrap();
+    alice.device.send_text(&alice.client, &conv, "hello both of bob's devices").await.unwrap();
+    assert_eq!(bob2.read(&conv).await, ["hello both of bob's devices"]);
+    assert_eq!(bob.read(&conv).await, ["hello both of bob's devices"]);
+}

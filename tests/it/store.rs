@@ -140,7 +140,7 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     // Back to version 3, as an older natterd left it (undoing 10, 9, 8 and 7, 6, 5, then 4).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE device_keys;
+        "DROP TABLE device_keys; ALTER TABLE conversations DROP COLUMN e2ee;
          DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
          ALTER TABLE users DROP COLUMN push_show_text;
          DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;

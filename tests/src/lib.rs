@@ -386,7 +386,9 @@ pub fn message_texts(messages: &[natter_client::proto::Message]) -> Vec<String> 
 fn text_of(message: &natter_client::proto::Message) -> Option<String> {
     match message.content.as_ref()?.body.as_ref()? {
         natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
-        natter_client::proto::content::Body::Media(_) => None,
+        natter_client::proto::content::Body::Media(_)
+        | natter_client::proto::content::Body::Mls(_)
+        | natter_client::proto::content::Body::MlsCommit(_) => None,
     }
 }
 

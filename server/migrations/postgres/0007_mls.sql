@@ -27,3 +27,6 @@ CREATE TABLE mls_key_packages (
     PRIMARY KEY (device_id, package_ref)
 );
 CREATE INDEX mls_key_packages_to_claim ON mls_key_packages (device_id, last_resort, published_at_ms);
+
+-- ConversationEncrypted: the conversation is end-to-end encrypted.
+ALTER TABLE conversations ADD COLUMN e2ee BOOLEAN NOT NULL DEFAULT FALSE;

@@ -37,6 +37,8 @@ pub struct ConversationState {
     /// Seq of the last event that changed the members, their roles or the
     /// name ([`Event::changes_group`]): what a group change was decided on.
     pub changed: Seq,
+    /// End-to-end encrypted (`ConversationEncrypted`): MLS content only.
+    pub e2ee: bool,
 }
 
 impl ConversationState {
@@ -63,6 +65,7 @@ pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<Conversa
         created_at: at,
         version: Seq(1),
         changed: Seq(1),
+        e2ee: false,
     };
     match event {
         Event::DirectConversationStarted { conversation_id, members, at } => Some(created(
@@ -102,6 +105,7 @@ pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<Conversa
                     }
                 }
                 Event::GroupRenamed { name, .. } => s.name = Some(name.clone()),
+                Event::ConversationEncrypted { .. } => s.e2ee = true,
                 _ => {}
             }
             Some(s)
@@ -328,7 +332,16 @@ pub fn decide_send(state: &ConversationState, cmd: SendCommand, at: Millis) -> R
     if !state.is_member(cmd.sender) {
         return Err(Rejection::NotAMember);
     }
+    let mls = matches!(cmd.content, Content::Mls(_) | Content::MlsCommit { .. });
+    if mls != state.e2ee {
+        return Err(Rejection::EncryptionMismatch { e2ee: state.e2ee });
+    }
     match &cmd.content {
+        Content::Mls(message) | Content::MlsCommit { commit: message, .. } => {
+            if message.is_empty() {
+                return Err(Rejection::EmptyMessage);
+            }
+        }
         Content::Text(text) => {
             if text.trim().is_empty() {
                 return Err(Rejection::EmptyMessage);

@@ -74,6 +74,17 @@ impl ConversationId {
         name.extend_from_slice(hi.0.as_bytes());
         ConversationId(Uuid::new_v5(&NATTER_NAMESPACE, &name))
     }
+
+    /// The end-to-end encrypted direct conversation of two users: another id
+    /// than their plaintext one, the same whoever opens it.
+    pub fn direct_e2ee(a: UserId, b: UserId) -> Self {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        let mut name = Vec::with_capacity(43);
+        name.extend_from_slice(b"direct-e2ee:");
+        name.extend_from_slice(lo.0.as_bytes());
+        name.extend_from_slice(hi.0.as_bytes());
+        ConversationId(Uuid::new_v5(&NATTER_NAMESPACE, &name))
+    }
 }
 
 /// Sequence number of an event in a conversation: its position in the

@@ -41,6 +41,8 @@ pub enum Rejection {
     GroupFull { would_have: usize, max: usize },
     #[error("this is not a group")]
     NotAGroup,
+    #[error("{}", if *e2ee { "this conversation is end-to-end encrypted: only MLS content goes in it" } else { "this conversation is not end-to-end encrypted: MLS content does not go in it" })]
+    EncryptionMismatch { e2ee: bool },
 }
 
 /// Everything that can be recorded in the log, as the domain sees it.
@@ -120,6 +122,18 @@ pub enum Event {
         at: Millis,
     },
     PushSubscribed(PushSubscription),
+    /// Right after a conversation's first event: it is end-to-end encrypted.
+    ConversationEncrypted {
+        conversation_id: ConversationId,
+        at: Millis,
+    },
+    /// Stream `mls:<id>`: the commit of `epoch` was accepted (appended with it,
+    /// at version `epoch`, so that each epoch has one).
+    MlsEpochClosed {
+        conversation_id: ConversationId,
+        epoch: u64,
+        at: Millis,
+    },
     /// The device's MLS signature public key (Ed25519), registered by the
     /// device with proof of possession; a newer one replaces it.
     DeviceKeyRegistered {
@@ -428,6 +442,17 @@ pub struct MessageSent {
 pub enum Content {
     Text(String),
     Media(MediaRef),
+    /// An MLS application message (an MLSMessage holding a PrivateMessage,
+    /// TLS-serialized): ciphertext natterd cannot read.
+    Mls(Vec<u8>),
+    /// An MLS commit (a PublicMessage MLSMessage) made in `epoch`, the Welcome
+    /// for the members it adds (empty when none) and the GroupInfo after it.
+    MlsCommit {
+        commit: Vec<u8>,
+        welcome: Vec<u8>,
+        group_info: Vec<u8>,
+        epoch: u64,
+    },
 }
 
 /// A file in a message: what natterd knew of the upload when it was sent,
@@ -488,6 +513,8 @@ impl Event {
             Event::PrivacyChanged { .. } => "PrivacyChanged",
             Event::PushSubscribed(_) => "PushSubscribed",
             Event::DeviceKeyRegistered { .. } => "DeviceKeyRegistered",
+            Event::ConversationEncrypted { .. } => "ConversationEncrypted",
+            Event::MlsEpochClosed { .. } => "MlsEpochClosed",
             Event::PushUnsubscribed { .. } => "PushUnsubscribed",
             Event::PushPreviewsSet { .. } => "PushPreviewsSet",
             Event::ConversationMuted { .. } => "ConversationMuted",
@@ -540,6 +567,7 @@ impl Event {
             | Event::RoleChanged { conversation_id, .. }
             | Event::GroupRenamed { conversation_id, .. }
             | Event::DeliveredUpTo { conversation_id, .. }
+            | Event::ConversationEncrypted { conversation_id, .. }
             | Event::ReadUpTo { conversation_id, .. } => Some(*conversation_id),
             Event::MessageSent(m) => Some(m.conversation_id),
             Event::UserRegistered(_)
@@ -568,6 +596,8 @@ impl Event {
             | Event::IdentityUnlinked { .. }
             | Event::PushSubscribed(_)
             | Event::DeviceKeyRegistered { .. }
+            // In its own stream (`mls:`), outside the conversation's order.
+            | Event::MlsEpochClosed { .. }
             | Event::PushUnsubscribed { .. }
             | Event::PushPreviewsSet { .. }
             | Event::ConversationMuted { .. }

@@ -22,10 +22,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use openmls::prelude::tls_codec::Deserialize as _;
-use openmls::prelude::{BasicCredential, Ciphersuite, KeyPackageIn, ProtocolVersion};
+use openmls::prelude::{
+    BasicCredential, Ciphersuite, ContentType, KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{DeviceId, Millis, UserId};
+use crate::domain::{ConversationId, DeviceId, Millis, UserId};
 use crate::store::StoreError;
 
 /// The one ciphersuite natter speaks.
@@ -186,6 +188,78 @@ pub fn check(
         not_after: Millis(lifetime.not_after().saturating_mul(1000)),
         bytes: bytes.to_vec(),
     })
+}
+
+/// One MLSMessage, decoded completely (no bytes after it).
+fn mls_message(bytes: &[u8], what: &str) -> Result<MlsMessageBodyIn, String> {
+    let mut rest = bytes;
+    let message = MlsMessageIn::tls_deserialize(&mut rest).map_err(|e| format!("{what} is not an MLSMessage: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{what} has {} bytes after the MLSMessage", rest.len()));
+    }
+    Ok(message.extract())
+}
+
+fn check_group(group_id: &[u8], conversation: ConversationId, what: &str) -> Result<(), String> {
+    if group_id != conversation.0.as_bytes() {
+        return Err(format!("{what} is for another group (an MLS group's id is its conversation id's 16 bytes)"));
+    }
+    Ok(())
+}
+
+/// Checks an application message for `conversation` and returns its epoch:
+/// an MLSMessage holding a PrivateMessage of the conversation's group.
+///
+/// # Errors
+/// What is wrong, in words for the sender.
+pub fn check_application(bytes: &[u8], conversation: ConversationId) -> Result<u64, String> {
+    match mls_message(bytes, "the message")? {
+        MlsMessageBodyIn::PrivateMessage(m) => {
+            check_group(m.group_id().as_slice(), conversation, "the message")?;
+            if m.content_type() != ContentType::Application {
+                return Err("a handshake message goes in an MlsCommit (as a PublicMessage)".into());
+            }
+            Ok(m.epoch().as_u64())
+        }
+        _ => Err("the message is not a PrivateMessage".into()),
+    }
+}
+
+/// Checks a commit for `conversation` and returns the epoch it was made in:
+/// a PublicMessage commit of the conversation's group, a Welcome (if any) and
+/// the GroupInfo of the next epoch of the same group.
+///
+/// # Errors
+/// What is wrong, in words for the sender.
+pub fn check_commit(
+    commit: &[u8],
+    welcome: &[u8],
+    group_info: &[u8],
+    conversation: ConversationId,
+) -> Result<u64, String> {
+    let epoch = match mls_message(commit, "the commit")? {
+        MlsMessageBodyIn::PublicMessage(m) => {
+            check_group(m.group_id().as_slice(), conversation, "the commit")?;
+            if m.content_type() != ContentType::Commit {
+                return Err("the commit's content is not a Commit".into());
+            }
+            m.epoch().as_u64()
+        }
+        _ => return Err("the commit is not a PublicMessage (natterd checks membership changes)".into()),
+    };
+    if !welcome.is_empty() && !matches!(mls_message(welcome, "the welcome")?, MlsMessageBodyIn::Welcome(_)) {
+        return Err("the welcome is not a Welcome".into());
+    }
+    match mls_message(group_info, "the group_info")? {
+        MlsMessageBodyIn::GroupInfo(info) => {
+            check_group(info.group_id().as_slice(), conversation, "the group_info")?;
+            if info.epoch().as_u64() != epoch + 1 {
+                return Err(format!("the group_info is for epoch {}, not {}", info.epoch().as_u64(), epoch + 1));
+            }
+        }
+        _ => return Err("the group_info is not a GroupInfo".into()),
+    }
+    Ok(epoch)
 }
 
 /// A device's stock, as `KeyPackageStock` tells it.

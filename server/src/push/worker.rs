@@ -271,6 +271,10 @@ impl Worker {
                 Content::Text(t) => t.clone(),
                 Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
                 Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
+                // End-to-end encrypted: natterd has no text to show, ever.
+                Content::Mls(_) => String::new(),
+                // Group bookkeeping, not a message for people.
+                Content::MlsCommit { .. } => continue,
             };
             for user in state.member_ids().filter(|u| *u != m.sender_user_id) {
                 let key = (user, m.conversation_id);
@@ -298,7 +302,8 @@ impl Worker {
                 entry.payload.sender_id = m.sender_user_id.to_string();
                 entry.payload.sender_name.clone_from(&sender_name);
                 entry.payload.at_ms = m.at.0;
-                entry.payload.text = Some(text.chars().take(PREVIEW_CHARS).collect());
+                // An encrypted conversation's notification carries no text at all.
+                entry.payload.text = (!state.e2ee).then(|| text.chars().take(PREVIEW_CHARS).collect());
             }
         }
         Ok(())

@@ -138,13 +138,14 @@ pub trait SearchIndex: Send + Sync + 'static {
 }
 
 /// The text of an event that the index holds, if any: a text message, or a
-/// file's name and caption.
+/// file's name and caption. MLS content (end-to-end encrypted) never.
 pub fn doc_of(recorded: &RecordedEvent) -> Option<Doc> {
     let Event::MessageSent(m) = &recorded.event else { return None };
     let text = match &m.content {
         Content::Text(t) => t.clone(),
         Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
         Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
+        Content::Mls(_) | Content::MlsCommit { .. } => return None,
     };
     Some(Doc { conversation: m.conversation_id, seq: Seq(recorded.version), sender: m.sender_user_id, at: m.at, text })
 }

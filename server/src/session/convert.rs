@@ -46,6 +46,17 @@ pub fn content(c: &Content) -> wire::Content {
             wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })) }
         }
         Content::Media(m) => wire::Content { body: Some(wire::content::Body::Media(media(m))) },
+        Content::Mls(message) => {
+            wire::Content { body: Some(wire::content::Body::Mls(wire::MlsMessage { message: message.clone() })) }
+        }
+        Content::MlsCommit { commit, welcome, group_info, epoch } => wire::Content {
+            body: Some(wire::content::Body::MlsCommit(wire::MlsCommit {
+                commit: commit.clone(),
+                welcome: welcome.clone(),
+                group_info: group_info.clone(),
+                epoch: *epoch,
+            })),
+        },
     }
 }
 
@@ -128,5 +139,6 @@ pub fn conversation(
         activity: 0,
         read_up_to: 0,
         active: true,
+        e2ee: state.e2ee,
     }
 }

@@ -159,12 +159,15 @@ impl FeedSource {
                 let sender = svc.user_info(m.sender_user_id).await?;
                 Some(feed_event::Kind::Message(convert::message_event(m, rec.version, &sender)))
             }
-            Event::DirectConversationStarted { .. } => {
-                let state = conversation::apply(None, &rec.event).expect("a start event creates the state");
+            Event::DirectConversationStarted { conversation_id, .. } => {
+                let mut state = conversation::apply(None, &rec.event).expect("a start event creates the state");
+                // Encrypted from its creation on (the event right after this one).
+                state.e2ee = svc.conversation(*conversation_id).await?.is_some_and(|s| s.e2ee);
                 Some(feed_event::Kind::ConversationStarted(svc.conversation_to_wire(&state, None).await?))
             }
             Event::GroupCreated { conversation_id, creator, at, .. } => {
-                let state = conversation::apply(None, &rec.event).expect("a start event creates the state");
+                let mut state = conversation::apply(None, &rec.event).expect("a start event creates the state");
+                state.e2ee = svc.conversation(*conversation_id).await?.is_some_and(|s| s.e2ee);
                 let snapshot = svc.conversation_to_wire(&state, None).await?;
                 Some(group(*conversation_id, Some(*creator), *at, group_event::Change::Created(snapshot)))
             }
@@ -210,6 +213,8 @@ impl FeedSource {
             | Event::PrivacyChanged { .. }
             | Event::PushSubscribed(_)
             | Event::DeviceKeyRegistered { .. }
+            | Event::ConversationEncrypted { .. }
+            | Event::MlsEpochClosed { .. }
             | Event::PushUnsubscribed { .. }
             | Event::PushPreviewsSet { .. }
             | Event::ConversationMuted { .. }

@@ -58,12 +58,12 @@ impl Service {
             self.config.max_group_members,
             self.now(),
         )?;
+        let mut events = vec![NewEvent::fresh(event)];
+        if req.e2ee {
+            events.push(NewEvent::fresh(Event::ConversationEncrypted { conversation_id: id, at: self.now() }));
+        }
         self.store
-            .append(vec![StreamAppend::new(
-                StreamName::conversation(id),
-                ExpectedVersion::NoStream,
-                vec![NewEvent::fresh(event)],
-            )])
+            .append(vec![StreamAppend::new(StreamName::conversation(id), ExpectedVersion::NoStream, events)])
             .await?;
         self.conversation_for(me, id).await.map(Reply::Group)
     }

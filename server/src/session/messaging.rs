@@ -9,7 +9,7 @@ use prost::Message as _;
 use super::{convert, invalid, Identity, Service, WireError};
 use crate::domain::{
     conversation::{self, SendCommand},
-    ClientMsgId, Content, ConversationId, Email, Rejection, Seq,
+    ClientMsgId, Content, ConversationId, Email, Event, Rejection, Seq,
 };
 use crate::store::{
     AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Precondition, StreamAppend, StreamName,
@@ -29,16 +29,24 @@ impl Service {
         if peer.user_id == me.user_id {
             return Err(Rejection::DirectWithSelf.into());
         }
-        let id = ConversationId::direct(me.user_id, peer.user_id);
+        let id = if req.e2ee {
+            ConversationId::direct_e2ee(me.user_id, peer.user_id)
+        } else {
+            ConversationId::direct(me.user_id, peer.user_id)
+        };
         let existing = self.conversation(id).await?;
-        if let Some(event) =
-            conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, self.now())?
-        {
-            let append = StreamAppend::new(
-                StreamName::conversation(id),
-                ExpectedVersion::NoStream,
-                vec![NewEvent::fresh(event)],
-            );
+        let now = self.now();
+        if let Some(event) = conversation::decide_open_direct(existing.as_deref(), me.user_id, peer.user_id, now)? {
+            let mut events = vec![NewEvent::fresh(match event {
+                Event::DirectConversationStarted { members, at, .. } => {
+                    Event::DirectConversationStarted { conversation_id: id, members, at }
+                }
+                other => other,
+            })];
+            if req.e2ee {
+                events.push(NewEvent::fresh(Event::ConversationEncrypted { conversation_id: id, at: now }));
+            }
+            let append = StreamAppend::new(StreamName::conversation(id), ExpectedVersion::NoStream, events);
             match self.store.append(vec![append]).await {
                 // Lost a race with the peer opening it at the same moment: fine.
                 Ok(_) | Err(AppendError::WrongExpectedVersion { .. }) => {}
@@ -70,28 +78,80 @@ impl Service {
     pub(super) async fn send_message(&self, me: &Identity, req: wire::SendMessage) -> Result<Reply, WireError> {
         let client_msg_id = ClientMsgId::parse(&req.client_msg_id)?;
         let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        let mls_invalid = |why: String| WireError::new(ErrorCode::MLS_MESSAGE_INVALID, why);
+        let mls_only_in_e2ee = || {
+            if state.e2ee {
+                Ok(())
+            } else {
+                Err(WireError::from(Rejection::EncryptionMismatch { e2ee: false }))
+            }
+        };
         let content = match req.content.and_then(|c| c.body) {
             Some(wire::content::Body::Text(t)) => Content::Text(t.body),
             Some(wire::content::Body::Media(m)) => self.media_to_send(me, state.id, m).await?,
+            Some(wire::content::Body::Mls(m)) => {
+                mls_only_in_e2ee()?;
+                crate::mls::check_application(&m.message, state.id).map_err(mls_invalid)?;
+                Content::Mls(m.message)
+            }
+            Some(wire::content::Body::MlsCommit(c)) => {
+                mls_only_in_e2ee()?;
+                let epoch =
+                    crate::mls::check_commit(&c.commit, &c.welcome, &c.group_info, state.id).map_err(mls_invalid)?;
+                Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch }
+            }
             None => return Err(Rejection::EmptyMessage.into()),
+        };
+        let commit_epoch = match &content {
+            Content::MlsCommit { epoch, .. } => Some(*epoch),
+            _ => None,
         };
         let event_id = client_msg_id.event_id(state.id, me.user_id);
         let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
-        let event = conversation::decide_send(&state, cmd, self.now())?;
+        let now = self.now();
+        let event = conversation::decide_send(&state, cmd, now)?;
         // Membership is checked again atomically with the append: a removal that
         // commits first wins.
-        let append = StreamAppend::new(
-            StreamName::conversation(state.id),
-            ExpectedVersion::Any,
-            vec![NewEvent { id: event_id, event }],
-        )
-        .with_precondition(Precondition::ActiveMember { conversation: state.id, user: me.user_id });
-        let (rec, duplicate) = match self.store.append(vec![append]).await? {
-            AppendOutcome::Appended(mut v) => (v.remove(0), false),
-            AppendOutcome::AlreadyStored(mut v) => (v.remove(0), true),
+        let conv_stream = StreamName::conversation(state.id);
+        let mut appends =
+            vec![StreamAppend::new(conv_stream.clone(), ExpectedVersion::Any, vec![NewEvent { id: event_id, event }])
+                .with_precondition(Precondition::ActiveMember { conversation: state.id, user: me.user_id })];
+        if let Some(epoch) = commit_epoch {
+            // One commit per epoch: the `mls:` stream's version is the epoch,
+            // and this append closes it or fails with the commit.
+            appends.push(StreamAppend::new(
+                StreamName::mls(state.id),
+                ExpectedVersion::Exact(epoch),
+                vec![NewEvent {
+                    id: uuid::Uuid::new_v5(&event_id, b"mls-epoch"),
+                    event: Event::MlsEpochClosed { conversation_id: state.id, epoch, at: now },
+                }],
+            ));
+        }
+        let outcome = match self.store.append(appends).await {
+            Ok(o) => o,
+            Err(AppendError::WrongExpectedVersion { actual, .. }) if commit_epoch.is_some() => {
+                return Err(WireError::new(
+                    ErrorCode::STALE_EPOCH,
+                    format!(
+                        "the commit is for epoch {}; the conversation's group is at epoch {actual}: process the \
+                         commits since and retry",
+                        commit_epoch.unwrap_or_default()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
         };
+        let (recorded, duplicate) = match outcome {
+            AppendOutcome::Appended(v) => (v, false),
+            AppendOutcome::AlreadyStored(v) => (v, true),
+        };
+        let rec = recorded
+            .into_iter()
+            .find(|r| r.stream == conv_stream)
+            .ok_or_else(|| WireError::new(ErrorCode::INTERNAL, "the message's event is missing from the append"))?;
         let sent_at = match &rec.event {
-            crate::domain::Event::MessageSent(m) => m.at.0,
+            Event::MessageSent(m) => m.at.0,
             _ => rec.recorded_at.0,
         };
         Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))

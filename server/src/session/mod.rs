@@ -162,6 +162,7 @@ impl From<Rejection> for WireError {
             Rejection::InvalidArgument { .. } | Rejection::DirectWithSelf => ErrorCode::INVALID_ARGUMENT,
             Rejection::TextTooLong { .. } => ErrorCode::TEXT_TOO_LONG,
             Rejection::EmptyMessage => ErrorCode::EMPTY_MESSAGE,
+            Rejection::EncryptionMismatch { .. } => ErrorCode::ENCRYPTION_MISMATCH,
             Rejection::NotAMember => ErrorCode::NOT_A_MEMBER,
             Rejection::Forbidden(_) => ErrorCode::FORBIDDEN,
             Rejection::GroupFull { .. } => ErrorCode::GROUP_FULL,

@@ -215,6 +215,13 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             at_ms: p.at.0,
         }
         .encode_to_vec(),
+        Event::ConversationEncrypted { conversation_id, at } => {
+            pb::ConversationEncrypted { conversation_id: conversation_id.to_string(), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::MlsEpochClosed { conversation_id, epoch, at } => {
+            pb::MlsEpochClosed { conversation_id: conversation_id.to_string(), epoch: *epoch, at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => pb::DeviceKeyRegistered {
             user_id: user_id.to_string(),
             device_id: device_id.0.to_string(),
@@ -299,6 +306,15 @@ pub fn encode_content(content: &Content) -> pb::MessageContent {
             caption: m.caption.clone(),
             preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
         }),
+        Content::Mls(message) => pb::message_content::Body::Mls(pb::MlsContent { message: message.clone() }),
+        Content::MlsCommit { commit, welcome, group_info, epoch } => {
+            pb::message_content::Body::MlsCommit(pb::MlsCommitContent {
+                commit: commit.clone(),
+                welcome: welcome.clone(),
+                group_info: group_info.clone(),
+                epoch: *epoch,
+            })
+        }
     };
     pb::MessageContent { body: Some(body) }
 }
@@ -322,6 +338,10 @@ pub fn decode_content(content: Option<pb::MessageContent>) -> Result<Content, St
             caption: m.caption,
             preview: if m.preview_media_id.is_empty() { None } else { Some(MediaId(uuid(&m.preview_media_id)?)) },
         }),
+        Some(pb::message_content::Body::Mls(m)) => Content::Mls(m.message),
+        Some(pb::message_content::Body::MlsCommit(c)) => {
+            Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch: c.epoch }
+        }
         None => return Err("message without content".into()),
     })
 }
@@ -629,6 +649,21 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             })
         }
+        "ConversationEncrypted" => {
+            let e = pb::ConversationEncrypted::decode(payload).map_err(bad)?;
+            Event::ConversationEncrypted {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                at: Millis(e.at_ms),
+            }
+        }
+        "MlsEpochClosed" => {
+            let e = pb::MlsEpochClosed::decode(payload).map_err(bad)?;
+            Event::MlsEpochClosed {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                epoch: e.epoch,
+                at: Millis(e.at_ms),
+            }
+        }
         "DeviceKeyRegistered" => {
             let e = pb::DeviceKeyRegistered::decode(payload).map_err(bad)?;
             Event::DeviceKeyRegistered {
@@ -783,6 +818,24 @@ mod tests {
                 signature_key: vec![7; 32],
                 at: Millis(46),
             },
+            Event::ConversationEncrypted { conversation_id: conv, at: Millis(47) },
+            Event::MlsEpochClosed { conversation_id: conv, epoch: 3, at: Millis(48) },
+            Event::MessageSent(MessageSent {
+                conversation_id: conv,
+                sender_user_id: u,
+                sender_device_id: DeviceId(Uuid::from_u128(4)),
+                client_msg_id: ClientMsgId::parse("m-mls").unwrap(),
+                content: Content::Mls(vec![0, 1, 0, 2, 9]),
+                at: Millis(49),
+            }),
+            Event::MessageSent(MessageSent {
+                conversation_id: conv,
+                sender_user_id: u,
+                sender_device_id: DeviceId(Uuid::from_u128(4)),
+                client_msg_id: ClientMsgId::parse("m-commit").unwrap(),
+                content: Content::MlsCommit { commit: vec![1], welcome: vec![2, 2], group_info: vec![3], epoch: 3 },
+                at: Millis(50),
+            }),
             Event::PushPreviewsSet { user_id: v, show_text: false, at: Millis(42) },
             Event::ConversationMuted { user_id: v, conversation_id: conv, until: None, at: Millis(43) },
             Event::ConversationMuted { user_id: v, conversation_id: conv, until: Some(Millis(99)), at: Millis(44) },

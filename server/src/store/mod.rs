@@ -52,6 +52,11 @@ impl StreamName {
     pub fn conversation(id: ConversationId) -> Self {
         Self(format!("conv:{id}"))
     }
+    /// An encrypted conversation's accepted MLS commits, one per epoch (its
+    /// version is the group's epoch).
+    pub fn mls(id: ConversationId) -> Self {
+        Self(format!("mls:{id}"))
+    }
     /// Receipt watermarks of a conversation, apart from its message order.
     pub fn receipts(id: ConversationId) -> Self {
         Self(format!("receipts:{id}"))
@@ -279,10 +284,10 @@ pub(crate) fn stored_content(kind: &str, text: Option<String>, pb: Option<Vec<u8
     use prost::Message as _;
     match (kind, text, pb) {
         ("text", Some(t), _) => Ok(Content::Text(t)),
-        ("media", _, Some(pb)) => natter_proto::events::MessageContent::decode(pb.as_slice())
+        ("media" | "mls", _, Some(pb)) => natter_proto::events::MessageContent::decode(pb.as_slice())
             .map_err(|e| e.to_string())
             .and_then(|c| codec::decode_content(Some(c)))
-            .map_err(|e| StoreError::Database(format!("stored media content: {e}"))),
+            .map_err(|e| StoreError::Database(format!("stored {kind} content: {e}"))),
         (k, _, _) => Err(StoreError::Database(format!("unknown message content kind {k:?}"))),
     }
 }

@@ -850,7 +850,7 @@ async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<Conversat
     let (rows, members) = futures::try_join!(
         cached_query(
             conn,
-            "SELECT kind, name, created_at_ms, last_seq, changed_seq FROM conversations WHERE conversation_id = $1",
+            "SELECT kind, name, created_at_ms, last_seq, changed_seq, e2ee FROM conversations WHERE conversation_id = $1",
             &params,
         ),
         cached_query(
@@ -877,6 +877,7 @@ async fn load_conversation(conn: &Object, conv: &str) -> Result<Option<Conversat
         created_at: Millis(row.get::<_, i64>(2) as u64),
         version: Seq(row.get::<_, i64>(3) as u64),
         changed: Seq(row.get::<_, i64>(4) as u64),
+        e2ee: row.get(5),
     }))
 }
 

@@ -46,7 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/sqlite/0007_media.sql")),
     (8, include_str!("../../migrations/sqlite/0008_media_previews.sql")),
     (9, include_str!("../../migrations/sqlite/0009_push.sql")),
-    (10, include_str!("../../migrations/sqlite/0010_device_keys.sql")),
+    (10, include_str!("../../migrations/sqlite/0010_mls.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -702,6 +702,14 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             .execute(params![token_hash.0.as_slice()])?;
             return Ok(Vec::new());
         }
+        Event::ConversationEncrypted { conversation_id, .. } => {
+            let conv = conversation_id.to_string();
+            conn.prepare_cached("UPDATE conversations SET e2ee = 1 WHERE conversation_id = ?1")?.execute([&conv])?;
+            touch_conversation(conn, &conv, rec)?;
+            return Ok(Vec::new());
+        }
+        // Only the `mls:` stream's version counts (one commit per epoch).
+        Event::MlsEpochClosed { .. } => return Ok(Vec::new()),
         Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => {
             conn.prepare_cached(
                 "INSERT INTO device_keys (device_id, user_id, signature_key, registered_at_ms) VALUES (?1, ?2, ?3, ?4)
@@ -799,6 +807,9 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             let conv = m.conversation_id.to_string();
             let (kind, text, content_pb) = match &m.content {
                 Content::Text(text) => ("text", text.as_str(), None),
+                Content::Mls(_) | Content::MlsCommit { .. } => {
+                    ("mls", "", Some(codec::encode_content(&m.content).encode_to_vec()))
+                }
                 Content::Media(media) => {
                     conn.prepare_cached("UPDATE media SET first_seq = ?2 WHERE media_id = ?1 AND first_seq IS NULL")?
                         .execute(params![media.media_id.to_string(), version])?;
@@ -988,7 +999,7 @@ fn load_members(conn: &Connection, conv: &str) -> Result<Vec<MemberState>, Store
 fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<ConversationState>, StoreError> {
     let row = conn
         .prepare_cached(
-            "SELECT kind, name, created_at_ms, last_seq, changed_seq FROM conversations WHERE conversation_id = ?1",
+            "SELECT kind, name, created_at_ms, last_seq, changed_seq, e2ee FROM conversations WHERE conversation_id = ?1",
         )?
         .query_row([conv], |r| {
             Ok((
@@ -997,10 +1008,11 @@ fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<Conversatio
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
             ))
         })
         .optional()?;
-    let Some((kind, name, created, last_seq, changed)) = row else {
+    let Some((kind, name, created, last_seq, changed, e2ee)) = row else {
         return Ok(None);
     };
     let kind = match kind.as_str() {
@@ -1016,6 +1028,7 @@ fn load_conversation(conn: &Connection, conv: &str) -> Result<Option<Conversatio
         created_at: Millis(created as u64),
         version: Seq(last_seq as u64),
         changed: Seq(changed as u64),
+        e2ee,
     }))
 }
 

@@ -210,6 +210,9 @@ impl Plan {
             let (ty, schema, payload) = codec::encode(&rec.event);
             let (kind, text, content_pb, media_id) = match &m.content {
                 Content::Text(text) => ("text", text.clone(), None, None),
+                Content::Mls(_) | Content::MlsCommit { .. } => {
+                    ("mls", String::new(), Some(codec::encode_content(&m.content).encode_to_vec()), None)
+                }
                 Content::Media(media) => (
                     "media",
                     media.caption.clone(),
@@ -494,6 +497,14 @@ impl Plan {
                 );
                 return (None, None);
             }
+            Event::ConversationEncrypted { conversation_id, .. } => {
+                let conv = conversation_id.to_string();
+                self.push("UPDATE conversations SET e2ee = TRUE WHERE conversation_id = $1", vec![p(conv.clone())]);
+                self.touch(&conv, rec);
+                return (None, None);
+            }
+            // Only the `mls:` stream's version counts (one commit per epoch).
+            Event::MlsEpochClosed { .. } => return (None, None),
             Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => {
                 self.push(
                     "INSERT INTO device_keys (device_id, user_id, signature_key, registered_at_ms) VALUES ($1, $2, $3, $4)

@@ -1,4 +1,4 @@
--- natter embedded store, schema version 10: MLS device keys (issue 12).
+-- natter embedded store, schema version 10: MLS device keys and encrypted conversations (issue 12).
 
 -- DeviceKeyRegistered: each device's MLS signature public key (a newer one
 -- replaces it); the device's sign-out (SessionRevoked) removes it.
@@ -9,3 +9,6 @@ CREATE TABLE device_keys (
     registered_at_ms  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX device_keys_by_user ON device_keys (user_id, device_id);
+
+-- ConversationEncrypted: the conversation is end-to-end encrypted.
+ALTER TABLE conversations ADD COLUMN e2ee INTEGER NOT NULL DEFAULT 0;

@@ -32,6 +32,9 @@ use sha2::{Digest, Sha512};
 
 use crate::{unexpected, Client, ClientError};
 
+mod groups;
+pub use groups::{is_stale_epoch, Opened};
+
 /// The one ciphersuite natter speaks.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
@@ -123,11 +126,21 @@ pub struct MlsDevice {
     credential: CredentialWithKey,
     user_id: String,
     device_id: String,
+    /// natter's own tables in the same file (openmls's provider owns the other
+    /// connection): what this device decrypted, and how far it read.
+    local: Connection,
 }
 
-/// The device's own row: its signature key pair (openmls's tables hold the rest).
+/// The device's own row: its signature key pair (openmls's tables hold the
+/// rest); the plaintext of each MLS message it decrypted or sent (MLS keys are
+/// used once: a message cannot be decrypted twice); how far it processed each
+/// conversation.
 const META: &str = "CREATE TABLE IF NOT EXISTS natter_device (
-    device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, signature_key_pair BLOB NOT NULL)";
+    device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, signature_key_pair BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS natter_plaintext (
+    conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, sender_user_id TEXT NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS natter_processed (conversation_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;";
 
 impl MlsDevice {
     /// Opens (creating, with a fresh signature key pair) the state of
@@ -176,11 +189,14 @@ impl MlsDevice {
         let mut storage = SqliteStorageProvider::<JsonCodec, Connection>::new(conn);
         storage.run_migrations().map_err(|e| state(e.to_string()))?;
         let provider = Provider { crypto: RustCrypto::default(), storage };
+        let local = Connection::open(&path).map_err(|e| state(e.to_string()))?;
+        local.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| state(e.to_string()))?;
+        local.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
         let credential = CredentialWithKey {
             credential: BasicCredential::new(credential_identity(user_id, device_id).into_bytes()).into(),
             signature_key: signer.public().into(),
         };
-        Ok(Self { provider, signer, credential, user_id: user_id.to_owned(), device_id: device_id.to_owned() })
+        Ok(Self { provider, signer, credential, user_id: user_id.to_owned(), device_id: device_id.to_owned(), local })
     }
 
     /// The Ed25519 public key (32 bytes).
@@ -224,8 +240,7 @@ impl MlsDevice {
         // Every leaf says it understands the last_resort extension: the
         // last-resort package carries it, and a package's extensions must be
         // in its leaf's capabilities.
-        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
-        let builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        let builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
         let builder = if last_resort { builder.mark_as_last_resort() } else { builder };
         let bundle = builder.build(CIPHERSUITE, &self.provider, &self.signer, self.credential.clone()).map_err(mls)?;
         bundle.key_package().tls_serialize_detached().map_err(mls)
@@ -250,6 +265,12 @@ impl MlsDevice {
         }
         Ok(publish_key_packages(client, key_packages, last_resort).await?)
     }
+}
+
+/// What every leaf of this SDK says it supports: the defaults, and the
+/// last_resort extension.
+fn capabilities() -> Capabilities {
+    Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build()
 }
 
 /// # Errors

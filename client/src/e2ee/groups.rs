@@ -1,0 +1,392 @@
+//! Encrypted conversations on the device: one MLS group per conversation (its
+//! group id is the conversation id's 16 bytes), every device of every member
+//! a leaf. natterd orders everything in the conversation's seq and accepts one
+//! commit per epoch; this module makes commits, encrypts, and opens what
+//! arrives, in that order.
+
+use natter_proto::wire;
+use natter_proto::ErrorCode;
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::OpenMlsProvider as _;
+use openmls::prelude::{
+    GroupId, KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProtocolVersion, StagedWelcome,
+    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY,
+};
+use rusqlite::OptionalExtension as _;
+
+use super::{capabilities, claim_key_packages, mls, E2eeError, MlsDevice, CIPHERSUITE};
+use crate::{Client, ClientError};
+
+/// Epochs whose keys a member keeps, for application messages sent just
+/// before a commit it already processed.
+const PAST_EPOCHS: usize = 5;
+
+/// What a message of an encrypted conversation turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// An application message: its text.
+    Text { sender_user_id: String, text: String },
+    /// A commit this device processed (or made): the group's epoch now.
+    Commit { epoch: u64 },
+    /// The Welcome in this commit let this device join; the group's epoch now.
+    Joined { epoch: u64 },
+    /// Not for this device: a message or commit from before it joined, or a
+    /// Welcome for others in a group it is not in yet.
+    NotForMe,
+}
+
+fn group_id(conversation_id: &str) -> Result<GroupId, E2eeError> {
+    let id = uuid::Uuid::parse_str(conversation_id).map_err(|_| mls(format!("{conversation_id:?} is not an id")))?;
+    Ok(GroupId::from_slice(id.as_bytes()))
+}
+
+fn bytes(m: &MlsMessageOut) -> Result<Vec<u8>, E2eeError> {
+    m.tls_serialize_detached().map_err(mls)
+}
+
+fn message_in(b: &[u8]) -> Result<MlsMessageIn, E2eeError> {
+    MlsMessageIn::tls_deserialize_exact(b).map_err(mls)
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .ciphersuite(CIPHERSUITE)
+        // Commits go out as PublicMessages: natterd checks them.
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .capabilities(capabilities())
+        .build()
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .build()
+}
+
+impl MlsDevice {
+    fn load(&self, conversation_id: &str) -> Result<Option<MlsGroup>, E2eeError> {
+        MlsGroup::load(self.provider.storage(), &group_id(conversation_id)?).map_err(mls)
+    }
+
+    fn group(&self, conversation_id: &str) -> Result<MlsGroup, E2eeError> {
+        self.load(conversation_id)?
+            .ok_or_else(|| mls(format!("this device is not in conversation {conversation_id}'s group")))
+    }
+
+    /// The group's epoch on this device, if it is in the group.
+    ///
+    /// # Errors
+    /// The state file failed.
+    pub fn epoch(&self, conversation_id: &str) -> Result<Option<u64>, E2eeError> {
+        Ok(self.load(conversation_id)?.map(|g| g.epoch().as_u64()))
+    }
+
+    /// A value all members share in an epoch (RFC 9420 section 8.7): equal on
+    /// two devices means they are in the same group state.
+    ///
+    /// # Errors
+    /// Not in the group.
+    pub fn epoch_authenticator(&self, conversation_id: &str) -> Result<Vec<u8>, E2eeError> {
+        Ok(self.group(conversation_id)?.epoch_authenticator().as_slice().to_vec())
+    }
+
+    /// Starts the MLS group of a new encrypted conversation, or brings an
+    /// existing one up to the conversation's devices: claims a KeyPackage of
+    /// every device of every member (this user's other devices too) that is
+    /// not a leaf yet, adds them all in one commit, and sends it with its
+    /// Welcome. Returns the commit's seq, or `None` when every device is in.
+    ///
+    /// # Errors
+    /// What natterd answered (`STALE_EPOCH`: another commit of this epoch won;
+    /// [`Self::catch_up`] and retry), or openmls failed.
+    pub async fn create_group(
+        &self,
+        client: &Client,
+        conversation: &wire::Conversation,
+    ) -> Result<Option<u64>, E2eeError> {
+        let id = &conversation.conversation_id;
+        let mut group = match self.load(id)? {
+            Some(g) => g,
+            None => MlsGroup::new_with_group_id(
+                &self.provider,
+                &self.signer,
+                &create_config(),
+                group_id(id)?,
+                self.credential.clone(),
+            )
+            .map_err(mls)?,
+        };
+        let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
+        let mut users: Vec<&str> = conversation.members.iter().map(|m| m.user_id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut packages = Vec::new();
+        for user in users {
+            let keys = super::device_keys(client, user).await?;
+            if keys.devices.iter().all(|d| leaves.contains(&d.signature_key)) {
+                continue;
+            }
+            for claimed in claim_key_packages(client, user).await?.packages {
+                let package = KeyPackageIn::tls_deserialize_exact(&claimed.key_package)
+                    .map_err(mls)?
+                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(|e| mls(format!("a claimed KeyPackage of {user} does not validate: {e}")))?;
+                if !leaves.contains(package.leaf_node().signature_key().as_slice()) {
+                    packages.push(package);
+                }
+            }
+        }
+        if packages.is_empty() {
+            return Ok(None);
+        }
+        self.commit_adding(client, &mut group, id, &packages).await.map(Some)
+    }
+
+    async fn commit_adding(
+        &self,
+        client: &Client,
+        group: &mut MlsGroup,
+        conversation_id: &str,
+        packages: &[KeyPackage],
+    ) -> Result<u64, E2eeError> {
+        let (commit, welcome, group_info) = group.add_members(&self.provider, &self.signer, packages).map_err(mls)?;
+        let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
+        let content = wire::MlsCommit {
+            commit: bytes(&commit)?,
+            welcome: bytes(&welcome)?,
+            group_info: bytes(&MlsMessageOut::from(group_info))?,
+            epoch: group.epoch().as_u64(),
+        };
+        self.send_commit(client, group, conversation_id, content).await
+    }
+
+    /// Commits a fresh leaf key for this device (RFC 9420 section 12.1.2):
+    /// post-compromise security, and what two members racing for an epoch do
+    /// in the tests. Returns the commit's seq.
+    ///
+    /// # Errors
+    /// `STALE_EPOCH` when another commit of this epoch won: [`Self::catch_up`] and retry.
+    pub async fn update(&self, client: &Client, conversation_id: &str) -> Result<u64, E2eeError> {
+        let mut group = self.group(conversation_id)?;
+        let bundle = group.self_update(&self.provider, &self.signer, LeafNodeParameters::default()).map_err(mls)?;
+        let (commit, welcome, group_info) = bundle.into_contents();
+        let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
+        let content = wire::MlsCommit {
+            commit: bytes(&commit)?,
+            welcome: match welcome {
+                Some(w) => bytes(&MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10))?,
+                None => Vec::new(),
+            },
+            group_info: bytes(&MlsMessageOut::from(group_info))?,
+            epoch: group.epoch().as_u64(),
+        };
+        self.send_commit(client, &mut group, conversation_id, content).await
+    }
+
+    /// Sends a pending commit; merges it once natterd accepted it, drops it
+    /// when natterd refused it (the group stays in its epoch).
+    async fn send_commit(
+        &self,
+        client: &Client,
+        group: &mut MlsGroup,
+        conversation_id: &str,
+        content: wire::MlsCommit,
+    ) -> Result<u64, E2eeError> {
+        let msg_id = uuid::Uuid::new_v4().to_string();
+        let content = wire::Content { body: Some(wire::content::Body::MlsCommit(content)) };
+        match client.send_content(conversation_id, &msg_id, content).await {
+            Ok(sent) => {
+                group.merge_pending_commit(&self.provider).map_err(mls)?;
+                self.processed(conversation_id, sent.seq)?;
+                Ok(sent.seq)
+            }
+            Err(e) => {
+                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Encrypts `text` for the conversation's group and sends it. Returns its seq.
+    ///
+    /// # Errors
+    /// Not in the group, or what natterd answered.
+    pub async fn send_text(&self, client: &Client, conversation_id: &str, text: &str) -> Result<u64, E2eeError> {
+        let mut group = self.group(conversation_id)?;
+        let message = group.create_message(&self.provider, &self.signer, text.as_bytes()).map_err(mls)?;
+        let content =
+            wire::Content { body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)? })) };
+        let sent = client.send_content(conversation_id, &uuid::Uuid::new_v4().to_string(), content).await?;
+        // The sender cannot decrypt its own message: it keeps the text.
+        self.remember(conversation_id, sent.seq, &self.user_id, text)?;
+        Ok(sent.seq)
+    }
+
+    /// Opens one message of an encrypted conversation, in seq order: decrypts
+    /// an application message (once; afterwards its text comes from the
+    /// device's store), processes a commit, or joins through its Welcome.
+    ///
+    /// # Errors
+    /// A message that does not decrypt or verify (tampered, replayed, or from
+    /// an epoch this device has no keys for): the group stays as it was.
+    pub fn open_message(&self, message: &wire::Message) -> Result<Opened, E2eeError> {
+        let conv = &message.conversation_id;
+        if let Some(text) = self.remembered(conv, message.seq)? {
+            return Ok(Opened::Text { sender_user_id: message.sender_user_id.clone(), text });
+        }
+        let opened = match message.content.as_ref().and_then(|c| c.body.as_ref()) {
+            Some(wire::content::Body::Mls(m)) => self.open_application(message, &m.message)?,
+            Some(wire::content::Body::MlsCommit(c)) => self.open_commit(conv, c)?,
+            _ => return Err(mls("not MLS content")),
+        };
+        self.processed(conv, message.seq)?;
+        Ok(opened)
+    }
+
+    fn open_application(&self, message: &wire::Message, ciphertext: &[u8]) -> Result<Opened, E2eeError> {
+        let conv = &message.conversation_id;
+        // Sent before this device joined: MLS gives it no keys for that.
+        let Some(mut group) = self.load(conv)? else { return Ok(Opened::NotForMe) };
+        let protocol = message_in(ciphertext)?.try_into_protocol_message().map_err(mls)?;
+        let processed = group.process_message(&self.provider, protocol).map_err(mls)?;
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let text = String::from_utf8(app.into_bytes()).map_err(|_| mls("the plaintext is not UTF-8"))?;
+                self.remember(conv, message.seq, &message.sender_user_id, &text)?;
+                Ok(Opened::Text { sender_user_id: message.sender_user_id.clone(), text })
+            }
+            _ => Err(mls("an MlsMessage that is not an application message")),
+        }
+    }
+
+    fn open_commit(&self, conv: &str, c: &wire::MlsCommit) -> Result<Opened, E2eeError> {
+        let Some(mut group) = self.load(conv)? else {
+            if c.welcome.is_empty() {
+                return Ok(Opened::NotForMe);
+            }
+            let MlsMessageBodyIn::Welcome(welcome) = message_in(&c.welcome)?.extract() else {
+                return Err(mls("the welcome is not a Welcome"));
+            };
+            let staged = match StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None) {
+                Ok(s) => s,
+                // A Welcome for other devices only.
+                Err(openmls::prelude::WelcomeError::NoMatchingKeyPackage) => return Ok(Opened::NotForMe),
+                Err(e) => return Err(mls(e)),
+            };
+            let group = staged.into_group(&self.provider).map_err(mls)?;
+            return Ok(Opened::Joined { epoch: group.epoch().as_u64() });
+        };
+        let epoch = group.epoch().as_u64();
+        if c.epoch < epoch {
+            // This device's own commit, or one it processed already.
+            return Ok(Opened::Commit { epoch });
+        }
+        if c.epoch > epoch {
+            return Err(mls(format!("a commit of epoch {} while this device is at {epoch}: it missed one", c.epoch)));
+        }
+        let protocol = message_in(&c.commit)?.try_into_protocol_message().map_err(mls)?;
+        let processed = group.process_message(&self.provider, protocol).map_err(mls)?;
+        match processed.into_content() {
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                group.merge_staged_commit(&self.provider, *staged).map_err(mls)?;
+                Ok(Opened::Commit { epoch: group.epoch().as_u64() })
+            }
+            _ => Err(mls("an MlsCommit that is not a commit")),
+        }
+    }
+
+    /// Opens what this device has not processed yet of a conversation (after
+    /// `STALE_EPOCH`, or after being offline), in order, and returns what each
+    /// was; what this device sent itself is skipped.
+    ///
+    /// # Errors
+    /// What natterd answered, or a message that does not open.
+    pub async fn catch_up(&self, client: &Client, conversation_id: &str) -> Result<Vec<Opened>, E2eeError> {
+        let mut out = Vec::new();
+        loop {
+            let after = self.processed_seq(conversation_id)?;
+            let page = client
+                .history(wire::GetHistory {
+                    conversation_id: conversation_id.into(),
+                    after_seq: after,
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await?;
+            let mls: Vec<&wire::Message> = page
+                .messages
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m.content.as_ref().and_then(|c| c.body.as_ref()),
+                        Some(wire::content::Body::Mls(_) | wire::content::Body::MlsCommit(_))
+                    )
+                })
+                .collect();
+            for m in mls {
+                // What this device sent itself is not news to it.
+                if self.remembered(conversation_id, m.seq)?.is_some() {
+                    self.processed(conversation_id, m.seq)?;
+                    continue;
+                }
+                out.push(self.open_message(m)?);
+            }
+            match page.messages.last() {
+                Some(last) if page.has_more => self.processed(conversation_id, last.seq)?,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn remember(&self, conv: &str, seq: u64, sender: &str, text: &str) -> Result<(), E2eeError> {
+        self.local
+            .execute(
+                "INSERT INTO natter_plaintext (conversation_id, seq, sender_user_id, text) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+                rusqlite::params![conv, seq as i64, sender, text],
+            )
+            .map_err(mls)?;
+        Ok(())
+    }
+
+    fn remembered(&self, conv: &str, seq: u64) -> Result<Option<String>, E2eeError> {
+        self.local
+            .query_row(
+                "SELECT text FROM natter_plaintext WHERE conversation_id = ?1 AND seq = ?2",
+                rusqlite::params![conv, seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(mls)
+    }
+
+    fn processed(&self, conv: &str, seq: u64) -> Result<(), E2eeError> {
+        self.local
+            .execute(
+                "INSERT INTO natter_processed (conversation_id, seq) VALUES (?1, ?2)
+                 ON CONFLICT (conversation_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                rusqlite::params![conv, seq as i64],
+            )
+            .map_err(mls)?;
+        Ok(())
+    }
+
+    fn processed_seq(&self, conv: &str) -> Result<u64, E2eeError> {
+        let seq: Option<i64> = self
+            .local
+            .query_row("SELECT seq FROM natter_processed WHERE conversation_id = ?1", [conv], |r| r.get(0))
+            .optional()
+            .map_err(mls)?;
+        Ok(seq.map_or(0, |s| s as u64))
+    }
+}
+
+/// Whether an error is natterd's `STALE_EPOCH`.
+pub fn is_stale_epoch(e: &E2eeError) -> bool {
+    matches!(e, E2eeError::Client(ClientError::Server { code, .. }) if *code == ErrorCode::STALE_EPOCH)
+}
