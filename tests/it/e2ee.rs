@@ -508,3 +508,63 @@ async fn two_commits_in_one_epoch_one_wins_the_loser_catches_up_and_a_refused_we
     assert_eq!(bob2.read(&conv).await, ["hello both of bob's devices"]);
     assert_eq!(bob.read(&conv).await, ["hello both of bob's devices"]);
 }
+
+#[tokio::test]
+async fn membership_follows_the_conversation_and_natterd_refuses_commits_that_do_not() {
+    let server = TestServer::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let carol = Member::new(server.new_user("carol@example.org").await.0).await;
+    let carol2 = Member::new(server.new_device("carol@example.org", "carol's laptop").await.0).await;
+    let dave = Member::new(server.new_user("dave@example.org").await.0).await;
+    let group = alice.client.create_group_with("trio", &["bob@example.org", "carol@example.org"], true).await.unwrap();
+    let g = group.conversation_id.clone();
+    alice.device.create_group(&alice.client, &group).await.unwrap();
+    for m in [&bob, &carol, &carol2] {
+        m.device.catch_up(&m.client, &g).await.unwrap();
+    }
+
+    // Someone who is not a member cannot be added; a member's signed-in
+    // device cannot be removed; nobody commits for another device.
+    alice.client.open_direct("dave@example.org").await.unwrap();
+    let daves = e2ee::claim_key_packages(&alice.client, &dave.user_id()).await.unwrap();
+    let e =
+        alice.device.add_key_packages(&alice.client, &g, &[daves.packages[0].key_package.clone()]).await.unwrap_err();
+    assert!(e.to_string().contains("not a registered device of a member"), "{e}");
+    let carol2_device = carol2.client.identity().unwrap().device_id;
+    let e = bob.device.remove_devices(&bob.client, &g, &[&carol2_device]).await.unwrap_err();
+    assert!(e.to_string().contains("still signed in"), "{e}");
+    assert_eq!(alice.device.epoch(&g).unwrap(), Some(1), "the refused commits were dropped");
+    assert_eq!(bob.device.epoch(&g).unwrap(), Some(1));
+
+    // Carol is removed: the next commit takes her two leaves out, and she
+    // cannot decrypt what is sent afterwards.
+    alice.client.remove_member(&g, &carol.user_id()).await.unwrap();
+    let conv = alice.client.get_conversation(&g).await.unwrap();
+    alice.device.create_group(&alice.client, &conv).await.unwrap().expect("a commit removing carol's devices");
+    let seq = alice.device.send_text(&alice.client, &g, "after carol left").await.unwrap();
+    assert_eq!(bob.read(&g).await, ["after carol left"]);
+    let page = history(&alice.client, &g).await;
+    for m in page.messages.iter().filter(|m| m.seq > 4) {
+        let _ = carol.device.open_message(m);
+    }
+    let after = page.messages.iter().find(|m| m.seq == seq).unwrap();
+    assert!(carol.device.open_message(after).is_err(), "a removed member cannot decrypt");
+    assert!(carol2.device.open_message(after).is_err());
+    assert_eq!(alice.device.epoch_authenticator(&g).unwrap(), bob.device.epoch_authenticator(&g).unwrap());
+
+    // A member signs a device out: the next commit removes its leaf.
+    let bob2 = Member::new(server.new_device("bob@example.org", "bob's phone").await.0).await;
+    alice.device.create_group(&alice.client, &conv).await.unwrap().expect("bob's phone added");
+    bob.device.catch_up(&bob.client, &g).await.unwrap();
+    assert!(matches!(bob2.device.catch_up(&bob2.client, &g).await.unwrap().last(), Some(e2ee::Opened::Joined { .. })));
+    bob2.client.logout().await.unwrap();
+    alice.device.create_group(&alice.client, &conv).await.unwrap().expect("bob's phone removed");
+    let seq = alice.device.send_text(&alice.client, &g, "after bob's phone left").await.unwrap();
+    assert_eq!(bob.read(&g).await, ["after bob's phone left"]);
+    let page = history(&bob.client, &g).await;
+    let after = page.messages.iter().find(|m| m.seq == seq).unwrap();
+    assert!(bob2.device.open_message(after).is_err(), "a signed-out device cannot decrypt");
+    assert_eq!(alice.device.create_group(&alice.client, &conv).await.unwrap(), None, "nothing left to change");
+    drop(dave);
+}

@@ -96,10 +96,12 @@ impl MlsDevice {
     }
 
     /// Starts the MLS group of a new encrypted conversation, or brings an
-    /// existing one up to the conversation's devices: claims a KeyPackage of
-    /// every device of every member (this user's other devices too) that is
-    /// not a leaf yet, adds them all in one commit, and sends it with its
-    /// Welcome. Returns the commit's seq, or `None` when every device is in.
+    /// existing one in line with the conversation: removes the leaves of
+    /// people who are no longer members and of devices signed out (or with a
+    /// new key), then claims a KeyPackage of every device of every member (this
+    /// user's other devices too) that is not a leaf yet and adds them all, each
+    /// in one commit with its Welcome. Returns the last commit's seq, or `None`
+    /// when the group already matched.
     ///
     /// # Errors
     /// What natterd answered (`STALE_EPOCH`: another commit of this epoch won;
@@ -121,30 +123,97 @@ impl MlsDevice {
             )
             .map_err(mls)?,
         };
-        let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
         let mut users: Vec<&str> = conversation.members.iter().map(|m| m.user_id.as_str()).collect();
         users.sort_unstable();
         users.dedup();
+        let mut keys = std::collections::HashMap::new();
+        for user in &users {
+            keys.insert(user.to_string(), super::device_keys(client, user).await?.devices);
+        }
+        // Leaves to go: not a member's, or not a device they still have.
+        let own = group.own_leaf_index();
+        let stale: Vec<_> = group
+            .members()
+            .filter(|m| m.index != own)
+            .filter(|m| {
+                let identity = openmls::prelude::BasicCredential::try_from(m.credential.clone())
+                    .ok()
+                    .and_then(|c| String::from_utf8(c.identity().to_vec()).ok());
+                let Some((user, device)) = identity.as_deref().and_then(|i| i.split_once('/')) else { return true };
+                !keys.get(user).is_some_and(|devices| {
+                    devices.iter().any(|d| d.device_id == device && d.signature_key == m.signature_key)
+                })
+            })
+            .map(|m| m.index)
+            .collect();
+        let mut last = None;
+        if !stale.is_empty() {
+            let (commit, welcome, group_info) =
+                group.remove_members(&self.provider, &self.signer, &stale).map_err(mls)?;
+            let content = wire::MlsCommit {
+                commit: bytes(&commit)?,
+                welcome: welcome.as_ref().map(bytes).transpose()?.unwrap_or_default(),
+                group_info: bytes(&MlsMessageOut::from(group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
+                epoch: group.epoch().as_u64(),
+            };
+            last = Some(self.send_commit(client, &mut group, id, content).await?);
+        }
+        let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
         let mut packages = Vec::new();
         for user in users {
-            let keys = super::device_keys(client, user).await?;
-            if keys.devices.iter().all(|d| leaves.contains(&d.signature_key)) {
+            if keys[user].iter().all(|d| leaves.contains(&d.signature_key)) {
                 continue;
             }
             for claimed in claim_key_packages(client, user).await?.packages {
-                let package = KeyPackageIn::tls_deserialize_exact(&claimed.key_package)
-                    .map_err(mls)?
-                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
-                    .map_err(|e| mls(format!("a claimed KeyPackage of {user} does not validate: {e}")))?;
-                if !leaves.contains(package.leaf_node().signature_key().as_slice()) {
-                    packages.push(package);
-                }
+                packages.push(claimed.key_package);
             }
         }
-        if packages.is_empty() {
-            return Ok(None);
+        let packages: Vec<Vec<u8>> = packages
+            .into_iter()
+            .filter(|p| {
+                KeyPackageIn::tls_deserialize_exact(p)
+                    .is_ok_and(|k| !leaves.contains(k.unverified_credential().signature_key.as_slice()))
+            })
+            .collect();
+        if !packages.is_empty() {
+            last = Some(self.add_key_packages_to(client, &mut group, id, &packages).await?);
         }
-        self.commit_adding(client, &mut group, id, &packages).await.map(Some)
+        Ok(last)
+    }
+
+    /// Adds the devices of these KeyPackages (TLS-serialized, as claimed) to
+    /// the conversation's group in one commit. Returns its seq.
+    ///
+    /// # Errors
+    /// A package that does not validate, or what natterd answered
+    /// (`MLS_MESSAGE_INVALID` for a device that is not a member's).
+    pub async fn add_key_packages(
+        &self,
+        client: &Client,
+        conversation_id: &str,
+        packages: &[Vec<u8>],
+    ) -> Result<u64, E2eeError> {
+        let mut group = self.group(conversation_id)?;
+        self.add_key_packages_to(client, &mut group, conversation_id, packages).await
+    }
+
+    async fn add_key_packages_to(
+        &self,
+        client: &Client,
+        group: &mut MlsGroup,
+        conversation_id: &str,
+        packages: &[Vec<u8>],
+    ) -> Result<u64, E2eeError> {
+        let mut valid = Vec::with_capacity(packages.len());
+        for p in packages {
+            valid.push(
+                KeyPackageIn::tls_deserialize_exact(p)
+                    .map_err(mls)?
+                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(|e| mls(format!("a claimed KeyPackage does not validate: {e}")))?,
+            );
+        }
+        self.commit_adding(client, group, conversation_id, &valid).await
     }
 
     async fn commit_adding(
@@ -163,6 +232,45 @@ impl MlsDevice {
             epoch: group.epoch().as_u64(),
         };
         self.send_commit(client, group, conversation_id, content).await
+    }
+
+    /// Removes these devices' leaves from the conversation's group in one
+    /// commit. Returns its seq.
+    ///
+    /// # Errors
+    /// A device that is not a leaf, or what natterd answered
+    /// (`MLS_MESSAGE_INVALID` for a member's device that is still signed in).
+    pub async fn remove_devices(
+        &self,
+        client: &Client,
+        conversation_id: &str,
+        device_ids: &[&str],
+    ) -> Result<u64, E2eeError> {
+        let mut group = self.group(conversation_id)?;
+        let indices: Vec<_> = group
+            .members()
+            .filter(|m| {
+                openmls::prelude::BasicCredential::try_from(m.credential.clone()).is_ok_and(|c| {
+                    std::str::from_utf8(c.identity())
+                        .ok()
+                        .and_then(|i| i.split_once('/'))
+                        .is_some_and(|(_, d)| device_ids.contains(&d))
+                })
+            })
+            .map(|m| m.index)
+            .collect();
+        if indices.len() != device_ids.len() {
+            return Err(mls("not every device is a leaf of the group"));
+        }
+        let (commit, welcome, group_info) =
+            group.remove_members(&self.provider, &self.signer, &indices).map_err(mls)?;
+        let content = wire::MlsCommit {
+            commit: bytes(&commit)?,
+            welcome: welcome.as_ref().map(bytes).transpose()?.unwrap_or_default(),
+            group_info: bytes(&MlsMessageOut::from(group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
+            epoch: group.epoch().as_u64(),
+        };
+        self.send_commit(client, &mut group, conversation_id, content).await
     }
 
     /// Commits a fresh leaf key for this device (RFC 9420 section 12.1.2):

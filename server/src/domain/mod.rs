@@ -128,10 +128,12 @@ pub enum Event {
         at: Millis,
     },
     /// Stream `mls:<id>`: the commit of `epoch` was accepted (appended with it,
-    /// at version `epoch`, so that each epoch has one).
+    /// at version `epoch`, so that each epoch has one), and the GroupInfo of
+    /// the epoch it starts (what the next commit is checked against).
     MlsEpochClosed {
         conversation_id: ConversationId,
         epoch: u64,
+        group_info: Vec<u8>,
         at: Millis,
     },
     /// The device's MLS signature public key (Ed25519), registered by the

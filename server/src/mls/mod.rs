@@ -15,6 +15,7 @@
 //! its signatures, the ciphersuite, a BasicCredential naming the device, the
 //! device's registered signature key, its lifetime and its last-resort marking.
 
+pub mod delivery;
 pub mod postgres;
 pub mod sqlite;
 

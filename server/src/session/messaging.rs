@@ -98,12 +98,13 @@ impl Service {
                 mls_only_in_e2ee()?;
                 let epoch =
                     crate::mls::check_commit(&c.commit, &c.welcome, &c.group_info, state.id).map_err(mls_invalid)?;
+                self.check_commit_leaves(me, &state, epoch, &c.commit, &c.group_info).await?;
                 Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch }
             }
             None => return Err(Rejection::EmptyMessage.into()),
         };
         let commit_epoch = match &content {
-            Content::MlsCommit { epoch, .. } => Some(*epoch),
+            Content::MlsCommit { epoch, group_info, .. } => Some((*epoch, group_info.clone())),
             _ => None,
         };
         let event_id = client_msg_id.event_id(state.id, me.user_id);
@@ -116,7 +117,7 @@ impl Service {
         let mut appends =
             vec![StreamAppend::new(conv_stream.clone(), ExpectedVersion::Any, vec![NewEvent { id: event_id, event }])
                 .with_precondition(Precondition::ActiveMember { conversation: state.id, user: me.user_id })];
-        if let Some(epoch) = commit_epoch {
+        if let Some((epoch, group_info)) = commit_epoch.clone() {
             // One commit per epoch: the `mls:` stream's version is the epoch,
             // and this append closes it or fails with the commit.
             appends.push(StreamAppend::new(
@@ -124,21 +125,14 @@ impl Service {
                 ExpectedVersion::Exact(epoch),
                 vec![NewEvent {
                     id: uuid::Uuid::new_v5(&event_id, b"mls-epoch"),
-                    event: Event::MlsEpochClosed { conversation_id: state.id, epoch, at: now },
+                    event: Event::MlsEpochClosed { conversation_id: state.id, epoch, group_info, at: now },
                 }],
             ));
         }
         let outcome = match self.store.append(appends).await {
             Ok(o) => o,
             Err(AppendError::WrongExpectedVersion { actual, .. }) if commit_epoch.is_some() => {
-                return Err(WireError::new(
-                    ErrorCode::STALE_EPOCH,
-                    format!(
-                        "the commit is for epoch {}; the conversation's group is at epoch {actual}: process the \
-                         commits since and retry",
-                        commit_epoch.unwrap_or_default()
-                    ),
-                ));
+                return Err(super::mls::stale_epoch(commit_epoch.map_or(0, |c| c.0), actual));
             }
             Err(e) => return Err(e.into()),
         };

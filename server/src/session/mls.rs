@@ -8,9 +8,12 @@ use natter_proto::wire;
 use natter_proto::ErrorCode;
 
 use super::{invalid, Identity, Reply, Service, WireError};
+use crate::domain::conversation::ConversationState;
 use crate::domain::{DeviceId, Event, UserId};
+use crate::mls::delivery::{self, Leaf};
 use crate::mls::{KeyPackageStore, MlsConfig, Publication, PublishError, CLAIM_WINDOW};
 use crate::projection::router::Ephemeral;
+use crate::store::StreamName;
 
 /// What the session layer needs of MLS.
 pub struct MlsSetup {
@@ -18,11 +21,90 @@ pub struct MlsSetup {
     pub config: MlsConfig,
 }
 
+pub(super) fn stale_epoch(epoch: u64, current: u64) -> WireError {
+    WireError::new(
+        ErrorCode::STALE_EPOCH,
+        format!(
+            "the commit is for epoch {epoch}; the conversation's group is at epoch {current}: process the commits \
+             since and retry"
+        ),
+    )
+}
+
 fn no_device_key() -> WireError {
     WireError::new(ErrorCode::NO_DEVICE_KEY, "this device has registered no MLS signature key (RegisterDeviceKey)")
 }
 
 impl Service {
+    /// What natterd checks of a commit made in `epoch` before appending it
+    /// (which then closes the epoch atomically): that the epoch is the
+    /// group's current one, that the caller's own device made it, and that
+    /// the leaves it adds are registered devices of current members and the
+    /// leaves it removes are not (any more). The group's first commit is
+    /// checked by the group it creates.
+    ///
+    /// # Errors
+    /// `STALE_EPOCH`, `MLS_MESSAGE_INVALID`.
+    pub(super) async fn check_commit_leaves(
+        &self,
+        me: &Identity,
+        state: &ConversationState,
+        epoch: u64,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<(), WireError> {
+        let last = self.store.last_in_stream(&StreamName::mls(state.id)).await?;
+        let (current, previous) = match last.as_ref().map(|r| (&r.event, r.version)) {
+            None => (0, None),
+            Some((Event::MlsEpochClosed { group_info, .. }, version)) => (version, Some(group_info)),
+            Some(_) => return Err(WireError::new(ErrorCode::INTERNAL, "an mls: stream holds another event")),
+        };
+        if epoch != current {
+            return Err(stale_epoch(epoch, current));
+        }
+        let invalid = |why: String| WireError::new(ErrorCode::MLS_MESSAGE_INVALID, why);
+        let mine = |leaf: &Leaf| leaf.user == me.user_id && leaf.device == me.device_id;
+        let (added, removed) = match previous {
+            None => {
+                let leaves = delivery::leaves(group_info).map_err(invalid)?;
+                if !leaves.iter().any(mine) {
+                    return Err(invalid("the group's first commit makes a group without the sending device".into()));
+                }
+                (leaves.into_iter().filter(|l| !mine(l)).collect(), Vec::new())
+            }
+            Some(previous) => {
+                let changes = delivery::changes(previous, commit, group_info).map_err(invalid)?;
+                if !changes.sender.as_ref().is_some_and(mine) {
+                    return Err(invalid("a commit is made by the sending device's own leaf".into()));
+                }
+                (changes.added, changes.removed)
+            }
+        };
+        for leaf in &added {
+            let registered = self.store.device_keys(leaf.user).await?;
+            let ok = state.is_member(leaf.user)
+                && registered.iter().any(|k| k.device_id == leaf.device && k.signature_key == leaf.signature_key);
+            if !ok {
+                return Err(invalid(format!(
+                    "the commit adds device {} of user {}, which is not a registered device of a member",
+                    leaf.device.0, leaf.user
+                )));
+            }
+        }
+        for leaf in &removed {
+            let registered = self.store.device_keys(leaf.user).await?;
+            let still = state.is_member(leaf.user)
+                && registered.iter().any(|k| k.device_id == leaf.device && k.signature_key == leaf.signature_key);
+            if still {
+                return Err(invalid(format!(
+                    "the commit removes device {} of user {}, a member whose device is still signed in",
+                    leaf.device.0, leaf.user
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn stock_to_wire(
         &self,
         device: DeviceId,

@@ -218,10 +218,13 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::ConversationEncrypted { conversation_id, at } => {
             pb::ConversationEncrypted { conversation_id: conversation_id.to_string(), at_ms: at.0 }.encode_to_vec()
         }
-        Event::MlsEpochClosed { conversation_id, epoch, at } => {
-            pb::MlsEpochClosed { conversation_id: conversation_id.to_string(), epoch: *epoch, at_ms: at.0 }
-                .encode_to_vec()
+        Event::MlsEpochClosed { conversation_id, epoch, group_info, at } => pb::MlsEpochClosed {
+            conversation_id: conversation_id.to_string(),
+            epoch: *epoch,
+            at_ms: at.0,
+            group_info: group_info.clone(),
         }
+        .encode_to_vec(),
         Event::DeviceKeyRegistered { user_id, device_id, signature_key, at } => pb::DeviceKeyRegistered {
             user_id: user_id.to_string(),
             device_id: device_id.0.to_string(),
@@ -661,6 +664,7 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
             Event::MlsEpochClosed {
                 conversation_id: ConversationId(uuid(&e.conversation_id)?),
                 epoch: e.epoch,
+                group_info: e.group_info,
                 at: Millis(e.at_ms),
             }
         }
@@ -819,7 +823,7 @@ mod tests {
                 at: Millis(46),
             },
             Event::ConversationEncrypted { conversation_id: conv, at: Millis(47) },
-            Event::MlsEpochClosed { conversation_id: conv, epoch: 3, at: Millis(48) },
+            Event::MlsEpochClosed { conversation_id: conv, epoch: 3, group_info: vec![5, 6], at: Millis(48) },
             Event::MessageSent(MessageSent {
                 conversation_id: conv,
                 sender_user_id: u,
