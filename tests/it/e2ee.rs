@@ -568,3 +568,102 @@ async fn membership_follows_the_conversation_and_natterd_refuses_commits_that_do
     assert_eq!(alice.device.create_group(&alice.client, &conv).await.unwrap(), None, "nothing left to change");
     drop(dave);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_postgres_nodes_one_commit_per_epoch_wins_and_no_table_holds_the_text() {
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let node_a = TestServer::start_postgres(&db).await;
+    let node_b = TestServer::start_postgres(&db).await;
+    let alice = Member::new(node_a.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(node_b.new_user("bob@example.org").await.0).await;
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    bob.device.catch_up(&bob.client, &conv).await.unwrap();
+    for round in 0..3 {
+        let (a, b) = tokio::join!(alice.device.update(&alice.client, &conv), bob.device.update(&bob.client, &conv));
+        let lost = match (a, b) {
+            (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+            (a, b) => panic!("round {round}: not exactly one winner across the nodes: {a:?} {b:?}"),
+        };
+        assert!(e2ee::is_stale_epoch(&lost), "{lost}");
+        alice.device.catch_up(&alice.client, &conv).await.unwrap();
+        bob.device.catch_up(&bob.client, &conv).await.unwrap();
+        assert_eq!(alice.device.epoch(&conv).unwrap(), Some(2 + round));
+        assert_eq!(alice.device.epoch_authenticator(&conv).unwrap(), bob.device.epoch_authenticator(&conv).unwrap());
+    }
+    alice.device.send_text(&alice.client, &conv, &format!("{MARKER} over postgres")).await.unwrap();
+    assert_eq!(bob.read(&conv).await, [format!("{MARKER} over postgres")]);
+
+    // No row of any table holds the text (the log, the read models, the MLS store).
+    let (pg, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let tables: Vec<String> = pg
+        .query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() > 10 && tables.iter().any(|t| t == "events"), "{tables:?}");
+    // Every row as text (text columns), and every bytea column as bytes (the
+    // log's payloads, stored content, KeyPackages).
+    let holding = |table: &str, column: Option<&str>| match column {
+        None => format!("SELECT count(*) FROM \"{table}\" t WHERE position($1::bytea in convert_to(t::text, 'UTF8')) > 0"),
+        Some(c) => format!("SELECT count(*) FROM \"{table}\" WHERE position($1::bytea in \"{c}\") > 0"),
+    };
+    let bytea: Vec<(String, String)> = pg
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND data_type = 'bytea'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(bytea.iter().any(|(t, c)| t == "events" && c == "payload"), "{bytea:?}");
+    let checks = tables.iter().map(|t| (t.clone(), None)).chain(bytea.iter().map(|(t, c)| (t.clone(), Some(c.clone()))));
+    for (table, column) in checks {
+        let n: i64 = pg.query_one(&holding(&table, column.as_deref()), &[&MARKER.as_bytes()]).await.unwrap().get(0);
+        assert_eq!(n, 0, "the text is in {table} {column:?}");
+    }
+    // (the check can fail: plaintext is found)
+    let plain = alice.client.open_direct("bob@example.org").await.unwrap().conversation_id;
+    alice.client.send_text(&plain, "p-1", MARKER).await.unwrap();
+    let n: i64 = pg.query_one(&holding("events", Some("payload")), &[&MARKER.as_bytes()]).await.unwrap().get(0);
+    assert_eq!(n, 1, "a plaintext message's text is found in the log");
+}
+
+#[tokio::test]
+async fn a_push_notification_for_an_encrypted_message_carries_no_text_and_commits_none_at_all() {
+    let server = TestServer::start_with(|c| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = 200;
+    })
+    .await;
+    let push = natter_tests::push_service::PushServiceFake::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let bob_id = bob.user_id();
+    let key = bob.client.push_config().await.unwrap().application_server_key;
+    let sub = push.subscribe(&key);
+    bob.client.register_push(&sub.endpoint, &sub.p256dh, &sub.auth).await.unwrap();
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    let Member { client: bob_client, device: bob_device, dir: _bob_dir } = bob;
+    drop(bob_client);
+    natter_tests::wait_offline(&alice.client, &bob_id).await;
+
+    // The commit that adds Bob tells him nothing; the message, that there is one.
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    let seq = alice.device.send_text(&alice.client, &conv, &format!("{MARKER} while you were away")).await.unwrap();
+    let got = push.wait_for(Duration::from_secs(10), "bob's notification", |r| !r.is_empty()).await;
+    assert_eq!(got.len(), 1, "one notification, for the message: {got:?}");
+    let n = &got[0].payload;
+    assert_eq!((n["conversation_id"].as_str(), n["seq"].as_u64(), n["count"].as_u64()), (Some(&*conv), Some(seq), Some(1)));
+    assert!(n.get("text").is_none(), "no text, not even empty: {n}");
+    assert!(!n.to_string().contains(MARKER));
+    drop(bob_device);
+}
