@@ -609,7 +609,9 @@ async fn on_two_postgres_nodes_one_commit_per_epoch_wins_and_no_table_holds_the_
     // Every row as text (text columns), and every bytea column as bytes (the
     // log's payloads, stored content, KeyPackages).
     let holding = |table: &str, column: Option<&str>| match column {
-        None => format!("SELECT count(*) FROM \"{table}\" t WHERE position($1::bytea in convert_to(t::text, 'UTF8')) > 0"),
+        None => {
+            format!("SELECT count(*) FROM \"{table}\" t WHERE position($1::bytea in convert_to(t::text, 'UTF8')) > 0")
+        }
         Some(c) => format!("SELECT count(*) FROM \"{table}\" WHERE position($1::bytea in \"{c}\") > 0"),
     };
     let bytea: Vec<(String, String)> = pg
@@ -624,7 +626,8 @@ async fn on_two_postgres_nodes_one_commit_per_epoch_wins_and_no_table_holds_the_
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert!(bytea.iter().any(|(t, c)| t == "events" && c == "payload"), "{bytea:?}");
-    let checks = tables.iter().map(|t| (t.clone(), None)).chain(bytea.iter().map(|(t, c)| (t.clone(), Some(c.clone()))));
+    let checks =
+        tables.iter().map(|t| (t.clone(), None)).chain(bytea.iter().map(|(t, c)| (t.clone(), Some(c.clone()))));
     for (table, column) in checks {
         let n: i64 = pg.query_one(&holding(&table, column.as_deref()), &[&MARKER.as_bytes()]).await.unwrap().get(0);
         assert_eq!(n, 0, "the text is in {table} {column:?}");
@@ -662,8 +665,85 @@ async fn a_push_notification_for_an_encrypted_message_carries_no_text_and_commit
     let got = push.wait_for(Duration::from_secs(10), "bob's notification", |r| !r.is_empty()).await;
     assert_eq!(got.len(), 1, "one notification, for the message: {got:?}");
     let n = &got[0].payload;
-    assert_eq!((n["conversation_id"].as_str(), n["seq"].as_u64(), n["count"].as_u64()), (Some(&*conv), Some(seq), Some(1)));
+    assert_eq!(
+        (n["conversation_id"].as_str(), n["seq"].as_u64(), n["count"].as_u64()),
+        (Some(&*conv), Some(seq), Some(1))
+    );
     assert!(n.get("text").is_none(), "no text, not even empty: {n}");
     assert!(!n.to_string().contains(MARKER));
     drop(bob_device);
+}
+
+/// Signs in `email` on `server` again with the saved session.
+async fn resume_child(server: &natter_tests::ChildServer, token: &str) -> Client {
+    let mut config = server.client_config();
+    config.session_token = Some(token.to_owned());
+    Client::connect(&config).await.expect("the session survived")
+}
+
+#[tokio::test]
+async fn natterd_killed_during_commits_leaves_exactly_one_outcome_and_no_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = crate::crash::free_udp_port();
+    let mut server = natter_tests::ChildServer::spawn(&crate::natterd(), dir.path(), addr);
+    let signup = |email: &'static str| {
+        let config = server.client_config();
+        async move {
+            let c = Client::connect(&config).await.unwrap();
+            c.signup(email, natter_tests::PASSWORD, "").await.unwrap();
+            let (token, _) = c.login(email, natter_tests::PASSWORD, "d").await.unwrap();
+            (c, token)
+        }
+    };
+    let ((alice_client, alice_token), (bob_client, bob_token)) =
+        (signup("alice@example.org").await, signup("bob@example.org").await);
+    let alice = Member::new(alice_client).await;
+    let bob = Member::new(bob_client).await;
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    bob.device.catch_up(&bob.client, &conv).await.unwrap();
+    let (Member { device: alice_device, dir: _a, .. }, Member { device: bob_device, dir: _b, .. }) = (alice, bob);
+
+    let (mut landed, mut lost, mut unanswered) = (0, 0, 0);
+    // From before the commit leaves to after it is stored (a debug build takes
+    // some milliseconds to check a commit).
+    for (cycle, delay_ms) in (1..=24u64).chain([40, 80]).enumerate() {
+        let client = resume_child(&server, &alice_token).await;
+        let before = alice_device.epoch(&conv).unwrap();
+        // Kill natterd at some moment while Alice's commit is on its way.
+        let answered = tokio::select! {
+            r = alice_device.update(&client, &conv) => { r.unwrap(); true }
+            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => false,
+        };
+        server.kill9();
+        drop(client);
+        server = natter_tests::ChildServer::spawn(&crate::natterd(), dir.path(), addr);
+        let (alice_client, bob_client) =
+            (resume_child(&server, &alice_token).await, resume_child(&server, &bob_token).await);
+        alice_device.catch_up(&alice_client, &conv).await.unwrap();
+        bob_device.catch_up(&bob_client, &conv).await.unwrap();
+        let (a, b) = (alice_device.epoch(&conv).unwrap(), bob_device.epoch(&conv).unwrap());
+        assert_eq!(a, b, "cycle {cycle}: one outcome for both");
+        if a > before {
+            landed += 1;
+            // Stored, but the answer never came: the pending commit was merged.
+            unanswered += u32::from(!answered);
+        } else {
+            assert!(!answered, "cycle {cycle}: an accepted commit is never lost");
+            lost += 1;
+        }
+        assert_eq!(
+            alice_device.epoch_authenticator(&conv).unwrap(),
+            bob_device.epoch_authenticator(&conv).unwrap(),
+            "cycle {cycle}: no fork"
+        );
+        // And the group works on.
+        let text = format!("after cycle {cycle}");
+        alice_device.send_text(&alice_client, &conv, &text).await.unwrap();
+        let opened = bob_device.catch_up(&bob_client, &conv).await.unwrap();
+        assert!(matches!(opened.last(), Some(e2ee::Opened::Text { text: t, .. }) if *t == text), "{opened:?}");
+    }
+    eprintln!("commits stored before the kill: {landed} ({unanswered} of them unanswered), not stored: {lost}");
+    assert!(landed > 0, "some commits were stored before the kill");
 }

@@ -112,6 +112,7 @@ impl MlsDevice {
         conversation: &wire::Conversation,
     ) -> Result<Option<u64>, E2eeError> {
         let id = &conversation.conversation_id;
+        self.settle(client, id).await?;
         let mut group = match self.load(id)? {
             Some(g) => g,
             None => MlsGroup::new_with_group_id(
@@ -280,6 +281,7 @@ impl MlsDevice {
     /// # Errors
     /// `STALE_EPOCH` when another commit of this epoch won: [`Self::catch_up`] and retry.
     pub async fn update(&self, client: &Client, conversation_id: &str) -> Result<u64, E2eeError> {
+        self.settle(client, conversation_id).await?;
         let mut group = self.group(conversation_id)?;
         let bundle = group.self_update(&self.provider, &self.signer, LeafNodeParameters::default()).map_err(mls)?;
         let (commit, welcome, group_info) = bundle.into_contents();
@@ -297,7 +299,10 @@ impl MlsDevice {
     }
 
     /// Sends a pending commit; merges it once natterd accepted it, drops it
-    /// when natterd refused it (the group stays in its epoch).
+    /// when natterd refused it (the group stays in its epoch). When the
+    /// answer is lost (the connection went), the commit stays pending and
+    /// noted: the next [`Self::catch_up`] finds it in the conversation (then
+    /// merges it) or not (then drops it), so the device never forks off.
     async fn send_commit(
         &self,
         client: &Client,
@@ -305,19 +310,51 @@ impl MlsDevice {
         conversation_id: &str,
         content: wire::MlsCommit,
     ) -> Result<u64, E2eeError> {
+        self.local
+            .execute(
+                "INSERT OR REPLACE INTO natter_pending_commit (conversation_id, commit_bytes) VALUES (?1, ?2)",
+                rusqlite::params![conversation_id, content.commit],
+            )
+            .map_err(mls)?;
         let msg_id = uuid::Uuid::new_v4().to_string();
         let content = wire::Content { body: Some(wire::content::Body::MlsCommit(content)) };
         match client.send_content(conversation_id, &msg_id, content).await {
             Ok(sent) => {
                 group.merge_pending_commit(&self.provider).map_err(mls)?;
+                self.forget_pending(conversation_id)?;
                 self.processed(conversation_id, sent.seq)?;
                 Ok(sent.seq)
             }
-            Err(e) => {
+            // natterd answered: nothing of the commit was stored.
+            Err(e @ ClientError::Server { .. }) => {
                 group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                self.forget_pending(conversation_id)?;
                 Err(e.into())
             }
+            Err(e) => Err(e.into()),
         }
+    }
+
+    fn pending_commit(&self, conv: &str) -> Result<Option<Vec<u8>>, E2eeError> {
+        self.local
+            .query_row("SELECT commit_bytes FROM natter_pending_commit WHERE conversation_id = ?1", [conv], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(mls)
+    }
+
+    fn forget_pending(&self, conv: &str) -> Result<(), E2eeError> {
+        self.local.execute("DELETE FROM natter_pending_commit WHERE conversation_id = ?1", [conv]).map_err(mls)?;
+        Ok(())
+    }
+
+    /// Settles a commit whose outcome is unknown before making anything new.
+    async fn settle(&self, client: &Client, conversation_id: &str) -> Result<(), E2eeError> {
+        if self.pending_commit(conversation_id)?.is_some() {
+            self.catch_up(client, conversation_id).await?;
+        }
+        Ok(())
     }
 
     /// Encrypts `text` for the conversation's group and sends it. Returns its seq.
@@ -325,6 +362,7 @@ impl MlsDevice {
     /// # Errors
     /// Not in the group, or what natterd answered.
     pub async fn send_text(&self, client: &Client, conversation_id: &str, text: &str) -> Result<u64, E2eeError> {
+        self.settle(client, conversation_id).await?;
         let mut group = self.group(conversation_id)?;
         let message = group.create_message(&self.provider, &self.signer, text.as_bytes()).map_err(mls)?;
         let content =
@@ -390,6 +428,18 @@ impl MlsDevice {
             return Ok(Opened::Joined { epoch: group.epoch().as_u64() });
         };
         let epoch = group.epoch().as_u64();
+        if c.epoch == epoch {
+            if let Some(pending) = self.pending_commit(conv)? {
+                self.forget_pending(conv)?;
+                if pending == c.commit {
+                    // This device's own commit, whose answer it never got.
+                    group.merge_pending_commit(&self.provider).map_err(mls)?;
+                    return Ok(Opened::Commit { epoch: group.epoch().as_u64() });
+                }
+                // Another commit won this epoch: this device's never will.
+                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+            }
+        }
         if c.epoch < epoch {
             // This device's own commit, or one it processed already.
             return Ok(Opened::Commit { epoch });
@@ -426,7 +476,7 @@ impl MlsDevice {
                     ..Default::default()
                 })
                 .await?;
-            let mls: Vec<&wire::Message> = page
+            let encrypted: Vec<&wire::Message> = page
                 .messages
                 .iter()
                 .filter(|m| {
@@ -436,7 +486,7 @@ impl MlsDevice {
                     )
                 })
                 .collect();
-            for m in mls {
+            for m in encrypted {
                 // What this device sent itself is not news to it.
                 if self.remembered(conversation_id, m.seq)?.is_some() {
                     self.processed(conversation_id, m.seq)?;
@@ -446,7 +496,16 @@ impl MlsDevice {
             }
             match page.messages.last() {
                 Some(last) if page.has_more => self.processed(conversation_id, last.seq)?,
-                _ => return Ok(out),
+                _ => {
+                    // A commit sent but not in the conversation was never stored.
+                    if self.pending_commit(conversation_id)?.is_some() {
+                        self.forget_pending(conversation_id)?;
+                        if let Some(mut group) = self.load(conversation_id)? {
+                            group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                        }
+                    }
+                    return Ok(out);
+                }
             }
         }
     }
