@@ -217,6 +217,9 @@ enum Command {
         /// How many of the newest messages to show.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// With an email: the end-to-end encrypted conversation with them.
+        #[arg(long)]
+        e2ee: bool,
     },
     /// Search the messages you may read: words, "quoted phrases", and the
     /// last word as a prefix. Results are grouped by conversation, the
@@ -646,7 +649,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Send { to, text, e2ee } => cli.send(&to, &text, e2ee).await,
         Command::SendFile { to, path, caption } => cli.send_file(&to, &path, &caption).await,
         Command::Download { conversation, seq, output } => cli.download(&conversation, seq, output).await,
-        Command::History { conversation, limit } => cli.history(&conversation, limit).await,
+        Command::History { conversation, limit, e2ee } => cli.history(&conversation, limit, e2ee).await,
         Command::Search { text, conversation, from, limit } => {
             cli.search(&text, conversation.as_deref(), from.as_deref(), limit).await
         }
@@ -1317,9 +1320,13 @@ impl Cli {
         self.profile.email.clone().unwrap_or_default()
     }
 
-    async fn history(&mut self, target: &str, limit: u32) -> anyhow::Result<()> {
+    async fn history(&mut self, target: &str, limit: u32, e2ee: bool) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
-        let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
+        let conv = if e2ee && target.contains('@') {
+            client.open_direct_with(target, true).await?
+        } else {
+            resolve(&client, target, Reach::Former, &self.me()).await?
+        };
         let device = if conv.e2ee {
             let device = self.mls_device(&client).await?;
             device.catch_up(&client, &conv.conversation_id).await?;

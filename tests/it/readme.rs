@@ -191,6 +191,27 @@ async fn the_readme_walkthrough_runs_in_order_as_written() {
     let saved = std::fs::read(home.path().join("minutes-from-alice.pdf")).expect("Bob saved the file");
     assert_eq!(saved, std::fs::read(home.path().join("minutes.pdf")).unwrap(), "byte for byte");
     assert!(said("push status").contains("application server key: "));
+    // End-to-end encrypted: the texts read back on the other devices, never in natterd's files.
+    assert!(said("history --e2ee alice@example.org").contains("[e2ee] the spare key is under the blue pot"));
+    assert!(said("natter-bob   history vault").contains("[e2ee] encrypted for the three of us"));
+    let (number_a, number_b) = (said("natter-alice verify"), said("natter-bob   verify"));
+    let digits = |out: &str| out.lines().filter(|l| l.starts_with("  ")).map(str::trim).collect::<Vec<_>>().join(" ");
+    assert_eq!(digits(&number_a).split(' ').count(), 12, "{number_a}");
+    assert_eq!(digits(&number_a), digits(&number_b), "the same safety number on both sides");
+    for words in ["the spare key is under the blue pot", "encrypted for the three of us"] {
+        let mut stack = vec![server.data_dir().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    assert!(!bytes.windows(words.len()).any(|w| w == words.as_bytes()), "{words:?} in {path:?}");
+                }
+            }
+        }
+    }
     let told = push.wait_for(Duration::from_secs(20), "Dave's notification", |r| !r.is_empty()).await;
     assert_eq!(told[0].payload["sender_name"], "Alice");
     assert!(told[0].payload.get("text").is_none(), "previews are off: {:?}", told[0].payload);

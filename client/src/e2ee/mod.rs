@@ -163,6 +163,8 @@ impl MlsDevice {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| state(e.to_string()))?;
         }
+        // `natter listen` and a `natter send` in another terminal share the file.
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| state(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| state(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
         conn.execute_batch(META).map_err(|e| state(e.to_string()))?;
@@ -192,7 +194,7 @@ impl MlsDevice {
         storage.run_migrations().map_err(|e| state(e.to_string()))?;
         let provider = Provider { crypto: RustCrypto::default(), storage };
         let local = Connection::open(&path).map_err(|e| state(e.to_string()))?;
-        local.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| state(e.to_string()))?;
+        local.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| state(e.to_string()))?;
         local.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
         let credential = CredentialWithKey {
             credential: BasicCredential::new(credential_identity(user_id, device_id).into_bytes()).into(),
