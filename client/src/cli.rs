@@ -1223,6 +1223,23 @@ impl Cli {
     async fn send_file(&mut self, to: &str, path: &Path, caption: &str) -> anyhow::Result<()> {
         let client = self.connect_signed_in().await?;
         let conv = resolve(&client, to, Reach::Member, &self.me()).await?;
+        if conv.e2ee {
+            // Encrypted on this device; natterd stores opaque bytes.
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let file_name =
+                path.file_name().and_then(|n| n.to_str()).context("the file's name is not UTF-8: rename it")?;
+            let mime = infer_type(&bytes);
+            let device = self.mls_device(&client).await?;
+            self.ready_to_encrypt(&client, &device, &conv).await?;
+            let seq = device.send_file(&client, &conv.conversation_id, &bytes, file_name, mime, caption).await?;
+            println!(
+                "sent #{seq} to {} (end-to-end encrypted): [file {file_name}, {mime}, {}]",
+                title(&conv, &self.me()),
+                human_size(bytes.len() as u64)
+            );
+            client.close().await;
+            return Ok(());
+        }
         let mut file = tokio::fs::File::open(path).await.with_context(|| format!("cannot open {}", path.display()))?;
         let (sha256, size) = crate::transfer::digest(&mut file).await?;
         let file_name =
@@ -1277,6 +1294,27 @@ impl Cli {
                 ..Default::default()
             })
             .await?;
+        if conv.e2ee {
+            let Some(message) = page.messages.first().filter(|m| m.seq == seq) else {
+                anyhow::bail!("{} has no message #{seq} (see `natter history`)", title(&conv, &self.me()));
+            };
+            let device = self.mls_device(&client).await?;
+            device.catch_up(&client, &conv.conversation_id).await?;
+            let crate::e2ee::Opened::File { file, .. } = device.open_message(message)? else {
+                anyhow::bail!("#{seq} in {} is not a file", title(&conv, &self.me()));
+            };
+            let bytes = device.fetch_file(&client, &file).await?;
+            let output = match output {
+                Some(path) => path,
+                None => PathBuf::from(
+                    Path::new(&file.file_name).file_name().context("the file has no usable name: use -o")?,
+                ),
+            };
+            std::fs::write(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("saved {} ({}, decrypted and checked)", output.display(), human_size(bytes.len() as u64));
+            client.close().await;
+            return Ok(());
+        }
         let media = match page.messages.first().filter(|m| m.seq == seq).and_then(|m| m.content.clone()?.body) {
             Some(proto::content::Body::Media(m)) => m,
             Some(_) => anyhow::bail!("#{seq} in {} is not a file", title(&conv, &self.me())),
@@ -2169,6 +2207,12 @@ fn device_name(explicit: Option<String>) -> String {
         .unwrap_or_else(|| "natter-cli".into())
 }
 
+/// A file's type from its bytes (the name does not count), as natterd
+/// would see it: what the recipients are told inside the MLS message.
+fn infer_type(bytes: &[u8]) -> &'static str {
+    infer::get(bytes).map_or("application/octet-stream", |t| t.mime_type())
+}
+
 fn is_mls(m: &proto::Message) -> bool {
     matches!(
         m.content.as_ref().and_then(|c| c.body.as_ref()),
@@ -2184,6 +2228,14 @@ fn decrypted(device: &crate::e2ee::MlsDevice, m: &proto::Message) -> Option<prot
     }
     let text = match device.open_message(m) {
         Ok(crate::e2ee::Opened::Text { text, .. }) => format!("[e2ee] {text}"),
+        Ok(crate::e2ee::Opened::File { file, .. }) => {
+            let line = format!("[file {}, {}, {}]", file.file_name, file.mime_type, human_size(file.size));
+            if file.caption.is_empty() {
+                format!("[e2ee] {line}")
+            } else {
+                format!("[e2ee] {line} {}", file.caption)
+            }
+        }
         Ok(crate::e2ee::Opened::NotForMe)
             if matches!(m.content.as_ref().and_then(|c| c.body.as_ref()), Some(proto::content::Body::Mls(_))) =>
         {

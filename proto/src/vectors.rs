@@ -934,7 +934,7 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     conversation_id: CONV.into(),
                     client_msg_id: "m-9".into(),
                     content: Some(Content {
-                        body: Some(content::Body::Mls(MlsMessage { message: vec![0x00, 0x01, 0x00, 0x02] })),
+                        body: Some(content::Body::Mls(MlsMessage { message: vec![0x00, 0x01, 0x00, 0x02], media_id: String::new() })),
                     }),
                 }),
             ),

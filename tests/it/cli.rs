@@ -1063,6 +1063,21 @@ async fn an_encrypted_dm_and_group_through_the_cli_and_natterd_never_holds_the_t
         "{history}"
     );
 
+    // A file, encrypted on Alice's device, decrypted on Bob's.
+    let pdf = [b"%PDF-1.4\n".as_slice(), secret.repeat(500).as_bytes()].concat();
+    let sent = dir.path().join("plans.pdf");
+    std::fs::write(&sent, &pdf).unwrap();
+    let out =
+        run(cmd(&server, &alice, &["send-file", &conv, sent.to_str().unwrap(), "--caption", "the plans"]), "").await;
+    assert!(out.contains("(end-to-end encrypted): [file plans.pdf, application/pdf"), "{out}");
+    let seq = out.trim_start_matches("sent #").split(' ').next().unwrap().to_owned();
+    let history = run(cmd(&server, &bob, &["history", &conv]), "").await;
+    assert!(history.contains("[e2ee] [file plans.pdf, application/pdf") && history.contains("the plans"), "{history}");
+    let got = dir.path().join("got.pdf");
+    let out = run(cmd(&server, &bob, &["download", &conv, &seq, "-o", got.to_str().unwrap()]), "").await;
+    assert!(out.contains("decrypted and checked"), "{out}");
+    assert_eq!(std::fs::read(&got).unwrap(), pdf);
+
     // An encrypted group of three.
     run(cmd(&server, &alice, &["group", "create", "vault", "--e2ee", "bob@example.org", "carol@example.org"]), "")
         .await;

@@ -417,8 +417,9 @@ async fn a_dm_and_a_group_with_a_two_device_member_chat_encrypted_and_no_server_
     assert_eq!(code(e), ErrorCode::ENCRYPTION_MISMATCH);
     let e = alice.client.send_content(&dm, "mls-2", ciphertext).await.unwrap_err();
     assert_eq!(code(e), ErrorCode::MLS_MESSAGE_INVALID, "the group's message does not go in the DM");
-    let garbage =
-        proto::Content { body: Some(proto::content::Body::Mls(proto::MlsMessage { message: vec![0, 1, 2] })) };
+    let garbage = proto::Content {
+        body: Some(proto::content::Body::Mls(proto::MlsMessage { message: vec![0, 1, 2], media_id: String::new() })),
+    };
     assert_eq!(
         code(alice.client.send_content(&g, "mls-3", garbage).await.unwrap_err()),
         ErrorCode::MLS_MESSAGE_INVALID
@@ -746,4 +747,75 @@ async fn natterd_killed_during_commits_leaves_exactly_one_outcome_and_no_fork() 
     }
     eprintln!("commits stored before the kill: {landed} ({unanswered} of them unanswered), not stored: {lost}");
     assert!(landed > 0, "some commits were stored before the kill");
+}
+
+#[tokio::test]
+async fn an_encrypted_file_is_opaque_to_natterd_and_only_members_fetch_and_decrypt_it() {
+    let server = TestServer::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let carol = Member::new(server.new_user("carol@example.org").await.0).await;
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    alice.device.create_group(&alice.client, &dm).await.unwrap();
+    bob.device.catch_up(&bob.client, &conv).await.unwrap();
+
+    // A PNG whose bytes hold the marker: natterd must neither see nor refuse it.
+    let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    png.extend(MARKER.as_bytes().iter().cycle().take(40_000));
+    let seq =
+        alice.device.send_file(&alice.client, &conv, &png, "holiday.png", "image/png", "the beach").await.unwrap();
+    let opened = bob.device.catch_up(&bob.client, &conv).await.unwrap();
+    let [e2ee::Opened::File { file, .. }] = &opened[..] else { panic!("{opened:?}") };
+    assert_eq!(
+        (file.file_name.as_str(), file.mime_type.as_str(), file.size),
+        ("holiday.png", "image/png", png.len() as u64)
+    );
+    assert_eq!(file.caption, "the beach");
+    assert_eq!(bob.device.fetch_file(&bob.client, file).await.unwrap(), png);
+
+    // What natterd knows of it: opaque bytes, no name, no type, no preview.
+    let page = history(&bob.client, &conv).await;
+    let m = page.messages.iter().find(|m| m.seq == seq).unwrap();
+    let Some(proto::content::Body::Mls(mls)) = m.content.as_ref().and_then(|c| c.body.as_ref()) else { panic!() };
+    assert_eq!(mls.media_id, file.media_id);
+    let mut header_only = Vec::new();
+    let header = bob.client.download(&file.media_id, 0, 1, &mut header_only, |_| {}).await.unwrap();
+    let media = header.media.unwrap();
+    assert_eq!((media.file_name.as_str(), media.mime_type.as_str()), ("encrypted", "application/octet-stream"));
+    assert!(media.preview_media_id.is_empty() && media.width == 0);
+    assert_eq!(media.size, png.len() as u64 + 16, "the ciphertext and its tag");
+    assert!(files_containing(server.data_dir(), MARKER.as_bytes()).is_empty(), "natterd holds no plaintext");
+
+    // Someone else cannot fetch it; a message cannot carry another's upload.
+    let e = carol.client.download(&file.media_id, 0, 0, &mut Vec::new(), |_| {}).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::NOT_FOUND);
+    let stolen = proto::Content {
+        body: Some(proto::content::Body::Mls(proto::MlsMessage {
+            message: mls.message.clone(),
+            media_id: file.media_id.clone(),
+        })),
+    };
+    let e = bob.client.send_content(&conv, "steal-1", stolen).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::NOT_FOUND, "not an upload of bob's");
+
+    // Bytes changed in the store do not decrypt.
+    let mut stack = vec![server.data_dir().join("blobs")];
+    let mut blob = None;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::metadata(&path).unwrap().len() == media.size {
+                blob = Some(path);
+            }
+        }
+    }
+    let blob = blob.expect("the stored ciphertext");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let e = bob.device.fetch_file(&bob.client, file).await.unwrap_err();
+    assert!(e.to_string().contains("do not decrypt"), "{e}");
 }

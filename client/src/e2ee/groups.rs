@@ -27,6 +27,8 @@ const PAST_EPOCHS: usize = 5;
 pub enum Opened {
     /// An application message: its text.
     Text { sender_user_id: String, text: String },
+    /// An application message carrying an encrypted file ([`MlsDevice::fetch_file`]).
+    File { sender_user_id: String, file: wire::EncryptedFile },
     /// A commit this device processed (or made): the group's epoch now.
     Commit { epoch: u64 },
     /// The Welcome in this commit let this device join; the group's epoch now.
@@ -362,19 +364,108 @@ impl MlsDevice {
     /// # Errors
     /// Not in the group, or what natterd answered.
     pub async fn send_text(&self, client: &Client, conversation_id: &str, text: &str) -> Result<u64, E2eeError> {
+        let payload = wire::E2eePayload { body: Some(wire::e2ee_payload::Body::Text(text.to_owned())) };
+        self.send_payload(client, conversation_id, payload, String::new()).await
+    }
+
+    /// Encrypts a file on this device (AES-256-GCM, a fresh key), uploads the
+    /// ciphertext, and sends its key, name and digest inside an MLS message.
+    /// Returns the message's seq.
+    ///
+    /// # Errors
+    /// Not in the group, the upload failed, or what natterd answered.
+    pub async fn send_file(
+        &self,
+        client: &Client,
+        conversation_id: &str,
+        file: &[u8],
+        file_name: &str,
+        mime_type: &str,
+        caption: &str,
+    ) -> Result<u64, E2eeError> {
+        self.settle(client, conversation_id).await?;
+        let rng = ring::rand::SystemRandom::new();
+        let (mut key, mut nonce) = ([0u8; 32], [0u8; 12]);
+        ring::rand::SecureRandom::fill(&rng, &mut key).map_err(|_| mls("no randomness"))?;
+        ring::rand::SecureRandom::fill(&rng, &mut nonce).map_err(|_| mls("no randomness"))?;
+        let sealing = ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key).map_err(|_| mls("AES key"))?,
+        );
+        let mut sealed = file.to_vec();
+        sealing
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut sealed,
+            )
+            .map_err(|_| mls("encrypting the file"))?;
+        let spec = crate::transfer::UploadSpec {
+            conversation_id: conversation_id.to_owned(),
+            file_name: "encrypted".into(),
+            size: sealed.len() as u64,
+            sha256: sha256(&sealed),
+            upload_id: None,
+        };
+        let uploaded = client
+            .upload(&spec, &mut std::io::Cursor::new(sealed), |_| {})
+            .await
+            .map_err(|e| E2eeError::Client(e.error))?;
+        let payload = wire::E2eePayload {
+            body: Some(wire::e2ee_payload::Body::File(wire::EncryptedFile {
+                media_id: uploaded.media_id.clone(),
+                file_name: file_name.to_owned(),
+                mime_type: mime_type.to_owned(),
+                size: file.len() as u64,
+                key: key.to_vec(),
+                nonce: nonce.to_vec(),
+                sha256: sha256(file).to_vec(),
+                caption: caption.to_owned(),
+            })),
+        };
+        self.send_payload(client, conversation_id, payload, uploaded.media_id).await
+    }
+
+    /// Downloads an encrypted file and decrypts it; the digest must match.
+    ///
+    /// # Errors
+    /// The download failed, or the bytes do not decrypt to what was sent.
+    pub async fn fetch_file(&self, client: &Client, file: &wire::EncryptedFile) -> Result<Vec<u8>, E2eeError> {
+        let mut sealed = Vec::new();
+        client.download(&file.media_id, 0, 0, &mut sealed, |_| {}).await?;
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &file.key).map_err(|_| mls("AES key"))?;
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(&file.nonce).map_err(|_| mls("the nonce"))?;
+        let plain = ring::aead::LessSafeKey::new(key)
+            .open_in_place(nonce, ring::aead::Aad::empty(), &mut sealed)
+            .map_err(|_| mls("the file's bytes do not decrypt: they are not what was sent"))?
+            .to_vec();
+        if sha256(&plain).as_slice() != file.sha256.as_slice() {
+            return Err(mls("the decrypted file is not the one described"));
+        }
+        Ok(plain)
+    }
+
+    async fn send_payload(
+        &self,
+        client: &Client,
+        conversation_id: &str,
+        payload: wire::E2eePayload,
+        media_id: String,
+    ) -> Result<u64, E2eeError> {
         self.settle(client, conversation_id).await?;
         let mut group = self.group(conversation_id)?;
-        let message = group.create_message(&self.provider, &self.signer, text.as_bytes()).map_err(mls)?;
-        let content =
-            wire::Content { body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)? })) };
+        let plaintext = prost::Message::encode_to_vec(&payload);
+        let message = group.create_message(&self.provider, &self.signer, &plaintext).map_err(mls)?;
+        let content = wire::Content {
+            body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)?, media_id })),
+        };
         let sent = client.send_content(conversation_id, &uuid::Uuid::new_v4().to_string(), content).await?;
-        // The sender cannot decrypt its own message: it keeps the text.
-        self.remember(conversation_id, sent.seq, &self.user_id, text)?;
+        // The sender cannot decrypt its own message: it keeps the plaintext.
+        self.remember(conversation_id, sent.seq, &self.user_id, &plaintext)?;
         Ok(sent.seq)
     }
 
     /// Opens one message of an encrypted conversation, in seq order: decrypts
-    /// an application message (once; afterwards its text comes from the
+    /// an application message (once; afterwards its plaintext comes from the
     /// device's store), processes a commit, or joins through its Welcome.
     ///
     /// # Errors
@@ -382,8 +473,8 @@ impl MlsDevice {
     /// an epoch this device has no keys for): the group stays as it was.
     pub fn open_message(&self, message: &wire::Message) -> Result<Opened, E2eeError> {
         let conv = &message.conversation_id;
-        if let Some(text) = self.remembered(conv, message.seq)? {
-            return Ok(Opened::Text { sender_user_id: message.sender_user_id.clone(), text });
+        if let Some(plaintext) = self.remembered(conv, message.seq)? {
+            return opened(&message.sender_user_id, &plaintext);
         }
         let opened = match message.content.as_ref().and_then(|c| c.body.as_ref()) {
             Some(wire::content::Body::Mls(m)) => self.open_application(message, &m.message)?,
@@ -402,9 +493,10 @@ impl MlsDevice {
         let processed = group.process_message(&self.provider, protocol).map_err(mls)?;
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                let text = String::from_utf8(app.into_bytes()).map_err(|_| mls("the plaintext is not UTF-8"))?;
-                self.remember(conv, message.seq, &message.sender_user_id, &text)?;
-                Ok(Opened::Text { sender_user_id: message.sender_user_id.clone(), text })
+                let plaintext = app.into_bytes();
+                let out = opened(&message.sender_user_id, &plaintext)?;
+                self.remember(conv, message.seq, &message.sender_user_id, &plaintext)?;
+                Ok(out)
             }
             _ => Err(mls("an MlsMessage that is not an application message")),
         }
@@ -510,21 +602,21 @@ impl MlsDevice {
         }
     }
 
-    fn remember(&self, conv: &str, seq: u64, sender: &str, text: &str) -> Result<(), E2eeError> {
+    fn remember(&self, conv: &str, seq: u64, sender: &str, payload: &[u8]) -> Result<(), E2eeError> {
         self.local
             .execute(
-                "INSERT INTO natter_plaintext (conversation_id, seq, sender_user_id, text) VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO natter_plaintext (conversation_id, seq, sender_user_id, payload) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
-                rusqlite::params![conv, seq as i64, sender, text],
+                rusqlite::params![conv, seq as i64, sender, payload],
             )
             .map_err(mls)?;
         Ok(())
     }
 
-    fn remembered(&self, conv: &str, seq: u64) -> Result<Option<String>, E2eeError> {
+    fn remembered(&self, conv: &str, seq: u64) -> Result<Option<Vec<u8>>, E2eeError> {
         self.local
             .query_row(
-                "SELECT text FROM natter_plaintext WHERE conversation_id = ?1 AND seq = ?2",
+                "SELECT payload FROM natter_plaintext WHERE conversation_id = ?1 AND seq = ?2",
                 rusqlite::params![conv, seq as i64],
                 |r| r.get(0),
             )
@@ -550,6 +642,25 @@ impl MlsDevice {
             .optional()
             .map_err(mls)?;
         Ok(seq.map_or(0, |s| s as u64))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// What an application message's plaintext (an `E2eePayload`) is.
+fn opened(sender: &str, plaintext: &[u8]) -> Result<Opened, E2eeError> {
+    let payload: wire::E2eePayload =
+        prost::Message::decode(plaintext).map_err(|_| mls("the plaintext is no E2eePayload"))?;
+    let sender_user_id = sender.to_owned();
+    match payload.body {
+        Some(wire::e2ee_payload::Body::Text(text)) => Ok(Opened::Text { sender_user_id, text }),
+        Some(wire::e2ee_payload::Body::File(file)) => Ok(Opened::File { sender_user_id, file }),
+        None => Err(mls("an empty E2eePayload")),
     }
 }
 

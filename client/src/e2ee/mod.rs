@@ -132,14 +132,14 @@ pub struct MlsDevice {
 }
 
 /// The device's own row: its signature key pair (openmls's tables hold the
-/// rest); the plaintext of each MLS message it decrypted or sent (MLS keys are
+/// rest); the plaintext (an `E2eePayload`) of each MLS message it decrypted or sent (MLS keys are
 /// used once: a message cannot be decrypted twice); how far it processed each
 /// conversation; a commit sent whose outcome is not known yet (the connection
 /// went before the answer came).
 const META: &str = "CREATE TABLE IF NOT EXISTS natter_device (
     device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, signature_key_pair BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS natter_plaintext (
-    conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, sender_user_id TEXT NOT NULL, text TEXT NOT NULL,
+    conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, sender_user_id TEXT NOT NULL, payload BLOB NOT NULL,
     PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS natter_processed (conversation_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS natter_pending_commit (conversation_id TEXT PRIMARY KEY, commit_bytes BLOB NOT NULL) WITHOUT ROWID;";

@@ -332,12 +332,12 @@ pub fn decide_send(state: &ConversationState, cmd: SendCommand, at: Millis) -> R
     if !state.is_member(cmd.sender) {
         return Err(Rejection::NotAMember);
     }
-    let mls = matches!(cmd.content, Content::Mls(_) | Content::MlsCommit { .. });
+    let mls = matches!(cmd.content, Content::Mls { .. } | Content::MlsCommit { .. });
     if mls != state.e2ee {
         return Err(Rejection::EncryptionMismatch { e2ee: state.e2ee });
     }
     match &cmd.content {
-        Content::Mls(message) | Content::MlsCommit { commit: message, .. } => {
+        Content::Mls { message, .. } | Content::MlsCommit { commit: message, .. } => {
             if message.is_empty() {
                 return Err(Rejection::EmptyMessage);
             }

@@ -445,8 +445,12 @@ pub enum Content {
     Text(String),
     Media(MediaRef),
     /// An MLS application message (an MLSMessage holding a PrivateMessage,
-    /// TLS-serialized): ciphertext natterd cannot read.
-    Mls(Vec<u8>),
+    /// TLS-serialized): ciphertext natterd cannot read, and the encrypted
+    /// upload it carries, if any.
+    Mls {
+        message: Vec<u8>,
+        media: Option<MediaId>,
+    },
     /// An MLS commit (a PublicMessage MLSMessage) made in `epoch`, the Welcome
     /// for the members it adds (empty when none) and the GroupInfo after it.
     MlsCommit {

@@ -272,7 +272,7 @@ impl Worker {
                 Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
                 Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
                 // End-to-end encrypted: natterd has no text to show, ever.
-                Content::Mls(_) => String::new(),
+                Content::Mls { .. } => String::new(),
                 // Group bookkeeping, not a message for people.
                 Content::MlsCommit { .. } => continue,
             };

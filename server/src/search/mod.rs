@@ -145,7 +145,7 @@ pub fn doc_of(recorded: &RecordedEvent) -> Option<Doc> {
         Content::Text(t) => t.clone(),
         Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
         Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
-        Content::Mls(_) | Content::MlsCommit { .. } => return None,
+        Content::Mls { .. } | Content::MlsCommit { .. } => return None,
     };
     Some(Doc { conversation: m.conversation_id, seq: Seq(recorded.version), sender: m.sender_user_id, at: m.at, text })
 }

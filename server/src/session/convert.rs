@@ -46,9 +46,12 @@ pub fn content(c: &Content) -> wire::Content {
             wire::Content { body: Some(wire::content::Body::Text(wire::Text { body: body.clone() })) }
         }
         Content::Media(m) => wire::Content { body: Some(wire::content::Body::Media(media(m))) },
-        Content::Mls(message) => {
-            wire::Content { body: Some(wire::content::Body::Mls(wire::MlsMessage { message: message.clone() })) }
-        }
+        Content::Mls { message, media } => wire::Content {
+            body: Some(wire::content::Body::Mls(wire::MlsMessage {
+                message: message.clone(),
+                media_id: media.map(|m| m.to_string()).unwrap_or_default(),
+            })),
+        },
         Content::MlsCommit { commit, welcome, group_info, epoch } => wire::Content {
             body: Some(wire::content::Body::MlsCommit(wire::MlsCommit {
                 commit: commit.clone(),

@@ -79,6 +79,8 @@ pub struct UploadPlan {
     blob: BlobId,
     conversation: ConversationId,
     file_name: String,
+    /// For an end-to-end encrypted conversation: opaque bytes.
+    e2ee: bool,
 }
 
 impl UploadPlan {
@@ -122,6 +124,11 @@ fn blob_error(e: BlobError) -> WireError {
         }
     }
 }
+
+/// What natterd records of an encrypted conversation's upload instead of its
+/// name and type (the real ones travel inside the MLS message).
+const ENCRYPTED_NAME: &str = "encrypted";
+const ENCRYPTED_TYPE: &str = "application/octet-stream";
 
 /// A preview's file name: the media's, as a JPEG.
 fn preview_name(file_name: &str) -> String {
@@ -235,7 +242,9 @@ impl Service {
             size: req.size,
             blob,
             conversation: state.id,
-            file_name: req.file_name.trim().to_owned(),
+            // An encrypted conversation's file is opaque: natterd keeps no name for it.
+            file_name: if state.e2ee { ENCRYPTED_NAME.to_owned() } else { req.file_name.trim().to_owned() },
+            e2ee: state.e2ee,
         })
     }
 
@@ -268,7 +277,7 @@ impl Service {
                 }
             }
             head.truncate(got);
-            if got == want {
+            if got == want && !plan.e2ee {
                 self.refuse_type(&head).inspect_err(|_| self.forget_upload(&plan.upload))?;
             }
             let status = blob.append(&plan.upload, 0, &mut std::io::Cursor::new(head)).await.map_err(blob_error)?;
@@ -302,7 +311,9 @@ impl Service {
             .into_bytes()
             .await
             .map_err(blob_error)?;
-        let mime = match self.refuse_type(&head) {
+        // Ciphertext has no type: stored as opaque bytes, no preview, nothing stripped.
+        let checked = if plan.e2ee { Ok(ENCRYPTED_TYPE) } else { self.refuse_type(&head) };
+        let mime = match checked {
             Ok(mime) => mime,
             Err(e) => {
                 if !outcome.deduplicated {
@@ -316,8 +327,10 @@ impl Service {
         if used.saturating_add(plan.size) > self.media().config.quota_bytes {
             return Err(WireError::new(ErrorCode::QUOTA_EXCEEDED, "your files would exceed your quota"));
         }
-        let duration_ms = if head.get(4..8) == Some(b"ftyp".as_slice()) { self.duration(plan.blob).await } else { 0 };
-        let pictures = self.pictures(mime, plan.blob).await?;
+        let duration_ms =
+            if !plan.e2ee && head.get(4..8) == Some(b"ftyp".as_slice()) { self.duration(plan.blob).await } else { 0 };
+        let pictures =
+            if plan.e2ee { Pictures { stripped: None, preview: None } } else { self.pictures(mime, plan.blob).await? };
         let at = self.now();
         let mut main = MediaUploaded {
             media_id: MediaId(Uuid::new_v4()),

@@ -92,7 +92,12 @@ impl Service {
             Some(wire::content::Body::Mls(m)) => {
                 mls_only_in_e2ee()?;
                 crate::mls::check_application(&m.message, state.id).map_err(mls_invalid)?;
-                Content::Mls(m.message)
+                let media = if m.media_id.is_empty() {
+                    None
+                } else {
+                    Some(self.encrypted_upload(me, state.id, &m.media_id).await?)
+                };
+                Content::Mls { message: m.message, media }
             }
             Some(wire::content::Body::MlsCommit(c)) => {
                 mls_only_in_e2ee()?;
@@ -149,6 +154,27 @@ impl Service {
             _ => rec.recorded_at.0,
         };
         Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
+    }
+
+    /// The encrypted file an MLS message carries: the sender's upload for
+    /// this conversation (opaque bytes; natterd knows nothing else of it).
+    async fn encrypted_upload(
+        &self,
+        me: &Identity,
+        conversation: ConversationId,
+        raw: &str,
+    ) -> Result<crate::domain::MediaId, WireError> {
+        let id = crate::domain::MediaId::parse(raw)?;
+        let record = self
+            .store
+            .media(id)
+            .await?
+            .filter(|r| r.uploader == me.user_id)
+            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such upload of yours"))?;
+        if record.conversation_id != conversation {
+            return Err(invalid("media_id", "uploaded for another conversation: upload it there"));
+        }
+        Ok(id)
     }
 
     /// A media message's content: the sender's upload for this conversation,

@@ -309,7 +309,10 @@ pub fn encode_content(content: &Content) -> pb::MessageContent {
             caption: m.caption.clone(),
             preview_media_id: m.preview.map(|p| p.to_string()).unwrap_or_default(),
         }),
-        Content::Mls(message) => pb::message_content::Body::Mls(pb::MlsContent { message: message.clone() }),
+        Content::Mls { message, media } => pb::message_content::Body::Mls(pb::MlsContent {
+            message: message.clone(),
+            media_id: media.map(|m| m.to_string()).unwrap_or_default(),
+        }),
         Content::MlsCommit { commit, welcome, group_info, epoch } => {
             pb::message_content::Body::MlsCommit(pb::MlsCommitContent {
                 commit: commit.clone(),
@@ -341,7 +344,10 @@ pub fn decode_content(content: Option<pb::MessageContent>) -> Result<Content, St
             caption: m.caption,
             preview: if m.preview_media_id.is_empty() { None } else { Some(MediaId(uuid(&m.preview_media_id)?)) },
         }),
-        Some(pb::message_content::Body::Mls(m)) => Content::Mls(m.message),
+        Some(pb::message_content::Body::Mls(m)) => Content::Mls {
+            message: m.message,
+            media: if m.media_id.is_empty() { None } else { Some(MediaId(uuid(&m.media_id)?)) },
+        },
         Some(pb::message_content::Body::MlsCommit(c)) => {
             Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch: c.epoch }
         }
@@ -829,7 +835,7 @@ mod tests {
                 sender_user_id: u,
                 sender_device_id: DeviceId(Uuid::from_u128(4)),
                 client_msg_id: ClientMsgId::parse("m-mls").unwrap(),
-                content: Content::Mls(vec![0, 1, 0, 2, 9]),
+                content: Content::Mls { message: vec![0, 1, 0, 2, 9], media: Some(MediaId(Uuid::from_u128(77))) },
                 at: Millis(49),
             }),
             Event::MessageSent(MessageSent {

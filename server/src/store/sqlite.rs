@@ -807,9 +807,17 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             let conv = m.conversation_id.to_string();
             let (kind, text, content_pb) = match &m.content {
                 Content::Text(text) => ("text", text.as_str(), None),
-                Content::Mls(_) | Content::MlsCommit { .. } => {
+                Content::Mls { media, .. } => {
+                    if let Some(media) = media {
+                        // The encrypted file is sent: bound, readable as the message.
+                        conn.prepare_cached(
+                            "UPDATE media SET first_seq = ?2 WHERE media_id = ?1 AND first_seq IS NULL",
+                        )?
+                        .execute(params![media.to_string(), version])?;
+                    }
                     ("mls", "", Some(codec::encode_content(&m.content).encode_to_vec()))
                 }
+                Content::MlsCommit { .. } => ("mls", "", Some(codec::encode_content(&m.content).encode_to_vec())),
                 Content::Media(media) => {
                     conn.prepare_cached("UPDATE media SET first_seq = ?2 WHERE media_id = ?1 AND first_seq IS NULL")?
                         .execute(params![media.media_id.to_string(), version])?;

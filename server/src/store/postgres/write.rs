@@ -210,7 +210,13 @@ impl Plan {
             let (ty, schema, payload) = codec::encode(&rec.event);
             let (kind, text, content_pb, media_id) = match &m.content {
                 Content::Text(text) => ("text", text.clone(), None, None),
-                Content::Mls(_) | Content::MlsCommit { .. } => {
+                Content::Mls { media, .. } => (
+                    "mls",
+                    String::new(),
+                    Some(codec::encode_content(&m.content).encode_to_vec()),
+                    media.map(|m| m.to_string()),
+                ),
+                Content::MlsCommit { .. } => {
                     ("mls", String::new(), Some(codec::encode_content(&m.content).encode_to_vec()), None)
                 }
                 Content::Media(media) => (
