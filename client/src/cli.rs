@@ -1446,11 +1446,52 @@ impl Cli {
             }
             cursor = page.next_cursor;
         }
+        // Encrypted conversations: this device's own index of what it decrypted.
+        let encrypted: HashMap<String, String> = client
+            .conversations(100)
+            .await?
+            .iter()
+            .filter(|c| c.e2ee)
+            .map(|c| (c.conversation_id.clone(), title(c, &me)))
+            .collect();
+        if !encrypted.is_empty() && shown < limit {
+            let device = self.mls_device(&client).await?;
+            for id in encrypted.keys() {
+                device.catch_up(&client, id).await?;
+            }
+            let within = (!conversation_id.is_empty()).then_some(conversation_id.as_str());
+            let mut by_conversation: Vec<(String, Vec<crate::e2ee::LocalHit>)> = Vec::new();
+            for hit in device.search_local(text, within, limit - shown)? {
+                match by_conversation.iter_mut().find(|(c, _)| *c == hit.conversation_id) {
+                    Some((_, hits)) => hits.push(hit),
+                    None => by_conversation.push((hit.conversation_id.clone(), vec![hit])),
+                }
+            }
+            for (conv, hits) in by_conversation {
+                println!("{} (end-to-end encrypted; found on this device)", encrypted.get(&conv).unwrap_or(&conv));
+                for h in hits {
+                    println!("  #{} {}: {}", h.seq, self.who_is(&client, &h.sender_user_id).await, h.snippet);
+                    shown += 1;
+                }
+            }
+        }
         if shown == 0 {
             println!("(nothing found for {text:?})");
         }
         client.close().await;
         Ok(())
+    }
+
+    /// Someone's email (or name) for people, from their user id.
+    async fn who_is(&self, client: &Client, user_id: &str) -> String {
+        if client.identity().is_some_and(|i| i.user_id == user_id) {
+            return self.me();
+        }
+        let conversations = client.conversations(100).await.unwrap_or_default();
+        conversations.iter().flat_map(|c| c.members.iter()).find(|m| m.user_id == user_id).map_or_else(
+            || user_id.to_owned(),
+            |m| if m.email.is_empty() { m.display_name.clone() } else { m.email.clone() },
+        )
     }
 
     async fn find(&mut self, prefix: &str) -> anyhow::Result<()> {

@@ -1063,6 +1063,10 @@ async fn an_encrypted_dm_and_group_through_the_cli_and_natterd_never_holds_the_t
         "{history}"
     );
 
+    // natter search finds it on the device (natterd's index has none of it).
+    let found = run(cmd(&server, &bob, &["search", "zebra-cross"]), "").await;
+    assert!(found.contains("found on this device") && found.contains("[zebra]"), "{found}");
+
     // A file, encrypted on Alice's device, decrypted on Bob's.
     let pdf = [b"%PDF-1.4\n".as_slice(), secret.repeat(500).as_bytes()].concat();
     let sent = dir.path().join("plans.pdf");

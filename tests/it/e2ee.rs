@@ -398,6 +398,18 @@ async fn a_dm_and_a_group_with_a_two_device_member_chat_encrypted_and_no_server_
     );
     assert_eq!(mls_history(&page), (2, 1), "two application messages and the commit, nothing else");
 
+    // Each device finds what it decrypted or sent in its own index (natterd
+    // has none of it): every word, the last as a prefix, accents folded.
+    let hits = bob.device.search_local("carol's lapt", None, 10).unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!((hits[0].conversation_id.as_str(), hits[0].sender_user_id.as_str()), (g.as_str(), &*carol2.user_id()));
+    assert!(hits[0].snippet.contains("[laptop]"), "{hits:?}");
+    assert_eq!(alice.device.search_local("HELLO", Some(&dm), 10).unwrap().len(), 1, "her own message, in the DM only");
+    assert!(alice.device.search_local("hello", Some(&g), 10).unwrap().is_empty());
+    assert!(bob.device.search_local("", None, 10).unwrap().is_empty());
+    let search = proto::Search { query: "laptop".into(), limit: 10, ..Default::default() };
+    assert!(bob.client.search(search).await.unwrap().groups.is_empty(), "natterd's index has nothing of it");
+
     // A restarted client carries on with its groups.
     let Member { client: bob_client, device, dir: bob_dir } = bob;
     drop(device);

@@ -38,6 +38,15 @@ pub enum Opened {
     NotForMe,
 }
 
+/// A hit of [`MlsDevice::search_local`]: the matches in `[brackets]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalHit {
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender_user_id: String,
+    pub snippet: String,
+}
+
 fn group_id(conversation_id: &str) -> Result<GroupId, E2eeError> {
     let id = uuid::Uuid::parse_str(conversation_id).map_err(|_| mls(format!("{conversation_id:?} is not an id")))?;
     Ok(GroupId::from_slice(id.as_bytes()))
@@ -603,14 +612,70 @@ impl MlsDevice {
     }
 
     fn remember(&self, conv: &str, seq: u64, sender: &str, payload: &[u8]) -> Result<(), E2eeError> {
-        self.local
+        let stored = self
+            .local
             .execute(
                 "INSERT INTO natter_plaintext (conversation_id, seq, sender_user_id, payload) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
                 rusqlite::params![conv, seq as i64, sender, payload],
             )
             .map_err(mls)?;
+        // What this device can find later: the text, or a file's name and caption.
+        let text = match opened(sender, payload)? {
+            Opened::Text { text, .. } => text,
+            Opened::File { file, .. } => format!("{} {}", file.file_name, file.caption),
+            _ => String::new(),
+        };
+        if stored > 0 && !text.trim().is_empty() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            self.local
+                .execute(
+                    "INSERT INTO natter_search (text, conversation_id, seq, sender_user_id, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![text, conv, seq as i64, sender, now as i64],
+                )
+                .map_err(mls)?;
+        }
         Ok(())
+    }
+
+    /// Searches what this device decrypted or sent in encrypted conversations
+    /// (its own index: natterd has none of it): every word, the last one as a
+    /// prefix, accents folded; best first. `conversation` narrows it to one.
+    ///
+    /// # Errors
+    /// The state file failed.
+    pub fn search_local(
+        &self,
+        query: &str,
+        conversation: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LocalHit>, E2eeError> {
+        let words: Vec<String> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| format!("\"{}\"", w.replace('"', "")))
+            .collect();
+        let Some((last, rest)) = words.split_last() else { return Ok(Vec::new()) };
+        let expression = rest.iter().cloned().chain([format!("{last}*")]).collect::<Vec<_>>().join(" ");
+        let mut stmt = self
+            .local
+            .prepare(
+                "SELECT conversation_id, seq, sender_user_id, snippet(natter_search, 0, '[', ']', '…', 12)
+                 FROM natter_search WHERE natter_search MATCH ?1 AND (?2 IS NULL OR conversation_id = ?2)
+                 ORDER BY rank LIMIT ?3",
+            )
+            .map_err(mls)?;
+        let rows = stmt
+            .query_map(rusqlite::params![expression, conversation, i64::from(limit)], |r| {
+                Ok(LocalHit {
+                    conversation_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    sender_user_id: r.get(2)?,
+                    snippet: r.get(3)?,
+                })
+            })
+            .map_err(mls)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(mls)
     }
 
     fn remembered(&self, conv: &str, seq: u64) -> Result<Option<Vec<u8>>, E2eeError> {

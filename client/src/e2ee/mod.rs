@@ -33,7 +33,7 @@ use sha2::{Digest, Sha512};
 use crate::{unexpected, Client, ClientError};
 
 mod groups;
-pub use groups::{is_stale_epoch, Opened};
+pub use groups::{is_stale_epoch, LocalHit, Opened};
 
 /// The one ciphersuite natter speaks.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
@@ -135,14 +135,18 @@ pub struct MlsDevice {
 /// rest); the plaintext (an `E2eePayload`) of each MLS message it decrypted or sent (MLS keys are
 /// used once: a message cannot be decrypted twice); how far it processed each
 /// conversation; a commit sent whose outcome is not known yet (the connection
-/// went before the answer came).
+/// went before the answer came); and the local search index of what it
+/// decrypted (SQLite FTS5: natterd cannot index encrypted conversations).
 const META: &str = "CREATE TABLE IF NOT EXISTS natter_device (
     device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, signature_key_pair BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS natter_plaintext (
     conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, sender_user_id TEXT NOT NULL, payload BLOB NOT NULL,
     PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS natter_processed (conversation_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS natter_pending_commit (conversation_id TEXT PRIMARY KEY, commit_bytes BLOB NOT NULL) WITHOUT ROWID;";
+CREATE TABLE IF NOT EXISTS natter_pending_commit (conversation_id TEXT PRIMARY KEY, commit_bytes BLOB NOT NULL) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS natter_search USING fts5(
+    text, conversation_id UNINDEXED, seq UNINDEXED, sender_user_id UNINDEXED, at_ms UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2');";
 
 impl MlsDevice {
     /// Opens (creating, with a fresh signature key pair) the state of
