@@ -375,28 +375,31 @@ fn push_holder(data_dir: &std::path::Path) -> String {
 /// and challenges, old counters) at start and every 10 minutes, until shutdown.
 /// Every node does it; the deletes are idempotent.
 async fn sweep_auth_state(state: Arc<dyn store::auth_state::AuthState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                match state.sweep(domain::Millis(now)).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(rows = n, "expired auth state swept"),
-                    Err(e) => tracing::warn!(error = %e, "expired auth state not swept"),
-                }
-            }
-        }
-    }
+    sweep_every(Duration::from_secs(600), shutdown, "expired auth state", move |now| {
+        let state = state.clone();
+        async move { state.sweep(now).await }
+    })
+    .await;
 }
 
 /// Drops expired KeyPackages at start and every hour, until shutdown. Every
 /// node does it; the deletes are idempotent.
 async fn sweep_key_packages(store: Arc<dyn mls::KeyPackageStore>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    sweep_every(Duration::from_secs(3600), shutdown, "expired KeyPackages", move |now| {
+        let store = store.clone();
+        async move { store.sweep(now).await }
+    })
+    .await;
+}
+
+/// Runs `sweep` (given the time) at start and every `interval` until shutdown,
+/// logging what it removed.
+async fn sweep_every<F, Fut>(interval: Duration, shutdown: CancellationToken, what: &str, sweep: F)
+where
+    F: Fn(domain::Millis) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, store::StoreError>>,
+{
+    let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -404,10 +407,10 @@ async fn sweep_key_packages(store: Arc<dyn mls::KeyPackageStore>, shutdown: Canc
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
-                match store.sweep(domain::Millis(now)).await {
+                match sweep(domain::Millis(now)).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(packages = n, "expired KeyPackages swept"),
-                    Err(e) => tracing::warn!(error = %e, "expired KeyPackages not swept"),
+                    Ok(n) => tracing::debug!(rows = n, "{what} swept"),
+                    Err(e) => tracing::warn!(error = %e, "{what} not swept"),
                 }
             }
         }

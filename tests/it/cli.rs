@@ -1091,17 +1091,6 @@ async fn an_encrypted_dm_and_group_through_the_cli_and_natterd_never_holds_the_t
         assert!(history.contains(&format!("[e2ee] {secret} three")), "{history}");
     }
 
-    let mut found = Vec::new();
-    let mut stack = vec![server.data_dir().to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path).unwrap().windows(secret.len()).any(|w| w == secret.as_bytes()) {
-                found.push(path);
-            }
-        }
-    }
+    let found = natter_tests::files_containing(server.data_dir(), secret.as_bytes());
     assert!(found.is_empty(), "the text is in {found:?}");
 }

@@ -314,24 +314,7 @@ impl Member {
 
 const MARKER: &str = "MARKER-4f1c9e-plaintext";
 
-/// Every file under `dir` (recursively) that contains `needle`.
-fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path);
-                }
-            }
-        }
-    }
-    found
-}
+use natter_tests::files_containing;
 
 fn mls_history(page: &proto::HistoryPage) -> (usize, usize) {
     let kinds = page.messages.iter().filter_map(|m| m.content.as_ref().and_then(|c| c.body.as_ref()));

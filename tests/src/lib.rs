@@ -378,6 +378,25 @@ pub fn texts(items: &[FeedItem]) -> Vec<String> {
         .collect()
 }
 
+/// Every file under `dir` (recursively) whose bytes contain `needle`: how the
+/// end-to-end encryption tests show natterd's files never held a plaintext.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 /// The texts of messages (a history page), in order.
 pub fn message_texts(messages: &[natter_client::proto::Message]) -> Vec<String> {
     messages.iter().filter_map(text_of).collect()

@@ -160,15 +160,7 @@ impl MlsDevice {
             .collect();
         let mut last = None;
         if !stale.is_empty() {
-            let (commit, welcome, group_info) =
-                group.remove_members(&self.provider, &self.signer, &stale).map_err(mls)?;
-            let content = wire::MlsCommit {
-                commit: bytes(&commit)?,
-                welcome: welcome.as_ref().map(bytes).transpose()?.unwrap_or_default(),
-                group_info: bytes(&MlsMessageOut::from(group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
-                epoch: group.epoch().as_u64(),
-            };
-            last = Some(self.send_commit(client, &mut group, id, content).await?);
+            last = Some(self.commit_removing(client, &mut group, id, &stale).await?);
         }
         let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
         let mut packages = Vec::new();
@@ -274,15 +266,24 @@ impl MlsDevice {
         if indices.len() != device_ids.len() {
             return Err(mls("not every device is a leaf of the group"));
         }
-        let (commit, welcome, group_info) =
-            group.remove_members(&self.provider, &self.signer, &indices).map_err(mls)?;
+        self.commit_removing(client, &mut group, conversation_id, &indices).await
+    }
+
+    async fn commit_removing(
+        &self,
+        client: &Client,
+        group: &mut MlsGroup,
+        conversation_id: &str,
+        leaves: &[openmls::prelude::LeafNodeIndex],
+    ) -> Result<u64, E2eeError> {
+        let (commit, welcome, group_info) = group.remove_members(&self.provider, &self.signer, leaves).map_err(mls)?;
         let content = wire::MlsCommit {
             commit: bytes(&commit)?,
             welcome: welcome.as_ref().map(bytes).transpose()?.unwrap_or_default(),
             group_info: bytes(&MlsMessageOut::from(group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
             epoch: group.epoch().as_u64(),
         };
-        self.send_commit(client, &mut group, conversation_id, content).await
+        self.send_commit(client, group, conversation_id, content).await
     }
 
     /// Commits a fresh leaf key for this device (RFC 9420 section 12.1.2):

@@ -67,20 +67,20 @@ impl ConversationId {
     /// The one direct conversation between two users, the same whichever of them
     /// asks: derived from the ordered pair, so opening it twice finds the same stream.
     pub fn direct(a: UserId, b: UserId) -> Self {
-        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let mut name = Vec::with_capacity(39);
-        name.extend_from_slice(b"direct:");
-        name.extend_from_slice(lo.0.as_bytes());
-        name.extend_from_slice(hi.0.as_bytes());
-        ConversationId(Uuid::new_v5(&NATTER_NAMESPACE, &name))
+        Self::of_pair(b"direct:", a, b)
     }
 
     /// The end-to-end encrypted direct conversation of two users: another id
     /// than their plaintext one, the same whoever opens it.
     pub fn direct_e2ee(a: UserId, b: UserId) -> Self {
+        Self::of_pair(b"direct-e2ee:", a, b)
+    }
+
+    /// A name-based id of two users, the same in either order.
+    fn of_pair(prefix: &[u8], a: UserId, b: UserId) -> Self {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-        let mut name = Vec::with_capacity(43);
-        name.extend_from_slice(b"direct-e2ee:");
+        let mut name = Vec::with_capacity(prefix.len() + 32);
+        name.extend_from_slice(prefix);
         name.extend_from_slice(lo.0.as_bytes());
         name.extend_from_slice(hi.0.as_bytes());
         ConversationId(Uuid::new_v5(&NATTER_NAMESPACE, &name))

@@ -164,28 +164,18 @@ impl Service {
         conversation: ConversationId,
         raw: &str,
     ) -> Result<crate::domain::MediaId, WireError> {
-        let id = crate::domain::MediaId::parse(raw)?;
-        let record = self
-            .store
-            .media(id)
-            .await?
-            .filter(|r| r.uploader == me.user_id)
-            .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such upload of yours"))?;
-        if record.conversation_id != conversation {
-            return Err(invalid("media_id", "uploaded for another conversation: upload it there"));
-        }
-        Ok(id)
+        Ok(self.sendable_upload(me, conversation, raw).await?.media_id)
     }
 
-    /// A media message's content: the sender's upload for this conversation,
-    /// described by what natterd received (never by what the client claims).
-    async fn media_to_send(
+    /// An upload a message may send: the sender's own, for this
+    /// conversation, not a preview, and not about to be discarded unsent.
+    async fn sendable_upload(
         &self,
         me: &Identity,
         conversation: ConversationId,
-        m: wire::Media,
-    ) -> Result<Content, WireError> {
-        let id = crate::domain::MediaId::parse(&m.media_id)?;
+        raw: &str,
+    ) -> Result<crate::store::MediaRecord, WireError> {
+        let id = crate::domain::MediaId::parse(raw)?;
         // Someone else's upload is as unknown as one that does not exist.
         let record = self
             .store
@@ -205,6 +195,18 @@ impl Service {
         if record.first_seq.is_none() && age > self.media_config().send_deadline() {
             return Err(WireError::new(ErrorCode::NOT_FOUND, "the upload is too old to send: upload the file again"));
         }
+        Ok(record)
+    }
+
+    /// A media message's content: the sender's upload for this conversation,
+    /// described by what natterd received (never by what the client claims).
+    async fn media_to_send(
+        &self,
+        me: &Identity,
+        conversation: ConversationId,
+        m: wire::Media,
+    ) -> Result<Content, WireError> {
+        let record = self.sendable_upload(me, conversation, &m.media_id).await?;
         Ok(Content::Media(crate::domain::MediaRef {
             media_id: record.media_id,
             file_name: record.file_name,
