@@ -124,17 +124,6 @@ impl MlsDevice {
     ) -> Result<Option<u64>, E2eeError> {
         let id = &conversation.conversation_id;
         self.settle(client, id).await?;
-        let mut group = match self.load(id)? {
-            Some(g) => g,
-            None => MlsGroup::new_with_group_id(
-                &self.provider,
-                &self.signer,
-                &create_config(),
-                group_id(id)?,
-                self.credential.clone(),
-            )
-            .map_err(mls)?,
-        };
         let mut users: Vec<&str> = conversation.members.iter().map(|m| m.user_id.as_str()).collect();
         users.sort_unstable();
         users.dedup();
@@ -142,27 +131,44 @@ impl MlsDevice {
         for user in &users {
             keys.insert(user.to_string(), super::device_keys(client, user).await?.devices);
         }
+        self.locked(|| {
+            if self.load(id)?.is_none() {
+                MlsGroup::new_with_group_id(
+                    &self.provider,
+                    &self.signer,
+                    &create_config(),
+                    group_id(id)?,
+                    self.credential.clone(),
+                )
+                .map_err(mls)?;
+            }
+            Ok(())
+        })?;
         // Leaves to go: not a member's, or not a device they still have.
-        let own = group.own_leaf_index();
-        let stale: Vec<_> = group
-            .members()
-            .filter(|m| m.index != own)
-            .filter(|m| {
-                let identity = openmls::prelude::BasicCredential::try_from(m.credential.clone())
-                    .ok()
-                    .and_then(|c| String::from_utf8(c.identity().to_vec()).ok());
-                let Some((user, device)) = identity.as_deref().and_then(|i| i.split_once('/')) else { return true };
-                !keys.get(user).is_some_and(|devices| {
-                    devices.iter().any(|d| d.device_id == device && d.signature_key == m.signature_key)
+        let removal = self.stage(id, |group| {
+            let own = group.own_leaf_index();
+            let stale: Vec<_> = group
+                .members()
+                .filter(|m| m.index != own)
+                .filter(|m| {
+                    let Some((user, device)) = leaf_identity(&m.credential) else { return true };
+                    !keys.get(&user).is_some_and(|devices| {
+                        devices.iter().any(|d| d.device_id == device && d.signature_key == m.signature_key)
+                    })
                 })
-            })
-            .map(|m| m.index)
-            .collect();
+                .map(|m| m.index)
+                .collect();
+            if stale.is_empty() {
+                return Ok(None);
+            }
+            self.removing(group, &stale).map(Some)
+        })?;
         let mut last = None;
-        if !stale.is_empty() {
-            last = Some(self.commit_removing(client, &mut group, id, &stale).await?);
+        if let Some(content) = removal {
+            last = Some(self.send_commit(client, id, content).await?);
         }
-        let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
+        let leaves: std::collections::HashSet<Vec<u8>> =
+            self.locked(|| Ok(self.group(id)?.members().map(|m| m.signature_key).collect()))?;
         let mut packages = Vec::new();
         for user in users {
             if keys[user].iter().all(|d| leaves.contains(&d.signature_key)) {
@@ -172,15 +178,10 @@ impl MlsDevice {
                 packages.push(claimed.key_package);
             }
         }
-        let packages: Vec<Vec<u8>> = packages
-            .into_iter()
-            .filter(|p| {
-                KeyPackageIn::tls_deserialize_exact(p)
-                    .is_ok_and(|k| !leaves.contains(k.unverified_credential().signature_key.as_slice()))
-            })
-            .collect();
         if !packages.is_empty() {
-            last = Some(self.add_key_packages_to(client, &mut group, id, &packages).await?);
+            if let Some(seq) = self.add_packages(client, id, &packages).await? {
+                last = Some(seq);
+            }
         }
         Ok(last)
     }
@@ -197,17 +198,17 @@ impl MlsDevice {
         conversation_id: &str,
         packages: &[Vec<u8>],
     ) -> Result<u64, E2eeError> {
-        let mut group = self.group(conversation_id)?;
-        self.add_key_packages_to(client, &mut group, conversation_id, packages).await
+        self.settle(client, conversation_id).await?;
+        self.add_packages(client, conversation_id, packages).await?.ok_or_else(|| mls("every device is a leaf already"))
     }
 
-    async fn add_key_packages_to(
+    /// Adds the packages' devices that are not leaves yet; `None` when none is left.
+    async fn add_packages(
         &self,
         client: &Client,
-        group: &mut MlsGroup,
         conversation_id: &str,
         packages: &[Vec<u8>],
-    ) -> Result<u64, E2eeError> {
+    ) -> Result<Option<u64>, E2eeError> {
         let mut valid = Vec::with_capacity(packages.len());
         for p in packages {
             valid.push(
@@ -217,25 +218,26 @@ impl MlsDevice {
                     .map_err(|e| mls(format!("a claimed KeyPackage does not validate: {e}")))?,
             );
         }
-        self.commit_adding(client, group, conversation_id, &valid).await
-    }
-
-    async fn commit_adding(
-        &self,
-        client: &Client,
-        group: &mut MlsGroup,
-        conversation_id: &str,
-        packages: &[KeyPackage],
-    ) -> Result<u64, E2eeError> {
-        let (commit, welcome, group_info) = group.add_members(&self.provider, &self.signer, packages).map_err(mls)?;
-        let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
-        let content = wire::MlsCommit {
-            commit: bytes(&commit)?,
-            welcome: bytes(&welcome)?,
-            group_info: bytes(&MlsMessageOut::from(group_info))?,
-            epoch: group.epoch().as_u64(),
-        };
-        self.send_commit(client, group, conversation_id, content).await
+        let content = self.stage(conversation_id, |group| {
+            let leaves: std::collections::HashSet<Vec<u8>> = group.members().map(|m| m.signature_key).collect();
+            let new: Vec<KeyPackage> =
+                valid.iter().filter(|k| !leaves.contains(k.leaf_node().signature_key().as_slice())).cloned().collect();
+            if new.is_empty() {
+                return Ok(None);
+            }
+            let (commit, welcome, group_info) = group.add_members(&self.provider, &self.signer, &new).map_err(mls)?;
+            let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
+            Ok(Some(wire::MlsCommit {
+                commit: bytes(&commit)?,
+                welcome: bytes(&welcome)?,
+                group_info: bytes(&MlsMessageOut::from(group_info))?,
+                epoch: group.epoch().as_u64(),
+            }))
+        })?;
+        match content {
+            Some(content) => self.send_commit(client, conversation_id, content).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Removes these devices' leaves from the conversation's group in one
@@ -250,40 +252,35 @@ impl MlsDevice {
         conversation_id: &str,
         device_ids: &[&str],
     ) -> Result<u64, E2eeError> {
-        let mut group = self.group(conversation_id)?;
-        let indices: Vec<_> = group
-            .members()
-            .filter(|m| {
-                openmls::prelude::BasicCredential::try_from(m.credential.clone()).is_ok_and(|c| {
-                    std::str::from_utf8(c.identity())
-                        .ok()
-                        .and_then(|i| i.split_once('/'))
-                        .is_some_and(|(_, d)| device_ids.contains(&d))
-                })
-            })
-            .map(|m| m.index)
-            .collect();
-        if indices.len() != device_ids.len() {
-            return Err(mls("not every device is a leaf of the group"));
-        }
-        self.commit_removing(client, &mut group, conversation_id, &indices).await
+        self.settle(client, conversation_id).await?;
+        let content = self.stage(conversation_id, |group| {
+            let indices: Vec<_> = group
+                .members()
+                .filter(|m| leaf_identity(&m.credential).is_some_and(|(_, d)| device_ids.contains(&d.as_str())))
+                .map(|m| m.index)
+                .collect();
+            if indices.len() != device_ids.len() {
+                return Err(mls("not every device is a leaf of the group"));
+            }
+            self.removing(group, &indices).map(Some)
+        })?;
+        let content = content.ok_or_else(|| mls("nothing to remove"))?;
+        self.send_commit(client, conversation_id, content).await
     }
 
-    async fn commit_removing(
+    /// A commit removing these leaves (pending in the group).
+    fn removing(
         &self,
-        client: &Client,
         group: &mut MlsGroup,
-        conversation_id: &str,
         leaves: &[openmls::prelude::LeafNodeIndex],
-    ) -> Result<u64, E2eeError> {
+    ) -> Result<wire::MlsCommit, E2eeError> {
         let (commit, welcome, group_info) = group.remove_members(&self.provider, &self.signer, leaves).map_err(mls)?;
-        let content = wire::MlsCommit {
+        Ok(wire::MlsCommit {
             commit: bytes(&commit)?,
             welcome: welcome.as_ref().map(bytes).transpose()?.unwrap_or_default(),
             group_info: bytes(&MlsMessageOut::from(group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
             epoch: group.epoch().as_u64(),
-        };
-        self.send_commit(client, group, conversation_id, content).await
+        })
     }
 
     /// Commits a fresh leaf key for this device (RFC 9420 section 12.1.2):
@@ -294,23 +291,65 @@ impl MlsDevice {
     /// `STALE_EPOCH` when another commit of this epoch won: [`Self::catch_up`] and retry.
     pub async fn update(&self, client: &Client, conversation_id: &str) -> Result<u64, E2eeError> {
         self.settle(client, conversation_id).await?;
-        let mut group = self.group(conversation_id)?;
-        let bundle = group.self_update(&self.provider, &self.signer, LeafNodeParameters::default()).map_err(mls)?;
-        let (commit, welcome, group_info) = bundle.into_contents();
-        let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
-        let content = wire::MlsCommit {
-            commit: bytes(&commit)?,
-            welcome: match welcome {
-                Some(w) => bytes(&MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10))?,
-                None => Vec::new(),
-            },
-            group_info: bytes(&MlsMessageOut::from(group_info))?,
-            epoch: group.epoch().as_u64(),
-        };
-        self.send_commit(client, &mut group, conversation_id, content).await
+        let content = self.stage(conversation_id, |group| {
+            let bundle = group.self_update(&self.provider, &self.signer, LeafNodeParameters::default()).map_err(mls)?;
+            let (commit, welcome, group_info) = bundle.into_contents();
+            let group_info = group_info.ok_or_else(|| mls("openmls made no GroupInfo"))?;
+            Ok(Some(wire::MlsCommit {
+                commit: bytes(&commit)?,
+                welcome: match welcome {
+                    Some(w) => bytes(&MlsMessageOut::from_welcome(w, ProtocolVersion::Mls10))?,
+                    None => Vec::new(),
+                },
+                group_info: bytes(&MlsMessageOut::from(group_info))?,
+                epoch: group.epoch().as_u64(),
+            }))
+        })?;
+        let content = content.ok_or_else(|| mls("no commit made"))?;
+        self.send_commit(client, conversation_id, content).await
     }
 
-    /// Sends a pending commit; merges it once natterd accepted it, drops it
+    /// Runs `f` holding the device state's lock (a file lock beside it): each
+    /// change of openmls's state is read, changed and written by one party at
+    /// a time, across processes too (`natter listen` and `natter send` share
+    /// the device), so no key is ever used twice. Never held across a wait on
+    /// the network.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, E2eeError>) -> Result<T, E2eeError> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| mls(format!("{}: {e}", self.lock_path.display())))?;
+        lock.lock().map_err(|e| mls(format!("locking {}: {e}", self.lock_path.display())))?;
+        let out = f();
+        drop(lock);
+        out
+    }
+
+    /// Makes a commit on the group as it is now, under the lock, and notes it
+    /// as pending (`None` from `make`: nothing to commit).
+    fn stage(
+        &self,
+        conversation_id: &str,
+        make: impl FnOnce(&mut MlsGroup) -> Result<Option<wire::MlsCommit>, E2eeError>,
+    ) -> Result<Option<wire::MlsCommit>, E2eeError> {
+        self.locked(|| {
+            let mut group = self.group(conversation_id)?;
+            let content = make(&mut group)?;
+            if let Some(c) = &content {
+                self.local
+                    .execute(
+                        "INSERT OR REPLACE INTO natter_pending_commit (conversation_id, commit_bytes) VALUES (?1, ?2)",
+                        rusqlite::params![conversation_id, c.commit],
+                    )
+                    .map_err(mls)?;
+            }
+            Ok(content)
+        })
+    }
+
+    /// Sends a staged commit; merges it once natterd accepted it, drops it
     /// when natterd refused it (the group stays in its epoch). When the
     /// answer is lost (the connection went), the commit stays pending and
     /// noted: the next [`Self::catch_up`] finds it in the conversation (then
@@ -318,29 +357,29 @@ impl MlsDevice {
     async fn send_commit(
         &self,
         client: &Client,
-        group: &mut MlsGroup,
         conversation_id: &str,
         content: wire::MlsCommit,
     ) -> Result<u64, E2eeError> {
-        self.local
-            .execute(
-                "INSERT OR REPLACE INTO natter_pending_commit (conversation_id, commit_bytes) VALUES (?1, ?2)",
-                rusqlite::params![conversation_id, content.commit],
-            )
-            .map_err(mls)?;
         let msg_id = uuid::Uuid::new_v4().to_string();
         let content = wire::Content { body: Some(wire::content::Body::MlsCommit(content)) };
         match client.send_content(conversation_id, &msg_id, content).await {
-            Ok(sent) => {
-                group.merge_pending_commit(&self.provider).map_err(mls)?;
+            Ok(sent) => self.locked(|| {
+                let mut group = self.group(conversation_id)?;
+                // Merged already if this device's feed brought it back first.
+                if group.pending_commit().is_some() {
+                    group.merge_pending_commit(&self.provider).map_err(mls)?;
+                }
                 self.forget_pending(conversation_id)?;
                 self.processed(conversation_id, sent.seq)?;
                 Ok(sent.seq)
-            }
+            }),
             // natterd answered: nothing of the commit was stored.
             Err(e @ ClientError::Server { .. }) => {
-                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
-                self.forget_pending(conversation_id)?;
+                self.locked(|| {
+                    let mut group = self.group(conversation_id)?;
+                    group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                    self.forget_pending(conversation_id)
+                })?;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),
@@ -462,9 +501,11 @@ impl MlsDevice {
         media_id: String,
     ) -> Result<u64, E2eeError> {
         self.settle(client, conversation_id).await?;
-        let mut group = self.group(conversation_id)?;
         let plaintext = prost::Message::encode_to_vec(&payload);
-        let message = group.create_message(&self.provider, &self.signer, &plaintext).map_err(mls)?;
+        let message = self.locked(|| {
+            let mut group = self.group(conversation_id)?;
+            group.create_message(&self.provider, &self.signer, &plaintext).map_err(mls)
+        })?;
         let content = wire::Content {
             body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)?, media_id })),
         };
@@ -482,6 +523,10 @@ impl MlsDevice {
     /// A message that does not decrypt or verify (tampered, replayed, or from
     /// an epoch this device has no keys for): the group stays as it was.
     pub fn open_message(&self, message: &wire::Message) -> Result<Opened, E2eeError> {
+        self.locked(|| self.open_locked(message))
+    }
+
+    fn open_locked(&self, message: &wire::Message) -> Result<Opened, E2eeError> {
         let conv = &message.conversation_id;
         if let Some(plaintext) = self.remembered(conv, message.seq)? {
             return opened(&message.sender_user_id, &plaintext);
@@ -600,12 +645,15 @@ impl MlsDevice {
                 Some(last) if page.has_more => self.processed(conversation_id, last.seq)?,
                 _ => {
                     // A commit sent but not in the conversation was never stored.
-                    if self.pending_commit(conversation_id)?.is_some() {
-                        self.forget_pending(conversation_id)?;
-                        if let Some(mut group) = self.load(conversation_id)? {
-                            group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                    self.locked(|| {
+                        if self.pending_commit(conversation_id)?.is_some() {
+                            self.forget_pending(conversation_id)?;
+                            if let Some(mut group) = self.load(conversation_id)? {
+                                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
+                            }
                         }
-                    }
+                        Ok(())
+                    })?;
                     return Ok(out);
                 }
             }
@@ -709,6 +757,14 @@ impl MlsDevice {
             .map_err(mls)?;
         Ok(seq.map_or(0, |s| s as u64))
     }
+}
+
+/// The `(user_id, device_id)` a leaf's BasicCredential names.
+fn leaf_identity(credential: &openmls::prelude::Credential) -> Option<(String, String)> {
+    let basic = openmls::prelude::BasicCredential::try_from(credential.clone()).ok()?;
+    let identity = std::str::from_utf8(basic.identity()).ok()?;
+    let (user, device) = identity.split_once('/')?;
+    Some((user.to_owned(), device.to_owned()))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

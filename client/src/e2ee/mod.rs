@@ -129,6 +129,8 @@ pub struct MlsDevice {
     /// natter's own tables in the same file (openmls's provider owns the other
     /// connection): what this device decrypted, and how far it read.
     local: Connection,
+    /// `<device id>.lock` beside the state: held while openmls's state changes.
+    lock_path: PathBuf,
 }
 
 /// The device's own row: its signature key pair (openmls's tables hold the
@@ -204,7 +206,15 @@ impl MlsDevice {
             credential: BasicCredential::new(credential_identity(user_id, device_id).into_bytes()).into(),
             signature_key: signer.public().into(),
         };
-        Ok(Self { provider, signer, credential, user_id: user_id.to_owned(), device_id: device_id.to_owned(), local })
+        Ok(Self {
+            provider,
+            signer,
+            credential,
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            local,
+            lock_path: dir.join(format!("{device_id}.lock")),
+        })
     }
 
     /// The Ed25519 public key (32 bytes).
