@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use natter_client::{Client, ClientConfig, ClientEndpoint, Feed, FeedItem};
 
+pub mod e2ee;
 pub mod media;
 pub mod push;
 pub mod relay;
@@ -188,8 +189,14 @@ impl Run {
 
     async fn send(&self, client: &Client, conv: &str, id: &str) {
         let (text, at) = self.text();
-        match client.send_text(conv, id, &text).await {
-            Ok(_) => {
+        let sent = client.send_text(conv, id, &text).await;
+        self.acked(at, sent.map(|_| ()).map_err(|e| e.code().and_then(|c| c.name()).unwrap_or("transport").to_owned()));
+    }
+
+    /// Counts a send made at `at` that was acknowledged, or refused with a code.
+    fn acked(&self, at: Duration, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
                 self.counters.sent.fetch_add(1, Ordering::Relaxed);
                 if self.measuring(at) {
                     self.measured_sends.fetch_add(1, Ordering::Relaxed);
@@ -197,9 +204,8 @@ impl Run {
                     let _ = self.ack.lock().expect("histogram lock").record(us.max(1));
                 }
             }
-            Err(e) => {
+            Err(code) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                let code = e.code().and_then(|c| c.name()).unwrap_or("transport").to_owned();
                 *self.errors.lock().expect("errors lock").entry(code).or_default() += 1;
             }
         }

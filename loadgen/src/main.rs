@@ -61,8 +61,18 @@ enum Scenario {
     DmPairs {
         #[arg(long, default_value_t = 100)]
         users: usize,
+        /// End-to-end encrypted conversations: every message encrypted and
+        /// decrypted by the SDK's MLS devices (closed loop only).
+        #[arg(long)]
+        e2ee: bool,
         #[command(flatten)]
         load: Load,
+    },
+    /// The time to create an end-to-end encrypted group: the creator claims
+    /// every member's KeyPackage and commits; every member joins.
+    E2eeGroup {
+        #[arg(long, default_value_t = 100)]
+        members: usize,
     },
     /// S2: one group, every member connected and receiving; some send.
     GroupFanout {
@@ -217,11 +227,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let target = Target { config, endpoints: args.endpoints };
     let counters = Arc::new(Counters::default());
     let (table, json) = match args.scenario {
-        Scenario::DmPairs { users, load } => {
+        Scenario::DmPairs { users, e2ee: true, load } => {
+            if load.rate.is_some() {
+                bail!("dm-pairs --e2ee is closed-loop only (--in-flight)");
+            }
+            let t = timing(&load);
+            let p = progress(counters.clone(), t.warmup + t.duration);
+            let r = natter_loadgen::e2ee::dm_pairs(&target, users, load.in_flight, t, load.size, counters).await?;
+            p.abort();
+            (r.table(), r.json())
+        }
+        Scenario::DmPairs { users, e2ee: false, load } => {
             let t = timing(&load);
             let p = progress(counters.clone(), t.warmup + t.duration);
             let r = natter_loadgen::dm_pairs(&target, users, pace(&load), t, load.size, counters).await?;
             p.abort();
+            (r.table(), r.json())
+        }
+        Scenario::E2eeGroup { members } => {
+            let r = natter_loadgen::e2ee::group_create(&target, members).await?;
             (r.table(), r.json())
         }
         Scenario::GroupFanout { members, senders, load } => {

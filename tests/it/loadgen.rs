@@ -177,3 +177,23 @@ fn the_benchmark_video_is_the_same_bytes_however_it_is_read() {
         assert_ne!(other[24..], whole[24..], "another seed, other bytes");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_pairs_e2ee_smoke_decrypts_every_message() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let r = natter_loadgen::e2ee::dm_pairs(&target(&server), 4, 2, timing(), 64, counters).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.sends > 0);
+    assert_eq!(r.total_deliveries, r.total_sends, "each encrypted send is decrypted by its partner once");
+    assert!(r.deliver.len() >= r.sends);
+    assert!(r.table().contains("dm-pairs-e2ee"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2ee_group_smoke_every_member_joins() {
+    let server = TestServer::start().await;
+    let r = natter_loadgen::e2ee::group_create(&target(&server), 5).await.unwrap();
+    assert_eq!(r.members, 5);
+    assert!(r.create > Duration::ZERO && r.table().contains("5 members"));
+}
