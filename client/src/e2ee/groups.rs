@@ -309,11 +309,11 @@ impl MlsDevice {
         self.send_commit(client, conversation_id, content).await
     }
 
-    /// Runs `f` holding the device state's lock (a file lock beside it): each
-    /// change of openmls's state is read, changed and written by one party at
-    /// a time, across processes too (`natter listen` and `natter send` share
-    /// the device), so no key is ever used twice. Never held across a wait on
-    /// the network.
+    /// Runs `f` holding the device state's lock (a file lock beside it) in one
+    /// transaction: each change of openmls's state is read, changed and
+    /// written by one party at a time, across processes too (`natter listen`
+    /// and `natter send` share the device), so no key is ever used twice, and
+    /// a crash leaves all of it or none. Never held across a wait on the network.
     fn locked<T>(&self, f: impl FnOnce() -> Result<T, E2eeError>) -> Result<T, E2eeError> {
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -322,9 +322,15 @@ impl MlsDevice {
             .open(&self.lock_path)
             .map_err(|e| mls(format!("{}: {e}", self.lock_path.display())))?;
         lock.lock().map_err(|e| mls(format!("locking {}: {e}", self.lock_path.display())))?;
+        // One transaction: the change is whole or absent, and costs one fsync.
+        self.local.execute_batch("BEGIN IMMEDIATE").map_err(mls)?;
         let out = f();
+        let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self.local.execute_batch(end).map_err(mls);
         drop(lock);
-        out
+        let out = out?;
+        ended?;
+        Ok(out)
     }
 
     /// Makes a commit on the group as it is now, under the lock, and notes it
@@ -511,7 +517,7 @@ impl MlsDevice {
         };
         let sent = client.send_content(conversation_id, &uuid::Uuid::new_v4().to_string(), content).await?;
         // The sender cannot decrypt its own message: it keeps the plaintext.
-        self.remember(conversation_id, sent.seq, &self.user_id, &plaintext)?;
+        self.locked(|| self.remember(conversation_id, sent.seq, &self.user_id, &plaintext))?;
         Ok(sent.seq)
     }
 

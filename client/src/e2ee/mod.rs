@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use natter_proto::wire::{self, request::Body, response};
 use openmls::prelude::tls_codec::Serialize as _;
@@ -77,13 +78,13 @@ impl Codec for JsonCodec {
 /// openmls's crypto (RustCrypto: no OpenSSL) with its state in the device's file.
 pub struct Provider {
     crypto: RustCrypto,
-    storage: SqliteStorageProvider<JsonCodec, Connection>,
+    storage: SqliteStorageProvider<JsonCodec, Rc<Connection>>,
 }
 
 impl OpenMlsProvider for Provider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, Rc<Connection>>;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
@@ -126,9 +127,11 @@ pub struct MlsDevice {
     credential: CredentialWithKey,
     user_id: String,
     device_id: String,
-    /// natter's own tables in the same file (openmls's provider owns the other
-    /// connection): what this device decrypted, and how far it read.
-    local: Connection,
+    /// The state file's one connection, shared with openmls's provider, so
+    /// that each change (openmls's tables and natter's: what this device
+    /// decrypted, how far it read) is one transaction: all of it or none
+    /// after a crash, and one fsync.
+    local: Rc<Connection>,
     /// `<device id>.lock` beside the state: held while openmls's state changes.
     lock_path: PathBuf,
 }
@@ -196,12 +199,16 @@ impl MlsDevice {
                 signer
             }
         };
-        let mut storage = SqliteStorageProvider::<JsonCodec, Connection>::new(conn);
-        storage.run_migrations().map_err(|e| state(e.to_string()))?;
-        let provider = Provider { crypto: RustCrypto::default(), storage };
-        let local = Connection::open(&path).map_err(|e| state(e.to_string()))?;
+        // openmls's tables (its migrations want the connection to themselves).
+        let mut migrating = SqliteStorageProvider::<JsonCodec, Connection>::new(conn);
+        migrating.run_migrations().map_err(|e| state(e.to_string()))?;
+        drop(migrating);
+        let local = Rc::new(Connection::open(&path).map_err(|e| state(e.to_string()))?);
+        // `natter listen` and a `natter send` in another terminal share the file.
         local.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| state(e.to_string()))?;
         local.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
+        let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(local.clone());
+        let provider = Provider { crypto: RustCrypto::default(), storage };
         let credential = CredentialWithKey {
             credential: BasicCredential::new(credential_identity(user_id, device_id).into_bytes()).into(),
             signature_key: signer.public().into(),
