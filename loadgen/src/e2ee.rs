@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use natter_client::e2ee::{MlsDevice, Opened};
 use natter_client::{Client, FeedItem};
 
-use super::{drain, users, Counters, Report, Run, Target, Timing};
+use super::{users, Counters, Report, Run, Target, Timing};
 
 /// Threads the devices are spread over.
 const SHARDS: usize = 2;
@@ -61,9 +61,12 @@ pub async fn dm_pairs(
     let set_up = Arc::new(std::sync::Barrier::new(SHARDS + 1));
     let go = Arc::new(std::sync::Barrier::new(SHARDS + 1));
     let shared: Arc<std::sync::Mutex<Option<Arc<Run>>>> = Arc::default();
+    // When the last sender stopped (draining the deliveries is not load).
+    let ended: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
     let mut shards = Vec::new();
     for shard in 0..SHARDS {
-        let (target, set_up, go, shared) = (target.clone(), set_up.clone(), go.clone(), shared.clone());
+        let (target, set_up, go, shared, ended) =
+            (target.clone(), set_up.clone(), go.clone(), shared.clone(), ended.clone());
         shards.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
@@ -72,7 +75,7 @@ pub async fn dm_pairs(
                 set_up.wait();
                 go.wait();
                 let run = shared.lock().expect("run lock").clone().context("the run")?;
-                load_pairs(pairs?, in_flight, &run, timing).await
+                load_pairs(pairs?, in_flight, &run, timing, &ended).await
             })
         }));
     }
@@ -87,7 +90,8 @@ pub async fn dm_pairs(
             .await?
             .map_err(|_| anyhow::anyhow!("a load shard panicked"))??;
     }
-    let measured = Instant::now().saturating_duration_since(measure_start);
+    let last = ended.lock().expect("end lock").unwrap_or_else(Instant::now);
+    let measured = last.saturating_duration_since(measure_start);
     Ok(run.report("dm-pairs-e2ee", measured, 1))
 }
 
@@ -112,39 +116,67 @@ async fn set_up_pairs(target: &Target, shard: usize, n: usize) -> anyhow::Result
     Ok(Pairs { people, plans })
 }
 
-async fn load_pairs(pairs: Pairs, in_flight: usize, run: &Arc<Run>, timing: Timing) -> anyhow::Result<()> {
+async fn load_pairs(
+    pairs: Pairs,
+    in_flight: usize,
+    run: &Arc<Run>,
+    timing: Timing,
+    ended: &std::sync::Mutex<Option<Instant>>,
+) -> anyhow::Result<()> {
+    // This shard's own counts: it stops receiving only when its own messages
+    // all arrived (the run's counters mix both shards).
+    let sent = Rc::new(std::cell::Cell::new(0u64));
+    let delivered = Rc::new(std::cell::Cell::new(0u64));
     let mut receivers = Vec::new();
     for (_, d) in &pairs.people {
         let me = d.client.identity().context("signed in")?.user_id;
         let (mut feed, _) = d.client.sync(None).await?;
-        let (run, device) = (run.clone(), d.device.clone());
+        let (run, device, delivered) = (run.clone(), d.device.clone(), delivered.clone());
         receivers.push(tokio::task::spawn_local(async move {
             while let Some(item) = feed.next().await {
                 let Ok(FeedItem::Message { message, .. }) = item else { continue };
                 if message.sender_user_id == me {
                     continue;
                 }
-                if let Ok(Opened::Text { text, .. }) = device.open_message(&message) {
-                    run.delivered(&text);
+                match device.open_message(&message) {
+                    Ok(Opened::Text { text, .. }) => {
+                        delivered.set(delivered.get() + 1);
+                        run.delivered(&text);
+                    }
+                    Ok(other) => run.error(format!("not a text: {other:?}")),
+                    Err(e) => run.error(format!("decrypting: {e}")),
                 }
             }
         }));
     }
     let until = run.start + timing.warmup + timing.duration;
     let senders = pairs.plans.into_iter().flat_map(|(client, device, conv)| {
+        let sent = sent.clone();
         (0..in_flight.max(1)).map(move |_| {
-            let (run, client, device, conv) = (run.clone(), client.clone(), device.clone(), conv.clone());
+            let (run, client, device, conv, sent) =
+                (run.clone(), client.clone(), device.clone(), conv.clone(), sent.clone());
             async move {
                 while Instant::now() < until {
                     let (text, at) = run.text();
-                    let sent = device.send_text(&client, &conv, &text).await;
-                    run.acked(at, sent.map(|_| ()).map_err(|e| e.to_string()));
+                    let outcome = device.send_text(&client, &conv, &text).await;
+                    if outcome.is_ok() {
+                        sent.set(sent.get() + 1);
+                    }
+                    run.acked(at, outcome.map(|_| ()).map_err(|e| e.to_string()));
                 }
             }
         })
     });
     futures::future::join_all(senders).await;
-    drain(run, 1).await;
+    {
+        let mut last = ended.lock().expect("end lock");
+        let now = Instant::now();
+        *last = Some(last.map_or(now, |t| t.max(now)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.get() < sent.get() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for r in receivers {
         r.abort();
     }

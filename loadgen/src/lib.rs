@@ -204,11 +204,14 @@ impl Run {
                     let _ = self.ack.lock().expect("histogram lock").record(us.max(1));
                 }
             }
-            Err(code) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                *self.errors.lock().expect("errors lock").entry(code).or_default() += 1;
-            }
+            Err(code) => self.error(code),
         }
+    }
+
+    /// Counts a failure of some kind (its name in the report).
+    fn error(&self, kind: String) {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        *self.errors.lock().expect("errors lock").entry(kind).or_default() += 1;
     }
 
     /// Counts a message that reached someone other than its sender.
