@@ -220,9 +220,12 @@ impl TestServer {
     }
 
     /// Graceful stop; the data directory stays until the value is dropped.
+    /// Graceful stop; returns once the data directory's lock is free (what
+    /// comes next, natterd or `natter-admin`, may take it at once).
     pub async fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
+            wait_until_free(&self.config.data_dir).await;
         }
     }
 
@@ -255,6 +258,19 @@ pub async fn start_when_free(config: Config) -> Result<RunningServer, natter_ser
             }
             started => return started,
         }
+    }
+}
+
+/// Waits (at most 5 s) until no process holds `data_dir`'s lock: a stopped
+/// in-process natterd's lock can outlive it while a child process another test
+/// forked shares its open file (see [`start_when_free`]).
+async fn wait_until_free(data_dir: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if matches!(natter_server::lock_data_dir(data_dir), Ok(Some(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
