@@ -1402,8 +1402,9 @@ impl Cli {
             Some(target) => resolve(&client, target, Reach::Former, &me).await?.conversation_id,
             None => String::new(),
         };
+        let listed = client.conversations(100).await?;
         let titles: HashMap<String, String> =
-            client.conversations(100).await?.iter().map(|c| (c.conversation_id.clone(), title(c, &me))).collect();
+            listed.iter().map(|c| (c.conversation_id.clone(), title(c, &me))).collect();
         let mut cursor = String::new();
         let mut shown = 0;
         let mut retries = 0;
@@ -1447,13 +1448,13 @@ impl Cli {
             cursor = page.next_cursor;
         }
         // Encrypted conversations: this device's own index of what it decrypted.
-        let encrypted: HashMap<String, String> = client
-            .conversations(100)
-            .await?
-            .iter()
-            .filter(|c| c.e2ee)
-            .map(|c| (c.conversation_id.clone(), title(c, &me)))
-            .collect();
+        let encrypted: HashMap<String, String> =
+            listed.iter().filter(|c| c.e2ee).map(|c| (c.conversation_id.clone(), title(c, &me))).collect();
+        // Senders by user id, for the device's hits (which know only ids).
+        let mut people: HashMap<&str, &str> = HashMap::new();
+        for m in listed.iter().flat_map(|c| c.members.iter()) {
+            people.insert(&m.user_id, if m.email.is_empty() { &m.display_name } else { &m.email });
+        }
         if !encrypted.is_empty() && shown < limit {
             let device = self.mls_device(&client).await?;
             for id in encrypted.keys() {
@@ -1470,7 +1471,8 @@ impl Cli {
             for (conv, hits) in by_conversation {
                 println!("{} (end-to-end encrypted; found on this device)", encrypted.get(&conv).unwrap_or(&conv));
                 for h in hits {
-                    println!("  #{} {}: {}", h.seq, self.who_is(&client, &h.sender_user_id).await, h.snippet);
+                    let who = people.get(h.sender_user_id.as_str()).copied().unwrap_or(&h.sender_user_id);
+                    println!("  #{} {who}: {}", h.seq, h.snippet);
                     shown += 1;
                 }
             }
@@ -1480,18 +1482,6 @@ impl Cli {
         }
         client.close().await;
         Ok(())
-    }
-
-    /// Someone's email (or name) for people, from their user id.
-    async fn who_is(&self, client: &Client, user_id: &str) -> String {
-        if client.identity().is_some_and(|i| i.user_id == user_id) {
-            return self.me();
-        }
-        let conversations = client.conversations(100).await.unwrap_or_default();
-        conversations.iter().flat_map(|c| c.members.iter()).find(|m| m.user_id == user_id).map_or_else(
-            || user_id.to_owned(),
-            |m| if m.email.is_empty() { m.display_name.clone() } else { m.email.clone() },
-        )
     }
 
     async fn find(&mut self, prefix: &str) -> anyhow::Result<()> {
