@@ -1156,41 +1156,13 @@ impl Cli {
         let conv = client.open_direct_with(email, e2ee).await?;
         if e2ee {
             let device = self.mls_device(&client).await?;
-            self.ready_to_encrypt(&client, &device, &conv).await?;
+            device.enter(&client, &conv).await?;
             println!("end-to-end encrypted conversation with {email}: {}", conv.conversation_id);
         } else {
             println!("conversation with {email}: {}", conv.conversation_id);
         }
         client.close().await;
         Ok(())
-    }
-
-    /// Brings this device up to date in an encrypted conversation and its
-    /// group up to the conversation's devices (starting it if nobody has).
-    async fn ready_to_encrypt(
-        &self,
-        client: &Client,
-        device: &crate::e2ee::MlsDevice,
-        conv: &proto::Conversation,
-    ) -> anyhow::Result<()> {
-        device.catch_up(client, &conv.conversation_id).await?;
-        if device.epoch(&conv.conversation_id)?.is_none() && conv.last_seq > 2 {
-            bail!(
-                "this device is not in {}'s encryption group yet: a member adds it when they next send (run \
-                 `natter listen` meanwhile)",
-                title(conv, &self.me())
-            );
-        }
-        match device.create_group(client, conv).await {
-            Ok(_) => Ok(()),
-            // Someone else changed the group meanwhile: catch up once more.
-            Err(e) if crate::e2ee::is_stale_epoch(&e) => {
-                device.catch_up(client, &conv.conversation_id).await?;
-                device.create_group(client, conv).await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn send(&mut self, to: &str, text: &str, e2ee: bool) -> anyhow::Result<()> {
@@ -1202,7 +1174,7 @@ impl Cli {
         };
         let seq = if conv.e2ee {
             let device = self.mls_device(&client).await?;
-            self.ready_to_encrypt(&client, &device, &conv).await?;
+            device.enter(&client, &conv).await?;
             device.send_text(&client, &conv.conversation_id, text).await?
         } else {
             client.send_text(&conv.conversation_id, &uuid::Uuid::new_v4().to_string(), text).await?.seq
@@ -1230,7 +1202,7 @@ impl Cli {
                 path.file_name().and_then(|n| n.to_str()).context("the file's name is not UTF-8: rename it")?;
             let mime = infer_type(&bytes);
             let device = self.mls_device(&client).await?;
-            self.ready_to_encrypt(&client, &device, &conv).await?;
+            device.enter(&client, &conv).await?;
             let seq = device.send_file(&client, &conv.conversation_id, &bytes, file_name, mime, caption).await?;
             println!(
                 "sent #{seq} to {} (end-to-end encrypted): [file {file_name}, {mime}, {}]",
@@ -1648,7 +1620,7 @@ impl Cli {
                 let emails: Vec<&str> = emails.iter().map(String::as_str).collect();
                 let group = client.create_group_with(&name, &emails, e2ee).await?;
                 if e2ee {
-                    self.mls_device(&client).await?.create_group(&client, &group).await?;
+                    self.mls_device(&client).await?.enter(&client, &group).await?;
                 }
                 Some(group)
             }

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod error_code;
 pub mod limits;
+pub mod mls;
 #[cfg(test)]
 mod vectors;
 

@@ -968,6 +968,44 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_list_device_keys",
+            "Request 42: ListDeviceKeys of Bob",
+            req(42, request::Body::ListDeviceKeys(ListDeviceKeys { user_id: BOB.into() })),
+        ),
+        (
+            "request_publish_key_packages",
+            "Request 43: PublishKeyPackages, two KeyPackages and a last-resort one (bytes shortened here)",
+            req(
+                43,
+                request::Body::PublishKeyPackages(PublishKeyPackages {
+                    key_packages: vec![vec![0x00, 0x01, 0x00, 0x01, 0x20], vec![0x00, 0x01, 0x00, 0x01, 0x21]],
+                    last_resort: vec![0x00, 0x01, 0x00, 0x01, 0x22],
+                }),
+            ),
+        ),
+        (
+            "request_get_key_package_stock",
+            "Request 44: GetKeyPackageStock (an empty message)",
+            req(44, request::Body::GetKeyPackageStock(GetKeyPackageStock {})),
+        ),
+        (
+            "request_get_group_info",
+            "Request 45: GetGroupInfo of an encrypted conversation",
+            req(45, request::Body::GetGroupInfo(GetGroupInfo { conversation_id: CONV.into() })),
+        ),
+        (
+            "response_group_info",
+            "Response 45: GroupInfo of epoch 3 (bytes shortened here)",
+            resp(
+                45,
+                response::Result::GroupInfo(GroupInfo {
+                    conversation_id: CONV.into(),
+                    epoch: 3,
+                    group_info: vec![0x00, 0x01, 0x00, 0x04],
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

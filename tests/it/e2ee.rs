@@ -506,6 +506,97 @@ async fn two_commits_in_one_epoch_one_wins_the_loser_catches_up_and_a_refused_we
 }
 
 #[tokio::test]
+async fn a_new_device_joins_by_external_commit_and_a_device_that_lost_its_state_rejoins() {
+    let server = TestServer::start().await;
+    let alice = Member::new(server.new_user("alice@example.org").await.0).await;
+    let bob = Member::new(server.new_user("bob@example.org").await.0).await;
+    let dave = Member::new(server.new_user("dave@example.org").await.0).await;
+    let dm = alice.client.open_direct_with("bob@example.org", true).await.unwrap();
+    let conv = dm.conversation_id.clone();
+    let info = e2ee::group_info(&alice.client, &conv).await.unwrap();
+    assert_eq!((info.epoch, info.group_info.is_empty()), (0, true), "nobody started the group yet");
+    alice.device.enter(&alice.client, &dm).await.unwrap();
+    bob.device.enter(&bob.client, &dm).await.unwrap();
+    assert_eq!(bob.device.epoch(&conv).unwrap(), Some(1), "bob joined by alice's Welcome, no commit of his own");
+    alice.device.send_text(&alice.client, &conv, "before the phone").await.unwrap();
+    assert_eq!(bob.read(&conv).await, ["before the phone"]);
+
+    // GetGroupInfo: members of encrypted conversations only.
+    let anonymous = server.client().await;
+    let ask = |id: &str| Body::GetGroupInfo(proto::GetGroupInfo { conversation_id: id.into() });
+    assert_eq!(code(anonymous.request(ask(&conv)).await.unwrap_err()), ErrorCode::UNAUTHENTICATED);
+    assert_eq!(code(e2ee::group_info(&dave.client, &conv).await.unwrap_err()), ErrorCode::NOT_A_MEMBER);
+    let plain = alice.client.open_direct("bob@example.org").await.unwrap();
+    let e = e2ee::group_info(&alice.client, &plain.conversation_id).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::ENCRYPTION_MISMATCH);
+    assert_eq!(code(e2ee::group_info(&alice.client, "nope").await.unwrap_err()), ErrorCode::INVALID_ARGUMENT);
+    let e = e2ee::group_info(&alice.client, &uuid::Uuid::new_v4().to_string()).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::NOT_FOUND);
+
+    // Bob's new phone joins on its own, by an external commit on the GroupInfo
+    // natterd keeps; it reads what is sent from then on, not what came before.
+    let phone = Member::new(server.new_device("bob@example.org", "bob's phone").await.0).await;
+    phone.device.enter(&phone.client, &dm).await.unwrap();
+    assert_eq!(phone.device.epoch(&conv).unwrap(), Some(2));
+    assert_eq!(alice.device.catch_up(&alice.client, &conv).await.unwrap(), [e2ee::Opened::Commit { epoch: 2 }]);
+    assert_eq!(bob.device.catch_up(&bob.client, &conv).await.unwrap(), [e2ee::Opened::Commit { epoch: 2 }]);
+    alice.device.send_text(&alice.client, &conv, "hello phone").await.unwrap();
+    assert_eq!(phone.read(&conv).await, ["hello phone"]);
+    assert_eq!(bob.read(&conv).await, ["hello phone"]);
+    let authenticator = alice.device.epoch_authenticator(&conv).unwrap();
+    assert_eq!(phone.device.epoch_authenticator(&conv).unwrap(), authenticator);
+    assert_eq!(bob.device.epoch_authenticator(&conv).unwrap(), authenticator);
+
+    // A join made on an old GroupInfo loses to the commit that came first:
+    // STALE_EPOCH, and nothing of it stays on the device.
+    let tablet = Member::new(server.new_device("bob@example.org", "bob's tablet").await.0).await;
+    let old = e2ee::group_info(&tablet.client, &conv).await.unwrap();
+    alice.device.update(&alice.client, &conv).await.unwrap();
+    let e = tablet.device.join_external(&tablet.client, &conv, &old).await.unwrap_err();
+    assert!(e2ee::is_stale_epoch(&e), "{e}");
+    assert_eq!(tablet.device.epoch(&conv).unwrap(), None);
+    tablet.device.enter(&tablet.client, &dm).await.unwrap();
+    assert_eq!(tablet.device.epoch(&conv).unwrap(), Some(4));
+
+    // Nobody joins as another device: an external commit whose leaf is not
+    // the sending device's own (here, the phone's id under bob's laptop).
+    let phone_id = phone.client.identity().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let impostor = MlsDevice::open(dir.path(), &phone_id.user_id, &phone_id.device_id).unwrap();
+    let fresh = e2ee::group_info(&bob.client, &conv).await.unwrap();
+    let e = impostor.join_external(&bob.client, &conv, &fresh).await.unwrap_err();
+    assert_eq!(code_of_e2ee(&e), Some(ErrorCode::MLS_MESSAGE_INVALID), "{e}");
+
+    // The phone loses its state: a fresh device state (a new key) joins
+    // again, and its old leaf goes in the same step.
+    for m in [&alice, &bob, &tablet] {
+        m.device.catch_up(&m.client, &conv).await.unwrap();
+    }
+    let old_phone = phone;
+    let reborn = Member::new(old_phone.client).await;
+    reborn.device.enter(&reborn.client, &dm).await.unwrap();
+    for m in [&alice, &bob, &tablet] {
+        m.device.catch_up(&m.client, &conv).await.unwrap();
+    }
+    let seq = alice.device.send_text(&alice.client, &conv, "hello again phone").await.unwrap();
+    assert_eq!(reborn.read(&conv).await, ["hello again phone"]);
+    assert_eq!(tablet.read(&conv).await, ["hello again phone"]);
+    let page = history(&bob.client, &conv).await;
+    let after = page.messages.iter().find(|m| m.seq == seq).unwrap();
+    assert!(old_phone.device.open_message(after).is_err(), "the lost state's leaf is gone");
+    assert_eq!(reborn.device.epoch(&conv).unwrap(), alice.device.epoch(&conv).unwrap());
+    assert_eq!(reborn.device.epoch_authenticator(&conv).unwrap(), alice.device.epoch_authenticator(&conv).unwrap());
+    drop((old_phone.dir, dave));
+}
+
+fn code_of_e2ee(e: &e2ee::E2eeError) -> Option<ErrorCode> {
+    match e {
+        e2ee::E2eeError::Client(c) => c.code(),
+        _ => None,
+    }
+}
+
+#[tokio::test]
 async fn membership_follows_the_conversation_and_natterd_refuses_commits_that_do_not() {
     let server = TestServer::start().await;
     let alice = Member::new(server.new_user("alice@example.org").await.0).await;

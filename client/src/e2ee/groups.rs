@@ -15,7 +15,7 @@ use openmls::prelude::{
 };
 use rusqlite::OptionalExtension as _;
 
-use super::{capabilities, claim_key_packages, mls, E2eeError, MlsDevice, CIPHERSUITE};
+use super::{capabilities, claim_key_packages, group_info, mls, E2eeError, MlsDevice, CIPHERSUITE};
 use crate::{Client, ClientError};
 
 /// Epochs whose keys a member keeps, for application messages sent just
@@ -131,18 +131,20 @@ impl MlsDevice {
         for user in &users {
             keys.insert(user.to_string(), super::device_keys(client, user).await?.devices);
         }
-        self.locked(|| {
-            if self.load(id)?.is_none() {
-                MlsGroup::new_with_group_id(
-                    &self.provider,
-                    &self.signer,
-                    &create_config(),
-                    group_id(id)?,
-                    self.credential.clone(),
-                )
-                .map_err(mls)?;
+        let fresh = self.locked(|| {
+            if self.load(id)?.is_some() {
+                return Ok(false);
             }
-            Ok(())
+            MlsGroup::new_with_group_id(
+                &self.provider,
+                &self.signer,
+                &create_config(),
+                group_id(id)?,
+                self.credential.clone(),
+            )
+            .map_err(mls)?;
+            self.joined(id, 0)?;
+            Ok(true)
         })?;
         // Leaves to go: not a member's, or not a device they still have.
         let removal = self.stage(id, |group| {
@@ -179,11 +181,104 @@ impl MlsDevice {
             }
         }
         if !packages.is_empty() {
-            if let Some(seq) = self.add_packages(client, id, &packages).await? {
-                last = Some(seq);
+            match self.add_packages(client, id, &packages).await {
+                Ok(Some(seq)) => last = Some(seq),
+                Ok(None) => {}
+                Err(e) => {
+                    // Another device started the group first: this one's
+                    // group never existed for anyone else.
+                    if fresh && matches!(e, E2eeError::Client(ClientError::Server { .. })) {
+                        self.locked(|| self.forget_group(id))?;
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(last)
+    }
+
+    /// Makes this device a leaf of an encrypted conversation's group, however
+    /// it stands, and the group match the conversation: catches up (a Welcome
+    /// may have added it), joins by external commit when the group exists
+    /// without it (a new device, or one that lost its state), or starts the
+    /// group when nobody has; then [`Self::create_group`] removes stale leaves
+    /// and adds missing devices. A commit that loses its epoch to another
+    /// (`STALE_EPOCH`) is made again on the new epoch, a few times.
+    ///
+    /// # Errors
+    /// What natterd answered, or openmls failed.
+    pub async fn enter(&self, client: &Client, conversation: &wire::Conversation) -> Result<(), E2eeError> {
+        const ATTEMPTS: usize = 5;
+        let id = &conversation.conversation_id;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tried = async {
+                self.catch_up(client, id).await?;
+                if self.load(id)?.is_none() {
+                    let info = group_info(client, id).await?;
+                    if info.epoch > 0 {
+                        self.join_external(client, id, &info).await?;
+                    }
+                }
+                self.create_group(client, conversation).await
+            };
+            match tried.await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_stale_epoch(&e) && attempt < ATTEMPTS => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Joins the conversation's group by an external commit (RFC 9420
+    /// section 12.4.3.2) made on `info`, the GroupInfo natterd keeps
+    /// ([`super::group_info`]): for a device of a member that is not a leaf.
+    /// It reads what is sent from the commit's epoch on. Returns the commit's seq.
+    ///
+    /// # Errors
+    /// This device is in the group already; `STALE_EPOCH` when another
+    /// commit came first (nothing of the join is kept: fetch the GroupInfo
+    /// again and retry); what natterd answered.
+    pub async fn join_external(
+        &self,
+        client: &Client,
+        conversation_id: &str,
+        info: &wire::GroupInfo,
+    ) -> Result<u64, E2eeError> {
+        self.settle(client, conversation_id).await?;
+        let MlsMessageBodyIn::GroupInfo(verifiable) = message_in(&info.group_info)?.extract() else {
+            return Err(mls("natterd's group_info is not a GroupInfo"));
+        };
+        let content = self.locked(|| {
+            if self.load(conversation_id)?.is_some() {
+                return Err(mls("this device is in the group already"));
+            }
+            let (group, bundle) = MlsGroup::external_commit_builder()
+                .with_config(join_config())
+                .build_group(&self.provider, verifiable, self.credential.clone())
+                .map_err(mls)?
+                .leaf_node_parameters(LeafNodeParameters::builder().with_capabilities(capabilities()).build())
+                .load_psks(self.provider.storage())
+                .map_err(mls)?
+                .build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true)
+                .map_err(mls)?
+                .finalize(&self.provider)
+                .map_err(mls)?;
+            let (commit, _, next) = bundle.into_contents();
+            let content = wire::MlsCommit {
+                commit: bytes(&commit)?,
+                welcome: Vec::new(),
+                group_info: bytes(&MlsMessageOut::from(next.ok_or_else(|| mls("openmls made no GroupInfo"))?))?,
+                epoch: info.epoch,
+            };
+            // openmls merged the join already: until natterd accepts it, the
+            // group stays noted as pending and goes if the commit does.
+            self.note_pending(conversation_id, &content.commit)?;
+            self.joined(conversation_id, group.epoch().as_u64())?;
+            Ok(content)
+        })?;
+        self.send_commit(client, conversation_id, content).await
     }
 
     /// Adds the devices of these KeyPackages (TLS-serialized, as claimed) to
@@ -344,12 +439,7 @@ impl MlsDevice {
             let mut group = self.group(conversation_id)?;
             let content = make(&mut group)?;
             if let Some(c) = &content {
-                self.local
-                    .execute(
-                        "INSERT OR REPLACE INTO natter_pending_commit (conversation_id, commit_bytes) VALUES (?1, ?2)",
-                        rusqlite::params![conversation_id, c.commit],
-                    )
-                    .map_err(mls)?;
+                self.note_pending(conversation_id, &c.commit)?;
             }
             Ok(content)
         })
@@ -381,11 +471,7 @@ impl MlsDevice {
             }),
             // natterd answered: nothing of the commit was stored.
             Err(e @ ClientError::Server { .. }) => {
-                self.locked(|| {
-                    let mut group = self.group(conversation_id)?;
-                    group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
-                    self.forget_pending(conversation_id)
-                })?;
+                self.locked(|| self.drop_pending(conversation_id))?;
                 Err(e.into())
             }
             Err(e) => Err(e.into()),
@@ -404,6 +490,61 @@ impl MlsDevice {
     fn forget_pending(&self, conv: &str) -> Result<(), E2eeError> {
         self.local.execute("DELETE FROM natter_pending_commit WHERE conversation_id = ?1", [conv]).map_err(mls)?;
         Ok(())
+    }
+
+    fn note_pending(&self, conv: &str, commit: &[u8]) -> Result<(), E2eeError> {
+        self.local
+            .execute(
+                "INSERT OR REPLACE INTO natter_pending_commit (conversation_id, commit_bytes) VALUES (?1, ?2)",
+                rusqlite::params![conv, commit],
+            )
+            .map_err(mls)?;
+        Ok(())
+    }
+
+    /// Drops this device's pending commit, which natterd did not store: the
+    /// group stays in its epoch, or, for an external join (merged as it was
+    /// made), the group goes.
+    fn drop_pending(&self, conv: &str) -> Result<(), E2eeError> {
+        let Some(pending) = self.pending_commit(conv)? else { return Ok(()) };
+        self.forget_pending(conv)?;
+        match self.load(conv)? {
+            Some(mut group) if group.pending_commit().is_some() => {
+                group.clear_pending_commit(self.provider.storage()).map_err(mls)
+            }
+            Some(group) if commit_epoch(&pending)? + 1 == group.epoch().as_u64() => self.forget_group(conv),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes this device's state of a group natterd does not know it in
+    /// (a join or a first commit that lost to another).
+    fn forget_group(&self, conv: &str) -> Result<(), E2eeError> {
+        if let Some(mut group) = self.load(conv)? {
+            group.delete(self.provider.storage()).map_err(mls)?;
+        }
+        self.local.execute("DELETE FROM natter_joined WHERE conversation_id = ?1", [conv]).map_err(mls)?;
+        self.forget_pending(conv)
+    }
+
+    /// Notes the epoch this device joined the group in.
+    fn joined(&self, conv: &str, epoch: u64) -> Result<(), E2eeError> {
+        self.local
+            .execute(
+                "INSERT OR REPLACE INTO natter_joined (conversation_id, epoch) VALUES (?1, ?2)",
+                rusqlite::params![conv, epoch as i64],
+            )
+            .map_err(mls)?;
+        Ok(())
+    }
+
+    fn joined_epoch(&self, conv: &str) -> Result<u64, E2eeError> {
+        let epoch: Option<i64> = self
+            .local
+            .query_row("SELECT epoch FROM natter_joined WHERE conversation_id = ?1", [conv], |r| r.get(0))
+            .optional()
+            .map_err(mls)?;
+        Ok(epoch.map_or(0, |e| e as u64))
     }
 
     /// Settles a commit whose outcome is unknown before making anything new.
@@ -551,6 +692,9 @@ impl MlsDevice {
         // Sent before this device joined: MLS gives it no keys for that.
         let Some(mut group) = self.load(conv)? else { return Ok(Opened::NotForMe) };
         let protocol = message_in(ciphertext)?.try_into_protocol_message().map_err(mls)?;
+        if protocol.epoch().as_u64() < self.joined_epoch(conv)? {
+            return Ok(Opened::NotForMe);
+        }
         let processed = group.process_message(&self.provider, protocol).map_err(mls)?;
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
@@ -564,6 +708,28 @@ impl MlsDevice {
     }
 
     fn open_commit(&self, conv: &str, c: &wire::MlsCommit) -> Result<Opened, E2eeError> {
+        if let Some(pending) = self.pending_commit(conv)? {
+            if commit_epoch(&pending)? == c.epoch {
+                if pending == c.commit {
+                    // This device's own commit, whose answer it never got.
+                    self.forget_pending(conv)?;
+                    let mut group = self.group(conv)?;
+                    if group.pending_commit().is_some() {
+                        group.merge_pending_commit(&self.provider).map_err(mls)?;
+                    }
+                    return Ok(Opened::Commit { epoch: group.epoch().as_u64() });
+                }
+                // Another commit won this epoch: this device's never will.
+                self.drop_pending(conv)?;
+            }
+        }
+        if let Some(group) = self.load(conv)? {
+            // A group this device started alone, while another device's
+            // first commit won: this one never existed for anyone else.
+            if group.epoch().as_u64() == 0 && c.epoch == 0 {
+                self.forget_group(conv)?;
+            }
+        }
         let Some(mut group) = self.load(conv)? else {
             if c.welcome.is_empty() {
                 return Ok(Opened::NotForMe);
@@ -578,21 +744,11 @@ impl MlsDevice {
                 Err(e) => return Err(mls(e)),
             };
             let group = staged.into_group(&self.provider).map_err(mls)?;
-            return Ok(Opened::Joined { epoch: group.epoch().as_u64() });
+            let epoch = group.epoch().as_u64();
+            self.joined(conv, epoch)?;
+            return Ok(Opened::Joined { epoch });
         };
         let epoch = group.epoch().as_u64();
-        if c.epoch == epoch {
-            if let Some(pending) = self.pending_commit(conv)? {
-                self.forget_pending(conv)?;
-                if pending == c.commit {
-                    // This device's own commit, whose answer it never got.
-                    group.merge_pending_commit(&self.provider).map_err(mls)?;
-                    return Ok(Opened::Commit { epoch: group.epoch().as_u64() });
-                }
-                // Another commit won this epoch: this device's never will.
-                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
-            }
-        }
         if c.epoch < epoch {
             // This device's own commit, or one it processed already.
             return Ok(Opened::Commit { epoch });
@@ -651,15 +807,7 @@ impl MlsDevice {
                 Some(last) if page.has_more => self.processed(conversation_id, last.seq)?,
                 _ => {
                     // A commit sent but not in the conversation was never stored.
-                    self.locked(|| {
-                        if self.pending_commit(conversation_id)?.is_some() {
-                            self.forget_pending(conversation_id)?;
-                            if let Some(mut group) = self.load(conversation_id)? {
-                                group.clear_pending_commit(self.provider.storage()).map_err(mls)?;
-                            }
-                        }
-                        Ok(())
-                    })?;
+                    self.locked(|| self.drop_pending(conversation_id))?;
                     return Ok(out);
                 }
             }
@@ -765,11 +913,18 @@ impl MlsDevice {
     }
 }
 
+/// The epoch a commit (an MLSMessage holding a PublicMessage) was made in.
+fn commit_epoch(commit: &[u8]) -> Result<u64, E2eeError> {
+    match message_in(commit)?.extract() {
+        MlsMessageBodyIn::PublicMessage(m) => Ok(m.epoch().as_u64()),
+        _ => Err(mls("a pending commit that is not a PublicMessage")),
+    }
+}
+
 /// The `(user_id, device_id)` a leaf's BasicCredential names.
 fn leaf_identity(credential: &openmls::prelude::Credential) -> Option<(String, String)> {
     let basic = openmls::prelude::BasicCredential::try_from(credential.clone()).ok()?;
-    let identity = std::str::from_utf8(basic.identity()).ok()?;
-    let (user, device) = identity.split_once('/')?;
+    let (user, device) = natter_proto::mls::parse_credential_identity(basic.identity())?;
     Some((user.to_owned(), device.to_owned()))
 }
 

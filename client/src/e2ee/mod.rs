@@ -36,11 +36,8 @@ use crate::{unexpected, Client, ClientError};
 mod groups;
 pub use groups::{is_stale_epoch, LocalHit, Opened};
 
-/// The one ciphersuite natter speaks.
+/// The one ciphersuite natter speaks (`natter_proto::mls::CIPHERSUITE`).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-/// What a device signs to prove it holds the key it registers.
-pub const DEVICE_KEY_LABEL: &[u8] = b"natter-device-key-v1";
 
 /// KeyPackages a device keeps in natterd's stock when it tops up.
 pub const STOCK_TARGET: u32 = 100;
@@ -99,25 +96,27 @@ impl OpenMlsProvider for Provider {
     }
 }
 
-/// The BasicCredential identity of a device: `"<user_id>/<device_id>"`.
-pub fn credential_identity(user_id: &str, device_id: &str) -> String {
-    format!("{user_id}/{device_id}")
-}
-
 fn uuid_bytes(id: &str) -> Result<[u8; 16], E2eeError> {
     uuid::Uuid::parse_str(id).map(|u| *u.as_bytes()).map_err(|_| mls(format!("{id:?} is not an id")))
 }
 
-/// What a device signs to register its key: the label, then the user id's and
-/// device id's 16 bytes each.
+/// What a device signs to register its key (`natter_proto::mls`).
 ///
 /// # Errors
 /// Ids that are not UUIDs.
 pub fn device_key_proof_message(user_id: &str, device_id: &str) -> Result<Vec<u8>, E2eeError> {
-    let mut m = DEVICE_KEY_LABEL.to_vec();
-    m.extend_from_slice(&uuid_bytes(user_id)?);
-    m.extend_from_slice(&uuid_bytes(device_id)?);
-    Ok(m)
+    Ok(natter_proto::mls::device_key_proof_message(&uuid_bytes(user_id)?, &uuid_bytes(device_id)?))
+}
+
+/// How a device's MLS state reaches its disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every change fsynced before it is used (a person's device: a crash
+    /// never makes it reuse a key or forget a group).
+    Durable,
+    /// Never fsynced: for load generation only, where many devices share one
+    /// machine and one disk that stand for as many machines and disks.
+    Volatile,
 }
 
 /// This device's MLS identity and state.
@@ -140,7 +139,8 @@ pub struct MlsDevice {
 /// rest); the plaintext (an `E2eePayload`) of each MLS message it decrypted or sent (MLS keys are
 /// used once: a message cannot be decrypted twice); how far it processed each
 /// conversation; a commit sent whose outcome is not known yet (the connection
-/// went before the answer came); and the local search index of what it
+/// went before the answer came); the epoch at which the device joined each
+/// group (what was sent before has no keys for it); and the local search index of what it
 /// decrypted (SQLite FTS5: natterd cannot index encrypted conversations).
 const META: &str = "CREATE TABLE IF NOT EXISTS natter_device (
     device_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, signature_key_pair BLOB NOT NULL);
@@ -149,6 +149,7 @@ CREATE TABLE IF NOT EXISTS natter_plaintext (
     PRIMARY KEY (conversation_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS natter_processed (conversation_id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS natter_pending_commit (conversation_id TEXT PRIMARY KEY, commit_bytes BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS natter_joined (conversation_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS natter_search USING fts5(
     text, conversation_id UNINDEXED, seq UNINDEXED, sender_user_id UNINDEXED, at_ms UNINDEXED,
     tokenize = 'unicode61 remove_diacritics 2');";
@@ -160,8 +161,23 @@ impl MlsDevice {
     /// # Errors
     /// The file cannot be opened, or holds another device's state.
     pub fn open(dir: &Path, user_id: &str, device_id: &str) -> Result<Self, E2eeError> {
-        uuid_bytes(user_id)?;
-        uuid_bytes(device_id)?;
+        Self::open_with(dir, user_id, device_id, Durability::Durable)
+    }
+
+    /// [`Self::open`], choosing how the state reaches the disk.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_with(dir: &Path, user_id: &str, device_id: &str, durability: Durability) -> Result<Self, E2eeError> {
+        let synchronous = match durability {
+            Durability::Durable => "FULL",
+            Durability::Volatile => "OFF",
+        };
+        // The ids as natterd writes them (hyphenated, lower case): the
+        // credential names them so.
+        let user_id = uuid::Uuid::from_bytes(uuid_bytes(user_id)?).to_string();
+        let device_id = uuid::Uuid::from_bytes(uuid_bytes(device_id)?).to_string();
+        let (user_id, device_id) = (user_id.as_str(), device_id.as_str());
         let path = dir.join(format!("{device_id}.db"));
         let state = |message: String| E2eeError::State { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
@@ -175,7 +191,7 @@ impl MlsDevice {
         // `natter listen` and a `natter send` in another terminal share the file.
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| state(e.to_string()))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| state(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", synchronous).map_err(|e| state(e.to_string()))?;
         conn.execute_batch(META).map_err(|e| state(e.to_string()))?;
         let known: Option<(String, Vec<u8>)> = conn
             .query_row("SELECT user_id, signature_key_pair FROM natter_device WHERE device_id = ?1", [device_id], |r| {
@@ -206,11 +222,12 @@ impl MlsDevice {
         let local = Rc::new(Connection::open(&path).map_err(|e| state(e.to_string()))?);
         // `natter listen` and a `natter send` in another terminal share the file.
         local.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| state(e.to_string()))?;
-        local.pragma_update(None, "synchronous", "FULL").map_err(|e| state(e.to_string()))?;
+        local.pragma_update(None, "synchronous", synchronous).map_err(|e| state(e.to_string()))?;
         let storage = SqliteStorageProvider::<JsonCodec, Rc<Connection>>::new(local.clone());
         let provider = Provider { crypto: RustCrypto::default(), storage };
         let credential = CredentialWithKey {
-            credential: BasicCredential::new(credential_identity(user_id, device_id).into_bytes()).into(),
+            credential: BasicCredential::new(natter_proto::mls::credential_identity(user_id, device_id).into_bytes())
+                .into(),
             signature_key: signer.public().into(),
         };
         Ok(Self {
@@ -338,6 +355,18 @@ pub async fn device_keys(client: &Client, user_id: &str) -> Result<wire::DeviceK
 pub async fn claim_key_packages(client: &Client, user_id: &str) -> Result<wire::ClaimedKeyPackages, ClientError> {
     match client.request(Body::ClaimKeyPackages(wire::ClaimKeyPackages { user_id: user_id.into() })).await? {
         response::Result::ClaimedKeyPackages(c) => Ok(c),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The GroupInfo natterd keeps of an encrypted conversation (epoch 0 and
+/// none when nobody started its group yet).
+///
+/// # Errors
+/// `NOT_FOUND`, `NOT_A_MEMBER`, `ENCRYPTION_MISMATCH`.
+pub async fn group_info(client: &Client, conversation_id: &str) -> Result<wire::GroupInfo, ClientError> {
+    match client.request(Body::GetGroupInfo(wire::GetGroupInfo { conversation_id: conversation_id.into() })).await? {
+        response::Result::GroupInfo(g) => Ok(g),
         other => Err(unexpected(&other)),
     }
 }
@@ -503,6 +532,11 @@ mod tests {
             ("3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into(), vec![n; 32]),
             ("1c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f".into(), vec![n + 1; 32]),
         ]
+    }
+
+    #[test]
+    fn the_ciphersuite_is_the_protocols() {
+        assert_eq!(u16::from(CIPHERSUITE), natter_proto::mls::CIPHERSUITE);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use openmls::prelude::{
 };
 use openmls_rust_crypto::{MemoryStorage, RustCrypto};
 
+use super::FramedCommit;
 use crate::domain::{DeviceId, UserId};
 
 /// A leaf of the group: a device of a user, with its signature key.
@@ -26,19 +27,30 @@ pub struct Leaf {
     pub signature_key: Vec<u8>,
 }
 
+/// Who made a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committer {
+    /// A leaf of the group.
+    Member(Leaf),
+    /// A device joining by external commit (RFC 9420 section 12.4.3.2): the
+    /// leaf its commit adds for itself.
+    Joining(Leaf),
+    /// Anyone else (an external sender): never accepted.
+    Other,
+}
+
 /// What a commit does to the group's leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Changes {
-    /// The committer (`None` for a commit by a new member: not accepted).
-    pub sender: Option<Leaf>,
+    pub committer: Committer,
     pub added: Vec<Leaf>,
     pub removed: Vec<Leaf>,
 }
 
 fn leaf(credential: &Credential, signature_key: &[u8]) -> Result<Leaf, String> {
     let basic = BasicCredential::try_from(credential.clone()).map_err(|_| "a leaf has no BasicCredential")?;
-    let identity = std::str::from_utf8(basic.identity()).map_err(|_| "a leaf's identity is not UTF-8")?;
-    let (user, device) = identity.split_once('/').ok_or("a leaf's identity is not <user_id>/<device_id>")?;
+    let (user, device) = natter_proto::mls::parse_credential_identity(basic.identity())
+        .ok_or("a leaf's identity is not <user_id>/<device_id>")?;
     Ok(Leaf {
         user: UserId::parse(user).map_err(|_| "a leaf's identity names no user")?,
         device: DeviceId(uuid::Uuid::parse_str(device).map_err(|_| "a leaf's identity names no device")?),
@@ -56,8 +68,9 @@ fn group_info(bytes: &[u8]) -> Result<VerifiableGroupInfo, String> {
     }
 }
 
-/// The group as its GroupInfo (with the ratchet tree extension) describes it,
-/// checked: the signature of its signer leaf, the tree against the context.
+/// The group as its GroupInfo (with the ratchet tree and external_pub
+/// extensions) describes it, checked: the signature of its signer leaf, the
+/// tree against the context.
 fn public_group(bytes: &[u8]) -> Result<(PublicGroup, MemoryStorage), String> {
     let info = group_info(bytes)?;
     let tree = info
@@ -66,6 +79,9 @@ fn public_group(bytes: &[u8]) -> Result<(PublicGroup, MemoryStorage), String> {
         .ok_or("the GroupInfo carries no ratchet tree (use the ratchet_tree extension)")?
         .ratchet_tree()
         .clone();
+    if info.extensions().external_pub().is_none() {
+        return Err("the GroupInfo carries no external_pub extension (a new device could not join)".into());
+    }
     let storage = MemoryStorage::default();
     let (group, _) = PublicGroup::from_external(&RustCrypto::default(), &storage, tree, info, ProposalStore::new())
         .map_err(|e| format!("the GroupInfo does not check out: {e}"))?;
@@ -90,26 +106,27 @@ pub fn leaves(group_info: &[u8]) -> Result<Vec<Leaf>, String> {
 /// # Errors
 /// A commit that does not verify against that group, a `next` that is not
 /// its result, or leaves not named `<user_id>/<device_id>`.
-pub fn changes(previous: &[u8], commit: &[u8], next: &[u8]) -> Result<Changes, String> {
+pub fn changes(previous: &[u8], commit: FramedCommit, next: &[u8]) -> Result<Changes, String> {
     let (mut group, storage) = public_group(previous)?;
-    let message = MlsMessageIn::tls_deserialize_exact(commit)
-        .map_err(|e| format!("the commit does not decode: {e}"))?
-        .try_into_protocol_message()
-        .map_err(|e| format!("the commit is not a protocol message: {e}"))?;
     let processed = group
-        .process_message(&RustCrypto::default(), message)
+        .process_message(&RustCrypto::default(), commit.message)
         .map_err(|e| format!("the commit does not verify against the group: {e}"))?;
-    let sender = match processed.sender() {
-        Sender::Member(index) => {
-            let node = group.leaf(*index).ok_or("the commit's sender is no leaf of the group")?;
-            Some(leaf(node.credential(), node.signature_key().as_slice())?)
-        }
-        _ => None,
-    };
+    let sender = processed.sender().clone();
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err("the commit's content is not a Commit".into());
     };
-    let mut out = Changes { sender, ..Changes::default() };
+    let committer = match sender {
+        Sender::Member(index) => {
+            let node = group.leaf(index).ok_or("the commit's sender is no leaf of the group")?;
+            Committer::Member(leaf(node.credential(), node.signature_key().as_slice())?)
+        }
+        Sender::NewMemberCommit => {
+            let node = staged.update_path_leaf_node().ok_or("an external commit without the joiner's leaf")?;
+            Committer::Joining(leaf(node.credential(), node.signature_key().as_slice())?)
+        }
+        _ => Committer::Other,
+    };
+    let mut out = Changes { committer, added: Vec::new(), removed: Vec::new() };
     for add in staged.add_proposals() {
         let node = add.add_proposal().key_package().leaf_node();
         out.added.push(leaf(node.credential(), node.signature_key().as_slice())?);

@@ -25,17 +25,15 @@ use async_trait::async_trait;
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{
     BasicCredential, Ciphersuite, ContentType, KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
+    PublicMessageIn,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{ConversationId, DeviceId, Millis, UserId};
 use crate::store::StoreError;
 
-/// The one ciphersuite natter speaks.
+/// The one ciphersuite natter speaks (`natter_proto::mls::CIPHERSUITE`).
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-/// What a device signs to prove it holds the key it registers.
-pub const DEVICE_KEY_LABEL: &[u8] = b"natter-device-key-v1";
 
 /// `[mls]` in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -87,18 +85,14 @@ impl MlsConfig {
     }
 }
 
-/// The BasicCredential identity of a device: `"<user_id>/<device_id>"`.
+/// The BasicCredential identity of a device (`natter_proto::mls`).
 pub fn credential_identity(user: UserId, device: DeviceId) -> String {
-    format!("{user}/{}", device.0)
+    natter_proto::mls::credential_identity(&user.to_string(), &device.0.to_string())
 }
 
-/// What a device signs (Ed25519) to register `key`: the label, then the
-/// user id's and device id's 16 bytes each.
+/// What a device signs to register its key (`natter_proto::mls`).
 pub fn device_key_proof_message(user: UserId, device: DeviceId) -> Vec<u8> {
-    let mut m = DEVICE_KEY_LABEL.to_vec();
-    m.extend_from_slice(user.0.as_bytes());
-    m.extend_from_slice(device.0.as_bytes());
-    m
+    natter_proto::mls::device_key_proof_message(user.0.as_bytes(), device.0.as_bytes())
 }
 
 /// Checks a `RegisterDeviceKey`.
@@ -226,9 +220,17 @@ pub fn check_application(bytes: &[u8], conversation: ConversationId) -> Result<u
     }
 }
 
-/// Checks a commit for `conversation` and returns the epoch it was made in:
-/// a PublicMessage commit of the conversation's group, a Welcome (if any) and
-/// the GroupInfo of the next epoch of the same group.
+/// A commit that passed [`check_commit`]'s framing checks, decoded once for
+/// [`delivery::changes`].
+pub struct FramedCommit {
+    /// The epoch it was made in.
+    pub epoch: u64,
+    pub(crate) message: PublicMessageIn,
+}
+
+/// Checks a commit for `conversation` and returns it with the epoch it was
+/// made in: a PublicMessage commit of the conversation's group, a Welcome (if
+/// any) and the GroupInfo of the next epoch of the same group.
 ///
 /// # Errors
 /// What is wrong, in words for the sender.
@@ -237,17 +239,18 @@ pub fn check_commit(
     welcome: &[u8],
     group_info: &[u8],
     conversation: ConversationId,
-) -> Result<u64, String> {
-    let epoch = match mls_message(commit, "the commit")? {
+) -> Result<FramedCommit, String> {
+    let message = match mls_message(commit, "the commit")? {
         MlsMessageBodyIn::PublicMessage(m) => {
             check_group(m.group_id().as_slice(), conversation, "the commit")?;
             if m.content_type() != ContentType::Commit {
                 return Err("the commit's content is not a Commit".into());
             }
-            m.epoch().as_u64()
+            m
         }
         _ => return Err("the commit is not a PublicMessage (natterd checks membership changes)".into()),
     };
+    let epoch = message.epoch().as_u64();
     if !welcome.is_empty() && !matches!(mls_message(welcome, "the welcome")?, MlsMessageBodyIn::Welcome(_)) {
         return Err("the welcome is not a Welcome".into());
     }
@@ -260,7 +263,7 @@ pub fn check_commit(
         }
         _ => return Err("the group_info is not a GroupInfo".into()),
     }
-    Ok(epoch)
+    Ok(FramedCommit { epoch, message })
 }
 
 /// A device's stock, as `KeyPackageStock` tells it.
@@ -325,3 +328,11 @@ pub trait KeyPackageStore: Send + Sync {
 
 /// How long the claim counters' windows are.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(3600);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_ciphersuite_is_the_protocols() {
+        assert_eq!(u16::from(super::CIPHERSUITE), natter_proto::mls::CIPHERSUITE);
+    }
+}

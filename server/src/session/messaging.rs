@@ -101,9 +101,10 @@ impl Service {
             }
             Some(wire::content::Body::MlsCommit(c)) => {
                 mls_only_in_e2ee()?;
-                let epoch =
+                let framed =
                     crate::mls::check_commit(&c.commit, &c.welcome, &c.group_info, state.id).map_err(mls_invalid)?;
-                self.check_commit_leaves(me, &state, epoch, &c.commit, &c.group_info).await?;
+                let epoch = framed.epoch;
+                self.check_commit_leaves(me, &state, framed, &c.group_info).await?;
                 Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch }
             }
             None => return Err(Rejection::EmptyMessage.into()),

@@ -9,8 +9,8 @@ use natter_proto::ErrorCode;
 
 use super::{invalid, Identity, Reply, Service, WireError};
 use crate::domain::conversation::ConversationState;
-use crate::domain::{DeviceId, Event, UserId};
-use crate::mls::delivery::{self, Leaf};
+use crate::domain::{ConversationId, DeviceId, Event, UserId};
+use crate::mls::delivery::{self, Committer, Leaf};
 use crate::mls::{KeyPackageStore, MlsConfig, Publication, PublishError, CLAIM_WINDOW};
 use crate::projection::router::Ephemeral;
 use crate::store::StreamName;
@@ -49,22 +49,17 @@ impl Service {
         &self,
         me: &Identity,
         state: &ConversationState,
-        epoch: u64,
-        commit: &[u8],
+        commit: crate::mls::FramedCommit,
         group_info: &[u8],
     ) -> Result<(), WireError> {
-        let last = self.store.last_in_stream(&StreamName::mls(state.id)).await?;
-        let (current, previous) = match last.as_ref().map(|r| (&r.event, r.version)) {
-            None => (0, None),
-            Some((Event::MlsEpochClosed { group_info, .. }, version)) => (version, Some(group_info)),
-            Some(_) => return Err(WireError::new(ErrorCode::INTERNAL, "an mls: stream holds another event")),
-        };
+        let epoch = commit.epoch;
+        let (current, previous) = self.group_epoch(state.id).await?;
         if epoch != current {
             return Err(stale_epoch(epoch, current));
         }
         let invalid = |why: String| WireError::new(ErrorCode::MLS_MESSAGE_INVALID, why);
         let mine = |leaf: &Leaf| leaf.user == me.user_id && leaf.device == me.device_id;
-        let (added, removed) = match previous {
+        let (added, removed) = match previous.as_deref() {
             None => {
                 let leaves = delivery::leaves(group_info).map_err(invalid)?;
                 if !leaves.iter().any(mine) {
@@ -74,10 +69,17 @@ impl Service {
             }
             Some(previous) => {
                 let changes = delivery::changes(previous, commit, group_info).map_err(invalid)?;
-                if !changes.sender.as_ref().is_some_and(mine) {
-                    return Err(invalid("a commit is made by the sending device's own leaf".into()));
+                match changes.committer {
+                    Committer::Member(ref sender) if mine(sender) => (changes.added, changes.removed),
+                    // A device of a member joining on its own: its leaf is
+                    // checked as an added one, and it may replace an old leaf
+                    // of its own (a device that lost its state, same key).
+                    Committer::Joining(joiner) if mine(&joiner) => {
+                        let removed = changes.removed.into_iter().filter(|l| !mine(l)).collect();
+                        (vec![joiner], removed)
+                    }
+                    _ => return Err(invalid("a commit is made by the sending device's own leaf".into())),
                 }
-                (changes.added, changes.removed)
             }
         };
         for leaf in &added {
@@ -103,6 +105,35 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// The latest GroupInfo of an encrypted conversation, for a member's
+    /// device to join by external commit.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` (the id), `NOT_FOUND`, `NOT_A_MEMBER` (a former
+    /// member too), `ENCRYPTION_MISMATCH` (a plaintext conversation).
+    pub(super) async fn get_group_info(&self, me: &Identity, req: wire::GetGroupInfo) -> Result<Reply, WireError> {
+        let state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+        if !state.e2ee {
+            return Err(WireError::from(crate::domain::Rejection::EncryptionMismatch { e2ee: false }));
+        }
+        let (epoch, group_info) = self.group_epoch(state.id).await?;
+        Ok(Reply::GroupInfo(wire::GroupInfo {
+            conversation_id: state.id.to_string(),
+            epoch,
+            group_info: group_info.unwrap_or_default(),
+        }))
+    }
+
+    /// The group's epoch (the commits accepted) and the GroupInfo its last
+    /// commit left (`None` before the first).
+    async fn group_epoch(&self, conversation: ConversationId) -> Result<(u64, Option<Vec<u8>>), WireError> {
+        match self.store.last_in_stream(&StreamName::mls(conversation)).await?.map(|r| (r.event, r.version)) {
+            None => Ok((0, None)),
+            Some((Event::MlsEpochClosed { group_info, .. }, version)) => Ok((version, Some(group_info))),
+            Some(_) => Err(WireError::new(ErrorCode::INTERNAL, "an mls: stream holds another event")),
+        }
     }
 
     pub(super) fn stock_to_wire(

@@ -722,6 +722,7 @@ impl Service {
                 Body::PublishKeyPackages(req) => self.publish_key_packages(&me, req).await,
                 Body::GetKeyPackageStock(_) => self.key_package_stock(&me).await,
                 Body::ClaimKeyPackages(req) => self.claim_key_packages(&me, req).await,
+                Body::GetGroupInfo(req) => self.get_group_info(&me, req).await,
                 Body::GetPushConfig(_) => self.get_push_config(&me).await,
                 Body::SetPushPreviews(req) => self.set_push_previews(&me, req).await,
                 Body::MuteConversation(req) => self.mute_conversation(&me, req).await,

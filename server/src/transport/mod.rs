@@ -431,6 +431,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::PublishKeyPackages(_) => "publish_key_packages",
         Body::GetKeyPackageStock(_) => "get_key_package_stock",
         Body::ClaimKeyPackages(_) => "claim_key_packages",
+        Body::GetGroupInfo(_) => "get_group_info",
         Body::GetPushConfig(_) => "get_push_config",
         Body::SetPushPreviews(_) => "set_push_previews",
         Body::MuteConversation(_) => "mute_conversation",
