@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use natter_client::e2ee::{MlsDevice, Opened};
+use natter_client::e2ee::{Durability, MlsDevice, Opened};
 use natter_client::{Client, FeedItem};
 
 use super::{users, Counters, Report, Run, Target, Timing};
@@ -27,12 +27,17 @@ struct Device {
     _dir: tempfile::TempDir,
 }
 
-async fn devices(target: &Target, prefix: &str, n: usize) -> anyhow::Result<Vec<(String, Device)>> {
+async fn devices(
+    target: &Target,
+    prefix: &str,
+    n: usize,
+    durability: Durability,
+) -> anyhow::Result<Vec<(String, Device)>> {
     let mut out = Vec::with_capacity(n);
     for u in users(target, prefix, n).await? {
         let dir = tempfile::tempdir()?;
         let id = u.client.identity().context("signed in")?;
-        let device = MlsDevice::open(dir.path(), &id.user_id, &id.device_id)?;
+        let device = MlsDevice::open_with(dir.path(), &id.user_id, &id.device_id, durability)?;
         device.register(&u.client).await?;
         device.top_up(&u.client).await?;
         out.push((u.email, Device { client: Rc::new(u.client), device: Rc::new(device), _dir: dir }));
@@ -51,6 +56,7 @@ pub async fn dm_pairs(
     in_flight: usize,
     timing: Timing,
     text_size: usize,
+    durability: Durability,
     counters: Arc<Counters>,
 ) -> anyhow::Result<Report> {
     if users_n < 2 * SHARDS || !users_n.is_multiple_of(2 * SHARDS) {
@@ -71,7 +77,7 @@ pub async fn dm_pairs(
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
-                let pairs = set_up_pairs(&target, shard, users_n / SHARDS).await;
+                let pairs = set_up_pairs(&target, shard, users_n / SHARDS, durability).await;
                 set_up.wait();
                 go.wait();
                 let run = shared.lock().expect("run lock").clone().context("the run")?;
@@ -102,8 +108,8 @@ struct Pairs {
     plans: Vec<(Rc<Client>, Rc<MlsDevice>, String)>,
 }
 
-async fn set_up_pairs(target: &Target, shard: usize, n: usize) -> anyhow::Result<Pairs> {
-    let people = devices(target, &format!("e2ee{shard}"), n).await?;
+async fn set_up_pairs(target: &Target, shard: usize, n: usize, durability: Durability) -> anyhow::Result<Pairs> {
+    let people = devices(target, &format!("e2ee{shard}"), n, durability).await?;
     let mut plans = Vec::new();
     for pair in people.chunks(2) {
         let (a, b) = (&pair[0].1, &pair[1].1);
@@ -127,8 +133,34 @@ async fn load_pairs(
     // all arrived (the run's counters mix both shards).
     let sent = Rc::new(std::cell::Cell::new(0u64));
     let delivered = Rc::new(std::cell::Cell::new(0u64));
+    let receivers = decrypting_receivers(&pairs.people, run, &delivered).await?;
+    let until = run.start + timing.warmup + timing.duration;
+    send_until(pairs.plans, in_flight, run, until, &sent).await;
+    {
+        let mut last = ended.lock().expect("end lock");
+        let now = Instant::now();
+        *last = Some(last.map_or(now, |t| t.max(now)));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered.get() < sent.get() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for r in receivers {
+        r.abort();
+    }
+    drop(pairs.people);
+    Ok(())
+}
+
+/// A task per device that follows its feed and decrypts every message from
+/// others, counting what it opened.
+async fn decrypting_receivers(
+    people: &[(String, Device)],
+    run: &Arc<Run>,
+    delivered: &Rc<std::cell::Cell<u64>>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut receivers = Vec::new();
-    for (_, d) in &pairs.people {
+    for (_, d) in people {
         let me = d.client.identity().context("signed in")?.user_id;
         let (mut feed, _) = d.client.sync(None).await?;
         let (run, device, delivered) = (run.clone(), d.device.clone(), delivered.clone());
@@ -149,9 +181,19 @@ async fn load_pairs(
             }
         }));
     }
-    let until = run.start + timing.warmup + timing.duration;
-    let senders = pairs.plans.into_iter().flat_map(|(client, device, conv)| {
-        let sent = sent.clone();
+    Ok(receivers)
+}
+
+/// Closed loop: `in_flight` encrypted sends outstanding per (sender,
+/// conversation) until `until`.
+async fn send_until(
+    plans: Vec<(Rc<Client>, Rc<MlsDevice>, String)>,
+    in_flight: usize,
+    run: &Arc<Run>,
+    until: Instant,
+    sent: &Rc<std::cell::Cell<u64>>,
+) {
+    let senders = plans.into_iter().flat_map(|(client, device, conv)| {
         (0..in_flight.max(1)).map(move |_| {
             let (run, client, device, conv, sent) =
                 (run.clone(), client.clone(), device.clone(), conv.clone(), sent.clone());
@@ -168,20 +210,64 @@ async fn load_pairs(
         })
     });
     futures::future::join_all(senders).await;
-    {
-        let mut last = ended.lock().expect("end lock");
-        let now = Instant::now();
-        *last = Some(last.map_or(now, |t| t.max(now)));
+}
+
+/// S2 over an encrypted group: `members` (one device each) in one group made
+/// by the first, every member receiving and decrypting, the first
+/// `senders_n` sending closed-loop with `in_flight` outstanding each. One
+/// thread holds every device (a group's devices share its order).
+///
+/// # Errors
+/// When setting up users, devices or the group fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn group_fanout(
+    target: &Target,
+    members: usize,
+    senders_n: usize,
+    in_flight: usize,
+    timing: Timing,
+    text_size: usize,
+    durability: Durability,
+    counters: Arc<Counters>,
+) -> anyhow::Result<Report> {
+    if members < 2 || senders_n == 0 || senders_n > members {
+        bail!("group-fanout --e2ee needs at least 2 members and 1..=members senders");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.get() < sent.get() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for r in receivers {
-        r.abort();
-    }
-    drop(pairs.people);
-    Ok(())
+    let target = target.clone();
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let people = devices(&target, "e2eefan", members, durability).await?;
+            let emails: Vec<&str> = people[1..].iter().map(|(e, _)| e.as_str()).collect();
+            let creator = &people[0].1;
+            let conv = creator.client.create_group_with("loadgen encrypted fan-out", &emails, true).await?;
+            creator.device.create_group(&creator.client, &conv).await?;
+            for (_, d) in &people[1..] {
+                d.device.catch_up(&d.client, &conv.conversation_id).await?;
+            }
+            let run = Run::new(timing, counters, text_size);
+            let sent = Rc::new(std::cell::Cell::new(0u64));
+            let delivered = Rc::new(std::cell::Cell::new(0u64));
+            let receivers = decrypting_receivers(&people, &run, &delivered).await?;
+            let plans = people
+                .iter()
+                .take(senders_n)
+                .map(|(_, d)| (d.client.clone(), d.device.clone(), conv.conversation_id.clone()))
+                .collect();
+            let measure_start = run.start + timing.warmup;
+            send_until(plans, in_flight, &run, run.start + timing.warmup + timing.duration, &sent).await;
+            let measured = Instant::now().saturating_duration_since(measure_start);
+            let fanout = (members - 1) as u64;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while delivered.get() < sent.get() * fanout && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for r in receivers {
+                r.abort();
+            }
+            Ok(run.report("group-fanout-e2ee", measured, fanout))
+        })
+        .await
 }
 
 /// What creating an encrypted group measured.
@@ -227,7 +313,7 @@ pub async fn group_create(target: &Target, members: usize) -> anyhow::Result<Gro
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async move {
-            let people = devices(&target, "e2eegroup", members).await?;
+            let people = devices(&target, "e2eegroup", members, Durability::Durable).await?;
             let emails: Vec<&str> = people[1..].iter().map(|(e, _)| e.as_str()).collect();
             let creator = &people[0].1;
             let conv = creator.client.create_group_with("loadgen encrypted", &emails, true).await?;

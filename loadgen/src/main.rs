@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use natter_client::e2ee::Durability;
 use natter_client::{ClientConfig, Trust};
 use natter_loadgen::{Counters, Pace, Target, Timing};
 
@@ -55,16 +56,54 @@ struct Load {
     size: usize,
 }
 
+/// `--device-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceState {
+    Durable,
+    Volatile,
+}
+
+#[derive(Debug, clap::Args)]
+struct E2ee {
+    /// End-to-end encrypted conversations: every message encrypted and
+    /// decrypted by the SDK's MLS devices (closed loop only).
+    #[arg(long)]
+    e2ee: bool,
+    /// With --e2ee: `volatile` keeps the devices' MLS state without fsync
+    /// (the devices here stand for as many machines with a disk each), so the
+    /// figure is natterd's and MLS's, not this machine's one disk.
+    #[arg(long, value_enum, default_value_t = DeviceState::Durable)]
+    device_state: DeviceState,
+}
+
+impl E2ee {
+    /// The device state's durability when encrypted; an error for a
+    /// plaintext run given a device state, or an open-loop encrypted one.
+    fn durability(&self, load: &Load) -> anyhow::Result<Option<Durability>> {
+        if !self.e2ee {
+            if self.device_state != DeviceState::Durable {
+                bail!("--device-state goes with --e2ee");
+            }
+            return Ok(None);
+        }
+        if load.rate.is_some() {
+            bail!("--e2ee is closed-loop only (--in-flight)");
+        }
+        Ok(Some(match self.device_state {
+            DeviceState::Durable => Durability::Durable,
+            DeviceState::Volatile => Durability::Volatile,
+        }))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// S1: users in pairs, each sending to its partner.
     DmPairs {
         #[arg(long, default_value_t = 100)]
         users: usize,
-        /// End-to-end encrypted conversations: every message encrypted and
-        /// decrypted by the SDK's MLS devices (closed loop only).
-        #[arg(long)]
-        e2ee: bool,
+        #[command(flatten)]
+        e2ee: E2ee,
         #[command(flatten)]
         load: Load,
     },
@@ -80,6 +119,8 @@ enum Scenario {
         members: usize,
         #[arg(long, default_value_t = 5)]
         senders: usize,
+        #[command(flatten)]
+        e2ee: E2ee,
         #[command(flatten)]
         load: Load,
     },
@@ -227,17 +268,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let target = Target { config, endpoints: args.endpoints };
     let counters = Arc::new(Counters::default());
     let (table, json) = match args.scenario {
-        Scenario::DmPairs { users, e2ee: true, load } => {
-            if load.rate.is_some() {
-                bail!("dm-pairs --e2ee is closed-loop only (--in-flight)");
-            }
+        Scenario::DmPairs { users, e2ee, load } if e2ee.e2ee => {
+            let durability = e2ee.durability(&load)?.context("encrypted")?;
             let t = timing(&load);
             let p = progress(counters.clone(), t.warmup + t.duration);
-            let r = natter_loadgen::e2ee::dm_pairs(&target, users, load.in_flight, t, load.size, counters).await?;
+            let r = natter_loadgen::e2ee::dm_pairs(&target, users, load.in_flight, t, load.size, durability, counters)
+                .await?;
             p.abort();
             (r.table(), r.json())
         }
-        Scenario::DmPairs { users, e2ee: false, load } => {
+        Scenario::DmPairs { users, e2ee, load } => {
+            e2ee.durability(&load)?;
             let t = timing(&load);
             let p = progress(counters.clone(), t.warmup + t.duration);
             let r = natter_loadgen::dm_pairs(&target, users, pace(&load), t, load.size, counters).await?;
@@ -248,11 +289,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let r = natter_loadgen::e2ee::group_create(&target, members).await?;
             (r.table(), r.json())
         }
-        Scenario::GroupFanout { members, senders, load } => {
+        Scenario::GroupFanout { members, senders, e2ee, load } => {
+            let durability = e2ee.durability(&load)?;
             let t = timing(&load);
             let p = progress(counters.clone(), t.warmup + t.duration);
-            let r =
-                natter_loadgen::group_fanout(&target, members, senders, pace(&load), t, load.size, counters).await?;
+            let r = match durability {
+                Some(d) => {
+                    natter_loadgen::e2ee::group_fanout(
+                        &target,
+                        members,
+                        senders,
+                        load.in_flight,
+                        t,
+                        load.size,
+                        d,
+                        counters,
+                    )
+                    .await?
+                }
+                None => {
+                    natter_loadgen::group_fanout(&target, members, senders, pace(&load), t, load.size, counters).await?
+                }
+            };
             p.abort();
             (r.table(), r.json())
         }

@@ -182,12 +182,29 @@ fn the_benchmark_video_is_the_same_bytes_however_it_is_read() {
 async fn dm_pairs_e2ee_smoke_decrypts_every_message() {
     let server = TestServer::start().await;
     let counters = Arc::new(Counters::default());
-    let r = natter_loadgen::e2ee::dm_pairs(&target(&server), 4, 2, timing(), 64, counters).await.unwrap();
+    // Volatile device state (the benchmark's mode for natterd's own ceiling);
+    // every other test's devices are durable.
+    let volatile = natter_client::e2ee::Durability::Volatile;
+    let r = natter_loadgen::e2ee::dm_pairs(&target(&server), 4, 2, timing(), 64, volatile, counters).await.unwrap();
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.sends > 0);
     assert_eq!(r.total_deliveries, r.total_sends, "each encrypted send is decrypted by its partner once");
     assert!(r.deliver.len() >= r.sends);
     assert!(r.table().contains("dm-pairs-e2ee"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fanout_e2ee_smoke_every_other_member_decrypts_every_message() {
+    let server = TestServer::start().await;
+    let counters = Arc::new(Counters::default());
+    let durable = natter_client::e2ee::Durability::Durable;
+    let r =
+        natter_loadgen::e2ee::group_fanout(&target(&server), 4, 2, 2, timing(), 64, durable, counters).await.unwrap();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.fanout, 3);
+    assert!(r.total_sends > 0);
+    assert_eq!(r.total_deliveries, r.total_sends * 3, "each encrypted send decrypted by every other member once");
+    assert!(r.table().contains("group-fanout-e2ee"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
