@@ -67,6 +67,7 @@ codes! {
     GROUP_FULL = 404, "The group has reached its member limit.";
     NO_DEVICE_KEY = 405, "The calling device has registered no MLS signature key (RegisterDeviceKey first).";
     STALE_EPOCH = 406, "The MLS message is for an epoch that is not the conversation's current one (another commit won); fetch what you missed, process it and retry.";
+    REMOVAL_PENDING = 407, "The encrypted group still holds devices of people who are no longer members: no message goes in it until a commit removes them (commit, then send again).";
     // 5xx: server side
     RATE_LIMITED = 500, "Too many requests; retry after retry_after_ms.";
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";

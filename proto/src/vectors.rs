@@ -955,6 +955,21 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "error_removal_pending",
+            "Response 41: REMOVAL_PENDING (407): a member left and no commit has removed their devices yet",
+            resp(
+                41,
+                response::Result::Error(Error {
+                    code: 407,
+                    message: "the group (epoch 3) still holds devices of user 0190a4c2-7b1e-7cc3-9a2f-5d0e8c1b4a77, \
+                              who is no longer a member: commit their removal, then send again"
+                        .into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
+                }),
+            ),
+        ),
+        (
             "error_key_package_invalid",
             "Response 38: KEY_PACKAGE_INVALID (308): a package signed with another key",
             resp(

@@ -624,13 +624,20 @@ async fn membership_follows_the_conversation_and_natterd_refuses_commits_that_do
     assert_eq!(alice.device.epoch(&g).unwrap(), Some(1), "the refused commits were dropped");
     assert_eq!(bob.device.epoch(&g).unwrap(), Some(1));
 
-    // Carol is removed: the next commit takes her two leaves out, and she
-    // cannot decrypt what is sent afterwards.
+    // Carol is removed. Until a commit takes her two leaves out, natterd
+    // takes no message into the group (she could decrypt it); the SDK
+    // commits the removal itself before it sends, and she cannot decrypt
+    // what is sent afterwards.
     alice.client.remove_member(&g, &carol.user_id()).await.unwrap();
     let conv = alice.client.get_conversation(&g).await.unwrap();
-    alice.device.create_group(&alice.client, &conv).await.unwrap().expect("a commit removing carol's devices");
-    let seq = alice.device.send_text(&alice.client, &g, "after carol left").await.unwrap();
-    assert_eq!(bob.read(&g).await, ["after carol left"]);
+    let sealed = bob.device.seal_text(&g, "carol could read this").unwrap();
+    let e = bob.client.send_content(&g, &uuid::Uuid::new_v4().to_string(), sealed).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::REMOVAL_PENDING), "{e}");
+    assert!(e.to_string().contains(&carol.user_id()), "the error names her: {e}");
+    let seq = bob.device.send_text(&bob.client, &g, "after carol left").await.unwrap();
+    assert_eq!(bob.device.epoch(&g).unwrap(), Some(2), "bob's send committed the removal first");
+    assert_eq!(alice.read(&g).await, ["after carol left"]);
+    assert_eq!(alice.device.create_group(&alice.client, &conv).await.unwrap(), None, "carol's leaves are gone");
     let page = history(&alice.client, &g).await;
     for m in page.messages.iter().filter(|m| m.seq > 4) {
         let _ = carol.device.open_message(m);

@@ -640,6 +640,30 @@ impl MlsDevice {
         Ok(plain)
     }
 
+    /// Encrypts `text` for the conversation's group as it is now, for
+    /// sending by other means (`Client::send_content`): this device keeps no
+    /// copy of the plaintext, so it will not show it again.
+    ///
+    /// # Errors
+    /// Not in the group.
+    pub fn seal_text(&self, conversation_id: &str, text: &str) -> Result<wire::Content, E2eeError> {
+        let payload = wire::E2eePayload { body: Some(wire::e2ee_payload::Body::Text(text.to_owned())) };
+        self.seal(conversation_id, &prost::Message::encode_to_vec(&payload), String::new())
+    }
+
+    fn seal(&self, conversation_id: &str, plaintext: &[u8], media_id: String) -> Result<wire::Content, E2eeError> {
+        let message = self.locked(|| {
+            let mut group = self.group(conversation_id)?;
+            group.create_message(&self.provider, &self.signer, plaintext).map_err(mls)
+        })?;
+        Ok(wire::Content {
+            body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)?, media_id })),
+        })
+    }
+
+    /// Sends a payload; when natterd answers `REMOVAL_PENDING` (someone left
+    /// or was removed and nobody has committed it yet), commits the group's
+    /// change first ([`Self::enter`]) and encrypts it again in the new epoch.
     async fn send_payload(
         &self,
         client: &Client,
@@ -649,14 +673,19 @@ impl MlsDevice {
     ) -> Result<u64, E2eeError> {
         self.settle(client, conversation_id).await?;
         let plaintext = prost::Message::encode_to_vec(&payload);
-        let message = self.locked(|| {
-            let mut group = self.group(conversation_id)?;
-            group.create_message(&self.provider, &self.signer, &plaintext).map_err(mls)
-        })?;
-        let content = wire::Content {
-            body: Some(wire::content::Body::Mls(wire::MlsMessage { message: bytes(&message)?, media_id })),
+        let msg_id = uuid::Uuid::new_v4().to_string();
+        let mut committed = false;
+        let sent = loop {
+            let content = self.seal(conversation_id, &plaintext, media_id.clone())?;
+            match client.send_content(conversation_id, &msg_id, content).await {
+                Err(ClientError::Server { code, .. }) if code == ErrorCode::REMOVAL_PENDING && !committed => {
+                    committed = true;
+                    let conversation = client.get_conversation(conversation_id).await?;
+                    self.enter(client, &conversation).await?;
+                }
+                sent => break sent?,
+            }
         };
-        let sent = client.send_content(conversation_id, &uuid::Uuid::new_v4().to_string(), content).await?;
         // The sender cannot decrypt its own message: it keeps the plaintext.
         self.locked(|| self.remember(conversation_id, sent.seq, &self.user_id, &plaintext))?;
         Ok(sent.seq)

@@ -8,8 +8,8 @@ use prost::Message as _;
 
 use super::{convert, invalid, Identity, Service, WireError};
 use crate::domain::{
-    conversation::{self, SendCommand},
-    ClientMsgId, Content, ConversationId, Email, Event, Rejection, Seq,
+    conversation::{self, ConversationKind, SendCommand},
+    ClientMsgId, Content, ConversationId, Email, Event, Millis, Rejection, Seq,
 };
 use crate::store::{
     AppendError, AppendOutcome, ExpectedVersion, HistoryPage, NewEvent, Precondition, StreamAppend, StreamName,
@@ -114,33 +114,50 @@ impl Service {
             _ => None,
         };
         let event_id = client_msg_id.event_id(state.id, me.user_id);
-        let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
-        let now = self.now();
-        let event = conversation::decide_send(&state, cmd, now)?;
-        // Membership is checked again atomically with the append: a removal that
-        // commits first wins.
         let conv_stream = StreamName::conversation(state.id);
-        let mut appends =
-            vec![StreamAppend::new(conv_stream.clone(), ExpectedVersion::Any, vec![NewEvent { id: event_id, event }])
-                .with_precondition(Precondition::ActiveMember { conversation: state.id, user: me.user_id })];
-        if let Some((epoch, group_info)) = commit_epoch.clone() {
-            // One commit per epoch: the `mls:` stream's version is the epoch,
-            // and this append closes it or fails with the commit.
-            appends.push(StreamAppend::new(
-                StreamName::mls(state.id),
-                ExpectedVersion::Exact(epoch),
-                vec![NewEvent {
-                    id: uuid::Uuid::new_v5(&event_id, b"mls-epoch"),
-                    event: Event::MlsEpochClosed { conversation_id: state.id, epoch, group_info, at: now },
-                }],
-            ));
-        }
-        let outcome = match self.store.append(appends).await {
-            Ok(o) => o,
-            Err(AppendError::WrongExpectedVersion { actual, .. }) if commit_epoch.is_some() => {
-                return Err(super::mls::stale_epoch(commit_epoch.map_or(0, |c| c.0), actual));
+        // An application message in an encrypted group goes in only while no
+        // former member's device is a leaf (`check_no_removal_pending`), and
+        // the group must not change between that check and the append.
+        let guarded = matches!(content, Content::Mls { .. }) && state.kind == ConversationKind::Group;
+        let outcome = if guarded {
+            let mut state = state;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                self.check_no_removal_pending(&state).await?;
+                let cmd = SendCommand {
+                    sender: me.user_id,
+                    device: me.device_id,
+                    client_msg_id: client_msg_id.clone(),
+                    content: content.clone(),
+                };
+                let event = conversation::decide_send(&state, cmd, self.now())?;
+                let since = Precondition::GroupUnchanged { conversation: state.id, since: state.changed };
+                match self.append_send(state.id, (event_id, event), since, None).await {
+                    Err(AppendError::PreconditionFailed(Precondition::GroupUnchanged { .. })) if attempt < 5 => {
+                        state = self.member_conversation(me.user_id, &req.conversation_id).await?;
+                    }
+                    Err(AppendError::PreconditionFailed(Precondition::GroupUnchanged { .. })) => {
+                        return Err(WireError::new(ErrorCode::CONFLICT, "the group kept changing: send again"));
+                    }
+                    other => break other?,
+                }
             }
-            Err(e) => return Err(e.into()),
+        } else {
+            let cmd = SendCommand { sender: me.user_id, device: me.device_id, client_msg_id, content };
+            let now = self.now();
+            let event = conversation::decide_send(&state, cmd, now)?;
+            // Membership is checked again atomically with the append: a
+            // removal that commits first wins.
+            let member = Precondition::ActiveMember { conversation: state.id, user: me.user_id };
+            let closing = commit_epoch.clone().map(|(epoch, info)| (epoch, info, now));
+            match self.append_send(state.id, (event_id, event), member, closing).await {
+                Ok(o) => o,
+                Err(AppendError::WrongExpectedVersion { actual, .. }) if commit_epoch.is_some() => {
+                    return Err(super::mls::stale_epoch(commit_epoch.map_or(0, |c| c.0), actual));
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         let (recorded, duplicate) = match outcome {
             AppendOutcome::Appended(v) => (v, false),
@@ -155,6 +172,37 @@ impl Service {
             _ => rec.recorded_at.0,
         };
         Ok(Reply::Sent(wire::Sent { seq: rec.version, sent_at_ms: sent_at, duplicate }))
+    }
+
+    /// Appends a message's event under `precondition`; a commit
+    /// (`commit_epoch`) closes its epoch in the same append.
+    async fn append_send(
+        &self,
+        conversation: ConversationId,
+        event: (uuid::Uuid, Event),
+        precondition: Precondition,
+        commit_epoch: Option<(u64, Vec<u8>, Millis)>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let (event_id, event) = event;
+        let mut appends = vec![StreamAppend::new(
+            StreamName::conversation(conversation),
+            ExpectedVersion::Any,
+            vec![NewEvent { id: event_id, event }],
+        )
+        .with_precondition(precondition)];
+        if let Some((epoch, group_info, at)) = commit_epoch {
+            // One commit per epoch: the `mls:` stream's version is the epoch,
+            // and this append closes it or fails with the commit.
+            appends.push(StreamAppend::new(
+                StreamName::mls(conversation),
+                ExpectedVersion::Exact(epoch),
+                vec![NewEvent {
+                    id: uuid::Uuid::new_v5(&event_id, b"mls-epoch"),
+                    event: Event::MlsEpochClosed { conversation_id: conversation, epoch, group_info, at },
+                }],
+            ));
+        }
+        self.store.append(appends).await
     }
 
     /// The encrypted file an MLS message carries: the sender's upload for

@@ -107,6 +107,53 @@ impl Service {
         Ok(())
     }
 
+    /// What natterd checks before an application message goes into an
+    /// encrypted group: that every leaf of the group's current epoch is a
+    /// device of a current member. After `RemoveMember` or
+    /// `LeaveConversation` the group keeps the leaves until a member commits
+    /// their removal; until then nothing is accepted that they could
+    /// decrypt. A direct conversation's members never change.
+    ///
+    /// # Errors
+    /// `REMOVAL_PENDING`, naming one of them.
+    pub(super) async fn check_no_removal_pending(&self, state: &ConversationState) -> Result<(), WireError> {
+        if state.kind == crate::domain::conversation::ConversationKind::Direct {
+            return Ok(());
+        }
+        let (epoch, info) = self.group_epoch(state.id).await?;
+        // No group yet: the message cannot be for one (`check_application`
+        // and the members' clients refuse it).
+        let Some(info) = info else { return Ok(()) };
+        let cached = self.group_users.lock().expect("group users lock").get(&state.id).cloned();
+        let users = match cached {
+            Some((at, users)) if at == epoch => users,
+            _ => {
+                let leaves = delivery::leaves(&info)
+                    .map_err(|why| WireError::new(ErrorCode::INTERNAL, format!("a stored GroupInfo: {why}")))?;
+                let mut users: Vec<UserId> = leaves.into_iter().map(|l| l.user).collect();
+                users.sort_unstable();
+                users.dedup();
+                let users: Arc<[UserId]> = users.into();
+                let mut cache = self.group_users.lock().expect("group users lock");
+                if cache.len() >= super::CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(state.id, (epoch, users.clone()));
+                users
+            }
+        };
+        match users.iter().find(|u| !state.is_member(**u)) {
+            None => Ok(()),
+            Some(gone) => Err(WireError::new(
+                ErrorCode::REMOVAL_PENDING,
+                format!(
+                    "the group (epoch {epoch}) still holds devices of user {gone}, who is no longer a member: commit \
+                     their removal, then send again"
+                ),
+            )),
+        }
+    }
+
     /// The latest GroupInfo of an encrypted conversation, for a member's
     /// device to join by external commit.
     ///

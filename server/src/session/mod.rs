@@ -58,6 +58,9 @@ pub struct ServiceConfig {
     pub login_guard: guard::GuardConfig,
 }
 
+/// The users with a leaf in an encrypted group's epoch: (epoch, users).
+type EpochUsers = (u64, Arc<[UserId]>);
+
 /// Shared state of all sessions.
 pub struct Service {
     store: Arc<dyn Store>,
@@ -71,6 +74,9 @@ pub struct Service {
     config: ServiceConfig,
     users: Mutex<HashMap<UserId, Arc<UserInfo>>>,
     conversations: Mutex<HashMap<ConversationId, Arc<ConversationState>>>,
+    /// The users whose devices are leaves of an encrypted group, by
+    /// conversation, for the epoch given (an epoch's tree never changes).
+    group_users: Mutex<HashMap<ConversationId, EpochUsers>>,
     /// Work a session leaves behind (presence changes and their last-seen
     /// writes, session activity, mails): shutdown waits for it before the
     /// store stops.
@@ -282,6 +288,7 @@ impl Service {
             config,
             users: Mutex::new(HashMap::new()),
             conversations: Mutex::new(HashMap::new()),
+            group_users: Mutex::new(HashMap::new()),
             background: TaskTracker::new(),
             security,
             media,
