@@ -525,3 +525,91 @@ async fn membership_changes_are_followed_a_removed_member_is_not_told_and_a_new_
     let to_bob = for_endpoint(&push.received(), &bob_sub).len();
     assert_eq!(to_bob, 1, "nothing for bob after his removal: {:?}", push.received());
 }
+
+/// With `idle_after_ms`, a connected device that has made no request for
+/// that long counts as away: its user is notified. A request (not the feed's
+/// own acknowledgements) makes it active again.
+#[tokio::test]
+async fn with_idle_after_a_connected_but_idle_device_is_notified_and_an_active_one_is_not() {
+    const IDLE_MS: u64 = 1500;
+    let server = TestServer::start_with(|c| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = COALESCE_MS;
+        c.push.idle_after_ms = IDLE_MS;
+    })
+    .await;
+    let push = PushServiceFake::start().await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let bob_sub = subscribe(&bob, &push).await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    // Bob's feed runs and acknowledges what it gets, by itself.
+    let (mut feed, _) = bob.sync(None).await.unwrap();
+
+    alice.send_text(&dm, "m1", "you just did something").await.unwrap();
+    natter_tests::feed_until(&mut feed, WAIT, |i| natter_tests::texts(std::slice::from_ref(i)).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    assert!(push.received().is_empty(), "bob was active: {:?}", push.received());
+
+    tokio::time::sleep(Duration::from_millis(IDLE_MS + 200)).await;
+    let seq = alice.send_text(&dm, "m2", "still there?").await.unwrap().seq;
+    let got = push.wait_for(WAIT, "a notification for connected but idle bob", |r| !r.is_empty()).await;
+    assert_eq!(got[0].endpoint, bob_sub.endpoint);
+    assert_eq!(got[0].payload["seq"], seq);
+
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    bob.conversations(10).await.unwrap();
+    alice.send_text(&dm, "m3", "oh, you're back").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    assert_eq!(push.received().len(), 1, "bob was active again: {:?}", push.received());
+}
+
+/// The same across two nodes on PostgreSQL: Bob is connected to the node
+/// that does not send notifications, which learns of his activity through
+/// the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_nodes_activity_on_one_node_is_seen_by_the_node_that_sends() {
+    const IDLE_MS: u64 = 3000;
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let tweak = |c: &mut natter_server::config::Config| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = COALESCE_MS;
+        c.push.idle_after_ms = IDLE_MS;
+        c.push.lease_ms = 1500;
+    };
+    let nodes = [TestServer::start_postgres_with(&db, tweak).await, TestServer::start_postgres_with(&db, tweak).await];
+    let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let holder = loop {
+        let rows = pg.query("SELECT holder FROM followers WHERE name = 'push'", &[]).await.unwrap();
+        if let Some(row) = rows.first() {
+            break row.get::<_, String>(0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let holds = |n: &TestServer| holder.ends_with(&n.data_dir().canonicalize().unwrap().display().to_string());
+    let (sending, other) = if holds(&nodes[0]) { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+    assert!(holds(sending), "the lease names a node's data directory: {holder}");
+
+    let push = PushServiceFake::start().await;
+    let (alice, _) = sending.new_user("alice@example.org").await;
+    let (bob, _) = other.new_user("bob@example.org").await;
+    let bob_sub = subscribe(&bob, &push).await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    alice.send_text(&dm, "m1", "you just did something").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    assert!(push.received().is_empty(), "bob was active on the other node: {:?}", push.received());
+
+    tokio::time::sleep(Duration::from_millis(IDLE_MS + 500)).await;
+    let seq = alice.send_text(&dm, "m2", "still there?").await.unwrap().seq;
+    let got = push.wait_for(WAIT, "a notification for connected but idle bob", |r| !r.is_empty()).await;
+    assert_eq!(got[0].endpoint, bob_sub.endpoint);
+    assert_eq!(got[0].payload["seq"], seq);
+
+    // His request is recorded for the other node within a second.
+    bob.conversations(10).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.send_text(&dm, "m3", "oh, you're back").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
+    assert_eq!(push.received().len(), 1, "bob was active again: {:?}", push.received());
+}

@@ -85,7 +85,19 @@ pub struct Subscriber {
     lag: Arc<LagFlag>,
     /// Cancelled when the session is revoked.
     revoked: CancellationToken,
+    /// When the connection last made a request (ms since the epoch), and
+    /// the time last recorded for other nodes.
+    active_ms: AtomicU64,
+    reported_ms: AtomicU64,
 }
+
+/// Wall-clock milliseconds since the epoch.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How often a node records its users' activity for the other nodes.
+const ACTIVITY_REPORT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Keeps a connection registered; unregisters on drop.
 pub struct Registration {
@@ -107,6 +119,12 @@ impl Registration {
         let (stx, signals) = mpsc::channel(SIGNAL_QUEUE);
         self.sub.feed.set((tx, stx)).ok()?;
         Some(FeedAttachment { events, lag: self.sub.lag.clone(), signals })
+    }
+
+    /// The connection made a request (what `[push] idle_after_ms` counts;
+    /// feed acknowledgements, which clients send by themselves, do not count).
+    pub fn touch(&self) {
+        self.sub.active_ms.store(wall_ms(), Ordering::Relaxed);
     }
 
     /// Unregisters; true when this was the user's last connection (they went offline).
@@ -160,6 +178,7 @@ impl Router {
         let rx = store.subscribe();
         if let Some(cluster) = cluster {
             tokio::spawn(router.clone().follow_cluster(cluster.messages(), shutdown.clone()));
+            tokio::spawn(router.clone().report_activity(cluster, shutdown.clone()));
         }
         tokio::spawn(router.clone().run(rx, shutdown));
         router
@@ -175,6 +194,8 @@ impl Router {
             feed: OnceLock::new(),
             lag: Arc::new(LagFlag::default()),
             revoked: CancellationToken::new(),
+            active_ms: AtomicU64::new(wall_ms()),
+            reported_ms: AtomicU64::new(0),
         });
         let first = {
             let mut sessions = self.sessions.lock().expect("router lock");
@@ -207,6 +228,60 @@ impl Router {
             }
         }
         online
+    }
+
+    /// Those of `users` with a connection, to this node or (in a cluster)
+    /// another one, that made a request in the last `within`.
+    pub async fn active_among(&self, users: &[UserId], within: std::time::Duration) -> HashSet<UserId> {
+        let since = wall_ms().saturating_sub(within.as_millis() as u64);
+        let mut active: HashSet<UserId> = {
+            let sessions = self.sessions.lock().expect("router lock");
+            users
+                .iter()
+                .copied()
+                .filter(|u| {
+                    sessions
+                        .get(u)
+                        .is_some_and(|subs| subs.iter().any(|s| s.active_ms.load(Ordering::Relaxed) >= since))
+                })
+                .collect()
+        };
+        if let Some(cluster) = &self.cluster {
+            let rest: Vec<UserId> = users.iter().copied().filter(|u| !active.contains(u)).collect();
+            match cluster.active_elsewhere(&rest, since).await {
+                Ok(elsewhere) => active.extend(elsewhere),
+                Err(e) => tracing::warn!(error = %e, "activity on other nodes unknown; answering with this node's"),
+            }
+        }
+        active
+    }
+
+    /// Records for the other nodes, every [`ACTIVITY_REPORT`], when each user
+    /// connected here last made a request (only what changed since).
+    async fn report_activity(self: Arc<Self>, cluster: Arc<dyn Cluster>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(ACTIVITY_REPORT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let changed: Vec<(UserId, u64)> = {
+                let sessions = self.sessions.lock().expect("router lock");
+                let mut changed = HashMap::new();
+                for sub in sessions.values().flatten() {
+                    let at = sub.active_ms.load(Ordering::Relaxed);
+                    if sub.reported_ms.swap(at, Ordering::Relaxed) != at {
+                        let latest = changed.entry(sub.user).or_insert(at);
+                        *latest = (*latest).max(at);
+                    }
+                }
+                changed.into_iter().collect()
+            };
+            if let Err(e) = cluster.record_activity(&changed).await {
+                tracing::warn!(error = %e, "activity not recorded for other nodes");
+            }
+        }
     }
 
     /// Records whether `user` is connected to this node now (called after a

@@ -41,6 +41,10 @@ pub struct PushConfig {
     /// At most one notification per conversation and user in this long;
     /// messages meanwhile are counted into the next.
     pub coalesce_ms: u64,
+    /// A user counts as away, and is notified, when none of their connected
+    /// devices made a request in this long (0: only when none is connected).
+    /// Feed acknowledgements, which clients send by themselves, do not count.
+    pub idle_after_ms: u64,
     /// How long a push service keeps an undelivered notification.
     pub ttl_secs: u32,
     /// Tries of one notification (429, 5xx, timeouts) before giving up.
@@ -68,6 +72,7 @@ impl Default for PushConfig {
             vapid_key_file: None,
             allow_http_loopback: false,
             coalesce_ms: 3000,
+            idle_after_ms: 0,
             ttl_secs: 24 * 3600,
             max_attempts: 5,
             retry_base_ms: 1000,

@@ -328,11 +328,14 @@ impl Worker {
         let mut users: Vec<UserId> = due.iter().map(|k| k.0).collect();
         users.sort_unstable();
         users.dedup();
-        let online = self.router.online_among(&users).await;
+        let here = match self.config.idle_after_ms {
+            0 => self.router.online_among(&users).await,
+            idle => self.router.active_among(&users, Duration::from_millis(idle)).await,
+        };
         for key in due {
             let Some(p) = pending.remove(&key) else { continue };
-            // Connected: the feed tells them.
-            if online.contains(&key.0) {
+            // Connected (and, with idle_after_ms, active): the feed tells them.
+            if here.contains(&key.0) {
                 continue;
             }
             last_sent.insert(key, now);

@@ -485,6 +485,13 @@ impl Session {
         self.signed_in.as_ref().map(|(_, reg)| reg.revoked())
     }
 
+    /// Notes that the connection made a request (see `Registration::touch`).
+    pub fn touch(&self) {
+        if let Some((_, reg)) = &self.signed_in {
+            reg.touch();
+        }
+    }
+
     fn sign_in(&mut self, identity: Identity) {
         let (reg, first) = self.service.router.register(identity.user_id, identity.token_hash);
         if first {

@@ -730,6 +730,12 @@ pub trait Cluster: Send + Sync + 'static {
     async fn set_online(&self, user: UserId, online: bool) -> Result<(), StoreError>;
     /// Those of `users` connected to some other live node.
     async fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<UserId>, StoreError>;
+    /// Records when these users, connected to this node, last made a request
+    /// (milliseconds since the epoch; an older time than recorded changes nothing).
+    async fn record_activity(&self, active: &[(UserId, u64)]) -> Result<(), StoreError>;
+    /// Those of `users` connected to some other live node that made a request
+    /// there at `since_ms` or later (as recorded: up to a second behind).
+    async fn active_elsewhere(&self, users: &[UserId], since_ms: u64) -> Result<Vec<UserId>, StoreError>;
     /// How much longer `email` is locked out of signing in, on any node.
     async fn account_locked_for(&self, email: &Email) -> Result<Option<std::time::Duration>, StoreError>;
     /// Records a wrong password for `email`; returns its consecutive failures.

@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/postgres/0005_media_previews.sql")),
     (6, include_str!("../../migrations/postgres/0006_push.sql")),
     (7, include_str!("../../migrations/postgres/0007_mls.sql")),
+    (8, include_str!("../../migrations/postgres/0008_online_activity.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -776,13 +777,56 @@ impl Cluster for PgCluster {
 
     async fn set_online(&self, user: UserId, online: bool) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;
-        let sql = if online {
-            "INSERT INTO online (user_id, node_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        if online {
+            // Connecting is activity.
+            let now = now_ms();
+            conn.execute(
+                "INSERT INTO online (user_id, node_id, active_at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, node_id) DO UPDATE SET active_at_ms = GREATEST(online.active_at_ms, $3)",
+                &[&user.to_string(), &self.node, &now],
+            )
+            .await?;
         } else {
-            "DELETE FROM online WHERE user_id = $1 AND node_id = $2"
-        };
-        conn.execute(sql, &[&user.to_string(), &self.node]).await?;
+            conn.execute("DELETE FROM online WHERE user_id = $1 AND node_id = $2", &[&user.to_string(), &self.node])
+                .await?;
+        }
         Ok(())
+    }
+
+    async fn record_activity(&self, active: &[(UserId, u64)]) -> Result<(), StoreError> {
+        if active.is_empty() {
+            return Ok(());
+        }
+        let conn = self.pool.get().await?;
+        let users: Vec<String> = active.iter().map(|(u, _)| u.to_string()).collect();
+        let at: Vec<i64> = active.iter().map(|(_, t)| *t as i64).collect();
+        conn.execute(
+            "UPDATE online o SET active_at_ms = GREATEST(o.active_at_ms, v.at)
+             FROM unnest($1::text[], $2::bigint[]) AS v(user_id, at)
+             WHERE o.user_id = v.user_id AND o.node_id = $3",
+            &[&users, &at, &self.node],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn active_elsewhere(&self, users: &[UserId], since_ms: u64) -> Result<Vec<UserId>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.pool.get().await?;
+        let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT DISTINCT o.user_id FROM online o JOIN nodes n ON n.node_id = o.node_id
+                     WHERE o.user_id = ANY($1) AND o.node_id <> $2 AND o.active_at_ms >= $3
+                       AND n.heartbeat_at > now() - interval '{NODE_EXPIRY_SECS} seconds'"
+                ),
+                &[&ids, &self.node, &(since_ms as i64)],
+            )
+            .await?;
+        rows.iter().map(|r| parse_uuid(r.get(0)).map(UserId)).collect()
     }
 
     async fn online_elsewhere(&self, users: &[UserId]) -> Result<Vec<UserId>, StoreError> {

@@ -299,6 +299,10 @@ impl Connection {
                 continue;
             };
             let kind = request_kind(&body);
+            // What the client does by itself does not make its device active.
+            if !matches!(body, wire::request::Body::AckFeed(_)) {
+                session.touch();
+            }
             if Session::is_stateful(&body) {
                 let handled = session.handle_stateful(body).await;
                 self.metrics.request(kind, result_name(&handled.reply));
