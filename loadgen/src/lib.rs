@@ -19,6 +19,7 @@ pub mod e2ee;
 pub mod media;
 pub mod push;
 pub mod relay;
+pub mod search;
 
 /// Password of the accounts a run creates.
 const PASSWORD: &str = "loadgen password 0123456789";

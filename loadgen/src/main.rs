@@ -183,6 +183,27 @@ enum Scenario {
         #[arg(long, default_value_t = 3.5)]
         gap: f64,
     },
+    /// Search: a corpus of --messages in --conversations groups written
+    /// through natterd, then one member of --member-of of them searching:
+    /// index catch-up and query latency by kind (word, two words, phrase,
+    /// prefix).
+    Search {
+        #[arg(long, default_value_t = 1000)]
+        conversations: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Groups the searcher is in.
+        #[arg(long, default_value_t = 50)]
+        member_of: usize,
+        /// Users writing the corpus (each group has two of them).
+        #[arg(long, default_value_t = 20)]
+        writers: usize,
+        /// Outstanding sends per writer.
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -328,6 +349,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Scenario::Push { senders, per_sender, rounds, gap } => {
             let r =
                 natter_loadgen::push::push(&target, senders, per_sender, rounds, Duration::from_secs_f64(gap)).await?;
+            (r.table(), r.json())
+        }
+        Scenario::Search { conversations, messages, member_of, writers, in_flight, queries } => {
+            let load =
+                natter_loadgen::search::SearchLoad { conversations, messages, member_of, writers, in_flight, queries };
+            let r = natter_loadgen::search::search(&target, load).await?;
             (r.table(), r.json())
         }
         Scenario::Idle { connections, duration, server_pid } => {

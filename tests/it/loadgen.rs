@@ -149,6 +149,29 @@ async fn push_smoke_notifies_every_offline_recipient_every_round() {
     assert_eq!(r.json()["recipients"], 6);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_smoke_writes_the_corpus_finds_the_marker_and_times_every_query() {
+    let server = TestServer::start_with(|c| c.search.commit_interval_ms = 100).await;
+    let load = natter_loadgen::search::SearchLoad {
+        conversations: 6,
+        messages: 300,
+        member_of: 3,
+        writers: 3,
+        in_flight: 4,
+        queries: 40,
+    };
+    let r = natter_loadgen::search::search(&target(&server), load).await.unwrap();
+    let by_kind: Vec<u64> = r.latency.iter().map(|(_, h)| h.len()).collect();
+    assert_eq!(by_kind, [10, 10, 10, 10], "every query timed, by kind");
+    assert!(r.hits > 0, "the common words are found: {}", r.table());
+    assert!(r.fill_per_second > 0.0);
+    assert!(r.table().contains("prefix"), "{}", r.table());
+    assert_eq!(r.json()["latency"]["queries"], 40);
+    // Shapes that cannot run are refused before anything is made.
+    let bad = natter_loadgen::search::SearchLoad { member_of: 7, ..load };
+    assert!(natter_loadgen::search::search(&target(&server), bad).await.is_err());
+}
+
 #[test]
 fn the_benchmark_video_is_the_same_bytes_however_it_is_read() {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
