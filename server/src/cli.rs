@@ -41,7 +41,7 @@ pub fn main_entry() -> anyhow::Result<()> {
     keep_large_allocations_mapped();
     // Held to the end: dropping it flushes what is still queued (for at most a
     // second, so a stuck reader cannot hold up the exit).
-    let _log = init_logging();
+    let _log = init_logging()?;
     let mut config = Config::load(args.config.as_deref(), std::env::vars()).context("loading configuration")?;
     if args.load_test {
         config.load_test = true;
@@ -62,21 +62,34 @@ pub fn main_entry() -> anyhow::Result<()> {
 /// a slow or stopped reader drops lines (the queue is lossy) instead of
 /// blocking the server, and a closed pipe drops them too ([`Stderr`]), so
 /// logging can neither stall a request nor break shutdown.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// `NATTER_LOG_FORMAT=json` writes one JSON object per line (for a log
+/// collector); `text` (the default) is for people.
+///
+/// # Errors
+/// Another `NATTER_LOG_FORMAT`.
+fn init_logging() -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+    let json = match std::env::var("NATTER_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("" | "text") => false,
+        Ok("json") => true,
+        Ok(other) => anyhow::bail!("NATTER_LOG_FORMAT={other}: expected text or json"),
+    };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .thread_name("natterd-log")
         .finish(Stderr);
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NATTER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .init();
-    guard
+        .log_internal_errors(false);
+    if json {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
+    Ok(guard)
 }
 
 /// stderr that never fails: a line that cannot be written (the pipe behind it

@@ -242,7 +242,7 @@ const TABLES: &[&str] = &[
     "mls",
 ];
 /// `NATTER_*` variables that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["LOG"];
+const NOT_CONFIG: &[&str] = &["LOG", "LOG_FORMAT"];
 
 /// A key that a `NATTER_*` variable can set: `(table, key)`, the table empty
 /// for top-level keys.

@@ -218,6 +218,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let cert_path = identity.cert_path.clone();
 
     let metrics = metrics::Metrics::new();
+    metrics.watch_data_dir(data_dir);
     let m = metrics.clone();
     let on_commit: CommitHook = Arc::new(move |s| m.committed(s.jobs, s.events, s.messages, s.took, s.commit_took));
     let store: Arc<dyn Store> = match config.store.backend {

@@ -184,3 +184,93 @@ async fn the_push_worker_counts_results_retries_removals_and_its_lag() {
     let text = wait_for("natter_push_handled_position ", 1.0).await;
     assert!(text.contains("natter_push_lag_events "), "{text}");
 }
+
+/// The `natter_…` metric names an expression refers to.
+fn natter_names(expr: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("natter_") {
+        let boundary = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric() && rest.as_bytes()[at - 1] != b'_';
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        if boundary {
+            names.push(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Whether the exposition `text` has a sample name `name`: a family, or a
+/// counter's `_total`, or a histogram's `_bucket`, `_sum` and `_count`.
+fn exposed(text: &str, name: &str) -> bool {
+    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).any(|l| {
+        let (family, kind) = l.split_once(' ').unwrap_or((l, ""));
+        match kind {
+            "counter" => name == format!("{family}_total"),
+            "histogram" => ["_bucket", "_sum", "_count"].iter().any(|s| name == format!("{family}{s}")),
+            _ => name == family,
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alert_rules_query_only_metrics_natterd_exposes() {
+    let server = TestServer::start_with(|c| c.metrics.listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    // natter_requests has a sample once something was asked.
+    let (client, _) = server.new_user("alice@example.org").await;
+    client.close().await;
+    let (_, text) = get(server.metrics_addr().expect("metrics enabled"), "/metrics").await;
+    assert!(sample(&text, "natter_data_dir_free_bytes") > 0.0, "the data directory's free space is reported");
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops");
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ops.join("grafana/natter.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12, "the dashboard's panels");
+    let mut seen = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} queries something", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let names = natter_names(expr);
+            assert!(!names.is_empty(), "{expr}: names no natter metric");
+            for name in names {
+                assert!(
+                    exposed(&text, name),
+                    "the dashboard's {expr:?} names {name}, which /metrics does not expose:\n{}",
+                    text.lines().filter(|l| l.starts_with("# TYPE")).collect::<Vec<_>>().join("\n")
+                );
+                seen.insert(name.to_owned());
+            }
+        }
+    }
+    // What an operator watches is all on it.
+    for needed in [
+        "natter_connections",
+        "natter_requests_total",
+        "natter_messages_appended_total",
+        "natter_commit_seconds_bucket",
+        "natter_commit_batch_jobs_sum",
+        "natter_deliveries_total",
+        "natter_outbound_overflows_total",
+        "natter_media_transfer_bytes_total",
+        "natter_push_notifications_total",
+        "natter_search_lag_events",
+        "natter_process_resident_bytes",
+    ] {
+        assert!(seen.contains(needed), "the dashboard shows {needed}");
+    }
+
+    let rules = std::fs::read_to_string(ops.join("prometheus/natter-alerts.yml")).unwrap();
+    let exprs: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("expr:")).map(str::trim).collect();
+    assert!(exprs.len() >= 8, "the alert rules: {exprs:?}");
+    for expr in exprs {
+        let names = natter_names(expr);
+        assert!(!names.is_empty() || expr.starts_with("up{job=\"natter\"}"), "{expr}: names no natter metric");
+        for name in names {
+            assert!(exposed(&text, name), "the alert {expr:?} names {name}, which /metrics does not expose");
+        }
+    }
+}

@@ -154,3 +154,29 @@ async fn load_test_data_and_peoples_data_are_kept_apart() {
     let said = refused(&load, &[], &[]).await;
     assert!(said.contains("holds load-test data"), "{said}");
 }
+
+/// `NATTER_LOG_FORMAT=json`: every log line is a JSON object with a level,
+/// a time and the message, for a log collector; another format is refused.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_a_bad_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = natterd(dir.path(), &[("NATTER_LOG", "info"), ("NATTER_LOG_FORMAT", "json")]);
+    cmd.stderr(Stdio::piped());
+    let (mut child, _, _) = started(cmd).await;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+        .await
+        .expect("natterd logs at info")
+        .unwrap()
+        .expect("a line");
+    let object: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"));
+    assert_eq!(object["level"], "INFO", "{line}");
+    assert!(object["timestamp"].is_string(), "{line}");
+    assert!(object["message"].as_str().is_some_and(|m| !m.is_empty()), "{line}");
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    stop(child).await;
+
+    let said = refused(dir.path(), &[("NATTER_LOG_FORMAT", "xml")], &[]).await;
+    assert!(said.contains("NATTER_LOG_FORMAT=xml: expected text or json"), "{said}");
+}

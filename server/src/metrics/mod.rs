@@ -97,6 +97,9 @@ pub struct Metrics {
     push_subscriptions_removed: Counter,
     push_position: Gauge,
     push_lag: Gauge,
+    data_free_bytes: Gauge,
+    /// The data directory, whose filesystem's free space is read at scrape time.
+    data_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,6 +143,8 @@ impl Metrics {
             push_subscriptions_removed: Counter::default(),
             push_position: Gauge::default(),
             push_lag: Gauge::default(),
+            data_free_bytes: Gauge::default(),
+            data_dir: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
@@ -222,6 +227,28 @@ impl Metrics {
             m.push_lag.clone(),
         );
         registry.register("search_documents", "Messages added to the search index", m.search_documents.clone());
+        registry.register(
+            "data_dir_free_bytes",
+            "Space left for an unprivileged writer on the data directory's filesystem",
+            m.data_free_bytes.clone(),
+        );
+        // The label values known in advance start at zero: a dashboard shows
+        // them, and an alert on a rate has a baseline, before the first one.
+        for result in ["delivered", "gone", "too_large", "gave_up", "refused"] {
+            let _ = m.pushes.get_or_create(&ResultLabels { result });
+        }
+        for result in ["made", "small", "too_many_pixels", "undecodable"] {
+            let _ = m.previews.get_or_create(&ResultLabels { result });
+        }
+        for direction in ["upload", "download"] {
+            let _ = m.transfer_bytes.get_or_create(&DirectionLabels { direction });
+            let _ = m.transfers.get_or_create(&TransferLabels { direction, result: "ok" });
+        }
+        for reason in
+            [CloseReason::Peer, CloseReason::Normal, CloseReason::Shutdown, CloseReason::Error, CloseReason::Refused]
+        {
+            let _ = m.connections_closed.get_or_create(&CloseLabels { reason });
+        }
         Arc::new(Self { registry, ..m })
     }
 
@@ -326,14 +353,39 @@ impl Metrics {
         self.signals_dropped.inc();
     }
 
+    /// Where natterd keeps its files: `natter_data_dir_free_bytes` reports
+    /// its filesystem. Once; later calls change nothing.
+    pub fn watch_data_dir(&self, dir: &std::path::Path) {
+        let _ = self.data_dir.set(dir.to_path_buf());
+    }
+
     /// The exposition text, with the gauges read at scrape time refreshed.
     pub fn render(&self, outbound_queued: usize) -> String {
         self.outbound_queued.set(outbound_queued as i64);
         self.resident_bytes.set(resident_bytes().unwrap_or(0) as i64);
+        if let Some(free) = self.data_dir.get().and_then(|d| free_bytes(d)) {
+            self.data_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s filesystem (statvfs).
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` a buffer of the
+    // right type, written by statvfs(3) when it returns 0.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Resident set size from /proc (Linux); `None` elsewhere.
