@@ -893,6 +893,19 @@ async fn read_models_answer_every_query(b: &Backend) {
     let carol_group = s.conversation_summary(w.carol, w.group).await.unwrap().unwrap();
     assert_eq!((carol_group.unread, carol_group.last_message.unwrap().seq), (2, Seq(8)));
 
+    // What each may search: every conversation they are or were in, the
+    // group's name, and where a former member's reading stops.
+    let readable = |user| async move {
+        let mut r = s.readable_conversations(user).await.unwrap();
+        r.sort_by_key(|c| c.conversation.0);
+        r.into_iter().map(|c| (c.conversation, c.name, c.left_at)).collect::<Vec<_>>()
+    };
+    let mut bobs = vec![(w.dm, None, None), (w.group, Some("summit".to_owned()), Some(Seq(7)))];
+    bobs.sort_by_key(|c| c.0 .0);
+    assert_eq!(readable(w.bob).await, bobs);
+    assert_eq!(readable(w.carol).await, [(w.group, Some("summit".to_owned()), None)]);
+    assert_eq!(readable(uid(0xdead)).await, []);
+
     // History pages.
     let (latest, more) = s.messages(w.dm, HistoryPage::Latest { limit: 3 }, None).await.unwrap();
     assert_eq!(latest.iter().map(|m| m.seq.0).collect::<Vec<_>>(), [6, 7, 8]);

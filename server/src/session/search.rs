@@ -12,15 +12,12 @@ use natter_proto::ErrorCode;
 use super::{invalid, Identity, Reply, Service, WireError};
 use crate::domain::{ConversationId, Email, Millis};
 use crate::search::{self, text, Query, SearchError, Visible};
-use crate::store::ConversationSummary;
 
 /// Hits per page when the request names none, and the most.
 const DEFAULT_LIMIT: usize = 20;
 const MAX_LIMIT: usize = 50;
 /// Hits past this many are not served (narrow the query instead).
 const MAX_OFFSET: usize = 1000;
-/// Conversations read per page when collecting the caller's.
-const CONVERSATION_PAGE: u32 = 500;
 
 fn search_error(e: SearchError) -> WireError {
     match e {
@@ -71,10 +68,10 @@ impl Service {
         let (visible, names) = if req.conversation_id.is_empty() {
             let mut names = HashMap::new();
             let mut visible = Vec::new();
-            for s in self.all_conversations(me).await? {
-                visible.push(Visible { conversation: s.state.id, upto: s.left_at });
-                if let Some(name) = s.state.name {
-                    names.insert(s.state.id, name);
+            for c in self.store.readable_conversations(me.user_id).await? {
+                visible.push(Visible { conversation: c.conversation, upto: c.left_at });
+                if let Some(name) = c.name {
+                    names.insert(c.conversation, name);
                 }
             }
             (visible, names)
@@ -143,21 +140,6 @@ impl Service {
         let next_cursor = if page.more && served < MAX_OFFSET { format!("o{served}") } else { String::new() };
         Ok(Reply::Search(wire::SearchResults { groups, next_cursor }))
     }
-
-    /// Every conversation `me` is or was in, newest activity first.
-    async fn all_conversations(&self, me: &Identity) -> Result<Vec<ConversationSummary>, WireError> {
-        let mut all = Vec::new();
-        let mut before = None;
-        loop {
-            let page = self.store.conversations_for_user(me.user_id, before, CONVERSATION_PAGE).await?;
-            let full = page.len() == CONVERSATION_PAGE as usize;
-            before = page.last().map(|last| last.activity);
-            all.extend(page);
-            if !full {
-                return Ok(all);
-            }
-        }
-    }
 }
 
 /// The search backend `natterd` was started with, if any.
@@ -208,12 +190,12 @@ impl Service {
         }
         let mut conversations: Vec<(u8, String, wire::DirectoryConversation)> = Vec::new();
         let mut people: HashMap<crate::domain::UserId, (u8, wire::DirectoryPerson)> = HashMap::new();
-        for s in &self.all_conversations(me).await? {
-            let active = s.left_at.is_none();
-            if let Some(name) = &s.state.name {
+        for readable in self.store.readable_conversations(me.user_id).await? {
+            let active = readable.left_at.is_none();
+            if let Some(name) = &readable.name {
                 if let Some(r) = rank(&mut analyzer, &prefix, name) {
                     let c = wire::DirectoryConversation {
-                        conversation_id: s.state.id.0.to_string(),
+                        conversation_id: readable.conversation.0.to_string(),
                         name: name.clone(),
                         active,
                     };
@@ -224,7 +206,8 @@ impl Service {
             if !active {
                 continue;
             }
-            for m in &s.state.members {
+            let Some(state) = self.conversation(readable.conversation).await? else { continue };
+            for m in &state.members {
                 if m.user == me.user_id || people.contains_key(&m.user) {
                     continue;
                 }

@@ -598,6 +598,18 @@ pub(crate) enum Summaries {
 
 /// The conversation-list rows of both backends (then filtered by user, page or id):
 /// conversation, last activity, last position, the user's left seq, read seq.
+/// A conversation someone may read, and how far (see
+/// [`Store::readable_conversations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadableConversation {
+    pub conversation: ConversationId,
+    pub name: Option<String>,
+    pub left_at: Option<Seq>,
+}
+
+pub(crate) const SELECT_READABLE: &str = "SELECT m.conversation_id, c.name, m.left_seq
+    FROM members m JOIN conversations c ON c.conversation_id = m.conversation_id";
+
 pub(crate) const SELECT_SUMMARIES: &str = "SELECT c.conversation_id, c.last_activity_ms, c.last_position,
         m.left_seq, COALESCE(r.read_seq, 0)
     FROM members m
@@ -816,6 +828,11 @@ pub trait Store: Send + Sync + 'static {
         before: Option<Position>,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError>;
+    /// Every conversation `user` is or was in, with its name (groups) and,
+    /// for a former member, the seq they left at: what they may search.
+    /// Unlike [`Store::conversations_for_user`], nothing per conversation is
+    /// counted or loaded.
+    async fn readable_conversations(&self, user: UserId) -> Result<Vec<ReadableConversation>, StoreError>;
     /// One conversation's list entry for `user` (current or former member).
     async fn conversation_summary(
         &self,

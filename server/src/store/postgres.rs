@@ -39,9 +39,9 @@ use super::{
     codec, device_session, identity_record, role_from_str, AppendError, AppendOutcome, Cluster, CommitHook,
     CommitStats, CommittedBatch, CommittedEvent, ConversationSummary, DeviceSessionRecord, HistoryPage, IdentityRecord,
     Membership, MessageRecord, Position, PresenceRecord, PushSettings, PushSubscriptionRecord, PushTarget,
-    ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries,
-    UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
-    SELECT_SUMMARIES,
+    ReadableConversation, ReceiptRecord, RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend,
+    StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_READABLE,
+    SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
@@ -1197,6 +1197,22 @@ impl Store for PostgresStore {
         id: ConversationId,
     ) -> Result<Option<ConversationSummary>, StoreError> {
         self.read(|conn| async move { Ok(load_summaries(&conn, user, Summaries::One(id)).await?.pop()) }).await
+    }
+
+    async fn readable_conversations(&self, user: UserId) -> Result<Vec<ReadableConversation>, StoreError> {
+        self.read(|conn| async move {
+            let rows = conn.query(&format!("{SELECT_READABLE} WHERE m.user_id = $1"), &[&user.to_string()]).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReadableConversation {
+                        conversation: ConversationId(parse_uuid(r.get(0))?),
+                        name: r.get(1),
+                        left_at: r.get::<_, Option<i64>>(2).map(|l| Seq(l as u64)),
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn messages(

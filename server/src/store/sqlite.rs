@@ -23,10 +23,10 @@ use super::{
     check_distinct_streams, codec, device_session, identity_record, kind_to_str, role_from_str, role_to_str,
     AppendError, AppendOutcome, CommitHook, CommitStats, CommittedBatch, CommittedEvent, ConversationSummary,
     DeviceSessionRecord, HistoryPage, IdentityRecord, Membership, MessageRecord, Position, Precondition,
-    PresenceRecord, PushSettings, PushSubscriptionRecord, PushTarget, ReceiptRecord, RecordedEvent, SessionRecord,
-    Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work, WriteJob,
-    SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_PUSH_TARGETS, SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF,
-    SELECT_SUMMARIES,
+    PresenceRecord, PushSettings, PushSubscriptionRecord, PushTarget, ReadableConversation, ReceiptRecord,
+    RecordedEvent, SessionRecord, Store, StoreError, StoreStats, StreamAppend, StreamName, Summaries, UserRecord, Work,
+    WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_PUSH_TARGETS, SELECT_READABLE, SELECT_RECOVERY_CODE,
+    SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
 use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
@@ -1406,6 +1406,25 @@ impl Store for SqliteStore {
         id: ConversationId,
     ) -> Result<Option<ConversationSummary>, StoreError> {
         self.read(move |c| Ok(load_summaries(c, user, Summaries::One(id))?.pop())).await
+    }
+
+    async fn readable_conversations(&self, user: UserId) -> Result<Vec<ReadableConversation>, StoreError> {
+        self.read(move |c| {
+            let rows: Vec<(String, Option<String>, Option<i64>)> = c
+                .prepare_cached(&format!("{SELECT_READABLE} WHERE m.user_id = ?1"))?
+                .query_map([user.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(id, name, left)| {
+                    Ok(ReadableConversation {
+                        conversation: ConversationId(parse_uuid(&id)?),
+                        name,
+                        left_at: left.map(|l| Seq(l as u64)),
+                    })
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn messages(
