@@ -15,6 +15,10 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a completion script for your shell.
+    Completions { shell: clap_complete::Shell },
+    /// Print natter-admin's manual page (roff: `natter-admin man | man -l -`).
+    Man,
     /// Print event, user, conversation and message counts of a data directory.
     Stats {
         /// natterd's data directory.
@@ -106,6 +110,14 @@ pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.command {
+        Command::Completions { shell } => {
+            let mut command = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "natter-admin", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            Ok(clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut std::io::stdout())?)
+        }
         Command::Stats { data_dir, json } => {
             let stats = runtime.block_on(crate::stats(&data_dir))?;
             print!("{}", crate::render_stats(&stats, json));

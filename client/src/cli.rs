@@ -42,8 +42,43 @@ pub struct Args {
     command: Command,
 }
 
+/// The shells `natter completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    /// GNU Bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+    /// Elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(s: Shell) -> Self {
+        match s {
+            Shell::Bash => Self::Bash,
+            Shell::Zsh => Self::Zsh,
+            Shell::Fish => Self::Fish,
+            Shell::Elvish => Self::Elvish,
+            Shell::Powershell => Self::PowerShell,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print a completion script for your shell (e.g. `natter completions
+    /// bash > /etc/bash_completion.d/natter`).
+    Completions {
+        /// The shell the script is for.
+        shell: Shell,
+    },
+    /// Print natter's manual page (roff: `natter man | man -l -`).
+    Man,
     /// Create an account and sign in on this device.
     Signup {
         /// Your email address: you sign in with it, and others reach you by it.
@@ -582,6 +617,22 @@ impl Profile {
 /// Whatever went wrong, for `main` to print.
 pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
+    match args.command {
+        Command::Completions { shell } => {
+            let shell = clap_complete::Shell::from(shell);
+            clap_complete::generate(
+                shell,
+                &mut <Args as clap::CommandFactory>::command(),
+                "natter",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        Command::Man => {
+            return Ok(clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut std::io::stdout())?)
+        }
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(run(args));
     if result.is_err() {
@@ -615,6 +666,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut cli = Cli { dir, profile, connect_timeout: args.connect_timeout };
     match args.command {
+        Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
         Command::Signup { email, name, password_stdin } => {
             cli.signup(&email, name.as_deref().unwrap_or_default(), password_stdin).await
         }

@@ -27,6 +27,27 @@ pub struct Args {
     /// data. Never serve people from it.
     #[arg(long)]
     pub load_test: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What natterd can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Check a configuration without starting: reads FILE and the NATTER_*
+    /// variables as natterd would, validates them, and prints the effective
+    /// configuration as TOML with secrets masked. Exits 1 when it is invalid.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// Print every configuration key, its default and its NATTER_* variable
+    /// (Markdown; docs/configuration.md is this output).
+    ConfigReference,
+    /// Print a completion script for your shell.
+    Completions { shell: clap_complete::Shell },
+    /// Print natterd's manual page (roff: `natterd man | man -l -`).
+    Man,
 }
 
 /// Where `--load-test` keeps its data unless told otherwise.
@@ -38,6 +59,28 @@ pub const LOAD_TEST_DATA_DIR: &str = "./natter-loadtest-data";
 /// Bad configuration or a failed start.
 pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
+    match &args.command {
+        Some(Command::CheckConfig { file }) => {
+            let config = Config::load(Some(file), std::env::vars())
+                .with_context(|| format!("{} is not a configuration natterd runs with", file.display()))?;
+            print!("{}", config.masked_toml());
+            eprintln!("{}: valid", file.display());
+            return Ok(());
+        }
+        Some(Command::ConfigReference) => {
+            print!("{}", Config::reference());
+            return Ok(());
+        }
+        Some(Command::Completions { shell }) => {
+            let mut command = <Args as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "natterd", &mut std::io::stdout());
+            return Ok(());
+        }
+        Some(Command::Man) => {
+            return Ok(clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut std::io::stdout())?);
+        }
+        None => {}
+    }
     keep_large_allocations_mapped();
     // Held to the end: dropping it flushes what is still queued (for at most a
     // second, so a stuck reader cannot hold up the exit).

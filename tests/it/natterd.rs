@@ -180,3 +180,120 @@ async fn json_logs_are_one_object_per_line_and_a_bad_format_is_refused() {
     let said = refused(dir.path(), &[("NATTER_LOG_FORMAT", "xml")], &[]).await;
     assert!(said.contains("NATTER_LOG_FORMAT=xml: expected text or json"), "{said}");
 }
+
+/// `natterd check-config FILE`: the effective configuration (file, then
+/// variables) with secrets masked, or the reason it is not one natterd runs
+/// with; `natterd config-reference` is docs/configuration.md.
+#[tokio::test]
+async fn check_config_prints_the_effective_configuration_masked_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("natter.toml");
+    std::fs::write(
+        &file,
+        "max_connections = 123\n[google]\nclient_id = \"id.apps.example\"\nclient_secret = \"MARKER-secret\"\n",
+    )
+    .unwrap();
+    let out = natterd(dir.path(), &[("NATTER_PUSH_IDLE_AFTER_MS", "60000")])
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("MARKER-secret"), "{stdout}");
+    assert!(stdout.contains("client_secret = \"********\""), "{stdout}");
+    assert!(stdout.contains("max_connections = 123"), "the file: {stdout}");
+    assert!(stdout.contains("idle_after_ms = 60000"), "the variables over it: {stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid"));
+
+    std::fs::write(&file, "max_conections = 5\n").unwrap();
+    let out = natterd(dir.path(), &[]).arg("check-config").arg(&file).output().await.unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("max_conections"), "names the key: {said}");
+
+    let out = natterd(dir.path(), &[]).arg("config-reference").output().await.unwrap();
+    assert!(out.status.success());
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let written = std::fs::read_to_string(&reference).unwrap_or_default();
+    if std::env::var_os("NATTER_WRITE_REFERENCE").is_some() {
+        std::fs::write(&reference, &out.stdout).unwrap();
+    } else {
+        assert_eq!(
+            written,
+            String::from_utf8_lossy(&out.stdout),
+            "docs/configuration.md is not what `natterd config-reference` prints: run this test with \
+             NATTER_WRITE_REFERENCE=1"
+        );
+    }
+}
+
+/// ops/systemd/natterd.service: systemd accepts it (with the natterd under
+/// test in place of the installed one), and its exposure, as `systemd-analyze
+/// security` rates it, is low.
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd/natterd.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/natterd "), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("natterd.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/natterd", &crate::natterd().display().to_string())).unwrap();
+    let analyze = |args: &[&str]| {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package) checks the unit");
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, said) = analyze(&["verify"]);
+    assert!(ok && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let (ok, said) = analyze(&["security", "--offline=yes"]);
+    assert!(ok, "{said}");
+    let level: f64 = said
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for natterd.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in {said}"));
+    assert!(level <= 1.5, "exposure {level} (0 is best, 10 worst):\n{said}");
+}
+
+/// Each program prints completions naming its subcommands and a manual page.
+#[tokio::test]
+async fn every_program_prints_shell_completions_and_a_manual_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let programs = [
+        (std::path::PathBuf::from(env!("CARGO_BIN_EXE_natter-under-test")), "natter", "signup"),
+        (std::path::PathBuf::from(env!("CARGO_BIN_EXE_natter-admin-under-test")), "natter-admin", "copy-log"),
+        (crate::natterd(), "natterd", "check-config"),
+    ];
+    for (bin, name, subcommand) in programs {
+        let run = |args: &[&str]| {
+            let mut c = std::process::Command::new(&bin);
+            c.args(args).env("NATTER_PROFILE", dir.path()).env_remove("NATTER_LOG_FORMAT");
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "{name} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let bash = run(&["completions", "bash"]);
+        assert!(
+            bash.contains("complete -F") && bash.contains(name) && bash.contains(subcommand),
+            "{name}: {bash:.300}"
+        );
+        assert!(run(&["completions", "zsh"]).starts_with(&format!("#compdef {name}")), "{name}");
+        let man = run(&["man"]);
+        // roff writes a hyphen as \-.
+        assert!(
+            man.contains(&format!(".TH {name}")) && man.contains(&subcommand.replace('-', "\\-")),
+            "{name}: {man:.300}"
+        );
+    }
+}
