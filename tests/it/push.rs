@@ -551,15 +551,29 @@ async fn with_idle_after_a_connected_but_idle_device_is_notified_and_an_active_o
     tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
     assert!(push.received().is_empty(), "bob was active: {:?}", push.received());
 
-    tokio::time::sleep(Duration::from_millis(IDLE_MS + 200)).await;
-    let seq = alice.send_text(&dm, "m2", "still there?").await.unwrap().seq;
+    idle_then_active(&push, (&alice, &dm), (&bob, &bob_sub), IDLE_MS + 200, Duration::ZERO).await;
+}
+
+/// Bob stays idle for `idle_ms`: a message is due a notification though he
+/// is connected; then he makes a request, and (once `recorded`, the time his
+/// activity takes to reach the sending node) a message is not.
+async fn idle_then_active(
+    push: &PushServiceFake,
+    (alice, dm): (&Client, &str),
+    (bob, bob_sub): (&Client, &FakeSubscription),
+    idle_ms: u64,
+    recorded: Duration,
+) {
+    tokio::time::sleep(Duration::from_millis(idle_ms)).await;
+    let seq = alice.send_text(dm, "m2", "still there?").await.unwrap().seq;
     let got = push.wait_for(WAIT, "a notification for connected but idle bob", |r| !r.is_empty()).await;
     assert_eq!(got[0].endpoint, bob_sub.endpoint);
     assert_eq!(got[0].payload["seq"], seq);
 
     tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
     bob.conversations(10).await.unwrap();
-    alice.send_text(&dm, "m3", "oh, you're back").await.unwrap();
+    tokio::time::sleep(recorded).await;
+    alice.send_text(dm, "m3", "oh, you're back").await.unwrap();
     tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
     assert_eq!(push.received().len(), 1, "bob was active again: {:?}", push.received());
 }
@@ -600,16 +614,6 @@ async fn on_two_nodes_activity_on_one_node_is_seen_by_the_node_that_sends() {
     tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
     assert!(push.received().is_empty(), "bob was active on the other node: {:?}", push.received());
 
-    tokio::time::sleep(Duration::from_millis(IDLE_MS + 500)).await;
-    let seq = alice.send_text(&dm, "m2", "still there?").await.unwrap().seq;
-    let got = push.wait_for(WAIT, "a notification for connected but idle bob", |r| !r.is_empty()).await;
-    assert_eq!(got[0].endpoint, bob_sub.endpoint);
-    assert_eq!(got[0].payload["seq"], seq);
-
     // His request is recorded for the other node within a second.
-    bob.conversations(10).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    alice.send_text(&dm, "m3", "oh, you're back").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(COALESCE_MS * 3)).await;
-    assert_eq!(push.received().len(), 1, "bob was active again: {:?}", push.received());
+    idle_then_active(&push, (&alice, &dm), (&bob, &bob_sub), IDLE_MS + 500, Duration::from_millis(1500)).await;
 }
