@@ -182,6 +182,11 @@ enum Scenario {
         /// Seconds between rounds: more than natterd's push.coalesce_ms.
         #[arg(long, default_value_t = 3.5)]
         gap: f64,
+        /// Instead of rounds: every sender writes closed loop for this many
+        /// seconds (S1's rate, every recipient offline); then how long each
+        /// recipient's last message took to be notified.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["rounds", "gap"])]
+        sustained: Option<f64>,
     },
     /// Search: a corpus of --messages in --conversations groups written
     /// through natterd, then one member of --member-of of them searching:
@@ -346,7 +351,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?;
             (r.table(), r.json())
         }
-        Scenario::Push { senders, per_sender, rounds, gap } => {
+        Scenario::Push { senders, per_sender, sustained: Some(seconds), .. } => {
+            let r =
+                natter_loadgen::push::push_sustained(&target, senders, per_sender, Duration::from_secs_f64(seconds))
+                    .await?;
+            (r.table(), r.json())
+        }
+        Scenario::Push { senders, per_sender, rounds, gap, sustained: None } => {
             let r =
                 natter_loadgen::push::push(&target, senders, per_sender, rounds, Duration::from_secs_f64(gap)).await?;
             (r.table(), r.json())

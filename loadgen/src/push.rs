@@ -171,20 +171,16 @@ fn rand_bytes() -> [u8; 32] {
     out
 }
 
-/// Runs the benchmark: `senders` users each write to `per_sender` offline
-/// recipients, `rounds` times, `gap` apart. natterd must allow the sink's
-/// plain-http loopback endpoints (`NATTER_PUSH_ALLOW_HTTP_LOOPBACK=1`).
-///
-/// # Errors
-/// natterd refuses the subscriptions or the sends; a round's notifications do
-/// not all arrive within a minute.
-pub async fn push(
+/// The push sink, `senders` signed-in users, and for each `per_sender`
+/// recipients subscribed to the sink (endpoint `/push/<i>`) and gone
+/// offline, each in a direct conversation with its sender: conversation `i`
+/// is sender `i / per_sender`'s. natterd must allow the sink's plain-http
+/// loopback endpoints (`NATTER_PUSH_ALLOW_HTTP_LOOPBACK=1`).
+async fn offline_recipients(
     target: &Target,
     senders: usize,
     per_sender: usize,
-    rounds: usize,
-    gap: Duration,
-) -> anyhow::Result<PushReport> {
+) -> anyhow::Result<(Sink, Vec<crate::User>, Vec<String>)> {
     let sink = Sink::start().await?;
     let from = users(target, "push-from", senders).await?;
     let to = users(target, "push-to", senders * per_sender).await?;
@@ -204,7 +200,24 @@ pub async fn push(
     }
     // natterd has seen them go.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((sink, from, conversations))
+}
 
+/// Runs the benchmark: `senders` users each write to `per_sender` offline
+/// recipients, `rounds` times, `gap` apart. natterd must allow the sink's
+/// plain-http loopback endpoints (`NATTER_PUSH_ALLOW_HTTP_LOOPBACK=1`).
+///
+/// # Errors
+/// natterd refuses the subscriptions or the sends; a round's notifications do
+/// not all arrive within a minute.
+pub async fn push(
+    target: &Target,
+    senders: usize,
+    per_sender: usize,
+    rounds: usize,
+    gap: Duration,
+) -> anyhow::Result<PushReport> {
+    let (sink, from, conversations) = offline_recipients(target, senders, per_sender).await?;
     let n = conversations.len();
     let mut report = PushReport { recipients: n, rounds, per_second: Vec::new(), latency: Histogram::new(3)? };
     for round in 0..rounds {
@@ -243,4 +256,127 @@ pub async fn push(
         report.per_second.push(n as f64 / last.duration_since(started).as_secs_f64());
     }
     Ok(report)
+}
+
+/// What a sustained run measured.
+pub struct SustainedReport {
+    pub recipients: usize,
+    pub duration: Duration,
+    pub sent: u64,
+    pub notifications: usize,
+    /// Per recipient: its last message's acknowledgement → the first
+    /// notification after it, in µs (at most `push.coalesce_ms` plus the
+    /// worker's lag).
+    pub drain: Histogram<u64>,
+}
+
+impl SustainedReport {
+    pub fn sends_per_second(&self) -> f64 {
+        self.sent as f64 / self.duration.as_secs_f64()
+    }
+
+    pub fn table(&self) -> String {
+        let ms = |q: f64| self.drain.value_at_quantile(q) as f64 / 1000.0;
+        format!(
+            "push, sustained: {} offline recipients, senders closed loop for {:.0} s\n\
+             messages/s (acknowledged)        {:>10.0}\n\
+             notifications                    {:>10}   (coalesced per recipient)\n\
+             last ack → its notification  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms\n",
+            self.recipients,
+            self.duration.as_secs_f64(),
+            self.sends_per_second(),
+            self.notifications,
+            ms(0.5),
+            ms(0.99),
+            self.drain.max() as f64 / 1000.0,
+        )
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": "push-sustained",
+            "recipients": self.recipients,
+            "duration_s": self.duration.as_secs_f64(),
+            "sends_per_s": self.sends_per_second(),
+            "notifications": self.notifications,
+            "drain": {
+                "p50_us": self.drain.value_at_quantile(0.5),
+                "p99_us": self.drain.value_at_quantile(0.99),
+                "max_us": self.drain.max(),
+            },
+        })
+    }
+}
+
+/// Every recipient offline while their senders write as fast as natterd
+/// acknowledges (each sender one message outstanding, to its recipients in
+/// turn) for `duration`: the push worker follows an S1-rate log in which
+/// every message is due a notification. Then how long each recipient's last
+/// message took to be notified: what the worker's lag adds to
+/// `push.coalesce_ms`.
+///
+/// # Errors
+/// natterd refuses the subscriptions or the sends; a recipient's last
+/// message is not notified within a minute.
+pub async fn push_sustained(
+    target: &Target,
+    senders: usize,
+    per_sender: usize,
+    duration: Duration,
+) -> anyhow::Result<SustainedReport> {
+    anyhow::ensure!(senders > 0 && per_sender > 0, "--senders and --per-sender must be at least 1");
+    let (sink, from, conversations) = offline_recipients(target, senders, per_sender).await?;
+    let before = sink.total();
+    let started = Instant::now();
+    let stop = started + duration;
+    let sends = from.iter().enumerate().map(|(s, sender)| {
+        let conversations = &conversations;
+        async move {
+            let mut last_ack = vec![None; per_sender];
+            let mut sent = 0u64;
+            while Instant::now() < stop {
+                let k = (sent as usize) % per_sender;
+                let i = s * per_sender + k;
+                sender.client.send_text(&conversations[i], &format!("sustained-{i}-{sent}"), "still there?").await?;
+                last_ack[k] = Some(Instant::now());
+                sent += 1;
+            }
+            anyhow::Ok((s, sent, last_ack))
+        }
+    });
+    let mut last: Vec<Option<Instant>> = vec![None; conversations.len()];
+    let mut sent = 0;
+    for r in futures::future::join_all(sends).await {
+        let (s, n, acks) = r?;
+        sent += n;
+        for (k, at) in acks.into_iter().enumerate() {
+            last[s * per_sender + k] = at;
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut drain = Histogram::new(3)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, ack) in last.iter().enumerate() {
+        let Some(ack) = *ack else { continue };
+        let at = loop {
+            let found =
+                sink.arrivals.lock().expect("arrivals").at.get(&i).and_then(|v| v.iter().find(|t| **t >= ack)).copied();
+            if let Some(at) = found {
+                break at;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "recipient {i}: the last message was not notified within a minute"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        drain.record(at.duration_since(ack).as_micros() as u64)?;
+    }
+    Ok(SustainedReport {
+        recipients: conversations.len(),
+        duration: elapsed,
+        sent,
+        notifications: sink.total() - before,
+        drain,
+    })
 }

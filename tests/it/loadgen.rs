@@ -150,6 +150,22 @@ async fn push_smoke_notifies_every_offline_recipient_every_round() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_sustained_smoke_notifies_every_recipients_last_message() {
+    let server = TestServer::start_with(|c| {
+        c.push.allow_http_loopback = true;
+        c.push.coalesce_ms = 100;
+    })
+    .await;
+    let r = natter_loadgen::push::push_sustained(&target(&server), 2, 3, Duration::from_millis(600)).await.unwrap();
+    assert_eq!(r.recipients, 6);
+    assert!(r.sent >= 6, "every recipient got a message: {}", r.table());
+    assert_eq!(r.drain.len(), 6, "each recipient's last message was notified");
+    assert!(r.notifications >= 6 && (r.notifications as u64) < r.sent + 6, "coalesced: {}", r.table());
+    assert!(r.table().contains("last ack"), "{}", r.table());
+    assert_eq!(r.json()["recipients"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_smoke_writes_the_corpus_finds_the_marker_and_times_every_query() {
     let server = TestServer::start_with(|c| c.search.commit_interval_ms = 100).await;
     let load = natter_loadgen::search::SearchLoad {
