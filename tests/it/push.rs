@@ -350,6 +350,20 @@ async fn natter_admin_vapid_show_prints_the_key_clients_subscribe_with() {
 const PUSH_ENV: &[(&str, &str)] =
     &[("NATTER_PUSH_ALLOW_HTTP_LOOPBACK", "1"), ("NATTER_PUSH_COALESCE_MS", "100"), ("NATTER_PUSH_LEASE_MS", "1500")];
 
+/// Who holds the push worker's lease (it names the node's data directory),
+/// once someone does.
+async fn push_lease_holder(db: &natter_tests::PgDatabase) -> String {
+    let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    loop {
+        let rows = pg.query("SELECT holder FROM followers WHERE name = 'push'", &[]).await.unwrap();
+        if let Some(row) = rows.first() {
+            return row.get::<_, String>(0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Signs `email` up on `node` with a subscription of `push`, then
 /// disconnects; returns the subscription.
 async fn offline_subscriber(
@@ -448,15 +462,7 @@ async fn two_nodes_send_each_notification_once_and_the_survivor_takes_over_the_l
     );
 
     // Who holds the lease: its holder names the node's data directory.
-    let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let holder = loop {
-        let rows = pg.query("SELECT holder FROM followers WHERE name = 'push'", &[]).await.unwrap();
-        if let Some(row) = rows.first() {
-            break row.get::<_, String>(0);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let holder = push_lease_holder(&db).await;
     let a_holds = holder.ends_with(&dir_a.path().canonicalize().unwrap().display().to_string());
     let (mut holding, other) = if a_holds { (node_a, node_b) } else { (node_b, node_a) };
 
@@ -592,15 +598,7 @@ async fn on_two_nodes_activity_on_one_node_is_seen_by_the_node_that_sends() {
         c.push.lease_ms = 1500;
     };
     let nodes = [TestServer::start_postgres_with(&db, tweak).await, TestServer::start_postgres_with(&db, tweak).await];
-    let (pg, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let holder = loop {
-        let rows = pg.query("SELECT holder FROM followers WHERE name = 'push'", &[]).await.unwrap();
-        if let Some(row) = rows.first() {
-            break row.get::<_, String>(0);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let holder = push_lease_holder(&db).await;
     let holds = |n: &TestServer| holder.ends_with(&n.data_dir().canonicalize().unwrap().display().to_string());
     let (sending, other) = if holds(&nodes[0]) { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
     assert!(holds(sending), "the lease names a node's data directory: {holder}");
