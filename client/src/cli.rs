@@ -340,10 +340,11 @@ enum PushCommand {
         #[arg(long)]
         endpoint: String,
         /// The subscription's P-256 key, base64url (`keys.p256dh`).
-        #[arg(long)]
+        // base64url has `-` in its alphabet: a key may start with one.
+        #[arg(long, allow_hyphen_values = true)]
         p256dh: String,
         /// Its authentication secret, base64url (`keys.auth`).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         auth: String,
     },
     /// Stop notifications to this device.
@@ -2933,6 +2934,26 @@ mod tests {
     }
 
     /// Every subcommand and argument (`natter help …`) says what it is for.
+    #[test]
+    fn push_keys_may_start_with_a_hyphen_as_base64url_allows() {
+        let args = Args::try_parse_from([
+            "natter",
+            "push",
+            "register",
+            "--endpoint",
+            "https://push.example.net/x",
+            "--p256dh",
+            "-BNcRdreALRFXTkOO",
+            "--auth",
+            "-LItJI5svbpez7KI4CCXg",
+        ])
+        .unwrap();
+        let Command::Push(PushCommand::Register { p256dh, auth, .. }) = args.command else {
+            panic!("{:?}", args.command)
+        };
+        assert_eq!((p256dh.as_str(), auth.as_str()), ("-BNcRdreALRFXTkOO", "-LItJI5svbpez7KI4CCXg"));
+    }
+
     #[test]
     fn every_command_and_argument_has_a_description() {
         fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
