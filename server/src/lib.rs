@@ -262,7 +262,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let blobs = blob::open(&config.blob, &config.data_dir)?;
 
     let shutdown = CancellationToken::new();
-    let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone());
+    let tracks_activity = config.push.enabled && config.push.idle_after_ms > 0;
+    let router = projection::router::Router::spawn(store.clone(), shutdown.clone(), metrics.clone(), tracks_activity);
     let metrics_addr = match config.metrics.listen {
         Some(listen) => {
             let r = router.clone();

@@ -560,8 +560,7 @@ impl MlsDevice {
     /// # Errors
     /// Not in the group, or what natterd answered.
     pub async fn send_text(&self, client: &Client, conversation_id: &str, text: &str) -> Result<u64, E2eeError> {
-        let payload = wire::E2eePayload { body: Some(wire::e2ee_payload::Body::Text(text.to_owned())) };
-        self.send_payload(client, conversation_id, payload, String::new()).await
+        self.send_payload(client, conversation_id, text_payload(text), String::new()).await
     }
 
     /// Encrypts a file on this device (AES-256-GCM, a fresh key), uploads the
@@ -647,8 +646,7 @@ impl MlsDevice {
     /// # Errors
     /// Not in the group.
     pub fn seal_text(&self, conversation_id: &str, text: &str) -> Result<wire::Content, E2eeError> {
-        let payload = wire::E2eePayload { body: Some(wire::e2ee_payload::Body::Text(text.to_owned())) };
-        self.seal(conversation_id, &prost::Message::encode_to_vec(&payload), String::new())
+        self.seal(conversation_id, &prost::Message::encode_to_vec(&text_payload(text)), String::new())
     }
 
     fn seal(&self, conversation_id: &str, plaintext: &[u8], media_id: String) -> Result<wire::Content, E2eeError> {
@@ -974,6 +972,10 @@ fn opened(sender: &str, plaintext: &[u8]) -> Result<Opened, E2eeError> {
         Some(wire::e2ee_payload::Body::File(file)) => Ok(Opened::File { sender_user_id, file }),
         None => Err(mls("an empty E2eePayload")),
     }
+}
+
+fn text_payload(text: &str) -> wire::E2eePayload {
+    wire::E2eePayload { body: Some(wire::e2ee_payload::Body::Text(text.to_owned())) }
 }
 
 /// Whether an error is natterd's `STALE_EPOCH`.

@@ -166,7 +166,14 @@ pub struct Router {
 
 impl Router {
     /// Creates the router and starts following the store's commits.
-    pub fn spawn(store: Arc<dyn Store>, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// With `report_activity` (`[push] idle_after_ms` set), a cluster node
+    /// records its users' last requests for the others every second.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+        report_activity: bool,
+    ) -> Arc<Self> {
         let cluster = store.cluster();
         let router = Arc::new(Self {
             sessions: Mutex::new(HashMap::new()),
@@ -178,7 +185,9 @@ impl Router {
         let rx = store.subscribe();
         if let Some(cluster) = cluster {
             tokio::spawn(router.clone().follow_cluster(cluster.messages(), shutdown.clone()));
-            tokio::spawn(router.clone().report_activity(cluster, shutdown.clone()));
+            if report_activity {
+                tokio::spawn(router.clone().report_activity(cluster, shutdown.clone()));
+            }
         }
         tokio::spawn(router.clone().run(rx, shutdown));
         router

@@ -112,14 +112,11 @@ impl Service {
     /// device of a current member. After `RemoveMember` or
     /// `LeaveConversation` the group keeps the leaves until a member commits
     /// their removal; until then nothing is accepted that they could
-    /// decrypt. A direct conversation's members never change.
+    /// decrypt. For groups only: a direct conversation's members never change.
     ///
     /// # Errors
     /// `REMOVAL_PENDING`, naming one of them.
     pub(super) async fn check_no_removal_pending(&self, state: &ConversationState) -> Result<(), WireError> {
-        if state.kind == crate::domain::conversation::ConversationKind::Direct {
-            return Ok(());
-        }
         let (epoch, info) = self.group_epoch(state.id).await?;
         // No group yet: the message cannot be for one (`check_application`
         // and the members' clients refuse it).
