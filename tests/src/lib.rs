@@ -230,13 +230,31 @@ impl TestServer {
     }
 
     /// Stops gracefully and starts again with the same configuration (data
-    /// directory, store) on the same port.
+    /// directory, store) on the same port when it can be had again: the tests
+    /// of one binary share the machine's ports, and another test's bind to an
+    /// ephemeral port can take the one just released. natterd then restarts on
+    /// a fresh port, and [`TestServer::addr`] says which.
     pub async fn restart(&mut self) {
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = self.addr;
-        let server = start_when_free(config).await.expect("natterd restarts");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let server = loop {
+            match start_when_free(config.clone()).await {
+                Err(natter_server::StartError::Transport(natter_server::transport::TransportError::Bind(e)))
+                    if e.kind() == std::io::ErrorKind::AddrInUse =>
+                {
+                    if tokio::time::Instant::now() >= deadline {
+                        eprintln!("port {} was taken while natterd was stopped: restarting on another", self.addr);
+                        config.listen.set_port(0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                started => break started.expect("natterd restarts"),
+            }
+        };
         assert_eq!(server.fingerprint(), self.fingerprint, "the certificate is kept across restarts");
+        self.addr = server.local_addr();
         self.server = Some(server);
     }
 }
