@@ -46,6 +46,7 @@ codes! {
     IDENTITY_TAKEN = 215, "The Google or GitHub identity belongs to another account.";
     LAST_SIGN_IN_METHOD = 216, "This is the account's last way of signing in; add another before removing it.";
     OAUTH_REJECTED = 217, "The provider refused the authorization code, or its answer did not check out; sign in again.";
+    ACCOUNT_DISABLED = 218, "An admin disabled this account: it cannot sign in, and its sessions were ended.";
     // 3xx: request content
     INVALID_ARGUMENT = 300, "A field is missing, malformed or out of range.";
     TEXT_TOO_LONG = 301, "The message text exceeds the maximum text size.";
@@ -63,7 +64,7 @@ codes! {
     NOT_FOUND = 400, "The user or conversation does not exist (or is not visible to you).";
     NOT_A_MEMBER = 401, "You are not a member of this conversation.";
     CONFLICT = 402, "A concurrent change won; retry the request.";
-    FORBIDDEN = 403, "Your role in this conversation does not allow this.";
+    FORBIDDEN = 403, "Your role in this conversation does not allow this, or the request is for admins only.";
     GROUP_FULL = 404, "The group has reached its member limit.";
     NO_DEVICE_KEY = 405, "The calling device has registered no MLS signature key (RegisterDeviceKey first).";
     STALE_EPOCH = 406, "The MLS message is for an epoch that is not the conversation's current one (another commit won); fetch what you missed, process it and retry.";

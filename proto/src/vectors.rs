@@ -1021,6 +1021,70 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_admin_set_disabled",
+            "Request 46: AdminSetDisabled of an account named by email, with a reason",
+            req(
+                46,
+                request::Body::AdminSetDisabled(AdminSetDisabled {
+                    user: "bob@example.org".into(),
+                    disabled: true,
+                    reason: "spam".into(),
+                }),
+            ),
+        ),
+        (
+            "response_admin_done",
+            "Response 46: AdminDone, one change made",
+            resp(46, response::Result::AdminDone(AdminDone { changed: 1 })),
+        ),
+        (
+            "request_admin_audit",
+            "Request 47: AdminAudit after entry 10, one admin's, at most 50",
+            req(
+                47,
+                request::Body::AdminAudit(AdminAudit {
+                    after: 10,
+                    actor: "ops@example.org".into(),
+                    since_ms: 0,
+                    limit: 50,
+                }),
+            ),
+        ),
+        (
+            "response_audit",
+            "Response 47: AuditPage with one entry",
+            resp(
+                47,
+                response::Result::Audit(AuditPage {
+                    entries: vec![AuditEntry {
+                        seq: 11,
+                        at_ms: 1_767_225_600_000,
+                        actor_user_id: ALICE.into(),
+                        actor_email: "ops@example.org".into(),
+                        action: "disable".into(),
+                        target_user_id: BOB.into(),
+                        target_email: "bob@example.org".into(),
+                        detail: "spam".into(),
+                        from: "192.0.2.7".into(),
+                    }],
+                    next: 11,
+                }),
+            ),
+        ),
+        (
+            "error_account_disabled",
+            "Response 48: ACCOUNT_DISABLED (218): the credentials were right, the account is disabled",
+            resp(
+                48,
+                response::Result::Error(Error {
+                    code: 218,
+                    message: "an admin disabled this account; ask them to enable it".into(),
+                    retry_after_ms: 0,
+                    mfa_challenge: String::new(),
+                }),
+            ),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

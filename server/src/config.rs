@@ -68,6 +68,19 @@ pub struct Config {
     pub push: crate::push::PushConfig,
     /// End-to-end encryption's delivery service: KeyPackage stock and claims.
     pub mls: crate::mls::MlsConfig,
+    /// Who may operate the deployment over the protocol (`natter-admin --server`).
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Emails of accounts that hold the admin role by configuration (besides
+    /// those granted it: `natter-admin grant-admin`), e.g. ["ops@example.org"].
+    pub bootstrap: Vec<String>,
+    /// Admin requests are refused (FORBIDDEN) from an admin whose account has
+    /// no TOTP second factor on.
+    pub require_totp: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -212,6 +225,7 @@ impl Default for Config {
             search: crate::search::SearchConfig::default(),
             push: crate::push::PushConfig::default(),
             mls: crate::mls::MlsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -307,6 +321,9 @@ impl Config {
                 return Err(ConfigError::Invalid("store.url is only for store.backend \"postgres\"".into()));
             }
             _ => {}
+        }
+        if let Some(bad) = self.admin.bootstrap.iter().find(|e| crate::domain::Email::parse(e).is_err()) {
+            return Err(ConfigError::Invalid(format!("admin.bootstrap: {bad:?} is not an email address")));
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024".into()));

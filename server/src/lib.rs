@@ -325,6 +325,16 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             search,
             push,
             mls: session::mls::MlsSetup { key_packages: key_packages.clone(), config: config.mls.clone() },
+            admin: session::admin::AdminSetup {
+                bootstrap: config.admin.bootstrap.iter().filter_map(|e| domain::Email::parse(e).ok()).collect(),
+                require_totp: config.admin.require_totp,
+                started: std::time::Instant::now(),
+                metrics: metrics.clone(),
+                store_kind: match config.store.backend {
+                    StoreBackend::Sqlite => "sqlite",
+                    StoreBackend::Postgres => "postgres",
+                },
+            },
         },
     );
     let transport_config = transport::TransportConfig {

@@ -192,6 +192,7 @@ conformance!(
     auth_state_is_shared_by_nodes_and_atomic,
     push_read_models_answer,
     the_follower_lease_has_one_holder_and_its_position_only_moves_forward,
+    admin_read_models_answer,
 );
 
 fn stream(name: &str) -> StreamName {
@@ -1599,4 +1600,63 @@ async fn postgres_reads_and_writes_survive_connections_dropped_under_them() {
         assert_eq!(next.position, head + 1);
     }
     store.shutdown().await;
+}
+
+/// The admin role, disabled accounts, and the admin's list of accounts.
+async fn admin_read_models_answer(b: &Backend) {
+    let s = &b.store;
+    let w = populate(s).await;
+    let mut expected = Vec::new();
+    for u in [w.alice, w.bob, w.carol] {
+        let user = s.user_by_id(u).await.unwrap().unwrap();
+        assert!(!user.admin && !user.disabled);
+        let sessions = s.sessions_of(u).await.unwrap().len() as u32;
+        expected.push((user.created_at, u.to_string(), sessions));
+    }
+    expected.sort();
+    let page = s.users_page(None, None, 100).await.unwrap();
+    let got: Vec<_> = page.iter().map(|e| (e.user.created_at, e.user.user_id.to_string(), e.sessions)).collect();
+    assert_eq!(got, expected, "in the order made, with their live sessions");
+    // Paged by (created, id): each page starts after the last one.
+    let first = s.users_page(None, None, 1).await.unwrap();
+    let after = (first[0].user.created_at, first[0].user.user_id);
+    let second = s.users_page(None, Some(after), 1).await.unwrap();
+    assert_eq!(second[0].user.user_id.to_string(), expected[1].1);
+    let last = (page[2].user.created_at, page[2].user.user_id);
+    assert!(s.users_page(None, Some(last), 10).await.unwrap().is_empty());
+    // By the start of the email or of the lower-cased name.
+    let carol = s.users_page(Some("car".into()), None, 10).await.unwrap();
+    assert_eq!(carol.iter().map(|e| e.user.user_id).collect::<Vec<_>>(), [w.carol]);
+    assert!(s.users_page(Some("zz".into()), None, 10).await.unwrap().is_empty());
+    assert!(s.users_page(Some("%".into()), None, 10).await.unwrap().is_empty(), "no wildcards");
+
+    let events = [
+        (w.bob, Event::AdminGranted { user_id: w.bob, by: None, at: Millis(80) }),
+        (w.carol, Event::AccountDisabled { user_id: w.carol, by: Some(w.bob), at: Millis(81) }),
+        (w.alice, Event::AdminGranted { user_id: w.alice, by: Some(w.bob), at: Millis(82) }),
+        (w.alice, Event::AdminRevoked { user_id: w.alice, by: Some(w.bob), at: Millis(83) }),
+    ];
+    for (user, event) in events {
+        append_one(s, StreamName::user(user), NewEvent::fresh(event)).await;
+    }
+    let audit = Event::AdminActed(natter_server::domain::AdminAction {
+        actor: Some(w.bob),
+        action: "disable".into(),
+        target: w.carol,
+        detail: "why".into(),
+        from: "192.0.2.1".into(),
+        at: Millis(81),
+    });
+    append_one(s, StreamName::audit(), NewEvent::fresh(audit.clone())).await;
+    let flags = |u: &natter_server::store::UserRecord| (u.admin, u.disabled);
+    assert_eq!(flags(&s.user_by_id(w.bob).await.unwrap().unwrap()), (true, false));
+    assert_eq!(flags(&s.user_by_id(w.carol).await.unwrap().unwrap()), (false, true));
+    assert_eq!(flags(&s.user_by_id(w.alice).await.unwrap().unwrap()), (false, false), "granted, then withdrawn");
+    let listed = s.users_page(Some("carol".into()), None, 10).await.unwrap();
+    assert!(listed[0].user.disabled);
+    let trail = s.read_stream(&StreamName::audit(), 0, 10).await.unwrap();
+    assert_eq!(trail.iter().map(|r| &r.event).collect::<Vec<_>>(), [&audit]);
+    let enabled = Event::AccountEnabled { user_id: w.carol, by: None, at: Millis(84) };
+    append_one(s, StreamName::user(w.carol), NewEvent::fresh(enabled)).await;
+    assert_eq!(flags(&s.user_by_id(w.carol).await.unwrap().unwrap()), (false, false));
 }

@@ -189,6 +189,32 @@ pub enum Event {
         user_id: UserId,
         at: Millis,
     },
+    /// The admin role granted; `by` is `None` when `natter-admin` granted it
+    /// on the store (offline).
+    AdminGranted {
+        user_id: UserId,
+        by: Option<UserId>,
+        at: Millis,
+    },
+    AdminRevoked {
+        user_id: UserId,
+        by: Option<UserId>,
+        at: Millis,
+    },
+    /// No sign-in until `AccountEnabled`; appended with a `SessionRevoked`
+    /// for each of the account's sessions.
+    AccountDisabled {
+        user_id: UserId,
+        by: Option<UserId>,
+        at: Millis,
+    },
+    AccountEnabled {
+        user_id: UserId,
+        by: Option<UserId>,
+        at: Millis,
+    },
+    /// One admin action, in the `audit` stream, appended with what it did.
+    AdminActed(AdminAction),
     RecoveryCodesIssued {
         user_id: UserId,
         recovery_codes: Vec<[u8; 32]>,
@@ -498,6 +524,21 @@ pub struct MediaUploaded {
     pub duration_ms: u64,
 }
 
+/// What an admin did, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAction {
+    /// `None`: `natter-admin` on the store (offline).
+    pub actor: Option<UserId>,
+    /// e.g. `disable`, `reset_mfa` (spec section 5.30 lists them).
+    pub action: String,
+    pub target: UserId,
+    /// The reason given, or what was acted on.
+    pub detail: String,
+    /// The admin's address, or `offline`.
+    pub from: String,
+    pub at: Millis,
+}
+
 impl Event {
     /// The stable type name stored beside the payload in the log.
     pub fn type_name(&self) -> &'static str {
@@ -529,6 +570,11 @@ impl Event {
             Event::EmailVerified { .. } => "EmailVerified",
             Event::TotpEnabled { .. } => "TotpEnabled",
             Event::TotpDisabled { .. } => "TotpDisabled",
+            Event::AdminGranted { .. } => "AdminGranted",
+            Event::AdminRevoked { .. } => "AdminRevoked",
+            Event::AccountDisabled { .. } => "AccountDisabled",
+            Event::AccountEnabled { .. } => "AccountEnabled",
+            Event::AdminActed(_) => "AdminActed",
             Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
             Event::PhoneClaimed { .. } => "PhoneClaimed",
@@ -585,6 +631,11 @@ impl Event {
             | Event::EmailVerified { .. }
             | Event::TotpEnabled { .. }
             | Event::TotpDisabled { .. }
+            | Event::AdminGranted { .. }
+            | Event::AdminRevoked { .. }
+            | Event::AccountDisabled { .. }
+            | Event::AccountEnabled { .. }
+            | Event::AdminActed(_)
             | Event::RecoveryCodesIssued { .. }
             | Event::RecoveryCodeUsed { .. }
             | Event::PhoneClaimed { .. }

@@ -281,6 +281,11 @@ impl Metrics {
         self.push_lag.set(i64::try_from(seen.saturating_sub(handled)).unwrap_or(i64::MAX));
     }
 
+    /// Connections open now (what `natter-admin status` shows).
+    pub fn connections_open(&self) -> u64 {
+        u64::try_from(self.connections_current.get()).unwrap_or(0)
+    }
+
     pub fn connection_opened(&self) {
         self.connections_opened.inc();
         self.connections_current.inc();

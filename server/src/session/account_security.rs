@@ -36,6 +36,11 @@ const MAILS_PER_ADDRESS_PER_10_MIN: u32 = 20;
 /// The name authenticator apps show above the code.
 const TOTP_ISSUER: &str = "natter";
 
+/// What a disabled account's sign-in gets (after its credentials checked out).
+pub(super) fn account_disabled() -> WireError {
+    WireError::new(ErrorCode::ACCOUNT_DISABLED, "an admin disabled this account; ask them to enable it")
+}
+
 impl Service {
     fn unix_secs(&self) -> u64 {
         self.now().0 / 1000
@@ -82,6 +87,9 @@ impl Service {
         remote: std::net::IpAddr,
     ) -> Result<(String, Identity), WireError> {
         account::check_name("device_name", device_name.trim())?;
+        if user.disabled {
+            return Err(account_disabled());
+        }
         if user.totp_sealed_secret.is_none() {
             return self.open_session(user, device_name, method, remote).await;
         }
@@ -110,6 +118,15 @@ impl Service {
         let session = NewSession { user_id: user.user_id, device_id, device_name, token_hash, method };
         let event = account::start_session(session, self.now())?;
         self.append_to_user(user.user_id, vec![event]).await?;
+        // An admin may have disabled the account since it was read. Disabling
+        // revokes every session as of a version of the account's stream, so a
+        // session started before it is revoked there; one started after it
+        // sees it here, and goes.
+        if self.user(user.user_id).await?.disabled {
+            let revoked = Event::SessionRevoked { user_id: user.user_id, token_hash, at: self.now() };
+            self.append_to_user(user.user_id, vec![revoked]).await?;
+            return Err(account_disabled());
+        }
         self.touch_session(token_hash, remote);
         Ok((
             token,
@@ -407,10 +424,21 @@ impl Service {
     // ------------------------------------------------------------ devices
 
     pub(super) async fn list_sessions(&self, me: &Identity) -> Result<Reply, WireError> {
-        let sessions = self.store.sessions_of(me.user_id).await?;
+        let sessions = self.session_infos(me.user_id, Some(me.token_hash)).await?;
+        Ok(Reply::Sessions(wire::SessionList { sessions }))
+    }
+
+    /// `user`'s sessions, oldest first, with when and where each was last
+    /// used; `current` marks the session of the asking connection.
+    pub(super) async fn session_infos(
+        &self,
+        user: UserId,
+        current: Option<TokenHash>,
+    ) -> Result<Vec<wire::SessionInfo>, WireError> {
+        let sessions = self.store.sessions_of(user).await?;
         let hashes: Vec<TokenHash> = sessions.iter().map(|s| s.token_hash).collect();
         let activity = self.security.auth_state.session_activity(&hashes).await?;
-        let sessions = sessions
+        Ok(sessions
             .into_iter()
             .map(|s| {
                 let seen = activity.get(&s.token_hash);
@@ -421,11 +449,10 @@ impl Service {
                     created_at_ms: s.created_at.0,
                     last_used_at_ms: seen.map_or(0, |a| a.last_used.0),
                     last_address: seen.map(|a| a.last_address.clone()).unwrap_or_default(),
-                    current: s.token_hash == me.token_hash,
+                    current: Some(s.token_hash) == current,
                 }
             })
-            .collect();
-        Ok(Reply::Sessions(wire::SessionList { sessions }))
+            .collect())
     }
 
     /// Revokes sessions of `user` (their connections close at once on every

@@ -237,7 +237,12 @@ impl FeedSource {
             | Event::IdentityClaimed { .. }
             | Event::IdentityReleased { .. }
             | Event::IdentityLinked { .. }
-            | Event::IdentityUnlinked { .. } => None,
+            | Event::IdentityUnlinked { .. }
+            | Event::AdminGranted { .. }
+            | Event::AdminRevoked { .. }
+            | Event::AccountDisabled { .. }
+            | Event::AccountEnabled { .. }
+            | Event::AdminActed(_) => None,
         })
     }
 }

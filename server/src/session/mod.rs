@@ -5,6 +5,7 @@
 //! the transport hands it decoded frames, the store hides the database.
 
 mod account_security;
+pub mod admin;
 mod convert;
 pub mod feed;
 mod groups;
@@ -86,6 +87,7 @@ pub struct Service {
     search: search::Handle,
     push: push::Handle,
     mls: mls::MlsSetup,
+    admin: admin::AdminSetup,
 }
 
 /// What account security needs besides the log: short-lived state, the
@@ -105,6 +107,7 @@ pub struct Capabilities {
     pub search: search::Handle,
     pub push: push::Handle,
     pub mls: mls::MlsSetup,
+    pub admin: admin::AdminSetup,
 }
 
 /// What the feed shows of a user.
@@ -211,6 +214,21 @@ fn invalid(field: &'static str, reason: &'static str) -> WireError {
     Rejection::InvalidArgument { field, reason }.into()
 }
 
+/// The admin requests, as a pattern (handled by `Service::admin`, in order on
+/// their connection, which knows the admin's address for the audit trail).
+macro_rules! admin_requests {
+    () => {
+        Body::AdminListUsers(_)
+            | Body::AdminGetUser(_)
+            | Body::AdminSetDisabled(_)
+            | Body::AdminRevokeSessions(_)
+            | Body::AdminResetMfa(_)
+            | Body::AdminSetAdmin(_)
+            | Body::AdminAudit(_)
+            | Body::AdminStatus(_)
+    };
+}
+
 /// The requests that change a session's state (or sign it in), as a pattern:
 /// [`Session::is_stateful`] and [`Service::handle`]'s refusal share this one list.
 macro_rules! stateful {
@@ -231,6 +249,7 @@ macro_rules! stateful {
             | Body::VerifyPhone(_)
             | Body::GetOauthConfig(_)
             | Body::OauthLogin(_)
+            | admin_requests!()
     };
 }
 
@@ -276,7 +295,7 @@ impl Service {
         security: Security,
         capabilities: Capabilities,
     ) -> Arc<Self> {
-        let Capabilities { media, search, push, mls } = capabilities;
+        let Capabilities { media, search, push, mls, admin } = capabilities;
         Arc::new(Self {
             store,
             hasher,
@@ -295,6 +314,7 @@ impl Service {
             search,
             push,
             mls,
+            admin,
         })
     }
 
@@ -358,7 +378,13 @@ impl Service {
         if !hello.session_token.is_empty() {
             let hash = hash_token(&hello.session_token);
             let record = self.store.session_by_token(hash).await?;
-            let Some(record) = record.filter(|r| !r.revoked) else {
+            let Some(record) = record.clone().filter(|r| !r.revoked) else {
+                // Disabling revoked the account's sessions: say why.
+                if let Some(r) = record {
+                    if self.store.user_by_id(r.user_id).await?.is_some_and(|u| u.disabled) {
+                        return Err(account_security::account_disabled());
+                    }
+                }
                 return Err(WireError::new(ErrorCode::SESSION_INVALID, "session token is unknown or revoked"));
             };
             let info = self.user_info(record.user_id).await?;
@@ -552,6 +578,9 @@ impl Session {
             Body::OauthLogin(req) => self.oauth_login(req).await.map(Handled::from),
             Body::EnableTotp(_) => self.enable_totp().await.map(Handled::from),
             Body::ConfirmTotp(req) => self.confirm_totp(req).await.map(Handled::from),
+            body @ (admin_requests!()) => {
+                self.service.admin(self.identity(), self.remote, body).await.map(Handled::from)
+            }
             other => return Handled::from(self.service.clone().handle(self.identity().cloned(), other).await),
         };
         result.unwrap_or_else(|e| Handled::from(Reply::Error(e.to_wire())))
@@ -768,6 +797,8 @@ impl Service {
             email_verified: false,
             totp_sealed_secret: None,
             phone: None,
+            admin: false,
+            disabled: false,
         };
         let result = self
             .store

@@ -126,6 +126,29 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::TotpDisabled { user_id, at } => {
             pb::TotpDisabled { user_id: user_id.to_string(), at_ms: at.0 }.encode_to_vec()
         }
+        Event::AdminGranted { user_id, by, at } => {
+            pb::AdminGranted { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::AdminRevoked { user_id, by, at } => {
+            pb::AdminRevoked { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }.encode_to_vec()
+        }
+        Event::AccountDisabled { user_id, by, at } => {
+            pb::AccountDisabled { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::AccountEnabled { user_id, by, at } => {
+            pb::AccountEnabled { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
+                .encode_to_vec()
+        }
+        Event::AdminActed(a) => pb::AdminActed {
+            actor_user_id: optional_id(a.actor),
+            action: a.action.clone(),
+            target_user_id: a.target.to_string(),
+            detail: a.detail.clone(),
+            from: a.from.clone(),
+            at_ms: a.at.0,
+        }
+        .encode_to_vec(),
         Event::RecoveryCodesIssued { user_id, recovery_codes, at } => pb::RecoveryCodesIssued {
             user_id: user_id.to_string(),
             recovery_code_hashes: recovery_codes.iter().map(|h| h.to_vec()).collect(),
@@ -526,6 +549,49 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
             let e = pb::TotpDisabled::decode(payload).map_err(bad)?;
             Event::TotpDisabled { user_id: UserId(uuid(&e.user_id)?), at: Millis(e.at_ms) }
         }
+        "AdminGranted" => {
+            let e = pb::AdminGranted::decode(payload).map_err(bad)?;
+            Event::AdminGranted {
+                user_id: UserId(uuid(&e.user_id)?),
+                by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "AdminRevoked" => {
+            let e = pb::AdminRevoked::decode(payload).map_err(bad)?;
+            Event::AdminRevoked {
+                user_id: UserId(uuid(&e.user_id)?),
+                by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "AccountDisabled" => {
+            let e = pb::AccountDisabled::decode(payload).map_err(bad)?;
+            Event::AccountDisabled {
+                user_id: UserId(uuid(&e.user_id)?),
+                by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "AccountEnabled" => {
+            let e = pb::AccountEnabled::decode(payload).map_err(bad)?;
+            Event::AccountEnabled {
+                user_id: UserId(uuid(&e.user_id)?),
+                by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "AdminActed" => {
+            let e = pb::AdminActed::decode(payload).map_err(bad)?;
+            Event::AdminActed(crate::domain::AdminAction {
+                actor: optional_user(&e.actor_user_id)?,
+                action: e.action,
+                target: UserId(uuid(&e.target_user_id)?),
+                detail: e.detail,
+                from: e.from,
+                at: Millis(e.at_ms),
+            })
+        }
         "RecoveryCodesIssued" => {
             let e = pb::RecoveryCodesIssued::decode(payload).map_err(bad)?;
             Event::RecoveryCodesIssued {
@@ -718,6 +784,18 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
     })
 }
 
+fn optional_id(user: Option<UserId>) -> String {
+    user.map(|u| u.to_string()).unwrap_or_default()
+}
+
+fn optional_user(s: &str) -> Result<Option<UserId>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        uuid(s).map(|u| Some(UserId(u)))
+    }
+}
+
 fn optional_email(s: String) -> Option<Email> {
     (!s.is_empty()).then(|| Email::from_normalized(s))
 }
@@ -861,6 +939,27 @@ mod tests {
             Event::RecoveryCodeUsed { user_id: u, code_hash: [5; 32], at: Millis(20) },
             Event::RecoveryCodesIssued { user_id: u, recovery_codes: vec![[8; 32]], at: Millis(21) },
             Event::TotpDisabled { user_id: u, at: Millis(22) },
+            Event::AdminGranted { user_id: u, by: None, at: Millis(60) },
+            Event::AdminGranted { user_id: v, by: Some(u), at: Millis(61) },
+            Event::AdminRevoked { user_id: v, by: Some(u), at: Millis(62) },
+            Event::AccountDisabled { user_id: v, by: Some(u), at: Millis(63) },
+            Event::AccountEnabled { user_id: v, by: None, at: Millis(64) },
+            Event::AdminActed(crate::domain::AdminAction {
+                actor: Some(u),
+                action: "disable".into(),
+                target: v,
+                detail: "spam".into(),
+                from: "192.0.2.7".into(),
+                at: Millis(65),
+            }),
+            Event::AdminActed(crate::domain::AdminAction {
+                actor: None,
+                action: "grant_admin".into(),
+                target: u,
+                detail: String::new(),
+                from: "offline".into(),
+                at: Millis(66),
+            }),
             Event::PhoneClaimed { user_id: u, at: Millis(23) },
             Event::PhoneAdded { user_id: u, phone: Phone::parse("+49 151 23456789").unwrap(), at: Millis(24) },
             Event::AccountOpened(AccountOpened {

@@ -61,6 +61,10 @@ impl StreamName {
     pub fn receipts(id: ConversationId) -> Self {
         Self(format!("receipts:{id}"))
     }
+    /// Every admin action (`AdminActed`), in the order they happened.
+    pub fn audit() -> Self {
+        Self("audit".to_owned())
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -276,6 +280,27 @@ pub struct UserRecord {
     pub totp_sealed_secret: Option<Vec<u8>>,
     /// A number the user proved (`PhoneAdded`), for signing in by text.
     pub phone: Option<crate::domain::Phone>,
+    /// Granted the admin role (`AdminGranted`; `[admin] bootstrap` is not in the log).
+    pub admin: bool,
+    /// Disabled by an admin (`AccountDisabled`).
+    pub disabled: bool,
+}
+
+/// A live node of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: u32,
+    /// Users with a connection to it.
+    pub online_users: u64,
+}
+
+/// An account in the admin's list, with how many sessions it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserListEntry {
+    pub user: UserRecord,
+    pub sessions: u32,
 }
 
 /// A message's content from its read-model columns: `text`, or the stored
@@ -733,6 +758,10 @@ pub type CommitHook = Arc<dyn Fn(CommitStats) + Send + Sync>;
 /// backends that several nodes can share have one.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
+    /// This node's id among the nodes.
+    fn node_id(&self) -> &str;
+    /// The live nodes (a heartbeat within the expiry), by id.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Sends an ephemeral message to every other node. Best effort: a message
     /// may be lost (a node that restarts misses what was sent meanwhile).
     async fn publish(&self, message: String) -> Result<(), StoreError>;
@@ -794,6 +823,16 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError>;
+    /// Accounts in the order they were made (then by id), after `after`
+    /// (a `(created_at, user_id)` of the previous page), at most `limit`;
+    /// with `prefix` (lower case) only those whose email or lower-cased
+    /// display name starts with it.
+    async fn users_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, UserId)>,
+        limit: u32,
+    ) -> Result<Vec<UserListEntry>, StoreError>;
     async fn session_by_token(&self, token_hash: TokenHash) -> Result<Option<SessionRecord>, StoreError>;
     /// A user's sessions that are not revoked, oldest first.
     /// The account a Google or GitHub identity signs in to.

@@ -43,7 +43,7 @@ use super::{
     StreamName, Summaries, UserRecord, Work, WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_READABLE,
     SELECT_RECOVERY_CODE, SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
-use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
+use super::{device_key, DeviceKeyRecord, UserListEntry, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/postgres/0006_push.sql")),
     (7, include_str!("../../migrations/postgres/0007_mls.sql")),
     (8, include_str!("../../migrations/postgres/0008_online_activity.sql")),
+    (9, include_str!("../../migrations/postgres/0009_admin.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -715,6 +716,33 @@ impl PgCluster {
 
 #[async_trait]
 impl Cluster for PgCluster {
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    async fn nodes(&self) -> Result<Vec<super::NodeRecord>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT n.node_id, GREATEST(EXTRACT(EPOCH FROM now() - n.heartbeat_at), 0)::int,
+                            (SELECT COUNT(*) FROM online o WHERE o.node_id = n.node_id)
+                     FROM nodes n WHERE n.heartbeat_at > now() - interval '{NODE_EXPIRY_SECS} seconds'
+                     ORDER BY n.node_id"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| super::NodeRecord {
+                node_id: r.get(0),
+                heartbeat_age_secs: r.get::<_, i32>(1) as u32,
+                online_users: r.get::<_, i64>(2) as u64,
+            })
+            .collect())
+    }
+
     async fn account_locked_for(&self, email: &Email) -> Result<Option<Duration>, StoreError> {
         let conn = self.pool.get().await?;
         let rows = conn
@@ -854,7 +882,8 @@ fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
 }
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
-                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone FROM users";
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone, admin,
+                                  disabled_at_ms IS NOT NULL FROM users";
 
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
@@ -866,6 +895,8 @@ fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
         email_verified: row.get(5),
         totp_sealed_secret: row.get(6),
         phone: row.get::<_, Option<String>>(7).map(crate::domain::Phone::from_normalized),
+        admin: row.get(8),
+        disabled: row.get(9),
     })
 }
 
@@ -1042,6 +1073,33 @@ impl Store for PostgresStore {
         self.read(|conn| async move {
             let rows = cached_query(&conn, &format!("{SELECT_USER} WHERE user_id = $1"), &[&user.to_string()]).await?;
             rows.first().map(row_to_user).transpose()
+        })
+        .await
+    }
+
+    async fn users_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, UserId)>,
+        limit: u32,
+    ) -> Result<Vec<UserListEntry>, StoreError> {
+        let (after_at, after_id) = after.map_or((None, None), |(at, id)| (Some(at.0 as i64), Some(id.to_string())));
+        let (prefix, after_id) = (&prefix, &after_id);
+        self.read(|conn| async move {
+            let sql = format!(
+                "SELECT u.*, (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.user_id AND s.revoked_at_ms IS NULL)
+                 FROM ({SELECT_USER}
+                       WHERE ($1::text IS NULL OR starts_with(COALESCE(email, ''), $1) OR starts_with(lower(display_name), $1))
+                         AND ($2::bigint IS NULL OR (created_at_ms, user_id) > ($2, $3::text))
+                       ORDER BY created_at_ms, user_id LIMIT $4) u
+                 ORDER BY u.created_at_ms, u.user_id"
+            );
+            let rows = cached_query(&conn, &sql, &[prefix, &after_at, after_id, &i64::from(limit)]).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(UserListEntry { user: row_to_user(row)?, sessions: row.get::<_, i64>(10) as u32 })
+                })
+                .collect()
         })
         .await
     }

@@ -28,7 +28,7 @@ use super::{
     WriteJob, SELECT_IDENTITIES_OF, SELECT_IDENTITY_OWNER, SELECT_PUSH_TARGETS, SELECT_READABLE, SELECT_RECOVERY_CODE,
     SELECT_SESSIONS_OF, SELECT_SUMMARIES,
 };
-use super::{device_key, DeviceKeyRecord, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
+use super::{device_key, DeviceKeyRecord, UserListEntry, SELECT_DEVICE_KEYS, SELECT_SHARE_CONVERSATION};
 use super::{MediaRecord, MediaRow, SELECT_MEDIA, SELECT_MEDIA_BYTES, SELECT_MEDIA_REFS, SELECT_MEDIA_UNSENT};
 use crate::domain::{
     conversation::{ConversationKind, ConversationState, MemberState},
@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/sqlite/0008_media_previews.sql")),
     (9, include_str!("../../migrations/sqlite/0009_push.sql")),
     (10, include_str!("../../migrations/sqlite/0010_mls.sql")),
+    (11, include_str!("../../migrations/sqlite/0011_admin.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -746,6 +747,24 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 .execute(params![user_id.to_string(), *show_text])?;
             return Ok(Vec::new());
         }
+        Event::AdminGranted { user_id, .. } | Event::AdminRevoked { user_id, .. } => {
+            let admin = matches!(rec.event, Event::AdminGranted { .. });
+            conn.prepare_cached("UPDATE users SET admin = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), admin])?;
+            return Ok(Vec::new());
+        }
+        Event::AccountDisabled { user_id, at, .. } => {
+            conn.prepare_cached("UPDATE users SET disabled_at_ms = ?2 WHERE user_id = ?1")?
+                .execute(params![user_id.to_string(), at.0 as i64])?;
+            return Ok(Vec::new());
+        }
+        Event::AccountEnabled { user_id, .. } => {
+            conn.prepare_cached("UPDATE users SET disabled_at_ms = NULL WHERE user_id = ?1")?
+                .execute(params![user_id.to_string()])?;
+            return Ok(Vec::new());
+        }
+        // Read from its stream: no read model.
+        Event::AdminActed(_) => return Ok(Vec::new()),
         Event::ConversationMuted { user_id, conversation_id, until, .. } => {
             conn.prepare_cached(
                 "INSERT INTO push_mutes (user_id, conversation_id, until_ms) VALUES (?1, ?2, ?3)
@@ -1140,27 +1159,53 @@ fn collect_messages(
     Ok(out)
 }
 
-type UserRow = (String, Option<String>, String, Option<String>, i64, bool, Option<Vec<u8>>, Option<String>);
-
-fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?))
+/// A `users` row as [`SELECT_USER`] reads it, before its ids are parsed.
+struct UserRow {
+    id: String,
+    email: Option<String>,
+    name: String,
+    hash: Option<String>,
+    created: i64,
+    verified: bool,
+    totp: Option<Vec<u8>>,
+    phone: Option<String>,
+    admin: bool,
+    disabled: bool,
 }
 
-fn user_record((id, email, name, hash, created, verified, totp, phone): UserRow) -> Result<UserRecord, StoreError> {
+fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        name: row.get(2)?,
+        hash: row.get(3)?,
+        created: row.get(4)?,
+        verified: row.get(5)?,
+        totp: row.get(6)?,
+        phone: row.get(7)?,
+        admin: row.get(8)?,
+        disabled: row.get(9)?,
+    })
+}
+
+fn user_record(row: UserRow) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
-        user_id: UserId(parse_uuid(&id)?),
-        email: email.map(Email::from_normalized),
-        display_name: name,
-        password_hash: hash,
-        created_at: Millis(created as u64),
-        email_verified: verified,
-        totp_sealed_secret: totp,
-        phone: phone.map(crate::domain::Phone::from_normalized),
+        user_id: UserId(parse_uuid(&row.id)?),
+        email: row.email.map(Email::from_normalized),
+        display_name: row.name,
+        password_hash: row.hash,
+        created_at: Millis(row.created as u64),
+        email_verified: row.verified,
+        totp_sealed_secret: row.totp,
+        phone: row.phone.map(crate::domain::Phone::from_normalized),
+        admin: row.admin,
+        disabled: row.disabled,
     })
 }
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
-                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone FROM users";
+                                  email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone, admin,
+                                  disabled_at_ms IS NOT NULL FROM users";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -1244,6 +1289,36 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(user_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn users_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, UserId)>,
+        limit: u32,
+    ) -> Result<Vec<UserListEntry>, StoreError> {
+        let (after_at, after_id) = after.map_or((None, None), |(at, id)| (Some(at.0 as i64), Some(id.to_string())));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT u.*, (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.user_id AND s.revoked_at_ms IS NULL)
+                 FROM ({SELECT_USER}
+                       WHERE (?1 IS NULL OR substr(COALESCE(email, ''), 1, length(?1)) = ?1
+                              OR substr(lower(display_name), 1, length(?1)) = ?1)
+                         AND (?2 IS NULL OR (created_at_ms, user_id) > (?2, ?3))
+                       ORDER BY created_at_ms, user_id LIMIT ?4) u
+                 ORDER BY u.created_at_ms, u.user_id"
+            ))?;
+            let rows = stmt.query_map(params![prefix, after_at, after_id, limit], |row| {
+                Ok((row_to_user(row)?, row.get::<_, i64>(10)?))
+            })?;
+            let mut page = Vec::new();
+            for row in rows {
+                let (user, sessions) = row?;
+                page.push(UserListEntry { user: user_record(user)?, sessions: sessions as u32 });
+            }
+            Ok(page)
         })
         .await
     }

@@ -449,6 +449,14 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::NewRecoveryCodes(_) => "new_recovery_codes",
         Body::StartPhone(_) => "start_phone",
         Body::VerifyPhone(_) => "verify_phone",
+        Body::AdminListUsers(_) => "admin_list_users",
+        Body::AdminGetUser(_) => "admin_get_user",
+        Body::AdminSetDisabled(_) => "admin_set_disabled",
+        Body::AdminRevokeSessions(_) => "admin_revoke_sessions",
+        Body::AdminResetMfa(_) => "admin_reset_mfa",
+        Body::AdminSetAdmin(_) => "admin_set_admin",
+        Body::AdminAudit(_) => "admin_audit",
+        Body::AdminStatus(_) => "admin_status",
     }
 }
 

@@ -469,6 +469,24 @@ impl Plan {
                 self.recovery_codes(*user_id, recovery_codes);
                 return (None, None);
             }
+            Event::AdminGranted { user_id, .. } | Event::AdminRevoked { user_id, .. } => {
+                let admin = matches!(rec.event, Event::AdminGranted { .. });
+                self.push("UPDATE users SET admin = $2 WHERE user_id = $1", vec![p(user_id.to_string()), p(admin)]);
+                return (None, None);
+            }
+            Event::AccountDisabled { user_id, at, .. } => {
+                self.push(
+                    "UPDATE users SET disabled_at_ms = $2 WHERE user_id = $1",
+                    vec![p(user_id.to_string()), p(at.0 as i64)],
+                );
+                return (None, None);
+            }
+            Event::AccountEnabled { user_id, .. } => {
+                self.push("UPDATE users SET disabled_at_ms = NULL WHERE user_id = $1", vec![p(user_id.to_string())]);
+                return (None, None);
+            }
+            // Read from its stream: no read model.
+            Event::AdminActed(_) => return (None, None),
             Event::TotpDisabled { user_id, .. } => {
                 self.push(
                     "UPDATE users SET totp_sealed_secret = NULL, totp_enabled_at_ms = NULL WHERE user_id = $1",
