@@ -9,12 +9,26 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "natter-admin", version, about)]
 struct Args {
+    #[command(flatten)]
+    remote: crate::remote::Remote,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Remote(crate::remote::RemoteCommand),
+    /// Grant an account the admin role on the store itself (stop natterd on
+    /// a data directory first; PostgreSQL may be serving). The first admin
+    /// is made this way, or named in [admin] bootstrap.
+    GrantAdmin {
+        /// The account's email.
+        email: String,
+        /// A data directory or a `postgres://` URL.
+        #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
+        store: String,
+    },
     /// Print a completion script for your shell.
     Completions { shell: clap_complete::Shell },
     /// Print natter-admin's manual page (roff: `natter-admin man | man -l -`).
@@ -110,6 +124,18 @@ pub fn main_entry() -> anyhow::Result<()> {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.command {
+        Command::Remote(command) => runtime.block_on(crate::remote::run(&args.remote, command)),
+        Command::GrantAdmin { email, store } => {
+            let already = runtime.block_on(crate::grant_admin(&crate::Location::parse(&store), &email))?;
+            if already {
+                println!("{email} was an admin already");
+            } else {
+                println!(
+                    "{email} is an admin: `natter-admin --server HOST:PORT --pin … login --email {email}` signs in"
+                );
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = <Args as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "natter-admin", &mut std::io::stdout());

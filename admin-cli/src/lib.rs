@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod media;
+pub mod remote;
 pub mod search;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +82,28 @@ impl Location {
             Self::Postgres(url) => Arc::new(open_postgres(url).await?),
         })
     }
+}
+
+/// Grants `email`'s account the admin role on the store (natterd stopped on
+/// a data directory: it holds the lock); answers whether it held it already.
+///
+/// # Errors
+/// No such account, natterd running on the data directory, or the store failed.
+pub async fn grant_admin(at: &Location, email: &str) -> anyhow::Result<bool> {
+    let email = natter_server::domain::Email::parse(email).map_err(|e| anyhow::anyhow!("{email:?}: {e}"))?;
+    let _lock = match at {
+        Location::DataDir(dir) if SqliteConfig::in_dir(dir).path.exists() => Some(
+            natter_server::lock_data_dir(dir)?
+                .ok_or_else(|| anyhow::anyhow!("natterd is running on {}; stop it first", dir.display()))?,
+        ),
+        _ => None,
+    };
+    let store = at.open().await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let result =
+        natter_server::session::admin::grant_offline(store.as_ref(), &email, natter_server::domain::Millis(now)).await;
+    store.shutdown().await;
+    Ok(result?)
 }
 
 /// The PostgreSQL store as the admin tool uses it: not a node (no tailer, no
@@ -206,6 +229,7 @@ pub async fn snapshot(store: &dyn Store) -> anyhow::Result<Snapshot> {
     put("stats".into(), format!("{:?}", store.stats().await?));
     put("head".into(), format!("{:?}", store.head().await?));
     put("last_seen".into(), format!("{:?}", store.last_seen_all().await?));
+    put("users_page".into(), format!("{:?}", store.users_page(None, None, u32::MAX).await?));
     for (provider, subject) in &identities {
         let owner = store.user_by_identity(*provider, subject).await?.map(|u| u.user_id);
         put(format!("user_by_identity {} {subject}", provider.as_str()), format!("{owner:?}"));

@@ -645,27 +645,93 @@ pub fn main_entry() -> anyhow::Result<()> {
     result
 }
 
+/// Where a command line connects and keeps its session: the profile
+/// directory, and what its flags say over the profile. `natter` and
+/// `natter-admin --server` share it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The program, for what it tells people to run (`natter`, `natter-admin`).
+    pub program: &'static str,
+    pub profile: PathBuf,
+    pub server: Option<String>,
+    pub pin: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Endpoint {
+    /// The profile directory: `--profile`, else `$<env>`, else `~/<home_dir>`.
+    ///
+    /// # Errors
+    /// None of them is set.
+    pub fn profile_dir(flag: Option<PathBuf>, env: &str, home_dir: &str) -> anyhow::Result<PathBuf> {
+        flag.or_else(|| std::env::var_os(env).map(PathBuf::from))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(home_dir)))
+            .context("no profile directory: pass --profile DIR")
+    }
+}
+
+impl Cli {
+    /// The profile, with the endpoint's flags applied (not saved yet).
+    fn open(endpoint: Endpoint) -> anyhow::Result<Self> {
+        let mut profile = Profile::load(&endpoint.profile)?;
+        if let Some(s) = &endpoint.server {
+            profile.server = Some(s.clone());
+        }
+        if let Some(p) = &endpoint.pin {
+            Trust::pin(p)?;
+            profile.pin = Some(p.clone());
+            profile.ca = None;
+        }
+        if let Some(ca) = &endpoint.ca {
+            profile.ca = Some(std::fs::canonicalize(ca).with_context(|| format!("{}", ca.display()))?);
+            profile.pin = None;
+        }
+        Ok(Cli { program: endpoint.program, dir: endpoint.profile, profile, connect_timeout: endpoint.connect_timeout })
+    }
+}
+
+/// Signs in with email and password (and a second factor when the account
+/// has one), keeping the session in the endpoint's profile: `natter login`.
+///
+/// # Errors
+/// Whatever stopped it, for the program to print.
+pub async fn login(
+    endpoint: Endpoint,
+    email: Option<String>,
+    password_stdin: bool,
+    code_stdin: bool,
+    device: Option<String>,
+) -> anyhow::Result<()> {
+    let mut cli = Cli::open(endpoint)?;
+    cli.login(email, FromStdin { password: password_stdin, code: code_stdin }, device).await
+}
+
+/// Signs the profile's session out: `natter logout`.
+///
+/// # Errors
+/// Whatever stopped it.
+pub async fn logout(endpoint: Endpoint) -> anyhow::Result<()> {
+    Cli::open(endpoint)?.logout().await
+}
+
+/// A connection signed in with the profile's session.
+///
+/// # Errors
+/// Not signed in, the session ended, or natterd cannot be reached.
+pub async fn connect_signed_in(endpoint: Endpoint) -> anyhow::Result<Client> {
+    Cli::open(endpoint)?.connect_signed_in().await
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    let dir = args
-        .profile
-        .clone()
-        .or_else(|| std::env::var_os("NATTER_PROFILE").map(PathBuf::from))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".natter")))
-        .context("no profile directory: pass --profile DIR")?;
-    let mut profile = Profile::load(&dir)?;
-    if let Some(s) = &args.server {
-        profile.server = Some(s.clone());
-    }
-    if let Some(p) = &args.pin {
-        Trust::pin(p)?;
-        profile.pin = Some(p.clone());
-        profile.ca = None;
-    }
-    if let Some(ca) = &args.ca {
-        profile.ca = Some(std::fs::canonicalize(ca).with_context(|| format!("{}", ca.display()))?);
-        profile.pin = None;
-    }
-    let mut cli = Cli { dir, profile, connect_timeout: args.connect_timeout };
+    let mut cli = Cli::open(Endpoint {
+        program: "natter",
+        profile: Endpoint::profile_dir(args.profile.clone(), "NATTER_PROFILE", ".natter")?,
+        server: args.server.clone(),
+        pin: args.pin.clone(),
+        ca: args.ca.clone(),
+        connect_timeout: args.connect_timeout,
+    })?;
     match args.command {
         Command::Completions { .. } | Command::Man => unreachable!("answered before connecting"),
         Command::Signup { email, name, password_stdin } => {
@@ -720,6 +786,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 struct Cli {
+    program: &'static str,
     dir: PathBuf,
     profile: Profile,
     connect_timeout: Option<Duration>,
@@ -763,8 +830,8 @@ impl Cli {
     async fn connect_signed_in(&mut self) -> anyhow::Result<Client> {
         if self.profile.token.is_none() {
             match &self.profile.email {
-                Some(_) => bail!("not signed in: run `natter login` (or `natter signup`) first"),
-                None => bail!("not signed in: run `natter login --email …` (or `natter signup`) first"),
+                Some(_) => bail!("not signed in: run `{} login` (or `natter signup`) first", self.program),
+                None => bail!("not signed in: run `{} login --email …` (or `natter signup`) first", self.program),
             }
         }
         match Client::connect(&self.config(true)?).await {
@@ -772,7 +839,12 @@ impl Cli {
             Err(e) if e.code() == Some(natter_proto::ErrorCode::SESSION_INVALID) => {
                 self.profile.token = None;
                 self.profile.save(&self.dir)?;
-                bail!("your session has ended (signed out elsewhere?): run `natter login` again")
+                bail!("your session has ended (signed out elsewhere?): run `{} login` again", self.program)
+            }
+            Err(e) if e.code() == Some(natter_proto::ErrorCode::ACCOUNT_DISABLED) => {
+                self.profile.token = None;
+                self.profile.save(&self.dir)?;
+                bail!("an admin disabled this account and ended its sessions; ask them to enable it")
             }
             Err(e) => Err(e.into()),
         }

@@ -5,6 +5,7 @@
 //! natterd. It speaks the protocol of spec/protocol.md over QUIC: a control
 //! stream for pipelined requests, and a server-opened feed stream for events.
 
+mod admin;
 pub mod cli;
 pub mod e2ee;
 pub mod oauth;

@@ -18,6 +18,7 @@ mod metrics;
 mod natterd;
 mod nodes;
 mod oauth;
+mod operate;
 mod phone;
 mod presence;
 mod protocol;
