@@ -1183,6 +1183,11 @@ async fn media_and_media_messages_answer(b: &Backend) {
     assert_eq!(s.media_bytes_of(w.alice).await.unwrap(), 3_500);
     assert_eq!(s.media_refs([0x51; 32]).await.unwrap(), 1);
     assert_eq!(s.media_refs([0x50; 32]).await.unwrap(), 0);
+    // What a backup copies: each blob once, in order, paged.
+    let blobs = s.media_blobs(None, 10).await.unwrap();
+    assert_eq!(blobs, [([0x51; 32], 1_000), ([0x52; 32], 2_500)]);
+    assert_eq!(s.media_blobs(Some([0x51; 32]), 10).await.unwrap(), [([0x52; 32], 2_500)]);
+    assert_eq!(s.media_blobs(None, 1).await.unwrap().len(), 1);
     let last = s.last_in_stream(&StreamName::blob(&[0x52; 32])).await.unwrap().unwrap();
     assert_eq!(last.version, 1);
     assert!(matches!(last.event, Event::MediaUploaded(ref m) if m.size == 2_500));

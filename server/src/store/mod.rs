@@ -380,6 +380,10 @@ pub(crate) const SELECT_MEDIA_UNSENT: &str = concat!(
 );
 /// How many stored uploads have the bytes `$1` (SHA-256).
 pub(crate) const SELECT_MEDIA_REFS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM media WHERE sha256 = $1";
+/// The distinct blobs stored media rows refer to, with their size, in SHA-256
+/// order after `$1` (empty: from the start), at most `$2`.
+pub(crate) const SELECT_MEDIA_BLOBS: &str =
+    "SELECT sha256, CAST(MAX(size) AS BIGINT) FROM media WHERE sha256 > $1 GROUP BY sha256 ORDER BY sha256 LIMIT $2";
 /// The bytes a user's uploads take (`$1`): their quota's use.
 pub(crate) const SELECT_MEDIA_BYTES: &str =
     "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader_user_id = $1";
@@ -850,6 +854,9 @@ pub trait Store: Send + Sync + 'static {
     /// Uploads that no message sent, made before `before`, oldest first
     /// (previews are not listed: they go with their media).
     async fn media_unsent(&self, before: Millis, limit: u32) -> Result<Vec<MediaRecord>, StoreError>;
+    /// The blobs stored uploads and previews refer to, each once with its
+    /// size, in SHA-256 order after `after`, at most `limit` (what a backup copies).
+    async fn media_blobs(&self, after: Option<[u8; 32]>, limit: u32) -> Result<Vec<([u8; 32], u64)>, StoreError>;
     /// How many stored uploads have these bytes.
     async fn media_refs(&self, sha256: [u8; 32]) -> Result<u64, StoreError>;
     async fn sessions_of(&self, user: UserId) -> Result<Vec<DeviceSessionRecord>, StoreError>;

@@ -1141,6 +1141,22 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn media_blobs(&self, after: Option<[u8; 32]>, limit: u32) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        let after = after.map(|a| a.to_vec()).unwrap_or_default();
+        let after = &after;
+        self.read(|conn| async move {
+            let rows = cached_query(&conn, super::SELECT_MEDIA_BLOBS, &[after, &i64::from(limit)]).await?;
+            rows.iter()
+                .map(|r| {
+                    let sha = <[u8; 32]>::try_from(r.get::<_, &[u8]>(0))
+                        .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
+                    Ok((sha, r.get::<_, i64>(1) as u64))
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn media_refs(&self, sha256: [u8; 32]) -> Result<u64, StoreError> {
         self.read(|conn| async move {
             let rows = cached_query(&conn, SELECT_MEDIA_REFS, &[&sha256.as_slice()]).await?;

@@ -207,6 +207,30 @@ impl SqliteStore {
     }
 }
 
+/// Writes a consistent copy of the SQLite database at `src` to `dest` (which
+/// must not exist) while others read and write it: `VACUUM INTO` in one read
+/// transaction, so the copy is the database as of one commit, compacted, and
+/// synced to disk before this returns. Any natter SQLite file (`natter.db`,
+/// `auth.db`, `mls.db`) can be copied this way.
+///
+/// # Errors
+/// `src` cannot be opened, or the copy cannot be written.
+pub fn copy_database(src: &Path, dest: &Path) -> Result<(), StoreError> {
+    if !src.exists() {
+        return Err(StoreError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} does not exist", src.display()),
+        )));
+    }
+    let conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.execute_batch("PRAGMA busy_timeout=5000;")?;
+    let dest_text = dest.to_str().ok_or_else(|| StoreError::Database(format!("{} is not UTF-8", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", [dest_text])?;
+    drop(conn);
+    std::fs::File::open(dest)?.sync_all()?;
+    Ok(())
+}
+
 fn open_readers(path: &Path, n: usize) -> Result<Arc<ReaderPool>, StoreError> {
     let n = n.max(1);
     let mut conns = Vec::with_capacity(n);
@@ -1364,6 +1388,24 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(SELECT_MEDIA_UNSENT)?;
             let rows = stmt.query_map(params![before.0 as i64, limit], sqlite_media_row)?;
             rows.map(|r| r.map_err(StoreError::from).and_then(MediaRow::into_record)).collect()
+        })
+        .await
+    }
+
+    async fn media_blobs(&self, after: Option<[u8; 32]>, limit: u32) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        self.read(move |c| {
+            let after = after.map(|a| a.to_vec()).unwrap_or_default();
+            let mut stmt = c.prepare_cached(super::SELECT_MEDIA_BLOBS)?;
+            let rows = stmt
+                .query_map(params![after, i64::from(limit)], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut blobs = Vec::new();
+            for row in rows {
+                let (sha, size) = row?;
+                let sha = <[u8; 32]>::try_from(sha.as_slice())
+                    .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
+                blobs.push((sha, size as u64));
+            }
+            Ok(blobs)
         })
         .await
     }
