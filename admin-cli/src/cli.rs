@@ -29,6 +29,35 @@ enum Command {
         #[arg(long, value_name = "DIR|URL", default_value = "./natter-data")]
         store: String,
     },
+    /// Back up a deployment while natterd serves it: the store as of one
+    /// commit, the server key and certificate, the media its messages refer
+    /// to, and a manifest with checksums.
+    Backup {
+        /// natterd's configuration file (its store, blob store and keys);
+        /// NATTER_* environment variables override it, as for natterd.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// natterd's data directory. Default: the configuration's (./natter-data)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// A new (or empty) directory for the backup.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Restore a backup into a new data directory (never over one), check
+    /// every file's checksum first and every read-model answer after.
+    Restore {
+        /// The backup directory.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data directory (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// A configuration whose [blob] store receives the media (default:
+        /// files in the new data directory).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Print a completion script for your shell.
     Completions { shell: clap_complete::Shell },
     /// Print natter-admin's manual page (roff: `natter-admin man | man -l -`).
@@ -134,6 +163,38 @@ pub fn main_entry() -> anyhow::Result<()> {
                     "{email} is an admin: `natter-admin --server HOST:PORT --pin … login --email {email}` signs in"
                 );
             }
+            Ok(())
+        }
+        Command::Backup { config, data_dir, to } => {
+            let config = load_config(config, data_dir)?;
+            let r = runtime.block_on(crate::backup::backup(&config, &to))?;
+            println!(
+                "backed up to {} at log position {}: {} files, {} blobs ({} bytes), {} read-model answers recorded",
+                to.display(),
+                r.position,
+                r.files,
+                r.blobs,
+                r.blob_bytes,
+                r.answers
+            );
+            Ok(())
+        }
+        Command::Restore { from, data_dir, config } => {
+            let blob = match config {
+                Some(file) => load_config(Some(file), None)?.blob,
+                None => natter_server::blob::BlobConfig::default(),
+            };
+            let r = runtime.block_on(crate::backup::restore(&from, &data_dir, &blob))?;
+            println!(
+                "restored {} into {} at log position {}: {} files and {} blobs checked; all {} read-model answers \
+                 equal the backup's",
+                from.display(),
+                data_dir.display(),
+                r.position,
+                r.files,
+                r.blobs,
+                r.answers
+            );
             Ok(())
         }
         Command::Completions { shell } => {

@@ -6,6 +6,7 @@
 //! `rebuild` replays a log into fresh read models. Both check their work by
 //! asking both sides every read-model question and comparing the answers.
 
+pub mod backup;
 pub mod cli;
 pub mod media;
 pub mod remote;

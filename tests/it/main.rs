@@ -4,6 +4,7 @@
 mod account;
 mod admin;
 mod auth;
+mod backup;
 mod blob;
 mod cli;
 mod crash;
