@@ -532,6 +532,92 @@ fn row_to_event(row: &Row) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+/// One read-only, repeatable-read transaction on the database whose snapshot
+/// is exported (`pg_export_snapshot`), so that `pg_dump --snapshot` dumps
+/// exactly what this reads: a backup's dump, its log and the blobs its media
+/// refer to, all as of one commit. The snapshot lives until [`ExportedSnapshot::finish`]
+/// (or the value is dropped).
+pub struct ExportedSnapshot {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+    /// What `pg_dump --snapshot` takes.
+    pub id: String,
+    /// The log's newest position in the snapshot.
+    pub head: Position,
+}
+
+impl ExportedSnapshot {
+    /// Opens the transaction on `url` and exports its snapshot.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or refuses.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "snapshot connection ended");
+            }
+        });
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let id: String = client.query_one("SELECT pg_export_snapshot()", &[]).await?.get(0);
+        let head =
+            client.query_one("SELECT COALESCE(MAX(position), 0) FROM events", &[]).await?.get::<_, i64>(0) as u64;
+        Ok(Self { client, driver, id, head })
+    }
+
+    /// Events of the snapshot's log with position > `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// The database failed, or an event does not decode.
+    pub async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
+        let rows = self.client.query(&sql, &[&(after as i64), &i64::from(limit)]).await?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    /// As [`Store::media_blobs`], in the snapshot.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub async fn media_blobs(&self, after: Option<[u8; 32]>, limit: u32) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+        let after = after.map(|a| a.to_vec()).unwrap_or_default();
+        let rows = self.client.query(super::SELECT_MEDIA_BLOBS, &[&after, &i64::from(limit)]).await?;
+        rows.iter()
+            .map(|r| {
+                let sha = <[u8; 32]>::try_from(r.get::<_, &[u8]>(0))
+                    .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
+                Ok((sha, r.get::<_, i64>(1) as u64))
+            })
+            .collect()
+    }
+
+    /// Ends the transaction (the snapshot with it).
+    pub async fn finish(self) {
+        let _ = self.client.batch_execute("COMMIT").await;
+        drop(self.client);
+        let _ = self.driver.await;
+    }
+}
+
+/// Whether the database at `url` holds no table at all (a restore's target).
+///
+/// # Errors
+/// The database cannot be reached.
+pub async fn database_is_empty(url: &str) -> Result<bool, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let n: i64 = client
+        .query_one(
+            "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(n == 0)
+}
+
 fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::try_parse(s).map_err(|e| StoreError::Database(format!("bad id {s:?} in read model: {e}")))
 }
