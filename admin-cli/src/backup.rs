@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use natter_server::blob::{BlobConfig, BlobId};
 use natter_server::config::{Config, StoreBackend};
+use natter_server::store::postgres::{database_is_empty, ExportedSnapshot};
 use natter_server::store::sqlite::{copy_database, SqliteConfig, SqliteStore};
 use natter_server::store::Store;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// What `manifest.json` says first: the layout this code writes and reads.
 const FORMAT: &str = "natter-backup/1";
 const MANIFEST: &str = "manifest.json";
+/// A PostgreSQL deployment's database, as `pg_dump --format=custom` writes it.
+const PG_DUMP: &str = "natter.pgdump";
 /// The SQLite files of a data directory, the log's first.
 const DATABASES: [&str; 3] =
     ["natter.db", natter_server::store::auth_state::sqlite::FILE, natter_server::mls::sqlite::FILE];
@@ -42,13 +45,18 @@ pub struct Manifest {
     pub format: String,
     pub natter_version: String,
     pub created_at_ms: u64,
-    /// `sqlite`.
+    /// `sqlite` or `postgres`.
     pub store: String,
     /// The log position the copy holds everything up to.
     pub position: u64,
-    /// How many read-model answers the copy gives, and their digest.
-    pub answers: usize,
-    pub answers_sha256: String,
+    /// The log's events up to there, and their digest ([`log_digest`]).
+    pub events: u64,
+    pub log_sha256: String,
+    /// How many read-model answers the copy gives, and their digest (the
+    /// embedded store's copy is a store: it is asked; a PostgreSQL dump is
+    /// checked after its restore by replaying its log instead).
+    pub answers: Option<usize>,
+    pub answers_sha256: Option<String>,
     pub blobs: u64,
     pub blob_bytes: u64,
     pub files: Vec<FileEntry>,
@@ -58,22 +66,64 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub position: u64,
+    pub events: u64,
     pub files: usize,
     pub blobs: u64,
     pub blob_bytes: u64,
+    /// Read-model answers recorded (backup) or found as they should be (restore).
     pub answers: usize,
 }
 
-impl From<&Manifest> for Report {
-    fn from(m: &Manifest) -> Self {
+impl Report {
+    fn of(m: &Manifest, answers: usize) -> Self {
         Self {
             position: m.position,
+            events: m.events,
             files: m.files.len(),
             blobs: m.blobs,
             blob_bytes: m.blob_bytes,
-            answers: m.answers,
+            answers,
         }
     }
+}
+
+/// A digest of a log up to `upto`: every event's position, stream, version,
+/// id, time and encoding, in order. `read` gives the events after a position.
+async fn log_digest<F, Fut>(mut read: F, upto: u64) -> anyhow::Result<(u64, String)>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<
+        Output = Result<Vec<natter_server::store::RecordedEvent>, natter_server::store::StoreError>,
+    >,
+{
+    let mut hash = sha2::Sha256::new();
+    let (mut after, mut count) = (0, 0);
+    'pages: loop {
+        let page = read(after).await?;
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            if e.position > upto {
+                break 'pages;
+            }
+            let (ty, schema, payload) = natter_server::store::codec::encode(&e.event);
+            hash.update(e.position.to_be_bytes());
+            hash.update(e.stream.as_str().as_bytes());
+            hash.update([0]);
+            hash.update(e.version.to_be_bytes());
+            hash.update(e.id.as_bytes());
+            hash.update(e.recorded_at.0.to_be_bytes());
+            hash.update(ty.as_bytes());
+            hash.update([0]);
+            hash.update(schema.to_be_bytes());
+            hash.update((payload.len() as u64).to_be_bytes());
+            hash.update(&payload);
+            after = e.position;
+            count += 1;
+        }
+    }
+    Ok((count, hex::encode(hash.finalize())))
 }
 
 /// Every read-model answer of `store`, as a count and a digest.
@@ -104,6 +154,17 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes a file readable by its owner only.
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
     }
     Ok(())
 }
@@ -165,57 +226,80 @@ fn key_files(config: &Config) -> Vec<(PathBuf, String)> {
 ///
 /// # Errors
 /// `to` is not empty, the store or a blob cannot be read, a blob a media row
-/// refers to is missing (collected meanwhile: run it again), or a write failed.
+/// refers to is missing (collected meanwhile: run it again), `pg_dump`
+/// failed, or a write failed.
 pub async fn backup(config: &Config, to: &Path) -> anyhow::Result<Report> {
-    if config.store.backend != StoreBackend::Sqlite {
-        bail!("backup of a PostgreSQL deployment is not built yet: use pg_dump -Fc (see README) and copy the media");
-    }
     if !is_empty_dir(to)? {
         bail!("{} is not empty: back up into a new directory", to.display());
     }
     let data_dir = &config.data_dir;
-    let log = SqliteConfig::in_dir(data_dir).path;
-    if !log.exists() {
-        bail!("{} holds no natter database (is this a natterd data directory?)", data_dir.display());
-    }
-    make_private_dir(to)?;
     let mut paths = Vec::new();
-    for name in DATABASES {
-        let src = data_dir.join(name);
-        if src.exists() {
-            copy_database(&src, &to.join(name)).with_context(|| format!("copying {}", src.display()))?;
-            paths.push(name.to_owned());
+    let (store, position, (events, log_sha256), answers, referenced) = match config.store.backend {
+        StoreBackend::Sqlite => {
+            let log = SqliteConfig::in_dir(data_dir).path;
+            if !log.exists() {
+                bail!("{} holds no natter database (is this a natterd data directory?)", data_dir.display());
+            }
+            make_private_dir(to)?;
+            for name in DATABASES {
+                let src = data_dir.join(name);
+                if src.exists() {
+                    copy_database(&src, &to.join(name)).with_context(|| format!("copying {}", src.display()))?;
+                    owner_only(&to.join(name))?;
+                    paths.push(name.to_owned());
+                }
+            }
+            for (src, rel) in key_files(config) {
+                if let Some(parent) = to.join(&rel).parent() {
+                    make_private_dir(parent)?;
+                }
+                copy_private(&src, &to.join(&rel))?;
+                paths.push(rel);
+            }
+            // The copy, not the live store, says what the backup holds.
+            let copy = SqliteStore::open_read_only(&to.join(DATABASES[0])).context("opening the copy")?;
+            let position = copy.head().await?;
+            let log = log_digest(|after| copy.read_all(after, 2000), position).await?;
+            let answers = answers_digest(&copy).await?;
+            let referenced = all_media_blobs(|after| copy.media_blobs(after, 1000)).await?;
+            copy.shutdown().await;
+            ("sqlite", position, log, Some(answers), referenced)
         }
-    }
-    for (src, rel) in key_files(config) {
-        if let Some(parent) = to.join(&rel).parent() {
-            make_private_dir(parent)?;
+        StoreBackend::Postgres => {
+            let url = config.store.url.as_deref().context("store.backend is postgres but store.url is not set")?;
+            make_private_dir(to)?;
+            let snapshot = ExportedSnapshot::open(url).await.context("connecting to PostgreSQL")?;
+            let dump = to.join(PG_DUMP);
+            let status = pg_tool("pg_dump", url)
+                .args(["--format=custom", "--no-owner", "--snapshot", &snapshot.id, "--file"])
+                .arg(&dump)
+                .status()
+                .await
+                .context("running pg_dump (is PostgreSQL's client installed?)")?;
+            if !status.success() {
+                bail!("pg_dump failed ({status}); nothing usable was written to {}", to.display());
+            }
+            tokio::fs::File::open(&dump).await?.sync_all().await?;
+            owner_only(&dump)?;
+            paths.push(PG_DUMP.to_owned());
+            let position = snapshot.head;
+            let log = log_digest(|after| snapshot.read_all(after, 2000), position).await?;
+            let referenced = all_media_blobs(|after| snapshot.media_blobs(after, 1000)).await?;
+            snapshot.finish().await;
+            ("postgres", position, log, None, referenced)
         }
-        copy_private(&src, &to.join(&rel))?;
-        paths.push(rel);
-    }
-
-    // The copy, not the live store, says what the backup holds.
-    let copy = SqliteStore::open_read_only(&to.join(DATABASES[0])).context("opening the copy")?;
-    let position = copy.head().await?;
-    let (answers, answers_sha256) = answers_digest(&copy).await?;
+    };
     let blobs = natter_server::blob::open(&config.blob, data_dir).context("opening the blob store")?;
     make_private_dir(&to.join("blobs"))?;
-    let (mut count, mut bytes, mut after) = (0, 0, None);
-    loop {
-        let page = copy.media_blobs(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.0);
-        for (sha, size) in page {
-            let rel = format!("blobs/{}", hex::encode(sha));
-            copy_blob(blobs.as_ref(), BlobId(sha), size, &to.join(&rel)).await?;
-            paths.push(rel);
-            count += 1;
-            bytes += size;
-        }
+    let (mut count, mut bytes) = (0, 0);
+    for (sha, size) in referenced {
+        let rel = format!("blobs/{}", hex::encode(sha));
+        copy_blob(blobs.as_ref(), BlobId(sha), size, &to.join(&rel)).await?;
+        paths.push(rel);
+        count += 1;
+        bytes += size;
     }
     sync_dir(&to.join("blobs"))?;
-    copy.shutdown().await;
 
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
@@ -226,10 +310,12 @@ pub async fn backup(config: &Config, to: &Path) -> anyhow::Result<Report> {
         format: FORMAT.into(),
         natter_version: env!("CARGO_PKG_VERSION").into(),
         created_at_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
-        store: "sqlite".into(),
+        store: store.into(),
         position,
-        answers,
-        answers_sha256,
+        events,
+        log_sha256,
+        answers: answers.as_ref().map(|a| a.0),
+        answers_sha256: answers.map(|a| a.1),
         blobs: count,
         blob_bytes: bytes,
         files,
@@ -240,7 +326,22 @@ pub async fn backup(config: &Config, to: &Path) -> anyhow::Result<Report> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, to.join(MANIFEST))?;
     sync_dir(to)?;
-    Ok(Report::from(&manifest))
+    Ok(Report::of(&manifest, manifest.answers.unwrap_or(0)))
+}
+
+/// Every blob the media rows refer to, through `page` (after a SHA-256).
+async fn all_media_blobs<F, Fut>(mut page: F) -> anyhow::Result<Vec<([u8; 32], u64)>>
+where
+    F: FnMut(Option<[u8; 32]>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<([u8; 32], u64)>, natter_server::store::StoreError>>,
+{
+    let (mut all, mut after) = (Vec::new(), None);
+    loop {
+        let blobs = page(after).await?;
+        let Some(last) = blobs.last() else { return Ok(all) };
+        after = Some(last.0);
+        all.extend(blobs);
+    }
 }
 
 /// Copies one blob into `dest`, checking its size and SHA-256 on the way.
@@ -259,6 +360,7 @@ async fn copy_blob(
         Err(e) => return Err(e).with_context(|| format!("reading blob {hex}")),
     };
     let mut out = tokio::fs::File::create(dest).await.with_context(|| format!("writing {}", dest.display()))?;
+    owner_only(dest)?;
     let mut hash = sha2::Sha256::new();
     let mut buf = vec![0; 256 * 1024];
     let mut copied = 0;
@@ -304,19 +406,53 @@ pub async fn verify(from: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-/// Restores the backup in `from` into `data_dir` (new or empty), with media
-/// into the blob store `blob` describes there (default: files in the data
-/// directory), then checks that the restored store gives every answer the
-/// backup's copy gave.
+/// Where a backup is restored to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A new (or empty) data directory: the embedded store's files and keys.
+    DataDir(PathBuf),
+    /// An empty PostgreSQL database (`pg_restore`).
+    Postgres(String),
+}
+
+/// Restores the backup in `from` into `target`, with media into the blob
+/// store `blob` describes under `data_dir` (fs by default: files in the data
+/// directory), then checks the restored store: its log equals the backup's
+/// (the digest) and it gives every read-model answer the backup's copy gave
+/// (embedded), or the answers a replay of its log gives (PostgreSQL).
 ///
 /// # Errors
-/// A damaged backup (nothing is written then), `data_dir` not empty, a write
-/// failed, or an answer differs.
-pub async fn restore(from: &Path, data_dir: &Path, blob: &BlobConfig) -> anyhow::Result<Report> {
-    if !is_empty_dir(data_dir)? {
-        bail!("{} is not empty: restore into a new data directory (nothing was overwritten)", data_dir.display());
-    }
+/// A damaged backup (nothing is written then), a used target, a backup of
+/// the other backend, `pg_restore` failed, a write failed, or an answer differs.
+pub async fn restore(from: &Path, target: &Target, blob: &BlobConfig, data_dir: &Path) -> anyhow::Result<Report> {
     let manifest = verify(from).await?;
+    let backend = match target {
+        Target::DataDir(_) => "sqlite",
+        Target::Postgres(_) => "postgres",
+    };
+    if manifest.store != backend {
+        bail!(
+            "{} is a backup of a {} deployment; restore it into one (--data-dir or --to-url)",
+            from.display(),
+            manifest.store
+        );
+    }
+    match target {
+        Target::DataDir(dir) => {
+            if !is_empty_dir(dir)? {
+                bail!("{} is not empty: restore into a new data directory (nothing was overwritten)", dir.display());
+            }
+            make_private_dir(dir)?;
+        }
+        Target::Postgres(url) => {
+            if !database_is_empty(url).await.context("connecting to PostgreSQL")? {
+                bail!(
+                    "the database {} holds tables: restore into a new, empty database (nothing was overwritten)",
+                    masked(url)
+                );
+            }
+        }
+    }
     make_private_dir(data_dir)?;
     let blobs = natter_server::blob::open(blob, data_dir).context("opening the blob store")?;
     for f in &manifest.files {
@@ -325,6 +461,17 @@ pub async fn restore(from: &Path, data_dir: &Path, blob: &BlobConfig) -> anyhow:
             let id = BlobId::from_hex(hex).with_context(|| format!("damaged backup: {} is no blob name", f.path))?;
             let mut body = tokio::fs::File::open(&src).await?;
             blobs.put(id, f.size, &mut body).await.with_context(|| format!("storing {}", f.path))?;
+        } else if f.path == PG_DUMP {
+            let Target::Postgres(url) = target else { unreachable!("checked above") };
+            let status = pg_tool("pg_restore", url)
+                .args(["--no-owner", "--exit-on-error", "--single-transaction"])
+                .arg(&src)
+                .status()
+                .await
+                .context("running pg_restore (is PostgreSQL's client installed?)")?;
+            if !status.success() {
+                bail!("pg_restore failed ({status}); the database was left as it was (one transaction)");
+            }
         } else {
             let dest = data_dir.join(&f.path);
             if let Some(parent) = dest.parent() {
@@ -334,17 +481,98 @@ pub async fn restore(from: &Path, data_dir: &Path, blob: &BlobConfig) -> anyhow:
         }
     }
     sync_dir(data_dir)?;
-    let store = SqliteStore::open(&SqliteConfig::in_dir(data_dir)).context("opening the restored store")?;
-    let result = answers_digest(&store).await;
+    let store: std::sync::Arc<dyn Store> = match target {
+        Target::DataDir(dir) => {
+            std::sync::Arc::new(SqliteStore::open(&SqliteConfig::in_dir(dir)).context("opening the restored store")?)
+        }
+        Target::Postgres(url) => std::sync::Arc::new(crate::open_postgres(url).await?),
+    };
+    let result = check_restored(store.as_ref(), &manifest).await;
     store.shutdown().await;
-    let (answers, digest) = result?;
-    if (answers, digest.as_str()) != (manifest.answers, manifest.answers_sha256.as_str()) {
+    Ok(Report::of(&manifest, result?))
+}
+
+/// The restored store's log and answers against the manifest; returns how
+/// many answers were compared.
+async fn check_restored(store: &dyn Store, manifest: &Manifest) -> anyhow::Result<usize> {
+    let (events, log) = log_digest(|after| store.read_all(after, 2000), u64::MAX).await?;
+    if (events, log.as_str()) != (manifest.events, manifest.log_sha256.as_str()) {
         bail!(
-            "the restored store answers otherwise than the backup did ({answers} answers, digest {digest}; the \
-             backup: {}, {}): keep the backup, and report this",
-            manifest.answers,
-            manifest.answers_sha256
+            "the restored log is not the backup's ({events} events, digest {log}; the backup: {}, {}): keep the \
+             backup, and report this",
+            manifest.events,
+            manifest.log_sha256
         );
     }
-    Ok(Report::from(&manifest))
+    match (&manifest.answers, &manifest.answers_sha256) {
+        (Some(want), Some(want_digest)) => {
+            let (answers, digest) = answers_digest(store).await?;
+            if (answers, &digest) != (*want, want_digest) {
+                bail!(
+                    "the restored store answers otherwise than the backup did ({answers} answers, digest {digest}; \
+                     the backup: {want}, {want_digest}): keep the backup, and report this"
+                );
+            }
+            Ok(answers)
+        }
+        // Read models rebuilt from the restored log answer as restored.
+        _ => crate::rebuild_store(store).await,
+    }
+}
+
+/// A `postgres://` URL and its password apart: `pg_dump` and `pg_restore`
+/// get the password in `PGPASSWORD`, never on their command line (which
+/// every user of the machine can read).
+fn without_password(url: &str) -> (String, Option<String>) {
+    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
+        if at > scheme {
+            if let Some((user, password)) = url[scheme + 3..at].split_once(':') {
+                return (format!("{}{user}{}", &url[..scheme + 3], &url[at..]), Some(password.to_owned()));
+            }
+        }
+    }
+    (url.to_owned(), None)
+}
+
+/// `pg_dump` or `pg_restore` on `url` (`--dbname`), its password in the environment.
+fn pg_tool(program: &str, url: &str) -> tokio::process::Command {
+    let (url, password) = without_password(url);
+    let mut cmd = tokio::process::Command::new(program);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.arg("--dbname").arg(url);
+    cmd
+}
+
+/// A `postgres://` URL without its password, for messages.
+fn masked(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:********{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_off_command_lines_and_out_of_messages() {
+        let url = "postgres://natter:s3cret@db.example.org:5432/natter";
+        assert_eq!(
+            without_password(url),
+            ("postgres://natter@db.example.org:5432/natter".into(), Some("s3cret".into()))
+        );
+        assert_eq!(masked(url), "postgres://natter:********@db.example.org:5432/natter");
+        let plain = "postgres://postgres@127.0.0.1/test";
+        assert_eq!(without_password(plain), (plain.into(), None));
+        assert_eq!(masked(plain), plain);
+    }
 }

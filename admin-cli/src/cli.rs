@@ -44,17 +44,22 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
     },
-    /// Restore a backup into a new data directory (never over one), check
-    /// every file's checksum first and every read-model answer after.
+    /// Restore a backup into a new data directory or an empty PostgreSQL
+    /// database (never over data), check every file's checksum first and the
+    /// log and every read-model answer after.
     Restore {
         /// The backup directory.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The new data directory (must not exist, or be empty).
-        #[arg(long, value_name = "DIR")]
-        data_dir: PathBuf,
+        /// The new data directory (must not exist, or be empty), for a backup
+        /// of the embedded store; with --to-url, where fs media go.
+        #[arg(long, value_name = "DIR", required_unless_present = "to_url")]
+        data_dir: Option<PathBuf>,
+        /// An empty PostgreSQL database, for a backup of a PostgreSQL deployment.
+        #[arg(long, value_name = "URL")]
+        to_url: Option<String>,
         /// A configuration whose [blob] store receives the media (default:
-        /// files in the new data directory).
+        /// files in the data directory).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -179,18 +184,26 @@ pub fn main_entry() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Restore { from, data_dir, config } => {
-            let blob = match config {
-                Some(file) => load_config(Some(file), None)?.blob,
-                None => natter_server::blob::BlobConfig::default(),
+        Command::Restore { from, data_dir, to_url, config } => {
+            let (blob, config_dir) = match config {
+                Some(file) => {
+                    let c = load_config(Some(file), None)?;
+                    (c.blob, c.data_dir)
+                }
+                None => (natter_server::blob::BlobConfig::default(), PathBuf::from("./natter-data")),
             };
-            let r = runtime.block_on(crate::backup::restore(&from, &data_dir, &blob))?;
+            let (target, media_dir, shown) = match (to_url, data_dir) {
+                (Some(url), dir) => (crate::backup::Target::Postgres(url), dir.unwrap_or(config_dir), "the database"),
+                (None, Some(dir)) => (crate::backup::Target::DataDir(dir.clone()), dir, "the data directory"),
+                (None, None) => anyhow::bail!("restore into what? pass --data-dir NEW or --to-url postgres://…"),
+            };
+            let r = runtime.block_on(crate::backup::restore(&from, &target, &blob, &media_dir))?;
             println!(
-                "restored {} into {} at log position {}: {} files and {} blobs checked; all {} read-model answers \
-                 equal the backup's",
+                "restored {} into {shown} at log position {} ({} events, as backed up): {} files and {} blobs \
+                 checked; all {} read-model answers as they should be",
                 from.display(),
-                data_dir.display(),
                 r.position,
+                r.events,
                 r.files,
                 r.blobs,
                 r.answers

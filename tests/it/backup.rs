@@ -105,7 +105,8 @@ async fn a_backup_under_load_restores_to_the_sources_answers_at_its_position() {
 
     // Restored: every answer the backup recorded, and the source's at that position.
     let restored = backups.path().join("restored");
-    let again = natter_admin::backup::restore(&to, &restored, &Default::default()).await.unwrap();
+    let again =
+        natter_admin::backup::restore(&to, &dir_target(&restored), &Default::default(), &restored).await.unwrap();
     assert_eq!(again, report);
     let restored_store = SqliteStore::open_read_only(&SqliteConfig::in_dir(&restored).path).unwrap();
     let got = without_last_seen(natter_admin::snapshot(&restored_store).await.unwrap());
@@ -146,6 +147,14 @@ async fn restore_refuses_damaged_backups_and_used_directories() {
     let dir = tempfile::tempdir().unwrap();
     let to = dir.path().join("b");
     natter_admin::backup::backup(server.config(), &to).await.unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&to), 0o700, "it holds the server key");
+        for file in ["natter.db", "auth.db", "secret.key", "tls/key.pem"] {
+            assert_eq!(mode(&to.join(file)), 0o600, "{file}");
+        }
+    }
 
     // Into a directory that holds something: refused, for backups and restores.
     let e = natter_admin::backup::backup(server.config(), &to).await.unwrap_err();
@@ -153,7 +162,7 @@ async fn restore_refuses_damaged_backups_and_used_directories() {
     let used = dir.path().join("used");
     std::fs::create_dir(&used).unwrap();
     std::fs::write(used.join("keep.txt"), b"mine").unwrap();
-    let e = natter_admin::backup::restore(&to, &used, &Default::default()).await.unwrap_err();
+    let e = natter_admin::backup::restore(&to, &dir_target(&used), &Default::default(), &used).await.unwrap_err();
     assert!(format!("{e:#}").contains("not empty"), "{e:#}");
     assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1, "nothing written there");
 
@@ -171,21 +180,29 @@ async fn restore_refuses_damaged_backups_and_used_directories() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&db, bytes).unwrap();
-    let e = natter_admin::backup::restore(&flipped, &target, &Default::default()).await.unwrap_err();
+    let e =
+        natter_admin::backup::restore(&flipped, &dir_target(&target), &Default::default(), &target).await.unwrap_err();
     assert!(format!("{e:#}").contains("damaged backup: natter.db"), "{e:#}");
     assert!(!target.exists(), "nothing restored from a damaged backup");
     let keyless = damaged("keyless");
     std::fs::remove_file(keyless.join("secret.key")).unwrap();
-    let e = natter_admin::backup::restore(&keyless, &target, &Default::default()).await.unwrap_err();
+    let e =
+        natter_admin::backup::restore(&keyless, &dir_target(&target), &Default::default(), &target).await.unwrap_err();
     assert!(format!("{e:#}").contains("damaged backup: secret.key is missing"), "{e:#}");
     let unfinished = damaged("unfinished");
     std::fs::remove_file(unfinished.join("manifest.json")).unwrap();
-    let e = natter_admin::backup::restore(&unfinished, &target, &Default::default()).await.unwrap_err();
+    let e = natter_admin::backup::restore(&unfinished, &dir_target(&target), &Default::default(), &target)
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("no manifest.json"), "{e:#}");
     assert!(!target.exists());
 
     // The intact one restores.
-    natter_admin::backup::restore(&to, &target, &Default::default()).await.unwrap();
+    natter_admin::backup::restore(&to, &dir_target(&target), &Default::default(), &target).await.unwrap();
+}
+
+fn dir_target(dir: &Path) -> natter_admin::backup::Target {
+    natter_admin::backup::Target::DataDir(dir.to_owned())
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -199,4 +216,96 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).unwrap();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_backup_under_load_restores_into_an_empty_database() {
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let server = TestServer::start_postgres(&db).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    server.new_user("bob@example.org").await;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let file = pdf("PG-BACKUP-MARKER");
+    let spec = UploadSpec {
+        conversation_id: dm.clone(),
+        file_name: "minutes.pdf".into(),
+        size: file.len() as u64,
+        sha256: sha2::Sha256::digest(&file).into(),
+        upload_id: None,
+    };
+    let media = alice.upload(&spec, &mut Cursor::new(file.clone()), |_| {}).await.unwrap();
+    alice.send_media(&dm, "file-1", &media.media_id, "").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, dm) = (stop.clone(), dm.clone());
+        tokio::spawn(async move {
+            let mut sent = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                alice.send_text(&dm, &format!("m{sent}"), "under load").await.unwrap();
+                sent += 1;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("b");
+    let report = natter_admin::backup::backup(server.config(), &to).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(report.blobs, 1);
+
+    // Not over a database in use, not into a data directory.
+    let e = natter_admin::backup::restore(
+        &to,
+        &natter_admin::backup::Target::Postgres(db.url().into()),
+        &Default::default(),
+        dir.path(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("holds tables"), "{e:#}");
+    let e = natter_admin::backup::restore(
+        &to,
+        &dir_target(&dir.path().join("d")),
+        &Default::default(),
+        &dir.path().join("d"),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("postgres deployment"), "{e:#}");
+
+    let Some(fresh) = natter_tests::PgDatabase::create().await else { return };
+    let media_dir = dir.path().join("media");
+    let target = natter_admin::backup::Target::Postgres(fresh.url().into());
+    let again = natter_admin::backup::restore(&to, &target, &Default::default(), &media_dir).await.unwrap();
+    assert_eq!((again.position, again.events), (report.position, report.events));
+    assert!(again.answers > 0);
+    assert!(!natter_tests::files_containing(&media_dir, b"PG-BACKUP-MARKER").is_empty(), "the media came along");
+
+    // The restored database answers as the source did at the backup's position.
+    let source = natter_admin::Location::Postgres(db.url().into()).open().await.unwrap();
+    let replay = dir.path().join("replay");
+    let fresh_store = SqliteStore::open(&SqliteConfig::in_dir(&{
+        std::fs::create_dir_all(&replay).unwrap();
+        replay.clone()
+    }))
+    .unwrap();
+    let mut after = 0;
+    loop {
+        let page: Vec<_> =
+            source.read_all(after, 1000).await.unwrap().into_iter().filter(|e| e.position <= report.position).collect();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        fresh_store.import(page).await.unwrap();
+    }
+    let want = without_last_seen(natter_admin::snapshot(&fresh_store).await.unwrap());
+    let restored = natter_admin::Location::Postgres(fresh.url().into()).open().await.unwrap();
+    let got = without_last_seen(natter_admin::snapshot(restored.as_ref()).await.unwrap());
+    assert_eq!(got.first_difference(&want), None);
+    for s in [source, restored] {
+        s.shutdown().await;
+    }
+    fresh_store.shutdown().await;
 }

@@ -229,23 +229,27 @@ async fn check_config_prints_the_effective_configuration_masked_and_refuses_a_ba
     }
 }
 
-/// ops/systemd/natterd.service: systemd accepts it (with the natterd under
-/// test in place of the installed one), and its exposure, as `systemd-analyze
+/// ops/systemd: natterd.service and the nightly natter-backup.service with
+/// its timer: systemd accepts them (with the binaries under test in place of
+/// the installed ones), and the services' exposure, as `systemd-analyze
 /// security` rates it, is low.
 #[test]
-fn the_systemd_unit_verifies_and_is_hardened() {
-    let unit = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd/natterd.service"),
-    )
-    .unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/natterd "), "{unit}");
+fn the_systemd_units_verify_and_are_hardened() {
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd");
+    let admin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_natter-admin-under-test"));
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("natterd.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/natterd", &crate::natterd().display().to_string())).unwrap();
-    let analyze = |args: &[&str]| {
+    for name in ["natterd.service", "natter-backup.service", "natter-backup.timer"] {
+        let unit = std::fs::read_to_string(ops.join(name)).unwrap();
+        let unit = unit
+            .replace("/usr/local/bin/natterd ", &format!("{} ", crate::natterd().display()))
+            .replace("/usr/local/bin/natter-admin ", &format!("{} ", admin.display()));
+        assert!(!unit.contains("/usr/local/bin/"), "{name} runs the binaries under test: {unit}");
+        std::fs::write(dir.path().join(name), unit).unwrap();
+    }
+    let analyze = |args: &[&str], name: &str| {
         let out = std::process::Command::new("systemd-analyze")
             .args(args)
-            .arg(&path)
+            .arg(dir.path().join(name))
             .output()
             .expect("systemd-analyze (Debian's systemd package) checks the unit");
         (
@@ -253,17 +257,21 @@ fn the_systemd_unit_verifies_and_is_hardened() {
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         )
     };
-    let (ok, said) = analyze(&["verify"]);
-    assert!(ok && said.trim().is_empty(), "systemd-analyze verify: {said}");
-    let (ok, said) = analyze(&["security", "--offline=yes"]);
-    assert!(ok, "{said}");
-    let level: f64 = said
-        .lines()
-        .find_map(|l| l.split("Overall exposure level for natterd.service: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in {said}"));
-    assert!(level <= 1.5, "exposure {level} (0 is best, 10 worst):\n{said}");
+    for name in ["natterd.service", "natter-backup.service", "natter-backup.timer"] {
+        let (ok, said) = analyze(&["verify"], name);
+        assert!(ok && said.trim().is_empty(), "systemd-analyze verify {name}: {said}");
+    }
+    for name in ["natterd.service", "natter-backup.service"] {
+        let (ok, said) = analyze(&["security", "--offline=yes"], name);
+        assert!(ok, "{said}");
+        let level: f64 = said
+            .lines()
+            .find_map(|l| l.split(&format!("Overall exposure level for {name}: ")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in {said}"));
+        assert!(level <= 1.5, "{name}: exposure {level} (0 is best, 10 worst):\n{said}");
+    }
 }
 
 /// Each program prints completions naming its subcommands and a manual page.
