@@ -70,6 +70,11 @@ pub enum RemoteCommand {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Groups: list, show.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
     /// Second factors.
     Mfa {
         #[command(subcommand)]
@@ -141,6 +146,29 @@ pub enum UsersCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Groups in the order they were made.
+    List {
+        /// Only those whose name starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many (all when 0).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One group with its members.
+    Show {
+        /// The group's conversation id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
     /// The account's sessions.
     List {
@@ -199,6 +227,7 @@ async fn signed_in(client: &Client, command: RemoteCommand) -> anyhow::Result<()
     match command {
         RemoteCommand::Login { .. } | RemoteCommand::Logout => unreachable!("needs no session"),
         RemoteCommand::Users { command } => users(client, command).await,
+        RemoteCommand::Groups { command } => groups(client, command).await,
         RemoteCommand::Sessions { command: SessionsCommand::List { user, json } } => {
             let detail = client.admin_user(&user).await?;
             print!("{}", sessions_table(&detail.sessions, json));
@@ -300,6 +329,83 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn groups(client: &Client, command: GroupsCommand) -> anyhow::Result<()> {
+    match command {
+        GroupsCommand::List { prefix, limit, json } => {
+            let mut after = String::new();
+            let mut shown = 0;
+            if !json {
+                println!(
+                    "{:<36}  {:<24}  {:>7}  {:>8}  {:<20}  e2ee",
+                    "conversation id", "name", "members", "last seq", "last activity"
+                );
+            }
+            loop {
+                let page = client.admin_groups(&prefix, &after, 500).await?;
+                for g in &page.groups {
+                    if limit > 0 && shown == limit {
+                        return Ok(());
+                    }
+                    if json {
+                        println!("{}", group_json(g));
+                    } else {
+                        let e2ee = if g.e2ee { "yes" } else { "-" };
+                        println!(
+                            "{:<36}  {:<24}  {:>7}  {:>8}  {:<20}  {e2ee}",
+                            g.conversation_id,
+                            g.name,
+                            g.members,
+                            g.last_seq,
+                            when(g.last_activity_ms)
+                        );
+                    }
+                    shown += 1;
+                }
+                if page.next.is_empty() {
+                    return Ok(());
+                }
+                after = page.next;
+            }
+        }
+        GroupsCommand::Show { id, json } => {
+            let detail = client.admin_group(&id).await?;
+            let g = detail.group.context("natterd sent no group")?;
+            let role = |m: &wire::Member| match wire::Role::try_from(m.role) {
+                Ok(wire::Role::Owner) => "owner",
+                Ok(wire::Role::Admin) => "admin",
+                _ => "member",
+            };
+            if json {
+                let mut v = group_json(&g);
+                v["members"] = detail
+                    .members
+                    .iter()
+                    .map(|m| json!({"user_id": m.user_id, "email": m.email, "display_name": m.display_name, "role": role(m)}))
+                    .collect();
+                println!("{v}");
+            } else {
+                println!("conversation   {}", g.conversation_id);
+                println!("name           {}", g.name);
+                println!("created        {}", when(g.created_at_ms));
+                println!("last activity  {} (seq {})", when(g.last_activity_ms), g.last_seq);
+                println!("encrypted      {}", if g.e2ee { "yes (end to end)" } else { "no" });
+                println!("members        {}", g.members);
+                for m in &detail.members {
+                    println!("  {:<6}  {:<30}  {}", role(m), or_id(&m.email, &m.user_id), m.display_name);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn group_json(g: &wire::AdminGroup) -> serde_json::Value {
+    json!({
+        "conversation_id": g.conversation_id, "name": g.name, "e2ee": g.e2ee, "created_at_ms": g.created_at_ms,
+        "last_activity_ms": g.last_activity_ms, "last_seq": g.last_seq, "members": g.members,
+    })
 }
 
 fn flags(u: &wire::AdminUser) -> String {

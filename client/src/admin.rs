@@ -90,6 +90,31 @@ impl Client {
         }
     }
 
+    /// A page of groups in the order they were made, from `after` (the
+    /// previous page's `next`); `prefix` keeps those whose name starts with it.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `INVALID_ARGUMENT` (a cursor this server did not give).
+    pub async fn admin_groups(&self, prefix: &str, after: &str, limit: u32) -> Result<wire::AdminGroups, ClientError> {
+        let body = Body::AdminListGroups(wire::AdminListGroups { prefix: prefix.into(), after: after.into(), limit });
+        match self.request(body).await? {
+            response::Result::AdminGroups(page) => Ok(page),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One group with its members and their roles.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_FOUND` (no such group; direct conversations are not shown), `INVALID_ARGUMENT`.
+    pub async fn admin_group(&self, conversation_id: &str) -> Result<wire::AdminGroupDetail, ClientError> {
+        let body = Body::AdminGetGroup(wire::AdminGetGroup { conversation_id: conversation_id.into() });
+        match self.request(body).await? {
+            response::Result::AdminGroup(detail) => Ok(detail),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The deployment's status as the node answering sees it.
     ///
     /// # Errors

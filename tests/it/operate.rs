@@ -32,6 +32,8 @@ fn admin_requests(user: &str) -> Vec<Body> {
         Body::AdminSetAdmin(wire::AdminSetAdmin { user: user.into(), admin: true }),
         Body::AdminAudit(wire::AdminAudit::default()),
         Body::AdminStatus(wire::AdminStatus {}),
+        Body::AdminListGroups(wire::AdminListGroups::default()),
+        Body::AdminGetGroup(wire::AdminGetGroup { conversation_id: "0f5e2a64-3c1d-5b8e-9a47-2d6c1e8b4f90".into() }),
     ]
 }
 
@@ -213,6 +215,31 @@ async fn an_admin_manages_accounts_and_every_action_is_audited() {
         Some(ErrorCode::NOT_FOUND)
     );
 
+    // Groups: listed by name, shown with their members; direct conversations
+    // are nobody's business but their two people's.
+    let group = carol.create_group("Book club", &["bob@example.org"]).await.unwrap().conversation_id;
+    carol.create_group("Chess", &[]).await.unwrap();
+    let dm = carol.open_direct("bob@example.org").await.unwrap().conversation_id;
+    let groups = ops.admin_groups("", "", 0).await.unwrap();
+    assert_eq!(groups.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["Book club", "Chess"]);
+    assert_eq!(groups.groups[0].members, 2);
+    let one = ops.admin_groups("book", "", 1).await.unwrap();
+    assert_eq!(one.groups.len(), 1);
+    assert!(ops.admin_groups("book", &one.next, 1).await.unwrap().groups.is_empty());
+    let shown = ops.admin_group(&group).await.unwrap();
+    let members: Vec<(&str, i32)> = shown.members.iter().map(|m| (m.email.as_str(), m.role)).collect();
+    assert_eq!(
+        members,
+        [("carol@example.org", wire::Role::Owner as i32), ("bob@example.org", wire::Role::Member as i32)]
+    );
+    assert_eq!(code(&ops.admin_group(&dm).await.unwrap_err()), Some(ErrorCode::NOT_FOUND), "not a group");
+    assert_eq!(
+        code(&ops.admin_group("00000000-0000-0000-0000-000000000009").await.unwrap_err()),
+        Some(ErrorCode::NOT_FOUND)
+    );
+    assert_eq!(code(&ops.admin_group("nope").await.unwrap_err()), Some(ErrorCode::INVALID_ARGUMENT));
+    assert_eq!(code(&ops.admin_groups("", "nope", 0).await.unwrap_err()), Some(ErrorCode::INVALID_ARGUMENT));
+
     // The status of this one node.
     let status = ops.admin_status().await.unwrap();
     assert_eq!(status.store, "sqlite");
@@ -346,6 +373,8 @@ async fn natter_admin_grants_offline_then_operates_over_the_network() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(actions, ["grant_admin", "disable"], "the offline grant is in the trail too");
+    let (ok, out, err) = run(&mut remote(&server, p, &["groups", "list"]), "").await;
+    assert!(ok && out.contains("conversation id"), "{out}{err}");
     let (ok, out, err) = run(&mut remote(&server, p, &["status", "--json"]), "").await;
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

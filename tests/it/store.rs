@@ -1635,6 +1635,20 @@ async fn admin_read_models_answer(b: &Backend) {
     assert!(s.users_page(Some("zz".into()), None, 10).await.unwrap().is_empty());
     assert!(s.users_page(Some("%".into()), None, 10).await.unwrap().is_empty(), "no wildcards");
 
+    // The groups, with their current members; by the start of the name.
+    let groups = s.groups_page(None, None, 10).await.unwrap();
+    let hikers = groups.iter().find(|g| g.conversation_id == w.group).expect("the group is listed (renamed summit)");
+    let state = s.conversation(w.group).await.unwrap().unwrap();
+    assert_eq!(
+        (hikers.name.as_str(), hikers.members as usize, hikers.created_at, hikers.last_seq, hikers.e2ee),
+        (state.name.as_deref().unwrap(), state.members.len(), Millis(30), state.version, false)
+    );
+    assert!(groups.iter().all(|g| g.conversation_id != w.dm), "no direct conversations");
+    assert_eq!(s.groups_page(Some("SUM".to_lowercase()), None, 10).await.unwrap().len(), 1);
+    assert!(s.groups_page(Some("zz".into()), None, 10).await.unwrap().is_empty());
+    let after = (hikers.created_at, hikers.conversation_id);
+    assert!(s.groups_page(Some("sum".into()), Some(after), 10).await.unwrap().is_empty(), "paged past it");
+
     let events = [
         (w.bob, Event::AdminGranted { user_id: w.bob, by: None, at: Millis(80) }),
         (w.carol, Event::AccountDisabled { user_id: w.carol, by: Some(w.bob), at: Millis(81) }),

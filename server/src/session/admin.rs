@@ -14,7 +14,8 @@ use prost::Message as _;
 use uuid::Uuid;
 
 use super::{invalid, Identity, Service, WireError};
-use crate::domain::{AdminAction, Email, Event, Millis, UserId};
+use crate::domain::conversation::ConversationKind;
+use crate::domain::{AdminAction, ConversationId, Email, Event, Millis, UserId};
 use crate::store::{AppendError, ExpectedVersion, NewEvent, StreamAppend, StreamName, UserListEntry, UserRecord};
 
 /// What admin requests need besides the store.
@@ -116,6 +117,8 @@ impl Service {
             Body::AdminSetAdmin(req) => self.admin_set_admin(&admin, from, req).await,
             Body::AdminAudit(req) => self.admin_audit(req).await,
             Body::AdminStatus(_) => self.admin_status().await,
+            Body::AdminListGroups(req) => self.admin_list_groups(req).await,
+            Body::AdminGetGroup(req) => self.admin_get_group(req).await,
             _ => unreachable!("only admin requests are routed here"),
         }
     }
@@ -405,6 +408,65 @@ impl Service {
         })
     }
 
+    async fn admin_list_groups(&self, req: wire::AdminListGroups) -> Result<Reply, WireError> {
+        let prefix = req.prefix.trim().to_lowercase();
+        let after = match req.after.as_str() {
+            "" => None,
+            cursor => {
+                let (at, id) =
+                    cursor.split_once('.').ok_or_else(|| invalid("after", "not a `next` this server gave"))?;
+                let at = at.parse().map_err(|_| invalid("after", "not a `next` this server gave"))?;
+                Some((Millis(at), ConversationId::parse(id)?))
+            }
+        };
+        let limit = page_limit(req.limit);
+        let page = self.store.groups_page((!prefix.is_empty()).then_some(prefix), after, limit).await?;
+        let full = page.len() as u32 == limit;
+        let (budget, mut size, mut last) = (self.frame_budget(), 0, None);
+        let mut groups = Vec::with_capacity(page.len());
+        for g in &page {
+            let wire = admin_group(g);
+            size += wire.encoded_len() + 4;
+            if size > budget {
+                break;
+            }
+            last = Some((g.created_at, g.conversation_id));
+            groups.push(wire);
+        }
+        let cut = groups.len() < page.len();
+        let next = match last {
+            Some((at, id)) if full || cut => format!("{}.{id}", at.0),
+            _ => String::new(),
+        };
+        Ok(Reply::AdminGroups(wire::AdminGroups { groups, next }))
+    }
+
+    async fn admin_get_group(&self, req: wire::AdminGetGroup) -> Result<Reply, WireError> {
+        let id = ConversationId::parse(&req.conversation_id)?;
+        let not_found = || WireError::new(ErrorCode::NOT_FOUND, "no such group");
+        let state = self.store.conversation(id).await?.ok_or_else(not_found)?;
+        if state.kind != ConversationKind::Group {
+            // Direct conversations are two people's own: not for the admin to browse.
+            return Err(not_found());
+        }
+        let last = self.store.last_in_stream(&StreamName::conversation(id)).await?;
+        let mut members = Vec::with_capacity(state.members.len());
+        for m in &state.members {
+            let info = self.user_info(m.user).await?;
+            members.push(super::convert::member(m.user, Some(m.role), &info));
+        }
+        let group = wire::AdminGroup {
+            conversation_id: id.to_string(),
+            name: state.name.clone().unwrap_or_default(),
+            e2ee: state.e2ee,
+            created_at_ms: state.created_at.0,
+            last_activity_ms: last.map_or(state.created_at.0, |e| e.recorded_at.0),
+            last_seq: state.version.0,
+            members: state.members.len() as u32,
+        };
+        Ok(Reply::AdminGroup(wire::AdminGroupDetail { group: Some(group), members }))
+    }
+
     async fn admin_status(&self) -> Result<Reply, WireError> {
         let stats = self.store.stats().await?;
         let search_position = match &self.search {
@@ -442,6 +504,18 @@ impl Service {
             store: self.admin.store_kind.to_owned(),
             nodes,
         }))
+    }
+}
+
+fn admin_group(g: &crate::store::GroupListEntry) -> wire::AdminGroup {
+    wire::AdminGroup {
+        conversation_id: g.conversation_id.to_string(),
+        name: g.name.clone(),
+        e2ee: g.e2ee,
+        created_at_ms: g.created_at.0,
+        last_activity_ms: g.last_activity.0,
+        last_seq: g.last_seq.0,
+        members: g.members,
     }
 }
 

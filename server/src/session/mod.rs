@@ -226,6 +226,8 @@ macro_rules! admin_requests {
             | Body::AdminSetAdmin(_)
             | Body::AdminAudit(_)
             | Body::AdminStatus(_)
+            | Body::AdminListGroups(_)
+            | Body::AdminGetGroup(_)
     };
 }
 

@@ -296,6 +296,32 @@ pub struct NodeRecord {
     pub online_users: u64,
 }
 
+/// A group in the admin's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListEntry {
+    pub conversation_id: ConversationId,
+    pub name: String,
+    pub e2ee: bool,
+    pub created_at: Millis,
+    pub last_activity: Millis,
+    /// Its newest seq: how many messages and changes it has had.
+    pub last_seq: Seq,
+    /// Current members.
+    pub members: u32,
+}
+
+/// The admin's page of groups: in the order they were made (then by id),
+/// after `$2, $3` (a `(created_at_ms, conversation_id)`; `$2` NULL from the
+/// start), those whose lower-cased name starts with `$1` (NULL: all), at most `$4`.
+pub(crate) const SELECT_GROUPS_PAGE: &str =
+    "SELECT c.conversation_id, COALESCE(c.name, ''), c.e2ee, c.created_at_ms, c.last_activity_ms, c.last_seq,
+            (SELECT COUNT(*) FROM members m WHERE m.conversation_id = c.conversation_id AND m.left_seq IS NULL)
+     FROM conversations c
+     WHERE c.kind = 'group'
+       AND (CAST($1 AS TEXT) IS NULL OR substr(lower(COALESCE(c.name, '')), 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT))
+       AND (CAST($2 AS BIGINT) IS NULL OR c.created_at_ms > $2 OR (c.created_at_ms = $2 AND c.conversation_id > CAST($3 AS TEXT)))
+     ORDER BY c.created_at_ms, c.conversation_id LIMIT $4";
+
 /// An account in the admin's list, with how many sessions it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserListEntry {
@@ -827,6 +853,15 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_id(&self, user: UserId) -> Result<Option<UserRecord>, StoreError>;
     async fn user_by_phone(&self, phone: &crate::domain::Phone) -> Result<Option<UserRecord>, StoreError>;
+    /// Groups in the order they were made (then by id), after `after`, at
+    /// most `limit`; with `prefix` (lower case) only those whose lower-cased
+    /// name starts with it.
+    async fn groups_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, ConversationId)>,
+        limit: u32,
+    ) -> Result<Vec<GroupListEntry>, StoreError>;
     /// Accounts in the order they were made (then by id), after `after`
     /// (a `(created_at, user_id)` of the previous page), at most `limit`;
     /// with `prefix` (lower case) only those whose email or lower-cased

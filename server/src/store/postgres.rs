@@ -1163,6 +1163,35 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn groups_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, ConversationId)>,
+        limit: u32,
+    ) -> Result<Vec<super::GroupListEntry>, StoreError> {
+        let (after_at, after_id) = after.map_or((None, None), |(at, id)| (Some(at.0 as i64), Some(id.to_string())));
+        let (prefix, after_id) = (&prefix, &after_id);
+        self.read(|conn| async move {
+            let rows =
+                cached_query(&conn, super::SELECT_GROUPS_PAGE, &[prefix, &after_at, after_id, &i64::from(limit)])
+                    .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(super::GroupListEntry {
+                        conversation_id: ConversationId(parse_uuid(r.get(0))?),
+                        name: r.get(1),
+                        e2ee: r.get(2),
+                        created_at: Millis(r.get::<_, i64>(3) as u64),
+                        last_activity: Millis(r.get::<_, i64>(4) as u64),
+                        last_seq: Seq(r.get::<_, i64>(5) as u64),
+                        members: r.get::<_, i64>(6) as u32,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn users_page(
         &self,
         prefix: Option<String>,

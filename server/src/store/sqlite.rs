@@ -1317,6 +1317,44 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn groups_page(
+        &self,
+        prefix: Option<String>,
+        after: Option<(Millis, ConversationId)>,
+        limit: u32,
+    ) -> Result<Vec<super::GroupListEntry>, StoreError> {
+        let (after_at, after_id) = after.map_or((None, None), |(at, id)| (Some(at.0 as i64), Some(id.to_string())));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(super::SELECT_GROUPS_PAGE)?;
+            let rows = stmt.query_map(params![prefix, after_at, after_id, i64::from(limit)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })?;
+            let mut page = Vec::new();
+            for row in rows {
+                let (id, name, e2ee, created, activity, last_seq, members) = row?;
+                page.push(super::GroupListEntry {
+                    conversation_id: ConversationId(parse_uuid(&id)?),
+                    name,
+                    e2ee,
+                    created_at: Millis(created as u64),
+                    last_activity: Millis(activity as u64),
+                    last_seq: Seq(last_seq as u64),
+                    members: members as u32,
+                });
+            }
+            Ok(page)
+        })
+        .await
+    }
+
     async fn users_page(
         &self,
         prefix: Option<String>,

@@ -457,6 +457,8 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::AdminSetAdmin(_) => "admin_set_admin",
         Body::AdminAudit(_) => "admin_audit",
         Body::AdminStatus(_) => "admin_status",
+        Body::AdminListGroups(_) => "admin_list_groups",
+        Body::AdminGetGroup(_) => "admin_get_group",
     }
 }
 
