@@ -278,7 +278,10 @@ pub fn main_entry() -> anyhow::Result<()> {
 }
 
 /// natterd's configuration as natterd would load it, with `--data-dir` on top.
-fn load_config(file: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<natter_server::config::Config> {
+pub(crate) fn load_config(
+    file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<natter_server::config::Config> {
     let mut config =
         natter_server::config::Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
     if let Some(dir) = data_dir {

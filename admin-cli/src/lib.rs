@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod export;
 pub mod media;
 pub mod remote;
 pub mod search;

@@ -139,6 +139,24 @@ pub enum UsersCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Export a person's data: their profile, conversations, the messages
+    /// they sent (JSON) and the files those carry, as `natter account export`
+    /// writes them. Read from the store (beside a running natterd), not over
+    /// the network: give natterd's --config or --data-dir.
+    Export {
+        /// The account's email.
+        email: String,
+        /// A new (or empty) directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// natterd's configuration file (its store and blob store); NATTER_*
+        /// environment variables override it, as for natterd.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// natterd's data directory. Default: the configuration's (./natter-data)
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Grant the admin role.
     GrantAdmin { user: String },
     /// Withdraw the admin role.
@@ -197,6 +215,19 @@ pub enum MfaCommand {
 /// # Errors
 /// Whatever went wrong, for `main` to print.
 pub async fn run(remote: &Remote, command: RemoteCommand) -> anyhow::Result<()> {
+    if let RemoteCommand::Users { command: UsersCommand::Export { email, out, config, data_dir } } = command {
+        let config = crate::cli::load_config(config, data_dir)?;
+        let r = crate::export::export(&config, &email, &out).await?;
+        println!(
+            "exported {email}: {} conversations, {} messages they sent and {} files ({} bytes) to {}",
+            r.conversations,
+            r.messages,
+            r.files,
+            r.file_bytes,
+            out.display()
+        );
+        return Ok(());
+    }
     let endpoint = remote.endpoint()?;
     match command {
         RemoteCommand::Login { email, password_stdin, code_stdin } => {
@@ -318,6 +349,7 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
             println!("{user} {}", if changed { "may sign in again" } else { "was not disabled" });
             Ok(())
         }
+        UsersCommand::Export { .. } => unreachable!("read from the store, before connecting"),
         UsersCommand::GrantAdmin { user } => {
             let changed = client.admin_set_admin(&user, true).await?;
             println!("{user} {}", if changed { "is an admin" } else { "was an admin already" });

@@ -179,6 +179,11 @@ enum Command {
     /// Two-factor sign-in with an authenticator app (TOTP codes).
     #[command(subcommand)]
     Mfa(MfaCommand),
+    /// Your account's data.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// List the devices signed in to your account (`*` marks this one), or
     /// sign them out.
     #[command(args_conflicts_with_subcommands = true)]
@@ -508,6 +513,16 @@ enum MfaCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Write your data to a new directory: your profile, your conversations,
+    /// the messages you sent (JSON) and the files they carry.
+    Export {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SessionsCommand {
     /// Sign one device out; its connections close at once.
     Revoke {
@@ -763,6 +778,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Sessions { command: Some(SessionsCommand::Revoke { id }), .. } => cli.revoke_session(&id).await,
         Command::Sessions { command: None, .. } => cli.sessions().await,
         Command::Devices => cli.devices().await,
+        Command::Account { command: AccountCommand::Export { out } } => cli.export(&out).await,
         Command::Verify { email, confirmed } => cli.verify(&email, confirmed).await,
         Command::Dm { email, e2ee } => cli.dm(&email, e2ee).await,
         Command::Send { to, text, e2ee } => cli.send(&to, &text, e2ee).await,
@@ -1036,6 +1052,22 @@ impl Cli {
         self.profile.token = Some(token);
         self.profile.email = Some(email.to_owned());
         self.profile.save(&self.dir)
+    }
+
+    async fn export(&mut self, out: &Path) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let report = crate::export::export(&mut crate::export::ClientSource { client: &client }, out).await;
+        client.close().await;
+        let r = report?;
+        println!(
+            "exported {} conversations, {} messages you sent and {} files ({} bytes) to {}",
+            r.conversations,
+            r.messages,
+            r.files,
+            r.file_bytes,
+            out.display()
+        );
+        Ok(())
     }
 
     async fn logout(&mut self) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 mod admin;
 pub mod cli;
 pub mod e2ee;
+pub mod export;
 pub mod oauth;
 pub mod transfer;
 mod trust;

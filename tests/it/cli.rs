@@ -1094,3 +1094,19 @@ async fn an_encrypted_dm_and_group_through_the_cli_and_natterd_never_holds_the_t
     let found = natter_tests::files_containing(server.data_dir(), secret.as_bytes());
     assert!(found.is_empty(), "the text is in {found:?}");
 }
+
+#[tokio::test]
+async fn account_export_writes_what_you_sent() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let pw = format!("{PASSWORD}\n");
+    run(cmd(&server, &alice, &["signup", "--email", "alice@example.org", "--password-stdin"]), &pw).await;
+    run(cmd(&server, &bob, &["signup", "--email", "bob@example.org", "--password-stdin"]), &pw).await;
+    run(cmd(&server, &alice, &["send", "bob@example.org", "exported words"]), "").await;
+    let out_dir = dir.path().join("export");
+    let out = run(cmd(&server, &alice, &["account", "export", "--out", out_dir.to_str().unwrap()]), "").await;
+    assert!(out.contains("1 conversations, 1 messages you sent"), "{out}");
+    let lines = std::fs::read_to_string(out_dir.join("messages.jsonl")).unwrap();
+    assert!(lines.contains("exported words"), "{lines}");
+}

@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod dm;
 mod e2ee;
+mod export;
 mod groups;
 mod loadgen;
 mod mail;

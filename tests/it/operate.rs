@@ -373,6 +373,19 @@ async fn natter_admin_grants_offline_then_operates_over_the_network() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(actions, ["grant_admin", "disable"], "the offline grant is in the trail too");
+    let exported = tempfile::tempdir().unwrap();
+    let out_dir = exported.path().join("bob");
+    let (ok, out, err) = run(
+        &mut remote(
+            &server,
+            p,
+            &["users", "export", "bob@example.org", "--data-dir", &store, "--out", out_dir.to_str().unwrap()],
+        ),
+        "",
+    )
+    .await;
+    assert!(ok && out.contains("exported bob@example.org"), "{out}{err}");
+    assert!(out_dir.join("profile.json").exists() && out_dir.join("messages.jsonl").exists());
     let (ok, out, err) = run(&mut remote(&server, p, &["groups", "list"]), "").await;
     assert!(ok && out.contains("conversation id"), "{out}{err}");
     let (ok, out, err) = run(&mut remote(&server, p, &["status", "--json"]), "").await;

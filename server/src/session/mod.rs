@@ -6,7 +6,7 @@
 
 mod account_security;
 pub mod admin;
-mod convert;
+pub mod convert;
 pub mod feed;
 mod groups;
 pub mod guard;
