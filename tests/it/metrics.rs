@@ -68,6 +68,11 @@ async fn metrics_move_with_traffic_and_health_says_writable() {
     assert_eq!((status, body.trim()), (200, "ok: the store is writable"));
     assert_eq!(get(addr, "/nope").await.0, 404);
     assert_eq!(http(addr, "POST /metrics HTTP/1.1\r\n\r\n").await.0, 405);
+    let huge = format!("GET /metrics HTTP/1.1\r\nHost: natter\r\nX-Padding: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(http(addr, &huge).await.0, 431, "a request head over 8 KiB");
+    assert_eq!(http(addr, "NOT HTTP AT ALL\r\n\r\n").await.0, 400);
+    let (status, _) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "still serving");
 }
 
 #[tokio::test]

@@ -15,8 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -404,8 +403,10 @@ pub fn resident_bytes() -> Option<u64> {
 const MAX_REQUEST: usize = 8 * 1024;
 /// Scrapers served at once.
 const MAX_HTTP_CONNECTIONS: usize = 16;
+/// How long one scrape connection may take, however slow its client.
+const HTTP_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics` and `/healthz` until `shutdown`.
+/// Serves `/metrics` and `/healthz` over HTTP/1.1 (hyper) until `shutdown`.
 ///
 /// # Errors
 /// When the address cannot be bound.
@@ -431,11 +432,19 @@ pub async fn serve(
                     }
                 },
             };
+            // Over the cap the connection is dropped at once: a scraper retries.
             let Ok(permit) = cap.clone().try_acquire_owned() else { continue };
             let (metrics, store, queued) = (metrics.clone(), store.clone(), queued.clone());
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), answer(stream, &metrics, &*store, &*queued)).await;
+                let service = hyper::service::service_fn(move |req| {
+                    let (metrics, store, queued) = (metrics.clone(), store.clone(), queued.clone());
+                    async move { Ok::<_, std::convert::Infallible>(answer(&req, &metrics, &*store, &*queued).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(MAX_REQUEST)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, conn).await;
                 drop(permit);
             });
         }
@@ -443,55 +452,38 @@ pub async fn serve(
     Ok(addr)
 }
 
+type Body = http_body_util::Full<bytes::Bytes>;
+
 async fn answer(
-    mut stream: TcpStream,
+    req: &hyper::Request<hyper::body::Incoming>,
     metrics: &Metrics,
     store: &dyn Store,
     queued: &(dyn Fn() -> usize + Send + Sync),
-) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > MAX_REQUEST {
-            let _ =
-                respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
-            return;
-        }
+) -> hyper::Response<Body> {
+    use hyper::StatusCode;
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" {
-        let _ = respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await;
-        return;
-    }
-    let _ = match path {
-        "/metrics" => {
-            let body = metrics.render(queued());
-            respond(&mut stream, "200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", &body).await
-        }
+    match req.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(queued()),
+        ),
         "/healthz" => match store.health().await {
-            Ok(()) => respond(&mut stream, "200 OK", "text/plain", "ok: the store is writable\n").await,
+            Ok(()) => respond(StatusCode::OK, "text/plain", "ok: the store is writable\n".into()),
             Err(e) => {
                 tracing::error!(error = %e, "health check: the store is not writable");
-                respond(&mut stream, "503 Service Unavailable", "text/plain", &format!("store not writable: {e}\n"))
-                    .await
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("store not writable: {e}\n"))
             }
         },
-        _ => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics or /healthz\n").await,
-    };
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /healthz\n".into()),
+    }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+fn respond(status: hyper::StatusCode, content_type: &'static str, body: String) -> hyper::Response<Body> {
+    let mut response = hyper::Response::new(Body::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
 }
