@@ -234,7 +234,9 @@ impl Source for ClientSource<'_> {
             .history(wire::GetHistory {
                 conversation_id: conversation.into(),
                 before_seq: 0,
-                after_seq: after,
+                // Seq 1 starts every conversation and is never a message:
+                // "after 1" is all of them (0 would mean the newest page).
+                after_seq: after.max(1),
                 limit: 500,
             })
             .await?;

@@ -16,6 +16,10 @@ async fn a_persons_export_holds_what_they_sent_and_nobody_elses_words() {
     let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
     let group = bob.create_group("Walks", &["alice@example.org"]).await.unwrap().conversation_id;
     alice.send_text(&dm, "a1", "ALICE-SAID-ONE").await.unwrap();
+    // More than one history page (500) of hers.
+    for i in 0..510 {
+        alice.send_text(&dm, &format!("bulk-{i}"), &format!("bulk {i}")).await.unwrap();
+    }
     bob.send_text(&dm, "b1", "BOB-SAID-THIS").await.unwrap();
     alice.send_text(&group, "a2", "ALICE-SAID-TWO").await.unwrap();
     let mut file = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nALICE-FILE\n".to_vec();
@@ -35,9 +39,9 @@ async fn a_persons_export_holds_what_they_sent_and_nobody_elses_words() {
     let dir = tempfile::tempdir().unwrap();
     let mine = dir.path().join("mine");
     let report = export(&mut ClientSource { client: &alice }, &mine).await.unwrap();
-    assert_eq!((report.conversations, report.messages, report.files), (2, 3, 1));
+    assert_eq!((report.conversations, report.messages, report.files), (2, 513, 1));
     let lines = std::fs::read_to_string(mine.join("messages.jsonl")).unwrap();
-    for said in ["ALICE-SAID-ONE", "ALICE-SAID-TWO", "the route"] {
+    for said in ["ALICE-SAID-ONE", "ALICE-SAID-TWO", "the route", "\"bulk 0\"", "\"bulk 509\""] {
         assert!(lines.contains(said), "{said} in {lines}");
     }
     assert!(!lines.contains("BOB-SAID") && !lines.contains("AFTER-ALICE"), "only what she sent: {lines}");
