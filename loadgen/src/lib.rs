@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use natter_client::{Client, ClientConfig, ClientEndpoint, Feed, FeedItem};
 
+pub mod chaos;
 pub mod e2ee;
 pub mod media;
 pub mod push;

@@ -209,6 +209,27 @@ enum Scenario {
         #[arg(long, default_value_t = 2000)]
         queries: usize,
     },
+    /// Chaos: natterd (started here, in load-test mode on a new --data-dir)
+    /// is killed with SIGKILL every --kill-every seconds and restarted,
+    /// --cycles times, while users in pairs send; then every acknowledged
+    /// message must be in history once and in every feed once, in order.
+    /// NATTER_* variables (e.g. NATTER_STORE_BACKEND and NATTER_STORE_URL
+    /// for PostgreSQL) reach natterd. --server is where it listens.
+    Chaos {
+        /// The natterd binary.
+        #[arg(long, value_name = "PATH")]
+        natterd: PathBuf,
+        /// A new directory for natterd's data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        cycles: usize,
+        /// Seconds between kills.
+        #[arg(long, default_value_t = 2.0)]
+        kill_every: f64,
+    },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
@@ -284,6 +305,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Scenario::Chaos { natterd, data_dir, users, cycles, kill_every } = &args.scenario {
+        let plan = natter_loadgen::chaos::ChaosPlan {
+            natterd: natterd.clone(),
+            data_dir: data_dir.clone(),
+            listen: args.server,
+            users: *users,
+            cycles: *cycles,
+            kill_every: Duration::from_secs_f64(*kill_every),
+            env: Vec::new(),
+        };
+        let r = natter_loadgen::chaos::chaos(&plan).await?;
+        print!("{}", r.table());
+        if let Some(path) = &args.json {
+            std::fs::write(path, r.json().to_string()).with_context(|| format!("writing {}", path.display()))?;
+        }
+        if r.lost > 0 || r.duplicated > 0 || r.out_of_order > 0 {
+            bail!("chaos found {} lost, {} duplicated, {} out of order", r.lost, r.duplicated, r.out_of_order);
+        }
+        return Ok(());
+    }
     let trust = match (&args.pin, &args.ca) {
         (Some(pin), _) => Trust::pin(pin)?,
         (None, Some(ca)) => Trust::ca_file(ca)?,
@@ -340,7 +381,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             p.abort();
             (r.table(), r.json())
         }
-        Scenario::QuicRelay { .. } => unreachable!("handled above"),
+        Scenario::QuicRelay { .. } | Scenario::Chaos { .. } => unreachable!("handled above"),
         Scenario::Mixed { users, rate, duration } => {
             let r = natter_loadgen::mixed(&target, users, rate, Duration::from_secs_f64(duration)).await?;
             (r.table(), r.json())

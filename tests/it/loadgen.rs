@@ -253,3 +253,41 @@ async fn e2ee_group_smoke_every_member_joins() {
     assert_eq!(r.members, 5);
     assert!(r.create > Duration::ZERO && r.table().contains("5 members"));
 }
+
+fn chaos_plan(dir: &std::path::Path, env: &[(&str, &str)]) -> natter_loadgen::chaos::ChaosPlan {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    natter_loadgen::chaos::ChaosPlan {
+        natterd: crate::natterd(),
+        data_dir: dir.join("natterd"),
+        listen: port,
+        users: 4,
+        cycles: 3,
+        kill_every: Duration::from_millis(700),
+        env: natter_tests::CHILD_ENV.iter().chain(env).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn assert_nothing_lost(r: &natter_loadgen::chaos::ChaosReport) {
+    assert_eq!((r.lost, r.duplicated, r.out_of_order), (0, 0, 0), "{}", r.table());
+    assert_eq!(r.cycles, 3);
+    assert!(r.acknowledged > 20, "it was under load: {}", r.table());
+    assert!(r.delivered >= r.acknowledged * 2, "each message reaches both members: {}", r.table());
+    assert!(r.reconnects >= 3, "the kills broke the connections: {}", r.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_sigkill_cycles_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = natter_loadgen::chaos::chaos(&chaos_plan(dir.path(), &[])).await.unwrap();
+    assert_nothing_lost(&r);
+    assert!(r.table().contains("lost           0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_postgres_loses_and_duplicates_nothing() {
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())];
+    let r = natter_loadgen::chaos::chaos(&chaos_plan(dir.path(), &env)).await.unwrap();
+    assert_nothing_lost(&r);
+}
