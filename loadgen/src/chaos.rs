@@ -41,6 +41,23 @@ pub struct ChaosPlan {
     pub kill_every: Duration,
     /// More environment for natterd (besides this process's own).
     pub env: Vec<(String, String)>,
+    /// natterd nodes on one database (more than one needs PostgreSQL in
+    /// `env`): node i listens on `listen`'s port + i; each cycle kills the
+    /// next one, and its users go on at another node meanwhile.
+    pub nodes: usize,
+    /// Every third cycle, this shell command runs too (e.g. restarting
+    /// PostgreSQL): the nodes must ride it out.
+    pub restart_database: Option<String>,
+}
+
+impl ChaosPlan {
+    fn node_addr(&self, node: usize) -> SocketAddr {
+        SocketAddr::new(self.listen.ip(), self.listen.port() + node as u16)
+    }
+
+    fn node_dir(&self, node: usize) -> PathBuf {
+        self.data_dir.join(format!("node-{node}"))
+    }
 }
 
 /// What the run found.
@@ -60,16 +77,19 @@ pub struct ChaosReport {
     pub out_of_order: u64,
     pub delivered: u64,
     pub reconnects: u64,
+    /// Times `restart_database` ran.
+    pub database_restarts: usize,
     pub seconds: f64,
 }
 
 impl ChaosReport {
     pub fn table(&self) -> String {
         format!(
-            "chaos: {} SIGKILL cycles in {:.1} s\n\
+            "chaos: {} SIGKILL cycles ({} database restarts) in {:.1} s\n\
              acknowledged   {}\nretried        {}\nlost           {}\nduplicated     {}\n\
              out of order   {}\ndelivered      {}\nreconnects     {}\n",
             self.cycles,
+            self.database_restarts,
             self.seconds,
             self.acknowledged,
             self.retried,
@@ -86,7 +106,7 @@ impl ChaosReport {
             "scenario": "chaos", "cycles": self.cycles, "acknowledged": self.acknowledged,
             "retried": self.retried, "lost": self.lost, "duplicated": self.duplicated,
             "out_of_order": self.out_of_order, "delivered": self.delivered, "reconnects": self.reconnects,
-            "seconds": self.seconds,
+            "database_restarts": self.database_restarts, "seconds": self.seconds,
         })
     }
 }
@@ -100,16 +120,23 @@ struct Natterd {
 impl Natterd {
     /// Starts natterd in load-test mode on the plan's directory and address
     /// and waits for its "natterd listening on ADDR fingerprint FP" line.
-    fn start(plan: &ChaosPlan) -> anyhow::Result<Self> {
+    fn start(plan: &ChaosPlan, node: usize) -> anyhow::Result<Self> {
+        // What natterd says goes to a log beside its data (each start appends).
+        let log_path = plan.data_dir.join(format!("node-{node}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut child = std::process::Command::new(&plan.natterd)
             .arg("--load-test")
             .arg("--data-dir")
-            .arg(&plan.data_dir)
+            .arg(plan.node_dir(node))
             .arg("--listen")
-            .arg(plan.listen.to_string())
+            .arg(plan.node_addr(node).to_string())
             .envs(plan.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", plan.natterd.display()))?;
         let stdout = child.stdout.take().context("natterd's stdout")?;
@@ -126,8 +153,9 @@ impl Natterd {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
-                    "natterd did not start (it said {line:?}): is {} a natterd data directory for --load-test?",
-                    plan.data_dir.display()
+                    "natterd did not start (its first line was {line:?}; see {}): is {} a natterd data directory for --load-test?",
+                    log_path.display(),
+                    plan.node_dir(node).display()
                 )
             }
         }
@@ -165,7 +193,8 @@ struct Agent {
 }
 
 struct Shared {
-    config: ClientConfig,
+    /// One per node, same certificate.
+    configs: Vec<ClientConfig>,
     /// No new sends.
     stop: AtomicBool,
     /// Checked: close.
@@ -173,15 +202,23 @@ struct Shared {
     reconnects: AtomicU64,
 }
 
-/// Connects with `token`, retrying while natterd is down (until `deadline`).
-async fn resume(shared: &Shared, token: &str, deadline: Instant) -> anyhow::Result<Client> {
-    let mut config = shared.config.clone();
-    config.session_token = Some(token.to_owned());
-    config.connect_timeout = Duration::from_secs(2);
+/// Connects with `token` to node `home`, or the next that answers while it
+/// is down, retrying until `deadline`.
+async fn resume(shared: &Shared, home: usize, token: &str, deadline: Instant) -> anyhow::Result<Client> {
+    let n = shared.configs.len();
+    let mut attempt = 0;
     loop {
+        let mut config = shared.configs[(home + attempt) % n].clone();
+        config.session_token = Some(token.to_owned());
+        config.connect_timeout = Duration::from_secs(1);
         match Client::connect(&config).await {
             Ok(c) => return Ok(c),
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) if Instant::now() < deadline => {
+                attempt += 1;
+                if attempt % n == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             Err(e) => return Err(e).context("natterd did not come back"),
         }
     }
@@ -202,7 +239,7 @@ async fn agent(
     let mut pending: Option<String> = None;
     loop {
         state.lock().expect("agent").idle = false;
-        let client = resume(&shared, &token, Instant::now() + Duration::from_secs(30)).await?;
+        let client = resume(&shared, me, &token, Instant::now() + Duration::from_secs(30)).await?;
         let cursor = state.lock().expect("agent").cursor;
         let Ok((mut feed, _)) = client.sync(Some(cursor)).await else {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -299,12 +336,39 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
     if !is_new(&plan.data_dir) {
         bail!("{} is not empty: chaos starts from a new directory", plan.data_dir.display());
     }
+    if plan.nodes == 0
+        || (plan.nodes > 1 && !plan.env.iter().any(|(k, v)| k == "NATTER_STORE_BACKEND" && v == "postgres"))
+    {
+        bail!("several nodes share a PostgreSQL database: give NATTER_STORE_BACKEND=postgres and NATTER_STORE_URL");
+    }
     let started = Instant::now();
-    let mut natterd = Natterd::start(plan)?;
-    let mut config = ClientConfig::new(plan.listen, Trust::pin(&natterd.fingerprint)?);
-    config.client_name = format!("natter-loadgen-chaos/{}", env!("CARGO_PKG_VERSION"));
+    std::fs::create_dir_all(plan.node_dir(0))?;
+    let mut nodes = vec![Natterd::start(plan, 0)?];
+    // Every node serves the first one's certificate and server key (clients
+    // pin one fingerprint; the database knows one key).
+    for node in 1..plan.nodes {
+        let dir = plan.node_dir(node);
+        std::fs::create_dir_all(dir.join("tls"))?;
+        // `LOAD-TEST` marks a load-test data directory (natter_server::LOAD_TEST_MARKER):
+        // one holding keys but no mark is refused.
+        for file in ["LOAD-TEST", "secret.key", "tls/ca.pem", "tls/cert.pem", "tls/key.pem"] {
+            let from = plan.node_dir(0).join(file);
+            if from.exists() {
+                std::fs::copy(&from, dir.join(file)).with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+        nodes.push(Natterd::start(plan, node)?);
+    }
+    let trust = Trust::pin(&nodes[0].fingerprint)?;
+    let configs = (0..plan.nodes)
+        .map(|node| {
+            let mut config = ClientConfig::new(plan.node_addr(node), trust.clone());
+            config.client_name = format!("natter-loadgen-chaos/{}", env!("CARGO_PKG_VERSION"));
+            config
+        })
+        .collect();
     let shared = Arc::new(Shared {
-        config,
+        configs,
         stop: AtomicBool::new(false),
         done: AtomicBool::new(false),
         reconnects: AtomicU64::new(0),
@@ -317,7 +381,7 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         let (a, b) = (format!("chaos-{pair}-a@loadgen.invalid"), format!("chaos-{pair}-b@loadgen.invalid"));
         let mut ids = Vec::new();
         for email in [&a, &b] {
-            let c = Client::connect(&shared.config).await?;
+            let c = Client::connect(&shared.configs[0]).await?;
             c.signup(email, PASSWORD, "").await?;
             let (token, _) = c.login(email, PASSWORD, "chaos").await?;
             ids.push((c, token));
@@ -334,10 +398,19 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         .map(|i| tokio::spawn(agent(shared.clone(), i, tokens[i].clone(), convs[i].clone(), states[i].clone())))
         .collect();
 
-    for _ in 0..plan.cycles {
+    let mut database_restarts = 0;
+    for cycle in 0..plan.cycles {
         tokio::time::sleep(plan.kill_every).await;
-        natterd.kill9();
-        natterd = Natterd::start(plan)?;
+        let node = cycle % plan.nodes;
+        nodes[node].kill9();
+        if let Some(cmd) = plan.restart_database.as_deref().filter(|_| cycle % 3 == 2) {
+            let status = tokio::process::Command::new("sh").arg("-c").arg(cmd).status().await?;
+            if !status.success() {
+                bail!("the database restart command failed ({status}): {cmd}");
+            }
+            database_restarts += 1;
+        }
+        nodes[node] = Natterd::start(plan, node)?;
     }
     tokio::time::sleep(plan.kill_every.min(Duration::from_secs(1))).await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -352,7 +425,7 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
     // History as natterd has it, read by each pair's first member.
     let mut histories: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
     for pair in 0..plan.users / 2 {
-        let client = resume(&shared, &tokens[pair * 2], Instant::now() + Duration::from_secs(30)).await?;
+        let client = resume(&shared, 0, &tokens[pair * 2], Instant::now() + Duration::from_secs(30)).await?;
         histories.insert(convs[pair * 2].clone(), history(&client, &convs[pair * 2]).await?);
         client.close().await;
     }
@@ -375,7 +448,7 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         }
     }
 
-    let mut report = ChaosReport { cycles: plan.cycles, ..ChaosReport::default() };
+    let mut report = ChaosReport { cycles: plan.cycles, database_restarts, ..ChaosReport::default() };
     report.reconnects = shared.reconnects.load(Ordering::Relaxed);
     for (i, state) in states.iter().enumerate() {
         let s = state.lock().expect("agent");
@@ -418,7 +491,7 @@ pub async fn chaos(plan: &ChaosPlan) -> anyhow::Result<ChaosReport> {
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
-    drop(natterd);
+    drop(nodes);
     Ok(report)
 }
 

@@ -229,6 +229,15 @@ enum Scenario {
         /// Seconds between kills.
         #[arg(long, default_value_t = 2.0)]
         kill_every: f64,
+        /// natterd nodes on one PostgreSQL database (NATTER_STORE_BACKEND=postgres,
+        /// NATTER_STORE_URL), on --server's port and the next ones; each cycle
+        /// kills the next node, whose users carry on at another.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// A shell command that restarts the database, run every third cycle
+        /// (e.g. "pg_ctlcluster 15 main restart").
+        #[arg(long, value_name = "COMMAND")]
+        restart_database: Option<String>,
     },
     /// S3: authenticated idle connections; natterd's memory per connection.
     Idle {
@@ -305,7 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Scenario::Chaos { natterd, data_dir, users, cycles, kill_every } = &args.scenario {
+    if let Scenario::Chaos { natterd, data_dir, users, cycles, kill_every, nodes, restart_database } = &args.scenario {
         let plan = natter_loadgen::chaos::ChaosPlan {
             natterd: natterd.clone(),
             data_dir: data_dir.clone(),
@@ -313,7 +322,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             users: *users,
             cycles: *cycles,
             kill_every: Duration::from_secs_f64(*kill_every),
-            env: Vec::new(),
+            // natterd gets this process's environment (NATTER_STORE_URL…) as it is.
+            env: std::env::vars().filter(|(k, _)| k.starts_with("NATTER_")).collect(),
+            nodes: *nodes,
+            restart_database: restart_database.clone(),
         };
         let r = natter_loadgen::chaos::chaos(&plan).await?;
         print!("{}", r.table());

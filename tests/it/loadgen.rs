@@ -264,6 +264,8 @@ fn chaos_plan(dir: &std::path::Path, env: &[(&str, &str)]) -> natter_loadgen::ch
         cycles: 3,
         kill_every: Duration::from_millis(700),
         env: natter_tests::CHILD_ENV.iter().chain(env).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        nodes: 1,
+        restart_database: None,
     }
 }
 
@@ -289,5 +291,23 @@ async fn chaos_on_postgres_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())];
     let r = natter_loadgen::chaos::chaos(&chaos_plan(dir.path(), &env)).await.unwrap();
+    assert_nothing_lost(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_killing_one_of_two_nodes_loses_and_duplicates_nothing() {
+    let Some(db) = natter_tests::PgDatabase::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("NATTER_STORE_BACKEND", "postgres"), ("NATTER_STORE_URL", db.url())];
+    let mut plan = chaos_plan(dir.path(), &env);
+    plan.nodes = 2;
+    // Two free ports in a row for the two nodes.
+    plan.listen = loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        if std::net::UdpSocket::bind(("127.0.0.1", a.port() + 1)).is_ok() {
+            break a;
+        }
+    };
+    let r = natter_loadgen::chaos::chaos(&plan).await.unwrap();
     assert_nothing_lost(&r);
 }
