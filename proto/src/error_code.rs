@@ -74,7 +74,7 @@ codes! {
     OVERLOADED = 501, "The server is overloaded; retry after retry_after_ms.";
     SHUTTING_DOWN = 502, "The server is shutting down; reconnect (possibly to another node).";
     INTERNAL = 503, "An internal error; it has been logged. Retrying may help.";
-    UNAVAILABLE = 504, "A service the server depends on (its database, file store, mail or SMS provider, an OpenID provider) cannot be reached for the moment, or the uploaded bytes are being deleted; retry after retry_after_ms (a retried write is not duplicated).";
+    UNAVAILABLE = 504, "A service the server depends on (its database, file store, mail or SMS provider, an OpenID provider) cannot be reached for the moment, its storage is full, or the uploaded bytes are being deleted; retry after retry_after_ms (a retried write is not duplicated).";
 }
 
 impl ErrorCode {

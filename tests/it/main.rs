@@ -8,6 +8,7 @@ mod backup;
 mod blob;
 mod cli;
 mod crash;
+mod disk;
 mod dm;
 mod e2ee;
 mod export;

@@ -183,10 +183,19 @@ impl From<Rejection> for WireError {
 
 /// How long a client is asked to wait when the database is unreachable.
 const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a client is asked to wait when the disk is full (an operator
+/// has to make room: not worth hammering).
+const FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl From<StoreError> for WireError {
     fn from(e: StoreError) -> Self {
         // What broke is logged for the operator; the client gets a generic code.
+        if let StoreError::Full(_) = e {
+            tracing::error!(error = %e, "out of storage space: writes are refused until there is room");
+            let mut full = Self::new(ErrorCode::UNAVAILABLE, "the server is out of storage space; retry later");
+            full.retry_after_ms = FULL_RETRY.as_millis() as u32;
+            return full;
+        }
         if let StoreError::Unavailable(_) = e {
             tracing::warn!(error = %e, "database unavailable while serving a request");
             let mut unavailable = Self::new(ErrorCode::UNAVAILABLE, "the database is unavailable; retry");

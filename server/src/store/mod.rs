@@ -245,6 +245,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
+    /// The disk (or the database's quota) is full: nothing was written, and
+    /// the same write succeeds once there is space again.
+    #[error("out of storage space: {0}")]
+    Full(String),
 }
 
 impl StoreError {
@@ -259,6 +263,7 @@ impl StoreError {
             }
             StoreError::Closed => StoreError::Closed,
             StoreError::Io(e) => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            StoreError::Full(m) => StoreError::Full(m.clone()),
         }
     }
 }

@@ -141,8 +141,13 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => with_causes(&e),
         };
+        // Class 53: insufficient resources (53100 disk full, 53200 out of
+        // memory, 53300 too many connections): worth retrying later.
+        let full = e.as_db_error().is_some_and(|db| db.code().code() == "53100");
         if gone {
             StoreError::Unavailable(message)
+        } else if full {
+            StoreError::Full(message)
         } else {
             StoreError::Database(message)
         }

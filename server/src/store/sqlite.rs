@@ -97,7 +97,11 @@ pub struct SqliteStore {
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    match e.sqlite_error_code() {
+        // SQLITE_FULL: the transaction was rolled back, nothing was written.
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -315,9 +319,9 @@ fn commit_batch(
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
-            let msg = e.to_string();
+            let e = db_err(e);
             for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+                let _ = job.reply.send(Err(AppendError::Store(e.for_another())));
             }
             return None;
         }
@@ -356,9 +360,9 @@ fn commit_batch(
     let commit_started = std::time::Instant::now();
     if let Err(e) = tx.commit() {
         tracing::error!(error = %e, "sqlite group commit failed; appends in the batch are not stored");
-        let msg = e.to_string();
+        let e = db_err(e);
         for job in jobs.drain(..) {
-            let _ = job.reply.send(Err(AppendError::Store(StoreError::Database(msg.clone()))));
+            let _ = job.reply.send(Err(AppendError::Store(e.for_another())));
         }
         return None;
     }
