@@ -49,6 +49,7 @@ impl Remote {
 pub enum RemoteCommand {
     /// Sign in as an admin (email and password, then the second factor if on).
     Login {
+        /// The admin's email (default: the profile's).
         #[arg(long)]
         email: Option<String>,
         /// Read the password from the first line of standard input.
@@ -123,11 +124,13 @@ pub enum UsersCommand {
     Show {
         /// Email or user id.
         user: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Close the account's connections on every node and refuse its sign-ins.
     Disable {
+        /// Email or user id.
         user: String,
         /// Why (kept in the audit trail).
         #[arg(long, default_value = "")]
@@ -135,6 +138,7 @@ pub enum UsersCommand {
     },
     /// Let a disabled account sign in again.
     Enable {
+        /// Email or user id.
         user: String,
         #[arg(long, default_value = "")]
         reason: String,
@@ -158,9 +162,15 @@ pub enum UsersCommand {
         data_dir: Option<PathBuf>,
     },
     /// Grant the admin role.
-    GrantAdmin { user: String },
+    GrantAdmin {
+        /// Email or user id.
+        user: String,
+    },
     /// Withdraw the admin role.
-    RevokeAdmin { user: String },
+    RevokeAdmin {
+        /// Email or user id.
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +191,7 @@ pub enum GroupsCommand {
     Show {
         /// The group's conversation id.
         id: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -190,15 +201,20 @@ pub enum GroupsCommand {
 pub enum SessionsCommand {
     /// The account's sessions.
     List {
+        /// Email or user id.
         user: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Sign one session out (its id, from `sessions list`), or all with --all.
     Revoke {
+        /// Email or user id.
         user: String,
+        /// The session's id (from `sessions list`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         session: Option<String>,
+        /// Every session of the account.
         #[arg(long)]
         all: bool,
     },
@@ -207,7 +223,10 @@ pub enum SessionsCommand {
 #[derive(Debug, Subcommand)]
 pub enum MfaCommand {
     /// Turn the account's TOTP off (for someone who lost their authenticator).
-    Reset { user: String },
+    Reset {
+        /// Email or user id.
+        user: String,
+    },
 }
 
 /// Runs a command against the running deployment.

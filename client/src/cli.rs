@@ -517,6 +517,7 @@ enum AccountCommand {
     /// Write your data to a new directory: your profile, your conversations,
     /// the messages you sent (JSON) and the files they carry.
     Export {
+        /// A new (or empty) directory for the files.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },

@@ -34,6 +34,18 @@ pub struct Config {
     pub server_name: String,
     /// Most simultaneous connections; further ones are refused.
     pub max_connections: usize,
+    /// Most simultaneous connections from one IP address (0: no cap; off in
+    /// --load-test mode); further ones are refused with TOO_MANY_CONNECTIONS.
+    pub max_connections_per_address: usize,
+    /// With this many handshakes in progress, a new client must first prove
+    /// its address (QUIC Retry) before the server spends any state on it;
+    /// 0: always.
+    pub retry_above_handshakes: usize,
+    /// Requests one connection may make per second, after a burst of
+    /// `request_burst`; beyond, RATE_LIMITED with retry_after_ms (0: no
+    /// limit; off in --load-test mode).
+    pub requests_per_second: f64,
+    pub request_burst: u32,
     /// Largest frame accepted from a client, in bytes.
     pub max_frame_bytes: usize,
     /// A connection with no traffic for this long is closed (clients keep alive).
@@ -205,6 +217,10 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], natter_proto::DEFAULT_PORT)),
             server_name: "natterd".into(),
             max_connections: 10_000,
+            max_connections_per_address: 256,
+            retry_above_handshakes: 64,
+            requests_per_second: 1000.0,
+            request_burst: 2000,
             max_frame_bytes: natter_proto::limits::DEFAULT_MAX_FRAME_BYTES,
             idle_timeout_ms: 30_000,
             shutdown_grace_ms: 5_000,
@@ -330,6 +346,13 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be at least 1".into()));
+        }
+        if !(self.requests_per_second >= 0.0 && self.requests_per_second.is_finite())
+            || (self.requests_per_second > 0.0 && self.request_burst == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "requests_per_second must be 0 (no limit) or positive, with request_burst at least 1".into(),
+            ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid("tls.cert and tls.key go together".into()));

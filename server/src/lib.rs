@@ -337,10 +337,17 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             },
         },
     );
+    // The load generator opens thousands of connections, flat out, from one address.
+    let unlimited = config.load_test;
     let transport_config = transport::TransportConfig {
         max_connections: config.max_connections,
         max_frame_bytes: config.max_frame_bytes,
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        max_per_address: (config.max_connections_per_address > 0 && !unlimited)
+            .then_some(config.max_connections_per_address),
+        retry_above_handshakes: config.retry_above_handshakes,
+        request_rate: (config.requests_per_second > 0.0 && !unlimited)
+            .then_some((config.requests_per_second, config.request_burst)),
     };
     let endpoint = transport::endpoint(identity, config.listen, &transport_config)?;
     let local_addr = endpoint.local_addr().map_err(transport::TransportError::Bind)?;

@@ -12,6 +12,7 @@ mod disk;
 mod dm;
 mod e2ee;
 mod export;
+mod floods;
 mod groups;
 mod loadgen;
 mod mail;

@@ -66,6 +66,7 @@ pub struct Metrics {
     registry: Registry,
     connections_current: Gauge,
     connections_opened: Counter,
+    handshake_retries: Counter,
     connections_closed: Family<CloseLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     messages_appended: Counter,
@@ -112,6 +113,7 @@ impl Metrics {
         let m = Self {
             connections_current: Gauge::default(),
             connections_opened: Counter::default(),
+            handshake_retries: Counter::default(),
             connections_closed: Family::default(),
             requests: Family::default(),
             messages_appended: Counter::default(),
@@ -148,6 +150,11 @@ impl Metrics {
         };
         registry.register("connections", "Connections open now", m.connections_current.clone());
         registry.register("connections_opened", "Connections accepted", m.connections_opened.clone());
+        registry.register(
+            "handshake_retries",
+            "Handshakes answered with a QUIC Retry (address validation while many were in progress)",
+            m.handshake_retries.clone(),
+        );
         registry.register("connections_closed", "Connections closed, by reason", m.connections_closed.clone());
         registry.register("requests", "Requests answered, by type and result", m.requests.clone());
         registry.register("messages_appended", "Messages durably appended", m.messages_appended.clone());
@@ -293,6 +300,10 @@ impl Metrics {
     pub fn connection_closed(&self, reason: CloseReason) {
         self.connections_current.dec();
         self.connections_closed.get_or_create(&CloseLabels { reason }).inc();
+    }
+
+    pub fn handshake_retried(&self) {
+        self.handshake_retries.inc();
     }
 
     pub fn connection_refused(&self) {

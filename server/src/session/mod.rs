@@ -43,6 +43,7 @@ use crate::store::{
 };
 
 pub use feed::FeedSource;
+pub use presence::RateLimit;
 
 /// Settings the session layer needs.
 #[derive(Debug, Clone)]

@@ -31,6 +31,66 @@ pub struct TransportConfig {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
+    /// Connections one IP address may hold at once (`None`: no cap).
+    pub max_per_address: Option<usize>,
+    /// Handshakes in progress above which a client must prove its address
+    /// first (QUIC Retry).
+    pub retry_above_handshakes: usize,
+    /// Requests per second and burst, per connection (`None`: no limit).
+    pub request_rate: Option<(f64, u32)>,
+}
+
+/// Connections per IP address, held for each connection's life.
+#[derive(Default)]
+struct PerAddress {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerAddress`]; given back when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `ip`, or `None` when it already holds `max`.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: Option<usize>) -> Option<AddressSlot> {
+        let mut counts = self.counts.lock().expect("per-address lock");
+        let n = counts.entry(ip).or_insert(0);
+        if max.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { table: self.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().expect("per-address lock");
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts a handshake in progress while alive.
+struct Handshaking(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handshaking {
+    fn start(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A client must send `Hello` this soon after connecting.
@@ -109,7 +169,22 @@ pub async fn serve(
     let cap = Arc::new(Semaphore::new(config.max_connections));
     // Handshakes done only to tell a client "too many connections" are bounded too.
     let refusals = Arc::new(Semaphore::new(REFUSAL_HANDSHAKES));
+    let per_address = Arc::new(PerAddress::default());
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tracker = TaskTracker::new();
+    // Completes the handshake only to close it with a typed reason (bounded);
+    // past that bound, refuses at the QUIC level.
+    let refuse = |incoming: quinn::Incoming, why: &'static [u8]| match refusals.clone().try_acquire_owned() {
+        Ok(refusal) => {
+            tracker.spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    conn.close(VarInt::from_u32(ErrorCode::TOO_MANY_CONNECTIONS.0), why);
+                }
+                drop(refusal);
+            });
+        }
+        Err(_) => incoming.refuse(),
+    };
     loop {
         let incoming = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -118,33 +193,37 @@ pub async fn serve(
                 None => break,
             },
         };
-        let Ok(permit) = cap.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), cap = config.max_connections, "connection refused: at the connection cap");
+        // A handshake flood: clients prove their address before any state is
+        // spent on them (a spoofed source cannot answer the Retry).
+        let busy = handshakes.load(std::sync::atomic::Ordering::Relaxed) >= config.retry_above_handshakes;
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            metrics.handshake_retried();
+            let _ = incoming.retry();
+            continue;
+        }
+        let remote = incoming.remote_address();
+        let Some(slot) = per_address.take(remote.ip(), config.max_per_address) else {
+            tracing::warn!(%remote, cap = ?config.max_per_address, "connection refused: too many from this address");
             metrics.connection_refused();
-            match refusals.clone().try_acquire_owned() {
-                // Complete the handshake to give a typed reason…
-                Ok(refusal) => {
-                    tracker.spawn(async move {
-                        if let Ok(conn) = incoming.await {
-                            let code = ErrorCode::TOO_MANY_CONNECTIONS;
-                            conn.close(VarInt::from_u32(code.0), b"the server is at its connection cap");
-                        }
-                        drop(refusal);
-                    });
-                }
-                // …unless even that is overloaded: refuse at the QUIC level.
-                Err(_) => incoming.refuse(),
-            }
+            refuse(incoming, b"too many connections from your address");
+            continue;
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, cap = config.max_connections, "connection refused: at the connection cap");
+            metrics.connection_refused();
+            refuse(incoming, b"the server is at its connection cap");
             continue;
         };
         let (service, config, shutdown, metrics) = (service.clone(), config.clone(), shutdown.clone(), metrics.clone());
+        let handshaking = Handshaking::start(&handshakes);
         tracker.spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let connecting = incoming.await;
+            drop(handshaking);
+            match connecting {
                 Ok(conn) => Connection { conn, service, config, shutdown, metrics }.run().await,
                 Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
     // Stop accepting: new handshakes are refused from here on.
@@ -232,6 +311,8 @@ impl Connection {
         let _ = out.send(Box::new(server_frame(server_frame::Kind::Welcome(welcome)))).await;
 
         let inflight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_REQUESTS));
+        let mut request_limit =
+            self.config.request_rate.map(|(per_second, burst)| crate::session::RateLimit::new(per_second, burst));
         let mut tasks = JoinSet::new();
         // Transfer streams run beside the control stream, and end with the connection.
         let mut transfers = JoinSet::new();
@@ -299,6 +380,15 @@ impl Connection {
                 continue;
             };
             let kind = request_kind(&body);
+            // A request flood on one connection: refused at once, typed, with the wait.
+            if let Some(limit) = &mut request_limit {
+                if let Err(wait) = limit.take(std::time::Instant::now()) {
+                    let e = WireError::rate_limited("too many requests on this connection", wait);
+                    self.metrics.request(kind, "RATE_LIMITED");
+                    let _ = out.send(Box::new(respond(id, response::Result::Error(e.to_wire())))).await;
+                    continue;
+                }
+            }
             // What the client does by itself does not make its device active.
             if !matches!(body, wire::request::Body::AckFeed(_)) {
                 session.touch();
