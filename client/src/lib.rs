@@ -502,6 +502,16 @@ impl Client {
         self.requests.out.send(Bytes::copy_from_slice(bytes)).await.map_err(|_| self.closed_error())
     }
 
+    /// Ends this side of the control stream (FIN) after what was sent so
+    /// far; answers to requests in flight still arrive. For protocol
+    /// conformance tests; a client never needs it otherwise.
+    ///
+    /// # Errors
+    /// `Closed` when the connection is gone.
+    pub async fn finish_control_stream(&self) -> Result<(), ClientError> {
+        self.requests.out.send(Bytes::new()).await.map_err(|_| self.closed_error())
+    }
+
     /// The next connection-level error the server reported (one not tied to a
     /// request, e.g. `MALFORMED_FRAME`). `None` once the connection is gone.
     pub async fn next_connection_error(&self) -> Option<ClientError> {
@@ -1420,20 +1430,31 @@ async fn read_server_frame(
 
 async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // An empty chunk (never a frame: a frame has its length prefix) asks for
+    // the FIN after what came before it (`Client::finish_control_stream`).
+    let mut finish = false;
     while let Some(first) = rx.recv().await {
         buf.clear();
+        finish = first.is_empty();
         buf.extend_from_slice(&first);
-        while buf.len() < 256 * 1024 {
+        while buf.len() < 256 * 1024 && !finish {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => {
+                    finish = more.is_empty();
+                    buf.extend_from_slice(&more);
+                }
                 Err(_) => break,
             }
         }
-        if send.write_all(&buf).await.is_err() {
-            return;
+        if send.write_all(&buf).await.is_err() || finish {
+            break;
         }
     }
     let _ = send.finish();
+    if finish {
+        // Keep reading answers: the stream's other half stays open.
+        rx.close();
+    }
 }
 
 async fn read_loop(

@@ -107,3 +107,29 @@ async fn connection_cap_refuses_extra_connections() {
     drop(a);
     drop(b);
 }
+
+/// Found by an independent client: a client that finishes its side of the
+/// control stream with requests in flight got only some of the answers (the
+/// connection was closed before they were acknowledged). Every one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_in_flight_when_the_client_finishes_its_stream_all_arrive() {
+    let server = TestServer::start().await;
+    server.new_user("bob@example.org").await;
+    for round in 0..5 {
+        let (alice, _) = if round == 0 {
+            server.new_user("alice@example.org").await
+        } else {
+            server.new_device("alice@example.org", &format!("d{round}")).await
+        };
+        let conv = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+        // The fifty frames and the FIN go out together: joined, each send is
+        // queued at its first poll, the FIN last.
+        let ids: Vec<String> = (0..50).map(|i| format!("r{round}-{i}")).collect();
+        let sends = futures::future::join_all(ids.iter().map(|id| alice.send_text(&conv, id, "in flight")));
+        let (answers, fin) = tokio::join!(sends, alice.finish_control_stream());
+        fin.unwrap();
+        for (i, a) in answers.into_iter().enumerate() {
+            a.unwrap_or_else(|e| panic!("round {round}: answer {i} lost: {e}"));
+        }
+    }
+}

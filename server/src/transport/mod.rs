@@ -103,6 +103,9 @@ const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
 const RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// Concurrent handshakes completed only to refuse a connection with a code.
 const REFUSAL_HANDSHAKES: usize = 64;
+/// How long the control stream's last bytes may take to be acknowledged
+/// before the connection closes anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest chunk read from a stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -612,6 +615,10 @@ async fn control_writer(
         }
     }
     let _ = send.finish();
+    // Closing the connection discards stream data the peer has not
+    // acknowledged: answers and a closing `Error` frame must reach it first
+    // (bounded, for a peer that stopped acknowledging).
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
 }
 
 /// Appends a frame, replacing a response too large for the peer with an error
