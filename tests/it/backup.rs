@@ -3,25 +3,14 @@
 //! position, the media with it, and natterd serving it with the same
 //! certificate; damaged backups and used directories refused.
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_client::transfer::UploadSpec;
 use natter_server::store::sqlite::{SqliteConfig, SqliteStore};
 use natter_server::store::Store;
 use natter_tests::{TestServer, PASSWORD};
-use sha2::Digest;
-
-fn pdf(marker: &str) -> Vec<u8> {
-    let mut bytes = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
-    bytes.extend_from_slice(marker.as_bytes());
-    bytes.extend(std::iter::repeat_n(b'x', 40_000));
-    bytes.extend_from_slice(b"\n%%EOF\n");
-    bytes
-}
 
 /// The source's read models as of `position`: its log up to there, replayed
 /// into a fresh store.
@@ -55,15 +44,8 @@ async fn a_backup_under_load_restores_to_the_sources_answers_at_its_position() {
     let (alice, _) = server.new_user("alice@example.org").await;
     let (bob, _) = server.new_user("bob@example.org").await;
     let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    let file = pdf("BACKUP-MARKER");
-    let spec = UploadSpec {
-        conversation_id: dm.clone(),
-        file_name: "minutes.pdf".into(),
-        size: file.len() as u64,
-        sha256: sha2::Sha256::digest(&file).into(),
-        upload_id: None,
-    };
-    let media = alice.upload(&spec, &mut Cursor::new(file.clone()), |_| {}).await.unwrap();
+    let file = natter_tests::pdf_with("BACKUP-MARKER");
+    let media = natter_tests::upload_bytes(&alice, &dm, "minutes.pdf", &file).await;
     alice.send_media(&dm, "file-1", &media.media_id, "the minutes").await.unwrap();
 
     // Both write as fast as they can while the backup runs.
@@ -225,15 +207,8 @@ async fn a_postgres_backup_under_load_restores_into_an_empty_database() {
     let (alice, _) = server.new_user("alice@example.org").await;
     server.new_user("bob@example.org").await;
     let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
-    let file = pdf("PG-BACKUP-MARKER");
-    let spec = UploadSpec {
-        conversation_id: dm.clone(),
-        file_name: "minutes.pdf".into(),
-        size: file.len() as u64,
-        sha256: sha2::Sha256::digest(&file).into(),
-        upload_id: None,
-    };
-    let media = alice.upload(&spec, &mut Cursor::new(file.clone()), |_| {}).await.unwrap();
+    let file = natter_tests::pdf_with("PG-BACKUP-MARKER");
+    let media = natter_tests::upload_bytes(&alice, &dm, "minutes.pdf", &file).await;
     alice.send_media(&dm, "file-1", &media.media_id, "").await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {

@@ -54,6 +54,17 @@ fn fill(path: &Path) {
     }
 }
 
+/// The seqs of a conversation's messages (fewer than a page here).
+async fn seqs_in(client: &natter_client::Client, conversation: &str) -> Vec<u64> {
+    let req = natter_client::proto::GetHistory {
+        conversation_id: conversation.into(),
+        before_seq: 0,
+        after_seq: 1,
+        limit: 500,
+    };
+    client.history(req).await.unwrap().messages.iter().map(|m| m.seq).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_typed_keeps_reads_and_recovers_by_itself() {
     let disk = SmallDisk::mount("24m");
@@ -89,17 +100,7 @@ async fn a_full_disk_refuses_writes_typed_keeps_reads_and_recovers_by_itself() {
     assert_eq!(code, ErrorCode::UNAVAILABLE, "{message}");
     assert!(message.contains("storage space") && retry_after_ms >= 1000, "{message} {retry_after_ms}");
     // Reads go on: everything acknowledged is there.
-    let page = bob
-        .history(natter_client::proto::GetHistory {
-            conversation_id: dm.clone(),
-            before_seq: 0,
-            after_seq: 1,
-            limit: 500,
-        })
-        .await
-        .unwrap();
-    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, acked, "every acknowledged message, nothing else");
+    assert_eq!(seqs_in(&bob, &dm).await, acked, "every acknowledged message, nothing else");
 
     // Room again: the refused send, retried with its id, goes through by
     // itself (no restart), once.
@@ -121,16 +122,7 @@ async fn a_full_disk_refuses_writes_typed_keeps_reads_and_recovers_by_itself() {
     drop((alice, bob));
     server.restart().await;
     let bob = server.resume(&bob_token).await;
-    let page = bob
-        .history(natter_client::proto::GetHistory {
-            conversation_id: dm.clone(),
-            before_seq: 0,
-            after_seq: 1,
-            limit: 500,
-        })
-        .await
-        .unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), acked);
+    assert_eq!(seqs_in(&bob, &dm).await, acked, "the same after a restart");
     let conn =
         rusqlite::Connection::open_with_flags(data.join("natter.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();

@@ -1,12 +1,8 @@
 //! A person's data as files: `natter account export` through their session
 //! and `natter-admin users export` on the store write the same messages.
 
-use std::io::Cursor;
-
 use natter_client::export::{export, ClientSource};
-use natter_client::transfer::UploadSpec;
 use natter_tests::TestServer;
-use sha2::Digest;
 
 #[tokio::test]
 async fn a_persons_export_holds_what_they_sent_and_nobody_elses_words() {
@@ -22,16 +18,8 @@ async fn a_persons_export_holds_what_they_sent_and_nobody_elses_words() {
     }
     bob.send_text(&dm, "b1", "BOB-SAID-THIS").await.unwrap();
     alice.send_text(&group, "a2", "ALICE-SAID-TWO").await.unwrap();
-    let mut file = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\nALICE-FILE\n".to_vec();
-    file.extend(std::iter::repeat_n(b'y', 10_000));
-    let spec = UploadSpec {
-        conversation_id: group.clone(),
-        file_name: "route.pdf".into(),
-        size: file.len() as u64,
-        sha256: sha2::Sha256::digest(&file).into(),
-        upload_id: None,
-    };
-    let media = alice.upload(&spec, &mut Cursor::new(file.clone()), |_| {}).await.unwrap();
+    let file = natter_tests::pdf_with("ALICE-FILE");
+    let media = natter_tests::upload_bytes(&alice, &group, "route.pdf", &file).await;
     alice.send_media(&group, "a3", &media.media_id, "the route").await.unwrap();
     alice.leave(&group).await.unwrap();
     bob.send_text(&group, "b2", "AFTER-ALICE-LEFT").await.unwrap();

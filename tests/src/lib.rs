@@ -640,3 +640,31 @@ impl Drop for PgRelay {
         self.task.abort();
     }
 }
+
+/// A small PDF (the type natterd detects from its first bytes) holding
+/// `marker`, padded to about 40 KiB.
+pub fn pdf_with(marker: &str) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
+    bytes.extend_from_slice(marker.as_bytes());
+    bytes.extend(std::iter::repeat_n(b'x', 40_000));
+    bytes.extend_from_slice(b"\n%%EOF\n");
+    bytes
+}
+
+/// Uploads `bytes` as `file_name` for `conversation` and returns the media.
+pub async fn upload_bytes(
+    client: &Client,
+    conversation: &str,
+    file_name: &str,
+    bytes: &[u8],
+) -> natter_client::proto::Media {
+    use sha2::Digest as _;
+    let spec = natter_client::transfer::UploadSpec {
+        conversation_id: conversation.into(),
+        file_name: file_name.into(),
+        size: bytes.len() as u64,
+        sha256: sha2::Sha256::digest(bytes).into(),
+        upload_id: None,
+    };
+    client.upload(&spec, &mut std::io::Cursor::new(bytes.to_vec()), |_| {}).await.expect("upload")
+}

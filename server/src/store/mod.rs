@@ -415,6 +415,11 @@ pub(crate) const SELECT_MEDIA_REFS: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM
 /// order after `$1` (empty: from the start), at most `$2`.
 pub(crate) const SELECT_MEDIA_BLOBS: &str =
     "SELECT sha256, CAST(MAX(size) AS BIGINT) FROM media WHERE sha256 > $1 GROUP BY sha256 ORDER BY sha256 LIMIT $2";
+/// A stored SHA-256 column as the 32 bytes it must be.
+pub(crate) fn stored_sha256(bytes: &[u8]) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))
+}
+
 /// The bytes a user's uploads take (`$1`): their quota's use.
 pub(crate) const SELECT_MEDIA_BYTES: &str =
     "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM media WHERE uploader_user_id = $1";

@@ -587,13 +587,7 @@ impl ExportedSnapshot {
     pub async fn media_blobs(&self, after: Option<[u8; 32]>, limit: u32) -> Result<Vec<([u8; 32], u64)>, StoreError> {
         let after = after.map(|a| a.to_vec()).unwrap_or_default();
         let rows = self.client.query(super::SELECT_MEDIA_BLOBS, &[&after, &i64::from(limit)]).await?;
-        rows.iter()
-            .map(|r| {
-                let sha = <[u8; 32]>::try_from(r.get::<_, &[u8]>(0))
-                    .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
-                Ok((sha, r.get::<_, i64>(1) as u64))
-            })
-            .collect()
+        media_blob_rows(&rows)
     }
 
     /// Ends the transaction (the snapshot with it).
@@ -602,6 +596,11 @@ impl ExportedSnapshot {
         drop(self.client);
         let _ = self.driver.await;
     }
+}
+
+/// The rows of [`super::SELECT_MEDIA_BLOBS`].
+fn media_blob_rows(rows: &[Row]) -> Result<Vec<([u8; 32], u64)>, StoreError> {
+    rows.iter().map(|r| Ok((super::stored_sha256(r.get::<_, &[u8]>(0))?, r.get::<_, i64>(1) as u64))).collect()
 }
 
 /// Whether the database at `url` holds no table at all (a restore's target).
@@ -1266,13 +1265,7 @@ impl Store for PostgresStore {
         let after = &after;
         self.read(|conn| async move {
             let rows = cached_query(&conn, super::SELECT_MEDIA_BLOBS, &[after, &i64::from(limit)]).await?;
-            rows.iter()
-                .map(|r| {
-                    let sha = <[u8; 32]>::try_from(r.get::<_, &[u8]>(0))
-                        .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
-                    Ok((sha, r.get::<_, i64>(1) as u64))
-                })
-                .collect()
+            media_blob_rows(&rows)
         })
         .await
     }

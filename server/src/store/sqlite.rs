@@ -1443,9 +1443,7 @@ impl Store for SqliteStore {
             let mut blobs = Vec::new();
             for row in rows {
                 let (sha, size) = row?;
-                let sha = <[u8; 32]>::try_from(sha.as_slice())
-                    .map_err(|_| StoreError::Database("a stored sha256 is not 32 bytes".into()))?;
-                blobs.push((sha, size as u64));
+                blobs.push((super::stored_sha256(&sha)?, size as u64));
             }
             Ok(blobs)
         })
