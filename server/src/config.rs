@@ -145,9 +145,24 @@ pub struct AuthConfig {
     /// keys one-time codes. Unset: `<data_dir>/secret.key`, generated on first
     /// start. Set: it must exist (natterd refuses to start otherwise).
     pub secret_key_file: Option<PathBuf>,
+    /// A session unused for this long ends: its token no longer resumes
+    /// (sign in again). Default 90 days; 0: never.
+    pub session_idle_secs: Option<u64>,
+    /// A session ends this long after it was signed in, however used.
+    /// Default 365 days; 0: never.
+    pub session_lifetime_secs: Option<u64>,
 }
 
 impl AuthConfig {
+    /// How long sessions last: (idle, absolute); `None` for never.
+    pub fn session_limits(&self) -> (Option<std::time::Duration>, Option<std::time::Duration>) {
+        let limit = |v: Option<u64>, default_days: u64| match v.unwrap_or(default_days * 86_400) {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        };
+        (limit(self.session_idle_secs, 90), limit(self.session_lifetime_secs, 365))
+    }
+
     pub fn guard(&self) -> crate::session::guard::GuardConfig {
         crate::session::guard::GuardConfig {
             attempts_per_minute: self.attempts_per_minute.unwrap_or(30),

@@ -318,6 +318,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_per_second: config.ephemeral.typing_per_second,
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
+            session_idle: config.auth.session_limits().0,
+            session_lifetime: config.auth.session_limits().1,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
         session::Capabilities {

@@ -407,3 +407,42 @@ async fn every_account_request_needs_a_signed_in_connection_except_the_ways_in()
     let e = call(&alice, Body::DisableTotp(DisableTotp { code: "123456".into() })).await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::MFA_NOT_ENABLED));
 }
+
+#[tokio::test]
+async fn a_session_ends_at_its_lifetime_and_when_left_unused() {
+    use natter_proto::ErrorCode;
+    let expect_ended = |r: Result<natter_client::Client, natter_client::ClientError>, why: &str| match r {
+        Ok(_) => panic!("the session still resumed ({why})"),
+        Err(e) => {
+            assert_eq!(e.code(), Some(ErrorCode::SESSION_INVALID), "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+    };
+    let resume_config = |server: &TestServer, token: &str| {
+        let mut c = server.client_config();
+        c.session_token = Some(token.to_owned());
+        c
+    };
+
+    // Absolute: however it is used.
+    let server = TestServer::start_with(|c| c.auth.session_lifetime_secs = Some(2)).await;
+    let (alice, token) = server.new_user("alice@example.org").await;
+    drop(alice);
+    server.resume(&token).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    expect_ended(natter_client::Client::connect(&resume_config(&server, &token)).await, "lifetime");
+    let (fresh, _) = server.new_device("alice@example.org", "again").await;
+    let devices = fresh.sessions().await.unwrap();
+    assert_eq!(devices.len(), 1, "the ended session left the device list: {devices:?}");
+
+    // Idle: every resume counts as use.
+    let server = TestServer::start_with(|c| c.auth.session_idle_secs = Some(2)).await;
+    let (bob, token) = server.new_user("bob@example.org").await;
+    drop(bob);
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        drop(server.resume(&token).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    expect_ended(natter_client::Client::connect(&resume_config(&server, &token)).await, "unused");
+}

@@ -858,7 +858,10 @@ async fn read_models_answer_every_query(b: &Backend) {
     assert_eq!(s.user_by_email(&Email::parse("nobody@example.org").unwrap()).await.unwrap(), None);
 
     let session = s.session_by_token(w.alice_token).await.unwrap().unwrap();
-    assert_eq!((session.user_id, session.device_name.as_str(), session.revoked), (w.alice, "device 1", false));
+    assert_eq!(
+        (session.user_id, session.device_name.as_str(), session.revoked, session.created_at),
+        (w.alice, "device 1", false, Millis(11))
+    );
     assert!(!s.session_by_token(w.bob_token).await.unwrap().unwrap().revoked);
     assert!(s.session_by_token(TokenHash([3; 32])).await.unwrap().unwrap().revoked);
     assert_eq!(s.session_by_token(TokenHash([9; 32])).await.unwrap(), None);

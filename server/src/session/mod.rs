@@ -58,6 +58,9 @@ pub struct ServiceConfig {
     pub typing_per_second: f64,
     pub typing_burst: u32,
     pub login_guard: guard::GuardConfig,
+    /// A session unused this long, or this old, no longer resumes (`None`: never).
+    pub session_idle: Option<std::time::Duration>,
+    pub session_lifetime: Option<std::time::Duration>,
 }
 
 /// The users with a leaf in an encrypted group's epoch: (epoch, users).
@@ -399,6 +402,15 @@ impl Service {
                 }
                 return Err(WireError::new(ErrorCode::SESSION_INVALID, "session token is unknown or revoked"));
             };
+            if let Some(why) = self.session_expired(&record, hash).await? {
+                // Ended for good, on every node and in the device list.
+                let revoked = Event::SessionRevoked { user_id: record.user_id, token_hash: hash, at: self.now() };
+                let stream = StreamName::user(record.user_id);
+                self.store
+                    .append(vec![StreamAppend::new(stream, ExpectedVersion::Any, vec![NewEvent::fresh(revoked)])])
+                    .await?;
+                return Err(WireError::new(ErrorCode::SESSION_INVALID, format!("the session {why}: sign in again")));
+            }
             let info = self.user_info(record.user_id).await?;
             self.touch_session(hash, remote);
             session.sign_in(Identity {
@@ -416,6 +428,28 @@ impl Service {
             identity: session.identity().map(convert::identity),
         };
         Ok((welcome, session))
+    }
+
+    /// Why a session may no longer resume (`auth.session_lifetime_secs`,
+    /// `auth.session_idle_secs`), if it may not.
+    async fn session_expired(
+        &self,
+        record: &crate::store::SessionRecord,
+        hash: TokenHash,
+    ) -> Result<Option<&'static str>, StoreError> {
+        let now = self.now().0;
+        let older_than = |since: u64, limit: std::time::Duration| now.saturating_sub(since) > limit.as_millis() as u64;
+        if self.config.session_lifetime.is_some_and(|limit| older_than(record.created_at.0, limit)) {
+            return Ok(Some("has reached its lifetime (auth.session_lifetime_secs)"));
+        }
+        if let Some(limit) = self.config.session_idle {
+            let activity = self.security.auth_state.session_activity(&[hash]).await?;
+            let last = activity.get(&hash).map_or(record.created_at.0, |a| a.last_used.0.max(record.created_at.0));
+            if older_than(last, limit) {
+                return Ok(Some("was unused for too long (auth.session_idle_secs)"));
+            }
+        }
+        Ok(None)
     }
 
     async fn user_info(&self, user: UserId) -> Result<Arc<UserInfo>, StoreError> {

@@ -502,6 +502,8 @@ pub struct SessionRecord {
     pub device_id: DeviceId,
     pub device_name: String,
     pub revoked: bool,
+    /// When it was signed in (its absolute lifetime counts from here).
+    pub created_at: Millis,
 }
 
 /// A live session of a user, for their device list.

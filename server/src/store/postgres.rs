@@ -1316,7 +1316,8 @@ impl Store for PostgresStore {
         self.read(|conn| async move {
             let rows = cached_query(
                 &conn,
-                "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = $1",
+                "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL, created_at_ms FROM sessions
+                 WHERE token_hash = $1",
                 &[&token_hash.0.as_slice()],
             )
             .await?;
@@ -1327,6 +1328,7 @@ impl Store for PostgresStore {
                         device_id: DeviceId(parse_uuid(r.get(1))?),
                         device_name: r.get(2),
                         revoked: r.get(3),
+                        created_at: Millis(r.get::<_, i64>(4) as u64),
                     })
                 })
                 .transpose()

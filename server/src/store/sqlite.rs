@@ -1521,14 +1521,22 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let row = c
                 .prepare_cached(
-                    "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL FROM sessions WHERE token_hash = ?1",
+                    "SELECT user_id, device_id, device_name, revoked_at_ms IS NOT NULL, created_at_ms FROM sessions
+                     WHERE token_hash = ?1",
                 )?
                 .query_row([token_hash.0.as_slice()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
                 })
                 .optional()?;
-            row.map(|(user, device, name, revoked)| {
+            row.map(|(user, device, name, revoked, created)| {
                 Ok(SessionRecord {
+                    created_at: Millis(created as u64),
                     user_id: UserId(parse_uuid(&user)?),
                     device_id: DeviceId(parse_uuid(&device)?),
                     device_name: name,
