@@ -51,6 +51,33 @@ fn resp(id: u64, result: response::Result) -> Frame {
     Frame::Server(ServerFrame { kind: Some(server_frame::Kind::Response(Response { id, result: Some(result) })) })
 }
 
+fn admin_user() -> AdminUser {
+    AdminUser {
+        user_id: BOB.into(),
+        email: "bob@example.org".into(),
+        display_name: "Bob".into(),
+        phone: String::new(),
+        created_at_ms: 1_767_225_600_000,
+        email_verified: true,
+        totp: false,
+        admin: false,
+        disabled: true,
+        sessions: 1,
+    }
+}
+
+fn admin_group() -> AdminGroup {
+    AdminGroup {
+        conversation_id: CONV.into(),
+        name: "Book club".into(),
+        e2ee: false,
+        created_at_ms: 1_767_225_600_000,
+        last_activity_ms: 1_767_229_200_000,
+        last_seq: 42,
+        members: 2,
+    }
+}
+
 fn text(body: &str) -> Option<Content> {
     Some(Content { body: Some(content::Body::Text(Text { body: body.into() })) })
 }
@@ -1081,6 +1108,149 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
                     message: "an admin disabled this account; ask them to enable it".into(),
                     retry_after_ms: 0,
                     mfa_challenge: String::new(),
+                }),
+            ),
+        ),
+        (
+            "request_admin_list_users",
+            "Request 49: AdminListUsers by prefix, after a page's next, at most 2",
+            req(
+                49,
+                request::Body::AdminListUsers(AdminListUsers {
+                    prefix: "bo".into(),
+                    after: format!("1767225600000.{ALICE}"),
+                    limit: 2,
+                }),
+            ),
+        ),
+        (
+            "response_admin_users",
+            "Response 49: AdminUsers, one account and no next page",
+            resp(49, response::Result::AdminUsers(AdminUsers { users: vec![admin_user()], next: String::new() })),
+        ),
+        (
+            "request_admin_get_user",
+            "Request 50: AdminGetUser by user id",
+            req(50, request::Body::AdminGetUser(AdminGetUser { user: BOB.into() })),
+        ),
+        (
+            "response_admin_user",
+            "Response 50: AdminUserDetail with one session and a linked identity",
+            resp(
+                50,
+                response::Result::AdminUser(AdminUserDetail {
+                    user: Some(admin_user()),
+                    sessions: vec![SessionInfo {
+                        session_id: DEVICE.into(),
+                        device_name: "phone".into(),
+                        method: "password".into(),
+                        created_at_ms: 1_767_225_600_000,
+                        last_used_at_ms: 1_767_229_200_000,
+                        last_address: "192.0.2.9".into(),
+                        current: false,
+                    }],
+                    identities: vec!["github".into()],
+                }),
+            ),
+        ),
+        (
+            "request_admin_revoke_sessions",
+            "Request 51: AdminRevokeSessions, one session of the account",
+            req(
+                51,
+                request::Body::AdminRevokeSessions(AdminRevokeSessions {
+                    user: "bob@example.org".into(),
+                    session_id: DEVICE.into(),
+                }),
+            ),
+        ),
+        (
+            "request_admin_reset_mfa",
+            "Request 52: AdminResetMfa",
+            req(52, request::Body::AdminResetMfa(AdminResetMfa { user: "bob@example.org".into() })),
+        ),
+        (
+            "request_admin_set_admin",
+            "Request 53: AdminSetAdmin granting the role",
+            req(53, request::Body::AdminSetAdmin(AdminSetAdmin { user: "bob@example.org".into(), admin: true })),
+        ),
+        (
+            "request_admin_status",
+            "Request 54: AdminStatus (an empty message)",
+            req(54, request::Body::AdminStatus(AdminStatus {})),
+        ),
+        (
+            "response_status",
+            "Response 54: ServerStatus of a PostgreSQL node, two nodes live",
+            resp(
+                54,
+                response::Result::Status(ServerStatus {
+                    node_id: "node-a".into(),
+                    uptime_secs: 86_400,
+                    connections: 120,
+                    sessions: 118,
+                    head: 5_000,
+                    users: 40,
+                    conversations: 25,
+                    messages: 4_800,
+                    search_position: 4_990,
+                    store: "postgres".into(),
+                    nodes: vec![
+                        NodeStatus { node_id: "node-a".into(), heartbeat_age_secs: 1, online_users: 30 },
+                        NodeStatus { node_id: "node-b".into(), heartbeat_age_secs: 2, online_users: 10 },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "request_admin_list_groups",
+            "Request 55: AdminListGroups, from the start",
+            req(
+                55,
+                request::Body::AdminListGroups(AdminListGroups {
+                    prefix: "book".into(),
+                    after: String::new(),
+                    limit: 0,
+                }),
+            ),
+        ),
+        (
+            "response_admin_groups",
+            "Response 55: AdminGroups, one group and a next page",
+            resp(
+                55,
+                response::Result::AdminGroups(AdminGroups {
+                    groups: vec![admin_group()],
+                    next: format!("1767225600000.{CONV}"),
+                }),
+            ),
+        ),
+        (
+            "request_admin_get_group",
+            "Request 56: AdminGetGroup",
+            req(56, request::Body::AdminGetGroup(AdminGetGroup { conversation_id: CONV.into() })),
+        ),
+        (
+            "response_admin_group",
+            "Response 56: AdminGroupDetail with its owner and a member",
+            resp(
+                56,
+                response::Result::AdminGroup(AdminGroupDetail {
+                    group: Some(admin_group()),
+                    members: vec![
+                        Member {
+                            user_id: ALICE.into(),
+                            email: "alice@example.org".into(),
+                            display_name: "Alice".into(),
+                            role: Role::Owner as i32,
+                        },
+                        Member {
+                            user_id: BOB.into(),
+                            email: "bob@example.org".into(),
+                            display_name: "Bob".into(),
+                            role: Role::Member as i32,
+                        },
+                    ],
                 }),
             ),
         ),
