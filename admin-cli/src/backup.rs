@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use natter_server::blob::{BlobConfig, BlobId};
-use natter_server::config::{Config, StoreBackend};
+use natter_server::config::{masked_url, split_url_password, Config, StoreBackend};
 use natter_server::store::postgres::{database_is_empty, ExportedSnapshot};
 use natter_server::store::sqlite::{copy_database, SqliteConfig, SqliteStore};
 use natter_server::store::Store;
@@ -448,7 +448,7 @@ pub async fn restore(from: &Path, target: &Target, blob: &BlobConfig, data_dir: 
             if !database_is_empty(url).await.context("connecting to PostgreSQL")? {
                 bail!(
                     "the database {} holds tables: restore into a new, empty database (nothing was overwritten)",
-                    masked(url)
+                    masked_url(url)
                 );
             }
         }
@@ -520,59 +520,15 @@ async fn check_restored(store: &dyn Store, manifest: &Manifest) -> anyhow::Resul
     }
 }
 
-/// A `postgres://` URL and its password apart: `pg_dump` and `pg_restore`
-/// get the password in `PGPASSWORD`, never on their command line (which
-/// every user of the machine can read).
-fn without_password(url: &str) -> (String, Option<String>) {
-    if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@')) {
-        if at > scheme {
-            if let Some((user, password)) = url[scheme + 3..at].split_once(':') {
-                return (format!("{}{user}{}", &url[..scheme + 3], &url[at..]), Some(password.to_owned()));
-            }
-        }
-    }
-    (url.to_owned(), None)
-}
-
 /// `pg_dump` or `pg_restore` on `url` (`--dbname`), its password in the environment.
 fn pg_tool(program: &str, url: &str) -> tokio::process::Command {
-    let (url, password) = without_password(url);
+    // The password in PGPASSWORD, never on the command line (which every user
+    // of the machine can read).
+    let (url, password) = split_url_password(url);
     let mut cmd = tokio::process::Command::new(program);
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
     cmd.arg("--dbname").arg(url);
     cmd
-}
-
-/// A `postgres://` URL without its password, for messages.
-fn masked(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:********{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_stay_off_command_lines_and_out_of_messages() {
-        let url = "postgres://natter:s3cret@db.example.org:5432/natter";
-        assert_eq!(
-            without_password(url),
-            ("postgres://natter@db.example.org:5432/natter".into(), Some("s3cret".into()))
-        );
-        assert_eq!(masked(url), "postgres://natter:********@db.example.org:5432/natter");
-        let plain = "postgres://postgres@127.0.0.1/test";
-        assert_eq!(without_password(plain), (plain.into(), None));
-        assert_eq!(masked(plain), plain);
-    }
 }

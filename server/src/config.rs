@@ -444,17 +444,32 @@ fn mask(value: &mut toml::Value, key: &str) {
             }
         }
         toml::Value::String(s) if SECRET_KEYS.contains(&key) => *s = MASK.to_owned(),
-        toml::Value::String(s) if key == "url" => {
-            // postgres://user:password@host/db: the password goes.
-            if let Some((scheme, rest)) = s.split_once("://") {
-                if let Some((userinfo, host)) = rest.split_once('@') {
-                    if let Some((user, _)) = userinfo.split_once(':') {
-                        *s = format!("{scheme}://{user}:{MASK}@{host}");
-                    }
-                }
+        toml::Value::String(s) if key == "url" => *s = masked_url(s),
+        _ => {}
+    }
+}
+
+/// A `scheme://user:password@host/…` URL without its password, and the
+/// password (`None` when it has none).
+pub fn split_url_password(url: &str) -> (String, Option<String>) {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            if let Some((user, password)) = userinfo.split_once(':') {
+                return (format!("{scheme}://{user}@{host}"), Some(password.to_owned()));
             }
         }
-        _ => {}
+    }
+    (url.to_owned(), None)
+}
+
+/// The URL with its password masked, for printing.
+pub fn masked_url(url: &str) -> String {
+    match split_url_password(url) {
+        (_, None) => url.to_owned(),
+        (bare, Some(_)) => match bare.split_once('@') {
+            Some((user, host)) => format!("{user}:{MASK}@{host}"),
+            None => bare,
+        },
     }
 }
 
@@ -602,6 +617,20 @@ fn parse_env_value(raw: &str) -> toml::Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_stay_off_command_lines_and_out_of_messages() {
+        use super::{masked_url, split_url_password};
+        let url = "postgres://natter:s3cret@db.example.org:5432/natter";
+        assert_eq!(
+            split_url_password(url),
+            ("postgres://natter@db.example.org:5432/natter".into(), Some("s3cret".into()))
+        );
+        assert_eq!(masked_url(url), "postgres://natter:********@db.example.org:5432/natter");
+        let plain = "postgres://postgres@127.0.0.1/test";
+        assert_eq!(split_url_password(plain), (plain.into(), None));
+        assert_eq!(masked_url(plain), plain);
+    }
+
     #[test]
     fn check_config_masks_every_secret_and_the_reference_names_every_key() {
         let marker = "MARKER-not-for-printing";

@@ -305,6 +305,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     } else {
         None
     };
+    let (session_idle, session_lifetime) = config.auth.session_limits();
     let service = session::Service::new(
         store.clone(),
         hasher,
@@ -318,8 +319,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             typing_per_second: config.ephemeral.typing_per_second,
             typing_burst: config.ephemeral.typing_burst,
             login_guard,
-            session_idle: config.auth.session_limits().0,
-            session_lifetime: config.auth.session_limits().1,
+            session_idle,
+            session_lifetime,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
         session::Capabilities {

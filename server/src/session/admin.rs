@@ -178,33 +178,41 @@ impl Service {
     }
 
     async fn admin_list_users(&self, req: wire::AdminListUsers) -> Result<Reply, WireError> {
-        let prefix = req.prefix.trim().to_lowercase();
-        let after = match req.after.as_str() {
-            "" => None,
-            cursor => Some(parse_user_cursor(cursor).ok_or_else(|| invalid("after", "not a `next` this server gave"))?),
-        };
+        let after = page_cursor(&req.after, |id| Uuid::try_parse(id).ok().map(UserId))?;
         let limit = page_limit(req.limit);
-        let page = self.store.users_page((!prefix.is_empty()).then_some(prefix), after, limit).await?;
-        let full = page.len() as u32 == limit;
-        let budget = self.frame_budget();
-        let mut users = Vec::with_capacity(page.len());
-        let mut size = 0;
-        let mut last = None;
-        for entry in &page {
-            let user = self.admin_user(entry);
-            size += user.encoded_len() + 4;
+        let page = self.store.users_page(page_prefix(&req.prefix), after, limit).await?;
+        let (users, next) =
+            self.fit_page(&page, limit, |e| self.admin_user(e), |e| (e.user.created_at, e.user.user_id));
+        Ok(Reply::AdminUsers(wire::AdminUsers { users, next }))
+    }
+
+    /// As much of a page of a store's list as the frame allows, in wire form,
+    /// and the `next` cursor (`<created_at_ms>.<id>` of the last one given)
+    /// when more may follow.
+    fn fit_page<E, W: prost::Message, Id: std::fmt::Display>(
+        &self,
+        page: &[E],
+        limit: u32,
+        to_wire: impl Fn(&E) -> W,
+        key: impl Fn(&E) -> (Millis, Id),
+    ) -> (Vec<W>, String) {
+        let (budget, mut size, mut last) = (self.frame_budget(), 0, None);
+        let mut items = Vec::with_capacity(page.len());
+        for entry in page {
+            let item = to_wire(entry);
+            size += item.encoded_len() + 4;
             if size > budget {
                 break;
             }
-            last = Some((entry.user.created_at, entry.user.user_id));
-            users.push(user);
+            last = Some(key(entry));
+            items.push(item);
         }
-        let cut = users.len() < page.len();
+        let more = page.len() as u32 == limit || items.len() < page.len();
         let next = match last {
-            Some((at, id)) if full || cut => format!("{}.{id}", at.0),
+            Some((at, id)) if more => format!("{}.{id}", at.0),
             _ => String::new(),
         };
-        Ok(Reply::AdminUsers(wire::AdminUsers { users, next }))
+        (items, next)
     }
 
     async fn admin_get_user(&self, req: wire::AdminGetUser) -> Result<Reply, WireError> {
@@ -409,35 +417,10 @@ impl Service {
     }
 
     async fn admin_list_groups(&self, req: wire::AdminListGroups) -> Result<Reply, WireError> {
-        let prefix = req.prefix.trim().to_lowercase();
-        let after = match req.after.as_str() {
-            "" => None,
-            cursor => {
-                let (at, id) =
-                    cursor.split_once('.').ok_or_else(|| invalid("after", "not a `next` this server gave"))?;
-                let at = at.parse().map_err(|_| invalid("after", "not a `next` this server gave"))?;
-                Some((Millis(at), ConversationId::parse(id)?))
-            }
-        };
+        let after = page_cursor(&req.after, |id| ConversationId::parse(id).ok())?;
         let limit = page_limit(req.limit);
-        let page = self.store.groups_page((!prefix.is_empty()).then_some(prefix), after, limit).await?;
-        let full = page.len() as u32 == limit;
-        let (budget, mut size, mut last) = (self.frame_budget(), 0, None);
-        let mut groups = Vec::with_capacity(page.len());
-        for g in &page {
-            let wire = admin_group(g);
-            size += wire.encoded_len() + 4;
-            if size > budget {
-                break;
-            }
-            last = Some((g.created_at, g.conversation_id));
-            groups.push(wire);
-        }
-        let cut = groups.len() < page.len();
-        let next = match last {
-            Some((at, id)) if full || cut => format!("{}.{id}", at.0),
-            _ => String::new(),
-        };
+        let page = self.store.groups_page(page_prefix(&req.prefix), after, limit).await?;
+        let (groups, next) = self.fit_page(&page, limit, admin_group, |g| (g.created_at, g.conversation_id));
         Ok(Reply::AdminGroups(wire::AdminGroups { groups, next }))
     }
 
@@ -519,9 +502,19 @@ fn admin_group(g: &crate::store::GroupListEntry) -> wire::AdminGroup {
     }
 }
 
-fn parse_user_cursor(cursor: &str) -> Option<(Millis, UserId)> {
-    let (at, id) = cursor.split_once('.')?;
-    Some((Millis(at.parse().ok()?), UserId(Uuid::try_parse(id).ok()?)))
+/// A list's `after`: empty from the start, else a `next` this server gave.
+fn page_cursor<T>(cursor: &str, id: impl Fn(&str) -> Option<T>) -> Result<Option<(Millis, T)>, WireError> {
+    if cursor.is_empty() {
+        return Ok(None);
+    }
+    let parsed = cursor.split_once('.').and_then(|(at, rest)| Some((Millis(at.parse().ok()?), id(rest)?)));
+    parsed.map(Some).ok_or_else(|| invalid("after", "not a `next` this server gave"))
+}
+
+/// A list's `prefix`, folded; `None` for all.
+fn page_prefix(prefix: &str) -> Option<String> {
+    let prefix = prefix.trim().to_lowercase();
+    (!prefix.is_empty()).then_some(prefix)
 }
 
 #[cfg(test)]
@@ -530,10 +523,12 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
+        let parse = |c: &str| page_cursor(c, |id| Uuid::try_parse(id).ok().map(UserId)).map_err(|e| e.code);
         let id = UserId(Uuid::from_u128(7));
-        assert_eq!(parse_user_cursor(&format!("12.{id}")), Some((Millis(12), id)));
-        for bad in ["", "12", "x.y", "12.not-a-uuid", ".00000000-0000-0000-0000-000000000007"] {
-            assert_eq!(parse_user_cursor(bad), None, "{bad:?}");
+        assert_eq!(parse(&format!("12.{id}")), Ok(Some((Millis(12), id))));
+        assert_eq!(parse(""), Ok(None), "from the start");
+        for bad in ["12", "x.y", "12.not-a-uuid", ".00000000-0000-0000-0000-000000000007"] {
+            assert_eq!(parse(bad), Err(ErrorCode::INVALID_ARGUMENT), "{bad:?}");
         }
     }
 
