@@ -276,7 +276,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         None => None,
     };
     let (search, indexer) =
-        match search::start(&config.search, data_dir, store.clone(), shutdown.clone(), metrics.clone())? {
+        match search::start(&config.search, data_dir, store.clone(), shutdown.clone(), metrics.clone()).await? {
             Some((handle, task)) => (Some(handle), Some(task)),
             None => (None, None),
         };

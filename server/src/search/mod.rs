@@ -132,6 +132,10 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// Makes what was added durable and searchable, recording `upto`.
     async fn commit(&self, upto: Position) -> Result<(), SearchError>;
     async fn search(&self, query: Query) -> Result<Page, SearchError>;
+    /// Deletes every document `sender` wrote and commits, recording `upto`;
+    /// then rewrites the segments without them, so no file of the index
+    /// holds their text any more (an erasure, `AccountErased`).
+    async fn erase_sender(&self, sender: UserId, upto: Position) -> Result<(), SearchError>;
     /// Lets merges finish and releases the index for writing (the
     /// projection's last step at shutdown; nothing is added afterwards).
     async fn close(&self) -> Result<(), SearchError>;
@@ -145,7 +149,7 @@ pub fn doc_of(recorded: &RecordedEvent) -> Option<Doc> {
         Content::Text(t) => t.clone(),
         Content::Media(media) if media.caption.is_empty() => media.file_name.clone(),
         Content::Media(media) => format!("{} ({})", media.caption, media.file_name),
-        Content::Mls { .. } | Content::MlsCommit { .. } => return None,
+        Content::Mls { .. } | Content::MlsCommit { .. } | Content::Erased => return None,
     };
     Some(Doc { conversation: m.conversation_id, seq: Seq(recorded.version), sender: m.sender_user_id, at: m.at, text })
 }
@@ -220,7 +224,22 @@ async fn follow_once(
         let events = store.read_all(at, READ_BATCH).await?;
         if let Some(last) = events.last() {
             at = last.position;
-            let docs: Vec<Doc> = events.iter().filter_map(doc_of).collect();
+            let mut docs = Vec::new();
+            for e in &events {
+                if let Event::AccountErased { user_id, .. } = &e.event {
+                    // Whatever came before it is added first, so the erasure
+                    // deletes it too.
+                    if !docs.is_empty() {
+                        index.add(std::mem::take(&mut docs)).await?;
+                    }
+                    index.erase_sender(*user_id, e.position).await?;
+                    committed = e.position;
+                    pending = 0;
+                    last_commit = Instant::now();
+                } else if let Some(doc) = doc_of(e) {
+                    docs.push(doc);
+                }
+            }
             pending += docs.len();
             metrics.search_progress(docs.len() as u64, committed, at.max(target), false);
             if !docs.is_empty() {
@@ -268,11 +287,12 @@ pub struct SearchHandle {
 }
 
 /// Opens the configured backend under `data_dir` and starts its projection
-/// (`None` when search is off).
+/// (`None` when search is off). An index that already holds the log's head
+/// (a restart, or after `natter-admin reindex`) answers from the first request.
 ///
 /// # Errors
-/// The index cannot be opened or made.
-pub fn start(
+/// The index cannot be opened or made, or the store cannot say its head.
+pub async fn start(
     config: &SearchConfig,
     data_dir: &std::path::Path,
     store: Arc<dyn Store>,
@@ -286,6 +306,10 @@ pub fn start(
         }
     };
     let progress = Arc::new(Progress::default());
+    let head = store.head().await?;
+    if index.checkpoint().await? >= head {
+        progress.caught_up.store(true, Ordering::Relaxed);
+    }
     let task = tokio::spawn(follow(store, index.clone(), config.clone(), progress.clone(), shutdown, metrics));
     Ok(Some((SearchHandle { index, progress }, task)))
 }
