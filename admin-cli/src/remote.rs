@@ -136,6 +136,17 @@ pub enum UsersCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Delete the account for good: its profile, sign-in methods, sessions,
+    /// push subscriptions, keys, uploads and the text of its messages are
+    /// erased from the log, the read models, the search index and the blob
+    /// store (others see "Deleted account" in their place).
+    Delete {
+        /// Email or user id.
+        user: String,
+        /// Confirm (deleting cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Let a disabled account sign in again.
     Enable {
         /// Email or user id.
@@ -366,6 +377,14 @@ async fn users(client: &Client, command: UsersCommand) -> anyhow::Result<()> {
         UsersCommand::Enable { user, reason } => {
             let changed = client.admin_set_disabled(&user, false, &reason).await?;
             println!("{user} {}", if changed { "may sign in again" } else { "was not disabled" });
+            Ok(())
+        }
+        UsersCommand::Delete { user, yes } => {
+            if !yes {
+                anyhow::bail!("deleting {user} cannot be undone: run it again with --yes");
+            }
+            let (messages, media) = client.admin_delete_user(&user).await?;
+            println!("{user} is deleted: {messages} messages erased, {media} uploads deleted");
             Ok(())
         }
         UsersCommand::Export { .. } => unreachable!("read from the store, before connecting"),

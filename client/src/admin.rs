@@ -42,6 +42,18 @@ impl Client {
         self.admin_done(body).await.map(|n| n > 0)
     }
 
+    /// Deletes an account for good (spec section 5.31); returns how many
+    /// messages were erased and uploads deleted.
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_FOUND`, `INVALID_ARGUMENT` (one's own account).
+    pub async fn admin_delete_user(&self, user: &str) -> Result<(u64, u32), ClientError> {
+        match self.request(Body::AdminDeleteUser(wire::AdminDeleteUser { user: user.into() })).await? {
+            response::Result::AccountDeleted(d) => Ok((d.messages, d.media)),
+            other => Err(crate::unexpected(&other)),
+        }
+    }
+
     /// Revokes one session of an account (`session_id`), or all; returns how many.
     ///
     /// # Errors

@@ -521,6 +521,21 @@ enum AccountCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Delete your account for good: your profile, sign-in methods, sessions,
+    /// uploads and the text of every message you sent are erased from the
+    /// server (others see "Deleted account" in their place). Asks for your
+    /// password, and a code when two-factor sign-in is on.
+    Delete {
+        /// Do not ask to confirm (scripts).
+        #[arg(long)]
+        yes: bool,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Read the code from the next line of standard input.
+        #[arg(long)]
+        code_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -780,6 +795,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Sessions { command: None, .. } => cli.sessions().await,
         Command::Devices => cli.devices().await,
         Command::Account { command: AccountCommand::Export { out } } => cli.export(&out).await,
+        Command::Account { command: AccountCommand::Delete { yes, password_stdin, code_stdin } } => {
+            cli.delete_account(yes, FromStdin { password: password_stdin, code: code_stdin }).await
+        }
         Command::Verify { email, confirmed } => cli.verify(&email, confirmed).await,
         Command::Dm { email, e2ee } => cli.dm(&email, e2ee).await,
         Command::Send { to, text, e2ee } => cli.send(&to, &text, e2ee).await,
@@ -1068,6 +1086,40 @@ impl Cli {
             r.file_bytes,
             out.display()
         );
+        Ok(())
+    }
+
+    async fn delete_account(&mut self, yes: bool, stdin: FromStdin) -> anyhow::Result<()> {
+        let mut answers = Answers::new(stdin);
+        if !yes {
+            if !answers.terminal {
+                bail!("deleting an account cannot be undone: pass --yes to confirm without a terminal");
+            }
+            eprint!("This erases your account and the text of every message you sent. Type \"delete\" to go on: ");
+            std::io::stderr().flush()?;
+            if answers.line("confirmation")?.trim() != "delete" {
+                bail!("not deleted");
+            }
+        }
+        let client = self.connect_signed_in().await?;
+        let password = answers.password("password (empty if your account has none): ").unwrap_or_default();
+        let c = &client;
+        let first = client.delete_account(&password, "").await;
+        let (messages, media) =
+            match first {
+                Err(ClientError::Server { code: natter_proto::ErrorCode::MFA_REQUIRED, .. }) => {
+                    let password = &password;
+                    with_code(&mut answers, SECOND_FACTOR_PROMPT, |code| async move {
+                        c.delete_account(password, &code).await
+                    })
+                    .await?
+                }
+                other => other?,
+            };
+        client.close().await;
+        self.profile.token = None;
+        self.profile.save(&self.dir)?;
+        println!("account deleted: {messages} messages erased, {media} uploads deleted; this profile is signed out");
         Ok(())
     }
 
@@ -2416,6 +2468,7 @@ fn text_of(m: &proto::Message) -> std::borrow::Cow<'_, str> {
         Some(proto::content::Body::Media(media)) => media_line(media).into(),
         Some(proto::content::Body::Mls(_)) => "(end-to-end encrypted)".into(),
         Some(proto::content::Body::MlsCommit(_)) => "(encryption keys changed)".into(),
+        Some(proto::content::Body::Erased(_)) => "(erased: the account was deleted)".into(),
         None => "(unsupported content)".into(),
     }
 }
@@ -2741,6 +2794,7 @@ impl Names {
             }
             FeedItem::KeyPackageStock(_) => return,
             FeedItem::CaughtUp { .. } => return,
+            FeedItem::AccountErased { .. } => return,
         };
         if self.conversations.contains_key(id) {
             return;
@@ -2902,6 +2956,9 @@ fn human_line(item: &FeedItem, names: &Names) -> Option<String> {
             };
             Some(format!("* {} {what} up to #{seq}{place}", names.who(&r.user_id)))
         }
+        FeedItem::AccountErased { user_id, .. } => {
+            Some(format!("* {} deleted their account; their messages are erased", names.who(user_id)))
+        }
         FeedItem::Typing { conversation_id, user_id, .. } => {
             Some(format!("* {} is typing{}…", names.who(user_id), names.in_group(conversation_id)))
         }
@@ -2974,6 +3031,9 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
             "delivered_up_to": receipt.delivered_up_to, "read_up_to": receipt.read_up_to,
         }),
         FeedItem::CaughtUp { cursor } => serde_json::json!({ "type": "caught_up", "cursor": cursor }),
+        FeedItem::AccountErased { cursor, user_id } => serde_json::json!({
+            "type": "account_erased", "cursor": cursor, "user_id": user_id, "email": names.email(user_id),
+        }),
         FeedItem::Typing { conversation_id, user_id, email, expires_in_ms } => serde_json::json!({
             "type": "typing", "conversation_id": conversation_id, "user_id": user_id, "email": email,
             "expires_in_ms": expires_in_ms,

@@ -152,6 +152,7 @@ async fn message_json(
     });
     match m.content.as_ref().and_then(|c| c.body.as_ref()) {
         Some(wire::content::Body::Text(t)) => v["text"] = json!(t.body),
+        Some(wire::content::Body::Erased(_)) => v["erased"] = json!(true),
         Some(wire::content::Body::Media(media)) => {
             let dir = out.join("media").join(safe_file_name(&media.media_id));
             create_private_dir(&dir)?;

@@ -190,6 +190,12 @@ pub enum FeedItem {
         cursor: u64,
         receipt: wire::Receipt,
     },
+    /// Someone who shares a conversation with you deleted their account:
+    /// their messages are erased (history shows them so from now on).
+    AccountErased {
+        cursor: u64,
+        user_id: String,
+    },
     /// Someone is typing in a conversation (ephemeral: no cursor).
     Typing {
         conversation_id: String,
@@ -223,6 +229,7 @@ impl FeedItem {
             | FeedItem::ConversationStarted { cursor, .. }
             | FeedItem::Group { cursor, .. }
             | FeedItem::Receipt { cursor, .. }
+            | FeedItem::AccountErased { cursor, .. }
             | FeedItem::CaughtUp { cursor } => Some(*cursor),
             FeedItem::Typing { .. }
             | FeedItem::TypingStopped { .. }
@@ -787,6 +794,21 @@ impl Client {
     ///
     /// # Errors
     /// `INVALID_CREDENTIALS` (the old one is wrong), `WEAK_PASSWORD`.
+    /// Deletes the signed-in account for good (spec section 5.31): `password`
+    /// when the account has one, `code` (TOTP or recovery) when two-factor
+    /// sign-in is on (empty otherwise). The connection stays, signed out.
+    /// Returns how many messages were erased and uploads deleted.
+    ///
+    /// # Errors
+    /// `INVALID_CREDENTIALS` (the password), `MFA_REQUIRED` / `INVALID_CODE`.
+    pub async fn delete_account(&self, password: &str, code: &str) -> Result<(u64, u32), ClientError> {
+        let body = Body::DeleteAccount(wire::DeleteAccount { password: password.into(), code: code.into() });
+        match self.request(body).await? {
+            response::Result::AccountDeleted(d) => Ok((d.messages, d.media)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     pub async fn change_password(&self, old: &str, new: &str) -> Result<u32, ClientError> {
         let body = Body::ChangePassword(wire::ChangePassword { old_password: old.into(), new_password: new.into() });
         match self.request(body).await? {
@@ -1538,6 +1560,9 @@ async fn read_feed(
                     }
                     Some(feed_event::Kind::Group(event)) => FeedItem::Group { cursor: ev.cursor, event },
                     Some(feed_event::Kind::Receipt(receipt)) => FeedItem::Receipt { cursor: ev.cursor, receipt },
+                    Some(feed_event::Kind::AccountErased(e)) => {
+                        FeedItem::AccountErased { cursor: ev.cursor, user_id: e.user_id }
+                    }
                     None => continue, // an event kind from a newer server
                 },
                 None => continue,

@@ -1255,6 +1255,46 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             ),
         ),
         (
+            "request_delete_account",
+            "Request 57: DeleteAccount with the password (no second factor on)",
+            req(57, request::Body::DeleteAccount(DeleteAccount { password: "correct horse battery".into(), code: String::new() })),
+        ),
+        (
+            "request_admin_delete_user",
+            "Request 58: AdminDeleteUser alice@example.org",
+            req(58, request::Body::AdminDeleteUser(AdminDeleteUser { user: "alice@example.org".into() })),
+        ),
+        (
+            "response_account_deleted",
+            "Response 58: AccountDeleted, 12 messages erased and 2 uploads deleted",
+            resp(58, response::Result::AccountDeleted(AccountDeleted { messages: 12, media: 2 })),
+        ),
+        (
+            "feed_account_erased",
+            "Feed: cursor 60, alice's account was deleted",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 60,
+                    kind: Some(feed_event::Kind::AccountErased(AccountErased { user_id: ALICE.into() })),
+                })),
+            }),
+        ),
+        (
+            "feed_message_erased",
+            "Feed: cursor 61, the message seq 2 of a deleted account: Erased content, no email, the tombstone's name",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 61,
+                    kind: Some(feed_event::Kind::Message(Message {
+                        sender_email: String::new(),
+                        sender_name: "Deleted account".into(),
+                        content: Some(Content { body: Some(content::Body::Erased(Erased {})) }),
+                        ..message()
+                    })),
+                })),
+            }),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

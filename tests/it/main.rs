@@ -11,6 +11,7 @@ mod crash;
 mod disk;
 mod dm;
 mod e2ee;
+mod erasure;
 mod export;
 mod floods;
 mod groups;

@@ -137,10 +137,11 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     let Kind::Sqlite(dir) = &backend.kind else { unreachable!() };
     let path = SqliteConfig::in_dir(dir.path()).path;
     backend.store.shutdown().await;
-    // Back to version 3, as an older natterd left it (undoing 10, 9, 8 and 7, 6, 5, then 4).
+    // Back to version 3, as an older natterd left it (undoing 12, 10, 9, 8 and 7, 6, 5,
+    // then 4; 6 rebuilds the users table, which undoes 11 and 12's column).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE device_keys; ALTER TABLE conversations DROP COLUMN e2ee;
+        "DROP INDEX messages_by_sender; DROP TABLE device_keys; ALTER TABLE conversations DROP COLUMN e2ee;
          DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
          ALTER TABLE users DROP COLUMN push_show_text;
          DROP TABLE media; ALTER TABLE messages DROP COLUMN content_pb;

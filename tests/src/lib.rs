@@ -441,7 +441,8 @@ fn text_of(message: &natter_client::proto::Message) -> Option<String> {
         natter_client::proto::content::Body::Text(t) => Some(t.body.clone()),
         natter_client::proto::content::Body::Media(_)
         | natter_client::proto::content::Body::Mls(_)
-        | natter_client::proto::content::Body::MlsCommit(_) => None,
+        | natter_client::proto::content::Body::MlsCommit(_)
+        | natter_client::proto::content::Body::Erased(_) => None,
     }
 }
 

@@ -355,6 +355,8 @@ pub fn decide_send(state: &ConversationState, cmd: SendCommand, at: Millis) -> R
                 return Err(Rejection::TextTooLong { len: media.caption.len(), max: MAX_TEXT_BYTES });
             }
         }
+        // Only an erasure writes it.
+        Content::Erased => return Err(Rejection::EmptyMessage),
     }
     Ok(Event::MessageSent(MessageSent {
         conversation_id: state.id,

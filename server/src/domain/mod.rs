@@ -294,6 +294,20 @@ pub enum Event {
         subject: String,
         at: Millis,
     },
+    /// An event whose personal data an erasure took out of the log: `was` is
+    /// its type name. Projects nothing.
+    Redacted {
+        was: String,
+        at: Millis,
+    },
+    /// The account is erased (see `store::erasure`): the read models keep a
+    /// tombstone. `by: None` when the user asked, or natter-admin on the store.
+    AccountErased {
+        user_id: UserId,
+        by: Option<UserId>,
+        registered_at: Millis,
+        at: Millis,
+    },
 }
 
 /// A device's Web Push subscription (RFC 8030; keys as RFC 8291 names them).
@@ -485,6 +499,8 @@ pub enum Content {
         group_info: Vec<u8>,
         epoch: u64,
     },
+    /// The sender's account was erased: the content is gone from the log.
+    Erased,
 }
 
 /// A file in a message: what natterd knew of the upload when it was sent,
@@ -574,6 +590,8 @@ impl Event {
             Event::AdminRevoked { .. } => "AdminRevoked",
             Event::AccountDisabled { .. } => "AccountDisabled",
             Event::AccountEnabled { .. } => "AccountEnabled",
+            Event::Redacted { .. } => "Redacted",
+            Event::AccountErased { .. } => "AccountErased",
             Event::AdminActed(_) => "AdminActed",
             Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
@@ -658,7 +676,9 @@ impl Event {
             | Event::PushUnsubscribed { .. }
             | Event::PushPreviewsSet { .. }
             | Event::ConversationMuted { .. }
-            | Event::ConversationUnmuted { .. } => None,
+            | Event::ConversationUnmuted { .. }
+            | Event::Redacted { .. }
+            | Event::AccountErased { .. } => None,
         }
     }
 }

@@ -324,6 +324,9 @@ pub trait KeyPackageStore: Send + Sync {
     /// Forgets the packages whose lifetime ended before `now`. Returns how
     /// many went.
     async fn sweep(&self, now: Millis) -> Result<u64, StoreError>;
+
+    /// An erased account: forgets every package of its devices.
+    async fn forget(&self, user: crate::domain::UserId) -> Result<(), StoreError>;
 }
 
 /// How long the claim counters' windows are.

@@ -140,4 +140,10 @@ impl KeyPackageStore for PostgresKeyPackages {
         let conn = self.conn().await?;
         Ok(conn.execute("DELETE FROM mls_key_packages WHERE not_after_ms <= $1", &[&(now.0 as i64)]).await?)
     }
+
+    async fn forget(&self, user: crate::domain::UserId) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute("DELETE FROM mls_key_packages WHERE user_id = $1", &[&user.to_string()]).await?;
+        Ok(())
+    }
 }

@@ -43,6 +43,7 @@ impl SqliteKeyPackages {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -201,6 +202,16 @@ impl KeyPackageStore for SqliteKeyPackages {
         self.with(move |c| {
             Ok(c.prepare_cached("DELETE FROM mls_key_packages WHERE not_after_ms <= ?1")?.execute([now.0 as i64])?
                 as u64)
+        })
+        .await
+        .map_err(store_only)
+    }
+
+    async fn forget(&self, user: crate::domain::UserId) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute("DELETE FROM mls_key_packages WHERE user_id = ?1", [user.to_string()])?;
+            crate::store::sqlite::truncate_wal(c)?;
+            Ok(())
         })
         .await
         .map_err(store_only)

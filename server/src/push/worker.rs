@@ -274,7 +274,7 @@ impl Worker {
                 // End-to-end encrypted: natterd has no text to show, ever.
                 Content::Mls { .. } => String::new(),
                 // Group bookkeeping, not a message for people.
-                Content::MlsCommit { .. } => continue,
+                Content::MlsCommit { .. } | Content::Erased => continue,
             };
             for user in state.member_ids().filter(|u| *u != m.sender_user_id) {
                 let key = (user, m.conversation_id);

@@ -334,6 +334,28 @@ impl SearchIndex for TantivyIndex {
         self.blocking(move |inner| inner.search(&query)).await
     }
 
+    async fn erase_sender(&self, sender: UserId, upto: Position) -> Result<(), SearchError> {
+        self.blocking(move |inner| {
+            let mut guard = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let writer = guard.as_mut().ok_or_else(closed)?;
+            writer.delete_term(Term::from_field_text(inner.fields.sender, &sender.0.to_string()));
+            let mut prepared = writer.prepare_commit().map_err(index_error)?;
+            prepared.set_payload(&upto.to_string());
+            prepared.commit().map_err(index_error)?;
+            // A delete only marks documents; merging writes the segments anew
+            // without them, and the old files are then removed.
+            let segments = inner.index.searchable_segment_ids().map_err(index_error)?;
+            if !segments.is_empty() {
+                writer.merge(&segments).wait().map_err(index_error)?;
+            }
+            // Searchers of the old segments let go of them first.
+            inner.reader.reload().map_err(index_error)?;
+            writer.garbage_collect_files().wait().map_err(index_error)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), SearchError> {
         self.blocking(|inner| {
             let writer = inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();

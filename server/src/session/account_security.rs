@@ -391,7 +391,7 @@ impl Service {
     }
 
     /// A current code (or a recovery code) of `me`, spent.
-    async fn current_factor(&self, me: &Identity, code: &str) -> Result<UserRecord, WireError> {
+    pub(super) async fn current_factor(&self, me: &Identity, code: &str) -> Result<UserRecord, WireError> {
         let user = self.user(me.user_id).await?;
         let factor = if codes::normalize(code).is_some() {
             wire::verify_mfa::Factor::Code(code.to_owned())

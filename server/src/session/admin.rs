@@ -119,6 +119,10 @@ impl Service {
             Body::AdminStatus(_) => self.admin_status().await,
             Body::AdminListGroups(req) => self.admin_list_groups(req).await,
             Body::AdminGetGroup(req) => self.admin_get_group(req).await,
+            Body::AdminDeleteUser(req) => {
+                let target = self.account_named(&req.user).await?;
+                self.admin_delete_user(&admin, from, target).await
+            }
             _ => unreachable!("only admin requests are routed here"),
         }
     }

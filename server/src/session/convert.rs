@@ -60,6 +60,7 @@ pub fn content(c: &Content) -> wire::Content {
                 epoch: *epoch,
             })),
         },
+        Content::Erased => wire::Content { body: Some(wire::content::Body::Erased(wire::Erased {})) },
     }
 }
 

@@ -206,7 +206,12 @@ impl FeedSource {
                 delivered_up_to: 0,
                 read_up_to: seq.0,
             })),
+            Event::AccountErased { user_id, .. } => {
+                svc.forget_user_info(*user_id);
+                Some(feed_event::Kind::AccountErased(wire::AccountErased { user_id: user_id.to_string() }))
+            }
             Event::UserRegistered(_)
+            | Event::Redacted { .. }
             | Event::EmailClaimed { .. }
             | Event::SessionStarted(_)
             | Event::SessionRevoked { .. }

@@ -107,6 +107,10 @@ impl Service {
                 self.check_commit_leaves(me, &state, framed, &c.group_info).await?;
                 Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch }
             }
+            // What the server shows of a deleted account's message; no one sends it.
+            Some(wire::content::Body::Erased(_)) => {
+                return Err(invalid("content", "erased content is the server's, not a message to send"))
+            }
             None => return Err(Rejection::EmptyMessage.into()),
         };
         let commit_epoch = match &content {

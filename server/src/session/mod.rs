@@ -7,6 +7,7 @@
 mod account_security;
 pub mod admin;
 pub mod convert;
+mod erase;
 pub mod feed;
 mod groups;
 pub mod guard;
@@ -121,6 +122,9 @@ pub struct UserInfo {
     pub email: Option<Email>,
     pub display_name: String,
 }
+
+/// How an erased account is shown (spec section 5.31).
+pub const ERASED_NAME: &str = "Deleted account";
 
 /// Who a connection is signed in as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +245,7 @@ macro_rules! admin_requests {
             | Body::AdminStatus(_)
             | Body::AdminListGroups(_)
             | Body::AdminGetGroup(_)
+            | Body::AdminDeleteUser(_)
     };
 }
 
@@ -251,6 +256,7 @@ macro_rules! stateful {
         Body::Signup(_)
             | Body::Login(_)
             | Body::Logout(_)
+            | Body::DeleteAccount(_)
             | Body::Sync(_)
             | Body::AckFeed(_)
             | Body::Typing(_)
@@ -311,7 +317,7 @@ impl Service {
         capabilities: Capabilities,
     ) -> Arc<Self> {
         let Capabilities { media, search, push, mls, admin } = capabilities;
-        Arc::new(Self {
+        let service = Arc::new(Self {
             store,
             hasher,
             guard: guard::LoginGuard::new(config.login_guard),
@@ -330,7 +336,37 @@ impl Service {
             push,
             mls,
             admin,
-        })
+        });
+        service.forget_erased_accounts();
+        service
+    }
+
+    /// Follows the log's commits (every node's) and drops an erased account
+    /// from this node's cache, so its name is shown nowhere any more.
+    fn forget_erased_accounts(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut commits = self.store.subscribe();
+        let service = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let batch = commits.recv().await;
+                let Some(service) = service.upgrade() else { return };
+                match batch {
+                    Ok(batch) => {
+                        for c in batch.iter() {
+                            if let Event::AccountErased { user_id, .. } = &c.event.event {
+                                service.forget_user_info(*user_id);
+                            }
+                        }
+                    }
+                    // Missed some: forget everything rather than one too few.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        service.users.lock().expect("users lock").clear();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -452,6 +488,11 @@ impl Service {
         Ok(None)
     }
 
+    /// Drops what this node cached of an erased account.
+    fn forget_user_info(&self, user: UserId) {
+        self.users.lock().expect("users lock").remove(&user);
+    }
+
     async fn user_info(&self, user: UserId) -> Result<Arc<UserInfo>, StoreError> {
         if let Some(info) = self.users.lock().expect("users lock").get(&user) {
             return Ok(info.clone());
@@ -461,7 +502,8 @@ impl Service {
             .user_by_id(user)
             .await?
             .ok_or_else(|| StoreError::Database(format!("user {user} referenced but not in the read model")))?;
-        let info = Arc::new(UserInfo { email: record.email, display_name: record.display_name });
+        let display_name = if record.erased { ERASED_NAME.to_owned() } else { record.display_name };
+        let info = Arc::new(UserInfo { email: record.email, display_name });
         let mut users = self.users.lock().expect("users lock");
         if users.len() >= CACHE_MAX {
             users.clear();
@@ -601,6 +643,7 @@ impl Session {
             Body::Signup(req) => self.service.signup(req, self.remote).await.map(Handled::from),
             Body::Login(req) => self.login(req).await.map(Handled::from),
             Body::Logout(_) => self.logout().await.map(Handled::from),
+            Body::DeleteAccount(req) => self.delete_account(req).await.map(Handled::from),
             Body::Sync(req) => self.sync(req).await,
             Body::AckFeed(req) => self.ack(req).map(Handled::from),
             Body::Typing(req) => {
@@ -845,6 +888,7 @@ impl Service {
             phone: None,
             admin: false,
             disabled: false,
+            erased: false,
         };
         let result = self
             .store

@@ -140,6 +140,14 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::AccountEnabled { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::Redacted { was, at } => pb::Redacted { was: was.clone(), at_ms: at.0 }.encode_to_vec(),
+        Event::AccountErased { user_id, by, registered_at, at } => pb::AccountErased {
+            user_id: user_id.to_string(),
+            by_user_id: optional_id(*by),
+            registered_at_ms: registered_at.0,
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
         Event::AdminActed(a) => pb::AdminActed {
             actor_user_id: optional_id(a.actor),
             action: a.action.clone(),
@@ -344,6 +352,7 @@ pub fn encode_content(content: &Content) -> pb::MessageContent {
                 epoch: *epoch,
             })
         }
+        Content::Erased => pb::message_content::Body::Erased(pb::ErasedContent {}),
     };
     pb::MessageContent { body: Some(body) }
 }
@@ -374,6 +383,7 @@ pub fn decode_content(content: Option<pb::MessageContent>) -> Result<Content, St
         Some(pb::message_content::Body::MlsCommit(c)) => {
             Content::MlsCommit { commit: c.commit, welcome: c.welcome, group_info: c.group_info, epoch: c.epoch }
         }
+        Some(pb::message_content::Body::Erased(_)) => Content::Erased,
         None => return Err("message without content".into()),
     })
 }
@@ -578,6 +588,19 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
             Event::AccountEnabled {
                 user_id: UserId(uuid(&e.user_id)?),
                 by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
+        "Redacted" => {
+            let e = pb::Redacted::decode(payload).map_err(bad)?;
+            Event::Redacted { was: e.was, at: Millis(e.at_ms) }
+        }
+        "AccountErased" => {
+            let e = pb::AccountErased::decode(payload).map_err(bad)?;
+            Event::AccountErased {
+                user_id: UserId(uuid(&e.user_id)?),
+                by: optional_user(&e.by_user_id)?,
+                registered_at: Millis(e.registered_at_ms),
                 at: Millis(e.at_ms),
             }
         }
@@ -924,6 +947,14 @@ mod tests {
                 content: Content::MlsCommit { commit: vec![1], welcome: vec![2, 2], group_info: vec![3], epoch: 3 },
                 at: Millis(50),
             }),
+            Event::MessageSent(MessageSent {
+                conversation_id: conv,
+                sender_user_id: u,
+                sender_device_id: DeviceId(Uuid::from_u128(4)),
+                client_msg_id: ClientMsgId::parse("m-erased").unwrap(),
+                content: Content::Erased,
+                at: Millis(51),
+            }),
             Event::PushPreviewsSet { user_id: v, show_text: false, at: Millis(42) },
             Event::ConversationMuted { user_id: v, conversation_id: conv, until: None, at: Millis(43) },
             Event::ConversationMuted { user_id: v, conversation_id: conv, until: Some(Millis(99)), at: Millis(44) },
@@ -944,6 +975,8 @@ mod tests {
             Event::AdminRevoked { user_id: v, by: Some(u), at: Millis(62) },
             Event::AccountDisabled { user_id: v, by: Some(u), at: Millis(63) },
             Event::AccountEnabled { user_id: v, by: None, at: Millis(64) },
+            Event::Redacted { was: "UserRegistered".into(), at: Millis(65) },
+            Event::AccountErased { user_id: v, by: Some(u), registered_at: Millis(1), at: Millis(66) },
             Event::AdminActed(crate::domain::AdminAction {
                 actor: Some(u),
                 action: "disable".into(),

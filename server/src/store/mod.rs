@@ -8,6 +8,7 @@
 
 pub mod auth_state;
 pub mod codec;
+pub mod erasure;
 pub mod postgres;
 pub mod sqlite;
 
@@ -161,6 +162,7 @@ pub(crate) enum Work {
     LastSeen(UserId, Millis),
     Import(Vec<RecordedEvent>),
     Rebuild,
+    Rewrite(erasure::LogRewrite, Vec<StreamAppend>),
 }
 
 /// One caller's work and where its answer goes once committed.
@@ -289,6 +291,8 @@ pub struct UserRecord {
     pub admin: bool,
     /// Disabled by an admin (`AccountDisabled`).
     pub disabled: bool,
+    /// Erased (`AccountErased`): a tombstone, shown as a deleted account.
+    pub erased: bool,
 }
 
 /// A live node of a cluster.
@@ -340,6 +344,7 @@ pub(crate) fn stored_content(kind: &str, text: Option<String>, pb: Option<Vec<u8
     use prost::Message as _;
     match (kind, text, pb) {
         ("text", Some(t), _) => Ok(Content::Text(t)),
+        ("erased", _, _) => Ok(Content::Erased),
         ("media" | "mls", _, Some(pb)) => natter_proto::events::MessageContent::decode(pb.as_slice())
             .map_err(|e| e.to_string())
             .and_then(|c| codec::decode_content(Some(c)))
@@ -841,6 +846,15 @@ pub trait Store: Send + Sync + 'static {
     /// `WrongExpectedVersion` when a stream's version does not match (nothing is
     /// written); `Store` when the storage failed.
     async fn append(&self, appends: Vec<StreamAppend>) -> Result<AppendOutcome, AppendError>;
+    /// Rewrites events in place and renames streams (an erasure, see
+    /// [`erasure`]), then appends `appends`, in one transaction; then makes
+    /// the old bytes unrecoverable from the store's files as far as the
+    /// backend can.
+    async fn rewrite(
+        &self,
+        rewrite: erasure::LogRewrite,
+        appends: Vec<StreamAppend>,
+    ) -> Result<AppendOutcome, AppendError>;
 
     /// Events of the whole log with position > `after`, ascending, at most `limit`.
     async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError>;

@@ -61,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../../migrations/postgres/0007_mls.sql")),
     (8, include_str!("../../migrations/postgres/0008_online_activity.sql")),
     (9, include_str!("../../migrations/postgres/0009_admin.sql")),
+    (10, include_str!("../../migrations/postgres/0010_erasure.sql")),
 ];
 
 /// The advisory lock every log write holds from its first statement to its commit.
@@ -476,7 +477,8 @@ impl Writer {
             }
         };
         let batch = written.committed;
-        let wrote = !batch.is_empty() || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild));
+        let wrote = !batch.is_empty()
+            || jobs.iter().any(|j| matches!(j.work, Work::Import(_) | Work::Rebuild | Work::Rewrite(..)));
         for (job, result) in jobs.drain(..).zip(written.results) {
             let _ = job.reply.send(result);
         }
@@ -973,7 +975,7 @@ fn row_to_message(row: &Row) -> Result<MessageRecord, StoreError> {
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
                                   email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone, admin,
-                                  disabled_at_ms IS NOT NULL FROM users";
+                                  disabled_at_ms IS NOT NULL, erased_at_ms IS NOT NULL FROM users";
 
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
     Ok(UserRecord {
@@ -987,6 +989,7 @@ fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
         phone: row.get::<_, Option<String>>(7).map(crate::domain::Phone::from_normalized),
         admin: row.get(8),
         disabled: row.get(9),
+        erased: row.get(10),
     })
 }
 
@@ -1103,6 +1106,14 @@ impl Store for PostgresStore {
         self.write(Work::Append(appends)).await
     }
 
+    async fn rewrite(
+        &self,
+        rewrite: super::erasure::LogRewrite,
+        appends: Vec<StreamAppend>,
+    ) -> Result<AppendOutcome, AppendError> {
+        self.write(Work::Rewrite(rewrite, appends)).await
+    }
+
     async fn read_all(&self, after: Position, limit: u32) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(|conn| async move {
             let sql = format!("{SELECT_EVENT} WHERE position > $1 ORDER BY position LIMIT $2");
@@ -1216,7 +1227,7 @@ impl Store for PostgresStore {
             let rows = cached_query(&conn, &sql, &[prefix, &after_at, after_id, &i64::from(limit)]).await?;
             rows.iter()
                 .map(|row| {
-                    Ok(UserListEntry { user: row_to_user(row)?, sessions: row.get::<_, i64>(10) as u32 })
+                    Ok(UserListEntry { user: row_to_user(row)?, sessions: row.get::<_, i64>(11) as u32 })
                 })
                 .collect()
         })

@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/sqlite/0009_push.sql")),
     (10, include_str!("../../migrations/sqlite/0010_mls.sql")),
     (11, include_str!("../../migrations/sqlite/0011_admin.sql")),
+    (12, include_str!("../../migrations/sqlite/0012_erasure.sql")),
 ];
 
 /// The writer: statement journals in memory, a 64 MiB page cache, reads mapped.
@@ -137,6 +138,9 @@ impl SqliteStore {
         // (a pwrite per page), and the default 2 MB page cache re-read pages from
         // the OS on every append.
         conn.execute_batch(WRITER_TUNING)?;
+        // Erasure (store::erasure): what a delete or rewrite frees is zeroed,
+        // not left in free space for a file reader to find.
+        conn.execute_batch("PRAGMA secure_delete=ON;")?;
         // The writer uses a few dozen statements; the default cache (16) would
         // re-prepare them over and over.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -335,6 +339,9 @@ fn commit_batch(
             Work::LastSeen(user, at) => upsert_last_seen(&tx, *user, *at).map(done).map_err(AppendError::from),
             Work::Import(events) => import_in_tx(&tx, events).map(done),
             Work::Rebuild => rebuild_in_tx(&tx).map(done),
+            Work::Rewrite(rewrite, appends) => {
+                rewrite_in_tx(&tx, rewrite).and_then(|()| append_in_tx(&tx, appends, recorded_at))
+            }
         };
         match r {
             Ok((outcome, committed)) => {
@@ -367,6 +374,11 @@ fn commit_batch(
         return None;
     }
     let commit_took = commit_started.elapsed();
+    if jobs.iter().any(|j| matches!(j.work, Work::Rewrite(..))) {
+        // What the rewrite replaced is zeroed in the database (secure_delete);
+        // the WAL still holds it until this.
+        forget_wal(conn);
+    }
     for (job, result) in jobs.drain(..).zip(results) {
         let _ = job.reply.send(result);
     }
@@ -455,6 +467,54 @@ fn append_in_tx(
     Ok((AppendOutcome::Appended(recorded), committed))
 }
 
+/// Rewrites events in place and renames streams (the log keeps positions and
+/// versions).
+fn rewrite_in_tx(conn: &Connection, rewrite: &super::erasure::LogRewrite) -> Result<(), AppendError> {
+    for (from, to) in &rewrite.renames {
+        conn.prepare_cached("UPDATE events SET stream = ?2 WHERE stream = ?1")?
+            .execute(params![from.as_str(), to.as_str()])?;
+        conn.prepare_cached("UPDATE streams SET stream = ?2 WHERE stream = ?1")?
+            .execute(params![from.as_str(), to.as_str()])?;
+    }
+    let mut update = conn
+        .prepare_cached("UPDATE events SET event_type = ?2, schema_version = ?3, payload = ?4 WHERE position = ?1")?;
+    for (position, event) in &rewrite.events {
+        let (ty, schema, payload) = codec::encode(event);
+        if update.execute(params![*position as i64, ty, schema, payload])? != 1 {
+            return Err(AppendError::Store(StoreError::Database(format!(
+                "no event at position {position} to rewrite"
+            ))));
+        }
+    }
+    Ok(())
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)` on a side database (`auth.db`,
+/// `mls.db`) after it forgot an erased account.
+///
+/// # Errors
+/// The checkpoint fails.
+pub(crate) fn truncate_wal(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).map(|_| ())
+}
+
+/// Copies the WAL into the database and truncates it to nothing, so what a
+/// rewrite replaced is in no file. Waits (busy timeout) for readers of older
+/// snapshots; retried a few times, then logged.
+fn forget_wal(conn: &Connection) {
+    for attempt in 0..10 {
+        match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(50 * (attempt + 1))),
+            Err(e) => {
+                tracing::error!(error = %e, "the WAL checkpoint after an erasure failed");
+                return;
+            }
+        }
+    }
+    tracing::error!("the WAL checkpoint after an erasure stayed busy: the WAL may hold erased data until the next one");
+}
+
 /// Writes another log's events as they are, then projects them.
 fn import_in_tx(conn: &Connection, events: &[RecordedEvent]) -> Result<(), AppendError> {
     let head: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| r.get(0))?;
@@ -514,7 +574,9 @@ fn rebuild_in_tx(conn: &Connection) -> Result<(), AppendError> {
 
 fn upsert_last_seen(conn: &Connection, user: UserId, at: Millis) -> Result<(), rusqlite::Error> {
     conn.prepare_cached(
-        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES (?1, ?2)
+        // Not for an erased account (its last connection may close after).
+        "INSERT INTO last_seen (user_id, last_seen_ms)
+         SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM users WHERE user_id = ?1 AND erased_at_ms IS NOT NULL)
          ON CONFLICT (user_id) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
     )?
     .execute(params![user.to_string(), at.0 as i64])?;
@@ -792,7 +854,10 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
             return Ok(Vec::new());
         }
         // Read from its stream: no read model.
-        Event::AdminActed(_) => return Ok(Vec::new()),
+        Event::AdminActed(_) | Event::Redacted { .. } => return Ok(Vec::new()),
+        Event::AccountErased { user_id, registered_at, at, .. } => {
+            return erase_account(conn, *user_id, *registered_at, *at, rec.position)
+        }
         Event::ConversationMuted { user_id, conversation_id, until, .. } => {
             conn.prepare_cached(
                 "INSERT INTO push_mutes (user_id, conversation_id, until_ms) VALUES (?1, ?2, ?3)
@@ -865,6 +930,7 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                     ("mls", "", Some(codec::encode_content(&m.content).encode_to_vec()))
                 }
                 Content::MlsCommit { .. } => ("mls", "", Some(codec::encode_content(&m.content).encode_to_vec())),
+                Content::Erased => ("erased", "", None),
                 Content::Media(media) => {
                     conn.prepare_cached("UPDATE media SET first_seq = ?2 WHERE media_id = ?1 AND first_seq IS NULL")?
                         .execute(params![media.media_id.to_string(), version])?;
@@ -920,6 +986,52 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
     }
     let conv = rec.event.conversation_id().expect("every other event belongs to a conversation").to_string();
     add_to_feeds(conn, &conv, rec.position, extra_audience)
+}
+
+/// `AccountErased`: the account's row becomes a tombstone, and what else the
+/// read models hold of it goes (see `store::erasure`). The people who shared a
+/// conversation with it are told (their clients show the tombstone).
+fn erase_account(
+    conn: &Connection,
+    user: UserId,
+    registered_at: Millis,
+    at: Millis,
+    position: Position,
+) -> Result<Vec<UserId>, rusqlite::Error> {
+    let id = user.to_string();
+    conn.prepare_cached(
+        "INSERT INTO users (user_id, display_name, created_at_ms, hide_last_seen, push_show_text, disabled_at_ms,
+                            erased_at_ms)
+         VALUES (?1, '', ?2, 1, 0, ?3, ?3)
+         ON CONFLICT (user_id) DO UPDATE SET email = NULL, display_name = '', password_hash = NULL, phone = NULL,
+             email_verified_at_ms = NULL, totp_sealed_secret = NULL, totp_enabled_at_ms = NULL, admin = 0,
+             hide_last_seen = 1, push_show_text = 0, disabled_at_ms = excluded.disabled_at_ms,
+             erased_at_ms = excluded.erased_at_ms",
+    )?
+    .execute(params![id, registered_at.0 as i64, at.0 as i64])?;
+    for sql in super::erasure::ERASED_ROWS {
+        conn.prepare_cached(sql)?.execute([&id])?;
+    }
+    conn.prepare_cached(
+        "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL
+         WHERE sender_user_id = ?1 AND content_kind <> 'erased'",
+    )?
+    .execute([&id])?;
+    let mut audience = Vec::new();
+    {
+        let mut contacts = conn.prepare_cached(super::erasure::SELECT_CONTACTS)?;
+        let rows = contacts.query_map([&id], |r| r.get::<_, String>(0))?;
+        for contact in rows {
+            let contact = contact?;
+            let uuid = Uuid::try_parse(&contact).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            audience.push(UserId(uuid));
+        }
+    }
+    let mut insert = conn.prepare_cached("INSERT OR IGNORE INTO feed (user_id, position) VALUES (?1, ?2)")?;
+    for u in &audience {
+        insert.execute(params![u.to_string(), position as i64])?;
+    }
+    Ok(audience)
 }
 
 fn insert_conversation(
@@ -1199,6 +1311,7 @@ struct UserRow {
     phone: Option<String>,
     admin: bool,
     disabled: bool,
+    erased: bool,
 }
 
 fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
@@ -1213,6 +1326,7 @@ fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRow> {
         phone: row.get(7)?,
         admin: row.get(8)?,
         disabled: row.get(9)?,
+        erased: row.get(10)?,
     })
 }
 
@@ -1228,12 +1342,13 @@ fn user_record(row: UserRow) -> Result<UserRecord, StoreError> {
         phone: row.phone.map(crate::domain::Phone::from_normalized),
         admin: row.admin,
         disabled: row.disabled,
+        erased: row.erased,
     })
 }
 
 const SELECT_USER: &str = "SELECT user_id, email, display_name, password_hash, created_at_ms,
                                   email_verified_at_ms IS NOT NULL, totp_sealed_secret, phone, admin,
-                                  disabled_at_ms IS NOT NULL FROM users";
+                                  disabled_at_ms IS NOT NULL, erased_at_ms IS NOT NULL FROM users";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -1241,6 +1356,17 @@ impl Store for SqliteStore {
         let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
         writer.send(WriteJob { work: Work::Append(appends), reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn rewrite(
+        &self,
+        rewrite: super::erasure::LogRewrite,
+        appends: Vec<StreamAppend>,
+    ) -> Result<AppendOutcome, AppendError> {
+        let writer = self.writer.lock().expect("writer lock").clone().ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        writer.send(WriteJob { work: Work::Rewrite(rewrite, appends), reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1377,7 +1503,7 @@ impl Store for SqliteStore {
                  ORDER BY u.created_at_ms, u.user_id"
             ))?;
             let rows = stmt.query_map(params![prefix, after_at, after_id, limit], |row| {
-                Ok((row_to_user(row)?, row.get::<_, i64>(10)?))
+                Ok((row_to_user(row)?, row.get::<_, i64>(11)?))
             })?;
             let mut page = Vec::new();
             for row in rows {

@@ -552,6 +552,8 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::AdminStatus(_) => "admin_status",
         Body::AdminListGroups(_) => "admin_list_groups",
         Body::AdminGetGroup(_) => "admin_get_group",
+        Body::DeleteAccount(_) => "delete_account",
+        Body::AdminDeleteUser(_) => "admin_delete_user",
     }
 }
 

@@ -137,6 +137,11 @@ pub trait AuthState: Send + Sync {
     /// challenges, and counters whose window ended more than
     /// [`COUNTER_RETENTION`] ago. Returns how many rows went.
     async fn sweep(&self, now: Millis) -> Result<u64, StoreError>;
+
+    /// An erased account: forgets its codes and counters (by `subjects`, its
+    /// emails and phone numbers), TOTP steps, challenges and the last address
+    /// of each of its sessions (`tokens`).
+    async fn forget(&self, user: UserId, subjects: Vec<String>, tokens: Vec<TokenHash>) -> Result<(), StoreError>;
 }
 
 /// Counters outlive their window by this much before a sweep drops them

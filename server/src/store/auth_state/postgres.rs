@@ -272,4 +272,21 @@ impl AuthState for PostgresAuthState {
             conn.execute("DELETE FROM auth_counters WHERE window_start_ms < $1", &[&counters_before]).await?;
         Ok(codes + challenges + counters)
     }
+
+    async fn forget(&self, user: UserId, subjects: Vec<String>, tokens: Vec<TokenHash>) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let id = user.to_string();
+        for subject in &subjects {
+            tx.execute("DELETE FROM auth_codes WHERE subject = $1", &[subject]).await?;
+            tx.execute("DELETE FROM auth_counters WHERE strpos(key, $1) > 0", &[&format!(":{subject}")]).await?;
+        }
+        tx.execute("DELETE FROM auth_counters WHERE key = $1", &[&format!("mfa-failures:{id}")]).await?;
+        tx.execute("DELETE FROM auth_totp_steps WHERE user_id = $1", &[&id]).await?;
+        tx.execute("DELETE FROM auth_challenges WHERE user_id = $1", &[&id]).await?;
+        let hashes: Vec<&[u8]> = tokens.iter().map(|t| t.0.as_slice()).collect();
+        tx.execute("DELETE FROM auth_session_activity WHERE token_hash = ANY($1)", &[&hashes]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -48,6 +48,7 @@ impl SqliteAuthState {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
@@ -306,6 +307,26 @@ impl AuthState for SqliteAuthState {
             let challenges = c.execute("DELETE FROM auth_challenges WHERE expires_at_ms <= ?1", [now])?;
             let counters = c.execute("DELETE FROM auth_counters WHERE window_start_ms < ?1", [counters_before])?;
             Ok((codes + challenges + counters) as u64)
+        })
+        .await
+    }
+
+    async fn forget(&self, user: UserId, subjects: Vec<String>, tokens: Vec<TokenHash>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let id = user.to_string();
+            for subject in &subjects {
+                tx.execute("DELETE FROM auth_codes WHERE subject = ?1", [subject])?;
+                tx.execute("DELETE FROM auth_counters WHERE instr(key, ?1) > 0", [format!(":{subject}")])?;
+            }
+            tx.execute("DELETE FROM auth_counters WHERE key = ?1", [format!("mfa-failures:{id}")])?;
+            tx.execute("DELETE FROM auth_totp_steps WHERE user_id = ?1", [&id])?;
+            tx.execute("DELETE FROM auth_challenges WHERE user_id = ?1", [&id])?;
+            for token in &tokens {
+                tx.execute("DELETE FROM auth_session_activity WHERE token_hash = ?1", [token.0.as_slice()])?;
+            }
+            tx.commit()?;
+            super::super::sqlite::truncate_wal(c)
         })
         .await
     }

@@ -31,8 +31,8 @@ use super::{parse_uuid, query, row_to_event, Conn, Failure, LOG_LOCK, SELECT_EVE
 use crate::domain::conversation::ConversationKind;
 use crate::domain::{Content, ConversationId, Event, Millis, Role, UserId};
 use crate::store::{
-    check_distinct_streams, codec, kind_to_str, role_to_str, AppendError, AppendOutcome, CommittedEvent, Position,
-    Precondition, RecordedEvent, StoreError, StreamAppend, Work, WriteJob,
+    check_distinct_streams, codec, erasure::LogRewrite, kind_to_str, role_to_str, AppendError, AppendOutcome,
+    CommittedEvent, Position, Precondition, RecordedEvent, StoreError, StreamAppend, Work, WriteJob,
 };
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -219,6 +219,7 @@ impl Plan {
                 Content::MlsCommit { .. } => {
                     ("mls", String::new(), Some(codec::encode_content(&m.content).encode_to_vec()), None)
                 }
+                Content::Erased => ("erased", String::new(), None, None),
                 Content::Media(media) => (
                     "media",
                     media.caption.clone(),
@@ -486,7 +487,36 @@ impl Plan {
                 return (None, None);
             }
             // Read from its stream: no read model.
-            Event::AdminActed(_) => return (None, None),
+            Event::AdminActed(_) | Event::Redacted { .. } => return (None, None),
+            Event::AccountErased { user_id, registered_at, at, .. } => {
+                let id = user_id.to_string();
+                self.push(
+                    "INSERT INTO users (user_id, display_name, created_at_ms, hide_last_seen, push_show_text,
+                                        disabled_at_ms, erased_at_ms)
+                     VALUES ($1, '', $2, TRUE, FALSE, $3, $3)
+                     ON CONFLICT (user_id) DO UPDATE SET email = NULL, display_name = '', password_hash = NULL,
+                         phone = NULL, email_verified_at_ms = NULL, totp_sealed_secret = NULL,
+                         totp_enabled_at_ms = NULL, admin = FALSE, hide_last_seen = TRUE, push_show_text = FALSE,
+                         disabled_at_ms = excluded.disabled_at_ms, erased_at_ms = excluded.erased_at_ms",
+                    vec![p(id.clone()), p(registered_at.0 as i64), p(at.0 as i64)],
+                );
+                for sql in crate::store::erasure::ERASED_ROWS_PG {
+                    self.push(sql, vec![p(id.clone())]);
+                }
+                self.push(
+                    "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL
+                     WHERE sender_user_id = $1 AND content_kind <> 'erased'",
+                    vec![p(id.clone())],
+                );
+                let feed = self.push(
+                    "INSERT INTO feed (user_id, position)
+                     SELECT DISTINCT o.user_id, $2::bigint FROM members m JOIN members o ON o.conversation_id = m.conversation_id
+                     WHERE m.user_id = $1 AND o.user_id <> $1 AND o.left_seq IS NULL
+                     ON CONFLICT DO NOTHING RETURNING user_id, position",
+                    vec![p(id), p(rec.position as i64)],
+                );
+                return (Some(feed), None);
+            }
             Event::TotpDisabled { user_id, .. } => {
                 self.push(
                     "UPDATE users SET totp_sealed_secret = NULL, totp_enabled_at_ms = NULL WHERE user_id = $1",
@@ -785,7 +815,7 @@ async fn check_wave(client: &Conn, wave: &[WriteJob]) -> Result<WaveChecks, Stor
     let appends: Vec<&StreamAppend> = wave
         .iter()
         .filter_map(|j| match &j.work {
-            Work::Append(a) => Some(a.iter()),
+            Work::Append(a) | Work::Rewrite(_, a) => Some(a.iter()),
             _ => None,
         })
         .flatten()
@@ -945,11 +975,11 @@ pub(super) struct Written {
 /// The wave starting at job `i` (appends and last-seen updates up to the next
 /// import or rebuild), if job `i` begins one.
 fn wave_at(jobs: &[WriteJob], i: usize) -> Option<std::ops::Range<usize>> {
-    if matches!(jobs.get(i)?.work, Work::Import(_) | Work::Rebuild) {
+    let alone = |j: &WriteJob| matches!(j.work, Work::Import(_) | Work::Rebuild | Work::Rewrite(..));
+    if alone(jobs.get(i)?) {
         return None;
     }
-    let end =
-        jobs[i..].iter().position(|j| matches!(j.work, Work::Import(_) | Work::Rebuild)).map_or(jobs.len(), |k| i + k);
+    let end = jobs[i..].iter().position(alone).map_or(jobs.len(), |k| i + k);
     Some(i..end)
 }
 
@@ -987,6 +1017,14 @@ pub(super) async fn write_batch(client: &Conn, jobs: &[WriteJob], recorded_at: M
             match &jobs[i].work {
                 Work::Import(events) => committed.extend(import(client, events, &mut next).await.map_err(before)?),
                 Work::Rebuild => rebuild(client).await.map_err(before)?,
+                Work::Rewrite(rewrite, appends) => {
+                    let (outcome, events) =
+                        rewrite_then_append(client, &jobs[i], rewrite, appends, recorded_at, &mut next).await?;
+                    committed.extend(events);
+                    results[i] = Some(outcome);
+                    i += 1;
+                    continue;
+                }
                 Work::Append(_) | Work::LastSeen(..) => unreachable!("these make waves"),
             }
             results[i] = done();
@@ -1004,7 +1042,10 @@ pub(super) async fn write_batch(client: &Conn, jobs: &[WriteJob], recorded_at: M
             match &job.work {
                 Work::LastSeen(user, at) => {
                     plan.push(
-                        "INSERT INTO last_seen (user_id, last_seen_ms) VALUES ($1, $2)
+                        // Not for an erased account (its last connection may close after).
+                        "INSERT INTO last_seen (user_id, last_seen_ms)
+                         SELECT $1::text, $2::bigint WHERE NOT EXISTS
+                             (SELECT 1 FROM users WHERE user_id = $1 AND erased_at_ms IS NOT NULL)
                          ON CONFLICT (user_id) DO UPDATE
                          SET last_seen_ms = GREATEST(last_seen.last_seen_ms, excluded.last_seen_ms)",
                         vec![p(user.to_string()), p(at.0 as i64)],
@@ -1021,7 +1062,7 @@ pub(super) async fn write_batch(client: &Conn, jobs: &[WriteJob], recorded_at: M
                     }
                     results[i + k] = Some(outcome);
                 }
-                Work::Import(_) | Work::Rebuild => unreachable!("a wave ends before these"),
+                Work::Import(_) | Work::Rebuild | Work::Rewrite(..) => unreachable!("a wave ends before these"),
             }
             decided = i + k + 1;
         }
@@ -1044,6 +1085,57 @@ pub(super) async fn write_batch(client: &Conn, jobs: &[WriteJob], recorded_at: M
     };
     let results = results.into_iter().map(|r| r.expect("every job decided")).collect();
     Ok(Written { results, committed, commit_took })
+}
+
+/// An erasure's job: the log rewritten in place, then its appends (checked
+/// as a wave of one). Refused appends undo the rewrite (a savepoint), so the
+/// rest of the batch commits without either.
+async fn rewrite_then_append(
+    client: &Conn,
+    job: &WriteJob,
+    rewrite: &LogRewrite,
+    appends: &[StreamAppend],
+    recorded_at: Millis,
+    next: &mut Position,
+) -> Result<(Result<AppendOutcome, AppendError>, Vec<CommittedEvent>), Failure> {
+    let before = |e: StoreError| Failure::BeforeCommit(e);
+    client.batch_execute("SAVEPOINT natter_rewrite").await.map_err(|e| before(e.into()))?;
+    for (from, to) in &rewrite.renames {
+        query(client, "UPDATE events SET stream = $2 WHERE stream = $1", &[&from.as_str(), &to.as_str()])
+            .await
+            .map_err(|e| before(e.into()))?;
+        query(client, "UPDATE streams SET stream = $2 WHERE stream = $1", &[&from.as_str(), &to.as_str()])
+            .await
+            .map_err(|e| before(e.into()))?;
+    }
+    let update = client
+        .prepare_cached(
+            "UPDATE events SET event_type = $2, schema_version = $3, payload = $4 WHERE position = $1 RETURNING position",
+        )
+        .await
+        .map_err(|e| before(e.into()))?;
+    for (position, event) in &rewrite.events {
+        let (ty, schema, payload) = codec::encode(event);
+        let rows = client
+            .query(&update, &[&(*position as i64), &ty, &(schema as i32), &payload])
+            .await
+            .map_err(|e| before(e.into()))?;
+        if rows.len() != 1 {
+            return Err(before(StoreError::Database(format!("no event at position {position} to rewrite"))));
+        }
+    }
+    let checks = check_wave(client, std::slice::from_ref(job)).await.map_err(before)?;
+    let (mut plan, mut overlay, start) = (Plan::default(), Overlay::default(), *next);
+    let outcome = decide(appends, &checks, &mut overlay, &mut plan, recorded_at, next);
+    match outcome {
+        Ok(outcome) => Ok((Ok(outcome), plan.run(client).await.map_err(before)?)),
+        Err(AppendError::Store(e)) => Err(before(e)),
+        Err(refused) => {
+            *next = start;
+            client.batch_execute("ROLLBACK TO SAVEPOINT natter_rewrite").await.map_err(|e| before(e.into()))?;
+            Ok((Err(refused), Vec::new()))
+        }
+    }
 }
 
 /// Writes another log's events as they are (positions, versions, ids, times)
