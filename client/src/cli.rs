@@ -285,6 +285,16 @@ enum Command {
     },
     /// List your conversations, most recent first, with unread counts.
     Conversations,
+    /// How long a conversation keeps its messages: shows it, or sets it
+    /// (`--keep 30d`; `--keep server` for the server's limit). Older messages
+    /// lose their text and files for everyone.
+    Retention {
+        /// A person's email, a group name or a conversation id.
+        conversation: String,
+        /// A span (`90s`, `90m`, `24h`, `30d`), or `server`.
+        #[arg(long, value_name = "SPAN")]
+        keep: Option<String>,
+    },
     /// Mark a conversation read up to its newest message.
     Read {
         /// A person's email, a group name or a conversation id.
@@ -810,6 +820,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Find { prefix } => cli.find(&prefix).await,
         Command::Conversations => cli.conversations().await,
         Command::Read { conversation } => cli.read(&conversation).await,
+        Command::Retention { conversation, keep } => cli.retention(&conversation, keep.as_deref()).await,
         Command::Receipts { conversation, seq } => cli.receipts(&conversation, seq).await,
         Command::Typing { conversation } => cli.typing(&conversation).await,
         Command::Group(g) => cli.group(g).await,
@@ -1766,6 +1777,29 @@ impl Cli {
         let conv = resolve(&client, target, Reach::Former, &self.me()).await?;
         client.unmute(&conv.conversation_id).await?;
         println!("{} unmuted", title(&conv, &self.me()));
+        client.close().await;
+        Ok(())
+    }
+
+    async fn retention(&mut self, target: &str, keep: Option<&str>) -> anyhow::Result<()> {
+        let client = self.connect_signed_in().await?;
+        let conv = resolve(&client, target, Reach::Member, &self.me()).await?;
+        let r = match keep {
+            Some("server") => client.set_retention(&conv.conversation_id, 0).await?,
+            Some(keep) => {
+                let keep = parse_span(keep).map_err(|e| anyhow::anyhow!("--keep {e}, or `server`"))?;
+                client.set_retention(&conv.conversation_id, keep.as_secs()).await?
+            }
+            None => client.retention(&conv.conversation_id).await?,
+        };
+        let shown = |secs: u64| if secs == 0 { "for ever".to_owned() } else { span(secs) };
+        println!(
+            "{} keeps messages {} (its own limit: {}; the server's: {})",
+            title(&conv, &self.me()),
+            shown(r.effective_max_age_secs),
+            if r.max_age_secs == 0 { "none".to_owned() } else { span(r.max_age_secs) },
+            if r.deployment_max_age_secs == 0 { "none".to_owned() } else { span(r.deployment_max_age_secs) },
+        );
         client.close().await;
         Ok(())
     }
@@ -2795,6 +2829,8 @@ impl Names {
             FeedItem::KeyPackageStock(_) => return,
             FeedItem::CaughtUp { .. } => return,
             FeedItem::AccountErased { .. } => return,
+            FeedItem::RetentionChanged { change, .. } => &change.conversation_id,
+            FeedItem::MessagesExpired { expired, .. } => &expired.conversation_id,
         };
         if self.conversations.contains_key(id) {
             return;
@@ -2959,6 +2995,17 @@ fn human_line(item: &FeedItem, names: &Names) -> Option<String> {
         FeedItem::AccountErased { user_id, .. } => {
             Some(format!("* {} deleted their account; their messages are erased", names.who(user_id)))
         }
+        FeedItem::RetentionChanged { change: c, .. } => Some(format!(
+            "* {} set {} to keep messages {}",
+            names.who(&c.actor_user_id),
+            names.title(&c.conversation_id),
+            if c.max_age_secs == 0 { "as the server does".to_owned() } else { format!("for {}", span(c.max_age_secs)) }
+        )),
+        FeedItem::MessagesExpired { expired: e, .. } => Some(format!(
+            "* messages in {} sent before {} expired",
+            names.title(&e.conversation_id),
+            clock(e.before_ms)
+        )),
         FeedItem::Typing { conversation_id, user_id, .. } => {
             Some(format!("* {} is typing{}…", names.who(user_id), names.in_group(conversation_id)))
         }
@@ -3031,6 +3078,14 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
             "delivered_up_to": receipt.delivered_up_to, "read_up_to": receipt.read_up_to,
         }),
         FeedItem::CaughtUp { cursor } => serde_json::json!({ "type": "caught_up", "cursor": cursor }),
+        FeedItem::RetentionChanged { cursor, change } => serde_json::json!({
+            "type": "retention_changed", "cursor": cursor, "conversation_id": change.conversation_id,
+            "actor_user_id": change.actor_user_id, "max_age_secs": change.max_age_secs,
+        }),
+        FeedItem::MessagesExpired { cursor, expired } => serde_json::json!({
+            "type": "messages_expired", "cursor": cursor, "conversation_id": expired.conversation_id,
+            "before_ms": expired.before_ms,
+        }),
         FeedItem::AccountErased { cursor, user_id } => serde_json::json!({
             "type": "account_erased", "cursor": cursor, "user_id": user_id, "email": names.email(user_id),
         }),
@@ -3052,6 +3107,16 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
         }),
     };
     Some(value.to_string())
+}
+
+/// A span for people: `30d`, `36h`, `90m`, `45s`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,16 @@ pub enum FeedItem {
         cursor: u64,
         receipt: wire::Receipt,
     },
+    /// A conversation's retention limit changed (spec section 5.32).
+    RetentionChanged {
+        cursor: u64,
+        change: wire::RetentionChanged,
+    },
+    /// A conversation's messages sent before `before_ms` are erased.
+    MessagesExpired {
+        cursor: u64,
+        expired: wire::MessagesExpired,
+    },
     /// Someone who shares a conversation with you deleted their account:
     /// their messages are erased (history shows them so from now on).
     AccountErased {
@@ -230,6 +240,8 @@ impl FeedItem {
             | FeedItem::Group { cursor, .. }
             | FeedItem::Receipt { cursor, .. }
             | FeedItem::AccountErased { cursor, .. }
+            | FeedItem::RetentionChanged { cursor, .. }
+            | FeedItem::MessagesExpired { cursor, .. }
             | FeedItem::CaughtUp { cursor } => Some(*cursor),
             FeedItem::Typing { .. }
             | FeedItem::TypingStopped { .. }
@@ -805,6 +817,35 @@ impl Client {
         let body = Body::DeleteAccount(wire::DeleteAccount { password: password.into(), code: code.into() });
         match self.request(body).await? {
             response::Result::AccountDeleted(d) => Ok((d.messages, d.media)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sets how old a conversation's messages may grow before their content
+    /// is erased (seconds; 0: the deployment's limit). Spec section 5.32.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `NOT_A_MEMBER`, `FORBIDDEN` (a group member who is no
+    /// owner or admin), `INVALID_ARGUMENT` (over a century).
+    pub async fn set_retention(
+        &self,
+        conversation_id: &str,
+        max_age_secs: u64,
+    ) -> Result<wire::Retention, ClientError> {
+        let body = Body::SetRetention(wire::SetRetention { conversation_id: conversation_id.into(), max_age_secs });
+        match self.request(body).await? {
+            response::Result::Retention(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A conversation's retention: its own limit, the deployment's, and the one that applies.
+    ///
+    /// # Errors
+    /// `NOT_FOUND`, `NOT_A_MEMBER`.
+    pub async fn retention(&self, conversation_id: &str) -> Result<wire::Retention, ClientError> {
+        match self.request(Body::GetRetention(wire::GetRetention { conversation_id: conversation_id.into() })).await? {
+            response::Result::Retention(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
@@ -1560,6 +1601,12 @@ async fn read_feed(
                     }
                     Some(feed_event::Kind::Group(event)) => FeedItem::Group { cursor: ev.cursor, event },
                     Some(feed_event::Kind::Receipt(receipt)) => FeedItem::Receipt { cursor: ev.cursor, receipt },
+                    Some(feed_event::Kind::RetentionChanged(change)) => {
+                        FeedItem::RetentionChanged { cursor: ev.cursor, change }
+                    }
+                    Some(feed_event::Kind::MessagesExpired(expired)) => {
+                        FeedItem::MessagesExpired { cursor: ev.cursor, expired }
+                    }
                     Some(feed_event::Kind::AccountErased(e)) => {
                         FeedItem::AccountErased { cursor: ev.cursor, user_id: e.user_id }
                     }

@@ -1295,6 +1295,51 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             }),
         ),
         (
+            "request_set_retention",
+            "Request 59: SetRetention, 30 days",
+            req(59, request::Body::SetRetention(SetRetention { conversation_id: CONV.into(), max_age_secs: 2_592_000 })),
+        ),
+        (
+            "response_retention",
+            "Response 59: Retention, its own 30 days within the deployment's 365",
+            resp(
+                59,
+                response::Result::Retention(Retention {
+                    conversation_id: CONV.into(),
+                    max_age_secs: 2_592_000,
+                    deployment_max_age_secs: 31_536_000,
+                    effective_max_age_secs: 2_592_000,
+                }),
+            ),
+        ),
+        (
+            "feed_retention_changed",
+            "Feed: cursor 62, bob set the conversation's retention to 30 days",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 62,
+                    kind: Some(feed_event::Kind::RetentionChanged(RetentionChanged {
+                        conversation_id: CONV.into(),
+                        actor_user_id: BOB.into(),
+                        max_age_secs: 2_592_000,
+                    })),
+                })),
+            }),
+        ),
+        (
+            "feed_messages_expired",
+            "Feed: cursor 63, the conversation's messages sent before 1795000000000 expired",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 63,
+                    kind: Some(feed_event::Kind::MessagesExpired(MessagesExpired {
+                        conversation_id: CONV.into(),
+                        before_ms: 1_795_000_000_000,
+                    })),
+                })),
+            }),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

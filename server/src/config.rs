@@ -82,6 +82,8 @@ pub struct Config {
     pub mls: crate::mls::MlsConfig,
     /// Who may operate the deployment over the protocol (`natter-admin --server`).
     pub admin: AdminConfig,
+    /// How long messages keep their content.
+    pub retention: crate::retention::RetentionConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -257,6 +259,7 @@ impl Default for Config {
             push: crate::push::PushConfig::default(),
             mls: crate::mls::MlsConfig::default(),
             admin: AdminConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mls;
 pub mod projection;
 pub mod push;
+pub mod retention;
 pub mod search;
 pub mod session;
 pub mod store;
@@ -321,6 +322,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             login_guard,
             session_idle,
             session_lifetime,
+            retention_max_age_secs: config.retention.max_age_secs,
         },
         session::Security { auth_state: auth_state.clone(), server_key, mailer, sms, oauth },
         session::Capabilities {
@@ -358,6 +360,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
     tokio::spawn(sweep_key_packages(key_packages, shutdown.clone()));
     tokio::spawn(sweep_stale_uploads(blobs.clone(), shutdown.clone()));
+    tokio::spawn(retention::every_interval(store.clone(), blobs.clone(), config.retention.clone(), shutdown.clone()));
     tokio::spawn(media::gc::every_interval(
         store.clone(),
         blobs,

@@ -1110,3 +1110,35 @@ async fn account_export_writes_what_you_sent() {
     let lines = std::fs::read_to_string(out_dir.join("messages.jsonl")).unwrap();
     assert!(lines.contains("exported words"), "{lines}");
 }
+
+#[tokio::test]
+async fn account_delete_and_retention_with_the_cli() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    signup(&server, &alice, "alice@example.org").await;
+    signup(&server, &bob, "bob@example.org").await;
+    run(cmd(&server, &alice, &["send", "bob@example.org", "words to forget"]), "").await;
+    // Retention: shown, then set by either person of a direct conversation.
+    let shown = run(cmd(&server, &bob, &["retention", "alice@example.org"]), "").await;
+    assert!(shown.contains("keeps messages for ever (its own limit: none; the server's: none)"), "{shown}");
+    let set = run(cmd(&server, &bob, &["retention", "alice@example.org", "--keep", "30d"]), "").await;
+    assert!(set.contains("keeps messages 30d (its own limit: 30d"), "{set}");
+    let bad = run_fail(cmd(&server, &bob, &["retention", "alice@example.org", "--keep", "soon"]), "").await;
+    assert!(bad.contains("--keep"), "{bad}");
+    let dm = server.new_device("bob@example.org", "sdk").await.0.open_direct("alice@example.org").await.unwrap();
+    // Without a terminal, deleting needs --yes; a wrong password deletes nothing.
+    let refused = run_fail(cmd(&server, &alice, &["account", "delete", "--password-stdin"]), "x\n").await;
+    assert!(refused.contains("--yes"), "{refused}");
+    let wrong = run_fail(cmd(&server, &alice, &["account", "delete", "--yes", "--password-stdin"]), "wrong\n").await;
+    assert!(wrong.contains("INVALID_CREDENTIALS") || wrong.contains("password"), "{wrong}");
+    let out =
+        run(cmd(&server, &alice, &["account", "delete", "--yes", "--password-stdin"]), &format!("{PASSWORD}\n")).await;
+    assert!(out.contains("account deleted: 1 messages erased, 0 uploads deleted"), "{out}");
+    // Her address names no one now: bob finds the conversation by its id.
+    let history = run(cmd(&server, &bob, &["history", &dm.conversation_id]), "").await;
+    assert!(history.contains("(erased: the account was deleted)") && !history.contains("words to forget"), "{history}");
+    // The profile is signed out.
+    let gone = run_fail(cmd(&server, &alice, &["conversations"]), "").await;
+    assert!(gone.contains("sign in") || gone.contains("login"), "{gone}");
+}

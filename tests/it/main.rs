@@ -30,6 +30,7 @@ mod protocol;
 mod push;
 mod readme;
 mod receipts;
+mod retention;
 mod search;
 mod sms;
 mod store;

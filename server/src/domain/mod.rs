@@ -300,6 +300,21 @@ pub enum Event {
         was: String,
         at: Millis,
     },
+    /// Stream `retention:<id>`: the conversation's own limit on message age
+    /// (0: the deployment's).
+    RetentionSet {
+        conversation_id: ConversationId,
+        actor: UserId,
+        max_age_secs: u64,
+        at: Millis,
+    },
+    /// Stream `retention:<id>`: the content of every message sent before
+    /// `before` is erased (the log rewritten with it), and their media.
+    MessagesExpired {
+        conversation_id: ConversationId,
+        before: Millis,
+        at: Millis,
+    },
     /// The account is erased (see `store::erasure`): the read models keep a
     /// tombstone. `by: None` when the user asked, or natter-admin on the store.
     AccountErased {
@@ -592,6 +607,8 @@ impl Event {
             Event::AccountEnabled { .. } => "AccountEnabled",
             Event::Redacted { .. } => "Redacted",
             Event::AccountErased { .. } => "AccountErased",
+            Event::RetentionSet { .. } => "RetentionSet",
+            Event::MessagesExpired { .. } => "MessagesExpired",
             Event::AdminActed(_) => "AdminActed",
             Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
             Event::RecoveryCodeUsed { .. } => "RecoveryCodeUsed",
@@ -638,6 +655,8 @@ impl Event {
             | Event::GroupRenamed { conversation_id, .. }
             | Event::DeliveredUpTo { conversation_id, .. }
             | Event::ConversationEncrypted { conversation_id, .. }
+            | Event::RetentionSet { conversation_id, .. }
+            | Event::MessagesExpired { conversation_id, .. }
             | Event::ReadUpTo { conversation_id, .. } => Some(*conversation_id),
             Event::MessageSent(m) => Some(m.conversation_id),
             Event::UserRegistered(_)

@@ -132,13 +132,33 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// Makes what was added durable and searchable, recording `upto`.
     async fn commit(&self, upto: Position) -> Result<(), SearchError>;
     async fn search(&self, query: Query) -> Result<Page, SearchError>;
-    /// Deletes every document `sender` wrote and commits, recording `upto`;
+    /// Deletes the documents `what` names and commits, recording `upto`;
     /// then rewrites the segments without them, so no file of the index
-    /// holds their text any more (an erasure, `AccountErased`).
-    async fn erase_sender(&self, sender: UserId, upto: Position) -> Result<(), SearchError>;
+    /// holds their text any more (`AccountErased`, `MessagesExpired`).
+    async fn forget(&self, what: Forget, upto: Position) -> Result<(), SearchError>;
     /// Lets merges finish and releases the index for writing (the
     /// projection's last step at shutdown; nothing is added afterwards).
     async fn close(&self) -> Result<(), SearchError>;
+}
+
+/// Documents an erasure takes out of the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forget {
+    /// Everything one user wrote.
+    Sender(UserId),
+    /// A conversation's messages sent before a time.
+    Before(ConversationId, Millis),
+}
+
+impl Forget {
+    /// What the event erases from the index, if anything.
+    pub fn of(event: &Event) -> Option<Self> {
+        match event {
+            Event::AccountErased { user_id, .. } => Some(Forget::Sender(*user_id)),
+            Event::MessagesExpired { conversation_id, before, .. } => Some(Forget::Before(*conversation_id, *before)),
+            _ => None,
+        }
+    }
 }
 
 /// The text of an event that the index holds, if any: a text message, or a
@@ -226,13 +246,13 @@ async fn follow_once(
             at = last.position;
             let mut docs = Vec::new();
             for e in &events {
-                if let Event::AccountErased { user_id, .. } = &e.event {
+                if let Some(what) = Forget::of(&e.event) {
                     // Whatever came before it is added first, so the erasure
                     // deletes it too.
                     if !docs.is_empty() {
                         index.add(std::mem::take(&mut docs)).await?;
                     }
-                    index.erase_sender(*user_id, e.position).await?;
+                    index.forget(what, e.position).await?;
                     committed = e.position;
                     pending = 0;
                     last_commit = Instant::now();

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::text::{self, Clause};
-use super::{Doc, Hit, Page, Query, SearchError, SearchIndex};
+use super::{Doc, Forget, Hit, Page, Query, SearchError, SearchIndex};
 use crate::domain::{ConversationId, Millis, Seq, UserId};
 use crate::store::Position;
 
@@ -334,11 +334,33 @@ impl SearchIndex for TantivyIndex {
         self.blocking(move |inner| inner.search(&query)).await
     }
 
-    async fn erase_sender(&self, sender: UserId, upto: Position) -> Result<(), SearchError> {
+    async fn forget(&self, what: Forget, upto: Position) -> Result<(), SearchError> {
         self.blocking(move |inner| {
             let mut guard = inner.writer.lock().unwrap_or_else(|e| e.into_inner());
             let writer = guard.as_mut().ok_or_else(closed)?;
-            writer.delete_term(Term::from_field_text(inner.fields.sender, &sender.0.to_string()));
+            let f = inner.fields;
+            match what {
+                Forget::Sender(sender) => {
+                    writer.delete_term(Term::from_field_text(f.sender, &sender.0.to_string()));
+                }
+                Forget::Before(conversation, before) => {
+                    let old = BooleanQuery::new(vec![
+                        (
+                            Occur::Must,
+                            Box::new(TermQuery::new(inner.conversation_term(conversation), IndexRecordOption::Basic))
+                                as Box<dyn TQuery>,
+                        ),
+                        (
+                            Occur::Must,
+                            Box::new(RangeQuery::new(
+                                Bound::Unbounded,
+                                Bound::Excluded(Term::from_field_u64(f.at, before.0)),
+                            )),
+                        ),
+                    ]);
+                    writer.delete_query(Box::new(old)).map_err(index_error)?;
+                }
+            }
             let mut prepared = writer.prepare_commit().map_err(index_error)?;
             prepared.set_payload(&upto.to_string());
             prepared.commit().map_err(index_error)?;

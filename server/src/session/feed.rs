@@ -206,6 +206,19 @@ impl FeedSource {
                 delivered_up_to: 0,
                 read_up_to: seq.0,
             })),
+            Event::RetentionSet { conversation_id, actor, max_age_secs, .. } => {
+                Some(feed_event::Kind::RetentionChanged(wire::RetentionChanged {
+                    conversation_id: conversation_id.to_string(),
+                    actor_user_id: actor.to_string(),
+                    max_age_secs: *max_age_secs,
+                }))
+            }
+            Event::MessagesExpired { conversation_id, before, .. } => {
+                Some(feed_event::Kind::MessagesExpired(wire::MessagesExpired {
+                    conversation_id: conversation_id.to_string(),
+                    before_ms: before.0,
+                }))
+            }
             Event::AccountErased { user_id, .. } => {
                 svc.forget_user_info(*user_id);
                 Some(feed_event::Kind::AccountErased(wire::AccountErased { user_id: user_id.to_string() }))

@@ -18,6 +18,7 @@ mod oauth;
 mod phone;
 mod presence;
 pub mod push;
+mod retention;
 mod search;
 
 use std::collections::HashMap;
@@ -62,6 +63,8 @@ pub struct ServiceConfig {
     /// A session unused this long, or this old, no longer resumes (`None`: never).
     pub session_idle: Option<std::time::Duration>,
     pub session_lifetime: Option<std::time::Duration>,
+    /// The deployment's limit on message age (`retention.max_age_secs`; 0: none).
+    pub retention_max_age_secs: u64,
 }
 
 /// The users with a leaf in an encrypted group's epoch: (epoch, users).
@@ -859,6 +862,8 @@ impl Service {
                 Body::SetPushPreviews(req) => self.set_push_previews(&me, req).await,
                 Body::MuteConversation(req) => self.mute_conversation(&me, req).await,
                 Body::UnmuteConversation(req) => self.unmute_conversation(&me, req).await,
+                Body::SetRetention(req) => self.set_retention(&me, req).await,
+                Body::GetRetention(req) => self.get_retention(&me, req).await,
                 stateful!() => unreachable!("stateful requests go through Session::handle_stateful"),
             },
         };

@@ -140,6 +140,17 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::AccountEnabled { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::RetentionSet { conversation_id, actor, max_age_secs, at } => pb::RetentionSet {
+            conversation_id: conversation_id.to_string(),
+            actor_user_id: actor.to_string(),
+            max_age_secs: *max_age_secs,
+            at_ms: at.0,
+        }
+        .encode_to_vec(),
+        Event::MessagesExpired { conversation_id, before, at } => {
+            pb::MessagesExpired { conversation_id: conversation_id.to_string(), before_ms: before.0, at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::Redacted { was, at } => pb::Redacted { was: was.clone(), at_ms: at.0 }.encode_to_vec(),
         Event::AccountErased { user_id, by, registered_at, at } => pb::AccountErased {
             user_id: user_id.to_string(),
@@ -591,6 +602,23 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "RetentionSet" => {
+            let e = pb::RetentionSet::decode(payload).map_err(bad)?;
+            Event::RetentionSet {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                actor: UserId(uuid(&e.actor_user_id)?),
+                max_age_secs: e.max_age_secs,
+                at: Millis(e.at_ms),
+            }
+        }
+        "MessagesExpired" => {
+            let e = pb::MessagesExpired::decode(payload).map_err(bad)?;
+            Event::MessagesExpired {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                before: Millis(e.before_ms),
+                at: Millis(e.at_ms),
+            }
+        }
         "Redacted" => {
             let e = pb::Redacted::decode(payload).map_err(bad)?;
             Event::Redacted { was: e.was, at: Millis(e.at_ms) }
@@ -976,6 +1004,8 @@ mod tests {
             Event::AccountDisabled { user_id: v, by: Some(u), at: Millis(63) },
             Event::AccountEnabled { user_id: v, by: None, at: Millis(64) },
             Event::Redacted { was: "UserRegistered".into(), at: Millis(65) },
+            Event::RetentionSet { conversation_id: conv, actor: u, max_age_secs: 86_400, at: Millis(67) },
+            Event::MessagesExpired { conversation_id: conv, before: Millis(60), at: Millis(68) },
             Event::AccountErased { user_id: v, by: Some(u), registered_at: Millis(1), at: Millis(66) },
             Event::AdminActed(crate::domain::AdminAction {
                 actor: Some(u),

@@ -61,6 +61,33 @@ pub(crate) const ERASED_ROWS_PG: &[&str] = &[
     "DELETE FROM media WHERE uploader_user_id = $1",
 ];
 
+/// A message's read-model row, when its event was rewritten to erased
+/// content (`?1`: the event's position).
+pub(crate) const ERASE_MESSAGE_ROW: &str =
+    "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL WHERE position = ?1";
+pub(crate) const ERASE_MESSAGE_ROW_PG: &str =
+    "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL WHERE position = $1";
+
+/// Whether a rewritten event erases a message's content (its row follows).
+pub(crate) fn erases_message(event: &Event) -> bool {
+    matches!(event, Event::MessageSent(m) if m.content == Content::Erased)
+}
+
+/// `MessagesExpired`: the media of the conversation's erased messages, their
+/// previews first (`?1`: the conversation).
+pub(crate) const EXPIRED_MEDIA: &[&str] = &[
+    "DELETE FROM media WHERE preview_of IN (SELECT media_id FROM media WHERE conversation_id = ?1
+         AND first_seq IN (SELECT seq FROM messages WHERE conversation_id = ?1 AND content_kind = 'erased'))",
+    "DELETE FROM media WHERE conversation_id = ?1
+         AND first_seq IN (SELECT seq FROM messages WHERE conversation_id = ?1 AND content_kind = 'erased')",
+];
+pub(crate) const EXPIRED_MEDIA_PG: &[&str] = &[
+    "DELETE FROM media WHERE preview_of IN (SELECT media_id FROM media WHERE conversation_id = $1
+         AND first_seq IN (SELECT seq FROM messages WHERE conversation_id = $1 AND content_kind = 'erased'))",
+    "DELETE FROM media WHERE conversation_id = $1
+         AND first_seq IN (SELECT seq FROM messages WHERE conversation_id = $1 AND content_kind = 'erased')",
+];
+
 /// The audit action of an erasure (its detail says how much went, and stays).
 pub const ERASE_ACTION: &str = "delete";
 

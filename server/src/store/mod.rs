@@ -62,6 +62,10 @@ impl StreamName {
     pub fn receipts(id: ConversationId) -> Self {
         Self(format!("receipts:{id}"))
     }
+    /// A conversation's retention: its limit, and the expiries done.
+    pub fn retention(id: ConversationId) -> Self {
+        Self(format!("retention:{id}"))
+    }
     /// Every admin action (`AdminActed`), in the order they happened.
     pub fn audit() -> Self {
         Self("audit".to_owned())
@@ -956,6 +960,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<MessageRecord>, bool), StoreError>;
     /// One message.
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError>;
+    /// A conversation's own retention limit (`RetentionSet`, seconds; 0: none).
+    async fn retention_of(&self, id: ConversationId) -> Result<u64, StoreError>;
+    /// The conversations whose messages may expire, with their own limits:
+    /// those with one, or (`every`, when the deployment has a limit) all.
+    async fn retention_limits(&self, every: bool) -> Result<Vec<(ConversationId, u64)>, StoreError>;
+    /// Up to `limit` messages of `id` after `after` (by seq) sent before
+    /// `before` whose content is not erased, oldest first.
+    async fn expired_messages(
+        &self,
+        id: ConversationId,
+        before: Millis,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
     /// One user's watermarks in a conversation (zero when none).
     async fn receipt(&self, id: ConversationId, user: UserId) -> Result<ReceiptRecord, StoreError>;
     /// Every user's watermarks in a conversation (users without any are absent).

@@ -1422,6 +1422,51 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn retention_of(&self, id: ConversationId) -> Result<u64, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT retention_secs FROM conversations WHERE conversation_id = $1",
+                &[&id.to_string()],
+            )
+            .await?;
+            Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
+        })
+        .await
+    }
+
+    async fn retention_limits(&self, every: bool) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        self.read(|conn| async move {
+            let rows = cached_query(
+                &conn,
+                "SELECT conversation_id, retention_secs FROM conversations WHERE $1 OR retention_secs > 0
+                 ORDER BY conversation_id",
+                &[&every],
+            )
+            .await?;
+            rows.iter().map(|r| Ok((ConversationId(parse_uuid(r.get(0))?), r.get::<_, i64>(1) as u64))).collect()
+        })
+        .await
+    }
+
+    async fn expired_messages(
+        &self,
+        id: ConversationId,
+        before: Millis,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.read(|conn| async move {
+            let sql = format!(
+                "{SELECT_MESSAGE} WHERE conversation_id = $1 AND sent_at_ms < $2 AND seq > $3
+                 AND content_kind <> 'erased' ORDER BY seq LIMIT $4"
+            );
+            let params: Params<'_> = &[&id.to_string(), &(before.0 as i64), &(after.0 as i64), &i64::from(limit)];
+            cached_query(&conn, &sql, params).await?.iter().map(row_to_message).collect()
+        })
+        .await
+    }
+
     async fn message(&self, id: ConversationId, seq: Seq) -> Result<Option<MessageRecord>, StoreError> {
         self.read(|conn| async move {
             let rows = cached_query(

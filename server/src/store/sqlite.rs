@@ -485,6 +485,9 @@ fn rewrite_in_tx(conn: &Connection, rewrite: &super::erasure::LogRewrite) -> Res
                 "no event at position {position} to rewrite"
             ))));
         }
+        if super::erasure::erases_message(event) {
+            conn.prepare_cached(super::erasure::ERASE_MESSAGE_ROW)?.execute([*position as i64])?;
+        }
     }
     Ok(())
 }
@@ -955,6 +958,15 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 content_pb
             ])?;
             touch_conversation(conn, &conv, rec)?;
+        }
+        Event::RetentionSet { conversation_id, max_age_secs, .. } => {
+            conn.prepare_cached("UPDATE conversations SET retention_secs = ?2 WHERE conversation_id = ?1")?
+                .execute(params![conversation_id.to_string(), *max_age_secs as i64])?;
+        }
+        Event::MessagesExpired { conversation_id, .. } => {
+            for sql in super::erasure::EXPIRED_MEDIA {
+                conn.prepare_cached(sql)?.execute([conversation_id.to_string()])?;
+            }
         }
         Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
             let (conv, user_s) = (conversation_id.to_string(), user.to_string());
@@ -1739,6 +1751,51 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!("{SELECT_MESSAGE} WHERE conversation_id = ?1 AND seq = ?2"))?;
             Ok(collect_messages(&mut stmt, params![id.to_string(), seq.0 as i64])?.pop())
+        })
+        .await
+    }
+
+    async fn retention_of(&self, id: ConversationId) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            let secs: Option<i64> = c
+                .prepare_cached("SELECT retention_secs FROM conversations WHERE conversation_id = ?1")?
+                .query_row([id.to_string()], |r| r.get(0))
+                .optional()?;
+            Ok(secs.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn retention_limits(&self, every: bool) -> Result<Vec<(ConversationId, u64)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT conversation_id, retention_secs FROM conversations WHERE ?1 OR retention_secs > 0
+                 ORDER BY conversation_id",
+            )?;
+            let rows = stmt.query_map([every], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, secs) = row?;
+                out.push((ConversationId(parse_uuid(&id)?), secs as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn expired_messages(
+        &self,
+        id: ConversationId,
+        before: Millis,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "{SELECT_MESSAGE} WHERE conversation_id = ?1 AND sent_at_ms < ?2 AND seq > ?3
+                 AND content_kind <> 'erased' ORDER BY seq LIMIT ?4"
+            ))?;
+            collect_messages(&mut stmt, params![id.to_string(), before.0 as i64, after.0 as i64, limit])
         })
         .await
     }

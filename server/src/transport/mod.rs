@@ -554,6 +554,8 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::AdminGetGroup(_) => "admin_get_group",
         Body::DeleteAccount(_) => "delete_account",
         Body::AdminDeleteUser(_) => "admin_delete_user",
+        Body::SetRetention(_) => "set_retention",
+        Body::GetRetention(_) => "get_retention",
     }
 }
 

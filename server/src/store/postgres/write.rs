@@ -669,6 +669,17 @@ impl Plan {
                 self.touch(&conv, rec);
             }
             Event::MessageSent(_) => unreachable!("messages are planned in runs (`Plan::event`)"),
+            Event::RetentionSet { conversation_id, max_age_secs, .. } => {
+                self.push(
+                    "UPDATE conversations SET retention_secs = $2 WHERE conversation_id = $1",
+                    vec![p(conversation_id.to_string()), p(*max_age_secs as i64)],
+                );
+            }
+            Event::MessagesExpired { conversation_id, .. } => {
+                for sql in crate::store::erasure::EXPIRED_MEDIA_PG {
+                    self.push(sql, vec![p(conversation_id.to_string())]);
+                }
+            }
             Event::DeliveredUpTo { conversation_id, user, device, seq, .. } => {
                 let (conv, user, seq) = (conversation_id.to_string(), user.to_string(), seq.0 as i64);
                 self.push(
@@ -1122,6 +1133,11 @@ async fn rewrite_then_append(
             .map_err(|e| before(e.into()))?;
         if rows.len() != 1 {
             return Err(before(StoreError::Database(format!("no event at position {position} to rewrite"))));
+        }
+        if crate::store::erasure::erases_message(event) {
+            query(client, crate::store::erasure::ERASE_MESSAGE_ROW_PG, &[&(*position as i64)])
+                .await
+                .map_err(|e| before(e.into()))?;
         }
     }
     let checks = check_wave(client, std::slice::from_ref(job)).await.map_err(before)?;
