@@ -16,6 +16,14 @@ pub use ids::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Millis(pub u64);
 
+impl Millis {
+    /// The wall clock, read at the edge (workers, the session layer) and
+    /// passed into the domain.
+    pub fn now() -> Self {
+        Millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    }
+}
+
 /// Something the user did wrong; shown to the client as a typed error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {

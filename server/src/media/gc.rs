@@ -276,9 +276,7 @@ pub async fn every_interval(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = Millis(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        );
+        let now = Millis::now();
         match run(store.as_ref(), blobs.as_ref(), policy, now, false).await {
             Ok(report) => {
                 metrics.media_collected(

@@ -93,7 +93,7 @@ pub struct Subscriber {
 
 /// Wall-clock milliseconds since the epoch.
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::domain::Millis::now().0
 }
 
 /// How often a node records its users' activity for the other nodes.

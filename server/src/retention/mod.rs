@@ -205,9 +205,7 @@ pub async fn every_interval(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = Millis(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        );
+        let now = Millis::now();
         match run(store.as_ref(), blobs.as_ref(), &config, now).await {
             Ok(r) if r.messages > 0 => tracing::info!(
                 conversations = r.conversations,

@@ -23,7 +23,6 @@ mod search;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use natter_proto::wire::{self, request::Body, response::Result as Reply};
 use natter_proto::ErrorCode;
@@ -398,7 +397,7 @@ impl Service {
 
     /// The clock, read at the edge and passed into the domain.
     fn now(&self) -> Millis {
-        Millis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+        Millis::now()
     }
 
     /// Answers `Hello`: negotiates the version and resumes a session token.
