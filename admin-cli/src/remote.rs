@@ -206,6 +206,15 @@ pub enum GroupsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Delete a group: every member is removed and its messages' text and
+    /// files are erased (run again, it finishes an erasure cut short).
+    Delete {
+        /// The group's conversation id.
+        id: String,
+        /// Confirm (deleting cannot be undone).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +475,21 @@ async fn groups(client: &Client, command: GroupsCommand) -> anyhow::Result<()> {
                     println!("  {:<6}  {:<30}  {}", role(m), or_id(&m.email, &m.user_id), m.display_name);
                 }
             }
+            Ok(())
+        }
+        GroupsCommand::Delete { id, yes } => {
+            if !yes {
+                anyhow::bail!("deleting group {id} cannot be undone: run it again with --yes");
+            }
+            let now = client.admin_delete_group(&id).await?;
+            println!(
+                "group {id} {}",
+                if now {
+                    "is deleted: no one is a member, its messages are erased"
+                } else {
+                    "was deleted already; its erasure is complete"
+                }
+            );
             Ok(())
         }
     }

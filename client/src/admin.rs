@@ -42,6 +42,17 @@ impl Client {
         self.admin_done(body).await.map(|n| n > 0)
     }
 
+    /// Deletes a group: its members removed, its messages' content and files
+    /// erased; returns whether it was deleted now (false: it was already,
+    /// and the erasure was finished).
+    ///
+    /// # Errors
+    /// `FORBIDDEN`, `NOT_FOUND` (also a direct conversation).
+    pub async fn admin_delete_group(&self, conversation_id: &str) -> Result<bool, ClientError> {
+        let body = Body::AdminDeleteGroup(wire::AdminDeleteGroup { conversation_id: conversation_id.into() });
+        self.admin_done(body).await.map(|n| n > 0)
+    }
+
     /// Deletes an account for good (spec section 5.31); returns how many
     /// messages were erased and uploads deleted.
     ///

@@ -2812,7 +2812,7 @@ impl Names {
                     Some(Change::MemberRemoved(m) | Change::MemberLeft(m) | Change::RoleChanged(m)) => {
                         self.members(std::slice::from_ref(m))
                     }
-                    Some(Change::Renamed(_)) | None => {}
+                    Some(Change::Renamed(_) | Change::Deleted(_)) | None => {}
                 }
                 &event.conversation_id
             }
@@ -2877,6 +2877,10 @@ impl Names {
                 }
             }
             Some(Change::Renamed(name)) => c.name = name.clone(),
+            Some(Change::Deleted(_)) => {
+                c.members.clear();
+                c.active = false;
+            }
             Some(Change::Created(_)) | None => {}
         }
     }
@@ -2979,6 +2983,7 @@ fn human_line(item: &FeedItem, names: &Names) -> Option<String> {
                     return Some(format!("* #{} group renamed to '{name}'{by}", event.seq));
                 }
                 Change::Renamed(name) => return Some(format!("* #{} {group} renamed to '{name}'{by}", event.seq)),
+                Change::Deleted(_) => format!("the group was deleted{by}; its messages are erased"),
             };
             Some(format!("* #{} {group}: {what}", event.seq))
         }
@@ -3066,6 +3071,7 @@ fn json_line(item: &FeedItem, names: &Names) -> Option<String> {
                     ("role_changed", serde_json::json!({"member": m.email, "role": role_name(m.role)}))
                 }
                 Change::Renamed(name) => ("renamed", serde_json::json!(name)),
+                Change::Deleted(_) => ("deleted", serde_json::Value::Null),
             };
             serde_json::json!({
                 "type": "group", "cursor": cursor, "conversation_id": event.conversation_id, "seq": event.seq,

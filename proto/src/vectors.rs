@@ -1340,6 +1340,27 @@ fn vectors() -> Vec<(&'static str, &'static str, Frame)> {
             }),
         ),
         (
+            "request_admin_delete_group",
+            "Request 60: AdminDeleteGroup",
+            req(60, request::Body::AdminDeleteGroup(AdminDeleteGroup { conversation_id: CONV.into() })),
+        ),
+        (
+            "feed_group_deleted",
+            "Feed: cursor 64, the group's seq 9: an admin (bob here) deleted it",
+            Frame::Feed(FeedFrame {
+                kind: Some(feed_frame::Kind::Event(FeedEvent {
+                    cursor: 64,
+                    kind: Some(feed_event::Kind::Group(GroupEvent {
+                        conversation_id: CONV.into(),
+                        seq: 9,
+                        actor_user_id: BOB.into(),
+                        at_ms: 1_795_000_000_000,
+                        change: Some(group_event::Change::Deleted(GroupDeleted {})),
+                    })),
+                })),
+            }),
+        ),
+        (
             "error_identity_not_linked",
             "Response 24: IDENTITY_NOT_LINKED (214): an account already uses the provider's email",
             resp(

@@ -222,6 +222,52 @@ async fn erasure_on_postgres_rewrites_the_log_and_is_seen_from_another_node() {
     assert_eq!(log_rows(&db, "stream LIKE 'email:alice@%'").await, 0);
 }
 
+#[tokio::test]
+async fn an_admin_deletes_a_group_its_members_go_and_its_messages_are_erased() {
+    let server = TestServer::start_with(|c| c.admin.bootstrap = vec![OPS.into()]).await;
+    let (ops, _) = server.new_user(OPS).await;
+    let (alice, _) = server.new_user("alice@example.org").await;
+    let (bob, _) = server.new_user("bob@example.org").await;
+    let group = alice.create_group("Doomed", &["bob@example.org"]).await.unwrap().conversation_id;
+    let dm = alice.open_direct("bob@example.org").await.unwrap().conversation_id;
+    alice.send_text(&group, "g1", &format!("{MARKER} in the group")).await.unwrap();
+    let file = natter_tests::pdf_with(MARKER);
+    let media = natter_tests::upload_bytes(&alice, &group, "plan.pdf", &file).await;
+    alice.send_media(&group, "g2", &media.media_id, "the plan").await.unwrap();
+    alice.send_text(&dm, "d1", "the direct one stays").await.unwrap();
+    search_until(&bob, MARKER, 1).await;
+    let (mut feed, _) = bob.sync(None).await.unwrap();
+    natter_tests::feed_until(&mut feed, WAIT, |i| matches!(i, FeedItem::CaughtUp { .. })).await;
+
+    // Not for a direct conversation, nor for anyone but an admin.
+    assert_eq!(ops.admin_delete_group(&dm).await.unwrap_err().code(), Some(ErrorCode::NOT_FOUND));
+    assert_eq!(alice.admin_delete_group(&group).await.unwrap_err().code(), Some(ErrorCode::FORBIDDEN));
+    assert!(ops.admin_delete_group(&group).await.unwrap());
+    let told = natter_tests::feed_until(&mut feed, WAIT, |i| matches!(i, FeedItem::Group { .. })).await;
+    assert!(
+        matches!(told.last(), Some(FeedItem::Group { event, .. })
+            if matches!(event.change, Some(wire::group_event::Change::Deleted(_)))),
+        "{told:?}"
+    );
+    let e = alice.send_text(&group, "g3", "anyone?").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_A_MEMBER));
+    let page = bob.history(history(&group)).await.unwrap();
+    let sent: Vec<_> = page.messages.iter().filter(|m| m.seq >= 2).collect();
+    assert!(!sent.is_empty() && sent.iter().all(|m| is_erased(m)), "{page:?}");
+    assert_eq!(
+        natter_tests::message_texts(&bob.history(history(&dm)).await.unwrap().messages),
+        ["the direct one stays"]
+    );
+    search_until(&bob, MARKER, 0).await;
+    let e = bob.download(&media.media_id, 0, 0, &mut Vec::new(), |_| {}).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NOT_FOUND));
+    assert_eq!(files_containing(server.data_dir(), MARKER.as_bytes()), Vec::<PathBuf>::new());
+    // Again: already deleted, and nothing left to erase.
+    assert!(!ops.admin_delete_group(&group).await.unwrap());
+    let audit = ops.admin_audit(0, None, 0, 100).await.unwrap();
+    assert_eq!(audit.entries.iter().filter(|e| e.action == "delete_group").count(), 1);
+}
+
 /// `natter-admin rebuild` on a stopped natterd's data directory: it replays
 /// the log and fails unless every read-model answer comes out the same.
 pub(crate) fn rebuild_checks(data_dir: &std::path::Path) {

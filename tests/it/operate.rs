@@ -35,6 +35,9 @@ fn admin_requests(user: &str) -> Vec<Body> {
         Body::AdminListGroups(wire::AdminListGroups::default()),
         Body::AdminGetGroup(wire::AdminGetGroup { conversation_id: "0f5e2a64-3c1d-5b8e-9a47-2d6c1e8b4f90".into() }),
         Body::AdminDeleteUser(wire::AdminDeleteUser { user: user.into() }),
+        Body::AdminDeleteGroup(wire::AdminDeleteGroup {
+            conversation_id: "0f5e2a64-3c1d-5b8e-9a47-2d6c1e8b4f90".into(),
+        }),
     ]
 }
 

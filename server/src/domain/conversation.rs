@@ -106,6 +106,7 @@ pub fn apply(state: Option<ConversationState>, event: &Event) -> Option<Conversa
                 }
                 Event::GroupRenamed { name, .. } => s.name = Some(name.clone()),
                 Event::ConversationEncrypted { .. } => s.e2ee = true,
+                Event::GroupDeleted { .. } => s.members.clear(),
                 _ => {}
             }
             Some(s)

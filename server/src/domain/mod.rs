@@ -308,6 +308,13 @@ pub enum Event {
         was: String,
         at: Millis,
     },
+    /// An admin deleted the group: no one is a member any more (its
+    /// messages' content is erased right after: `MessagesExpired`).
+    GroupDeleted {
+        conversation_id: ConversationId,
+        by: Option<UserId>,
+        at: Millis,
+    },
     /// Stream `retention:<id>`: the conversation's own limit on message age
     /// (0: the deployment's).
     RetentionSet {
@@ -616,6 +623,7 @@ impl Event {
             Event::Redacted { .. } => "Redacted",
             Event::AccountErased { .. } => "AccountErased",
             Event::RetentionSet { .. } => "RetentionSet",
+            Event::GroupDeleted { .. } => "GroupDeleted",
             Event::MessagesExpired { .. } => "MessagesExpired",
             Event::AdminActed(_) => "AdminActed",
             Event::RecoveryCodesIssued { .. } => "RecoveryCodesIssued",
@@ -648,6 +656,7 @@ impl Event {
                 | Event::MemberLeft { .. }
                 | Event::RoleChanged { .. }
                 | Event::GroupRenamed { .. }
+                | Event::GroupDeleted { .. }
         )
     }
 
@@ -661,6 +670,7 @@ impl Event {
             | Event::MemberLeft { conversation_id, .. }
             | Event::RoleChanged { conversation_id, .. }
             | Event::GroupRenamed { conversation_id, .. }
+            | Event::GroupDeleted { conversation_id, .. }
             | Event::DeliveredUpTo { conversation_id, .. }
             | Event::ConversationEncrypted { conversation_id, .. }
             | Event::RetentionSet { conversation_id, .. }

@@ -41,6 +41,10 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Later than any message (what the stores hold as a signed 64-bit number):
+/// expiring before it erases everything.
+pub const END_OF_TIME: Millis = Millis(i64::MAX as u64);
+
 /// The longest limit a conversation may set: a century.
 pub const MAX_AGE_LIMIT_SECS: u64 = 100 * 365 * 86_400;
 
@@ -101,7 +105,10 @@ pub async fn run(
 
 /// Erases the content of `conversation`'s messages sent before `before`, a
 /// batch per transaction. Returns the messages erased and blobs deleted.
-async fn expire(
+///
+/// # Errors
+/// The store fails (what was erased before stays erased).
+pub async fn expire(
     store: &dyn Store,
     blobs: &dyn BlobStore,
     conversation: ConversationId,

@@ -46,6 +46,7 @@ mod action {
     pub const RESET_MFA: &str = "reset_mfa";
     pub const GRANT_ADMIN: &str = "grant_admin";
     pub const REVOKE_ADMIN: &str = "revoke_admin";
+    pub const DELETE_GROUP: &str = "delete_group";
 }
 
 fn page_limit(limit: u32) -> u32 {
@@ -119,6 +120,7 @@ impl Service {
             Body::AdminStatus(_) => self.admin_status().await,
             Body::AdminListGroups(req) => self.admin_list_groups(req).await,
             Body::AdminGetGroup(req) => self.admin_get_group(req).await,
+            Body::AdminDeleteGroup(req) => self.admin_delete_group(&admin, from, req).await,
             Body::AdminDeleteUser(req) => {
                 let target = self.account_named(&req.user).await?;
                 self.admin_delete_user(&admin, from, target).await
@@ -426,6 +428,63 @@ impl Service {
         let page = self.store.groups_page(page_prefix(&req.prefix), after, limit).await?;
         let (groups, next) = self.fit_page(&page, limit, admin_group, |g| (g.created_at, g.conversation_id));
         Ok(Reply::AdminGroups(wire::AdminGroups { groups, next }))
+    }
+
+    /// Removes every member (`GroupDeleted`, audited), then erases the
+    /// content of every message (the retention worker's rewrite, as of the
+    /// end of time). Run again, it finishes an erasure that was cut short.
+    async fn admin_delete_group(
+        &self,
+        admin: &UserRecord,
+        from: String,
+        req: wire::AdminDeleteGroup,
+    ) -> Result<Reply, WireError> {
+        let id = ConversationId::parse(&req.conversation_id)?;
+        let not_found = || WireError::new(ErrorCode::NOT_FOUND, "no such group");
+        let state = self.store.conversation(id).await?.ok_or_else(not_found)?;
+        if state.kind != ConversationKind::Group {
+            return Err(not_found());
+        }
+        let stream = StreamName::conversation(id);
+        let mut changed = 0;
+        for attempt in 0..=RACE_TRIES {
+            let last = self.store.last_in_stream(&stream).await?;
+            if matches!(last.as_ref().map(|e| &e.event), Some(Event::GroupDeleted { .. })) {
+                break;
+            }
+            if attempt == RACE_TRIES {
+                return Err(WireError::new(ErrorCode::CONFLICT, "the group kept changing; retry"));
+            }
+            let at = self.now();
+            let version = last.map_or(0, |e| e.version);
+            let deleted = Event::GroupDeleted { conversation_id: id, by: Some(admin.user_id), at };
+            let append =
+                StreamAppend::new(stream.clone(), ExpectedVersion::Exact(version), vec![NewEvent::fresh(deleted)]);
+            let detail = format!("{id} {}", state.name.clone().unwrap_or_default());
+            let audit = audit_entry(Some(admin.user_id), action::DELETE_GROUP, admin.user_id, detail, from.clone(), at);
+            match self.store.append(vec![append, audit]).await {
+                Ok(_) => {
+                    changed = 1;
+                    break;
+                }
+                Err(AppendError::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let expired = crate::retention::expire(
+            self.store.as_ref(),
+            self.media.blob.as_ref(),
+            id,
+            crate::retention::END_OF_TIME,
+            self.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::retention::RetentionError::Store(e) => WireError::from(e),
+            crate::retention::RetentionError::Append(e) => WireError::from(e),
+        })?;
+        tracing::info!(group = %id, messages = expired.0, blobs = expired.1, "group deleted");
+        Ok(Reply::AdminDone(wire::AdminDone { changed }))
     }
 
     async fn admin_get_group(&self, req: wire::AdminGetGroup) -> Result<Reply, WireError> {

@@ -191,6 +191,9 @@ impl FeedSource {
                 let change = group_event::Change::RoleChanged(member(*user, Some(*role)).await?);
                 Some(group(*conversation_id, *actor, *at, change))
             }
+            Event::GroupDeleted { conversation_id, by, at } => {
+                Some(group(*conversation_id, *by, *at, group_event::Change::Deleted(wire::GroupDeleted {})))
+            }
             Event::GroupRenamed { conversation_id, actor, name, at } => {
                 Some(group(*conversation_id, Some(*actor), *at, group_event::Change::Renamed(name.clone())))
             }

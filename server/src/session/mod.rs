@@ -248,6 +248,7 @@ macro_rules! admin_requests {
             | Body::AdminListGroups(_)
             | Body::AdminGetGroup(_)
             | Body::AdminDeleteUser(_)
+            | Body::AdminDeleteGroup(_)
     };
 }
 

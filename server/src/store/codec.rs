@@ -140,6 +140,10 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             pb::AccountEnabled { user_id: user_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
                 .encode_to_vec()
         }
+        Event::GroupDeleted { conversation_id, by, at } => {
+            pb::GroupDeleted { conversation_id: conversation_id.to_string(), by_user_id: optional_id(*by), at_ms: at.0 }
+                .encode_to_vec()
+        }
         Event::RetentionSet { conversation_id, actor, max_age_secs, at } => pb::RetentionSet {
             conversation_id: conversation_id.to_string(),
             actor_user_id: actor.to_string(),
@@ -602,6 +606,14 @@ pub fn decode(type_name: &str, schema_version: u32, payload: &[u8]) -> Result<Ev
                 at: Millis(e.at_ms),
             }
         }
+        "GroupDeleted" => {
+            let e = pb::GroupDeleted::decode(payload).map_err(bad)?;
+            Event::GroupDeleted {
+                conversation_id: ConversationId(uuid(&e.conversation_id)?),
+                by: optional_user(&e.by_user_id)?,
+                at: Millis(e.at_ms),
+            }
+        }
         "RetentionSet" => {
             let e = pb::RetentionSet::decode(payload).map_err(bad)?;
             Event::RetentionSet {
@@ -1005,6 +1017,8 @@ mod tests {
             Event::AccountEnabled { user_id: v, by: None, at: Millis(64) },
             Event::Redacted { was: "UserRegistered".into(), at: Millis(65) },
             Event::RetentionSet { conversation_id: conv, actor: u, max_age_secs: 86_400, at: Millis(67) },
+            Event::GroupDeleted { conversation_id: conv, by: Some(u), at: Millis(69) },
+            Event::GroupDeleted { conversation_id: conv, by: None, at: Millis(70) },
             Event::MessagesExpired { conversation_id: conv, before: Millis(60), at: Millis(68) },
             Event::AccountErased { user_id: v, by: Some(u), registered_at: Millis(1), at: Millis(66) },
             Event::AdminActed(crate::domain::AdminAction {

@@ -918,6 +918,15 @@ fn project(conn: &Connection, rec: &RecordedEvent) -> Result<Vec<UserId>, rusqli
                 .execute(params![conv, name])?;
             touch_conversation(conn, &conv, rec)?;
         }
+        Event::GroupDeleted { conversation_id, .. } => {
+            let conv = conversation_id.to_string();
+            touch_conversation(conn, &conv, rec)?;
+            // Its members learn of it, then are members no more.
+            let audience = add_to_feeds(conn, &conv, rec.position, None)?;
+            conn.prepare_cached("UPDATE members SET left_seq = ?2 WHERE conversation_id = ?1 AND left_seq IS NULL")?
+                .execute(params![conv, version])?;
+            return Ok(audience);
+        }
         Event::MessageSent(m) => {
             let conv = m.conversation_id.to_string();
             let (kind, text, content_pb) = match &m.content {

@@ -556,6 +556,7 @@ fn request_kind(body: &wire::request::Body) -> &'static str {
         Body::AdminDeleteUser(_) => "admin_delete_user",
         Body::SetRetention(_) => "set_retention",
         Body::GetRetention(_) => "get_retention",
+        Body::AdminDeleteGroup(_) => "admin_delete_group",
     }
 }
 

@@ -669,6 +669,22 @@ impl Plan {
                 self.touch(&conv, rec);
             }
             Event::MessageSent(_) => unreachable!("messages are planned in runs (`Plan::event`)"),
+            Event::GroupDeleted { conversation_id, .. } => {
+                let conv = conversation_id.to_string();
+                self.touch(&conv, rec);
+                // Its members learn of it, then are members no more.
+                let feed = self.push(
+                    "INSERT INTO feed (user_id, position)
+                     SELECT user_id, $2 FROM members WHERE conversation_id = $1 AND left_seq IS NULL
+                     ON CONFLICT DO NOTHING RETURNING user_id, position",
+                    vec![p(conv.clone()), p(rec.position as i64)],
+                );
+                self.push(
+                    "UPDATE members SET left_seq = $2 WHERE conversation_id = $1 AND left_seq IS NULL",
+                    vec![p(conv), p(version)],
+                );
+                return (Some(feed), None);
+            }
             Event::RetentionSet { conversation_id, max_age_secs, .. } => {
                 self.push(
                     "UPDATE conversations SET retention_secs = $2 WHERE conversation_id = $1",
