@@ -110,6 +110,10 @@ async fn a_deleted_account_leaves_nothing_in_natterds_files_and_others_keep_thei
             assert_eq!(a.1, "Deleted account");
         }
     }
+    // She left the group she owned; it has an owner still.
+    let g = bob.get_conversation(&convs[1]).await.unwrap();
+    assert!(!g.members.iter().any(|m| m.user_id == alice_id), "{g:?}");
+    assert!(g.members.iter().any(|m| m.role == wire::Role::Owner as i32), "{g:?}");
     // Nothing of hers answers any more.
     search_until(&bob, MARKER, 0).await;
     let e = bob.download(&media_id, 0, 0, &mut Vec::new(), |_| {}).await.unwrap_err();

@@ -85,6 +85,21 @@ impl Service {
         }
         let at = self.now();
         let id = user.user_id;
+        // Out of every group first, handing ownership over as leaving does:
+        // no group is left with a deleted owner.
+        for c in self.store.readable_conversations(id).await? {
+            if c.left_at.is_none() && c.name.is_some() {
+                let leave = |s: &crate::domain::conversation::ConversationState| {
+                    crate::domain::conversation::decide_leave(s, id, at)
+                };
+                match self.change_group(id, &c.conversation.to_string(), leave).await {
+                    Ok(_) => {}
+                    // Left meanwhile.
+                    Err(e) if e.code == ErrorCode::NOT_A_MEMBER => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let sessions = self.store.sessions_of(id).await?;
         let appends = |plan: &erasure::Plan| {
             let mut events: Vec<NewEvent> = sessions

@@ -70,9 +70,9 @@ impl Service {
 
     /// Decides a change on the current state and appends it if the group's
     /// shape is still the one decided on, retrying on a lost race. Returns the appended events.
-    async fn change_group(
+    pub(super) async fn change_group(
         &self,
-        me: &Identity,
+        actor: UserId,
         raw_id: &str,
         decide: impl Fn(&ConversationState) -> Result<Vec<Event>, Rejection>,
     ) -> Result<(ConversationId, Vec<crate::store::RecordedEvent>), WireError> {
@@ -83,7 +83,7 @@ impl Service {
                 .conversation(id)
                 .await?
                 .ok_or_else(|| WireError::new(ErrorCode::NOT_FOUND, "no such conversation"))?;
-            if !state.is_member(me.user_id) {
+            if !state.is_member(actor) {
                 return Err(Rejection::NotAMember.into());
             }
             let events = decide(&state)?;
@@ -111,7 +111,7 @@ impl Service {
         let users = self.users_by_email(&req.emails).await?;
         let (max, now) = (self.config.max_group_members, self.now());
         let (id, _) = self
-            .change_group(me, &req.conversation_id, |s| {
+            .change_group(me.user_id, &req.conversation_id, |s| {
                 Ok(conversation::decide_add_members(s, me.user_id, &users, max, now)?.into_iter().collect())
             })
             .await?;
@@ -122,7 +122,7 @@ impl Service {
         let target = UserId::parse(&req.user_id)?;
         let now = self.now();
         let (id, _) = self
-            .change_group(me, &req.conversation_id, |s| {
+            .change_group(me.user_id, &req.conversation_id, |s| {
                 Ok(vec![conversation::decide_remove_member(s, me.user_id, target, now)?])
             })
             .await?;
@@ -131,8 +131,9 @@ impl Service {
 
     pub(super) async fn leave(&self, me: &Identity, req: wire::LeaveConversation) -> Result<Reply, WireError> {
         let now = self.now();
-        let (_, recs) =
-            self.change_group(me, &req.conversation_id, |s| conversation::decide_leave(s, me.user_id, now)).await?;
+        let (_, recs) = self
+            .change_group(me.user_id, &req.conversation_id, |s| conversation::decide_leave(s, me.user_id, now))
+            .await?;
         let seq = recs.first().map_or(0, |r| r.version);
         Ok(Reply::Leave(wire::LeaveOk { seq }))
     }
@@ -142,7 +143,7 @@ impl Service {
         let role = role_from_wire(req.role)?;
         let now = self.now();
         let (id, _) = self
-            .change_group(me, &req.conversation_id, |s| {
+            .change_group(me.user_id, &req.conversation_id, |s| {
                 Ok(conversation::decide_set_role(s, me.user_id, target, role, now)?.into_iter().collect())
             })
             .await?;
@@ -152,7 +153,7 @@ impl Service {
     pub(super) async fn rename_group(&self, me: &Identity, req: wire::RenameGroup) -> Result<Reply, WireError> {
         let now = self.now();
         let (id, _) = self
-            .change_group(me, &req.conversation_id, |s| {
+            .change_group(me.user_id, &req.conversation_id, |s| {
                 Ok(conversation::decide_rename(s, me.user_id, &req.name, now)?.into_iter().collect())
             })
             .await?;
