@@ -360,7 +360,13 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tokio::spawn(sweep_auth_state(auth_state, shutdown.clone()));
     tokio::spawn(sweep_key_packages(key_packages, shutdown.clone()));
     tokio::spawn(sweep_stale_uploads(blobs.clone(), shutdown.clone()));
-    tokio::spawn(retention::every_interval(store.clone(), blobs.clone(), config.retention.clone(), shutdown.clone()));
+    tokio::spawn(retention::every_interval(
+        store.clone(),
+        blobs.clone(),
+        config.retention.clone(),
+        shutdown.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(media::gc::every_interval(
         store.clone(),
         blobs,

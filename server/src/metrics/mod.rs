@@ -85,6 +85,7 @@ pub struct Metrics {
     transfers: Family<TransferLabels, Counter>,
     transfer_bytes: Family<DirectionLabels, Counter>,
     media_discarded: Counter,
+    messages_erased: Family<CauseLabels, Counter>,
     blobs_collected: Counter,
     blob_bytes_collected: Counter,
     previews: Family<ResultLabels, Counter>,
@@ -100,6 +101,12 @@ pub struct Metrics {
     data_free_bytes: Gauge,
     /// The data directory, whose filesystem's free space is read at scrape time.
     data_dir: std::sync::OnceLock<std::path::PathBuf>,
+}
+
+/// Why messages lost their content: `account` (deleted), `retention`, `group` (deleted).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +139,7 @@ impl Metrics {
             transfers: Family::default(),
             transfer_bytes: Family::default(),
             media_discarded: Counter::default(),
+            messages_erased: Family::default(),
             blobs_collected: Counter::default(),
             blob_bytes_collected: Counter::default(),
             previews: Family::default(),
@@ -190,6 +198,11 @@ impl Metrics {
         registry.register("media_transfer_bytes", "File bytes received and sent", m.transfer_bytes.clone());
         registry.register("media_discarded", "Uploads discarded, never sent in time", m.media_discarded.clone());
         registry.register(
+            "messages_erased",
+            "Messages whose content was erased from the log, by cause (account, retention, group)",
+            m.messages_erased.clone(),
+        );
+        registry.register(
             "media_blobs_collected",
             "Blobs deleted, nothing referring to them",
             m.blobs_collected.clone(),
@@ -245,6 +258,9 @@ impl Metrics {
         }
         for result in ["made", "small", "too_many_pixels", "undecodable"] {
             let _ = m.previews.get_or_create(&ResultLabels { result });
+        }
+        for cause in ["account", "retention", "group"] {
+            let _ = m.messages_erased.get_or_create(&CauseLabels { cause });
         }
         for direction in ["upload", "download"] {
             let _ = m.transfer_bytes.get_or_create(&DirectionLabels { direction });
@@ -341,6 +357,11 @@ impl Metrics {
     }
 
     /// One collector pass.
+    /// Messages erased by an account's deletion, retention or a group's deletion.
+    pub fn messages_erased(&self, cause: &'static str, n: u64) {
+        self.messages_erased.get_or_create(&CauseLabels { cause }).inc_by(n);
+    }
+
     pub fn media_collected(&self, discarded: u64, blobs: u64, bytes: u64) {
         self.media_discarded.inc_by(discarded);
         self.blobs_collected.inc_by(blobs);

@@ -204,6 +204,7 @@ pub async fn every_interval(
     blobs: Arc<dyn BlobStore>,
     config: RetentionConfig,
     shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(config.interval_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,12 +215,15 @@ pub async fn every_interval(
         }
         let now = Millis::now();
         match run(store.as_ref(), blobs.as_ref(), &config, now).await {
-            Ok(r) if r.messages > 0 => tracing::info!(
-                conversations = r.conversations,
-                messages = r.messages,
-                blobs = r.blobs,
-                "expired messages erased"
-            ),
+            Ok(r) if r.messages > 0 => {
+                metrics.messages_erased("retention", r.messages);
+                tracing::info!(
+                    conversations = r.conversations,
+                    messages = r.messages,
+                    blobs = r.blobs,
+                    "expired messages erased"
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "the retention pass stopped; it runs again later"),
         }

@@ -483,6 +483,7 @@ impl Service {
             crate::retention::RetentionError::Store(e) => WireError::from(e),
             crate::retention::RetentionError::Append(e) => WireError::from(e),
         })?;
+        self.admin.metrics.messages_erased("group", expired.0);
         tracing::info!(group = %id, messages = expired.0, blobs = expired.1, "group deleted");
         Ok(Reply::AdminDone(wire::AdminDone { changed }))
     }

@@ -136,6 +136,7 @@ impl Service {
             }
         }
         self.forget_user_info(id);
+        self.admin.metrics.messages_erased("account", done.messages);
         tracing::info!(user = %id, messages = done.messages, uploads = done.blobs.len(), "account erased");
         Ok(done)
     }
