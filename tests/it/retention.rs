@@ -73,6 +73,8 @@ async fn a_conversations_retention_erases_exactly_its_messages_older_than_the_cu
     let anonymous = server.client().await;
     let body = Body::SetRetention(wire::SetRetention { conversation_id: dm.clone(), max_age_secs: 4 });
     assert_eq!(anonymous.request(body).await.unwrap_err().code(), Some(ErrorCode::UNAUTHENTICATED));
+    let body = Body::GetRetention(wire::GetRetention { conversation_id: dm.clone() });
+    assert_eq!(anonymous.request(body).await.unwrap_err().code(), Some(ErrorCode::UNAUTHENTICATED));
     assert_eq!(carol.set_retention(&dm, 4).await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
     assert_eq!(carol.retention(&dm).await.unwrap_err().code(), Some(ErrorCode::NOT_A_MEMBER));
     assert_eq!(bob.set_retention(&group, 4).await.unwrap_err().code(), Some(ErrorCode::FORBIDDEN));

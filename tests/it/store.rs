@@ -141,7 +141,7 @@ async fn sqlite_migration_4_fills_in_each_groups_last_change_from_the_log() {
     // then 4; 6 rebuilds the users table, which undoes 11 and 12's column).
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP INDEX messages_by_sender; DROP INDEX messages_by_age; ALTER TABLE conversations DROP COLUMN retention_secs;
+        "DROP INDEX messages_by_age; ALTER TABLE conversations DROP COLUMN retention_secs;
          DROP TABLE device_keys; ALTER TABLE conversations DROP COLUMN e2ee;
          DROP TABLE push_subscriptions; DROP TABLE push_mutes; DROP TABLE followers;
          ALTER TABLE users DROP COLUMN push_show_text;

@@ -2,8 +2,6 @@
 
 -- AccountErased: the row is a tombstone (no email, phone, name or credentials).
 ALTER TABLE users ADD COLUMN erased_at_ms BIGINT;
--- Erasure finds a user's messages by sender.
-CREATE INDEX messages_by_sender ON messages (sender_user_id);
 -- Retention (RetentionSet): the conversation's own limit on message age, 0: none.
 ALTER TABLE conversations ADD COLUMN retention_secs BIGINT NOT NULL DEFAULT 0;
 -- The retention worker finds a conversation's old messages by time.

@@ -478,11 +478,7 @@ impl Service {
             crate::retention::END_OF_TIME,
             self.now(),
         )
-        .await
-        .map_err(|e| match e {
-            crate::retention::RetentionError::Store(e) => WireError::from(e),
-            crate::retention::RetentionError::Append(e) => WireError::from(e),
-        })?;
+        .await?;
         self.admin.metrics.messages_erased("group", expired.0);
         tracing::info!(group = %id, messages = expired.0, blobs = expired.1, "group deleted");
         Ok(Reply::AdminDone(wire::AdminDone { changed }))

@@ -172,6 +172,15 @@ impl WireError {
     }
 }
 
+impl From<crate::retention::RetentionError> for WireError {
+    fn from(e: crate::retention::RetentionError) -> Self {
+        match e {
+            crate::retention::RetentionError::Store(e) => e.into(),
+            crate::retention::RetentionError::Append(e) => e.into(),
+        }
+    }
+}
+
 impl From<Rejection> for WireError {
     fn from(r: Rejection) -> Self {
         let code = match r {

@@ -1033,11 +1033,6 @@ fn erase_account(
     for sql in super::erasure::ERASED_ROWS {
         conn.prepare_cached(sql)?.execute([&id])?;
     }
-    conn.prepare_cached(
-        "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL
-         WHERE sender_user_id = ?1 AND content_kind <> 'erased'",
-    )?
-    .execute([&id])?;
     let mut audience = Vec::new();
     {
         let mut contacts = conn.prepare_cached(super::erasure::SELECT_CONTACTS)?;

@@ -503,11 +503,6 @@ impl Plan {
                 for sql in crate::store::erasure::ERASED_ROWS_PG {
                     self.push(sql, vec![p(id.clone())]);
                 }
-                self.push(
-                    "UPDATE messages SET content_kind = 'erased', text = NULL, content_pb = NULL
-                     WHERE sender_user_id = $1 AND content_kind <> 'erased'",
-                    vec![p(id.clone())],
-                );
                 let feed = self.push(
                     "INSERT INTO feed (user_id, position)
                      SELECT DISTINCT o.user_id, $2::bigint FROM members m JOIN members o ON o.conversation_id = m.conversation_id
